@@ -1,0 +1,212 @@
+//! The running agent: `Config → build → run`. [`Agent::build`] creates directories and binds
+//! every listener before any process starts; [`Agent::run`] supervises until shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::capi::{self, Capi};
+use crate::config::Config;
+use crate::event::EventBus;
+use crate::fleet;
+use crate::sdk;
+
+/// Events kept in memory for DescribeFleetEvents.
+const EVENT_HISTORY: usize = 10_000;
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A directory could not be created.
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `endpoints.json` could not be written.
+    #[error("cannot write {path}: {source}")]
+    WriteEndpoints {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sample game server is not where the sample fleet needs it.
+    #[error("the sample fleet needs {path}: {reason}; build it with `cargo build --release`")]
+    SampleServer {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The SDK server failed.
+    #[error(transparent)]
+    Sdk(#[from] sdk::SdkServerError),
+    /// The control API server failed.
+    #[error(transparent)]
+    Capi(#[from] capi::CapiServerError),
+}
+
+/// The bound addresses, also written to `<data-dir>/endpoints.json` for tools and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Endpoints {
+    /// The GSE SDK server.
+    pub sdk_address: SocketAddr,
+    /// The control API, if on.
+    pub capi_address: Option<SocketAddr>,
+}
+
+/// A built agent: directories exist, listeners are bound, nothing runs yet.
+pub struct Agent {
+    cfg: Arc<Config>,
+    sdk_listener: TcpListener,
+    capi_listener: Option<TcpListener>,
+    endpoints: Endpoints,
+}
+
+fn create_dir(path: &Path) -> Result<(), AgentError> {
+    std::fs::create_dir_all(path).map_err(|source| AgentError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Agent {
+    /// Creates the data directories and binds the listeners.
+    pub async fn build(cfg: Config) -> Result<Self, AgentError> {
+        create_dir(&cfg.data_dir)?;
+        create_dir(&cfg.data_dir.join("logs"))?;
+        create_dir(&cfg.game_root)?;
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Bind { what, addr, source })
+        };
+        let sdk_listener = bind("GSE SDK server", cfg.sdk_listen).await?;
+        let capi_listener = match cfg.capi_listen {
+            Some(addr) => Some(bind("control API", addr).await?),
+            None => None,
+        };
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let endpoints = Endpoints {
+            sdk_address: local(&sdk_listener, cfg.sdk_listen),
+            capi_address: capi_listener
+                .as_ref()
+                .zip(cfg.capi_listen)
+                .map(|(l, a)| local(l, a)),
+        };
+        write_endpoints(&cfg.data_dir, &endpoints)?;
+        Ok(Self {
+            cfg: Arc::new(cfg),
+            sdk_listener,
+            capi_listener,
+            endpoints,
+        })
+    }
+
+    /// Where the servers listen.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints
+    }
+
+    /// Supervises the fleet until `shutdown` (graceful) or `force` (kill now); returns once
+    /// every game process is gone and the servers have stopped.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        force: CancellationToken,
+    ) -> Result<(), AgentError> {
+        let bus = EventBus::new(EVENT_HISTORY);
+        let (fleet, fleet_task) = fleet::spawn_fleet(
+            self.cfg.clone(),
+            self.endpoints.sdk_address,
+            bus.clone(),
+            shutdown.clone(),
+            force,
+        );
+        // The servers outlive the fleet: ending processes still call the SDK.
+        let servers_stop = CancellationToken::new();
+        let sdk_task = tokio::spawn(sdk::serve(
+            self.sdk_listener,
+            fleet.clone(),
+            servers_stop.clone(),
+        ));
+        let capi_task = self.capi_listener.map(|l| {
+            tokio::spawn(capi::serve(
+                l,
+                Capi::new(fleet.clone(), bus.clone(), self.cfg.clone()),
+                servers_stop.clone(),
+            ))
+        });
+        drop(fleet);
+        if let Err(e) = fleet_task.await {
+            tracing::error!(error = %e, "fleet supervisor task failed");
+        }
+        servers_stop.cancel();
+        if let Ok(r) = sdk_task.await {
+            r?;
+        }
+        if let Some(t) = capi_task
+            && let Ok(r) = t.await
+        {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+fn write_endpoints(data_dir: &Path, endpoints: &Endpoints) -> Result<(), AgentError> {
+    let path = data_dir.join("endpoints.json");
+    let tmp = data_dir.join("endpoints.json.tmp");
+    let text = serde_json::to_string_pretty(endpoints).expect("endpoints serialize");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| AgentError::WriteEndpoints { path, source })
+}
+
+/// Installs the sample build of the embedded config: a link to `gse-fake-server` (which ships
+/// beside `gse-agent`) in the game root, as GSE's docs link non-package binaries.
+pub fn install_sample_build(cfg: &Config) -> Result<(), AgentError> {
+    create_dir(&cfg.game_root)?;
+    let exe = std::env::current_exe().map_err(|e| AgentError::SampleServer {
+        path: PathBuf::from("gse-agent"),
+        reason: format!("cannot locate the running executable: {e}"),
+    })?;
+    let server = exe.with_file_name("gse-fake-server");
+    if !server.is_file() {
+        return Err(AgentError::SampleServer {
+            path: server,
+            reason: "it does not exist".into(),
+        });
+    }
+    for spec in &cfg.runtime.server_processes {
+        let link = &spec.program;
+        if std::fs::symlink_metadata(link).is_ok() {
+            let _ = std::fs::remove_file(link);
+        }
+        std::os::unix::fs::symlink(&server, link).map_err(|e| AgentError::SampleServer {
+            path: link.clone(),
+            reason: format!("cannot link it to {}: {e}", server.display()),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,501 @@
+//! The local control API: GSE Local's `POST /capi`, with Tencent Cloud API v3 envelopes.
+//!
+//! Each action reads and checks its parameters, sends one typed [`Control`] command to the
+//! fleet, and renders the reply. Errors are `{"Response": {"Error": {Code, Message}}}` with
+//! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
+
+mod params;
+mod view;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::EventBus;
+use crate::fleet::actor::HandleError;
+use crate::fleet::{
+    Control, ControlReply, FleetError, FleetHandle, NewPlayer, NewSession, PlayerQuery,
+    SessionQuery,
+};
+use crate::session::{GssStatus, PlayerStatus};
+use params::{Params, key_value};
+
+/// Why the control API server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CapiServerError {
+    /// Serving failed.
+    #[error("control API server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A refused request: a Tencent Cloud error code and a message naming what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapiError {
+    /// E.g. `InvalidParameterValue`.
+    pub code: &'static str,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl CapiError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    fn missing(name: &str) -> Self {
+        Self::new(
+            "MissingParameter",
+            format!("the parameter `{name}` is required"),
+        )
+    }
+    fn value(name: &str, why: impl std::fmt::Display) -> Self {
+        Self::new(
+            "InvalidParameterValue",
+            format!("the parameter `{name}` {why}"),
+        )
+    }
+    fn type_of(name: &str, want: &str, got: &Value) -> Self {
+        let kind = match got {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        };
+        Self::new(
+            "InvalidParameter",
+            format!("the parameter `{name}` must be {want}, not {kind}"),
+        )
+    }
+}
+
+impl From<HandleError> for CapiError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::Stopped => Self::new("OperationDenied", "the agent is shutting down"),
+            HandleError::Fleet(f) => {
+                let code = match &f {
+                    FleetError::NotFound { .. } => "ResourceNotFound",
+                    FleetError::Invalid { .. } => "InvalidParameterValue",
+                    FleetError::Denied(_) => "OperationDenied",
+                    FleetError::Limit(_) => "LimitExceeded",
+                    FleetError::UnknownPid(_) => "InternalError",
+                };
+                Self::new(code, f.to_string())
+            }
+        }
+    }
+}
+
+/// Shared by the handlers: the fleet door and what the views need.
+#[derive(Clone)]
+pub struct Capi {
+    fleet: FleetHandle,
+    bus: EventBus,
+    cfg: Arc<Config>,
+}
+
+impl Capi {
+    /// A control API over `fleet`.
+    pub fn new(fleet: FleetHandle, bus: EventBus, cfg: Arc<Config>) -> Self {
+        Self { fleet, bus, cfg }
+    }
+
+    /// Handles one request body and returns the response body.
+    pub async fn handle(&self, body: &[u8]) -> Value {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut response = match self.dispatch(body).await {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => Map::new(),
+            Err(e) => {
+                tracing::info!(capi.code = e.code, error = %e.message, "control API request refused");
+                let mut o = Map::new();
+                o.insert(
+                    "Error".into(),
+                    json!({"Code": e.code, "Message": e.message}),
+                );
+                o
+            }
+        };
+        response.insert("RequestId".into(), json!(request_id));
+        json!({ "Response": response })
+    }
+
+    async fn dispatch(&self, body: &[u8]) -> Result<Value, CapiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            CapiError::new(
+                "InvalidParameter",
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?;
+        let Value::Object(map) = value else {
+            return Err(CapiError::new(
+                "InvalidParameter",
+                "the request body must be a JSON object with an `Action`",
+            ));
+        };
+        let action = match map.get("Action") {
+            Some(Value::String(a)) => a.clone(),
+            Some(other) => return Err(CapiError::type_of("Action", "a string", other)),
+            None => return Err(CapiError::missing("Action")),
+        };
+        match action.as_str() {
+            "CreateGameServerSession" => self.create_session(map).await,
+            "DescribeGameServerSessions" => self.describe_sessions(map).await,
+            "JoinGameServerSession" => self.join(map, false).await,
+            "JoinGameServerSessionBatch" => self.join(map, true).await,
+            "DescribePlayerSessions" => self.describe_players(map).await,
+            "EndGameServerSessionAndProcess" => self.end_session_and_process(map).await,
+            "DescribeFleetEvents" => self.describe_events(map),
+            "DescribeInstancesExtend" => self.describe_instance(map).await,
+            "DescribeServerProcesses" => self.describe_processes(map).await,
+            other => Err(CapiError::new(
+                "InvalidAction",
+                format!(
+                    "the action `{other}` does not exist; supported: {}",
+                    ACTIONS.join(", ")
+                ),
+            )),
+        }
+    }
+
+    fn check_fleet(&self, p: &Params, required: bool) -> Result<(), CapiError> {
+        let fleet = p.opt_str("FleetId", 128)?;
+        let alias = p.opt_str("AliasId", 128)?;
+        match (fleet, alias) {
+            (Some(f), _) => {
+                if !f.starts_with("fleet-") || f.len() == 6 || f.contains(char::is_whitespace) {
+                    return Err(CapiError::value(
+                        "FleetId",
+                        format!("{f:?} does not match ^fleet-\\S+"),
+                    ));
+                }
+                if f != self.cfg.fleet_id {
+                    return Err(CapiError::new(
+                        "ResourceNotFound",
+                        format!(
+                            "fleet {f} does not exist on this host (it runs {})",
+                            self.cfg.fleet_id
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            // An alias resolves to the one fleet of this host.
+            (None, Some(_)) => Ok(()),
+            (None, None) if required => Err(CapiError::missing("FleetId")),
+            (None, None) => Ok(()),
+        }
+    }
+
+    async fn create_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(
+            map,
+            &[
+                "MaximumPlayerSessionCount",
+                "FleetId",
+                "AliasId",
+                "CreatorId",
+                "GameProperties",
+                "GameServerSessionData",
+                "GameServerSessionId",
+                "IdempotencyToken",
+                "Name",
+            ],
+        )?;
+        self.check_fleet(&p, true)?;
+        let max_players = p.int("MaximumPlayerSessionCount", 0, i64::from(i32::MAX))? as i32;
+        let mut game_properties = Vec::new();
+        for v in p.opt_array("GameProperties", 16)?.into_iter().flatten() {
+            game_properties.push(key_value("GameProperties", v, 32, 96)?);
+        }
+        let custom_id = p.opt_str("GameServerSessionId", 48)?;
+        if let Some(id) = &custom_id
+            && (id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(CapiError::value(
+                "GameServerSessionId",
+                "may hold only letters, digits, '-' and '_'",
+            ));
+        }
+        let req = NewSession {
+            max_players,
+            name: p.opt_str("Name", 1024)?.unwrap_or_default(),
+            creator_id: p.opt_str("CreatorId", 1024)?.unwrap_or_default(),
+            game_properties,
+            data: p
+                .opt_str("GameServerSessionData", 4096)?
+                .unwrap_or_default(),
+            custom_id,
+            idempotency_token: p.opt_str("IdempotencyToken", 48)?,
+        };
+        match self.fleet.control(Control::CreateSession(req)).await? {
+            ControlReply::Session(s) => Ok(json!({ "GameServerSession": view::session(&s) })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn describe_sessions(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(
+            map,
+            &[
+                "FleetId",
+                "AliasId",
+                "GameServerSessionId",
+                "Limit",
+                "NextToken",
+                "StatusFilter",
+            ],
+        )?;
+        let gss_id = p.opt_str("GameServerSessionId", 256)?;
+        self.check_fleet(&p, gss_id.is_none())?;
+        let status = match p.opt_str("StatusFilter", 32)? {
+            None => None,
+            Some(s) => Some(GssStatus::parse(&s).ok_or_else(|| {
+                CapiError::value(
+                    "StatusFilter",
+                    format!("{s:?} is not ACTIVE, ACTIVATING, TERMINATED, TERMINATING or ERROR"),
+                )
+            })?),
+        };
+        let q = SessionQuery {
+            gss_id,
+            status,
+            next_token: p.opt_str("NextToken", 1024)?,
+            limit: p.opt_int("Limit", 1, 100)?.unwrap_or(100) as usize,
+        };
+        match self.fleet.control(Control::DescribeSessions(q)).await? {
+            ControlReply::Sessions(list, next) => Ok(json!({
+                "GameServerSessions": list.iter().map(view::session).collect::<Vec<_>>(),
+                "NextToken": next,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn join(&self, map: Map<String, Value>, batch: bool) -> Result<Value, CapiError> {
+        let players = if batch {
+            let p = Params::new(map, &["GameServerSessionId", "PlayerIds", "PlayerDataMap"])?;
+            let gss_id = p.str("GameServerSessionId", 256)?;
+            let ids = p
+                .opt_array("PlayerIds", 25)?
+                .ok_or_else(|| CapiError::missing("PlayerIds"))?;
+            if ids.is_empty() {
+                return Err(CapiError::value("PlayerIds", "needs 1 to 25 player ids"));
+            }
+            let data = player_data_map(p.raw("PlayerDataMap"))?;
+            let mut players = Vec::new();
+            for (i, v) in ids.iter().enumerate() {
+                let name = format!("PlayerIds.{i}");
+                let Value::String(id) = v else {
+                    return Err(CapiError::type_of(&name, "a string", v));
+                };
+                if id.is_empty() || id.chars().count() > 1024 {
+                    return Err(CapiError::value(&name, "must be 1 to 1024 characters"));
+                }
+                if players.iter().any(|p: &NewPlayer| p.player_id == *id) {
+                    return Err(CapiError::value(&name, format!("{id:?} is listed twice")));
+                }
+                players.push(NewPlayer {
+                    player_id: id.clone(),
+                    player_data: data
+                        .iter()
+                        .find(|(k, _)| k == id)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                });
+            }
+            (gss_id, players)
+        } else {
+            let p = Params::new(map, &["GameServerSessionId", "PlayerId", "PlayerData"])?;
+            let gss_id = p.str("GameServerSessionId", 256)?;
+            let player = NewPlayer {
+                player_id: p.str("PlayerId", 1024)?,
+                player_data: p.opt_str("PlayerData", 2048)?.unwrap_or_default(),
+            };
+            (gss_id, vec![player])
+        };
+        let (gss_id, players) = players;
+        match self
+            .fleet
+            .control(Control::Join { gss_id, players })
+            .await?
+        {
+            ControlReply::Players(list, _) if batch => Ok(json!({
+                "PlayerSessions": list.iter().map(view::player).collect::<Vec<_>>(),
+            })),
+            ControlReply::Players(list, _) => Ok(json!({
+                "PlayerSession": list.first().map(view::player),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn describe_players(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(
+            map,
+            &[
+                "GameServerSessionId",
+                "PlayerId",
+                "PlayerSessionId",
+                "PlayerSessionStatusFilter",
+                "Limit",
+                "NextToken",
+            ],
+        )?;
+        let q = PlayerQuery {
+            gss_id: p.opt_str("GameServerSessionId", 256)?,
+            player_id: p.opt_str("PlayerId", 1024)?,
+            player_session_id: p.opt_str("PlayerSessionId", 1024)?,
+            status: match p.opt_str("PlayerSessionStatusFilter", 32)? {
+                None => None,
+                Some(s) => Some(PlayerStatus::parse(&s).ok_or_else(|| {
+                    CapiError::value(
+                        "PlayerSessionStatusFilter",
+                        format!("{s:?} is not RESERVED, ACTIVE, COMPLETED or TIMEDOUT"),
+                    )
+                })?),
+            },
+            next_token: p.opt_str("NextToken", 1024)?,
+            limit: p
+                .opt_int("Limit", 1, crate::sdk::MAX_PAGE as i64)?
+                .unwrap_or(crate::sdk::DEFAULT_PAGE as i64) as usize,
+        };
+        if q.gss_id.is_none() && q.player_id.is_none() && q.player_session_id.is_none() {
+            return Err(CapiError::missing(
+                "GameServerSessionId` or `PlayerId` or `PlayerSessionId",
+            ));
+        }
+        match self.fleet.control(Control::DescribePlayers(q)).await? {
+            ControlReply::Players(list, next) => Ok(json!({
+                "PlayerSessions": list.iter().map(view::player).collect::<Vec<_>>(),
+                "NextToken": next,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn end_session_and_process(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["GameServerSessionId"])?;
+        let gss_id = p.str("GameServerSessionId", 256)?;
+        self.fleet
+            .control(Control::EndSessionAndProcess { gss_id })
+            .await?;
+        Ok(json!({}))
+    }
+
+    fn describe_events(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["FleetId", "Limit", "Offset"])?;
+        self.check_fleet(&p, false)?;
+        let limit = p.opt_int("Limit", 1, 1000)?.unwrap_or(100) as usize;
+        let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0) as usize;
+        let (events, total) = self.bus.recent(offset, limit);
+        Ok(json!({
+            "Events": events.iter().map(|e| view::event(e, &self.cfg.fleet_id)).collect::<Vec<_>>(),
+            "TotalCount": total,
+        }))
+    }
+
+    async fn describe_instance(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["FleetId", "Offset", "Limit", "IpAddress"])?;
+        self.check_fleet(&p, false)?;
+        match self.fleet.control(Control::DescribeInstance).await? {
+            ControlReply::Instance(c) => Ok(json!({
+                "Instances": [view::instance(&c, &self.cfg.fleet_id, &self.cfg.instance_id)],
+                "TotalCount": 1,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn describe_processes(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        Params::new(map, &[])?;
+        match self.fleet.control(Control::DescribeProcesses).await? {
+            ControlReply::Processes(list) => Ok(json!({
+                "ServerProcesses": list.iter().map(view::process).collect::<Vec<_>>(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The actions this API serves.
+pub const ACTIONS: &[&str] = &[
+    "CreateGameServerSession",
+    "DescribeGameServerSessions",
+    "JoinGameServerSession",
+    "JoinGameServerSessionBatch",
+    "DescribePlayerSessions",
+    "EndGameServerSessionAndProcess",
+    "DescribeFleetEvents",
+    "DescribeInstancesExtend",
+    "DescribeServerProcesses",
+];
+
+fn unexpected(reply: &ControlReply) -> CapiError {
+    CapiError::new("InternalError", format!("unexpected fleet reply {reply:?}"))
+}
+
+/// `PlayerDataMap`: Tencent's SDK models it as `{Key, Value}`; accept one such object, a list
+/// of them, or a plain `{"player": "data"}` map.
+fn player_data_map(v: Option<&Value>) -> Result<Vec<(String, String)>, CapiError> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| key_value("PlayerDataMap", i, 1024, 2048))
+            .collect(),
+        Some(obj @ Value::Object(o)) if o.contains_key("Key") => {
+            Ok(vec![key_value("PlayerDataMap", obj, 1024, 2048)?])
+        }
+        Some(Value::Object(o)) => o
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) if s.chars().count() <= 2048 => Ok((k.clone(), s.clone())),
+                Value::String(_) => Err(CapiError::value(
+                    &format!("PlayerDataMap.{k}"),
+                    "is longer than 2048 characters",
+                )),
+                other => Err(CapiError::type_of(
+                    &format!("PlayerDataMap.{k}"),
+                    "a string",
+                    other,
+                )),
+            })
+            .collect(),
+        Some(other) => Err(CapiError::type_of("PlayerDataMap", "an object", other)),
+    }
+}
+
+async fn capi_handler(State(capi): State<Capi>, body: Bytes) -> axum::Json<Value> {
+    axum::Json(capi.handle(&body).await)
+}
+
+/// Serves `POST /capi` on an already-bound listener until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    capi: Capi,
+    shutdown: CancellationToken,
+) -> Result<(), CapiServerError> {
+    tracing::info!(capi.addr = ?listener.local_addr().ok(), "control API listening");
+    let app = Router::new()
+        .route("/capi", post(capi_handler))
+        .with_state(capi);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(CapiServerError::Serve)
+}

@@ -1,0 +1,94 @@
+//! JSON of the control API's resources, in Tencent Cloud API field names.
+
+use serde_json::{Value, json};
+
+use crate::event::{Event, format_time};
+use crate::fleet::{InstanceCounters, ProcessView};
+use crate::session::{GameSession, PlayerSession};
+
+/// A `GameServerSession`.
+pub fn session(s: &GameSession) -> Value {
+    json!({
+        "GameServerSessionId": s.id,
+        "FleetId": s.fleet_id,
+        "Name": s.name,
+        "CreatorId": s.creator_id,
+        "Status": s.status.as_str(),
+        "StatusReason": s.status_reason,
+        "CreationTime": format_time(s.creation_time),
+        "TerminationTime": s.termination_time.map(format_time),
+        "CurrentPlayerSessionCount": s.current_players,
+        "MaximumPlayerSessionCount": s.max_players,
+        "PlayerSessionCreationPolicy": s.policy.as_str(),
+        "GameProperties": s.game_properties.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+        "GameServerSessionData": s.data,
+        "MatchmakerData": s.matchmaker_data,
+        "IpAddress": s.ip_address,
+        "DnsName": s.dns_name,
+        "Port": s.port,
+        "InstanceType": "localhost",
+        "Weight": 0,
+        "AvailabilityStatus": "Enable",
+        "CurrentCustomCount": s.current_custom_count,
+        "MaxCustomCount": s.max_custom_count,
+    })
+}
+
+/// A `PlayerSession`.
+pub fn player(p: &PlayerSession) -> Value {
+    json!({
+        "PlayerSessionId": p.id,
+        "PlayerId": p.player_id,
+        "GameServerSessionId": p.gss_id,
+        "FleetId": p.fleet_id,
+        "IpAddress": p.ip_address,
+        "DnsName": p.dns_name,
+        "Port": p.port,
+        "PlayerData": p.player_data,
+        "Status": p.status.as_str(),
+        "CreationTime": format_time(p.creation_time),
+        "TerminationTime": p.termination_time.map(format_time),
+    })
+}
+
+/// An `Event` as in DescribeFleetEvents, plus the agent's detail fields.
+pub fn event(e: &Event, fleet_id: &str) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("EventId".into(), json!(format!("event-{}", e.sequence)));
+        o.insert("ResourceId".into(), json!(fleet_id));
+        o.insert("PreSignedLogUrl".into(), json!(""));
+    }
+    v
+}
+
+/// An agent process (extension).
+pub fn process(p: &ProcessView) -> Value {
+    json!({
+        "ProcessId": p.process_id,
+        "Pid": p.pid,
+        "LaunchPath": p.launch_path,
+        "Status": p.status,
+        "Healthy": p.healthy,
+        "ClientPort": p.client_port,
+        "GrpcPort": p.grpc_port,
+        "GameServerSessionId": p.game_server_session_id,
+        "Restarts": p.restarts,
+        "LogPathsToUpload": p.log_paths,
+    })
+}
+
+/// DescribeInstancesExtend's `InstanceExtend`.
+pub fn instance(c: &InstanceCounters, fleet_id: &str, instance_id: &str) -> Value {
+    json!({
+        "FleetId": fleet_id,
+        "InstanceId": instance_id,
+        "State": "Active",
+        "HealthyProcessCnt": c.healthy_process_cnt,
+        "ActiveProcessCnt": c.active_process_cnt,
+        "GameSessionCnt": c.game_session_cnt,
+        "MaxGameSessionCnt": c.max_game_session_cnt,
+        "PlayerSessionCnt": c.player_session_cnt,
+        "MaxPlayerSessionCnt": c.max_player_session_cnt,
+    })
+}

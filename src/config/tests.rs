@@ -1,0 +1,151 @@
+use super::*;
+
+fn parse_ok(text: &str) -> Config {
+    parse(text, "agent.yaml", Path::new("/srv")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, "agent.yaml", Path::new("/srv")) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+const MINIMAL: &str = "\
+fleet-id: fleet-a
+runtime-configuration:
+  ServerProcesses:
+    - LaunchPath: /local/game/server
+      Parameters: \"-mode 'battle royale'\"
+      ConcurrentExecutions: 2
+";
+
+#[test]
+fn minimal_config_gets_gse_defaults() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.game_root, Path::new("/srv/gse-data/game"));
+    assert_eq!(c.sdk_listen.to_string(), "127.0.0.1:5758");
+    assert_eq!(c.capi_listen, None);
+    assert_eq!(c.health_check.interval.get(), Duration::from_secs(60));
+    assert_eq!(c.health_check.failure_threshold, 3);
+    assert_eq!(c.timeouts.process_ready.get(), Duration::from_secs(300));
+    assert_eq!(c.protection.grace(true), Some(Duration::from_secs(3600)));
+    let p = &c.runtime.server_processes[0];
+    assert_eq!(p.program, Path::new("/srv/gse-data/game/server"));
+    assert_eq!(p.args, ["-mode", "battle royale"]);
+    assert_eq!(c.total_processes(), 2);
+    assert_eq!(c.runtime.activation_timeout, Duration::from_secs(600));
+}
+
+#[test]
+fn sample_config_is_valid() {
+    let c = parse_ok(SAMPLE_CONFIG);
+    assert_eq!(c.capi_listen.map(|a| a.port()), Some(8080));
+}
+
+#[test]
+fn every_problem_is_listed_with_its_line() {
+    let text = "\
+fleet-id: nope
+health-check: { interval: 0s, failure-threshold: 0 }
+protection:
+  policy: TimeLimitProtection
+  time-limit-minutes: 2
+runtime-configuration:
+  ServerProcesses:
+    - LaunchPath: /usr/bin/server
+      ConcurrentExecutions: 30
+    - LaunchPath: /local/game/../etc/passwd
+      Parameters: \"unbalanced 'quote\"
+      ConcurrentExecutions: 30
+  GameServerSessionActivationTimeoutSeconds: 601
+";
+    let ps = problems(text);
+    let lines: Vec<_> = ps.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    for want in [
+        ("fleet-id", Some(1)),
+        ("health-check.interval", Some(2)),
+        ("health-check.failure-threshold", Some(2)),
+        ("protection.time-limit-minutes", Some(5)),
+        (
+            "runtime-configuration.ServerProcesses[0].LaunchPath",
+            Some(8),
+        ),
+        (
+            "runtime-configuration.ServerProcesses[1].LaunchPath",
+            Some(10),
+        ),
+        (
+            "runtime-configuration.ServerProcesses[1].Parameters",
+            Some(11),
+        ),
+        ("runtime-configuration.ServerProcesses", Some(7)),
+        (
+            "runtime-configuration.GameServerSessionActivationTimeoutSeconds",
+            Some(13),
+        ),
+    ] {
+        assert!(lines.contains(&want), "missing {want:?} in {lines:?}");
+    }
+    let text = parse(text, "agent.yaml", Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("agent.yaml:7:"), "{text}");
+    assert!(text.contains("add up to 60"), "{text}");
+}
+
+#[test]
+fn type_errors_and_unknown_keys_point_at_the_line() {
+    let err = parse(
+        "fleet-id: fleet-a\nsdk-listen: nowhere\nruntime-configuration: {ServerProcesses: []}\n",
+        "a.yaml",
+        Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err}");
+    let err = parse(
+        "fleet-id: fleet-a\nhealth-check:\n  intervall: 1s\n",
+        "a.yaml",
+        Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Parse { line: 3, .. }) && err.to_string().contains("intervall"),
+        "{err}"
+    );
+}
+
+#[test]
+fn launch_paths_stay_in_the_game_root() {
+    let root = Path::new("/data/game");
+    assert_eq!(
+        resolve_launch_path("/local/game/bin/server", root).unwrap(),
+        Path::new("/data/game/bin/server")
+    );
+    assert_eq!(
+        resolve_launch_path("/data/game/server", root).unwrap(),
+        Path::new("/data/game/server")
+    );
+    for bad in [
+        "/usr/bin/node",
+        "node",
+        "/local/game/",
+        "/local/game/a/../../x",
+        "",
+    ] {
+        assert!(resolve_launch_path(bad, root).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn protection_grace_follows_the_policy() {
+    let mut p = Protection {
+        policy: ProtectionPolicy::FullProtection,
+        time_limit: Duration::from_secs(600),
+        no_protection_grace: Duration::from_secs(300),
+    };
+    assert_eq!(p.grace(true), None);
+    assert_eq!(p.grace(false), Some(Duration::from_secs(300)));
+    p.policy = ProtectionPolicy::TimeLimitProtection;
+    assert_eq!(p.grace(true), Some(Duration::from_secs(600)));
+}

@@ -1,0 +1,356 @@
+//! The one event bus: every lifecycle change becomes one [`Event`].
+//!
+//! The bus logs each event with structured fields, keeps the most recent ones for the local
+//! control API (`DescribeFleetEvents`), and broadcasts them to any other reader (the upstream
+//! relay, metrics). Nothing emits lifecycle news through another channel.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// What happened. GSE's own codes (gse-protocol.md §3.8) keep their names; the agent adds codes
+/// for the transitions GSE did not publish, so that every change is one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventCode {
+    /// GSE: the LaunchPath does not exist or is not executable.
+    ServerProcessInvalidPath,
+    /// GSE: the process could not be started for another reason.
+    ServerProcessPullFailed,
+    /// GSE: no ProcessReady within `timeouts.process-ready`.
+    ServerProcessProcessReadyTimeout,
+    /// GSE: the process exited without being asked to.
+    ServerProcessCrashed,
+    /// GSE: the process failed its health checks and was ended.
+    ServerProcessTerminatedUnhealthy,
+    /// GSE: the agent killed the process (protection deadline, command, activation timeout).
+    ServerProcessForceTerminated,
+    /// GSE: no exit within `timeouts.process-exit` after ProcessEnding.
+    ServerProcessProcessExitTimeout,
+    /// GSE: a game server session was not activated in time.
+    GameSessionActivationTimeout,
+    /// Agent: a process was started.
+    ServerProcessStarted,
+    /// Agent: a process called ProcessReady.
+    ServerProcessReady,
+    /// Agent: a process reached the health-check failure threshold.
+    ServerProcessUnhealthy,
+    /// Agent: a process was sent OnProcessTerminate.
+    ServerProcessTerminating,
+    /// Agent: a process called ProcessEnding.
+    ServerProcessEnding,
+    /// Agent: a process ended normally (after ProcessEnding or OnProcessTerminate).
+    ServerProcessEnded,
+    /// Agent: one ServerProcesses entry crashed too often and is paused (one event per trip).
+    ServerProcessCrashLoop,
+    /// Agent: a paused entry resumes launching.
+    ServerProcessCrashLoopEnded,
+    /// Agent: a game server session was created (ACTIVATING).
+    GameSessionCreated,
+    /// Agent: a game server session became ACTIVE.
+    GameSessionActivated,
+    /// Agent: a game server session ended (TERMINATED).
+    GameSessionTerminated,
+    /// Agent: a game server session failed (ERROR).
+    GameSessionError,
+    /// Agent: a player session was reserved.
+    PlayerSessionReserved,
+    /// Agent: a player session was accepted (ACTIVE).
+    PlayerSessionActive,
+    /// Agent: a player session ended (COMPLETED).
+    PlayerSessionCompleted,
+    /// Agent: a reserved player session was not accepted in time (TIMEDOUT).
+    PlayerSessionTimedOut,
+    /// Agent: the agent started supervising.
+    AgentStarted,
+    /// Agent: the agent is shutting down.
+    AgentStopping,
+}
+
+impl EventCode {
+    /// The wire name, e.g. `SERVER_PROCESS_CRASHED`.
+    pub fn as_str(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("GENERIC_EVENT")
+    }
+}
+
+macro_rules! names {
+    ($($v:ident => $s:literal),* $(,)?) => {
+        const NAMES: &[(EventCode, &str)] = &[$((EventCode::$v, $s)),*];
+    };
+}
+
+names! {
+    ServerProcessInvalidPath => "SERVER_PROCESS_INVALID_PATH",
+    ServerProcessPullFailed => "SERVER_PROCESS_PULL_FAILED",
+    ServerProcessProcessReadyTimeout => "SERVER_PROCESS_PROCESS_READY_TIMEOUT",
+    ServerProcessCrashed => "SERVER_PROCESS_CRASHED",
+    ServerProcessTerminatedUnhealthy => "SERVER_PROCESS_TERMINATED_UNHEALTHY",
+    ServerProcessForceTerminated => "SERVER_PROCESS_FORCE_TERMINATED",
+    ServerProcessProcessExitTimeout => "SERVER_PROCESS_PROCESS_EXIT_TIMEOUT",
+    GameSessionActivationTimeout => "GAME_SESSION_ACTIVATION_TIMEOUT",
+    ServerProcessStarted => "SERVER_PROCESS_STARTED",
+    ServerProcessReady => "SERVER_PROCESS_READY",
+    ServerProcessUnhealthy => "SERVER_PROCESS_UNHEALTHY",
+    ServerProcessTerminating => "SERVER_PROCESS_TERMINATING",
+    ServerProcessEnding => "SERVER_PROCESS_ENDING",
+    ServerProcessEnded => "SERVER_PROCESS_ENDED",
+    ServerProcessCrashLoop => "SERVER_PROCESS_CRASH_LOOP",
+    ServerProcessCrashLoopEnded => "SERVER_PROCESS_CRASH_LOOP_ENDED",
+    GameSessionCreated => "GAME_SESSION_CREATED",
+    GameSessionActivated => "GAME_SESSION_ACTIVATED",
+    GameSessionTerminated => "GAME_SESSION_TERMINATED",
+    GameSessionError => "GAME_SESSION_ERROR",
+    PlayerSessionReserved => "PLAYER_SESSION_RESERVED",
+    PlayerSessionActive => "PLAYER_SESSION_ACTIVE",
+    PlayerSessionCompleted => "PLAYER_SESSION_COMPLETED",
+    PlayerSessionTimedOut => "PLAYER_SESSION_TIMED_OUT",
+    AgentStarted => "AGENT_STARTED",
+    AgentStopping => "AGENT_STOPPING",
+}
+
+/// How a process ended, as far as the OS says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExitDetails {
+    /// Exit code, when it exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal name (`SIGSEGV`), when a signal ended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The kernel wrote a core dump.
+    pub core_dumped: bool,
+    /// SIGKILL not sent by the agent: most likely the kernel's OOM killer.
+    pub likely_oom_kill: bool,
+    /// Milliseconds the process ran.
+    pub run_millis: u64,
+    /// Milliseconds since ProcessReady, if it was ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_millis: Option<u64>,
+    /// The last lines of stdout and stderr.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<String>,
+}
+
+/// One lifecycle change.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Event {
+    /// Monotonic per agent run, from 1.
+    pub sequence: u64,
+    /// Wall-clock time of the change.
+    #[serde(serialize_with = "serialize_time")]
+    pub event_time: SystemTime,
+    /// What happened.
+    pub event_code: EventCode,
+    /// Human-readable summary.
+    pub message: String,
+    /// The agent's id of the game process, e.g. `proc-0-1-3`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_id: Option<String>,
+    /// Its OS pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The game server session concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub game_server_session_id: Option<String>,
+    /// The player session concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub player_session_id: Option<String>,
+    /// How the process ended, for exit events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitDetails>,
+}
+
+impl Event {
+    /// A new event with only a code and message; add ids with the builder methods.
+    pub fn new(code: EventCode, message: impl Into<String>) -> Self {
+        Self {
+            sequence: 0,
+            event_time: SystemTime::now(),
+            event_code: code,
+            message: message.into(),
+            process_id: None,
+            pid: None,
+            game_server_session_id: None,
+            player_session_id: None,
+            exit: None,
+        }
+    }
+
+    /// Names the process.
+    pub fn process(mut self, process_id: &str, pid: Option<u32>) -> Self {
+        self.process_id = Some(process_id.to_string());
+        self.pid = pid;
+        self
+    }
+
+    /// Names the game server session.
+    pub fn session(mut self, id: &str) -> Self {
+        self.game_server_session_id = Some(id.to_string());
+        self
+    }
+
+    /// Names the player session.
+    pub fn player(mut self, id: &str) -> Self {
+        self.player_session_id = Some(id.to_string());
+        self
+    }
+
+    /// Attaches exit details.
+    pub fn exit(mut self, exit: ExitDetails) -> Self {
+        self.exit = Some(exit);
+        self
+    }
+}
+
+/// ISO 8601 UTC with seconds, as Tencent Cloud API writes times.
+pub fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+}
+
+struct Recent {
+    next_sequence: u64,
+    events: VecDeque<Event>,
+}
+
+/// The bus. Cheap to clone; all clones share one sequence and one history.
+#[derive(Clone)]
+pub struct EventBus {
+    recent: Arc<Mutex<Recent>>,
+    capacity: usize,
+    tx: broadcast::Sender<Event>,
+}
+
+impl EventBus {
+    /// A bus that remembers the last `capacity` events.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Self {
+            recent: Arc::new(Mutex::new(Recent {
+                next_sequence: 1,
+                events: VecDeque::with_capacity(capacity.min(1024)),
+            })),
+            capacity,
+            tx,
+        }
+    }
+
+    /// Stamps, logs, records and broadcasts one event.
+    pub fn emit(&self, mut event: Event) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            event.sequence = recent.next_sequence;
+            recent.next_sequence += 1;
+            if recent.events.len() == self.capacity {
+                recent.events.pop_front();
+            }
+            recent.events.push_back(event.clone());
+        }
+        log(&event);
+        // No receiver is fine: nobody else is listening yet.
+        let _ = self.tx.send(event);
+    }
+
+    /// Subscribes to events emitted from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    /// Recent events, oldest first, skipping `offset` and returning at most `limit`, plus the
+    /// total number held.
+    pub fn recent(&self, offset: usize, limit: usize) -> (Vec<Event>, usize) {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let total = recent.events.len();
+        let page = recent
+            .events
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect();
+        (page, total)
+    }
+}
+
+fn log(e: &Event) {
+    let code = e.event_code.as_str();
+    let exit_code = e.exit.as_ref().and_then(|x| x.exit_code);
+    let signal = e.exit.as_ref().and_then(|x| x.signal.as_deref());
+    let level_warn = matches!(
+        e.event_code,
+        EventCode::ServerProcessCrashed
+            | EventCode::ServerProcessInvalidPath
+            | EventCode::ServerProcessPullFailed
+            | EventCode::ServerProcessProcessReadyTimeout
+            | EventCode::ServerProcessTerminatedUnhealthy
+            | EventCode::ServerProcessForceTerminated
+            | EventCode::ServerProcessProcessExitTimeout
+            | EventCode::ServerProcessUnhealthy
+            | EventCode::GameSessionActivationTimeout
+            | EventCode::GameSessionError
+            | EventCode::ServerProcessCrashLoop
+    );
+    macro_rules! emit {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                event.code = code,
+                event.seq = e.sequence,
+                process.id = e.process_id.as_deref(),
+                process.pid = e.pid,
+                gss.id = e.game_server_session_id.as_deref(),
+                psess.id = e.player_session_id.as_deref(),
+                exit.code = exit_code,
+                exit.signal = signal,
+                "{}",
+                e.message
+            )
+        };
+    }
+    if level_warn {
+        emit!(warn);
+    } else {
+        emit!(info);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_serde() {
+        for (code, name) in NAMES {
+            assert_eq!(serde_json::to_value(code).unwrap(), *name);
+            assert_eq!(code.as_str(), *name);
+        }
+    }
+
+    #[test]
+    fn bus_numbers_and_bounds_history() {
+        let bus = EventBus::new(2);
+        let mut rx = bus.subscribe();
+        for _ in 0..3 {
+            bus.emit(Event::new(EventCode::AgentStarted, "x"));
+        }
+        let (events, total) = bus.recent(0, 10);
+        assert_eq!(total, 2);
+        assert_eq!(
+            events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert_eq!(rx.try_recv().unwrap().sequence, 1);
+    }
+}

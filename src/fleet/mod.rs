@@ -1,0 +1,17 @@
+//! The fleet: desired process counts, restarts, sessions and players on this host.
+//!
+//! [`state::Fleet`] is the pure centre: every input (an SDK call, a control command, a process
+//! exit, a health result, a timer) changes its tables and queues [`Effect`]s; it performs no
+//! I/O. [`actor`] is the thin shell that owns it, runs the effects (spawn, signal, callbacks,
+//! events) and feeds results back.
+
+pub mod actor;
+pub mod restart;
+pub mod state;
+pub mod timers;
+
+pub use actor::{FleetHandle, spawn_fleet};
+pub use state::{
+    Control, ControlReply, Effect, Fleet, FleetError, InstanceCounters, NewPlayer, NewSession,
+    PlayerQuery, ProcessView, SdkCall, SdkReply, SessionQuery, StopReason,
+};

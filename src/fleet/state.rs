@@ -1,0 +1,1718 @@
+//! The fleet's state and its pure transitions. See the module docs of [`crate::fleet`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::restart::{Breaker, backoff};
+use super::timers::{Timer, Timers};
+use crate::config::{Config, ProcessSpec};
+use crate::event::{Event, EventCode, ExitDetails};
+use crate::process::ExitInfo;
+use crate::proto;
+use crate::session::{
+    CreationPolicy, GameSession, GssInput, GssStatus, PlayerInput, PlayerSession, PlayerStatus,
+    unix_seconds,
+};
+
+/// Finished game server sessions kept for Describe calls before the oldest are forgotten.
+pub const FINISHED_SESSIONS_KEPT: usize = 1000;
+/// Launches of one slot whose log files are kept.
+pub const LOG_GENERATIONS_KEPT: u64 = 5;
+
+/// Something the actor must do.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Start a process for `slot`; answer with [`Fleet::spawned`] or [`Fleet::spawn_failed`].
+    Launch {
+        /// Slot index.
+        slot: usize,
+        /// The new process's agent id.
+        process_id: String,
+        /// An old process of the same slot whose log files are now removed (the last
+        /// [`LOG_GENERATIONS_KEPT`] launches of a slot keep theirs).
+        retire_logs_of: Option<String>,
+    },
+    /// SIGTERM the process group, SIGKILL it after `grace`.
+    Stop {
+        /// Process.
+        pid: u32,
+        /// Time between SIGTERM and SIGKILL.
+        grace: Duration,
+    },
+    /// Call OnHealthCheck; answer with [`Fleet::health_result`].
+    HealthCheck {
+        /// Process.
+        pid: u32,
+        /// Its callback port.
+        grpc_port: u16,
+    },
+    /// Call OnStartGameServerSession; answer with [`Fleet::start_session_result`].
+    StartSession {
+        /// Process.
+        pid: u32,
+        /// Its callback port.
+        grpc_port: u16,
+        /// The session.
+        session: proto::GameServerSession,
+    },
+    /// Call OnProcessTerminate.
+    Terminate {
+        /// Process.
+        pid: u32,
+        /// Its callback port.
+        grpc_port: u16,
+        /// Unix seconds; 0 = no deadline.
+        termination_time: i64,
+    },
+    /// Forget the callback client of an exited process.
+    Forget {
+        /// Process.
+        pid: u32,
+    },
+    /// Publish on the event bus.
+    Emit(Box<Event>),
+}
+
+/// Why the agent stopped a process; decides the exit's event code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// No ProcessReady in time.
+    ReadyTimeout,
+    /// No exit in time after ProcessEnding.
+    ExitTimeout,
+    /// Failed health checks; deadline after OnProcessTerminate passed.
+    Unhealthy,
+    /// Killed on request, at a protection deadline, or after an activation timeout.
+    Forced,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// Why a process was sent OnProcessTerminate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TerminateReason {
+    Unhealthy,
+    Requested,
+    Shutdown,
+}
+
+impl TerminateReason {
+    fn stop_reason(self) -> StopReason {
+        match self {
+            Self::Unhealthy => StopReason::Unhealthy,
+            Self::Requested => StopReason::Forced,
+            Self::Shutdown => StopReason::Shutdown,
+        }
+    }
+}
+
+/// A process's place in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Started, no ProcessReady yet.
+    Launching,
+    /// Ready; may host a session while healthy.
+    Active,
+    /// Sent OnProcessTerminate; waiting for it to end.
+    Terminating(TerminateReason),
+    /// Called ProcessEnding; must exit within process-exit.
+    Ending,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Launching => "LAUNCHING",
+            Phase::Active => "ACTIVE",
+            Phase::Terminating(_) => "TERMINATING",
+            Phase::Ending => "ENDING",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Proc {
+    id: String,
+    pid: u32,
+    slot: usize,
+    started: Instant,
+    ready_at: Option<Instant>,
+    phase: Phase,
+    client_port: u16,
+    grpc_port: u16,
+    healthy: bool,
+    health_failures: u32,
+    health_in_flight: bool,
+    session: Option<String>,
+    log_paths: Vec<String>,
+    custom: (i32, i32),
+    stop: Option<StopReason>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    entry: usize,
+    replica: u32,
+    generation: u64,
+    pid: Option<u32>,
+    launch: LaunchState,
+    failures: u32,
+}
+
+/// Where a slot's next process is; exactly one launch is ever under way per slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaunchState {
+    /// Its process runs (or the fleet is stopping).
+    Idle,
+    /// A Launch timer will start it.
+    Scheduled,
+    /// A Launch effect is out; the actor answers with spawned/spawn_failed.
+    InFlight,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    breaker: Breaker,
+    /// An invalid launch path was reported and has not launched since: do not repeat it.
+    invalid_path_reported: bool,
+}
+
+/// A read-only view of one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessView {
+    /// Agent id.
+    pub process_id: String,
+    /// OS pid.
+    pub pid: u32,
+    /// LaunchPath as configured.
+    pub launch_path: String,
+    /// LAUNCHING, ACTIVE, TERMINATING or ENDING.
+    pub status: &'static str,
+    /// Passing health checks.
+    pub healthy: bool,
+    /// clientPort from ProcessReady (0 before).
+    pub client_port: u16,
+    /// grpcPort from ProcessReady (0 before).
+    pub grpc_port: u16,
+    /// The session it hosts.
+    pub game_server_session_id: Option<String>,
+    /// Times its slot was launched before this process.
+    pub restarts: u64,
+    /// logPathsToUpload from ProcessReady.
+    pub log_paths: Vec<String>,
+}
+
+/// The counters of GSE's DescribeInstancesExtend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InstanceCounters {
+    /// Ready processes passing health checks.
+    pub healthy_process_cnt: u32,
+    /// Ready processes.
+    pub active_process_cnt: u32,
+    /// Sessions ACTIVATING or ACTIVE.
+    pub game_session_cnt: u32,
+    /// Processes configured (one session each).
+    pub max_game_session_cnt: u32,
+    /// RESERVED or ACTIVE player sessions.
+    pub player_session_cnt: u32,
+    /// Sum of the maxima of live sessions.
+    pub max_player_session_cnt: u32,
+}
+
+/// A call on `GseGrpcSdkService`, by the process with the metadata pid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdkCall {
+    /// ProcessReady.
+    ProcessReady {
+        /// clientPort.
+        client_port: i32,
+        /// grpcPort.
+        grpc_port: i32,
+        /// logPathsToUpload.
+        log_paths: Vec<String>,
+    },
+    /// ActivateGameServerSession.
+    Activate {
+        /// Session.
+        gss_id: String,
+        /// maxPlayers (0 keeps the session's maximum).
+        max_players: i32,
+    },
+    /// AcceptPlayerSession.
+    AcceptPlayer {
+        /// Session.
+        gss_id: String,
+        /// Player session.
+        player_session_id: String,
+    },
+    /// RemovePlayerSession.
+    RemovePlayer {
+        /// Session.
+        gss_id: String,
+        /// Player session.
+        player_session_id: String,
+    },
+    /// DescribePlayerSessions.
+    DescribePlayers(PlayerQuery),
+    /// UpdatePlayerSessionCreationPolicy.
+    UpdatePolicy {
+        /// Session.
+        gss_id: String,
+        /// ACCEPT_ALL or DENY_ALL.
+        policy: String,
+    },
+    /// TerminateGameServerSession.
+    TerminateSession {
+        /// Session.
+        gss_id: String,
+    },
+    /// ProcessEnding.
+    ProcessEnding,
+    /// ReportCustomData.
+    ReportCustomData {
+        /// currentCustomCount.
+        current: i32,
+        /// maxCustomCount.
+        max: i32,
+    },
+}
+
+/// A successful SDK answer.
+#[derive(Debug, Clone)]
+pub enum SdkReply {
+    /// Plain success.
+    Done,
+    /// DescribePlayerSessions' page.
+    Players(Vec<PlayerSession>, Option<String>),
+}
+
+/// Filters and paging of a player-session listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlayerQuery {
+    /// Only this session's players.
+    pub gss_id: Option<String>,
+    /// Only this player.
+    pub player_id: Option<String>,
+    /// Only this player session.
+    pub player_session_id: Option<String>,
+    /// Only this status.
+    pub status: Option<PlayerStatus>,
+    /// Start at this token (from a previous page).
+    pub next_token: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// Filters and paging of a game-server-session listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Only this session.
+    pub gss_id: Option<String>,
+    /// Only this status.
+    pub status: Option<GssStatus>,
+    /// Start at this token.
+    pub next_token: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// Parameters of a new game server session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewSession {
+    /// MaximumPlayerSessionCount.
+    pub max_players: i32,
+    /// Name.
+    pub name: String,
+    /// CreatorId.
+    pub creator_id: String,
+    /// GameProperties.
+    pub game_properties: Vec<(String, String)>,
+    /// GameServerSessionData.
+    pub data: String,
+    /// Custom id suffix (GameServerSessionId).
+    pub custom_id: Option<String>,
+    /// IdempotencyToken.
+    pub idempotency_token: Option<String>,
+}
+
+/// One player to join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPlayer {
+    /// PlayerId.
+    pub player_id: String,
+    /// PlayerData.
+    pub player_data: String,
+}
+
+/// A command from the local control API (and, later, the upstream control plane).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// CreateGameServerSession.
+    CreateSession(NewSession),
+    /// DescribeGameServerSessions.
+    DescribeSessions(SessionQuery),
+    /// JoinGameServerSession(Batch): all or none.
+    Join {
+        /// Session.
+        gss_id: String,
+        /// Players.
+        players: Vec<NewPlayer>,
+    },
+    /// DescribePlayerSessions.
+    DescribePlayers(PlayerQuery),
+    /// EndGameServerSessionAndProcess by session id.
+    EndSessionAndProcess {
+        /// Session.
+        gss_id: String,
+    },
+    /// The processes (agent extension).
+    DescribeProcesses,
+    /// DescribeInstancesExtend counters.
+    DescribeInstance,
+}
+
+/// A successful control answer.
+#[derive(Debug, Clone)]
+pub enum ControlReply {
+    /// One session.
+    Session(Box<GameSession>),
+    /// A page of sessions.
+    Sessions(Vec<GameSession>, Option<String>),
+    /// Player sessions, with a next token when paged.
+    Players(Vec<PlayerSession>, Option<String>),
+    /// Processes.
+    Processes(Vec<ProcessView>),
+    /// Counters.
+    Instance(InstanceCounters),
+    /// Done.
+    Done,
+}
+
+/// Why a call or command was refused. The SDK turns it into `ERROR_400`; the control API into a
+/// Tencent Cloud error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    /// The pid is not a process this agent launched.
+    #[error("pid {0} is not a server process launched by this agent")]
+    UnknownPid(u32),
+    /// An id names nothing.
+    #[error("{kind} {id} does not exist")]
+    NotFound {
+        /// What kind of resource.
+        kind: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// A parameter is malformed.
+    #[error("invalid {param}: {message}")]
+    Invalid {
+        /// Parameter name.
+        param: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The current state does not allow it.
+    #[error("{0}")]
+    Denied(String),
+    /// A limit is reached.
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// The fleet. See the module docs.
+pub struct Fleet {
+    cfg: Arc<Config>,
+    slots: Vec<Slot>,
+    entries: Vec<Entry>,
+    procs: HashMap<u32, Proc>,
+    sessions: HashMap<String, (u64, GameSession)>,
+    session_order: BTreeMap<u64, String>,
+    finished_sessions: VecDeque<String>,
+    idempotency: HashMap<String, String>,
+    players: BTreeMap<u64, PlayerSession>,
+    player_index: HashMap<String, u64>,
+    session_players: HashMap<String, Vec<u64>>,
+    next_seq: u64,
+    timers: Timers,
+    effects: Vec<Effect>,
+    shutting_down: bool,
+}
+
+impl Fleet {
+    /// A fleet for `cfg`, with nothing launched yet; call [`Fleet::start`].
+    pub fn new(cfg: Arc<Config>) -> Self {
+        let mut slots = Vec::new();
+        for (entry, spec) in cfg.runtime.server_processes.iter().enumerate() {
+            for replica in 0..spec.concurrent_executions {
+                slots.push(Slot {
+                    entry,
+                    replica,
+                    generation: 0,
+                    pid: None,
+                    launch: LaunchState::Idle,
+                    failures: 0,
+                });
+            }
+        }
+        let entries = cfg
+            .runtime
+            .server_processes
+            .iter()
+            .map(|_| Entry::default())
+            .collect();
+        Self {
+            cfg,
+            slots,
+            entries,
+            procs: HashMap::new(),
+            sessions: HashMap::new(),
+            session_order: BTreeMap::new(),
+            finished_sessions: VecDeque::new(),
+            idempotency: HashMap::new(),
+            players: BTreeMap::new(),
+            player_index: HashMap::new(),
+            session_players: HashMap::new(),
+            next_seq: 0,
+            timers: Timers::default(),
+            effects: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Effects queued since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The spec a slot launches.
+    pub fn spec(&self, slot: usize) -> &ProcessSpec {
+        &self.cfg.runtime.server_processes[self.slots[slot].entry]
+    }
+
+    /// The earliest timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Shutting down and every process is gone.
+    pub fn is_stopped(&self) -> bool {
+        self.shutting_down && self.procs.is_empty()
+    }
+
+    /// Pids of live processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.effects.push(Effect::Emit(Box::new(event)));
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Launches every slot.
+    pub fn start(&mut self) {
+        self.emit(Event::new(
+            EventCode::AgentStarted,
+            format!(
+                "supervising {} server process(es) of fleet {}",
+                self.slots.len(),
+                self.cfg.fleet_id
+            ),
+        ));
+        for slot in 0..self.slots.len() {
+            self.launch(slot);
+        }
+    }
+
+    fn launch(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        s.generation += 1;
+        s.launch = LaunchState::InFlight;
+        let id = |generation| format!("proc-{}-{}-{generation}", s.entry, s.replica);
+        let process_id = id(s.generation);
+        let retire_logs_of = s
+            .generation
+            .checked_sub(LOG_GENERATIONS_KEPT)
+            .filter(|g| *g > 0)
+            .map(id);
+        self.effects.push(Effect::Launch {
+            slot,
+            process_id,
+            retire_logs_of,
+        });
+    }
+
+    /// The launch of `slot` succeeded.
+    pub fn spawned(&mut self, slot: usize, process_id: String, pid: u32, now: Instant) {
+        let s = &mut self.slots[slot];
+        s.launch = LaunchState::Idle;
+        s.pid = Some(pid);
+        let entry = s.entry;
+        self.entries[entry].invalid_path_reported = false;
+        self.timers.add(
+            now + self.cfg.timeouts.process_ready.get(),
+            Timer::ReadyTimeout { pid },
+        );
+        let launch_path = self.cfg.runtime.server_processes[entry].launch_path.clone();
+        self.emit(
+            Event::new(
+                EventCode::ServerProcessStarted,
+                format!("started {launch_path}"),
+            )
+            .process(&process_id, Some(pid)),
+        );
+        self.procs.insert(
+            pid,
+            Proc {
+                id: process_id,
+                pid,
+                slot,
+                started: now,
+                ready_at: None,
+                phase: Phase::Launching,
+                client_port: 0,
+                grpc_port: 0,
+                healthy: false,
+                health_failures: 0,
+                health_in_flight: false,
+                session: None,
+                log_paths: Vec::new(),
+                custom: (0, 0),
+                stop: None,
+            },
+        );
+        if self.shutting_down {
+            self.stop(pid, StopReason::Shutdown);
+        }
+    }
+
+    /// The launch of `slot` failed; `invalid_path` when the LaunchPath is missing or not
+    /// executable (reported once, retried at the slowest pace).
+    pub fn spawn_failed(
+        &mut self,
+        slot: usize,
+        process_id: String,
+        invalid_path: bool,
+        message: String,
+        now: Instant,
+    ) {
+        self.slots[slot].launch = LaunchState::Idle;
+        let entry = self.slots[slot].entry;
+        let code = if invalid_path {
+            EventCode::ServerProcessInvalidPath
+        } else {
+            EventCode::ServerProcessPullFailed
+        };
+        if !(invalid_path && self.entries[entry].invalid_path_reported) {
+            self.emit(Event::new(code, message).process(&process_id, None));
+        }
+        if invalid_path {
+            self.entries[entry].invalid_path_reported = true;
+            // A missing file does not appear by retrying hot: wait the longest backoff.
+            self.slots[slot].failures = self.slots[slot].failures.max(u32::MAX / 2);
+        }
+        self.after_failure(slot, now, Duration::ZERO);
+    }
+
+    /// Counts a failure of `slot` and schedules its relaunch.
+    fn after_failure(&mut self, slot: usize, now: Instant, ran: Duration) {
+        let policy = &self.cfg.restart;
+        let s = &mut self.slots[slot];
+        if ran >= policy.reset_after.get() {
+            s.failures = 0;
+        }
+        s.failures = s.failures.saturating_add(1);
+        let delay = backoff(policy, s.failures);
+        let entry = s.entry;
+        if let Some(count) = self.entries[entry].breaker.record(policy, now) {
+            let until = self.cfg.restart.crash_loop_cool_down.get();
+            let launch_path = self.cfg.runtime.server_processes[entry].launch_path.clone();
+            self.emit(Event::new(
+                EventCode::ServerProcessCrashLoop,
+                format!(
+                    "{launch_path}: {count} failures within {}; launches paused for {}",
+                    humantime::format_duration(self.cfg.restart.crash_loop_window.get()),
+                    humantime::format_duration(until)
+                ),
+            ));
+            self.timers.add(now + until, Timer::BreakerEnd { entry });
+        }
+        self.schedule_launch(slot, now, delay);
+    }
+
+    fn schedule_launch(&mut self, slot: usize, now: Instant, delay: Duration) {
+        if self.shutting_down {
+            return;
+        }
+        let entry = self.slots[slot].entry;
+        let mut at = now + delay;
+        if let Some(until) = self.entries[entry].breaker.paused_until {
+            at = at.max(until);
+        }
+        if at <= now {
+            self.launch(slot);
+        } else {
+            self.slots[slot].launch = LaunchState::Scheduled;
+            self.timers.add(at, Timer::Launch { slot });
+        }
+    }
+
+    /// A process exited (and was reaped).
+    pub fn exited(&mut self, pid: u32, info: ExitInfo, now: Instant) {
+        let Some(p) = self.procs.remove(&pid) else {
+            return;
+        };
+        self.effects.push(Effect::Forget { pid });
+        let code = classify(&p);
+        let ran = now.saturating_duration_since(p.started);
+        let details = ExitDetails {
+            exit_code: info.exit_code,
+            signal: info.signal_name(),
+            core_dumped: info.core_dumped,
+            likely_oom_kill: info.signal == Some(libc_sigkill()) && !info.killed_by_agent,
+            run_millis: ran.as_millis() as u64,
+            ready_millis: p
+                .ready_at
+                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            output_tail: if code == EventCode::ServerProcessEnded {
+                Vec::new()
+            } else {
+                info.output_tail.clone()
+            },
+        };
+        let message = match code {
+            EventCode::ServerProcessEnded => format!("process ended ({})", info.describe()),
+            EventCode::ServerProcessCrashed => format!("process crashed ({})", info.describe()),
+            EventCode::ServerProcessProcessReadyTimeout => format!(
+                "no ProcessReady within {}; killed ({})",
+                humantime::format_duration(self.cfg.timeouts.process_ready.get()),
+                info.describe()
+            ),
+            EventCode::ServerProcessProcessExitTimeout => format!(
+                "did not exit within {} of ProcessEnding; killed ({})",
+                humantime::format_duration(self.cfg.timeouts.process_exit.get()),
+                info.describe()
+            ),
+            EventCode::ServerProcessTerminatedUnhealthy => {
+                format!("unhealthy process ended ({})", info.describe())
+            }
+            _ => format!("process terminated by the agent ({})", info.describe()),
+        };
+        self.emit(
+            Event::new(code, message)
+                .process(&p.id, Some(pid))
+                .exit(details),
+        );
+        let clean = code == EventCode::ServerProcessEnded;
+        if let Some(gss_id) = &p.session {
+            let reason = if clean {
+                "process ended".to_string()
+            } else {
+                format!("process {} ({})", code.as_str(), info.describe())
+            };
+            self.end_session(gss_id, GssInput::ProcessExited { clean }, &reason);
+        }
+        let slot = p.slot;
+        self.slots[slot].pid = None;
+        let failure = matches!(
+            code,
+            EventCode::ServerProcessCrashed
+                | EventCode::ServerProcessProcessReadyTimeout
+                | EventCode::ServerProcessTerminatedUnhealthy
+                | EventCode::ServerProcessProcessExitTimeout
+        );
+        if failure {
+            self.after_failure(slot, now, ran);
+        } else {
+            self.slots[slot].failures = 0;
+            self.schedule_launch(slot, now, Duration::ZERO);
+        }
+    }
+
+    /// A health check finished.
+    pub fn health_result(&mut self, pid: u32, healthy: bool, detail: &str, now: Instant) {
+        let threshold = self.cfg.health_check.failure_threshold;
+        let interval = self.cfg.health_check.interval.get();
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        p.health_in_flight = false;
+        if p.phase != Phase::Active {
+            return;
+        }
+        if healthy {
+            p.health_failures = 0;
+            p.healthy = true;
+        } else {
+            p.health_failures += 1;
+            tracing::debug!(
+                process.pid = pid,
+                failures = p.health_failures,
+                detail,
+                "health check failed"
+            );
+        }
+        if p.health_failures >= threshold {
+            p.healthy = false;
+            let id = p.id.clone();
+            self.emit(
+                Event::new(
+                    EventCode::ServerProcessUnhealthy,
+                    format!("{threshold} consecutive health checks failed (last: {detail})"),
+                )
+                .process(&id, Some(pid)),
+            );
+            self.terminate(pid, TerminateReason::Unhealthy, now);
+        } else {
+            self.timers.add(now + interval, Timer::HealthCheck { pid });
+        }
+    }
+
+    /// OnStartGameServerSession returned; `Err` carries why it failed.
+    pub fn start_session_result(&mut self, pid: u32, gss_id: &str, result: Result<(), String>) {
+        let Err(why) = result else { return };
+        let activating = self
+            .sessions
+            .get(gss_id)
+            .is_some_and(|(_, s)| s.status == GssStatus::Activating);
+        if activating {
+            self.end_session(
+                gss_id,
+                GssInput::Fail,
+                &format!("OnStartGameServerSession failed: {why}"),
+            );
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.session = None;
+            }
+        }
+    }
+
+    /// Fires every due timer.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            self.fire(timer, now);
+        }
+    }
+
+    fn fire(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Launch { slot } => {
+                if self.slots[slot].launch == LaunchState::Scheduled && !self.shutting_down {
+                    // A slot scheduled before its entry tripped waits out the cool-down.
+                    self.schedule_launch(slot, now, Duration::ZERO);
+                }
+            }
+            Timer::ReadyTimeout { pid } => {
+                if self
+                    .procs
+                    .get(&pid)
+                    .is_some_and(|p| p.phase == Phase::Launching)
+                {
+                    self.stop(pid, StopReason::ReadyTimeout);
+                }
+            }
+            Timer::HealthCheck { pid } => {
+                if let Some(p) = self.procs.get_mut(&pid)
+                    && p.phase == Phase::Active
+                    && !p.health_in_flight
+                {
+                    p.health_in_flight = true;
+                    let grpc_port = p.grpc_port;
+                    self.effects.push(Effect::HealthCheck { pid, grpc_port });
+                }
+            }
+            Timer::TerminateDeadline { pid } => {
+                if let Some(Phase::Terminating(reason)) = self.procs.get(&pid).map(|p| p.phase) {
+                    self.stop(pid, reason.stop_reason());
+                }
+            }
+            Timer::ExitTimeout { pid } => {
+                if self
+                    .procs
+                    .get(&pid)
+                    .is_some_and(|p| p.phase == Phase::Ending)
+                {
+                    self.stop(pid, StopReason::ExitTimeout);
+                }
+            }
+            Timer::ActivationTimeout { gss_id } => {
+                let Some((_, s)) = self.sessions.get(&gss_id) else {
+                    return;
+                };
+                if s.status != GssStatus::Activating {
+                    return;
+                }
+                let (pid, process_id) = (s.pid, s.process_id.clone());
+                let timeout = self.cfg.runtime.activation_timeout;
+                self.emit(
+                    Event::new(
+                        EventCode::GameSessionActivationTimeout,
+                        format!(
+                            "not activated within {}; the process is terminated",
+                            humantime::format_duration(timeout)
+                        ),
+                    )
+                    .session(&gss_id)
+                    .process(&process_id, Some(pid)),
+                );
+                self.end_session_quietly(&gss_id, GssInput::Fail, "activation timed out");
+                self.stop(pid, StopReason::Forced);
+            }
+            Timer::Reservation { player_session_id } => {
+                self.player_transition(&player_session_id, PlayerInput::Timeout);
+            }
+            Timer::BreakerEnd { entry } => {
+                self.entries[entry].breaker.paused_until = None;
+                let launch_path = self.cfg.runtime.server_processes[entry].launch_path.clone();
+                self.emit(Event::new(
+                    EventCode::ServerProcessCrashLoopEnded,
+                    format!("{launch_path}: cool-down over; launching again"),
+                ));
+            }
+        }
+    }
+
+    /// Begins the agent's shutdown: nothing new launches; every ready process is sent
+    /// OnProcessTerminate with the shutdown deadline; the rest are stopped.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.emit(Event::new(
+            EventCode::AgentStopping,
+            format!("stopping {} server process(es)", self.procs.len()),
+        ));
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            match self.procs[&pid].phase {
+                Phase::Active | Phase::Terminating(_) => {
+                    self.terminate(pid, TerminateReason::Shutdown, now)
+                }
+                Phase::Launching => self.stop(pid, StopReason::Shutdown),
+                Phase::Ending => {}
+            }
+        }
+    }
+
+    /// Stops every process now (second signal, or the shutdown deadline passed).
+    pub fn stop_all(&mut self) {
+        self.shutting_down = true;
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            self.stop(pid, StopReason::Shutdown);
+        }
+    }
+
+    /// Sends OnProcessTerminate (or stops at once a process without callbacks) and arms the
+    /// protection deadline.
+    fn terminate(&mut self, pid: u32, reason: TerminateReason, now: Instant) {
+        let shutdown_grace = self.cfg.timeouts.shutdown.get();
+        let hosts_session = self.hosts_live_session(pid);
+        let grace = match reason {
+            TerminateReason::Shutdown => Some(shutdown_grace),
+            _ => self.cfg.protection.grace(hosts_session),
+        };
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        if p.phase == Phase::Launching || p.grpc_port == 0 {
+            self.stop(pid, reason.stop_reason());
+            return;
+        }
+        if let Phase::Terminating(old) = p.phase {
+            // Already told; a shutdown only shortens the deadline.
+            if old == reason || reason != TerminateReason::Shutdown {
+                return;
+            }
+        }
+        p.phase = Phase::Terminating(reason);
+        let grpc_port = p.grpc_port;
+        let id = p.id.clone();
+        let termination_time = grace
+            .map(|g| unix_seconds(Some(SystemTime::now() + g)))
+            .unwrap_or(0);
+        if let Some(g) = grace {
+            self.timers.add(now + g, Timer::TerminateDeadline { pid });
+        }
+        self.effects.push(Effect::Terminate {
+            pid,
+            grpc_port,
+            termination_time,
+        });
+        let why = match reason {
+            TerminateReason::Unhealthy => "unhealthy",
+            TerminateReason::Requested => "requested",
+            TerminateReason::Shutdown => "agent shutdown",
+        };
+        let deadline = grace
+            .map(|g| format!("must end within {}", humantime::format_duration(g)))
+            .unwrap_or_else(|| "no deadline (FullProtection)".into());
+        self.emit(
+            Event::new(
+                EventCode::ServerProcessTerminating,
+                format!("OnProcessTerminate sent ({why}); {deadline}"),
+            )
+            .process(&id, Some(pid)),
+        );
+    }
+
+    fn hosts_live_session(&self, pid: u32) -> bool {
+        self.procs
+            .get(&pid)
+            .and_then(|p| p.session.as_ref())
+            .and_then(|id| self.sessions.get(id))
+            .is_some_and(|(_, s)| !s.status.is_final())
+    }
+
+    /// Asks the actor to stop a process; the first reason given wins.
+    fn stop(&mut self, pid: u32, reason: StopReason) {
+        let grace = self.cfg.timeouts.stop_grace.get();
+        if let Some(p) = self.procs.get_mut(&pid) {
+            if p.stop.is_some() {
+                return;
+            }
+            p.stop = Some(reason);
+            self.effects.push(Effect::Stop { pid, grace });
+        }
+    }
+
+    // ---- game server sessions -------------------------------------------------------------
+
+    /// Moves a session and emits the matching event.
+    fn end_session(&mut self, gss_id: &str, input: GssInput, reason: &str) {
+        if let Some(status) = self.end_session_quietly(gss_id, input, reason) {
+            let (_, s) = &self.sessions[gss_id];
+            let (pid, process_id) = (s.pid, s.process_id.clone());
+            let code = match status {
+                GssStatus::Terminated => EventCode::GameSessionTerminated,
+                GssStatus::Error => EventCode::GameSessionError,
+                _ => return,
+            };
+            self.emit(
+                Event::new(code, format!("game server session {}: {reason}", status))
+                    .session(gss_id)
+                    .process(&process_id, Some(pid)),
+            );
+        }
+    }
+
+    /// Moves a session; on a final status, completes its players and frees its process.
+    fn end_session_quietly(
+        &mut self,
+        gss_id: &str,
+        input: GssInput,
+        reason: &str,
+    ) -> Option<GssStatus> {
+        let (_, s) = self.sessions.get_mut(gss_id)?;
+        let to = s.status.next(input).ok()?;
+        s.status = to;
+        if !to.is_final() {
+            return Some(to);
+        }
+        s.status_reason = reason.to_string();
+        s.termination_time = Some(SystemTime::now());
+        s.current_players = 0;
+        let pid = s.pid;
+        if let Some(p) = self.procs.get_mut(&pid)
+            && p.session.as_deref() == Some(gss_id)
+        {
+            p.session = None;
+        }
+        for seq in self
+            .session_players
+            .get(gss_id)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let id = self.players[&seq].id.clone();
+            self.player_transition(&id, PlayerInput::Remove);
+        }
+        self.finished_sessions.push_back(gss_id.to_string());
+        while self.finished_sessions.len() > FINISHED_SESSIONS_KEPT {
+            if let Some(old) = self.finished_sessions.pop_front() {
+                self.forget_session(&old);
+            }
+        }
+        Some(to)
+    }
+
+    fn forget_session(&mut self, gss_id: &str) {
+        if let Some((seq, _)) = self.sessions.remove(gss_id) {
+            self.session_order.remove(&seq);
+        }
+        self.idempotency.retain(|_, v| v != gss_id);
+        for seq in self.session_players.remove(gss_id).unwrap_or_default() {
+            if let Some(p) = self.players.remove(&seq) {
+                self.player_index.remove(&p.id);
+            }
+        }
+    }
+
+    fn session_of(&self, pid: u32, gss_id: &str) -> Result<&GameSession, FleetError> {
+        let (_, s) = self
+            .sessions
+            .get(gss_id)
+            .ok_or_else(|| FleetError::NotFound {
+                kind: "game server session",
+                id: gss_id.to_string(),
+            })?;
+        if s.pid != pid {
+            return Err(FleetError::Denied(format!(
+                "game server session {gss_id} is hosted by pid {}, not by pid {pid}",
+                s.pid
+            )));
+        }
+        Ok(s)
+    }
+
+    fn create_session(&mut self, req: NewSession, now: Instant) -> Result<GameSession, FleetError> {
+        if self.shutting_down {
+            return Err(FleetError::Denied("the agent is shutting down".into()));
+        }
+        if let Some(token) = &req.idempotency_token
+            && let Some(id) = self.idempotency.get(token)
+            && let Some((_, s)) = self.sessions.get(id)
+        {
+            return Ok(s.clone());
+        }
+        let fleet = &self.cfg.fleet_id;
+        let suffix = req
+            .custom_id
+            .clone()
+            .unwrap_or_else(|| format!("gssess-{}", uuid::Uuid::new_v4()));
+        let id = format!("qcs::gse:local::gameserversession/{fleet}/{suffix}");
+        if self.sessions.contains_key(&id) {
+            return Err(FleetError::Invalid {
+                param: "GameServerSessionId",
+                message: format!("{id} already exists"),
+            });
+        }
+        let activating = self
+            .sessions
+            .values()
+            .filter(|(_, s)| s.status == GssStatus::Activating)
+            .count();
+        let limit = self.cfg.runtime.max_concurrent_activations as usize;
+        if activating >= limit {
+            return Err(FleetError::Limit(format!(
+                "{activating} game server session(s) are ACTIVATING; MaxConcurrentGameServerSessionActivations is {limit}"
+            )));
+        }
+        let pid = self
+            .procs
+            .values()
+            .filter(|p| p.phase == Phase::Active && p.healthy && p.session.is_none())
+            .min_by_key(|p| p.slot)
+            .map(|p| p.pid)
+            .ok_or_else(|| {
+                FleetError::Limit(
+                    "no idle, healthy, ready server process is available on this host".into(),
+                )
+            })?;
+        let p = &self.procs[&pid];
+        let session = GameSession {
+            id: id.clone(),
+            fleet_id: fleet.clone(),
+            name: req.name,
+            creator_id: req.creator_id,
+            max_players: req.max_players,
+            game_properties: req.game_properties,
+            data: req.data,
+            matchmaker_data: String::new(),
+            port: i32::from(p.client_port),
+            ip_address: "127.0.0.1".into(),
+            dns_name: String::new(),
+            status: GssStatus::Activating,
+            status_reason: String::new(),
+            policy: CreationPolicy::AcceptAll,
+            creation_time: SystemTime::now(),
+            termination_time: None,
+            current_custom_count: p.custom.0,
+            max_custom_count: p.custom.1,
+            process_id: p.id.clone(),
+            pid,
+            current_players: 0,
+        };
+        let grpc_port = p.grpc_port;
+        let process_id = p.id.clone();
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.session = Some(id.clone());
+        }
+        let seq = self.seq();
+        self.session_order.insert(seq, id.clone());
+        self.sessions.insert(id.clone(), (seq, session.clone()));
+        if let Some(token) = req.idempotency_token {
+            self.idempotency.insert(token, id.clone());
+        }
+        self.timers.add(
+            now + self.cfg.runtime.activation_timeout,
+            Timer::ActivationTimeout { gss_id: id.clone() },
+        );
+        self.emit(
+            Event::new(
+                EventCode::GameSessionCreated,
+                format!("placed on {process_id}; OnStartGameServerSession sent"),
+            )
+            .session(&id)
+            .process(&process_id, Some(pid)),
+        );
+        self.effects.push(Effect::StartSession {
+            pid,
+            grpc_port,
+            session: session.to_proto(),
+        });
+        Ok(session)
+    }
+
+    fn describe_sessions(&self, q: &SessionQuery) -> Result<ControlReply, FleetError> {
+        if let Some(id) = &q.gss_id {
+            let (_, s) = self.sessions.get(id).ok_or_else(|| FleetError::NotFound {
+                kind: "game server session",
+                id: id.clone(),
+            })?;
+            let hit = q.status.is_none_or(|st| st == s.status);
+            return Ok(ControlReply::Sessions(
+                if hit { vec![s.clone()] } else { vec![] },
+                None,
+            ));
+        }
+        let start = parse_token(q.next_token.as_deref())?;
+        let mut page = Vec::new();
+        let mut next = None;
+        for (seq, id) in self.session_order.range(start..) {
+            let (_, s) = &self.sessions[id];
+            if q.status.is_some_and(|st| st != s.status) {
+                continue;
+            }
+            if page.len() == q.limit {
+                next = Some(seq.to_string());
+                break;
+            }
+            page.push(s.clone());
+        }
+        Ok(ControlReply::Sessions(page, next))
+    }
+
+    // ---- player sessions --------------------------------------------------------------------
+
+    fn join(
+        &mut self,
+        gss_id: &str,
+        players: Vec<NewPlayer>,
+        now: Instant,
+    ) -> Result<Vec<PlayerSession>, FleetError> {
+        let (_, s) = self
+            .sessions
+            .get(gss_id)
+            .ok_or_else(|| FleetError::NotFound {
+                kind: "game server session",
+                id: gss_id.to_string(),
+            })?;
+        if s.status != GssStatus::Active {
+            return Err(FleetError::Denied(format!(
+                "game server session {gss_id} is {}, players can join only ACTIVE sessions",
+                s.status
+            )));
+        }
+        if s.policy == CreationPolicy::DenyAll {
+            return Err(FleetError::Denied(format!(
+                "game server session {gss_id} has PlayerSessionCreationPolicy DENY_ALL"
+            )));
+        }
+        let free = s.max_players - s.current_players;
+        if players.len() as i64 > i64::from(free) {
+            return Err(FleetError::Limit(format!(
+                "game server session {gss_id} has {} of {} player slots taken; cannot add {}",
+                s.current_players,
+                s.max_players,
+                players.len()
+            )));
+        }
+        let (ip, port, fleet, dns) = (
+            s.ip_address.clone(),
+            s.port,
+            s.fleet_id.clone(),
+            s.dns_name.clone(),
+        );
+        let (pid, process_id) = (s.pid, s.process_id.clone());
+        let deadline = now + self.cfg.timeouts.player_reservation.get();
+        let mut out = Vec::with_capacity(players.len());
+        for np in players {
+            let ps = PlayerSession {
+                id: format!("psess-{}", uuid::Uuid::new_v4()),
+                player_id: np.player_id,
+                gss_id: gss_id.to_string(),
+                fleet_id: fleet.clone(),
+                ip_address: ip.clone(),
+                port,
+                dns_name: dns.clone(),
+                player_data: np.player_data,
+                status: PlayerStatus::Reserved,
+                creation_time: SystemTime::now(),
+                termination_time: None,
+            };
+            let seq = self.seq();
+            self.player_index.insert(ps.id.clone(), seq);
+            self.session_players
+                .entry(gss_id.to_string())
+                .or_default()
+                .push(seq);
+            self.timers.add(
+                deadline,
+                Timer::Reservation {
+                    player_session_id: ps.id.clone(),
+                },
+            );
+            self.emit(
+                Event::new(
+                    EventCode::PlayerSessionReserved,
+                    format!("player {} reserved", ps.player_id),
+                )
+                .session(gss_id)
+                .player(&ps.id)
+                .process(&process_id, Some(pid)),
+            );
+            out.push(ps.clone());
+            self.players.insert(seq, ps);
+        }
+        if let Some((_, s)) = self.sessions.get_mut(gss_id) {
+            s.current_players += out.len() as i32;
+        }
+        Ok(out)
+    }
+
+    /// Applies a player transition; keeps the session's count and emits the event.
+    fn player_transition(
+        &mut self,
+        id: &str,
+        input: PlayerInput,
+    ) -> Option<Result<(), &'static str>> {
+        let seq = *self.player_index.get(id)?;
+        let ps = self.players.get_mut(&seq)?;
+        let to = match ps.status.next(input) {
+            Ok(to) => to,
+            Err(from) => return Some(Err(from)),
+        };
+        let freed = ps.status.holds_slot() && !to.holds_slot();
+        ps.status = to;
+        if !to.holds_slot() {
+            ps.termination_time = Some(SystemTime::now());
+        }
+        let gss_id = ps.gss_id.clone();
+        let player_id = ps.player_id.clone();
+        let (code, what) = match to {
+            PlayerStatus::Active => (EventCode::PlayerSessionActive, "accepted"),
+            PlayerStatus::Completed => (EventCode::PlayerSessionCompleted, "completed"),
+            PlayerStatus::TimedOut => (EventCode::PlayerSessionTimedOut, "not accepted in time"),
+            PlayerStatus::Reserved => (EventCode::PlayerSessionReserved, "reserved"),
+        };
+        if freed && let Some((_, s)) = self.sessions.get_mut(&gss_id) {
+            s.current_players = (s.current_players - 1).max(0);
+        }
+        self.emit(
+            Event::new(code, format!("player {player_id} {what}"))
+                .session(&gss_id)
+                .player(id),
+        );
+        Some(Ok(()))
+    }
+
+    fn describe_players(
+        &self,
+        q: &PlayerQuery,
+    ) -> Result<(Vec<PlayerSession>, Option<String>), FleetError> {
+        let start = parse_token(q.next_token.as_deref())?;
+        let matches = |p: &PlayerSession| {
+            q.gss_id.as_ref().is_none_or(|g| *g == p.gss_id)
+                && q.player_id.as_ref().is_none_or(|x| *x == p.player_id)
+                && q.player_session_id.as_ref().is_none_or(|x| *x == p.id)
+                && q.status.is_none_or(|s| s == p.status)
+        };
+        let mut page = Vec::new();
+        let mut next = None;
+        // Narrow the scan to one session's players when possible.
+        let candidates: Box<dyn Iterator<Item = (u64, &PlayerSession)>> =
+            if let Some(id) = &q.player_session_id {
+                Box::new(
+                    self.player_index
+                        .get(id)
+                        .and_then(|seq| self.players.get(seq).map(|p| (*seq, p)))
+                        .into_iter(),
+                )
+            } else if let Some(g) = &q.gss_id {
+                Box::new(
+                    self.session_players
+                        .get(g)
+                        .into_iter()
+                        .flatten()
+                        .filter(move |seq| **seq >= start)
+                        .filter_map(|seq| self.players.get(seq).map(|p| (*seq, p))),
+                )
+            } else {
+                Box::new(self.players.range(start..).map(|(k, v)| (*k, v)))
+            };
+        for (seq, p) in candidates {
+            if seq < start || !matches(p) {
+                continue;
+            }
+            if page.len() == q.limit {
+                next = Some(seq.to_string());
+                break;
+            }
+            page.push(p.clone());
+        }
+        Ok((page, next))
+    }
+
+    // ---- inputs from outside ------------------------------------------------------------------
+
+    /// Handles a GSE SDK call from the process `pid`.
+    pub fn sdk(&mut self, pid: u32, call: SdkCall, now: Instant) -> Result<SdkReply, FleetError> {
+        if !self.procs.contains_key(&pid) {
+            return Err(FleetError::UnknownPid(pid));
+        }
+        match call {
+            SdkCall::ProcessReady {
+                client_port,
+                grpc_port,
+                log_paths,
+            } => {
+                let port = |v: i32, name: &'static str| {
+                    u16::try_from(v)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or(FleetError::Invalid {
+                            param: name,
+                            message: format!("{v} is not a port (1-65535)"),
+                        })
+                };
+                let client_port = port(client_port, "clientPort")?;
+                let grpc_port = port(grpc_port, "grpcPort")?;
+                let interval = self.cfg.health_check.interval.get();
+                let p = self.procs.get_mut(&pid).expect("checked above");
+                if p.phase != Phase::Launching {
+                    return Err(FleetError::Denied(format!(
+                        "ProcessReady was already called; the process is {}",
+                        p.phase.as_str()
+                    )));
+                }
+                p.phase = Phase::Active;
+                p.ready_at = Some(now);
+                p.client_port = client_port;
+                p.grpc_port = grpc_port;
+                p.healthy = true;
+                p.log_paths = log_paths;
+                let id = p.id.clone();
+                self.timers.add(now + interval, Timer::HealthCheck { pid });
+                self.emit(
+                    Event::new(
+                        EventCode::ServerProcessReady,
+                        format!("ready: clientPort {client_port}, grpcPort {grpc_port}"),
+                    )
+                    .process(&id, Some(pid)),
+                );
+                Ok(SdkReply::Done)
+            }
+            SdkCall::Activate {
+                gss_id,
+                max_players,
+            } => {
+                let s = self.session_of(pid, &gss_id)?;
+                let to = s
+                    .status
+                    .next(GssInput::Activate)
+                    .map_err(|e| FleetError::Denied(format!("{gss_id}: {e}")))?;
+                if max_players < 0 {
+                    return Err(FleetError::Invalid {
+                        param: "maxPlayers",
+                        message: format!("{max_players} is negative"),
+                    });
+                }
+                let (_, s) = self.sessions.get_mut(&gss_id).expect("checked above");
+                s.status = to;
+                if max_players > 0 {
+                    s.max_players = max_players;
+                }
+                let process_id = s.process_id.clone();
+                self.emit(
+                    Event::new(
+                        EventCode::GameSessionActivated,
+                        "game server session ACTIVE",
+                    )
+                    .session(&gss_id)
+                    .process(&process_id, Some(pid)),
+                );
+                Ok(SdkReply::Done)
+            }
+            SdkCall::AcceptPlayer {
+                gss_id,
+                player_session_id,
+            }
+            | SdkCall::RemovePlayer {
+                gss_id,
+                player_session_id,
+            } if !self.player_index.contains_key(&player_session_id) => {
+                self.session_of(pid, &gss_id)?;
+                Err(FleetError::NotFound {
+                    kind: "player session",
+                    id: player_session_id,
+                })
+            }
+            SdkCall::AcceptPlayer {
+                gss_id,
+                player_session_id,
+            } => {
+                let s = self.session_of(pid, &gss_id)?;
+                if s.status != GssStatus::Active {
+                    return Err(FleetError::Denied(format!(
+                        "game server session {gss_id} is {}, not ACTIVE",
+                        s.status
+                    )));
+                }
+                self.player_in_session(&gss_id, &player_session_id)?;
+                match self.player_transition(&player_session_id, PlayerInput::Accept) {
+                    Some(Ok(())) => Ok(SdkReply::Done),
+                    Some(Err(from)) => Err(FleetError::Denied(format!(
+                        "player session {player_session_id} is {from}, not RESERVED"
+                    ))),
+                    None => unreachable!("player_in_session checked it exists"),
+                }
+            }
+            SdkCall::RemovePlayer {
+                gss_id,
+                player_session_id,
+            } => {
+                self.session_of(pid, &gss_id)?;
+                self.player_in_session(&gss_id, &player_session_id)?;
+                match self.player_transition(&player_session_id, PlayerInput::Remove) {
+                    Some(Ok(())) => Ok(SdkReply::Done),
+                    Some(Err(from)) => Err(FleetError::Denied(format!(
+                        "player session {player_session_id} is {from}, not RESERVED or ACTIVE"
+                    ))),
+                    None => unreachable!("player_in_session checked it exists"),
+                }
+            }
+            SdkCall::DescribePlayers(q) => {
+                let (page, next) = self.describe_players(&q)?;
+                Ok(SdkReply::Players(page, next))
+            }
+            SdkCall::UpdatePolicy { gss_id, policy } => {
+                let policy = CreationPolicy::parse(&policy).ok_or_else(|| FleetError::Invalid {
+                    param: "newPlayerSessionCreationPolicy",
+                    message: format!("{policy:?} is not ACCEPT_ALL or DENY_ALL"),
+                })?;
+                let s = self.session_of(pid, &gss_id)?;
+                if s.status.is_final() {
+                    return Err(FleetError::Denied(format!(
+                        "game server session {gss_id} is {}",
+                        s.status
+                    )));
+                }
+                if let Some((_, s)) = self.sessions.get_mut(&gss_id) {
+                    s.policy = policy;
+                }
+                Ok(SdkReply::Done)
+            }
+            SdkCall::TerminateSession { gss_id } => {
+                let s = self.session_of(pid, &gss_id)?;
+                s.status
+                    .next(GssInput::Terminate)
+                    .map_err(|e| FleetError::Denied(format!("{gss_id}: {e}")))?;
+                self.end_session(&gss_id, GssInput::Terminate, "terminated by the game");
+                // A FullProtection process told to terminate may now be ended.
+                if let Some(Phase::Terminating(_)) = self.procs.get(&pid).map(|p| p.phase) {
+                    let grace = self.cfg.protection.grace(false).unwrap_or_default();
+                    self.timers
+                        .add(now + grace, Timer::TerminateDeadline { pid });
+                }
+                Ok(SdkReply::Done)
+            }
+            SdkCall::ProcessEnding => {
+                let exit = self.cfg.timeouts.process_exit.get();
+                let p = self.procs.get_mut(&pid).expect("checked above");
+                if p.phase == Phase::Ending {
+                    return Err(FleetError::Denied(
+                        "ProcessEnding was already called".into(),
+                    ));
+                }
+                p.phase = Phase::Ending;
+                let (id, session) = (p.id.clone(), p.session.clone());
+                self.timers.add(now + exit, Timer::ExitTimeout { pid });
+                if let Some(gss_id) = session {
+                    self.end_session_quietly(&gss_id, GssInput::ProcessEnding, "process ending");
+                }
+                self.emit(
+                    Event::new(
+                        EventCode::ServerProcessEnding,
+                        format!(
+                            "ProcessEnding; must exit within {}",
+                            humantime::format_duration(exit)
+                        ),
+                    )
+                    .process(&id, Some(pid)),
+                );
+                Ok(SdkReply::Done)
+            }
+            SdkCall::ReportCustomData { current, max } => {
+                if current < 0 || max < 0 || current > max {
+                    return Err(FleetError::Invalid {
+                        param: "currentCustomCount",
+                        message: format!(
+                            "need 0 <= currentCustomCount <= maxCustomCount, got {current} and {max}"
+                        ),
+                    });
+                }
+                let p = self.procs.get_mut(&pid).expect("checked above");
+                p.custom = (current, max);
+                if let Some(gss_id) = p.session.clone()
+                    && let Some((_, s)) = self.sessions.get_mut(&gss_id)
+                {
+                    s.current_custom_count = current;
+                    s.max_custom_count = max;
+                }
+                Ok(SdkReply::Done)
+            }
+        }
+    }
+
+    fn player_in_session(&self, gss_id: &str, player_session_id: &str) -> Result<(), FleetError> {
+        let seq = self
+            .player_index
+            .get(player_session_id)
+            .ok_or_else(|| FleetError::NotFound {
+                kind: "player session",
+                id: player_session_id.to_string(),
+            })?;
+        if self.players[seq].gss_id != gss_id {
+            return Err(FleetError::Denied(format!(
+                "player session {player_session_id} belongs to another game server session"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Handles a control command.
+    pub fn control(&mut self, cmd: Control, now: Instant) -> Result<ControlReply, FleetError> {
+        match cmd {
+            Control::CreateSession(req) => Ok(ControlReply::Session(Box::new(
+                self.create_session(req, now)?,
+            ))),
+            Control::DescribeSessions(q) => self.describe_sessions(&q),
+            Control::Join { gss_id, players } => Ok(ControlReply::Players(
+                self.join(&gss_id, players, now)?,
+                None,
+            )),
+            Control::DescribePlayers(q) => {
+                let (page, next) = self.describe_players(&q)?;
+                Ok(ControlReply::Players(page, next))
+            }
+            Control::EndSessionAndProcess { gss_id } => {
+                let (_, s) = self
+                    .sessions
+                    .get(&gss_id)
+                    .ok_or_else(|| FleetError::NotFound {
+                        kind: "game server session",
+                        id: gss_id.clone(),
+                    })?;
+                if s.status.is_final() {
+                    return Err(FleetError::Denied(format!(
+                        "game server session {gss_id} is already {}",
+                        s.status
+                    )));
+                }
+                let pid = s.pid;
+                self.terminate(pid, TerminateReason::Requested, now);
+                Ok(ControlReply::Done)
+            }
+            Control::DescribeProcesses => {
+                let mut v: Vec<ProcessView> = self
+                    .procs
+                    .values()
+                    .map(|p| ProcessView {
+                        process_id: p.id.clone(),
+                        pid: p.pid,
+                        launch_path: self.spec(p.slot).launch_path.clone(),
+                        status: p.phase.as_str(),
+                        healthy: p.healthy,
+                        client_port: p.client_port,
+                        grpc_port: p.grpc_port,
+                        game_server_session_id: p.session.clone(),
+                        restarts: self.slots[p.slot].generation - 1,
+                        log_paths: p.log_paths.clone(),
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.process_id.cmp(&b.process_id));
+                Ok(ControlReply::Processes(v))
+            }
+            Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
+        }
+    }
+
+    /// DescribeInstancesExtend's counters.
+    pub fn counters(&self) -> InstanceCounters {
+        let mut c = InstanceCounters {
+            max_game_session_cnt: self.slots.len() as u32,
+            ..Default::default()
+        };
+        for p in self.procs.values() {
+            if p.ready_at.is_some() && p.phase != Phase::Ending {
+                c.active_process_cnt += 1;
+                if p.healthy {
+                    c.healthy_process_cnt += 1;
+                }
+            }
+        }
+        for (_, s) in self.sessions.values() {
+            if matches!(s.status, GssStatus::Activating | GssStatus::Active) {
+                c.game_session_cnt += 1;
+                c.player_session_cnt += s.current_players.max(0) as u32;
+                c.max_player_session_cnt += s.max_players.max(0) as u32;
+            }
+        }
+        c
+    }
+}
+
+fn parse_token(token: Option<&str>) -> Result<u64, FleetError> {
+    match token {
+        None | Some("") => Ok(0),
+        Some(t) => t.parse().map_err(|_| FleetError::Invalid {
+            param: "NextToken",
+            message: format!("{t:?} is not a token returned by this agent"),
+        }),
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    nix::sys::signal::Signal::SIGKILL as i32
+}
+
+/// The GSE event code of an exit: the agent's reason for stopping it wins; then ProcessEnding
+/// or a requested termination make a normal end; anything else is a crash.
+fn classify(p: &Proc) -> EventCode {
+    match (p.stop, p.phase) {
+        (Some(StopReason::ReadyTimeout), _) => EventCode::ServerProcessProcessReadyTimeout,
+        (Some(StopReason::ExitTimeout), _) => EventCode::ServerProcessProcessExitTimeout,
+        (Some(StopReason::Unhealthy), _) => EventCode::ServerProcessTerminatedUnhealthy,
+        (Some(StopReason::Forced), _) => EventCode::ServerProcessForceTerminated,
+        (Some(StopReason::Shutdown), Phase::Ending) => EventCode::ServerProcessEnded,
+        (Some(StopReason::Shutdown), _) => EventCode::ServerProcessForceTerminated,
+        (None, Phase::Ending) => EventCode::ServerProcessEnded,
+        (None, Phase::Terminating(TerminateReason::Unhealthy)) => {
+            EventCode::ServerProcessTerminatedUnhealthy
+        }
+        (None, Phase::Terminating(_)) => EventCode::ServerProcessEnded,
+        (None, Phase::Launching | Phase::Active) => EventCode::ServerProcessCrashed,
+    }
+}
+
+#[cfg(test)]
+mod tests;

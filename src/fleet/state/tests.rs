@@ -1,0 +1,781 @@
+//! Transitions of the fleet with no process, no network and a paused clock.
+
+use std::path::Path;
+
+use super::*;
+use crate::config;
+
+const CONFIG: &str = "
+fleet-id: fleet-test
+health-check: { interval: 1s, timeout: 500ms, failure-threshold: 2 }
+timeouts: { process-ready: 5s, process-exit: 2s, player-reservation: 3s, stop-grace: 1s, shutdown: 4s }
+protection: { policy: NoProtection, no-protection-grace: 10s }
+restart: { initial-backoff: 1s, max-backoff: 8s, reset-after: 30s, crash-loop-max: 4, crash-loop-window: 60s, crash-loop-cool-down: 100s }
+runtime-configuration:
+  ServerProcesses:
+    - LaunchPath: /local/game/a
+      ConcurrentExecutions: 2
+    - LaunchPath: /local/game/b
+      ConcurrentExecutions: 1
+  MaxConcurrentGameServerSessionActivations: 1
+  GameServerSessionActivationTimeoutSeconds: 5
+";
+
+struct Harness {
+    fleet: Fleet,
+    now: Instant,
+    next_pid: u32,
+    events: Vec<Event>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let cfg = config::parse(CONFIG, "test.yaml", Path::new("/srv")).unwrap();
+        let mut fleet = Fleet::new(Arc::new(cfg));
+        fleet.start();
+        let mut h = Self {
+            fleet,
+            now: Instant::now(),
+            next_pid: 100,
+            events: Vec::new(),
+        };
+        h.settle();
+        h
+    }
+
+    /// Performs launches like the actor would (every launch succeeds) and collects the other
+    /// effects.
+    fn settle(&mut self) -> Vec<Effect> {
+        let mut others = Vec::new();
+        loop {
+            let effects = self.fleet.take_effects();
+            if effects.is_empty() {
+                return others;
+            }
+            for e in effects {
+                match e {
+                    Effect::Launch {
+                        slot, process_id, ..
+                    } => {
+                        self.next_pid += 1;
+                        self.fleet
+                            .spawned(slot, process_id, self.next_pid, self.now);
+                    }
+                    Effect::Emit(ev) => self.events.push(*ev),
+                    other => others.push(other),
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Effect> {
+        self.now += d;
+        self.fleet.tick(self.now);
+        self.settle()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let mut v = self.fleet.pids();
+        v.sort();
+        v
+    }
+
+    fn ready(&mut self, pid: u32) {
+        let r = self.fleet.sdk(
+            pid,
+            SdkCall::ProcessReady {
+                client_port: 7000 + pid as i32,
+                grpc_port: 9000 + pid as i32,
+                log_paths: vec![],
+            },
+            self.now,
+        );
+        assert!(r.is_ok(), "{r:?}");
+        self.settle();
+    }
+
+    fn exit(&mut self, pid: u32, code: i32) -> Vec<Effect> {
+        self.fleet.exited(
+            pid,
+            ExitInfo {
+                exit_code: Some(code),
+                ..Default::default()
+            },
+            self.now,
+        );
+        self.settle()
+    }
+
+    fn codes(&self) -> Vec<EventCode> {
+        self.events.iter().map(|e| e.event_code).collect()
+    }
+
+    fn count(&self, code: EventCode) -> usize {
+        self.events.iter().filter(|e| e.event_code == code).count()
+    }
+
+    fn create(&mut self, max_players: i32) -> Result<GameSession, FleetError> {
+        let r = self.fleet.control(
+            Control::CreateSession(NewSession {
+                max_players,
+                ..Default::default()
+            }),
+            self.now,
+        );
+        self.settle();
+        match r {
+            Ok(ControlReply::Session(s)) => Ok(*s),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn join(&mut self, gss: &str, n: usize) -> Result<Vec<PlayerSession>, FleetError> {
+        let players = (0..n)
+            .map(|i| NewPlayer {
+                player_id: format!("player-{i}"),
+                player_data: String::new(),
+            })
+            .collect();
+        let r = self.fleet.control(
+            Control::Join {
+                gss_id: gss.into(),
+                players,
+            },
+            self.now,
+        );
+        self.settle();
+        match r {
+            Ok(ControlReply::Players(p, _)) => Ok(p),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn sdk(&mut self, pid: u32, call: SdkCall) -> Result<SdkReply, FleetError> {
+        let r = self.fleet.sdk(pid, call, self.now);
+        self.settle();
+        r
+    }
+
+    fn session(&self, id: &str) -> GameSession {
+        self.fleet.sessions[id].1.clone()
+    }
+}
+
+fn is_stop(e: &Effect, want: u32) -> bool {
+    matches!(e, Effect::Stop { pid, .. } if *pid == want)
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_launches_concurrent_executions_of_every_entry() {
+    let h = Harness::new();
+    assert_eq!(h.pids().len(), 3);
+    assert_eq!(h.count(EventCode::ServerProcessStarted), 3);
+    let ids: Vec<_> = h.fleet.procs.values().map(|p| p.id.clone()).collect();
+    for want in ["proc-0-0-1", "proc-0-1-1", "proc-1-0-1"] {
+        assert!(ids.contains(&want.to_string()), "{ids:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_relaunches_at_once_then_backs_off_and_resets_after_a_stable_run() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.exit(pid, 3);
+    assert_eq!(h.count(EventCode::ServerProcessCrashed), 1);
+    assert_eq!(h.pids().len(), 3, "first crash: immediate relaunch");
+    let pid = *h.pids().last().unwrap();
+    h.exit(pid, 3);
+    assert_eq!(h.pids().len(), 2, "second crash waits initial-backoff");
+    h.advance(Duration::from_millis(999));
+    assert_eq!(h.pids().len(), 2);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.pids().len(), 3);
+    // A run longer than reset-after resets the slot's backoff.
+    let pid = *h.pids().last().unwrap();
+    h.advance(Duration::from_secs(31));
+    h.exit(pid, 3);
+    assert_eq!(h.pids().len(), 3, "backoff was reset");
+    let crash = h
+        .events
+        .iter()
+        .find(|e| e.event_code == EventCode::ServerProcessCrashed)
+        .unwrap();
+    assert_eq!(crash.exit.as_ref().unwrap().exit_code, Some(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_loop_breaker_pauses_the_entry_with_one_event() {
+    let mut h = Harness::new();
+    // Entry 1 (one slot) crashes repeatedly.
+    for _ in 0..6 {
+        let pid = h
+            .fleet
+            .procs
+            .values()
+            .find(|p| h.fleet.slots[p.slot].entry == 1)
+            .map(|p| p.pid);
+        if let Some(pid) = pid {
+            h.exit(pid, 1);
+        }
+        h.advance(Duration::from_secs(8));
+    }
+    assert_eq!(h.count(EventCode::ServerProcessCrashLoop), 1);
+    // Ready timeouts (the test never calls ProcessReady) count as failures too.
+    let failures = h.count(EventCode::ServerProcessCrashed)
+        + h.count(EventCode::ServerProcessProcessReadyTimeout);
+    assert_eq!(
+        failures,
+        4,
+        "the breaker trips at crash-loop-max: {:?}",
+        h.codes()
+    );
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.pids().len(), 2, "entry 1 is paused");
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.count(EventCode::ServerProcessCrashLoopEnded), 1);
+    let slots: Vec<_> = h
+        .fleet
+        .procs
+        .values()
+        .map(|p| (p.id.clone(), p.slot))
+        .collect();
+    assert_eq!(
+        h.pids().len(),
+        3,
+        "entry 1 launches again: {slots:?} {:?}",
+        h.codes()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_launch_path_is_reported_once_and_not_retried_hot() {
+    let cfg = config::parse(CONFIG, "test.yaml", Path::new("/srv")).unwrap();
+    let mut fleet = Fleet::new(Arc::new(cfg));
+    fleet.start();
+    let now = Instant::now();
+    let launches: Vec<_> = fleet
+        .take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Launch {
+                slot, process_id, ..
+            } => Some((slot, process_id)),
+            _ => None,
+        })
+        .collect();
+    for (slot, id) in launches.into_iter().take(2) {
+        fleet.spawn_failed(slot, id, true, "launch path /x does not exist".into(), now);
+    }
+    let effects = fleet.take_effects();
+    let reported = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Emit(ev) if ev.event_code == EventCode::ServerProcessInvalidPath))
+        .count();
+    assert_eq!(reported, 1, "two slots of one entry: one event");
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Launch { .. })));
+    fleet.tick(now + Duration::from_secs(7));
+    assert!(
+        !fleet
+            .take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Launch { .. }))
+    );
+    fleet.tick(now + Duration::from_secs(8));
+    assert!(
+        fleet
+            .take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Launch { .. })),
+        "retried at max-backoff"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_timeout_stops_and_classifies() {
+    let mut h = Harness::new();
+    let pids = h.pids();
+    for pid in &pids[1..] {
+        h.ready(*pid);
+    }
+    let effects = h.advance(Duration::from_secs(5));
+    assert!(effects.iter().any(|e| is_stop(e, pids[0])), "{effects:?}");
+    assert_eq!(
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Stop { .. }))
+            .count(),
+        1
+    );
+    h.fleet.exited(
+        pids[0],
+        ExitInfo {
+            signal: Some(15),
+            ..Default::default()
+        },
+        h.now,
+    );
+    h.settle();
+    assert!(
+        h.codes()
+            .contains(&EventCode::ServerProcessProcessReadyTimeout)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unhealthy_process_is_terminated_then_killed_at_the_deadline() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let effects = h.advance(Duration::from_secs(1));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::HealthCheck { pid: p, .. } if *p == pid))
+    );
+    h.fleet
+        .health_result(pid, false, "healthStatus false", h.now);
+    h.settle();
+    let effects = h.advance(Duration::from_secs(1));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::HealthCheck { .. }))
+    );
+    h.fleet.health_result(pid, false, "timeout", h.now);
+    let effects = h.settle();
+    assert!(h.codes().contains(&EventCode::ServerProcessUnhealthy));
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Terminate { pid: p, termination_time, .. } if *p == pid && *termination_time > 0)),
+        "{effects:?}"
+    );
+    // Unhealthy: no new session goes there.
+    assert!(!h.fleet.procs[&pid].healthy);
+    let effects = h.advance(Duration::from_secs(10));
+    assert!(effects.iter().any(|e| is_stop(e, pid)));
+    h.exit(pid, 0);
+    assert!(
+        h.codes()
+            .contains(&EventCode::ServerProcessTerminatedUnhealthy)
+    );
+    assert_eq!(h.pids().len(), 3, "replaced");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_answer_resets_the_failure_count() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    for healthy in [false, true, false, true] {
+        h.advance(Duration::from_secs(1));
+        h.fleet.health_result(pid, healthy, "x", h.now);
+        h.settle();
+    }
+    assert!(!h.codes().contains(&EventCode::ServerProcessUnhealthy));
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_and_player_lifecycle() {
+    let mut h = Harness::new();
+    let pids = h.pids();
+    assert!(
+        matches!(h.create(2), Err(FleetError::Limit(_))),
+        "no ready process"
+    );
+    h.ready(pids[1]);
+    let s = h.create(2).unwrap();
+    assert_eq!(s.status, GssStatus::Activating);
+    assert_eq!(s.pid, pids[1]);
+    assert_eq!(s.port, 7000 + pids[1] as i32);
+    // Another pid cannot activate it.
+    let err = h
+        .sdk(
+            pids[0],
+            SdkCall::Activate {
+                gss_id: s.id.clone(),
+                max_players: 0,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("hosted by pid"), "{err}");
+    assert!(
+        matches!(h.join(&s.id, 1), Err(FleetError::Denied(_))),
+        "not ACTIVE yet"
+    );
+    h.sdk(
+        pids[1],
+        SdkCall::Activate {
+            gss_id: s.id.clone(),
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(h.session(&s.id).status, GssStatus::Active);
+    let players = h.join(&s.id, 2).unwrap();
+    assert!(
+        matches!(h.join(&s.id, 1), Err(FleetError::Limit(_))),
+        "full"
+    );
+    let accept = |id: &str| SdkCall::AcceptPlayer {
+        gss_id: s.id.clone(),
+        player_session_id: id.to_string(),
+    };
+    h.sdk(pids[1], accept(&players[0].id)).unwrap();
+    let err = h.sdk(pids[1], accept(&players[0].id)).unwrap_err();
+    assert!(err.to_string().contains("is ACTIVE, not RESERVED"), "{err}");
+    // The second player is never accepted and times out.
+    h.advance(Duration::from_secs(3));
+    assert!(h.codes().contains(&EventCode::PlayerSessionTimedOut));
+    assert_eq!(h.session(&s.id).current_players, 1);
+    h.sdk(
+        pids[1],
+        SdkCall::RemovePlayer {
+            gss_id: s.id.clone(),
+            player_session_id: players[0].id.clone(),
+        },
+    )
+    .unwrap();
+    assert_eq!(h.session(&s.id).current_players, 0);
+    // DENY_ALL blocks joins.
+    h.sdk(
+        pids[1],
+        SdkCall::UpdatePolicy {
+            gss_id: s.id.clone(),
+            policy: "DENY_ALL".into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(h.join(&s.id, 1), Err(FleetError::Denied(_))));
+    h.sdk(
+        pids[1],
+        SdkCall::ReportCustomData {
+            current: 3,
+            max: 10,
+        },
+    )
+    .unwrap();
+    assert_eq!(h.session(&s.id).current_custom_count, 3);
+    h.sdk(
+        pids[1],
+        SdkCall::TerminateSession {
+            gss_id: s.id.clone(),
+        },
+    )
+    .unwrap();
+    assert_eq!(h.session(&s.id).status, GssStatus::Terminated);
+    assert!(
+        h.fleet.procs[&pids[1]].session.is_none(),
+        "process may host again"
+    );
+    let err = h
+        .sdk(
+            pids[1],
+            SdkCall::TerminateSession {
+                gss_id: s.id.clone(),
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("is TERMINATED"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn activation_timeout_errors_the_session_and_terminates_the_process() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(4).unwrap();
+    let effects = h.advance(Duration::from_secs(5));
+    assert!(h.codes().contains(&EventCode::GameSessionActivationTimeout));
+    assert_eq!(h.session(&s.id).status, GssStatus::Error);
+    assert!(effects.iter().any(|e| is_stop(e, pid)));
+    h.exit(pid, 0);
+    assert!(h.codes().contains(&EventCode::ServerProcessForceTerminated));
+    assert_eq!(h.pids().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_activations_are_limited() {
+    let mut h = Harness::new();
+    for pid in h.pids() {
+        h.ready(pid);
+    }
+    let first = h.create(1).unwrap();
+    let err = h.create(1).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("MaxConcurrentGameServerSessionActivations is 1"),
+        "{err}"
+    );
+    h.sdk(
+        first.pid,
+        SdkCall::Activate {
+            gss_id: first.id,
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    h.create(1).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn process_exit_takes_its_session_and_players_along() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(4).unwrap();
+    h.sdk(
+        pid,
+        SdkCall::Activate {
+            gss_id: s.id.clone(),
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    let players = h.join(&s.id, 2).unwrap();
+    h.exit(pid, 139);
+    assert_eq!(h.session(&s.id).status, GssStatus::Error);
+    for p in players {
+        let seq = h.fleet.player_index[&p.id];
+        assert_eq!(h.fleet.players[&seq].status, PlayerStatus::Completed);
+    }
+    // A clean end after ProcessEnding terminates the session instead.
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(4).unwrap();
+    h.sdk(
+        pid,
+        SdkCall::Activate {
+            gss_id: s.id.clone(),
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    h.sdk(pid, SdkCall::ProcessEnding).unwrap();
+    assert_eq!(h.session(&s.id).status, GssStatus::Terminating);
+    h.exit(pid, 0);
+    assert_eq!(h.session(&s.id).status, GssStatus::Terminated);
+    assert!(h.codes().contains(&EventCode::ServerProcessEnded));
+}
+
+#[tokio::test(start_paused = true)]
+async fn process_ending_without_exit_times_out() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    h.sdk(pid, SdkCall::ProcessEnding).unwrap();
+    assert!(h.sdk(pid, SdkCall::ProcessEnding).is_err(), "twice");
+    let effects = h.advance(Duration::from_secs(2));
+    assert!(effects.iter().any(|e| is_stop(e, pid)));
+    h.fleet.exited(
+        pid,
+        ExitInfo {
+            signal: Some(9),
+            killed_by_agent: true,
+            ..Default::default()
+        },
+        h.now,
+    );
+    h.settle();
+    assert!(
+        h.codes()
+            .contains(&EventCode::ServerProcessProcessExitTimeout)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sdk_refuses_unknown_pids_and_illegal_calls() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.sdk(1, SdkCall::ProcessEnding).unwrap_err(),
+        FleetError::UnknownPid(1)
+    );
+    let pid = h.pids()[0];
+    let bad_port = h
+        .sdk(
+            pid,
+            SdkCall::ProcessReady {
+                client_port: 70000,
+                grpc_port: 1,
+                log_paths: vec![],
+            },
+        )
+        .unwrap_err();
+    assert!(bad_port.to_string().contains("clientPort"), "{bad_port}");
+    h.ready(pid);
+    let twice = h
+        .sdk(
+            pid,
+            SdkCall::ProcessReady {
+                client_port: 1,
+                grpc_port: 2,
+                log_paths: vec![],
+            },
+        )
+        .unwrap_err();
+    assert!(twice.to_string().contains("already called"), "{twice}");
+    let missing = h
+        .sdk(
+            pid,
+            SdkCall::Activate {
+                gss_id: "nope".into(),
+                max_players: 0,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(missing, FleetError::NotFound { .. }));
+    let policy = h
+        .sdk(
+            pid,
+            SdkCall::UpdatePolicy {
+                gss_id: "nope".into(),
+                policy: "MAYBE".into(),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        policy.to_string().contains("ACCEPT_ALL or DENY_ALL"),
+        "{policy}"
+    );
+    let custom = h
+        .sdk(pid, SdkCall::ReportCustomData { current: 5, max: 1 })
+        .unwrap_err();
+    assert!(matches!(custom, FleetError::Invalid { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn player_listing_pages_and_filters() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(10).unwrap();
+    h.sdk(
+        pid,
+        SdkCall::Activate {
+            gss_id: s.id.clone(),
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    let players = h.join(&s.id, 5).unwrap();
+    h.sdk(
+        pid,
+        SdkCall::AcceptPlayer {
+            gss_id: s.id.clone(),
+            player_session_id: players[1].id.clone(),
+        },
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let q = PlayerQuery {
+            gss_id: Some(s.id.clone()),
+            next_token: token.clone(),
+            limit: 2,
+            ..Default::default()
+        };
+        let Ok(SdkReply::Players(page, next)) = h.sdk(pid, SdkCall::DescribePlayers(q)) else {
+            panic!()
+        };
+        assert!(page.len() <= 2);
+        seen.extend(page.into_iter().map(|p| p.id));
+        if next.is_none() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(
+        seen,
+        players.iter().map(|p| p.id.clone()).collect::<Vec<_>>()
+    );
+    let q = PlayerQuery {
+        status: Some(PlayerStatus::Active),
+        limit: 10,
+        ..Default::default()
+    };
+    let Ok(SdkReply::Players(page, None)) = h.sdk(pid, SdkCall::DescribePlayers(q)) else {
+        panic!()
+    };
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, players[1].id);
+    let q = PlayerQuery {
+        player_id: Some("player-3".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let Ok(SdkReply::Players(page, _)) = h.sdk(pid, SdkCall::DescribePlayers(q)) else {
+        panic!()
+    };
+    assert_eq!(page[0].id, players[3].id);
+    let bad = PlayerQuery {
+        next_token: Some("garbage".into()),
+        limit: 1,
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.sdk(pid, SdkCall::DescribePlayers(bad)),
+        Err(FleetError::Invalid { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_terminates_ready_processes_and_stops_the_rest() {
+    let mut h = Harness::new();
+    let pids = h.pids();
+    h.ready(pids[0]);
+    h.fleet.begin_shutdown(h.now);
+    let effects = h.settle();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Terminate { pid, .. } if *pid == pids[0]))
+    );
+    assert!(effects.iter().any(|e| is_stop(e, pids[1])));
+    assert!(effects.iter().any(|e| is_stop(e, pids[2])));
+    assert!(matches!(h.create(1), Err(FleetError::Denied(_))));
+    for pid in &pids[1..] {
+        h.exit(*pid, 0);
+    }
+    assert_eq!(h.pids(), vec![pids[0]], "nothing relaunched");
+    let effects = h.advance(Duration::from_secs(4));
+    assert!(
+        effects.iter().any(|e| is_stop(e, pids[0])),
+        "shutdown deadline"
+    );
+    h.exit(pids[0], 0);
+    assert!(h.fleet.is_stopped());
+}
+
+#[tokio::test(start_paused = true)]
+async fn end_session_and_process_sends_on_process_terminate() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(1).unwrap();
+    let r = h.fleet.control(
+        Control::EndSessionAndProcess {
+            gss_id: s.id.clone(),
+        },
+        h.now,
+    );
+    assert!(r.is_ok());
+    let effects = h.settle();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Terminate { .. }))
+    );
+    h.sdk(
+        pid,
+        SdkCall::TerminateSession {
+            gss_id: s.id.clone(),
+        },
+    )
+    .unwrap();
+    h.sdk(pid, SdkCall::ProcessEnding).unwrap();
+    h.exit(pid, 0);
+    assert!(h.codes().contains(&EventCode::ServerProcessEnded));
+    let c = h.fleet.counters();
+    assert_eq!(c.max_game_session_cnt, 3);
+}

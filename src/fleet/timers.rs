@@ -1,0 +1,91 @@
+//! A deadline queue: the fleet actor sleeps until the earliest entry.
+
+use std::collections::BTreeMap;
+
+use tokio::time::Instant;
+
+/// Something that is due at a time. Timers are never cancelled; when one fires, the fleet checks
+/// that what it refers to is still in the state the timer was set for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timer {
+    /// Relaunch a slot.
+    Launch {
+        /// Slot index.
+        slot: usize,
+    },
+    /// ProcessReady deadline.
+    ReadyTimeout {
+        /// Process.
+        pid: u32,
+    },
+    /// Next OnHealthCheck.
+    HealthCheck {
+        /// Process.
+        pid: u32,
+    },
+    /// Termination deadline after OnProcessTerminate.
+    TerminateDeadline {
+        /// Process.
+        pid: u32,
+    },
+    /// Exit deadline after ProcessEnding.
+    ExitTimeout {
+        /// Process.
+        pid: u32,
+    },
+    /// Activation deadline of a game server session.
+    ActivationTimeout {
+        /// Session id.
+        gss_id: String,
+    },
+    /// Reservation deadline of a player session.
+    Reservation {
+        /// Player session id.
+        player_session_id: String,
+    },
+    /// End of a crash-loop pause.
+    BreakerEnd {
+        /// Entry index.
+        entry: usize,
+    },
+}
+
+/// Timers ordered by deadline, ties by insertion.
+#[derive(Debug, Default)]
+pub struct Timers {
+    queue: BTreeMap<(Instant, u64), Timer>,
+    seq: u64,
+}
+
+impl Timers {
+    /// Schedules `timer` at `at`.
+    pub fn add(&mut self, at: Instant, timer: Timer) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), timer);
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.queue.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the earliest timer if it is due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        let first = self.queue.first_entry()?;
+        if first.key().0 <= now {
+            Some(first.remove())
+        } else {
+            None
+        }
+    }
+
+    /// Number of pending timers.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Nothing pending.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}

@@ -1,0 +1,21 @@
+//! gse-agent: a per-host supervisor for dedicated game servers that speak the Tencent Cloud GSE
+//! gRPC SDK. See README.md for the architecture.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod capi;
+pub mod config;
+pub mod event;
+pub mod fleet;
+pub mod process;
+pub mod sdk;
+pub mod session;
+pub mod telemetry;
+
+/// Code generated from `proto/` (package `tencentcloud.gse.grpcsdk`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("tencentcloud.gse.grpcsdk");
+}

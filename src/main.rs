@@ -1,0 +1,139 @@
+//! `gse-agent`: the binary's edge. Parses the command line, loads the config (exit 64 when it
+//! is bad), builds the agent (exit 1 when that fails), runs it until SIGTERM/SIGINT.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gse_agent::agent::{self, Agent};
+use gse_agent::config::{self, Config, ConfigError};
+use gse_agent::telemetry::{self, LogFormat};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration that cannot be used (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(version, about = "Per-host supervisor for GSE game servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the fleet's game servers and serve the GSE SDK (the service).
+    Run {
+        /// agent.yaml; without it, the embedded sample fleet runs.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a config file and print every problem; exit 0 if it is valid.
+    CheckConfig {
+        /// agent.yaml.
+        config: PathBuf,
+    },
+    /// Print the embedded sample config (a starting point for agent.yaml).
+    SampleConfig,
+}
+
+fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => config::read(p),
+        None => config::parse(
+            config::SAMPLE_CONFIG,
+            "<embedded sample config>",
+            Path::new("."),
+        ),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(Some(&config)) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} server process(es))",
+                    config.display(),
+                    c.total_processes()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::SampleConfig => {
+            print!("{}", config::SAMPLE_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, log_format } => {
+            telemetry::init(log_format);
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match run(cfg, config.is_none()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "gse-agent failed");
+                    eprintln!("gse-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        if sample {
+            agent::install_sample_build(&cfg)?;
+        }
+        let agent = Agent::build(cfg).await?;
+        let endpoints = agent.endpoints();
+        tracing::info!(sdk.addr = %endpoints.sdk_address, capi.addr = ?endpoints.capi_address, "gse-agent started");
+        let shutdown = CancellationToken::new();
+        let force = CancellationToken::new();
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let (s, f) = (shutdown.clone(), force.clone());
+        tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                count += 1;
+                if count == 1 {
+                    tracing::info!("signal received: terminating game servers (send again to kill them now)");
+                    s.cancel();
+                } else {
+                    tracing::warn!("second signal: killing game servers now");
+                    f.cancel();
+                }
+            }
+        });
+        agent.run(shutdown, force).await?;
+        tracing::info!("gse-agent stopped");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,328 @@
+//! The GSE SDK service (`GseGrpcSdkService`) that game processes call.
+//!
+//! Handlers hold no state: each identifies the caller by its `pid` metadata, sends one typed
+//! [`SdkCall`] to the fleet and turns the answer into a `GseResponse`. Refusals are
+//! `ERROR_400` with a message naming what was wrong, never a panic.
+
+mod caller;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::fleet::actor::HandleError;
+use crate::fleet::{FleetError, FleetHandle, PlayerQuery, SdkCall, SdkReply};
+use crate::proto::gse_grpc_sdk_service_server::{GseGrpcSdkService, GseGrpcSdkServiceServer};
+use crate::proto::{self, GseResponse, gse_response};
+use crate::session::PlayerStatus;
+
+pub use caller::{Caller, CallerError};
+
+/// Default and maximum page size of DescribePlayerSessions.
+pub const DEFAULT_PAGE: usize = 50;
+/// The largest `limit` accepted.
+pub const MAX_PAGE: usize = 1024;
+
+/// Why the SDK server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SdkServerError {
+    /// Serving failed.
+    #[error("GSE SDK server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// The service implementation.
+#[derive(Clone)]
+pub struct SdkService {
+    fleet: FleetHandle,
+}
+
+impl SdkService {
+    /// A service that forwards to `fleet`.
+    pub fn new(fleet: FleetHandle) -> Self {
+        Self { fleet }
+    }
+
+    async fn call(&self, caller: Caller, call: SdkCall) -> Result<SdkReply, String> {
+        let first = self.fleet.sdk(caller.pid, call.clone()).await;
+        let result = match first {
+            // A helper process of the game may call with its own pid: try its ancestors, as
+            // agents of this kind do (up to 3 levels).
+            Err(HandleError::Fleet(FleetError::UnknownPid(_))) => {
+                let mut result = first;
+                for ancestor in caller::ancestors(caller.pid, 3) {
+                    result = self.fleet.sdk(ancestor, call.clone()).await;
+                    if !matches!(result, Err(HandleError::Fleet(FleetError::UnknownPid(_)))) {
+                        break;
+                    }
+                }
+                result
+            }
+            other => other,
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    async fn respond(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        method: &str,
+        call: SdkCall,
+    ) -> Result<Response<GseResponse>, Status> {
+        let caller = match Caller::from_metadata(meta) {
+            Ok(c) => c,
+            Err(e) => return Ok(Response::new(error_400(e.to_string()))),
+        };
+        tracing::debug!(process.pid = caller.pid, request.id = %caller.request_id, rpc = method, "sdk call");
+        Ok(Response::new(match self.call(caller.clone(), call).await {
+            Ok(_) => GseResponse {
+                status: gse_response::Status::Ok as i32,
+                response_data: "SUCCESS".into(),
+                error_message: String::new(),
+            },
+            Err(message) => {
+                tracing::info!(process.pid = caller.pid, request.id = %caller.request_id, rpc = method, error = %message, "sdk call refused");
+                error_400(message)
+            }
+        }))
+    }
+}
+
+fn error_400(message: String) -> GseResponse {
+    GseResponse {
+        status: gse_response::Status::Error400 as i32,
+        response_data: String::new(),
+        error_message: message,
+    }
+}
+
+#[tonic::async_trait]
+impl GseGrpcSdkService for SdkService {
+    async fn process_ready(
+        &self,
+        request: Request<proto::ProcessReadyRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        self.respond(
+            &meta,
+            "ProcessReady",
+            SdkCall::ProcessReady {
+                client_port: r.client_port,
+                grpc_port: r.grpc_port,
+                log_paths: r.log_paths_to_upload,
+            },
+        )
+        .await
+    }
+
+    async fn activate_game_server_session(
+        &self,
+        request: Request<proto::ActivateGameServerSessionRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        self.respond(
+            &meta,
+            "ActivateGameServerSession",
+            SdkCall::Activate {
+                gss_id: r.game_server_session_id,
+                max_players: r.max_players,
+            },
+        )
+        .await
+    }
+
+    async fn accept_player_session(
+        &self,
+        request: Request<proto::AcceptPlayerSessionRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        self.respond(
+            &meta,
+            "AcceptPlayerSession",
+            SdkCall::AcceptPlayer {
+                gss_id: r.game_server_session_id,
+                player_session_id: r.player_session_id,
+            },
+        )
+        .await
+    }
+
+    async fn remove_player_session(
+        &self,
+        request: Request<proto::RemovePlayerSessionRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        self.respond(
+            &meta,
+            "RemovePlayerSession",
+            SdkCall::RemovePlayer {
+                gss_id: r.game_server_session_id,
+                player_session_id: r.player_session_id,
+            },
+        )
+        .await
+    }
+
+    async fn describe_player_sessions(
+        &self,
+        request: Request<proto::DescribePlayerSessionsRequest>,
+    ) -> Result<Response<proto::DescribePlayerSessionsResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let caller =
+            Caller::from_metadata(&meta).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let query = player_query(r).map_err(Status::invalid_argument)?;
+        match self.call(caller, SdkCall::DescribePlayers(query)).await {
+            Ok(SdkReply::Players(page, next)) => {
+                Ok(Response::new(proto::DescribePlayerSessionsResponse {
+                    next_token: next.unwrap_or_default(),
+                    player_sessions: page.iter().map(|p| p.to_proto()).collect(),
+                }))
+            }
+            Ok(SdkReply::Done) => Err(Status::internal(
+                "unexpected reply to DescribePlayerSessions",
+            )),
+            Err(message) => Err(Status::invalid_argument(message)),
+        }
+    }
+
+    async fn update_player_session_creation_policy(
+        &self,
+        request: Request<proto::UpdatePlayerSessionCreationPolicyRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        self.respond(
+            &meta,
+            "UpdatePlayerSessionCreationPolicy",
+            SdkCall::UpdatePolicy {
+                gss_id: r.game_server_session_id,
+                policy: r.new_player_session_creation_policy,
+            },
+        )
+        .await
+    }
+
+    async fn terminate_game_server_session(
+        &self,
+        request: Request<proto::TerminateGameServerSessionRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        self.respond(
+            &meta,
+            "TerminateGameServerSession",
+            SdkCall::TerminateSession {
+                gss_id: r.game_server_session_id,
+            },
+        )
+        .await
+    }
+
+    async fn process_ending(
+        &self,
+        request: Request<proto::ProcessEndingRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, _) = request.into_parts();
+        self.respond(&meta, "ProcessEnding", SdkCall::ProcessEnding)
+            .await
+    }
+
+    async fn report_custom_data(
+        &self,
+        request: Request<proto::ReportCustomDataRequest>,
+    ) -> Result<Response<GseResponse>, Status> {
+        let (meta, _, r) = request.into_parts();
+        self.respond(
+            &meta,
+            "ReportCustomData",
+            SdkCall::ReportCustomData {
+                current: r.current_custom_count,
+                max: r.max_custom_count,
+            },
+        )
+        .await
+    }
+}
+
+/// Validates a DescribePlayerSessions request into a query.
+fn player_query(r: proto::DescribePlayerSessionsRequest) -> Result<PlayerQuery, String> {
+    let limit = match r.limit {
+        0 => DEFAULT_PAGE,
+        n if n < 0 || n as usize > MAX_PAGE => {
+            return Err(format!("limit {n} is out of range 1..={MAX_PAGE}"));
+        }
+        n => n as usize,
+    };
+    let status = match r.player_session_status_filter.as_str() {
+        "" => None,
+        s => Some(PlayerStatus::parse(s).ok_or_else(|| {
+            format!(
+                "playerSessionStatusFilter {s:?} is not RESERVED, ACTIVE, COMPLETED or TIMEDOUT"
+            )
+        })?),
+    };
+    let opt = |s: String| (!s.is_empty()).then_some(s);
+    Ok(PlayerQuery {
+        gss_id: opt(r.game_server_session_id),
+        player_id: opt(r.player_id),
+        player_session_id: opt(r.player_session_id),
+        status,
+        next_token: opt(r.next_token),
+        limit,
+    })
+}
+
+/// Serves the SDK on an already-bound listener until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    fleet: FleetHandle,
+    shutdown: CancellationToken,
+) -> Result<(), SdkServerError> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(sdk.addr = ?addr, "GSE SDK server listening");
+    let incoming = tokio_stream_from(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(GseGrpcSdkServiceServer::new(SdkService::new(fleet)))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .map_err(SdkServerError::Serve)
+}
+
+fn tokio_stream_from(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_players_validation() {
+        let ok = player_query(proto::DescribePlayerSessionsRequest {
+            player_session_status_filter: "ACTIVE".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.limit, DEFAULT_PAGE);
+        assert_eq!(ok.status, Some(PlayerStatus::Active));
+        for bad in [
+            proto::DescribePlayerSessionsRequest {
+                limit: -1,
+                ..Default::default()
+            },
+            proto::DescribePlayerSessionsRequest {
+                limit: 5000,
+                ..Default::default()
+            },
+            proto::DescribePlayerSessionsRequest {
+                player_session_status_filter: "GONE".into(),
+                ..Default::default()
+            },
+        ] {
+            assert!(player_query(bad).is_err());
+        }
+    }
+}
