@@ -6,7 +6,7 @@
 //! lie about its health, skip steps, ignore SIGTERM, fork or flood its output, so operators
 //! and tests can rehearse every failure the agent handles. `--help` lists them.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -153,11 +153,22 @@ fn crash(how: CrashWith, at: &str) -> ! {
     match how {
         CrashWith::Exit(code) => std::process::exit(code),
         CrashWith::Signal(sig) => {
+            restore_default_action(sig);
             let _ = nix::sys::signal::raise(sig);
             // A signal whose default action is not fatal: end with its number anyway.
             std::process::exit(128 + sig as i32)
         }
     }
+}
+
+/// Rust's runtime handles SIGSEGV/SIGBUS itself (stack-overflow detection); restore the
+/// default action so raising the signal really kills the process with it.
+#[allow(unsafe_code)]
+fn restore_default_action(sig: nix::sys::signal::Signal) {
+    use nix::sys::signal::{SigHandler, signal};
+    // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety rule applies;
+    // the process is about to die of this signal anyway.
+    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
 }
 
 /// The SDK client with the metadata GSE requires on every call.

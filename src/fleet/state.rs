@@ -149,6 +149,8 @@ struct Proc {
     session: Option<String>,
     log_paths: Vec<String>,
     custom: (i32, i32),
+    /// Why it was sent OnProcessTerminate, kept when it then calls ProcessEnding.
+    told_to_terminate: Option<TerminateReason>,
     stop: Option<StopReason>,
 }
 
@@ -585,6 +587,7 @@ impl Fleet {
                 session: None,
                 log_paths: Vec::new(),
                 custom: (0, 0),
+                told_to_terminate: None,
                 stop: None,
             },
         );
@@ -934,6 +937,7 @@ impl Fleet {
             }
         }
         p.phase = Phase::Terminating(reason);
+        p.told_to_terminate = Some(reason);
         let grpc_port = p.grpc_port;
         let id = p.id.clone();
         let termination_time = grace
@@ -1695,21 +1699,20 @@ fn libc_sigkill() -> i32 {
     nix::sys::signal::Signal::SIGKILL as i32
 }
 
-/// The GSE event code of an exit: the agent's reason for stopping it wins; then ProcessEnding
-/// or a requested termination make a normal end; anything else is a crash.
+/// The GSE event code of an exit: the agent's reason for stopping it wins; an unhealthy
+/// process stays TERMINATED_UNHEALTHY however it ends; then ProcessEnding or a requested
+/// termination make a normal end; anything else is a crash.
 fn classify(p: &Proc) -> EventCode {
+    let unhealthy = p.told_to_terminate == Some(TerminateReason::Unhealthy);
     match (p.stop, p.phase) {
         (Some(StopReason::ReadyTimeout), _) => EventCode::ServerProcessProcessReadyTimeout,
         (Some(StopReason::ExitTimeout), _) => EventCode::ServerProcessProcessExitTimeout,
         (Some(StopReason::Unhealthy), _) => EventCode::ServerProcessTerminatedUnhealthy,
+        _ if unhealthy => EventCode::ServerProcessTerminatedUnhealthy,
         (Some(StopReason::Forced), _) => EventCode::ServerProcessForceTerminated,
         (Some(StopReason::Shutdown), Phase::Ending) => EventCode::ServerProcessEnded,
         (Some(StopReason::Shutdown), _) => EventCode::ServerProcessForceTerminated,
-        (None, Phase::Ending) => EventCode::ServerProcessEnded,
-        (None, Phase::Terminating(TerminateReason::Unhealthy)) => {
-            EventCode::ServerProcessTerminatedUnhealthy
-        }
-        (None, Phase::Terminating(_)) => EventCode::ServerProcessEnded,
+        (None, Phase::Ending | Phase::Terminating(_)) => EventCode::ServerProcessEnded,
         (None, Phase::Launching | Phase::Active) => EventCode::ServerProcessCrashed,
     }
 }

@@ -1,0 +1,199 @@
+//! Control API validation: every refusal carries Tencent's code and names the parameter.
+
+use serde_json::json;
+
+use crate::helper::{Agent, config, entry};
+
+#[test]
+fn malformed_requests_get_tencent_error_codes() {
+    let agent = Agent::start(&config(&entry("", 1), ""));
+    let cases = [
+        ("{not json", "InvalidParameter", "not valid JSON"),
+        ("[1,2]", "InvalidParameter", "JSON object"),
+        ("{}", "MissingParameter", "`Action`"),
+        (
+            r#"{"Action": 5}"#,
+            "InvalidParameter",
+            "`Action` must be a string",
+        ),
+        (
+            r#"{"Action": "DeleteFleet"}"#,
+            "InvalidAction",
+            "`DeleteFleet` does not exist",
+        ),
+    ];
+    for (body, code, needle) in cases {
+        let r = agent.capi_raw(body);
+        assert_eq!(r["Error"]["Code"], code, "{body}: {r}");
+        assert!(
+            r["Error"]["Message"].as_str().unwrap().contains(needle),
+            "{body}: {r}"
+        );
+        assert!(r["RequestId"].is_string());
+    }
+}
+
+#[test]
+fn parameters_are_checked_and_named() {
+    let agent = Agent::start(&config(&entry("", 1), ""));
+    let create = |extra: serde_json::Value| {
+        let mut body = json!({"Action": "CreateGameServerSession", "FleetId": "fleet-test", "MaximumPlayerSessionCount": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let cases = [
+        (
+            json!({"Action": "CreateGameServerSession", "FleetId": "fleet-test"}),
+            "MissingParameter",
+            "MaximumPlayerSessionCount",
+        ),
+        (
+            json!({"Action": "CreateGameServerSession", "MaximumPlayerSessionCount": 1}),
+            "MissingParameter",
+            "FleetId",
+        ),
+        (
+            create(json!({"MaximumPlayerSessionCount": -1})),
+            "InvalidParameterValue",
+            "MaximumPlayerSessionCount` -1 is out of range",
+        ),
+        (
+            create(json!({"MaximumPlayerSessionCount": "two"})),
+            "InvalidParameter",
+            "must be an integer",
+        ),
+        (
+            create(json!({"FleetId": "fleet-other"})),
+            "ResourceNotFound",
+            "fleet fleet-other",
+        ),
+        (
+            create(json!({"FleetId": "nofleet"})),
+            "InvalidParameterValue",
+            "^fleet-",
+        ),
+        (
+            create(json!({"Name": "x".repeat(1025)})),
+            "InvalidParameterValue",
+            "`Name` is 1025 characters",
+        ),
+        (
+            create(json!({"GameProperties": [{"Key": "k"}]})),
+            "MissingParameter",
+            "GameProperties.Value",
+        ),
+        (
+            create(json!({"GameProperties": vec![json!({"Key": "k", "Value": "v"}); 17]})),
+            "InvalidParameterValue",
+            "at most 16",
+        ),
+        (
+            create(json!({"GameServerSessionId": "a/b"})),
+            "InvalidParameterValue",
+            "GameServerSessionId",
+        ),
+        (create(json!({"Bogus": 1})), "UnknownParameter", "`Bogus`"),
+        (
+            json!({"Action": "JoinGameServerSession", "GameServerSessionId": "x"}),
+            "MissingParameter",
+            "PlayerId",
+        ),
+        (
+            json!({"Action": "JoinGameServerSession", "GameServerSessionId": "x", "PlayerId": "p"}),
+            "ResourceNotFound",
+            "game server session x does not exist",
+        ),
+        (
+            json!({"Action": "JoinGameServerSessionBatch", "GameServerSessionId": "x", "PlayerIds": []}),
+            "InvalidParameterValue",
+            "1 to 25",
+        ),
+        (
+            json!({"Action": "JoinGameServerSessionBatch", "GameServerSessionId": "x", "PlayerIds": vec!["p"; 26]}),
+            "InvalidParameterValue",
+            "at most 25",
+        ),
+        (
+            json!({"Action": "JoinGameServerSessionBatch", "GameServerSessionId": "x", "PlayerIds": ["p", "p"]}),
+            "InvalidParameterValue",
+            "listed twice",
+        ),
+        (
+            json!({"Action": "DescribePlayerSessions"}),
+            "MissingParameter",
+            "PlayerSessionId",
+        ),
+        (
+            json!({"Action": "DescribePlayerSessions", "PlayerId": "p", "Limit": 0}),
+            "InvalidParameterValue",
+            "Limit",
+        ),
+        (
+            json!({"Action": "DescribePlayerSessions", "PlayerId": "p", "PlayerSessionStatusFilter": "GONE"}),
+            "InvalidParameterValue",
+            "PlayerSessionStatusFilter",
+        ),
+        (
+            json!({"Action": "DescribePlayerSessions", "PlayerId": "p", "NextToken": "zz"}),
+            "InvalidParameterValue",
+            "NextToken",
+        ),
+        (
+            json!({"Action": "DescribeGameServerSessions"}),
+            "MissingParameter",
+            "FleetId",
+        ),
+        (
+            json!({"Action": "DescribeGameServerSessions", "FleetId": "fleet-test", "StatusFilter": "DONE"}),
+            "InvalidParameterValue",
+            "StatusFilter",
+        ),
+        (
+            json!({"Action": "DescribeGameServerSessions", "FleetId": "fleet-test", "Limit": 101}),
+            "InvalidParameterValue",
+            "Limit",
+        ),
+        (
+            json!({"Action": "DescribeGameServerSessions", "GameServerSessionId": "nope"}),
+            "ResourceNotFound",
+            "nope",
+        ),
+        (
+            json!({"Action": "EndGameServerSessionAndProcess", "GameServerSessionId": "nope"}),
+            "ResourceNotFound",
+            "nope",
+        ),
+    ];
+    for (body, code, needle) in cases {
+        let msg = agent.err(body.clone(), code);
+        assert!(msg.contains(needle), "{body}: {needle:?} not in {msg:?}");
+    }
+}
+
+#[test]
+fn idempotency_token_returns_the_same_session() {
+    let agent = Agent::start(&config(&entry("", 2), ""));
+    agent.wait_ready(2);
+    let body = json!({
+        "Action": "CreateGameServerSession",
+        "AliasId": "alias-local",
+        "MaximumPlayerSessionCount": 2,
+        "IdempotencyToken": "once",
+    });
+    let a = agent.ok(body.clone())["GameServerSession"]["GameServerSessionId"].clone();
+    let b = agent.ok(body)["GameServerSession"]["GameServerSessionId"].clone();
+    assert_eq!(a, b);
+    let custom = agent.ok(json!({
+        "Action": "CreateGameServerSession",
+        "FleetId": "fleet-test",
+        "MaximumPlayerSessionCount": 2,
+        "GameServerSessionId": "my-match-1",
+    }))["GameServerSession"]["GameServerSessionId"]
+        .clone();
+    assert_eq!(
+        custom,
+        "qcs::gse:local::gameserversession/fleet-test/my-match-1"
+    );
+}

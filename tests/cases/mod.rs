@@ -1,0 +1,5 @@
+mod capi;
+mod config;
+mod sdk;
+mod sessions;
+mod supervision;

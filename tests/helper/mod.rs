@@ -1,0 +1,282 @@
+//! Fixtures: the real `gse-agent` binary on a temp dir, driving `gse-fake-server`, observed
+//! through the control API. Every wait polls with a deadline; nothing uses a fixed port.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Generous: the machine may be loaded; a passing test never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_gse-agent");
+pub const FAKE_SERVER: &str = env!("CARGO_BIN_EXE_gse-fake-server");
+
+/// Polls `f` until it returns `Some`, or panics with `what` after [`DEADLINE`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Settings with millisecond timings; tests override pieces with YAML.
+pub fn config(server_processes: &str, extra: &str) -> String {
+    format!(
+        "fleet-id: fleet-test
+instance-id: ins-test
+data-dir: data
+game-root: game
+sdk-listen: 127.0.0.1:0
+capi-listen: 127.0.0.1:0
+{extra}
+runtime-configuration:
+  ServerProcesses:
+{server_processes}
+"
+    )
+}
+
+/// One ServerProcesses entry running the fake server with `params`.
+pub fn entry(params: &str, count: u32) -> String {
+    format!(
+        "    - LaunchPath: /local/game/server\n      Parameters: \"{params}\"\n      ConcurrentExecutions: {count}\n"
+    )
+}
+
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub capi: SocketAddr,
+    pub sdk: SocketAddr,
+}
+
+impl Agent {
+    /// Writes `yaml` as agent.yaml, links the fake server into the game root and starts the
+    /// agent; returns once its endpoints are known.
+    pub fn start(yaml: &str) -> Agent {
+        Self::start_with(yaml, |_| {})
+    }
+
+    /// Like [`Agent::start`], after `prepare` has set up the game root.
+    pub fn start_with(yaml: &str, prepare: impl FnOnce(&std::path::Path)) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("game")).unwrap();
+        std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
+        prepare(&dir.path().join("game"));
+        std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
+        let child = Command::new(AGENT)
+            .args(["run", "--config"])
+            .arg(dir.path().join("agent.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(dir.path().join("agent.out")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start gse-agent");
+        let mut agent = Agent {
+            dir,
+            child: Some(child),
+            capi: "127.0.0.1:1".parse().unwrap(),
+            sdk: "127.0.0.1:1".parse().unwrap(),
+        };
+        let endpoints = agent.dir.path().join("data/endpoints.json");
+        let v: Value = wait_for("endpoints.json", || {
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited early ({status}): {}", agent.stderr());
+            }
+            serde_json::from_str(&std::fs::read_to_string(&endpoints).ok()?).ok()
+        });
+        agent.capi = v["CapiAddress"].as_str().unwrap().parse().unwrap();
+        agent.sdk = v["SdkAddress"].as_str().unwrap().parse().unwrap();
+        agent
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path("agent.err")).unwrap_or_default()
+    }
+
+    /// One control API call; returns `Response`.
+    pub fn capi(&self, body: Value) -> Value {
+        self.capi_raw(&body.to_string())
+    }
+
+    /// One control API call with a raw body.
+    pub fn capi_raw(&self, body: &str) -> Value {
+        let mut s = TcpStream::connect(self.capi).expect("connect capi");
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(
+            s,
+            "POST /capi HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("http response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        v["Response"].clone()
+    }
+
+    /// A control call that must succeed.
+    pub fn ok(&self, body: Value) -> Value {
+        let r = self.capi(body.clone());
+        assert!(r.get("Error").is_none(), "{body} failed: {r}");
+        r
+    }
+
+    /// A control call that must fail with `code`; returns the message.
+    pub fn err(&self, body: Value, code: &str) -> String {
+        let r = self.capi(body.clone());
+        assert_eq!(r["Error"]["Code"], code, "{body}: {r}");
+        r["Error"]["Message"].as_str().unwrap().to_string()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        let r = self.ok(json!({"Action": "DescribeFleetEvents", "Limit": 1000}));
+        r["Events"].as_array().unwrap().clone()
+    }
+
+    pub fn count(&self, code: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e["EventCode"] == code)
+            .count()
+    }
+
+    /// Waits for the first event with `code` and returns it.
+    pub fn wait_event(&self, code: &str) -> Value {
+        self.wait_events(code, 1).remove(0)
+    }
+
+    /// Waits until `n` events with `code` happened; returns them.
+    pub fn wait_events(&self, code: &str, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} × {code} (agent log: see below)"), || {
+            let hits: Vec<Value> = self
+                .events()
+                .into_iter()
+                .filter(|e| e["EventCode"] == code)
+                .collect();
+            (hits.len() >= n).then_some(hits)
+        })
+    }
+
+    pub fn processes(&self) -> Vec<Value> {
+        self.ok(json!({"Action": "DescribeServerProcesses"}))["ServerProcesses"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until `n` processes are ACTIVE and healthy.
+    pub fn wait_ready(&self, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} ready processes"), || {
+            let ready: Vec<Value> = self
+                .processes()
+                .into_iter()
+                .filter(|p| p["Status"] == "ACTIVE" && p["Healthy"] == true)
+                .collect();
+            (ready.len() >= n).then_some(ready)
+        })
+    }
+
+    /// Creates a session and returns it.
+    pub fn create_session(&self, max_players: u32) -> Value {
+        self.ok(json!({
+            "Action": "CreateGameServerSession",
+            "FleetId": "fleet-test",
+            "MaximumPlayerSessionCount": max_players,
+        }))["GameServerSession"]
+            .clone()
+    }
+
+    pub fn session(&self, id: &str) -> Value {
+        self.ok(json!({"Action": "DescribeGameServerSessions", "GameServerSessionId": id}))
+            ["GameServerSessions"][0]
+            .clone()
+    }
+
+    pub fn wait_session_status(&self, id: &str, status: &str) -> Value {
+        wait_for(&format!("session {status}"), || {
+            let s = self.session(id);
+            (s["Status"] == status).then_some(s)
+        })
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+    }
+
+    /// Waits for the agent to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let status = wait_for("agent exit", || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- agent log ----\n{}", self.stderr());
+        }
+    }
+}
+
+/// Whether any process of the group `pgid` still runs (zombies awaiting init do not count).
+pub fn group_running(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| std::fs::read_to_string(format!("/proc/{name}/stat")).ok())
+        .any(|stat| {
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first() != Some(&"Z")
+        })
+}
+
+/// Connects a player to a game's client port and sends its player session id; returns the
+/// open connection and the game's answer line.
+pub fn connect_player(port: u16, player_session_id: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to game");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    writeln!(s, "{player_session_id}").unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while s.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        answer.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&answer).into_owned())
+}
