@@ -1,1 +1,261 @@
-fn main() {}
+//! `cargo bench --bench agent [-- sdk|footprint|restart]`: the agent's performance figures,
+//! measured on the real binaries. Prints one line per figure; the targets are in the README.
+//!
+//! - sdk: unary `ReportCustomData` calls (ProcessReady-sized) through the agent, many in flight
+//!   over several HTTP/2 connections; calls/s and latency percentiles.
+//! - footprint: agent RSS and CPU while supervising 50 idle game processes.
+//! - restart: time from a game's exit to its replacement's start (no backoff pending).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gse_agent::proto::ReportCustomDataRequest;
+use gse_agent::proto::gse_grpc_sdk_service_client::GseGrpcSdkServiceClient;
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_gse-agent");
+const FAKE_SERVER: &str = env!("CARGO_BIN_EXE_gse-fake-server");
+
+struct Running {
+    child: Child,
+    _dir: tempfile::TempDir,
+    sdk: String,
+    capi: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn start(params: &str, count: u32, extra: &str) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("game")).unwrap();
+    std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
+    let yaml = format!(
+        "fleet-id: fleet-bench
+data-dir: data
+game-root: game
+sdk-listen: 127.0.0.1:0
+capi-listen: 127.0.0.1:0
+{extra}
+runtime-configuration:
+  ServerProcesses:
+    - LaunchPath: /local/game/server
+      Parameters: \"{params}\"
+      ConcurrentExecutions: {count}
+"
+    );
+    std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
+    let child = Command::new(AGENT)
+        .args(["run", "--config"])
+        .arg(dir.path().join("agent.yaml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoints = dir.path().join("data/endpoints.json");
+    let v: Value = wait("endpoints", || {
+        serde_json::from_str(&std::fs::read_to_string(&endpoints).ok()?).ok()
+    });
+    Running {
+        child,
+        sdk: v["SdkAddress"].as_str().unwrap().to_string(),
+        capi: v["CapiAddress"].as_str().unwrap().to_string(),
+        _dir: dir,
+    }
+}
+
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn capi(addr: &str, body: &str) -> Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /capi HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str::<Value>(body).unwrap()["Response"].clone()
+}
+
+fn ready_pids(r: &Running, n: usize) -> Vec<u64> {
+    wait("ready processes", || {
+        let v = capi(&r.capi, r#"{"Action":"DescribeServerProcesses"}"#);
+        let pids: Vec<u64> = v["ServerProcesses"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["Status"] == "ACTIVE")
+            .filter_map(|p| p["Pid"].as_u64())
+            .collect();
+        (pids.len() >= n).then_some(pids)
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn bench_sdk() {
+    let r = start("", 1, "");
+    let pid = ready_pids(&r, 1)[0];
+    for (connections, per_connection) in [(2, 8), (4, 16)] {
+        sdk_load(&r, pid, connections, per_connection);
+    }
+}
+
+fn sdk_load(r: &Running, pid: u64, connections: usize, per_connection: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run_for = Duration::from_secs(5);
+    let (calls, mut latencies, elapsed) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for _ in 0..connections {
+            let client = GseGrpcSdkServiceClient::connect(format!("http://{}", r.sdk))
+                .await
+                .unwrap();
+            for _ in 0..per_connection {
+                let mut c = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(100_000);
+                    while start.elapsed() < run_for {
+                        let mut req = tonic::Request::new(ReportCustomDataRequest {
+                            current_custom_count: 1,
+                            max_custom_count: 2,
+                        });
+                        req.metadata_mut().insert("pid", pid.to_string().parse().unwrap());
+                        req.metadata_mut().insert("requestid", "bench".parse().unwrap());
+                        let t = Instant::now();
+                        let resp = c.report_custom_data(req).await.unwrap().into_inner();
+                        lat.push(t.elapsed());
+                        assert_eq!(resp.status, 0, "{resp:?}");
+                    }
+                    lat
+                }));
+            }
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        (all.len(), all, start.elapsed())
+    });
+    latencies.sort();
+    println!(
+        "sdk: {:.0} calls/s ({calls} calls, {} in flight); latency p50 {:?} p99 {:?} max {:?}",
+        calls as f64 / elapsed.as_secs_f64(),
+        connections * per_connection,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap(),
+    );
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn bench_footprint() {
+    let r = start("", 50, "health-check: { interval: 60s, timeout: 10s, failure-threshold: 3 }");
+    ready_pids(&r, 50);
+    let pid = r.child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(20);
+    let before = cpu_ticks(pid);
+    std::thread::sleep(window);
+    let ticks = cpu_ticks(pid) - before;
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu = ticks as f64 / hz / window.as_secs_f64() * 100.0;
+    println!(
+        "footprint: 50 idle game processes; agent RSS {} KiB (peak {} KiB); idle CPU {:.2}% of a core over {:?}",
+        proc_status(pid, "VmRSS:"),
+        proc_status(pid, "VmHWM:"),
+        cpu,
+        window
+    );
+}
+
+fn bench_restart() {
+    let stamps_dir = tempfile::tempdir().unwrap();
+    let stamps = stamps_dir.path().join("stamps");
+    let params = format!(
+        "--crash-at before-ready --crash-with exit:1 --stamp {}",
+        stamps.display()
+    );
+    let extra = "restart: { initial-backoff: 1s, max-backoff: 1s, reset-after: 0s, crash-loop-max: 100000, crash-loop-window: 1s, crash-loop-cool-down: 1s }";
+    let _r = start(&params, 1, extra);
+    let samples = 300;
+    let lines = wait("restart samples", || {
+        let text = std::fs::read_to_string(&stamps).ok()?;
+        let lines: Vec<(String, u128)> = text
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect();
+        (lines.len() > samples * 2 + 2).then_some(lines)
+    });
+    let mut gaps: Vec<Duration> = lines
+        .windows(2)
+        .filter(|w| w[0].0 == "exit" && w[1].0 == "start")
+        .map(|w| Duration::from_nanos((w[1].1.saturating_sub(w[0].1)) as u64))
+        .collect();
+    gaps.sort();
+    println!(
+        "restart: exit → replacement start over {} restarts: p50 {:?} p99 {:?} max {:?} (includes the new process's own start-up to main)",
+        gaps.len(),
+        percentile(&gaps, 0.50),
+        percentile(&gaps, 0.99),
+        gaps.last().unwrap()
+    );
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    if want("sdk") {
+        bench_sdk();
+    }
+    if want("restart") {
+        bench_restart();
+    }
+    if want("footprint") {
+        bench_footprint();
+    }
+}

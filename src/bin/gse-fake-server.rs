@@ -87,6 +87,10 @@ struct Args {
     /// logPathsToUpload to report in ProcessReady.
     #[arg(long)]
     log_path: Vec<String>,
+    /// Append `start <unix-ns>` at start and `exit <unix-ns>` just before a crash to this file
+    /// (used by the restart-latency benchmark).
+    #[arg(long)]
+    stamp: Option<std::path::PathBuf>,
     /// Internal: run as a forked grandchild.
     #[arg(long, hide = true)]
     grandchild: bool,
@@ -148,8 +152,26 @@ enum Health {
     Hang,
 }
 
+static STAMP: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+fn stamp(what: &str) {
+    if let Some(path) = STAMP.get() {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let line = format!("{what} {ns}\n");
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    }
+}
+
 fn crash(how: CrashWith, at: &str) -> ! {
     eprintln!("gse-fake-server: crashing {at} ({how:?})");
+    stamp("exit");
     match how {
         CrashWith::Exit(code) => std::process::exit(code),
         CrashWith::Signal(sig) => {
@@ -428,6 +450,10 @@ fn grandchild(ignore_sigterm: bool) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.stamp {
+        let _ = STAMP.set(path.clone());
+        stamp("start");
+    }
     if args.grandchild {
         return grandchild(args.ignore_sigterm);
     }

@@ -149,3 +149,16 @@ fn protection_grace_follows_the_policy() {
     p.policy = ProtectionPolicy::TimeLimitProtection;
     assert_eq!(p.grace(true), Some(Duration::from_secs(600)));
 }
+
+/// Every schema version's example keeps loading (house style: backward compatibility).
+#[test]
+fn released_examples_still_load() {
+    for name in ["agent-v1.yaml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+        let c = read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.game_root, Path::new("/local/game"));
+        assert_eq!(c.total_processes(), 2);
+    }
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/agent.yaml");
+    read(&packaged).unwrap();
+}
