@@ -76,7 +76,10 @@ fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out: {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -144,8 +147,10 @@ fn sdk_load(r: &Running, pid: u64, connections: usize, per_connection: usize) {
                             current_custom_count: 1,
                             max_custom_count: 2,
                         });
-                        req.metadata_mut().insert("pid", pid.to_string().parse().unwrap());
-                        req.metadata_mut().insert("requestid", "bench".parse().unwrap());
+                        req.metadata_mut()
+                            .insert("pid", pid.to_string().parse().unwrap());
+                        req.metadata_mut()
+                            .insert("requestid", "bench".parse().unwrap());
                         let t = Instant::now();
                         let resp = c.report_custom_data(req).await.unwrap().into_inner();
                         lat.push(t.elapsed());
@@ -183,12 +188,18 @@ fn proc_status(pid: u32, field: &str) -> u64 {
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 fn bench_footprint() {
-    let r = start("", 50, "health-check: { interval: 60s, timeout: 10s, failure-threshold: 3 }");
+    let r = start(
+        "",
+        50,
+        "health-check: { interval: 60s, timeout: 10s, failure-threshold: 3 }",
+    );
     ready_pids(&r, 50);
     let pid = r.child.id();
     std::thread::sleep(Duration::from_secs(2));
