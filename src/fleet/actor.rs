@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-use super::state::{Control, ControlReply, Effect, Fleet, FleetError, SdkCall, SdkReply};
+use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
+use super::state::Fleet;
 use crate::config::Config;
 use crate::event::EventBus;
 use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle, signal_group};

@@ -6,12 +6,14 @@
 //! events) and feeds results back.
 
 pub mod actor;
+pub mod api;
 pub mod restart;
 pub mod state;
 pub mod timers;
 
 pub use actor::{FleetHandle, spawn_fleet};
-pub use state::{
-    Control, ControlReply, Effect, Fleet, FleetError, InstanceCounters, NewPlayer, NewSession,
+pub use api::{
+    Control, ControlReply, Effect, FleetError, InstanceCounters, NewPlayer, NewSession,
     PlayerQuery, ProcessView, SdkCall, SdkReply, SessionQuery, StopReason,
 };
+pub use state::Fleet;

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use super::*;
 use crate::config;
+use crate::fleet::api::{NewPlayer, NewSession, PlayerQuery};
+use crate::session::PlayerStatus;
 
 const CONFIG: &str = "
 fleet-id: fleet-test

@@ -1,0 +1,319 @@
+//! The fleet's inputs and outputs: the typed calls and commands it accepts, the effects it
+//! asks the actor to perform, and its views and errors.
+
+use std::time::Duration;
+
+use crate::event::Event;
+use crate::proto;
+use crate::session::{GameSession, GssStatus, PlayerSession, PlayerStatus};
+
+/// Something the actor must do.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Start a process for `slot`; answer with [`Fleet::spawned`] or [`Fleet::spawn_failed`].
+    Launch {
+        /// Slot index.
+        slot: usize,
+        /// The new process's agent id.
+        process_id: String,
+        /// An old process of the same slot whose log files are now removed (the last
+        /// [`LOG_GENERATIONS_KEPT`] launches of a slot keep theirs).
+        retire_logs_of: Option<String>,
+    },
+    /// SIGTERM the process group, SIGKILL it after `grace`.
+    Stop {
+        /// Process.
+        pid: u32,
+        /// Time between SIGTERM and SIGKILL.
+        grace: Duration,
+    },
+    /// Call OnHealthCheck; answer with [`Fleet::health_result`].
+    HealthCheck {
+        /// Process.
+        pid: u32,
+        /// Its callback port.
+        grpc_port: u16,
+    },
+    /// Call OnStartGameServerSession; answer with [`Fleet::start_session_result`].
+    StartSession {
+        /// Process.
+        pid: u32,
+        /// Its callback port.
+        grpc_port: u16,
+        /// The session.
+        session: proto::GameServerSession,
+    },
+    /// Call OnProcessTerminate.
+    Terminate {
+        /// Process.
+        pid: u32,
+        /// Its callback port.
+        grpc_port: u16,
+        /// Unix seconds; 0 = no deadline.
+        termination_time: i64,
+    },
+    /// Forget the callback client of an exited process.
+    Forget {
+        /// Process.
+        pid: u32,
+    },
+    /// Publish on the event bus.
+    Emit(Box<Event>),
+}
+
+/// Why the agent stopped a process; decides the exit's event code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// No ProcessReady in time.
+    ReadyTimeout,
+    /// No exit in time after ProcessEnding.
+    ExitTimeout,
+    /// Failed health checks; deadline after OnProcessTerminate passed.
+    Unhealthy,
+    /// Killed on request, at a protection deadline, or after an activation timeout.
+    Forced,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// A read-only view of one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessView {
+    /// Agent id.
+    pub process_id: String,
+    /// OS pid.
+    pub pid: u32,
+    /// LaunchPath as configured.
+    pub launch_path: String,
+    /// LAUNCHING, ACTIVE, TERMINATING or ENDING.
+    pub status: &'static str,
+    /// Passing health checks.
+    pub healthy: bool,
+    /// clientPort from ProcessReady (0 before).
+    pub client_port: u16,
+    /// grpcPort from ProcessReady (0 before).
+    pub grpc_port: u16,
+    /// The session it hosts.
+    pub game_server_session_id: Option<String>,
+    /// Times its slot was launched before this process.
+    pub restarts: u64,
+    /// logPathsToUpload from ProcessReady.
+    pub log_paths: Vec<String>,
+}
+
+/// The counters of GSE's DescribeInstancesExtend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InstanceCounters {
+    /// Ready processes passing health checks.
+    pub healthy_process_cnt: u32,
+    /// Ready processes.
+    pub active_process_cnt: u32,
+    /// Sessions ACTIVATING or ACTIVE.
+    pub game_session_cnt: u32,
+    /// Processes configured (one session each).
+    pub max_game_session_cnt: u32,
+    /// RESERVED or ACTIVE player sessions.
+    pub player_session_cnt: u32,
+    /// Sum of the maxima of live sessions.
+    pub max_player_session_cnt: u32,
+}
+
+/// A call on `GseGrpcSdkService`, by the process with the metadata pid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdkCall {
+    /// ProcessReady.
+    ProcessReady {
+        /// clientPort.
+        client_port: i32,
+        /// grpcPort.
+        grpc_port: i32,
+        /// logPathsToUpload.
+        log_paths: Vec<String>,
+    },
+    /// ActivateGameServerSession.
+    Activate {
+        /// Session.
+        gss_id: String,
+        /// maxPlayers (0 keeps the session's maximum).
+        max_players: i32,
+    },
+    /// AcceptPlayerSession.
+    AcceptPlayer {
+        /// Session.
+        gss_id: String,
+        /// Player session.
+        player_session_id: String,
+    },
+    /// RemovePlayerSession.
+    RemovePlayer {
+        /// Session.
+        gss_id: String,
+        /// Player session.
+        player_session_id: String,
+    },
+    /// DescribePlayerSessions.
+    DescribePlayers(PlayerQuery),
+    /// UpdatePlayerSessionCreationPolicy.
+    UpdatePolicy {
+        /// Session.
+        gss_id: String,
+        /// ACCEPT_ALL or DENY_ALL.
+        policy: String,
+    },
+    /// TerminateGameServerSession.
+    TerminateSession {
+        /// Session.
+        gss_id: String,
+    },
+    /// ProcessEnding.
+    ProcessEnding,
+    /// ReportCustomData.
+    ReportCustomData {
+        /// currentCustomCount.
+        current: i32,
+        /// maxCustomCount.
+        max: i32,
+    },
+}
+
+/// A successful SDK answer.
+#[derive(Debug, Clone)]
+pub enum SdkReply {
+    /// Plain success.
+    Done,
+    /// DescribePlayerSessions' page.
+    Players(Vec<PlayerSession>, Option<String>),
+}
+
+/// Filters and paging of a player-session listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlayerQuery {
+    /// Only this session's players.
+    pub gss_id: Option<String>,
+    /// Only this player.
+    pub player_id: Option<String>,
+    /// Only this player session.
+    pub player_session_id: Option<String>,
+    /// Only this status.
+    pub status: Option<PlayerStatus>,
+    /// Start at this token (from a previous page).
+    pub next_token: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// Filters and paging of a game-server-session listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Only this session.
+    pub gss_id: Option<String>,
+    /// Only this status.
+    pub status: Option<GssStatus>,
+    /// Start at this token.
+    pub next_token: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// Parameters of a new game server session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewSession {
+    /// MaximumPlayerSessionCount.
+    pub max_players: i32,
+    /// Name.
+    pub name: String,
+    /// CreatorId.
+    pub creator_id: String,
+    /// GameProperties.
+    pub game_properties: Vec<(String, String)>,
+    /// GameServerSessionData.
+    pub data: String,
+    /// Custom id suffix (GameServerSessionId).
+    pub custom_id: Option<String>,
+    /// IdempotencyToken.
+    pub idempotency_token: Option<String>,
+}
+
+/// One player to join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPlayer {
+    /// PlayerId.
+    pub player_id: String,
+    /// PlayerData.
+    pub player_data: String,
+}
+
+/// A command from the local control API (and, later, the upstream control plane).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// CreateGameServerSession.
+    CreateSession(NewSession),
+    /// DescribeGameServerSessions.
+    DescribeSessions(SessionQuery),
+    /// JoinGameServerSession(Batch): all or none.
+    Join {
+        /// Session.
+        gss_id: String,
+        /// Players.
+        players: Vec<NewPlayer>,
+    },
+    /// DescribePlayerSessions.
+    DescribePlayers(PlayerQuery),
+    /// EndGameServerSessionAndProcess by session id.
+    EndSessionAndProcess {
+        /// Session.
+        gss_id: String,
+    },
+    /// The processes (agent extension).
+    DescribeProcesses,
+    /// DescribeInstancesExtend counters.
+    DescribeInstance,
+}
+
+/// A successful control answer.
+#[derive(Debug, Clone)]
+pub enum ControlReply {
+    /// One session.
+    Session(Box<GameSession>),
+    /// A page of sessions.
+    Sessions(Vec<GameSession>, Option<String>),
+    /// Player sessions, with a next token when paged.
+    Players(Vec<PlayerSession>, Option<String>),
+    /// Processes.
+    Processes(Vec<ProcessView>),
+    /// Counters.
+    Instance(InstanceCounters),
+    /// Done.
+    Done,
+}
+
+/// Why a call or command was refused. The SDK turns it into `ERROR_400`; the control API into a
+/// Tencent Cloud error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    /// The pid is not a process this agent launched.
+    #[error("pid {0} is not a server process launched by this agent")]
+    UnknownPid(u32),
+    /// An id names nothing.
+    #[error("{kind} {id} does not exist")]
+    NotFound {
+        /// What kind of resource.
+        kind: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// A parameter is malformed.
+    #[error("invalid {param}: {message}")]
+    Invalid {
+        /// Parameter name.
+        param: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The current state does not allow it.
+    #[error("{0}")]
+    Denied(String),
+    /// A limit is reached.
+    #[error("{0}")]
+    Limit(String),
+}
