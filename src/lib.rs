@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod process;
 pub mod sdk;
 pub mod session;
+pub mod systemd;
 pub mod telemetry;
 
 /// Code generated from `proto/` (package `tencentcloud.gse.grpcsdk`).

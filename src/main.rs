@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gse_agent::agent::{self, Agent};
 use gse_agent::config::{self, Config, ConfigError};
+use gse_agent::systemd;
 use gse_agent::telemetry::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -110,6 +111,15 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
         let agent = Agent::build(cfg).await?;
         let endpoints = agent.endpoints();
         tracing::info!(sdk.addr = %endpoints.sdk_address, capi.addr = ?endpoints.capi_address, "gse-agent started");
+        let notify_socket = std::env::var_os("NOTIFY_SOCKET");
+        let sd_notify = move |state: &str| {
+            if let Some(socket) = &notify_socket
+                && let Err(e) = systemd::notify(socket, state)
+            {
+                tracing::warn!(error = %e, "cannot notify systemd");
+            }
+        };
+        sd_notify("READY=1");
         let shutdown = CancellationToken::new();
         let force = CancellationToken::new();
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -131,6 +141,11 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
                     f.cancel();
                 }
             }
+        });
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            sd_notify("STOPPING=1");
         });
         agent.run(shutdown, force).await?;
         tracing::info!("gse-agent stopped");

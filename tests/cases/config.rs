@@ -63,3 +63,33 @@ fn unreadable_and_malformed_configs_exit_64() {
         "{err}"
     );
 }
+
+#[test]
+fn tells_systemd_when_ready_and_when_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify");
+    let listener = UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(crate::helper::DEADLINE))
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("game")).unwrap();
+    std::os::unix::fs::symlink(crate::helper::FAKE_SERVER, dir.path().join("game/server")).unwrap();
+    let yaml = crate::helper::config(&crate::helper::entry("", 1), "");
+    std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
+    let mut child = Command::new(AGENT)
+        .args(["run", "--config"])
+        .arg(dir.path().join("agent.yaml"))
+        .env("NOTIFY_SOCKET", &socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let n = listener.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
