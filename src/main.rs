@@ -105,6 +105,11 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Watch signals first: a SIGTERM right after READY=1 must stop the agent gracefully.
+        let shutdown = CancellationToken::new();
+        let force = CancellationToken::new();
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         if sample {
             agent::install_sample_build(&cfg)?;
         }
@@ -120,10 +125,6 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             }
         };
         sd_notify("READY=1");
-        let shutdown = CancellationToken::new();
-        let force = CancellationToken::new();
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         let (s, f) = (shutdown.clone(), force.clone());
         tokio::spawn(async move {
             let mut count = 0;

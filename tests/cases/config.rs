@@ -77,19 +77,21 @@ fn tells_systemd_when_ready_and_when_stopping() {
     std::os::unix::fs::symlink(crate::helper::FAKE_SERVER, dir.path().join("game/server")).unwrap();
     let yaml = crate::helper::config(&crate::helper::entry("", 1), "");
     std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
-    let mut child = Command::new(AGENT)
+    let child = Command::new(AGENT)
         .args(["run", "--config"])
         .arg(dir.path().join("agent.yaml"))
         .env("NOTIFY_SOCKET", &socket)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = crate::helper::KillOnDrop(child);
     let mut buf = [0u8; 64];
     let n = listener.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let n = listener.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }

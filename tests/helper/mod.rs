@@ -280,3 +280,15 @@ pub fn connect_player(port: u16, player_session_id: &str) -> (TcpStream, String)
     }
     (s, String::from_utf8_lossy(&answer).into_owned())
 }
+
+/// Kills a child process if a test fails before it is waited for.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
