@@ -57,6 +57,9 @@ pub enum AgentError {
         /// What is wrong.
         reason: String,
     },
+    /// The fleet supervisor task failed (a bug); every game process was killed.
+    #[error("the fleet supervisor failed: {0}")]
+    Fleet(String),
     /// The SDK server failed.
     #[error(transparent)]
     Sdk(#[from] sdk::SdkServerError),
@@ -158,10 +161,12 @@ impl Agent {
             ))
         });
         drop(fleet);
-        if let Err(e) = fleet_task.await {
-            tracing::error!(error = %e, "fleet supervisor task failed");
-        }
+        let fleet_result = fleet_task.await;
         servers_stop.cancel();
+        if let Err(e) = fleet_result {
+            // Its process tasks kill their groups when the runtime drops them.
+            return Err(AgentError::Fleet(e.to_string()));
+        }
         if let Ok(r) = sdk_task.await {
             r?;
         }

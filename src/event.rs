@@ -52,6 +52,8 @@ pub enum EventCode {
     GameSessionCreated,
     /// Agent: a game server session became ACTIVE.
     GameSessionActivated,
+    /// Agent: the process of a game server session is ending (TERMINATING).
+    GameSessionTerminating,
     /// Agent: a game server session ended (TERMINATED).
     GameSessionTerminated,
     /// Agent: a game server session failed (ERROR).
@@ -106,6 +108,7 @@ names! {
     ServerProcessCrashLoopEnded => "SERVER_PROCESS_CRASH_LOOP_ENDED",
     GameSessionCreated => "GAME_SESSION_CREATED",
     GameSessionActivated => "GAME_SESSION_ACTIVATED",
+    GameSessionTerminating => "GAME_SESSION_TERMINATING",
     GameSessionTerminated => "GAME_SESSION_TERMINATED",
     GameSessionError => "GAME_SESSION_ERROR",
     PlayerSessionReserved => "PLAYER_SESSION_RESERVED",

@@ -16,12 +16,15 @@ use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
 use super::state::Fleet;
 use crate::config::Config;
 use crate::event::EventBus;
-use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle, signal_group};
+use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle};
 use crate::proto::game_server_grpc_sdk_service_client::GameServerGrpcSdkServiceClient;
 use crate::proto::{self, gse_response};
 
 /// How long OnProcessTerminate may take before it is given up (the deadline still applies).
 const TERMINATE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// OnStartGameServerSession may run this much past the activation timeout before it is
+/// abandoned (the activation timer has decided by then).
+const START_CALL_SLACK: Duration = Duration::from_secs(5);
 /// Requests queued for the actor before callers wait.
 const REQUEST_QUEUE: usize = 1024;
 
@@ -42,6 +45,7 @@ enum Request {
 enum Report {
     Exited {
         pid: u32,
+        process_id: String,
         info: ExitInfo,
     },
     Health {
@@ -180,19 +184,20 @@ impl Actor {
                     self.kill_everything();
                 }
                 Some(req) = rx.recv() => self.request(req),
-                () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                    self.fleet.tick(Instant::now());
-                }
+                () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
             }
-            self.perform(Instant::now());
+            // Due timers fire on every turn, so a busy request queue cannot delay them.
+            let now = Instant::now();
+            self.fleet.tick(now);
+            self.perform(now);
         }
         tracing::info!("every server process has ended");
     }
 
     fn kill_everything(&mut self) {
         self.fleet.stop_all();
-        for pid in self.fleet.pids() {
-            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        for handle in self.handles.values() {
+            handle.stop(Duration::ZERO);
         }
     }
 
@@ -211,9 +216,19 @@ impl Actor {
     fn report(&mut self, report: Report) {
         let now = Instant::now();
         match report {
-            Report::Exited { pid, info } => {
-                self.handles.remove(&pid);
-                self.fleet.exited(pid, info, now);
+            Report::Exited {
+                pid,
+                process_id,
+                info,
+            } => {
+                if self
+                    .handles
+                    .get(&pid)
+                    .is_some_and(|h| h.process_id == process_id)
+                {
+                    self.handles.remove(&pid);
+                }
+                self.fleet.exited(pid, &process_id, info, now);
             }
             Report::Health {
                 pid,
@@ -283,7 +298,7 @@ impl Actor {
                 session,
             } => {
                 let mut client = self.client(pid, grpc_port);
-                let limit = self.cfg.runtime.activation_timeout;
+                let limit = self.cfg.runtime.activation_timeout + START_CALL_SLACK;
                 let tx = self.report_tx.clone();
                 let gss_id = session.game_server_session_id.clone();
                 let span =
@@ -297,7 +312,8 @@ impl Actor {
                             match timeout(limit, client.on_start_game_server_session(req)).await {
                                 Ok(Ok(r)) => gse_result(r.get_ref()),
                                 Ok(Err(status)) => Err(format!("rpc error: {}", status.message())),
-                                Err(_) => Err("no answer before the activation timeout".into()),
+                                // The activation timer decides; a slow answer is no refusal.
+                                Err(_) => return,
                             };
                         let _ = tx.send(Report::StartResult {
                             pid,
@@ -386,8 +402,13 @@ impl Actor {
             tail_lines: self.cfg.logs.tail_lines,
         };
         let tx = self.report_tx.clone();
+        let exited_id = process_id.clone();
         let on_exit = move |pid, info| {
-            let _ = tx.send(Report::Exited { pid, info });
+            let _ = tx.send(Report::Exited {
+                pid,
+                process_id: exited_id,
+                info,
+            });
         };
         match process::launch(&launch, on_exit) {
             Ok(handle) => {

@@ -68,6 +68,8 @@ impl Phase {
 struct Proc {
     id: String,
     pid: u32,
+    /// Unique per launch: timers name it so that a reused pid is never mistaken for it.
+    serial: u64,
     slot: usize,
     started: Instant,
     ready_at: Option<Instant>,
@@ -198,6 +200,11 @@ impl Fleet {
         self.procs.keys().copied().collect()
     }
 
+    /// The process `pid` if it is still the launch numbered `serial`.
+    fn live(&self, pid: u32, serial: u64) -> Option<&Proc> {
+        self.procs.get(&pid).filter(|p| p.serial == serial)
+    }
+
     fn emit(&mut self, event: Event) {
         self.effects.push(Effect::Emit(Box::new(event)));
     }
@@ -247,9 +254,10 @@ impl Fleet {
         s.pid = Some(pid);
         let entry = s.entry;
         self.entries[entry].invalid_path_reported = false;
+        let serial = self.seq();
         self.timers.add(
             now + self.cfg.timeouts.process_ready.get(),
-            Timer::ReadyTimeout { pid },
+            Timer::ReadyTimeout { pid, serial },
         );
         let launch_path = self.cfg.runtime.server_processes[entry].launch_path.clone();
         self.emit(
@@ -264,6 +272,7 @@ impl Fleet {
             Proc {
                 id: process_id,
                 pid,
+                serial,
                 slot,
                 started: now,
                 ready_at: None,
@@ -357,7 +366,10 @@ impl Fleet {
     }
 
     /// A process exited (and was reaped).
-    pub fn exited(&mut self, pid: u32, info: ExitInfo, now: Instant) {
+    pub fn exited(&mut self, pid: u32, process_id: &str, info: ExitInfo, now: Instant) {
+        if self.procs.get(&pid).is_none_or(|p| p.id != process_id) {
+            return;
+        }
         let Some(p) = self.procs.remove(&pid) else {
             return;
         };
@@ -413,13 +425,16 @@ impl Fleet {
         }
         let slot = p.slot;
         self.slots[slot].pid = None;
-        let failure = matches!(
-            code,
-            EventCode::ServerProcessCrashed
-                | EventCode::ServerProcessProcessReadyTimeout
-                | EventCode::ServerProcessTerminatedUnhealthy
-                | EventCode::ServerProcessProcessExitTimeout
-        );
+        // A process that ended before it ever became ready is failing too, however it ended:
+        // without this, one that calls ProcessEnding at start-up would relaunch hot forever.
+        let failure = p.ready_at.is_none()
+            || matches!(
+                code,
+                EventCode::ServerProcessCrashed
+                    | EventCode::ServerProcessProcessReadyTimeout
+                    | EventCode::ServerProcessTerminatedUnhealthy
+                    | EventCode::ServerProcessProcessExitTimeout
+            );
         if failure {
             self.after_failure(slot, now, ran);
         } else {
@@ -446,11 +461,12 @@ impl Fleet {
             p.health_failures += 1;
             tracing::debug!(
                 process.pid = pid,
-                failures = p.health_failures,
-                detail,
+                health.failures = p.health_failures,
+                health.detail = detail,
                 "health check failed"
             );
         }
+        let serial = p.serial;
         if p.health_failures >= threshold {
             p.healthy = false;
             let id = p.id.clone();
@@ -463,7 +479,8 @@ impl Fleet {
             );
             self.terminate(pid, TerminateReason::Unhealthy, now);
         } else {
-            self.timers.add(now + interval, Timer::HealthCheck { pid });
+            self.timers
+                .add(now + interval, Timer::HealthCheck { pid, serial });
         }
     }
 
@@ -501,18 +518,19 @@ impl Fleet {
                     self.schedule_launch(slot, now, Duration::ZERO);
                 }
             }
-            Timer::ReadyTimeout { pid } => {
+            Timer::ReadyTimeout { pid, serial } => {
                 if self
-                    .procs
-                    .get(&pid)
+                    .live(pid, serial)
                     .is_some_and(|p| p.phase == Phase::Launching)
                 {
                     self.stop(pid, StopReason::ReadyTimeout);
                 }
             }
-            Timer::HealthCheck { pid } => {
+            Timer::HealthCheck { pid, serial } => {
                 if let Some(p) = self.procs.get_mut(&pid)
+                    && p.serial == serial
                     && p.phase == Phase::Active
+                    && p.stop.is_none()
                     && !p.health_in_flight
                 {
                     p.health_in_flight = true;
@@ -520,15 +538,14 @@ impl Fleet {
                     self.effects.push(Effect::HealthCheck { pid, grpc_port });
                 }
             }
-            Timer::TerminateDeadline { pid } => {
-                if let Some(Phase::Terminating(reason)) = self.procs.get(&pid).map(|p| p.phase) {
+            Timer::TerminateDeadline { pid, serial } => {
+                if let Some(Phase::Terminating(reason)) = self.live(pid, serial).map(|p| p.phase) {
                     self.stop(pid, reason.stop_reason());
                 }
             }
-            Timer::ExitTimeout { pid } => {
+            Timer::ExitTimeout { pid, serial } => {
                 if self
-                    .procs
-                    .get(&pid)
+                    .live(pid, serial)
                     .is_some_and(|p| p.phase == Phase::Ending)
                 {
                     self.stop(pid, StopReason::ExitTimeout);
@@ -608,13 +625,22 @@ impl Fleet {
     fn terminate(&mut self, pid: u32, reason: TerminateReason, now: Instant) {
         let shutdown_grace = self.cfg.timeouts.shutdown.get();
         let hosts_session = self.hosts_live_session(pid);
+        let protection = &self.cfg.protection;
         let grace = match reason {
             TerminateReason::Shutdown => Some(shutdown_grace),
-            _ => self.cfg.protection.grace(hosts_session),
+            // A hung unhealthy process must not hold its slot forever: FullProtection falls
+            // back to the time limit.
+            TerminateReason::Unhealthy => protection
+                .grace(hosts_session)
+                .or(Some(protection.time_limit)),
+            TerminateReason::Requested => protection.grace(hosts_session),
         };
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
         };
+        if p.phase == Phase::Ending {
+            return; // It is leaving already; process-exit bounds it.
+        }
         if p.phase == Phase::Launching || p.grpc_port == 0 {
             self.stop(pid, reason.stop_reason());
             return;
@@ -626,14 +652,15 @@ impl Fleet {
             }
         }
         p.phase = Phase::Terminating(reason);
-        p.told_to_terminate = Some(reason);
-        let grpc_port = p.grpc_port;
+        p.told_to_terminate.get_or_insert(reason);
+        let (grpc_port, serial) = (p.grpc_port, p.serial);
         let id = p.id.clone();
         let termination_time = grace
             .map(|g| unix_seconds(Some(SystemTime::now() + g)))
             .unwrap_or(0);
         if let Some(g) = grace {
-            self.timers.add(now + g, Timer::TerminateDeadline { pid });
+            self.timers
+                .add(now + g, Timer::TerminateDeadline { pid, serial });
         }
         self.effects.push(Effect::Terminate {
             pid,
@@ -673,6 +700,7 @@ impl Fleet {
                 return;
             }
             p.stop = Some(reason);
+            p.healthy = false;
             self.effects.push(Effect::Stop { pid, grace });
         }
     }
@@ -709,6 +737,12 @@ impl Fleet {
                         p.phase.as_str()
                     )));
                 }
+                if p.stop.is_some() {
+                    return Err(FleetError::Denied(
+                        "the process is being stopped (ProcessReady came too late)".into(),
+                    ));
+                }
+                let serial = p.serial;
                 p.phase = Phase::Active;
                 p.ready_at = Some(now);
                 p.client_port = client_port;
@@ -716,7 +750,8 @@ impl Fleet {
                 p.healthy = true;
                 p.log_paths = log_paths;
                 let id = p.id.clone();
-                self.timers.add(now + interval, Timer::HealthCheck { pid });
+                self.timers
+                    .add(now + interval, Timer::HealthCheck { pid, serial });
                 self.emit(
                     Event::new(
                         EventCode::ServerProcessReady,
@@ -833,10 +868,13 @@ impl Fleet {
                     .map_err(|e| FleetError::Denied(format!("{gss_id}: {e}")))?;
                 self.end_session(&gss_id, GssInput::Terminate, "terminated by the game");
                 // A FullProtection process told to terminate may now be ended.
-                if let Some(Phase::Terminating(_)) = self.procs.get(&pid).map(|p| p.phase) {
+                if let Some(p) = self.procs.get(&pid)
+                    && matches!(p.phase, Phase::Terminating(_))
+                {
                     let grace = self.cfg.protection.grace(false).unwrap_or_default();
+                    let serial = p.serial;
                     self.timers
-                        .add(now + grace, Timer::TerminateDeadline { pid });
+                        .add(now + grace, Timer::TerminateDeadline { pid, serial });
                 }
                 Ok(SdkReply::Done)
             }
@@ -849,10 +887,11 @@ impl Fleet {
                     ));
                 }
                 p.phase = Phase::Ending;
-                let (id, session) = (p.id.clone(), p.session.clone());
-                self.timers.add(now + exit, Timer::ExitTimeout { pid });
+                let (id, session, serial) = (p.id.clone(), p.session.clone(), p.serial);
+                self.timers
+                    .add(now + exit, Timer::ExitTimeout { pid, serial });
                 if let Some(gss_id) = session {
-                    self.end_session_quietly(&gss_id, GssInput::ProcessEnding, "process ending");
+                    self.end_session(&gss_id, GssInput::ProcessEnding, "its process is ending");
                 }
                 self.emit(
                     Event::new(
@@ -962,8 +1001,12 @@ impl Fleet {
         for (_, s) in self.sessions.values() {
             if matches!(s.status, GssStatus::Activating | GssStatus::Active) {
                 c.game_session_cnt += 1;
-                c.player_session_cnt += s.current_players.max(0) as u32;
-                c.max_player_session_cnt += s.max_players.max(0) as u32;
+                c.player_session_cnt = c
+                    .player_session_cnt
+                    .saturating_add(s.current_players.max(0) as u32);
+                c.max_player_session_cnt = c
+                    .max_player_session_cnt
+                    .saturating_add(s.max_players.max(0) as u32);
             }
         }
         c

@@ -84,6 +84,8 @@ pub struct LaunchSpec {
 pub struct ProcessHandle {
     /// OS pid, which is also its process group id.
     pub pid: u32,
+    /// The agent's id of the process.
+    pub process_id: String,
     stop: mpsc::UnboundedSender<Duration>,
 }
 
@@ -169,6 +171,7 @@ pub fn launch(
         logs,
         tail: Tail::new(spec.tail_lines),
         started: Instant::now(),
+        reaped: false,
     };
     let span = tracing::info_span!("process", process.id = %spec.process_id, process.pid = pid);
     tokio::spawn(
@@ -178,7 +181,11 @@ pub fn launch(
         }
         .instrument(span),
     );
-    Ok(ProcessHandle { pid, stop: stop_tx })
+    Ok(ProcessHandle {
+        pid,
+        process_id: spec.process_id.clone(),
+        stop: stop_tx,
+    })
 }
 
 type Pipe = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
@@ -190,6 +197,18 @@ struct Supervised {
     logs: [RotatingLog; 2],
     tail: Tail,
     started: Instant,
+    /// Set once the child is reaped; until then dropping this kills the group.
+    reaped: bool,
+}
+
+impl Drop for Supervised {
+    /// The task was dropped before the process ended (the runtime is going away): take the
+    /// whole group down rather than orphan it.
+    fn drop(&mut self) {
+        if !self.reaped {
+            signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 impl Supervised {
@@ -203,7 +222,10 @@ impl Supervised {
             tokio::select! {
                 r = read_opt(p0, b0) => self.record(0, r, &bufs),
                 r = read_opt(p1, b1) => self.record(1, r, &bufs),
-                status = self.child.wait() => break status,
+                status = self.child.wait() => {
+                    self.reaped = true;
+                    break status;
+                }
                 Some(grace) = stop_rx.recv() => {
                     signal_group(self.pid, nix::sys::signal::Signal::SIGTERM);
                     let at = Instant::now() + grace;

@@ -17,17 +17,22 @@ use crate::session::{
 
 /// Finished game server sessions kept for Describe calls before the oldest are forgotten.
 pub const FINISHED_SESSIONS_KEPT: usize = 1000;
+/// Finished player sessions kept per live game server session (a long match sees many).
+pub const FINISHED_PLAYERS_KEPT: usize = 1000;
 
 impl Fleet {
     /// Moves a session and emits the matching event.
     pub(super) fn end_session(&mut self, gss_id: &str, input: GssInput, reason: &str) {
+        let Some((_, s)) = self.sessions.get(gss_id) else {
+            return;
+        };
+        let (pid, process_id) = (s.pid, s.process_id.clone());
         if let Some(status) = self.end_session_quietly(gss_id, input, reason) {
-            let (_, s) = &self.sessions[gss_id];
-            let (pid, process_id) = (s.pid, s.process_id.clone());
             let code = match status {
                 GssStatus::Terminated => EventCode::GameSessionTerminated,
                 GssStatus::Error => EventCode::GameSessionError,
-                _ => return,
+                GssStatus::Terminating => EventCode::GameSessionTerminating,
+                GssStatus::Activating | GssStatus::Active => return,
             };
             self.emit(
                 Event::new(code, format!("game server session {}: {reason}", status))
@@ -146,7 +151,9 @@ impl Fleet {
         let pid = self
             .procs
             .values()
-            .filter(|p| p.phase == Phase::Active && p.healthy && p.session.is_none())
+            .filter(|p| {
+                p.phase == Phase::Active && p.healthy && p.stop.is_none() && p.session.is_none()
+            })
             .min_by_key(|p| p.slot)
             .map(|p| p.pid)
             .ok_or_else(|| {
@@ -357,7 +364,38 @@ impl Fleet {
                 .session(&gss_id)
                 .player(id),
         );
+        if !to.holds_slot() {
+            self.forget_old_players(&gss_id);
+        }
         Some(Ok(()))
+    }
+
+    /// Keeps at most [`FINISHED_PLAYERS_KEPT`] finished player sessions of one session.
+    fn forget_old_players(&mut self, gss_id: &str) {
+        let Some(seqs) = self.session_players.get_mut(gss_id) else {
+            return;
+        };
+        let players = &self.players;
+        let finished = |seq: &u64| players.get(seq).is_some_and(|p| !p.status.holds_slot());
+        let mut excess = seqs.iter().filter(|s| finished(s)).count();
+        if excess <= FINISHED_PLAYERS_KEPT {
+            return;
+        }
+        excess -= FINISHED_PLAYERS_KEPT;
+        let mut forgotten = Vec::with_capacity(excess);
+        seqs.retain(|seq| {
+            if forgotten.len() < excess && finished(seq) {
+                forgotten.push(*seq);
+                false
+            } else {
+                true
+            }
+        });
+        for seq in forgotten {
+            if let Some(p) = self.players.remove(&seq) {
+                self.player_index.remove(&p.id);
+            }
+        }
     }
 
     pub(super) fn describe_players(

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::sessions::FINISHED_PLAYERS_KEPT;
 use super::*;
 use crate::config;
 use crate::fleet::api::{NewPlayer, NewSession, PlayerQuery};
@@ -97,14 +98,18 @@ impl Harness {
     }
 
     fn exit(&mut self, pid: u32, code: i32) -> Vec<Effect> {
-        self.fleet.exited(
+        self.exit_with(
             pid,
             ExitInfo {
                 exit_code: Some(code),
                 ..Default::default()
             },
-            self.now,
-        );
+        )
+    }
+
+    fn exit_with(&mut self, pid: u32, info: ExitInfo) -> Vec<Effect> {
+        let id = self.fleet.procs[&pid].id.clone();
+        self.fleet.exited(pid, &id, info, self.now);
         self.settle()
     }
 
@@ -310,15 +315,13 @@ async fn ready_timeout_stops_and_classifies() {
             .count(),
         1
     );
-    h.fleet.exited(
+    h.exit_with(
         pids[0],
         ExitInfo {
             signal: Some(15),
             ..Default::default()
         },
-        h.now,
     );
-    h.settle();
     assert!(
         h.codes()
             .contains(&EventCode::ServerProcessProcessReadyTimeout)
@@ -569,16 +572,14 @@ async fn process_ending_without_exit_times_out() {
     assert!(h.sdk(pid, SdkCall::ProcessEnding).is_err(), "twice");
     let effects = h.advance(Duration::from_secs(2));
     assert!(effects.iter().any(|e| is_stop(e, pid)));
-    h.fleet.exited(
+    h.exit_with(
         pid,
         ExitInfo {
             signal: Some(9),
             killed_by_agent: true,
             ..Default::default()
         },
-        h.now,
     );
-    h.settle();
     assert!(
         h.codes()
             .contains(&EventCode::ServerProcessProcessExitTimeout)
@@ -780,4 +781,165 @@ async fn end_session_and_process_sends_on_process_terminate() {
     assert!(h.codes().contains(&EventCode::ServerProcessEnded));
     let c = h.fleet.counters();
     assert_eq!(c.max_game_session_cnt, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ending_process_keeps_its_exit_deadline_when_told_to_terminate() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(1).unwrap();
+    h.sdk(
+        pid,
+        SdkCall::Activate {
+            gss_id: s.id.clone(),
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    h.sdk(pid, SdkCall::ProcessEnding).unwrap();
+    let r = h.fleet.control(
+        Control::EndSessionAndProcess {
+            gss_id: s.id.clone(),
+        },
+        h.now,
+    );
+    assert!(r.is_ok(), "{r:?}");
+    let effects = h.settle();
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Terminate { .. }))
+    );
+    assert!(h.sdk(pid, SdkCall::ProcessEnding).is_err(), "still ENDING");
+    let effects = h.advance(Duration::from_secs(2));
+    assert!(
+        effects.iter().any(|e| is_stop(e, pid)),
+        "process-exit still applies"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_placed_on_a_process_being_stopped() {
+    let mut h = Harness::new();
+    let pids = h.pids();
+    h.ready(pids[0]);
+    h.create(1).unwrap();
+    h.advance(Duration::from_secs(5)); // activation timeout: pids[0] is being stopped
+    let err = h.create(1).unwrap_err();
+    assert!(matches!(err, FleetError::Limit(_)), "{err}");
+    // The same 5 s were pids[1]'s ready timeout: its late ProcessReady is refused.
+    let late = h.sdk(
+        pids[1],
+        SdkCall::ProcessReady {
+            client_port: 1,
+            grpc_port: 2,
+            log_paths: vec![],
+        },
+    );
+    assert!(
+        late.unwrap_err().to_string().contains("came too late"),
+        "a stopping process cannot become ready"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_end_before_ready_counts_as_a_failure() {
+    let mut h = Harness::new();
+    for round in 0..3 {
+        let pid = *h
+            .fleet
+            .procs
+            .values()
+            .filter(|p| p.slot == 2)
+            .map(|p| &p.pid)
+            .next()
+            .unwrap_or_else(|| panic!("round {round}: slot 2 not running"));
+        h.sdk(pid, SdkCall::ProcessEnding).unwrap();
+        h.exit(pid, 0);
+        h.advance(Duration::from_secs(8));
+    }
+    assert!(h.codes().contains(&EventCode::ServerProcessEnded));
+    assert!(
+        h.fleet.slots[2].failures >= 3,
+        "ended-before-ready exits back off"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_process_under_full_protection_still_gets_a_deadline() {
+    let text = CONFIG.replace(
+        "policy: NoProtection, no-protection-grace: 10s",
+        "policy: FullProtection, time-limit-minutes: 5",
+    );
+    let cfg = config::parse(&text, "test.yaml", Path::new("/srv")).unwrap();
+    let mut h = Harness::new();
+    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet.start();
+    h.settle();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(1).unwrap();
+    h.sdk(
+        pid,
+        SdkCall::Activate {
+            gss_id: s.id.clone(),
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(1));
+        h.fleet.health_result(pid, false, "x", h.now);
+    }
+    let effects = h.settle();
+    assert!(
+        effects.iter().any(
+            |e| matches!(e, Effect::Terminate { termination_time, .. } if *termination_time > 0)
+        ),
+        "{effects:?}"
+    );
+    let effects = h.advance(Duration::from_secs(300));
+    assert!(effects.iter().any(|e| is_stop(e, pid)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_exit_report_for_a_reused_pid_is_ignored() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.fleet
+        .exited(pid, "proc-9-9-9", ExitInfo::default(), h.now);
+    h.settle();
+    assert!(h.fleet.procs.contains_key(&pid));
+    assert!(!h.codes().contains(&EventCode::ServerProcessCrashed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_players_of_a_long_session_are_forgotten() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.create(2).unwrap();
+    h.sdk(
+        pid,
+        SdkCall::Activate {
+            gss_id: s.id.clone(),
+            max_players: 0,
+        },
+    )
+    .unwrap();
+    for _ in 0..(FINISHED_PLAYERS_KEPT + 50) {
+        let p = h.join(&s.id, 1).unwrap().remove(0);
+        h.sdk(
+            pid,
+            SdkCall::RemovePlayer {
+                gss_id: s.id.clone(),
+                player_session_id: p.id,
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(h.fleet.players.len(), FINISHED_PLAYERS_KEPT);
+    assert_eq!(h.fleet.player_index.len(), FINISHED_PLAYERS_KEPT);
+    assert_eq!(h.fleet.session_players[&s.id].len(), FINISHED_PLAYERS_KEPT);
 }
