@@ -28,16 +28,23 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// The longest timing the agent accepts; anything longer is a typo (and would overflow clocks).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         let text = String::deserialize(de)?;
-        humantime::parse_duration(text.trim())
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {text:?} ({e}); write e.g. 300ms, 60s or 5m"
-                ))
-            })
+        let d = humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. 300ms, 60s or 5m"
+            ))
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is longer than the 30 days the agent accepts"
+            )));
+        }
+        Ok(HumanDuration(d))
     }
 }
 
@@ -56,6 +63,12 @@ mod tests {
             let got: HumanDuration = serde_yaml::from_str(text).unwrap();
             assert_eq!(got.get(), want, "{text}");
         }
+    }
+
+    #[test]
+    fn rejects_absurd_lengths() {
+        let err = serde_yaml::from_str::<HumanDuration>("300000000000y").unwrap_err();
+        assert!(err.to_string().contains("30 days"), "{err}");
     }
 
     #[test]

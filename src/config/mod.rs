@@ -7,6 +7,7 @@
 
 mod duration;
 pub mod locate;
+mod sections;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -404,18 +405,30 @@ pub fn read(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text. `file` names it in errors; `base` anchors relative paths.
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        ConfigError::Parse {
-            file: file.to_string(),
-            line,
-            column,
-            message: e.to_string(),
+    let raw: RawConfig = match serde_yaml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            // serde stops at the first error; check each top-level section on its own so that
+            // every malformed one is reported.
+            let problems = sections::problems(text);
+            if problems.is_empty() {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
+                return Err(ConfigError::Parse {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    message: sections::without_position(&e.to_string()),
+                });
+            }
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems,
+            });
         }
-    })?;
+    };
     let mut v = Validator {
         text,
         problems: Vec::new(),
@@ -529,6 +542,12 @@ impl Validator<'_> {
                 &[Key("logs"), Key("max-file-bytes")],
                 "must be at least 4096",
             );
+        }
+        if raw.logs.keep_files > 100 {
+            self.problem(&[Key("logs"), Key("keep-files")], "must be at most 100");
+        }
+        if raw.logs.tail_lines > 1000 {
+            self.problem(&[Key("logs"), Key("tail-lines")], "must be at most 1000");
         }
         for name in raw.environment.keys() {
             if name.is_empty() || name.contains(['=', '\0']) || name.starts_with("GSE_") {

@@ -95,24 +95,28 @@ runtime-configuration:
 }
 
 #[test]
-fn type_errors_and_unknown_keys_point_at_the_line() {
+fn type_errors_and_unknown_keys_point_at_their_lines_all_at_once() {
     let err = parse(
-        "fleet-id: fleet-a\nsdk-listen: nowhere\nruntime-configuration: {ServerProcesses: []}\n",
+        "fleet-id: fleet-a\nsdk-listen: nowhere\nhealth-check:\n  intervall: 1s\nruntime-configuration: {ServerProcesses: []}\n",
         "a.yaml",
         Path::new("/"),
     )
     .unwrap_err();
-    assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err}");
-    let err = parse(
-        "fleet-id: fleet-a\nhealth-check:\n  intervall: 1s\n",
-        "a.yaml",
-        Path::new("/"),
-    )
-    .unwrap_err();
+    let text = err.to_string();
     assert!(
-        matches!(err, ConfigError::Parse { line: 3, .. }) && err.to_string().contains("intervall"),
-        "{err}"
+        text.contains("a.yaml:2: sdk-listen: invalid socket address syntax\n"),
+        "{text}"
     );
+    assert!(
+        text.contains("a.yaml:4: health-check: unknown field `intervall`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("at line"),
+        "no block-relative positions: {text}"
+    );
+    let err = parse("[1, 2]", "a.yaml", Path::new("/")).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { line: 1, .. }), "{err}");
 }
 
 #[test]
