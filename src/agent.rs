@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::capi::{self, Capi};
 use crate::config::Config;
@@ -148,17 +149,19 @@ impl Agent {
         );
         // The servers outlive the fleet: ending processes still call the SDK.
         let servers_stop = CancellationToken::new();
-        let sdk_task = tokio::spawn(sdk::serve(
-            self.sdk_listener,
-            fleet.clone(),
-            servers_stop.clone(),
-        ));
+        let sdk_task = tokio::spawn(
+            sdk::serve(self.sdk_listener, fleet.clone(), servers_stop.clone())
+                .instrument(tracing::info_span!("sdk")),
+        );
         let capi_task = self.capi_listener.map(|l| {
-            tokio::spawn(capi::serve(
-                l,
-                Capi::new(fleet.clone(), bus.clone(), self.cfg.clone()),
-                servers_stop.clone(),
-            ))
+            tokio::spawn(
+                capi::serve(
+                    l,
+                    Capi::new(fleet.clone(), bus.clone(), self.cfg.clone()),
+                    servers_stop.clone(),
+                )
+                .instrument(tracing::info_span!("capi")),
+            )
         });
         drop(fleet);
         let fleet_result = fleet_task.await;

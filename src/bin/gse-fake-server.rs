@@ -30,10 +30,10 @@ struct Args {
     /// Address of the agent's GSE SDK server [default: $GSE_SDK_ADDRESS or 127.0.0.1:5758].
     #[arg(long)]
     sdk_address: Option<SocketAddr>,
-    /// When to crash: never, before-ready, after-ready, on-session-start, on-activate, after:<duration>.
+    /// When to crash: never, before-ready, after-ready, on-session-start, on-activate, after:DURATION.
     #[arg(long, default_value = "never")]
     crash_at: CrashAt,
-    /// How to crash: exit:<code> or signal:<NAME> (e.g. signal:SIGSEGV).
+    /// How to crash: exit:CODE or signal:NAME (e.g. signal:SIGSEGV).
     #[arg(long, default_value = "exit:1")]
     crash_with: CrashWith,
     /// Health answers: healthy, unhealthy (false) or hang (never answer).
@@ -141,7 +141,7 @@ impl std::str::FromStr for CrashWith {
                 .map(Self::Signal)
                 .map_err(|_| format!("unknown signal {name:?}"));
         }
-        Err(format!("{s:?} is not exit:<code> or signal:<NAME>"))
+        Err(format!("{s:?} is not exit:CODE or signal:NAME"))
     }
 }
 

@@ -170,3 +170,21 @@ fn released_examples_still_load() {
     let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/agent.yaml");
     assert_eq!(read(&packaged).unwrap().game_root, Path::new("/local/game"));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever a LaunchPath says, an accepted one resolves inside the game root.
+        #[test]
+        fn accepted_launch_paths_stay_inside_the_game_root(path in "(/local/game/|/data/game/|/|)([a-z.]{0,4}/){0,4}[a-z.]{0,6}") {
+            let root = Path::new("/data/game");
+            if let Ok(resolved) = resolve_launch_path(&path, root) {
+                prop_assert!(resolved.starts_with(root), "{path} -> {}", resolved.display());
+                prop_assert!(!resolved.components().any(|c| c == std::path::Component::ParentDir));
+            }
+        }
+    }
+}

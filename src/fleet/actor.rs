@@ -272,10 +272,14 @@ impl Actor {
                 let mut client = self.client(pid, grpc_port);
                 let limit = self.cfg.health_check.timeout.get();
                 let tx = self.report_tx.clone();
-                tokio::spawn(async move {
-                    let (healthy, detail) =
-                        match timeout(limit, client.on_health_check(proto::HealthCheckRequest {}))
-                            .await
+                let span = tracing::debug_span!("health_check", process.pid = pid);
+                tokio::spawn(
+                    async move {
+                        let (healthy, detail) = match timeout(
+                            limit,
+                            client.on_health_check(proto::HealthCheckRequest {}),
+                        )
+                        .await
                         {
                             Ok(Ok(r)) if r.get_ref().health_status => (true, "healthy".into()),
                             Ok(Ok(_)) => (false, "healthStatus false".into()),
@@ -285,12 +289,14 @@ impl Actor {
                                 format!("no answer within {}", humantime::format_duration(limit)),
                             ),
                         };
-                    let _ = tx.send(Report::Health {
-                        pid,
-                        healthy,
-                        detail,
-                    });
-                });
+                        let _ = tx.send(Report::Health {
+                            pid,
+                            healthy,
+                            detail,
+                        });
+                    }
+                    .instrument(span),
+                );
             }
             Effect::StartSession {
                 pid,
@@ -330,6 +336,7 @@ impl Actor {
                 termination_time,
             } => {
                 let mut client = self.client(pid, grpc_port);
+                let span = tracing::info_span!("process_terminate", process.pid = pid);
                 tokio::spawn(async move {
                     let req = proto::ProcessTerminateRequest { termination_time };
                     match timeout(TERMINATE_CALL_TIMEOUT, client.on_process_terminate(req)).await {
@@ -345,7 +352,7 @@ impl Actor {
                             tracing::warn!(process.pid = pid, "OnProcessTerminate did not answer")
                         }
                     }
-                });
+                }.instrument(span));
             }
             Effect::Forget { pid } => {
                 self.clients.remove(&pid);

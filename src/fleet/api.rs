@@ -10,14 +10,14 @@ use crate::session::{GameSession, GssStatus, PlayerSession, PlayerStatus};
 /// Something the actor must do.
 #[derive(Debug, Clone)]
 pub enum Effect {
-    /// Start a process for `slot`; answer with [`Fleet::spawned`] or [`Fleet::spawn_failed`].
+    /// Start a process for `slot`; answer with [`crate::fleet::Fleet::spawned`] or [`crate::fleet::Fleet::spawn_failed`].
     Launch {
         /// Slot index.
         slot: usize,
         /// The new process's agent id.
         process_id: String,
         /// An old process of the same slot whose log files are now removed (the last
-        /// [`LOG_GENERATIONS_KEPT`] launches of a slot keep theirs).
+        /// [`crate::fleet::state::LOG_GENERATIONS_KEPT`] launches of a slot keep theirs).
         retire_logs_of: Option<String>,
     },
     /// SIGTERM the process group, SIGKILL it after `grace`.
@@ -27,14 +27,14 @@ pub enum Effect {
         /// Time between SIGTERM and SIGKILL.
         grace: Duration,
     },
-    /// Call OnHealthCheck; answer with [`Fleet::health_result`].
+    /// Call OnHealthCheck; answer with [`crate::fleet::Fleet::health_result`].
     HealthCheck {
         /// Process.
         pid: u32,
         /// Its callback port.
         grpc_port: u16,
     },
-    /// Call OnStartGameServerSession; answer with [`Fleet::start_session_result`].
+    /// Call OnStartGameServerSession; answer with [`crate::fleet::Fleet::start_session_result`].
     StartSession {
         /// Process.
         pid: u32,

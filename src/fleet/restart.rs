@@ -102,3 +102,27 @@ mod tests {
         assert_eq!(b.record(&p, t0 + Duration::from_secs(16)), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The delay never shrinks as failures grow, never passes the cap, and the first
+        /// relaunch is always immediate.
+        #[test]
+        fn backoff_is_monotonic_and_capped(initial_ms in 1u64..10_000, cap_ms in 1u64..600_000, n in 0u32..200) {
+            let policy = RestartPolicy {
+                initial_backoff: Duration::from_millis(initial_ms).into(),
+                max_backoff: Duration::from_millis(cap_ms.max(initial_ms)).into(),
+                ..RestartPolicy::default()
+            };
+            let (a, b) = (backoff(&policy, n), backoff(&policy, n + 1));
+            prop_assert!(a <= b);
+            prop_assert!(b <= policy.max_backoff.get());
+            prop_assert_eq!(backoff(&policy, 1), Duration::ZERO);
+        }
+    }
+}

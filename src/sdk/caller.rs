@@ -50,28 +50,14 @@ impl Caller {
     }
 }
 
-/// Up to `levels` ancestors of `pid`, nearest first, read from `/proc/<pid>/stat`.
-pub fn ancestors(pid: u32, levels: usize) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut current = pid;
-    for _ in 0..levels {
-        let Some(parent) = parent_of(current) else {
-            break;
-        };
-        if parent <= 1 {
-            break;
-        }
-        out.push(parent);
-        current = parent;
-    }
-    out
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
+/// The process group of `pid`, read from `/proc/<pid>/stat`. Every game process leads its own
+/// group, so a helper process a game forked (and did not move) names the game this way.
+pub fn process_group(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    // state, ppid, pgrp
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -107,10 +93,10 @@ mod tests {
     }
 
     #[test]
-    fn finds_own_parent() {
+    fn reads_the_process_group() {
         let me = std::process::id();
-        let parents = ancestors(me, 1);
-        assert_eq!(parents.len(), 1);
-        assert_ne!(parents[0], me);
+        let group = process_group(me).unwrap();
+        assert_eq!(group, nix::unistd::getpgrp().as_raw() as u32);
+        assert_eq!(process_group(u32::MAX), None);
     }
 }

@@ -48,17 +48,16 @@ impl SdkService {
     async fn call(&self, caller: Caller, call: SdkCall) -> Result<SdkReply, String> {
         let first = self.fleet.sdk(caller.pid, call.clone()).await;
         let result = match first {
-            // A helper process of the game may call with its own pid: try its ancestors, as
-            // agents of this kind do (up to 3 levels).
+            // A helper process the game forked calls with its own pid: it is still in the
+            // game's process group, which the game leads.
             Err(HandleError::Fleet(FleetError::UnknownPid(_))) => {
-                let mut result = first;
-                for ancestor in caller::ancestors(caller.pid, 3) {
-                    result = self.fleet.sdk(ancestor, call.clone()).await;
-                    if !matches!(result, Err(HandleError::Fleet(FleetError::UnknownPid(_)))) {
-                        break;
-                    }
+                match caller::process_group(caller.pid).filter(|g| *g != caller.pid) {
+                    Some(group) => match self.fleet.sdk(group, call).await {
+                        Err(HandleError::Fleet(FleetError::UnknownPid(_))) => first,
+                        other => other,
+                    },
+                    None => first,
                 }
-                result
             }
             other => other,
         };

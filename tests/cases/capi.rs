@@ -4,9 +4,11 @@ use serde_json::json;
 
 use crate::helper::{Agent, config, entry};
 
+const QUICK_STOP: &str = "timeouts: { stop-grace: 200ms, shutdown: 1s }";
+
 #[test]
 fn malformed_requests_get_tencent_error_codes() {
-    let agent = Agent::start(&config(&entry("", 1), ""));
+    let agent = Agent::start(&config(&entry("", 1), QUICK_STOP));
     let cases = [
         ("{not json", "InvalidParameter", "not valid JSON"),
         ("[1,2]", "InvalidParameter", "JSON object"),
@@ -35,7 +37,7 @@ fn malformed_requests_get_tencent_error_codes() {
 
 #[test]
 fn parameters_are_checked_and_named() {
-    let agent = Agent::start(&config(&entry("", 1), ""));
+    let agent = Agent::start(&config(&entry("", 1), QUICK_STOP));
     let create = |extra: serde_json::Value| {
         let mut body = json!({"Action": "CreateGameServerSession", "FleetId": "fleet-test", "MaximumPlayerSessionCount": 2});
         for (k, v) in extra.as_object().unwrap() {
@@ -174,7 +176,7 @@ fn parameters_are_checked_and_named() {
 
 #[test]
 fn idempotency_token_returns_the_same_session() {
-    let agent = Agent::start(&config(&entry("", 2), ""));
+    let agent = Agent::start(&config(&entry("", 2), QUICK_STOP));
     agent.wait_ready(2);
     let body = json!({
         "Action": "CreateGameServerSession",

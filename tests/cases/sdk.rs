@@ -6,7 +6,9 @@ use tonic::transport::Channel;
 
 use crate::helper::{Agent, config, entry};
 
-const FAST: &str = "health-check: { interval: 1h, timeout: 1s, failure-threshold: 3 }";
+const FAST: &str = "
+health-check: { interval: 1h, timeout: 1s, failure-threshold: 3 }
+timeouts: { process-exit: 1s, stop-grace: 200ms, shutdown: 1s }";
 
 struct Sdk {
     rt: tokio::runtime::Runtime,
@@ -159,20 +161,15 @@ fn calls_illegal_in_the_current_state_are_refused_with_400() {
 }
 
 #[test]
-fn a_helper_process_of_the_game_is_matched_to_its_parent() {
-    // The agent walks up to three parent levels from an unknown pid; the test cannot fork a
-    // child of the game, but a pid whose parent is the agent's child resolves: the game's own
-    // grandchild (from --fork) is such a pid.
+fn a_helper_process_in_the_games_group_speaks_for_the_game() {
     let agent = Agent::start(&config(&entry("--fork 1", 1), FAST));
     let game = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
-    let grandchild = crate::helper::wait_for("grandchild", || {
-        let children =
-            std::fs::read_to_string(format!("/proc/{game}/task/{game}/children")).ok()?;
-        children.split_whitespace().next()?.parse::<u32>().ok()
+    let helper = crate::helper::wait_for("the game's forked helper", || {
+        crate::helper::children_of(game).into_iter().next()
     });
     let mut sdk = Sdk::new(&agent);
     assert_400(
-        &sdk.ready(&grandchild.to_string()),
+        &sdk.ready(&helper.to_string()),
         "ProcessReady was already called",
     );
 }

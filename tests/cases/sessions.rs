@@ -4,7 +4,7 @@ use crate::helper::{Agent, config, connect_player, entry, wait_for};
 
 const FAST: &str = "
 health-check: { interval: 200ms, timeout: 200ms, failure-threshold: 3 }
-timeouts: { process-ready: 5s, process-exit: 1s, player-reservation: 400ms, stop-grace: 200ms, shutdown: 1s }
+timeouts: { process-ready: 5s, process-exit: 1s, player-reservation: 2s, stop-grace: 200ms, shutdown: 1s }
 protection: { policy: NoProtection, no-protection-grace: 1s }";
 
 fn runtime(max_activations: u32, timeout_s: u32) -> String {

@@ -291,7 +291,7 @@ fn second_signal_kills_at_once() {
     });
     agent.signal(Signal::SIGINT);
     assert_eq!(agent.wait_exit().code(), Some(0));
-    assert!(!group_running(pid));
+    wait_for("group gone", || (!group_running(pid)).then_some(()));
 }
 
 #[test]

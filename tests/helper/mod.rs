@@ -144,9 +144,18 @@ impl Agent {
         r["Error"]["Message"].as_str().unwrap().to_string()
     }
 
+    /// Every event the agent holds, oldest first.
     pub fn events(&self) -> Vec<Value> {
-        let r = self.ok(json!({"Action": "DescribeFleetEvents", "Limit": 1000}));
-        r["Events"].as_array().unwrap().clone()
+        let mut all = Vec::new();
+        loop {
+            let r = self
+                .ok(json!({"Action": "DescribeFleetEvents", "Limit": 1000, "Offset": all.len()}));
+            let page = r["Events"].as_array().unwrap();
+            all.extend(page.iter().cloned());
+            if page.is_empty() || all.len() as u64 >= r["TotalCount"].as_u64().unwrap() {
+                return all;
+            }
+        }
     }
 
     pub fn count(&self, code: &str) -> usize {
@@ -265,6 +274,28 @@ pub fn group_running(pgid: u32) -> bool {
             let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
             fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first() != Some(&"Z")
         })
+}
+
+/// Pids whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let close = stat.rfind(')')?;
+                    stat[close + 2..]
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// Connects a player to a game's client port and sends its player session id; returns the
