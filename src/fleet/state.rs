@@ -943,13 +943,7 @@ impl Fleet {
                 Ok(ControlReply::Players(page, next))
             }
             Control::EndSessionAndProcess { gss_id } => {
-                let (_, s) = self
-                    .sessions
-                    .get(&gss_id)
-                    .ok_or_else(|| FleetError::NotFound {
-                        kind: "game server session",
-                        id: gss_id.clone(),
-                    })?;
+                let s = self.find_session(&gss_id)?;
                 if s.status.is_final() {
                     return Err(FleetError::Denied(format!(
                         "game server session {gss_id} is already {}",

@@ -94,14 +94,19 @@ impl Fleet {
         }
     }
 
-    pub(super) fn session_of(&self, pid: u32, gss_id: &str) -> Result<&GameSession, FleetError> {
-        let (_, s) = self
-            .sessions
+    /// The session `gss_id`, or NotFound.
+    pub(super) fn find_session(&self, gss_id: &str) -> Result<&GameSession, FleetError> {
+        self.sessions
             .get(gss_id)
+            .map(|(_, s)| s)
             .ok_or_else(|| FleetError::NotFound {
                 kind: "game server session",
                 id: gss_id.to_string(),
-            })?;
+            })
+    }
+
+    pub(super) fn session_of(&self, pid: u32, gss_id: &str) -> Result<&GameSession, FleetError> {
+        let s = self.find_session(gss_id)?;
         if s.pid != pid {
             return Err(FleetError::Denied(format!(
                 "game server session {gss_id} is hosted by pid {}, not by pid {pid}",
@@ -218,10 +223,7 @@ impl Fleet {
 
     pub(super) fn describe_sessions(&self, q: &SessionQuery) -> Result<ControlReply, FleetError> {
         if let Some(id) = &q.gss_id {
-            let (_, s) = self.sessions.get(id).ok_or_else(|| FleetError::NotFound {
-                kind: "game server session",
-                id: id.clone(),
-            })?;
+            let s = self.find_session(id)?;
             let hit = q.status.is_none_or(|st| st == s.status);
             return Ok(ControlReply::Sessions(
                 if hit { vec![s.clone()] } else { vec![] },
@@ -251,13 +253,7 @@ impl Fleet {
         players: Vec<NewPlayer>,
         now: Instant,
     ) -> Result<Vec<PlayerSession>, FleetError> {
-        let (_, s) = self
-            .sessions
-            .get(gss_id)
-            .ok_or_else(|| FleetError::NotFound {
-                kind: "game server session",
-                id: gss_id.to_string(),
-            })?;
+        let s = self.find_session(gss_id)?;
         if s.status != GssStatus::Active {
             return Err(FleetError::Denied(format!(
                 "game server session {gss_id} is {}, players can join only ACTIVE sessions",

@@ -137,6 +137,21 @@ impl Harness {
         }
     }
 
+    /// Creates a session (placed on `pid`, the only idle ready process) and activates it.
+    fn activated(&mut self, pid: u32, max_players: i32) -> GameSession {
+        let s = self.create(max_players).unwrap();
+        assert_eq!(s.pid, pid);
+        self.sdk(
+            pid,
+            SdkCall::Activate {
+                gss_id: s.id.clone(),
+                max_players: 0,
+            },
+        )
+        .unwrap();
+        s
+    }
+
     fn join(&mut self, gss: &str, n: usize) -> Result<Vec<PlayerSession>, FleetError> {
         let players = (0..n)
             .map(|i| NewPlayer {
@@ -528,15 +543,7 @@ async fn process_exit_takes_its_session_and_players_along() {
     let mut h = Harness::new();
     let pid = h.pids()[0];
     h.ready(pid);
-    let s = h.create(4).unwrap();
-    h.sdk(
-        pid,
-        SdkCall::Activate {
-            gss_id: s.id.clone(),
-            max_players: 0,
-        },
-    )
-    .unwrap();
+    let s = h.activated(pid, 4);
     let players = h.join(&s.id, 2).unwrap();
     h.exit(pid, 139);
     assert_eq!(h.session(&s.id).status, GssStatus::Error);
@@ -547,15 +554,7 @@ async fn process_exit_takes_its_session_and_players_along() {
     // A clean end after ProcessEnding terminates the session instead.
     let pid = h.pids()[0];
     h.ready(pid);
-    let s = h.create(4).unwrap();
-    h.sdk(
-        pid,
-        SdkCall::Activate {
-            gss_id: s.id.clone(),
-            max_players: 0,
-        },
-    )
-    .unwrap();
+    let s = h.activated(pid, 4);
     h.sdk(pid, SdkCall::ProcessEnding).unwrap();
     assert_eq!(h.session(&s.id).status, GssStatus::Terminating);
     h.exit(pid, 0);
@@ -651,15 +650,7 @@ async fn player_listing_pages_and_filters() {
     let mut h = Harness::new();
     let pid = h.pids()[0];
     h.ready(pid);
-    let s = h.create(10).unwrap();
-    h.sdk(
-        pid,
-        SdkCall::Activate {
-            gss_id: s.id.clone(),
-            max_players: 0,
-        },
-    )
-    .unwrap();
+    let s = h.activated(pid, 10);
     let players = h.join(&s.id, 5).unwrap();
     h.sdk(
         pid,
@@ -788,15 +779,7 @@ async fn an_ending_process_keeps_its_exit_deadline_when_told_to_terminate() {
     let mut h = Harness::new();
     let pid = h.pids()[0];
     h.ready(pid);
-    let s = h.create(1).unwrap();
-    h.sdk(
-        pid,
-        SdkCall::Activate {
-            gss_id: s.id.clone(),
-            max_players: 0,
-        },
-    )
-    .unwrap();
+    let s = h.activated(pid, 1);
     h.sdk(pid, SdkCall::ProcessEnding).unwrap();
     let r = h.fleet.control(
         Control::EndSessionAndProcess {
@@ -879,15 +862,7 @@ async fn an_unhealthy_process_under_full_protection_still_gets_a_deadline() {
     h.settle();
     let pid = h.pids()[0];
     h.ready(pid);
-    let s = h.create(1).unwrap();
-    h.sdk(
-        pid,
-        SdkCall::Activate {
-            gss_id: s.id.clone(),
-            max_players: 0,
-        },
-    )
-    .unwrap();
+    h.activated(pid, 1);
     for _ in 0..2 {
         h.advance(Duration::from_secs(1));
         h.fleet.health_result(pid, false, "x", h.now);
@@ -919,15 +894,7 @@ async fn finished_players_of_a_long_session_are_forgotten() {
     let mut h = Harness::new();
     let pid = h.pids()[0];
     h.ready(pid);
-    let s = h.create(2).unwrap();
-    h.sdk(
-        pid,
-        SdkCall::Activate {
-            gss_id: s.id.clone(),
-            max_players: 0,
-        },
-    )
-    .unwrap();
+    let s = h.activated(pid, 2);
     for _ in 0..(FINISHED_PLAYERS_KEPT + 50) {
         let p = h.join(&s.id, 1).unwrap().remove(0);
         h.sdk(
