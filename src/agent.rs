@@ -13,6 +13,7 @@ use crate::capi::{self, Capi};
 use crate::config::Config;
 use crate::event::EventBus;
 use crate::fleet;
+use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
 
 /// Events kept in memory for DescribeFleetEvents.
@@ -61,6 +62,9 @@ pub enum AgentError {
     /// The fleet supervisor task failed (a bug); every game process was killed.
     #[error("the fleet supervisor failed: {0}")]
     Fleet(String),
+    /// The build could not be installed.
+    #[error(transparent)]
+    Package(#[from] PackageError),
     /// The SDK server failed.
     #[error(transparent)]
     Sdk(#[from] sdk::SdkServerError),
@@ -82,6 +86,7 @@ pub struct Endpoints {
 /// A built agent: directories exist, listeners are bound, nothing runs yet.
 pub struct Agent {
     cfg: Arc<Config>,
+    run_as: Option<RunAs>,
     sdk_listener: TcpListener,
     capi_listener: Option<TcpListener>,
     endpoints: Endpoints,
@@ -95,8 +100,9 @@ fn create_dir(path: &Path) -> Result<(), AgentError> {
 }
 
 impl Agent {
-    /// Creates the data directories and binds the listeners.
-    pub async fn build(cfg: Config) -> Result<Self, AgentError> {
+    /// Creates the data directories and binds the listeners; game processes will run as
+    /// `run_as` if given.
+    pub async fn build(cfg: Config, run_as: Option<RunAs>) -> Result<Self, AgentError> {
         create_dir(&cfg.data_dir)?;
         create_dir(&cfg.data_dir.join("logs"))?;
         create_dir(&cfg.game_root)?;
@@ -121,6 +127,7 @@ impl Agent {
         write_endpoints(&cfg.data_dir, &endpoints)?;
         Ok(Self {
             cfg: Arc::new(cfg),
+            run_as,
             sdk_listener,
             capi_listener,
             endpoints,
@@ -142,6 +149,7 @@ impl Agent {
         let bus = EventBus::new(EVENT_HISTORY);
         let (fleet, fleet_task) = fleet::spawn_fleet(
             self.cfg.clone(),
+            self.run_as.clone(),
             self.endpoints.sdk_address,
             bus.clone(),
             shutdown.clone(),
@@ -217,4 +225,43 @@ pub fn install_sample_build(cfg: &Config) -> Result<(), AgentError> {
         })?;
     }
     Ok(())
+}
+
+/// The package plan of a config: its build, limits and install.sh environment.
+pub fn package_plan(cfg: &Config, build: PathBuf) -> package::Plan {
+    // install.sh sees what a game sees, minus what only exists once the agent runs.
+    let env = fleet::actor::base_env(cfg, cfg.sdk_listen);
+    package::Plan {
+        build,
+        data_dir: cfg.data_dir.clone(),
+        game_root: cfg.game_root.clone(),
+        limits: cfg.package.limits(),
+        install_timeout: cfg.package.install_timeout.get(),
+        run_as: cfg.run_as.clone(),
+        env,
+    }
+}
+
+/// Installs the configured build (if any) and sets up the run-as user; returns who the games
+/// run as.
+pub async fn install_build(
+    cfg: &Config,
+    accounts: &dyn Accounts,
+) -> Result<Option<RunAs>, AgentError> {
+    match &cfg.build {
+        Some(build) => {
+            let plan = package_plan(cfg, build.clone());
+            Ok(package::install(&plan, accounts).await?.run_as)
+        }
+        None => match &cfg.run_as {
+            Some(spec) => {
+                create_dir(&cfg.game_root)?;
+                Ok(Some(
+                    package::account::set_up(accounts, spec, &cfg.game_root)
+                        .map_err(PackageError::from)?,
+                ))
+            }
+            None => Ok(None),
+        },
+    }
 }

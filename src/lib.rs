@@ -9,6 +9,7 @@ pub mod capi;
 pub mod config;
 pub mod event;
 pub mod fleet;
+pub mod package;
 pub mod process;
 pub mod sdk;
 pub mod session;

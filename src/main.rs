@@ -113,7 +113,8 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
         if sample {
             agent::install_sample_build(&cfg)?;
         }
-        let agent = Agent::build(cfg).await?;
+        let run_as = agent::install_build(&cfg, &gse_agent::package::System).await?;
+        let agent = Agent::build(cfg, run_as).await?;
         let endpoints = agent.endpoints();
         tracing::info!(sdk.addr = %endpoints.sdk_address, capi.addr = ?endpoints.capi_address, "gse-agent started");
         let notify_socket = std::env::var_os("NOTIFY_SOCKET");

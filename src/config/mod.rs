@@ -5,6 +5,7 @@
 //! kebab-case; `runtime-configuration` keeps Tencent's PascalCase names so the JSON of a GSE
 //! `DescribeRuntimeConfiguration` pastes in.
 
+mod bytes;
 mod duration;
 pub mod locate;
 mod sections;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use bytes::ByteSize;
 pub use duration::HumanDuration;
 use locate::Segment::{self, Index, Key};
 
@@ -101,6 +103,12 @@ struct RawConfig {
     data_dir: PathBuf,
     #[serde(default)]
     game_root: Option<PathBuf>,
+    #[serde(default)]
+    build: Option<PathBuf>,
+    #[serde(default)]
+    run_as: Option<String>,
+    #[serde(default)]
+    package: PackagePolicy,
     #[serde(default = "default_sdk_listen")]
     sdk_listen: SocketAddr,
     #[serde(default)]
@@ -277,6 +285,50 @@ impl Default for RestartPolicy {
     }
 }
 
+/// Limits and timeouts of build installation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PackagePolicy {
+    /// Total bytes an archive may make the agent write.
+    pub max_bytes: ByteSize,
+    /// Entries an archive may hold.
+    pub max_entries: u64,
+    /// Bytes written per compressed byte allowed for entries above `ratio-min-bytes`.
+    pub max_ratio: u64,
+    /// Entries up to this size are not ratio-checked.
+    pub ratio_min_bytes: ByteSize,
+    /// Free space the target filesystem must keep during extraction.
+    pub reserve_bytes: ByteSize,
+    /// How long install.sh may run.
+    pub install_timeout: HumanDuration,
+}
+
+impl Default for PackagePolicy {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize(10 << 30),
+            max_entries: 200_000,
+            max_ratio: 1000,
+            ratio_min_bytes: ByteSize(1 << 20),
+            reserve_bytes: ByteSize(1 << 30),
+            install_timeout: Duration::from_secs(600).into(),
+        }
+    }
+}
+
+impl PackagePolicy {
+    /// The extraction limits.
+    pub fn limits(&self) -> crate::package::Limits {
+        crate::package::Limits {
+            max_bytes: self.max_bytes.get(),
+            max_entries: self.max_entries,
+            max_ratio: self.max_ratio,
+            ratio_min_bytes: self.ratio_min_bytes.get(),
+            reserve_bytes: self.reserve_bytes.get(),
+        }
+    }
+}
+
 /// Capture of each process's stdout and stderr.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -362,6 +414,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// GSE's `/local/game` on this host; the working directory of every game process.
     pub game_root: PathBuf,
+    /// The build package (zip or directory) installed at start, if any.
+    pub build: Option<PathBuf>,
+    /// `user:group` games run as (overrides the package's gse.yaml).
+    pub run_as: Option<String>,
+    /// Build installation limits.
+    pub package: PackagePolicy,
     /// Where the GSE SDK service listens.
     pub sdk_listen: SocketAddr,
     /// Where the local control API listens; `None` turns it off.
@@ -567,11 +625,28 @@ impl Validator<'_> {
             .map(|g| abs(g))
             .unwrap_or_else(|| data_dir.join("game"));
         let runtime = self.runtime(&raw.runtime_configuration, &game_root);
+        let build = raw.build.as_ref().map(|b| abs(b));
+        if let Some(spec) = &raw.run_as
+            && let Err(e) = crate::package::account::parse_user_group(spec)
+        {
+            self.problem(&[Key("run-as")], e.to_string());
+        }
+        let p = &raw.package;
+        if p.max_entries == 0 || p.max_ratio == 0 || p.max_bytes.get() == 0 {
+            self.problem(
+                &[Key("package")],
+                "max-bytes, max-entries and max-ratio must be above zero",
+            );
+        }
+        self.positive(&[Key("package"), Key("install-timeout")], p.install_timeout);
         Config {
             fleet_id: raw.fleet_id,
             instance_id: raw.instance_id,
             data_dir,
             game_root,
+            build,
+            run_as: raw.run_as,
+            package: raw.package,
             sdk_listen: raw.sdk_listen,
             capi_listen: raw.capi_listen,
             health_check: raw.health_check,

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 
-use super::{HealthCheck, LogPolicy, Problem, RawProtection, RawRuntime, RestartPolicy, Timeouts};
+use super::{
+    HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime, RestartPolicy,
+    Timeouts,
+};
 
 /// Keys a config must have.
 const REQUIRED: &[&str] = &["fleet-id", "runtime-configuration"];
@@ -20,7 +23,9 @@ pub fn problems(text: &str) -> Vec<Problem> {
     for block in &blocks {
         let check = match block.key.as_str() {
             "fleet-id" | "instance-id" => check::<String>,
-            "data-dir" | "game-root" => check::<PathBuf>,
+            "data-dir" | "game-root" | "build" => check::<PathBuf>,
+            "run-as" => check::<String>,
+            "package" => check::<PackagePolicy>,
             "sdk-listen" | "capi-listen" => check::<SocketAddr>,
             "health-check" => check::<HealthCheck>,
             "timeouts" => check::<Timeouts>,

@@ -16,6 +16,7 @@ use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
 use super::state::Fleet;
 use crate::config::Config;
 use crate::event::EventBus;
+use crate::package::RunAs;
 use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle};
 use crate::proto::game_server_grpc_sdk_service_client::GameServerGrpcSdkServiceClient;
 use crate::proto::{self, gse_response};
@@ -99,6 +100,7 @@ impl FleetHandle {
 /// wait, kill); `force` stops every process at once. The task ends when every process is gone.
 pub fn spawn_fleet(
     cfg: Arc<Config>,
+    run_as: Option<RunAs>,
     sdk_addr: SocketAddr,
     bus: EventBus,
     shutdown: CancellationToken,
@@ -109,6 +111,7 @@ pub fn spawn_fleet(
     let actor = Actor {
         fleet: Fleet::new(cfg.clone()),
         base_env: base_env(&cfg, sdk_addr),
+        user: run_as.map(|r| (r.uid, r.gid)),
         cfg,
         bus,
         handles: HashMap::new(),
@@ -121,7 +124,7 @@ pub fn spawn_fleet(
 }
 
 /// The environment every game process gets (documented in the README).
-fn base_env(cfg: &Config, sdk_addr: SocketAddr) -> Vec<(String, String)> {
+pub fn base_env(cfg: &Config, sdk_addr: SocketAddr) -> Vec<(String, String)> {
     let mut env = vec![
         (
             "PATH".to_string(),
@@ -145,6 +148,7 @@ struct Actor {
     fleet: Fleet,
     cfg: Arc<Config>,
     base_env: Vec<(String, String)>,
+    user: Option<(u32, u32)>,
     bus: EventBus,
     handles: HashMap<u32, ProcessHandle>,
     clients: HashMap<u32, Client>,
@@ -407,6 +411,7 @@ impl Actor {
             max_log_bytes: self.cfg.logs.max_file_bytes,
             keep_logs: self.cfg.logs.keep_files,
             tail_lines: self.cfg.logs.tail_lines,
+            user: self.user,
         };
         let tx = self.report_tx.clone();
         let exited_id = process_id.clone();

@@ -77,6 +77,8 @@ pub struct LaunchSpec {
     pub keep_logs: u32,
     /// Output lines kept for the exit report.
     pub tail_lines: usize,
+    /// Run as this uid and gid instead of the agent's.
+    pub user: Option<(u32, u32)>,
 }
 
 /// A running process.
@@ -148,6 +150,9 @@ pub fn launch(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.user {
+        cmd.uid(uid).gid(gid);
+    }
     let mut child = cmd.spawn().map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
             SpawnError::InvalidPath {

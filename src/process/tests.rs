@@ -22,6 +22,7 @@ fn spec(dir: &Path, script: &str) -> LaunchSpec {
         max_log_bytes: 1 << 20,
         keep_logs: 1,
         tail_lines: 5,
+        user: None,
     }
 }
 

@@ -1,0 +1,358 @@
+//! The run-as user: `gse.yaml`'s `User: user:group` (or the agent's `run-as`), created if
+//! missing, owning the build, running the games. OS calls sit behind [`Accounts`] so the logic
+//! is tested without root.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// A user and group by name and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// User name.
+    pub user: String,
+    /// Group name.
+    pub group: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its gid.
+    pub gid: u32,
+}
+
+/// Why the run-as user could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// gse.yaml could not be read or parsed.
+    #[error("{path}: {message}")]
+    GseYaml {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `user:group` value is malformed.
+    #[error("run-as user {0:?} is not of the form user:group (letters, digits, '_', '-')")]
+    Malformed(String),
+    /// A user switch needs root.
+    #[error("running games as {user}:{group} needs root, but gse-agent runs as uid {uid}")]
+    NotRoot {
+        /// User.
+        user: String,
+        /// Group.
+        group: String,
+        /// The agent's uid.
+        uid: u32,
+    },
+    /// Creating the user or group failed.
+    #[error("cannot create {what}: {message}")]
+    Create {
+        /// `user x` or `group y`.
+        what: String,
+        /// What failed.
+        message: String,
+    },
+    /// chown failed.
+    #[error("cannot give {path} to {user}:{group}: {source}")]
+    Chown {
+        /// The path.
+        path: String,
+        /// User.
+        user: String,
+        /// Group.
+        group: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The OS calls the run-as setup needs.
+pub trait Accounts {
+    /// The agent's effective uid.
+    fn euid(&self) -> u32;
+    /// The gid of `group`, if it exists.
+    fn group_id(&self, group: &str) -> Option<u32>;
+    /// The uid of `user`, if it exists.
+    fn user_id(&self, user: &str) -> Option<u32>;
+    /// Creates a system group.
+    fn create_group(&self, group: &str) -> Result<(), String>;
+    /// Creates a system user with `group` as its primary group and no login shell.
+    fn create_user(&self, user: &str, group: &str) -> Result<(), String>;
+    /// Changes the owner of everything under `root` (not following symlinks).
+    fn chown_tree(&self, root: &Path, uid: u32, gid: u32) -> std::io::Result<()>;
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GseYaml {
+    #[serde(rename = "User")]
+    user: Option<String>,
+}
+
+/// The `User` of `<root>/gse.yaml`, if the file exists.
+pub fn gse_yaml_user(root: &Path) -> Result<Option<String>, AccountError> {
+    let path = root.join("gse.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let parsed: GseYaml = serde_yaml::from_str(&text).map_err(|e| AccountError::GseYaml {
+        path: path.display().to_string(),
+        message: format!("{e} (GSE allows exactly `User: user:group`)"),
+    })?;
+    Ok(parsed.user)
+}
+
+/// Splits and checks `user:group`.
+pub fn parse_user_group(spec: &str) -> Result<(String, String), AccountError> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 32
+            && s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    match spec.split_once(':') {
+        Some((u, g)) if valid(u) && valid(g) => Ok((u.to_string(), g.to_string())),
+        _ => Err(AccountError::Malformed(spec.to_string())),
+    }
+}
+
+/// Creates the user and group if missing and gives them `root`.
+pub fn set_up(accounts: &dyn Accounts, spec: &str, root: &Path) -> Result<RunAs, AccountError> {
+    let (user, group) = parse_user_group(spec)?;
+    let euid = accounts.euid();
+    if euid != 0 {
+        // Already that user: nothing to switch.
+        if accounts.user_id(&user) == Some(euid)
+            && let Some(gid) = accounts.group_id(&group)
+        {
+            return Ok(RunAs {
+                user,
+                group,
+                uid: euid,
+                gid,
+            });
+        }
+        return Err(AccountError::NotRoot {
+            user,
+            group,
+            uid: euid,
+        });
+    }
+    let gid = match accounts.group_id(&group) {
+        Some(gid) => gid,
+        None => {
+            accounts
+                .create_group(&group)
+                .map_err(|message| AccountError::Create {
+                    what: format!("group {group}"),
+                    message,
+                })?;
+            accounts
+                .group_id(&group)
+                .ok_or_else(|| AccountError::Create {
+                    what: format!("group {group}"),
+                    message: "it does not exist after groupadd".into(),
+                })?
+        }
+    };
+    let uid = match accounts.user_id(&user) {
+        Some(uid) => uid,
+        None => {
+            accounts
+                .create_user(&user, &group)
+                .map_err(|message| AccountError::Create {
+                    what: format!("user {user}"),
+                    message,
+                })?;
+            accounts
+                .user_id(&user)
+                .ok_or_else(|| AccountError::Create {
+                    what: format!("user {user}"),
+                    message: "it does not exist after useradd".into(),
+                })?
+        }
+    };
+    accounts
+        .chown_tree(root, uid, gid)
+        .map_err(|source| AccountError::Chown {
+            path: root.display().to_string(),
+            user: user.clone(),
+            group: group.clone(),
+            source,
+        })?;
+    Ok(RunAs {
+        user,
+        group,
+        uid,
+        gid,
+    })
+}
+
+/// The real system: nix lookups, `groupadd`/`useradd`, `lchown`.
+pub struct System;
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Accounts for System {
+    fn euid(&self) -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+    fn group_id(&self, group: &str) -> Option<u32> {
+        nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    }
+    fn user_id(&self, user: &str) -> Option<u32> {
+        nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    }
+    fn create_group(&self, group: &str) -> Result<(), String> {
+        run("groupadd", &["--system", group])
+    }
+    fn create_user(&self, user: &str, group: &str) -> Result<(), String> {
+        run(
+            "useradd",
+            &[
+                "--system",
+                "--gid",
+                group,
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ],
+        )
+    }
+    fn chown_tree(&self, root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
+        if std::fs::symlink_metadata(root)?.is_dir() {
+            for entry in std::fs::read_dir(root)? {
+                self.chown_tree(&entry?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        euid: u32,
+        users: RefCell<HashMap<String, u32>>,
+        groups: RefCell<HashMap<String, u32>>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Accounts for Fake {
+        fn euid(&self) -> u32 {
+            self.euid
+        }
+        fn group_id(&self, g: &str) -> Option<u32> {
+            self.groups.borrow().get(g).copied()
+        }
+        fn user_id(&self, u: &str) -> Option<u32> {
+            self.users.borrow().get(u).copied()
+        }
+        fn create_group(&self, g: &str) -> Result<(), String> {
+            self.calls.borrow_mut().push(format!("groupadd {g}"));
+            self.groups.borrow_mut().insert(g.into(), 900);
+            Ok(())
+        }
+        fn create_user(&self, u: &str, g: &str) -> Result<(), String> {
+            self.calls.borrow_mut().push(format!("useradd {u} {g}"));
+            self.users.borrow_mut().insert(u.into(), 901);
+            Ok(())
+        }
+        fn chown_tree(&self, root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+            self.calls
+                .borrow_mut()
+                .push(format!("chown {uid}:{gid} {}", root.display()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn creates_missing_user_and_group_then_chowns() {
+        let fake = Fake::default();
+        let r = set_up(&fake, "user_00:users", Path::new("/g")).unwrap();
+        assert_eq!((r.uid, r.gid), (901, 900));
+        assert_eq!(
+            *fake.calls.borrow(),
+            [
+                "groupadd users",
+                "useradd user_00 users",
+                "chown 901:900 /g"
+            ]
+        );
+    }
+
+    #[test]
+    fn existing_accounts_are_reused() {
+        let fake = Fake::default();
+        fake.users.borrow_mut().insert("game".into(), 1000);
+        fake.groups.borrow_mut().insert("game".into(), 1000);
+        set_up(&fake, "game:game", Path::new("/g")).unwrap();
+        assert_eq!(*fake.calls.borrow(), ["chown 1000:1000 /g"]);
+    }
+
+    #[test]
+    fn a_switch_without_root_is_refused_clearly() {
+        let fake = Fake {
+            euid: 1000,
+            ..Default::default()
+        };
+        let err = set_up(&fake, "user_00:users", Path::new("/g")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "running games as user_00:users needs root, but gse-agent runs as uid 1000"
+        );
+        assert!(fake.calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn malformed_specs_are_refused() {
+        for bad in ["user", ":g", "u:", "Root:x", "a b:c", "u:g:h"] {
+            assert!(parse_user_group(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gse_yaml_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(gse_yaml_user(dir.path()).unwrap(), None);
+        std::fs::write(dir.path().join("gse.yaml"), "User: user_00:users\n").unwrap();
+        assert_eq!(
+            gse_yaml_user(dir.path()).unwrap().as_deref(),
+            Some("user_00:users")
+        );
+        std::fs::write(dir.path().join("gse.yaml"), "Usr: x\n").unwrap();
+        let err = gse_yaml_user(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("exactly `User: user:group`"), "{err}");
+    }
+}

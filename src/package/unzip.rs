@@ -1,0 +1,688 @@
+//! Safe extraction of a zip build into a fresh staging directory.
+//!
+//! Two passes. The first reads only the central directory (and symlink targets) and refuses the
+//! archive before anything is written: unsafe names, duplicates, encryption, unsupported
+//! methods, device nodes, symlinks that leave the root or are written through, too many
+//! entries. The second writes: directories, then files (on up to two threads, each with its own
+//! file handle), then symlinks, then directory modes. Declared sizes are not trusted: the bytes
+//! actually written are counted against the total, the per-entry ratio and the disk reserve.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use zip::CompressionMethod;
+use zip::ZipArchive;
+use zip::result::ZipError;
+
+/// Bounds on what an archive may make the agent write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Total bytes written.
+    pub max_bytes: u64,
+    /// Entries in the archive.
+    pub max_entries: u64,
+    /// Bytes written per compressed byte, for entries larger than `ratio_min_bytes`.
+    pub max_ratio: u64,
+    /// Entries up to this size are not ratio-checked (tiny files compress absurdly well).
+    pub ratio_min_bytes: u64,
+    /// Free space the target filesystem must keep.
+    pub reserve_bytes: u64,
+}
+
+/// Why an archive was refused or could not be extracted. Each variant names the entry and the
+/// rule.
+#[derive(Debug, thiserror::Error)]
+pub enum UnzipError {
+    /// The archive file could not be opened.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The archive.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a zip file, or its central directory is damaged or truncated.
+    #[error("{path} is not a readable zip archive: {message}")]
+    NotZip {
+        /// The archive.
+        path: PathBuf,
+        /// What the reader said.
+        message: String,
+    },
+    /// An entry's name breaks a rule.
+    #[error("entry {entry:?}: {rule}")]
+    UnsafeName {
+        /// The entry as named in the archive.
+        entry: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// Two entries extract to the same path.
+    #[error("entry {entry:?}: duplicate of an earlier entry")]
+    Duplicate {
+        /// The later entry.
+        entry: String,
+    },
+    /// The central directory lists a name twice.
+    #[error("the archive lists an entry name more than once (duplicate entries)")]
+    DuplicateNames,
+    /// Encrypted entries are not supported.
+    #[error("entry {entry:?}: encrypted entries are not supported")]
+    Encrypted {
+        /// The entry.
+        entry: String,
+    },
+    /// A compression method other than stored or deflate.
+    #[error("entry {entry:?}: unsupported compression method {method} (only stored and deflate)")]
+    Unsupported {
+        /// The entry.
+        entry: String,
+        /// The method.
+        method: String,
+    },
+    /// A device node, FIFO or socket.
+    #[error("entry {entry:?}: {kind} entries are never created")]
+    Special {
+        /// The entry.
+        entry: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A symlink that leaves the root, or is absolute.
+    #[error("entry {entry:?}: symlink to {target:?} {rule}")]
+    Symlink {
+        /// The entry.
+        entry: String,
+        /// Its target.
+        target: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// An entry would be written through a symlink the archive creates.
+    #[error("entry {entry:?}: would be written through the symlink {link:?}")]
+    ThroughSymlink {
+        /// The entry.
+        entry: String,
+        /// The symlink entry.
+        link: String,
+    },
+    /// The CRC of the data read does not match the archive's.
+    #[error("entry {entry:?}: CRC mismatch (the archive is corrupt)")]
+    Crc {
+        /// The entry.
+        entry: String,
+    },
+    /// The entry's data could not be read (truncated or corrupt).
+    #[error("entry {entry:?}: cannot read its data: {message}")]
+    Data {
+        /// The entry.
+        entry: String,
+        /// What failed.
+        message: String,
+    },
+    /// More entries than allowed.
+    #[error("the archive has {count} entries; the limit is {limit}")]
+    TooManyEntries {
+        /// Entries in the archive.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The total written would pass the limit.
+    #[error("entry {entry:?}: extraction passed the limit of {limit} bytes written")]
+    TooLarge {
+        /// The entry being written.
+        entry: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A large entry expands suspiciously (zip bomb).
+    #[error("entry {entry:?}: expands more than {limit}× its compressed size ({compressed} bytes)")]
+    Ratio {
+        /// The entry.
+        entry: String,
+        /// Its compressed size.
+        compressed: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The filesystem would drop below the reserve.
+    #[error("entry {entry:?}: only {free} bytes free; {reserve} must stay free")]
+    DiskReserve {
+        /// The entry being written.
+        entry: String,
+        /// Free bytes.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
+    /// Writing into the staging directory failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What extraction wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Entries in the archive.
+    pub entries: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Progress as extraction goes: entries done of all, bytes written.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64, u64) + Sync);
+
+#[derive(Debug)]
+enum Kind {
+    Dir,
+    File,
+    Symlink(String),
+}
+
+#[derive(Debug)]
+struct Planned {
+    index: usize,
+    name: String,
+    path: PathBuf,
+    kind: Kind,
+    mode: u32,
+    compressed: u64,
+}
+
+const S_IFMT: u32 = 0o170000;
+
+/// Checks an entry name and returns the relative path it extracts to.
+pub fn safe_path(raw: &[u8], name: &str) -> Result<PathBuf, &'static str> {
+    if raw.is_empty() || name.is_empty() {
+        return Err("empty name");
+    }
+    if raw.contains(&0) {
+        return Err("NUL byte in name");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err("control character in name");
+    }
+    if name.contains('\\') {
+        return Err("backslash in name (a Windows separator that can traverse)");
+    }
+    if name.starts_with('/') {
+        return Err("absolute path");
+    }
+    if name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic() {
+        return Err("drive-letter path");
+    }
+    let mut path = PathBuf::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("'..' in path"),
+            p => path.push(p),
+        }
+    }
+    if path.as_os_str().is_empty() {
+        return Err("names the root itself");
+    }
+    Ok(path)
+}
+
+/// Where a symlink at `link` (relative to the root) pointing to `target` lands, if it stays
+/// inside the root.
+fn symlink_stays_inside(link: &Path, target: &str) -> Result<(), &'static str> {
+    if target.is_empty() {
+        return Err("is empty");
+    }
+    if target.starts_with('/') {
+        return Err("is absolute");
+    }
+    if target.contains(['\0', '\\']) {
+        return Err("has a NUL or backslash");
+    }
+    let mut depth: Vec<&std::ffi::OsStr> = link
+        .parent()
+        .map(|p| p.components().map(|c| c.as_os_str()).collect())
+        .unwrap_or_default();
+    for c in Path::new(target).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth.pop().is_none() {
+                    return Err("leaves the build root");
+                }
+            }
+            Component::Normal(n) => depth.push(n),
+            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+        }
+    }
+    Ok(())
+}
+
+/// Extracts `archive` into `dest`, which must be a new, empty directory.
+pub fn unpack(
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+    progress: Progress<'_>,
+) -> Result<Stats, UnzipError> {
+    let open = || -> Result<ZipArchive<BufReader<File>>, UnzipError> {
+        let file = File::open(archive).map_err(|source| UnzipError::Open {
+            path: archive.to_path_buf(),
+            source,
+        })?;
+        ZipArchive::new(BufReader::with_capacity(64 * 1024, file)).map_err(|e| UnzipError::NotZip {
+            path: archive.to_path_buf(),
+            message: e.to_string(),
+        })
+    };
+    let mut zip = open()?;
+    let plan = plan(&mut zip, limits)?;
+    let total_entries = plan.len() as u64;
+
+    let written = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let ctx = Ctx {
+        dest,
+        limits,
+        written: &written,
+        done: &done,
+        total_entries,
+        progress,
+        failed: AtomicBool::new(false),
+    };
+    for p in plan.iter().filter(|p| matches!(p.kind, Kind::Dir)) {
+        ctx.create_dir(p)?;
+    }
+    let files: Vec<&Planned> = plan
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::File))
+        .collect();
+    // Two workers, each with its own archive handle, take files largest first.
+    let mut queue = files;
+    queue.sort_by_key(|p| std::cmp::Reverse(p.compressed));
+    let queue = Mutex::new(queue.into_iter());
+    let workers = if plan.len() > 1 { 2 } else { 1 };
+    let results: Vec<Result<(), UnzipError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let ctx = &ctx;
+                let queue = &queue;
+                let mut own = if w == 0 { Some(open()) } else { None };
+                scope.spawn(move || -> Result<(), UnzipError> {
+                    let mut zip = match own.take() {
+                        Some(z) => z?,
+                        None => open()?,
+                    };
+                    loop {
+                        if ctx.failed.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                        let Some(p) = next else { return Ok(()) };
+                        if let Err(e) = ctx.write_file(&mut zip, p) {
+                            ctx.failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(UnzipError::Data {
+                        entry: String::new(),
+                        message: "an extraction thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    for p in &plan {
+        if let Kind::Symlink(target) = &p.kind {
+            let path = dest.join(&p.path);
+            std::os::unix::fs::symlink(target, &path)
+                .map_err(|source| UnzipError::Write { path, source })?;
+            ctx.tick();
+        }
+    }
+    // Directory modes last: a read-only directory must not block its own children.
+    for p in plan.iter().filter(|p| matches!(p.kind, Kind::Dir)) {
+        let path = dest.join(&p.path);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(p.mode))
+            .map_err(|source| UnzipError::Write { path, source })?;
+    }
+    Ok(Stats {
+        entries: total_entries,
+        bytes: written.load(Ordering::Relaxed),
+    })
+}
+
+/// The first pass: every rule that can be checked before writing.
+fn plan(
+    zip: &mut ZipArchive<BufReader<File>>,
+    limits: &Limits,
+) -> Result<Vec<Planned>, UnzipError> {
+    let count = zip.len() as u64;
+    if count > limits.max_entries {
+        return Err(UnzipError::TooManyEntries {
+            count,
+            limit: limits.max_entries,
+        });
+    }
+    if zip.has_duplicate_names() {
+        return Err(UnzipError::DuplicateNames);
+    }
+    let mut plan = Vec::with_capacity(zip.len());
+    let mut seen: HashSet<PathBuf> = HashSet::with_capacity(zip.len());
+    let mut links: HashMap<PathBuf, String> = HashMap::new();
+    for index in 0..zip.len() {
+        let entry = zip.by_index_raw(index).map_err(|e| UnzipError::Data {
+            entry: format!("#{index}"),
+            message: e.to_string(),
+        })?;
+        let raw = entry.name_raw().to_vec();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let path = safe_path(&raw, &name).map_err(|rule| UnzipError::UnsafeName {
+            entry: name.clone(),
+            rule,
+        })?;
+        if entry.encrypted() {
+            return Err(UnzipError::Encrypted { entry: name });
+        }
+        let method = entry.compression();
+        if !matches!(
+            method,
+            CompressionMethod::Stored | CompressionMethod::Deflated
+        ) {
+            return Err(UnzipError::Unsupported {
+                entry: name,
+                method: method_name(method),
+            });
+        }
+        let mode = entry.unix_mode();
+        let kind_bits = mode.map(|m| m & S_IFMT).unwrap_or(0);
+        let special = match kind_bits {
+            0o020000 => Some("character device"),
+            0o060000 => Some("block device"),
+            0o010000 => Some("FIFO"),
+            0o140000 => Some("socket"),
+            _ => None,
+        };
+        if let Some(kind) = special {
+            return Err(UnzipError::Special { entry: name, kind });
+        }
+        if !seen.insert(path.clone()) {
+            return Err(UnzipError::Duplicate { entry: name });
+        }
+        let compressed = entry.compressed_size();
+        let is_symlink = kind_bits == 0o120000;
+        let is_dir = !is_symlink && (entry.is_dir() || kind_bits == 0o040000);
+        drop(entry);
+        let kind = if is_symlink {
+            let target = read_symlink_target(zip, index, &name)?;
+            symlink_stays_inside(&path, &target).map_err(|rule| UnzipError::Symlink {
+                entry: name.clone(),
+                target: target.clone(),
+                rule,
+            })?;
+            links.insert(path.clone(), name.clone());
+            Kind::Symlink(target)
+        } else if is_dir {
+            Kind::Dir
+        } else {
+            Kind::File
+        };
+        let default_mode = if is_dir { 0o755 } else { 0o644 };
+        // Permission bits only: never setuid, setgid or sticky.
+        let mode = mode.map(|m| m & 0o777).unwrap_or(default_mode);
+        plan.push(Planned {
+            index,
+            name,
+            path,
+            kind,
+            mode,
+            compressed,
+        });
+    }
+    if !links.is_empty() {
+        for p in &plan {
+            for ancestor in p.path.ancestors().skip(1) {
+                if let Some(link) = links.get(ancestor) {
+                    return Err(UnzipError::ThroughSymlink {
+                        entry: p.name.clone(),
+                        link: link.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn read_symlink_target(
+    zip: &mut ZipArchive<BufReader<File>>,
+    index: usize,
+    name: &str,
+) -> Result<String, UnzipError> {
+    let entry = zip.by_index(index).map_err(|e| data_error(name, &e))?;
+    let mut target = Vec::new();
+    entry
+        .take(4096)
+        .read_to_end(&mut target)
+        .map_err(|e| read_error(name, e))?;
+    String::from_utf8(target).map_err(|_| UnzipError::Symlink {
+        entry: name.to_string(),
+        target: "<not UTF-8>".into(),
+        rule: "is not valid UTF-8",
+    })
+}
+
+/// `12 (Bzip2)`: the number as in the archive and its name.
+#[allow(deprecated)] // to_u16 is the only public way to get a method's number.
+fn method_name(method: CompressionMethod) -> String {
+    let code = method.to_u16();
+    format!("{code} ({})", CompressionMethod::name_from_u16(code))
+}
+
+fn data_error(name: &str, e: &ZipError) -> UnzipError {
+    UnzipError::Data {
+        entry: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn read_error(name: &str, e: std::io::Error) -> UnzipError {
+    if e.to_string().to_ascii_lowercase().contains("checksum") {
+        UnzipError::Crc {
+            entry: name.to_string(),
+        }
+    } else {
+        UnzipError::Data {
+            entry: name.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+struct Ctx<'a> {
+    dest: &'a Path,
+    limits: &'a Limits,
+    written: &'a AtomicU64,
+    done: &'a AtomicU64,
+    total_entries: u64,
+    progress: Progress<'a>,
+    failed: AtomicBool,
+}
+
+/// How often (bytes written) free space is checked again.
+const SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
+
+impl Ctx<'_> {
+    fn tick(&self) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        (self.progress)(
+            done,
+            self.total_entries,
+            self.written.load(Ordering::Relaxed),
+        );
+    }
+
+    fn create_dir(&self, p: &Planned) -> Result<(), UnzipError> {
+        let path = self.dest.join(&p.path);
+        std::fs::create_dir_all(&path).map_err(|source| UnzipError::Write { path, source })?;
+        self.tick();
+        Ok(())
+    }
+
+    fn check_space(&self, entry: &str) -> Result<(), UnzipError> {
+        let Ok(st) = nix::sys::statvfs::statvfs(self.dest) else {
+            return Ok(()); // Unknown: the byte limit still bounds us.
+        };
+        // The field types differ between platforms (u32 on some 32-bit ones).
+        #[allow(clippy::unnecessary_cast)]
+        let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+        if free < self.limits.reserve_bytes {
+            return Err(UnzipError::DiskReserve {
+                entry: entry.to_string(),
+                free,
+                reserve: self.limits.reserve_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn write_file(
+        &self,
+        zip: &mut ZipArchive<BufReader<File>>,
+        p: &Planned,
+    ) -> Result<(), UnzipError> {
+        self.check_space(&p.name)?;
+        let path = self.dest.join(&p.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| UnzipError::Write {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(|source| UnzipError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        let mut entry = zip.by_index(p.index).map_err(|e| data_error(&p.name, &e))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut entry_bytes: u64 = 0;
+        let mut since_check: u64 = 0;
+        let ratio_cap = p.compressed.max(1).saturating_mul(self.limits.max_ratio);
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| read_error(&p.name, e))?;
+            if n == 0 {
+                break;
+            }
+            let n64 = n as u64;
+            entry_bytes += n64;
+            since_check += n64;
+            let total = self.written.fetch_add(n64, Ordering::Relaxed) + n64;
+            if total > self.limits.max_bytes {
+                return Err(UnzipError::TooLarge {
+                    entry: p.name.clone(),
+                    limit: self.limits.max_bytes,
+                });
+            }
+            if entry_bytes > self.limits.ratio_min_bytes && entry_bytes > ratio_cap {
+                return Err(UnzipError::Ratio {
+                    entry: p.name.clone(),
+                    compressed: p.compressed,
+                    limit: self.limits.max_ratio,
+                });
+            }
+            if since_check >= SPACE_CHECK_EVERY {
+                since_check = 0;
+                self.check_space(&p.name)?;
+            }
+            out.write_all(&buf[..n])
+                .map_err(|source| UnzipError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            if self.failed.load(Ordering::Relaxed) {
+                return Ok(()); // Another worker failed; staging is discarded anyway.
+            }
+        }
+        drop(entry);
+        out.set_permissions(std::fs::Permissions::from_mode(p.mode))
+            .map_err(|source| UnzipError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        self.tick();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        let ok = |n: &str| safe_path(n.as_bytes(), n);
+        assert_eq!(ok("a/b.txt").unwrap(), Path::new("a/b.txt"));
+        assert_eq!(ok("./a//b/").unwrap(), Path::new("a/b"));
+        for (name, rule) in [
+            ("/etc/passwd", "absolute path"),
+            ("a/../../x", "'..' in path"),
+            ("..", "'..' in path"),
+            ("a\\..\\x", "backslash"),
+            ("C:/x", "drive-letter path"),
+            ("a\u{1}b", "control character"),
+            ("a\nb", "control character"),
+            ("", "empty name"),
+            ("./", "names the root itself"),
+        ] {
+            let err = ok(name).unwrap_err();
+            assert!(err.starts_with(rule), "{name:?}: {err}");
+        }
+        assert_eq!(safe_path(b"a\0b", "a"), Err("NUL byte in name"));
+    }
+
+    #[test]
+    fn symlink_targets_must_stay_inside() {
+        let link = Path::new("bin/run");
+        assert!(symlink_stays_inside(link, "../lib/x").is_ok());
+        assert!(symlink_stays_inside(link, "./x").is_ok());
+        assert_eq!(
+            symlink_stays_inside(link, "../../x"),
+            Err("leaves the build root")
+        );
+        assert_eq!(
+            symlink_stays_inside(link, "/usr/bin/java"),
+            Err("is absolute")
+        );
+        assert_eq!(
+            symlink_stays_inside(Path::new("x"), ".."),
+            Err("leaves the build root")
+        );
+    }
+}
