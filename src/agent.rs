@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::capi::{self, Capi};
 use crate::config::Config;
 use crate::event::EventBus;
-use crate::fleet;
+use crate::fleet::{self, FleetHandle};
 use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
 
@@ -86,6 +86,7 @@ pub struct Endpoints {
 /// A built agent: directories exist, listeners are bound, nothing runs yet.
 pub struct Agent {
     cfg: Arc<Config>,
+    bus: EventBus,
     run_as: Option<RunAs>,
     sdk_listener: TcpListener,
     capi_listener: Option<TcpListener>,
@@ -127,6 +128,7 @@ impl Agent {
         write_endpoints(&cfg.data_dir, &endpoints)?;
         Ok(Self {
             cfg: Arc::new(cfg),
+            bus: EventBus::new(EVENT_HISTORY),
             run_as,
             sdk_listener,
             capi_listener,
@@ -139,6 +141,11 @@ impl Agent {
         self.endpoints
     }
 
+    /// The event bus; subscribe before [`Agent::start`] to see every event.
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
     /// Supervises the fleet until `shutdown` (graceful) or `force` (kill now); returns once
     /// every game process is gone and the servers have stopped.
     pub async fn run(
@@ -146,13 +153,20 @@ impl Agent {
         shutdown: CancellationToken,
         force: CancellationToken,
     ) -> Result<(), AgentError> {
-        let bus = EventBus::new(EVENT_HISTORY);
+        let running = self.start(shutdown, force);
+        running.wait().await
+    }
+
+    /// Starts supervising and serving; the returned handle gives the fleet's typed door and
+    /// waits for the end.
+    pub fn start(self, shutdown: CancellationToken, force: CancellationToken) -> Running {
+        let bus = self.bus.clone();
         let (fleet, fleet_task) = fleet::spawn_fleet(
             self.cfg.clone(),
             self.run_as.clone(),
             self.endpoints.sdk_address,
             bus.clone(),
-            shutdown.clone(),
+            shutdown,
             force,
         );
         // The servers outlive the fleet: ending processes still call the SDK.
@@ -171,22 +185,42 @@ impl Agent {
                 .instrument(tracing::info_span!("capi")),
             )
         });
-        drop(fleet);
-        let fleet_result = fleet_task.await;
-        servers_stop.cancel();
-        if let Err(e) = fleet_result {
-            // Its process tasks kill their groups when the runtime drops them.
-            return Err(AgentError::Fleet(e.to_string()));
+        let done = tokio::spawn(async move {
+            let fleet_result = fleet_task.await;
+            servers_stop.cancel();
+            if let Err(e) = fleet_result {
+                // Its process tasks kill their groups when the runtime drops them.
+                return Err(AgentError::Fleet(e.to_string()));
+            }
+            if let Ok(r) = sdk_task.await {
+                r?;
+            }
+            if let Some(t) = capi_task
+                && let Ok(r) = t.await
+            {
+                r?;
+            }
+            Ok(())
+        });
+        Running { fleet, done }
+    }
+}
+
+/// A started agent.
+pub struct Running {
+    /// The fleet's typed door (the same one the control API uses).
+    pub fleet: FleetHandle,
+    done: tokio::task::JoinHandle<Result<(), AgentError>>,
+}
+
+impl Running {
+    /// Waits until every game process is gone and the servers have stopped.
+    pub async fn wait(self) -> Result<(), AgentError> {
+        drop(self.fleet);
+        match self.done.await {
+            Ok(r) => r,
+            Err(e) => Err(AgentError::Fleet(e.to_string())),
         }
-        if let Ok(r) = sdk_task.await {
-            r?;
-        }
-        if let Some(t) = capi_task
-            && let Ok(r) = t.await
-        {
-            r?;
-        }
-        Ok(())
     }
 }
 

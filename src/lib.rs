@@ -15,6 +15,7 @@ pub mod sdk;
 pub mod session;
 pub mod systemd;
 pub mod telemetry;
+pub mod validate;
 
 /// Code generated from `proto/` (package `tencentcloud.gse.grpcsdk`).
 #[allow(missing_docs, clippy::all)]

@@ -12,6 +12,7 @@ use gse_agent::agent::{self, Agent};
 use gse_agent::config::{self, Config, ConfigError};
 use gse_agent::systemd;
 use gse_agent::telemetry::{self, LogFormat};
+use gse_agent::validate;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +44,33 @@ enum Command {
     },
     /// Print the embedded sample config (a starting point for agent.yaml).
     SampleConfig,
+    /// Say whether a build package comes up: unpack, install.sh, launch, ProcessReady, health,
+    /// a session, a player, OnProcessTerminate; in a temporary root. Exit 0 only if it passed
+    /// (1: the build failed; 2: validate could not run; 130: interrupted).
+    Validate {
+        /// The build: a zip or a directory.
+        build: PathBuf,
+        /// agent.yaml whose runtime-configuration and timings apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Without --config: the LaunchPath to run (e.g. /local/game/server).
+        #[arg(long, conflicts_with = "config")]
+        launch_path: Option<String>,
+        /// Without --config: the Parameters of the launch path.
+        #[arg(
+            long,
+            default_value = "",
+            conflicts_with = "config",
+            allow_hyphen_values = true
+        )]
+        parameters: String,
+        /// Without --config: how many processes to run.
+        #[arg(long, default_value_t = 1, conflicts_with = "config")]
+        concurrent_executions: u32,
+        /// Also write a machine-readable JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -77,6 +105,23 @@ fn main() -> ExitCode {
             print!("{}", config::SAMPLE_CONFIG);
             ExitCode::SUCCESS
         }
+        Command::Validate {
+            build,
+            config,
+            launch_path,
+            parameters,
+            concurrent_executions,
+            json,
+        } => {
+            let opts = validate::Options {
+                build,
+                config,
+                launch_path,
+                parameters,
+                concurrent_executions,
+            };
+            run_validate(opts, json)
+        }
         Command::Run { config, log_format } => {
             telemetry::init(log_format);
             let cfg = match load(config.as_deref()) {
@@ -95,6 +140,88 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Live progress lines on a terminal.
+struct TerminalUi {
+    on_tty: bool,
+}
+
+impl validate::Ui for TerminalUi {
+    fn begin(&mut self, name: &'static str) {
+        if self.on_tty {
+            eprint!("  ..   {name}");
+        }
+    }
+    fn end(&mut self, step: &validate::Step) {
+        if self.on_tty {
+            let mark = match step.status {
+                validate::Status::Passed => "ok  ",
+                validate::Status::Failed => "FAIL",
+                validate::Status::Skipped => "skip",
+                validate::Status::NotRun => "-   ",
+            };
+            eprintln!("\r  {mark} {} ({} ms)", step.name, step.duration_millis);
+        }
+    }
+}
+
+fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
+    use std::io::IsTerminal;
+    if std::env::var_os("RUST_LOG").is_some() {
+        telemetry::init(LogFormat::Text);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gse-agent validate: cannot start the async runtime: {e}");
+            return ExitCode::from(validate::EXIT_CANNOT_RUN);
+        }
+    };
+    let result = runtime.block_on(async {
+        let interrupted = CancellationToken::new();
+        let on_signal = interrupted.clone();
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                on_signal.cancel();
+            });
+        }
+        let mut ui = TerminalUi {
+            on_tty: std::io::stderr().is_terminal(),
+        };
+        validate::validate(&opts, &gse_agent::package::System, interrupted, &mut ui).await
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gse-agent validate: {e}");
+            return ExitCode::from(validate::EXIT_CANNOT_RUN);
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+        if let Err(e) = std::fs::write(&path, text + "\n") {
+            eprintln!("gse-agent validate: cannot write {}: {e}", path.display());
+            return ExitCode::from(validate::EXIT_CANNOT_RUN);
+        }
+    }
+    match (report.passed, report.interrupted) {
+        (_, true) => ExitCode::from(validate::EXIT_INTERRUPTED),
+        (true, _) => ExitCode::SUCCESS,
+        (false, _) => ExitCode::from(validate::EXIT_FAILED),
     }
 }
 

@@ -70,6 +70,7 @@ pub fn process(p: &ProcessView) -> Value {
         "LaunchPath": p.launch_path,
         "Status": p.status,
         "Healthy": p.healthy,
+        "HealthChecksPassed": p.health_checks_passed,
         "ClientPort": p.client_port,
         "GrpcPort": p.grpc_port,
         "GameServerSessionId": p.game_server_session_id,

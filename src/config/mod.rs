@@ -441,6 +441,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The same configuration with other data and game roots (LaunchPaths re-resolved).
+    pub fn relocated(mut self, data_dir: PathBuf, game_root: PathBuf) -> Result<Self, String> {
+        for p in &mut self.runtime.server_processes {
+            p.program = resolve_launch_path(&p.launch_path, &game_root)?;
+        }
+        self.data_dir = data_dir;
+        self.game_root = game_root;
+        Ok(self)
+    }
+
     /// Sum of `ConcurrentExecutions`.
     pub fn total_processes(&self) -> u32 {
         self.runtime

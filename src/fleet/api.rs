@@ -89,6 +89,8 @@ pub struct ProcessView {
     pub status: &'static str,
     /// Passing health checks.
     pub healthy: bool,
+    /// Health checks answered healthy so far.
+    pub health_checks_passed: u64,
     /// clientPort from ProcessReady (0 before).
     pub client_port: u16,
     /// grpcPort from ProcessReady (0 before).

@@ -78,6 +78,7 @@ struct Proc {
     grpc_port: u16,
     healthy: bool,
     health_failures: u32,
+    health_checks_passed: u64,
     health_in_flight: bool,
     session: Option<String>,
     log_paths: Vec<String>,
@@ -281,6 +282,7 @@ impl Fleet {
                 grpc_port: 0,
                 healthy: false,
                 health_failures: 0,
+                health_checks_passed: 0,
                 health_in_flight: false,
                 session: None,
                 log_paths: Vec::new(),
@@ -456,6 +458,7 @@ impl Fleet {
         }
         if healthy {
             p.health_failures = 0;
+            p.health_checks_passed += 1;
             p.healthy = true;
         } else {
             p.health_failures += 1;
@@ -964,6 +967,7 @@ impl Fleet {
                         launch_path: self.spec(p.slot).launch_path.clone(),
                         status: p.phase.as_str(),
                         healthy: p.healthy,
+                        health_checks_passed: p.health_checks_passed,
                         client_port: p.client_port,
                         grpc_port: p.grpc_port,
                         game_server_session_id: p.session.clone(),

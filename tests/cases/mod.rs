@@ -3,3 +3,4 @@ mod config;
 mod sdk;
 mod sessions;
 mod supervision;
+mod validate;
