@@ -44,6 +44,16 @@ enum Command {
     },
     /// Print the embedded sample config (a starting point for agent.yaml).
     SampleConfig,
+    /// Unpack a build the way the agent does (every safety rule and limit) into a new directory.
+    Unpack {
+        /// The zip (or directory) build.
+        build: PathBuf,
+        /// The directory to create; it must not exist.
+        dest: PathBuf,
+        /// agent.yaml whose `package` limits apply (defaults otherwise).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Say whether a build package comes up: unpack, install.sh, launch, ProcessReady, health,
     /// a session, a player, OnProcessTerminate; in a temporary root. Exit 0 only if it passed
     /// (1: the build failed; 2: validate could not run; 130: interrupted).
@@ -105,6 +115,11 @@ fn main() -> ExitCode {
             print!("{}", config::SAMPLE_CONFIG);
             ExitCode::SUCCESS
         }
+        Command::Unpack {
+            build,
+            dest,
+            config,
+        } => run_unpack(&build, &dest, config.as_deref()),
         Command::Validate {
             build,
             config,
@@ -139,6 +154,37 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn run_unpack(build: &Path, dest: &Path, config: Option<&Path>) -> ExitCode {
+    let policy = match config.map(config::read).transpose() {
+        Ok(c) => c.map(|c| c.package).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = std::fs::create_dir(dest) {
+        eprintln!("gse-agent unpack: cannot create {}: {e}", dest.display());
+        return ExitCode::FAILURE;
+    }
+    let limits = policy.limits();
+    let result = if build.is_dir() {
+        gse_agent::package::copy_tree(build, dest, &limits, &|_, _, _| {})
+    } else {
+        gse_agent::package::unzip::unpack(build, dest, &limits, &|_, _, _| {})
+    };
+    match result {
+        Ok(stats) => {
+            println!("{} entries, {} bytes", stats.entries, stats.bytes);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gse-agent unpack: {e}");
+            let _ = std::fs::remove_dir_all(dest);
+            ExitCode::FAILURE
         }
     }
 }
@@ -241,6 +287,7 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             agent::install_sample_build(&cfg)?;
         }
         let run_as = agent::install_build(&cfg, &gse_agent::package::System).await?;
+        let data_dir = cfg.data_dir.clone();
         let agent = Agent::build(cfg, run_as).await?;
         let endpoints = agent.endpoints();
         tracing::info!(sdk.addr = %endpoints.sdk_address, capi.addr = ?endpoints.capi_address, "gse-agent started");
@@ -277,6 +324,8 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             sd_notify("STOPPING=1");
         });
         agent.run(shutdown, force).await?;
+        // Nothing listens any more.
+        let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         tracing::info!("gse-agent stopped");
         anyhow::Ok(())
     })

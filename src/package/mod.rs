@@ -19,6 +19,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use account::{AccountError, Accounts, RunAs, System};
+pub use copy::copy_tree;
 pub use script::{ScriptError, ScriptRun};
 pub use unzip::{Limits, Stats, UnzipError};
 

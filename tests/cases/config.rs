@@ -95,3 +95,59 @@ fn tells_systemd_when_ready_and_when_stopping() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn run_installs_the_configured_build_once_and_runs_it() {
+    use crate::helper::{Agent, FAKE_SERVER, entry, wait_for};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("build.zip");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    w.start_file("srv", opts).unwrap();
+    write!(w, "#!/bin/sh\nexec {FAKE_SERVER} \"$@\"\n").unwrap();
+    w.start_file("install.sh", opts).unwrap();
+    w.write_all(b"#!/bin/sh\necho installed >> ../../installs.txt\n")
+        .unwrap();
+    w.finish().unwrap();
+    let yaml = crate::helper::config(
+        &entry("", 1).replace("/local/game/server", "/local/game/srv"),
+        &format!(
+            "build: {}\ntimeouts: {{ stop-grace: 200ms, shutdown: 1s }}",
+            zip_path.display()
+        ),
+    );
+    let mut agent = Agent::start_with(&yaml, |game| std::fs::remove_dir_all(game).unwrap());
+    agent.wait_ready(1);
+    let game = agent.path("game");
+    assert!(std::fs::symlink_metadata(&game).unwrap().is_symlink());
+    assert!(game.join("srv").is_file());
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(0));
+    assert!(
+        !agent.path("data/endpoints.json").exists(),
+        "removed at exit"
+    );
+    // A restart with the same build neither unpacks nor installs again.
+    let log_path = agent.path("restart.err");
+    let child = Command::new(AGENT)
+        .args(["run", "--config"])
+        .arg(agent.path("agent.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = crate::helper::KillOnDrop(child);
+    let endpoints = agent.path("data/endpoints.json");
+    wait_for("restart", || endpoints.exists().then_some(()));
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("build already unpacked and installed"),
+        "{log}"
+    );
+    let installs = std::fs::read_to_string(agent.path("data/installs.txt")).unwrap();
+    assert_eq!(installs.lines().count(), 1);
+}
