@@ -5,6 +5,7 @@
 //!   over several HTTP/2 connections; calls/s and latency percentiles.
 //! - footprint: agent RSS and CPU while supervising 50 idle game processes.
 //! - restart: time from a game's exit to its replacement's start (no backoff pending).
+//! - unpack: `gse-agent unpack` against Info-ZIP `unzip` on a 1 GiB build, and its peak memory.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -254,6 +255,126 @@ fn bench_restart() {
     );
 }
 
+/// A 1 GiB build of many files, half incompressible (textures), half text-like; cached under
+/// target/ between runs.
+fn bench_build() -> std::path::PathBuf {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("build-1g.zip");
+    if path.exists() {
+        return path;
+    }
+    let tmp = dir.join("build-1g.zip.tmp");
+    let mut w = zip::ZipWriter::new(std::io::BufWriter::new(
+        std::fs::File::create(&tmp).unwrap(),
+    ));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o644);
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let file_size = 512 * 1024;
+    for i in 0..2048 {
+        w.start_file(format!("assets/dir{:02}/file{i:05}.bin", i % 64), opts)
+            .unwrap();
+        let mut buf = Vec::with_capacity(file_size);
+        if i % 2 == 0 {
+            while buf.len() < file_size {
+                buf.extend_from_slice(&next().to_le_bytes());
+            }
+        } else {
+            while buf.len() < file_size {
+                buf.extend_from_slice(
+                    format!(
+                        "level {} spawn {} {} {}\n",
+                        i,
+                        next() % 1000,
+                        next() % 1000,
+                        next() % 100
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        buf.truncate(file_size);
+        w.write_all(&buf).unwrap();
+    }
+    w.finish().unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// Runs `cmd`, returning its wall time and peak RSS (KiB, sampled from /proc).
+fn timed(mut cmd: Command) -> (Duration, u64) {
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(v) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        {
+            peak = v;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{cmd:?} failed");
+            return (t.elapsed(), peak);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn bench_unpack() {
+    let zip = bench_build();
+    let out = tempfile::tempdir_in(zip.parent().unwrap()).unwrap();
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut peak = 0;
+    for round in 0..3 {
+        let a = out.path().join(format!("unzip-{round}"));
+        let b = out.path().join(format!("agent-{round}"));
+        let mut unzip = Command::new("unzip");
+        unzip.arg("-q").arg(&zip).arg("-d").arg(&a);
+        let mut agent = Command::new(AGENT);
+        agent.arg("unpack").arg(&zip).arg(&b);
+        // Alternate the order so neither always meets a warmer cache.
+        let (t_u, t_a) = if round % 2 == 0 {
+            let u = timed(unzip).0;
+            let (t, p) = timed(agent);
+            peak = peak.max(p);
+            (u, t)
+        } else {
+            let (t, p) = timed(agent);
+            peak = peak.max(p);
+            (timed(unzip).0, t)
+        };
+        theirs.push(t_u);
+        ours.push(t_a);
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+    ours.sort();
+    theirs.sort();
+    let (o, u) = (ours[1], theirs[1]);
+    println!(
+        "unpack: 1 GiB / 2048 files: gse-agent {:?}, Info-ZIP unzip {:?} (medians of 3): {:.2}x unzip's speed; peak RSS {} KiB",
+        o,
+        u,
+        u.as_secs_f64() / o.as_secs_f64(),
+        peak
+    );
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -268,5 +389,8 @@ fn main() {
     }
     if want("footprint") {
         bench_footprint();
+    }
+    if want("unpack") {
+        bench_unpack();
     }
 }
