@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/GseGrpcSdkService.proto",
             "proto/GameServerGrpcSdkService.proto",
+            "proto/upstream.proto",
         ],
         &["proto"],
     )?;

@@ -70,6 +70,12 @@ pub enum EventCode {
     AgentStarted,
     /// Agent: the agent is shutting down.
     AgentStopping,
+    /// Agent: the upstream outbox passed its bound (the control plane is away too long).
+    UpstreamOutboxFull,
+    /// Agent: the connection to the control plane was established.
+    UpstreamConnected,
+    /// Agent: the connection to the control plane was lost or refused.
+    UpstreamDisconnected,
 }
 
 impl EventCode {
@@ -117,6 +123,9 @@ names! {
     PlayerSessionTimedOut => "PLAYER_SESSION_TIMED_OUT",
     AgentStarted => "AGENT_STARTED",
     AgentStopping => "AGENT_STOPPING",
+    UpstreamOutboxFull => "UPSTREAM_OUTBOX_FULL",
+    UpstreamConnected => "UPSTREAM_CONNECTED",
+    UpstreamDisconnected => "UPSTREAM_DISCONNECTED",
 }
 
 /// How a process ended, as far as the OS says.
@@ -235,6 +244,8 @@ pub struct EventBus {
     recent: Arc<Mutex<Recent>>,
     capacity: usize,
     tx: broadcast::Sender<Event>,
+    /// The durable outbox's queue: unlike broadcast readers, it never lags or drops.
+    sink: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
 
 impl EventBus {
@@ -248,6 +259,15 @@ impl EventBus {
             })),
             capacity,
             tx,
+            sink: None,
+        }
+    }
+
+    /// A bus that also hands every event, in order, to `sink` (the durable outbox).
+    pub fn with_sink(capacity: usize, sink: tokio::sync::mpsc::UnboundedSender<Event>) -> Self {
+        Self {
+            sink: Some(sink),
+            ..Self::new(capacity)
         }
     }
 
@@ -261,6 +281,10 @@ impl EventBus {
                 recent.events.pop_front();
             }
             recent.events.push_back(event.clone());
+            // Under the lock, so the sink sees sequence order.
+            if let Some(sink) = &self.sink {
+                let _ = sink.send(event.clone());
+            }
         }
         log(&event);
         // No receiver is fine: nobody else is listening yet.
@@ -305,6 +329,8 @@ fn log(e: &Event) {
             | EventCode::GameSessionActivationTimeout
             | EventCode::GameSessionError
             | EventCode::ServerProcessCrashLoop
+            | EventCode::UpstreamOutboxFull
+            | EventCode::UpstreamDisconnected
     );
     macro_rules! emit {
         ($lvl:ident) => {

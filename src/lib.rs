@@ -15,10 +15,17 @@ pub mod sdk;
 pub mod session;
 pub mod systemd;
 pub mod telemetry;
+pub mod upstream;
 pub mod validate;
 
 /// Code generated from `proto/` (package `tencentcloud.gse.grpcsdk`).
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     tonic::include_proto!("tencentcloud.gse.grpcsdk");
+}
+
+/// Code generated from `proto/upstream.proto` (package `gseagent.upstream.v1`).
+#[allow(missing_docs, clippy::all)]
+pub mod upstream_proto {
+    tonic::include_proto!("gseagent.upstream.v1");
 }

@@ -214,33 +214,26 @@ impl Capi {
             ],
         )?;
         self.check_fleet(&p, true)?;
+        // JSON shapes are checked here; Tencent's limits where the command is handled
+        // (NewSession::check), for this door and the upstream one alike.
         let max_players = p.int("MaximumPlayerSessionCount", 0, i64::from(i32::MAX))? as i32;
         let mut game_properties = Vec::new();
-        for v in p.opt_array("GameProperties", 16)?.into_iter().flatten() {
-            game_properties.push(key_value("GameProperties", v, 32, 96)?);
-        }
-        let custom_id = p.opt_str("GameServerSessionId", 48)?;
-        if let Some(id) = &custom_id
-            && (id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        for v in p
+            .opt_array("GameProperties", usize::MAX)?
+            .into_iter()
+            .flatten()
         {
-            return Err(CapiError::value(
-                "GameServerSessionId",
-                "may hold only letters, digits, '-' and '_'",
-            ));
+            game_properties.push(key_value("GameProperties", v, usize::MAX, usize::MAX)?);
         }
+        let text = |name| p.opt_str(name, usize::MAX);
         let req = NewSession {
             max_players,
-            name: p.opt_str("Name", 1024)?.unwrap_or_default(),
-            creator_id: p.opt_str("CreatorId", 1024)?.unwrap_or_default(),
+            name: text("Name")?.unwrap_or_default(),
+            creator_id: text("CreatorId")?.unwrap_or_default(),
             game_properties,
-            data: p
-                .opt_str("GameServerSessionData", 4096)?
-                .unwrap_or_default(),
-            custom_id,
-            idempotency_token: p.opt_str("IdempotencyToken", 48)?,
+            data: text("GameServerSessionData")?.unwrap_or_default(),
+            custom_id: text("GameServerSessionId")?,
+            idempotency_token: text("IdempotencyToken")?,
         };
         match self.fleet.control(Control::CreateSession(req)).await? {
             ControlReply::Session(s) => Ok(json!({ "GameServerSession": view::session(&s) })),
@@ -291,24 +284,14 @@ impl Capi {
             let p = Params::new(map, &["GameServerSessionId", "PlayerIds", "PlayerDataMap"])?;
             let gss_id = p.str("GameServerSessionId", 256)?;
             let ids = p
-                .opt_array("PlayerIds", 25)?
+                .opt_array("PlayerIds", usize::MAX)?
                 .ok_or_else(|| CapiError::missing("PlayerIds"))?;
-            if ids.is_empty() {
-                return Err(CapiError::value("PlayerIds", "needs 1 to 25 player ids"));
-            }
             let data = player_data_map(p.raw("PlayerDataMap"))?;
             let mut players = Vec::new();
             for (i, v) in ids.iter().enumerate() {
-                let name = format!("PlayerIds.{i}");
                 let Value::String(id) = v else {
-                    return Err(CapiError::type_of(&name, "a string", v));
+                    return Err(CapiError::type_of(&format!("PlayerIds.{i}"), "a string", v));
                 };
-                if id.is_empty() || id.chars().count() > 1024 {
-                    return Err(CapiError::value(&name, "must be 1 to 1024 characters"));
-                }
-                if players.iter().any(|p: &NewPlayer| p.player_id == *id) {
-                    return Err(CapiError::value(&name, format!("{id:?} is listed twice")));
-                }
                 players.push(NewPlayer {
                     player_id: id.clone(),
                     player_data: data
@@ -323,8 +306,8 @@ impl Capi {
             let p = Params::new(map, &["GameServerSessionId", "PlayerId", "PlayerData"])?;
             let gss_id = p.str("GameServerSessionId", 256)?;
             let player = NewPlayer {
-                player_id: p.str("PlayerId", 1024)?,
-                player_data: p.opt_str("PlayerData", 2048)?.unwrap_or_default(),
+                player_id: p.str("PlayerId", usize::MAX)?,
+                player_data: p.opt_str("PlayerData", usize::MAX)?.unwrap_or_default(),
             };
             (gss_id, vec![player])
         };
@@ -456,19 +439,18 @@ fn player_data_map(v: Option<&Value>) -> Result<Vec<(String, String)>, CapiError
         None => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|i| key_value("PlayerDataMap", i, 1024, 2048))
+            .map(|i| key_value("PlayerDataMap", i, usize::MAX, usize::MAX))
             .collect(),
-        Some(obj @ Value::Object(o)) if o.contains_key("Key") => {
-            Ok(vec![key_value("PlayerDataMap", obj, 1024, 2048)?])
-        }
+        Some(obj @ Value::Object(o)) if o.contains_key("Key") => Ok(vec![key_value(
+            "PlayerDataMap",
+            obj,
+            usize::MAX,
+            usize::MAX,
+        )?]),
         Some(Value::Object(o)) => o
             .iter()
             .map(|(k, v)| match v {
-                Value::String(s) if s.chars().count() <= 2048 => Ok((k.clone(), s.clone())),
-                Value::String(_) => Err(CapiError::value(
-                    &format!("PlayerDataMap.{k}"),
-                    "is longer than 2048 characters",
-                )),
+                Value::String(s) => Ok((k.clone(), s.clone())),
                 other => Err(CapiError::type_of(
                     &format!("PlayerDataMap.{k}"),
                     "a string",

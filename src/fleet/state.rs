@@ -933,14 +933,21 @@ impl Fleet {
     /// Handles a control command.
     pub fn control(&mut self, cmd: Control, now: Instant) -> Result<ControlReply, FleetError> {
         match cmd {
-            Control::CreateSession(req) => Ok(ControlReply::Session(Box::new(
-                self.create_session(req, now)?,
-            ))),
+            Control::CreateSession(req) => {
+                req.check()?;
+                Ok(ControlReply::Session(Box::new(
+                    self.create_session(req, now)?,
+                )))
+            }
             Control::DescribeSessions(q) => self.describe_sessions(&q),
-            Control::Join { gss_id, players } => Ok(ControlReply::Players(
-                self.join(&gss_id, players, now)?,
-                None,
-            )),
+            Control::Join { gss_id, players } => {
+                super::api::check_players(&players)?;
+                Ok(ControlReply::Players(
+                    self.join(&gss_id, players, now)?,
+                    None,
+                ))
+            }
+
             Control::DescribePlayers(q) => {
                 let (page, next) = self.describe_players(&q)?;
                 Ok(ControlReply::Players(page, next))

@@ -79,7 +79,7 @@ fn parameters_are_checked_and_named() {
         (
             create(json!({"Name": "x".repeat(1025)})),
             "InvalidParameterValue",
-            "`Name` is 1025 characters",
+            "invalid Name: is 1025 characters",
         ),
         (
             create(json!({"GameProperties": [{"Key": "k"}]})),
@@ -115,7 +115,7 @@ fn parameters_are_checked_and_named() {
         (
             json!({"Action": "JoinGameServerSessionBatch", "GameServerSessionId": "x", "PlayerIds": vec!["p"; 26]}),
             "InvalidParameterValue",
-            "at most 25",
+            "has 26 players",
         ),
         (
             json!({"Action": "JoinGameServerSessionBatch", "GameServerSessionId": "x", "PlayerIds": ["p", "p"]}),

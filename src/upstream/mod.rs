@@ -1,0 +1,5 @@
+//! The upstream relay: every lifecycle event reaches the control plane through a durable
+//! outbox, none lost; commands come back down through the same typed door as the local control
+//! API.
+
+pub mod outbox;

@@ -1,0 +1,326 @@
+//! The durable outbox: every lifecycle event is written to a redb database in `data-dir` before
+//! it is relayed. One writer thread commits in groups (everything queued at the time goes into
+//! one transaction), so durability costs one flush per batch, not per event. Acknowledged events
+//! are pruned. The sequence is per instance and survives restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, watch};
+
+use crate::event::{Event, EventBus, EventCode};
+use crate::upstream_proto as up;
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ACKED: &str = "acked";
+
+/// Why the outbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database could not be opened or created.
+    #[error("cannot open the outbox {path}: {message}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        message: String,
+    },
+    /// A read or write failed.
+    #[error("outbox {step} failed: {message}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// What redb said.
+        message: String,
+    },
+}
+
+fn io(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> OutboxError {
+    move |e| OutboxError::Io {
+        step,
+        message: e.to_string(),
+    }
+}
+
+struct State {
+    next_seq: u64,
+    acked: u64,
+    bytes: u64,
+    max_bytes: u64,
+    alarm_raised: bool,
+}
+
+/// The outbox; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    db: Arc<Database>,
+    state: Arc<Mutex<State>>,
+    committed: watch::Sender<u64>,
+}
+
+/// The wire form of an event with its sequence.
+pub fn to_wire(e: &Event, sequence: u64) -> up::Event {
+    let ms = e
+        .event_time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    up::Event {
+        sequence,
+        time_unix_ms: ms,
+        code: e.event_code.as_str().to_string(),
+        message: e.message.clone(),
+        process_id: e.process_id.clone().unwrap_or_default(),
+        pid: e.pid.unwrap_or(0),
+        game_server_session_id: e.game_server_session_id.clone().unwrap_or_default(),
+        player_session_id: e.player_session_id.clone().unwrap_or_default(),
+        exit: e.exit.as_ref().map(|x| up::ExitDetails {
+            has_exit_code: x.exit_code.is_some(),
+            exit_code: x.exit_code.unwrap_or(0),
+            signal: x.signal.clone().unwrap_or_default(),
+            core_dumped: x.core_dumped,
+            likely_oom_kill: x.likely_oom_kill,
+            run_millis: x.run_millis,
+            ready_millis: x.ready_millis.unwrap_or(0),
+            output_tail: x.output_tail.clone(),
+        }),
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates) `path`; `max_bytes` bounds the unacknowledged events on disk.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, OutboxError> {
+        let open = |message: String| OutboxError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        let db = Database::create(path).map_err(|e| open(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| open(e.to_string()))?;
+        let (next_seq, acked, bytes) = {
+            let events = txn.open_table(EVENTS).map_err(|e| open(e.to_string()))?;
+            let meta = txn.open_table(META).map_err(|e| open(e.to_string()))?;
+            let acked = meta
+                .get(ACKED)
+                .map_err(|e| open(e.to_string()))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let last = events
+                .last()
+                .map_err(|e| open(e.to_string()))?
+                .map(|(k, _)| k.value())
+                .unwrap_or(acked);
+            let mut bytes = 0u64;
+            for item in events.iter().map_err(|e| open(e.to_string()))? {
+                let (_, v) = item.map_err(|e| open(e.to_string()))?;
+                bytes += v.value().len() as u64;
+            }
+            (last.max(acked) + 1, acked, bytes)
+        };
+        txn.commit().map_err(|e| open(e.to_string()))?;
+        let (committed, _) = watch::channel(next_seq - 1);
+        Ok(Self {
+            db: Arc::new(db),
+            state: Arc::new(Mutex::new(State {
+                next_seq,
+                acked,
+                bytes,
+                max_bytes,
+                alarm_raised: false,
+            })),
+            committed,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest sequence the control plane acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.lock().acked
+    }
+
+    /// Events written and not yet acknowledged.
+    pub fn unacked(&self) -> u64 {
+        let s = self.lock();
+        (s.next_seq - 1).saturating_sub(s.acked)
+    }
+
+    /// Watches the highest committed sequence.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Writes a batch in one transaction; returns the last sequence.
+    pub fn append(&self, batch: &[Event]) -> Result<u64, OutboxError> {
+        let mut state = self.lock();
+        let txn = self.db.begin_write().map_err(|e| io("write")(&e))?;
+        let mut seq = state.next_seq;
+        let mut added = 0u64;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(|e| io("write")(&e))?;
+            for e in batch {
+                let bytes = to_wire(e, seq).encode_to_vec();
+                added += bytes.len() as u64;
+                table
+                    .insert(seq, bytes.as_slice())
+                    .map_err(|e| io("write")(&e))?;
+                seq += 1;
+            }
+        }
+        txn.commit().map_err(|e| io("commit")(&e))?;
+        state.next_seq = seq;
+        state.bytes += added;
+        let last = seq - 1;
+        drop(state);
+        self.committed.send_replace(last);
+        Ok(last)
+    }
+
+    /// Up to `limit` events after `after`, in order.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<up::Event>, OutboxError> {
+        let txn = self.db.begin_read().map_err(|e| io("read")(&e))?;
+        let table = txn.open_table(EVENTS).map_err(|e| io("read")(&e))?;
+        let mut out = Vec::new();
+        for item in table.range((after + 1)..).map_err(|e| io("read")(&e))? {
+            let (_, v) = item.map_err(|e| io("read")(&e))?;
+            out.push(up::Event::decode(v.value()).map_err(|e| io("decode")(&e))?);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a cumulative acknowledgement and prunes what it covers.
+    pub fn ack(&self, sequence: u64) -> Result<(), OutboxError> {
+        let mut state = self.lock();
+        let sequence = sequence.min(state.next_seq - 1);
+        if sequence <= state.acked {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(|e| io("prune")(&e))?;
+        let mut freed = 0u64;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(|e| io("prune")(&e))?;
+            table
+                .retain_in(..=sequence, |_, v| {
+                    freed += v.len() as u64;
+                    false
+                })
+                .map_err(|e| io("prune")(&e))?;
+            let mut meta = txn.open_table(META).map_err(|e| io("prune")(&e))?;
+            meta.insert(ACKED, sequence).map_err(|e| io("prune")(&e))?;
+        }
+        txn.commit().map_err(|e| io("prune")(&e))?;
+        state.acked = sequence;
+        state.bytes = state.bytes.saturating_sub(freed);
+        Ok(())
+    }
+
+    /// Whether the unacknowledged events pass the bound (raises the alarm once per episode).
+    fn check_full(&self) -> Option<u64> {
+        let mut s = self.lock();
+        if s.bytes > s.max_bytes && !s.alarm_raised {
+            s.alarm_raised = true;
+            return Some(s.bytes);
+        }
+        if s.bytes <= s.max_bytes / 2 {
+            s.alarm_raised = false;
+        }
+        None
+    }
+
+    /// The writer: a dedicated thread that takes events from `rx` and commits them in groups.
+    /// When the outbox passes its bound it raises one UPSTREAM_OUTBOX_FULL event and keeps every
+    /// lifecycle event (status reports are never stored: only the latest is sent).
+    pub fn spawn_writer(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        bus: EventBus,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(1024);
+                while let Some(first) = rx.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < 4096 {
+                        match rx.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.append(&batch) {
+                        // Nothing else can be done here: the events stay in the log and the
+                        // in-memory history; the relay resumes from what was committed.
+                        tracing::error!(error = %e, lost = batch.len(), "cannot write events to the outbox");
+                    }
+                    batch.clear();
+                    if let Some(bytes) = self.check_full() {
+                        bus.emit(Event::new(
+                            EventCode::UpstreamOutboxFull,
+                            format!(
+                                "{bytes} bytes of events wait for the control plane; lifecycle events are kept, status reports coalesced"
+                            ),
+                        ));
+                    }
+                }
+            })
+            .expect("a thread can be spawned at start-up")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: u64) -> Event {
+        Event::new(EventCode::ServerProcessStarted, format!("event {n}"))
+    }
+
+    #[test]
+    fn sequences_persist_and_acks_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        {
+            let o = Outbox::open(&path, 1 << 20).unwrap();
+            assert_eq!(o.append(&[ev(1), ev(2), ev(3)]).unwrap(), 3);
+            o.ack(2).unwrap();
+            assert_eq!(o.unacked(), 1);
+        }
+        let o = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(o.acked(), 2);
+        let rest = o.read_after(o.acked(), 10).unwrap();
+        assert_eq!(rest.iter().map(|e| e.sequence).collect::<Vec<_>>(), [3]);
+        assert_eq!(rest[0].message, "event 3");
+        assert_eq!(
+            o.append(&[ev(4)]).unwrap(),
+            4,
+            "the sequence continues after a restart"
+        );
+        o.ack(4).unwrap();
+        assert!(o.read_after(0, 10).unwrap().is_empty());
+        // A restart after everything was pruned still continues the sequence.
+        drop(o);
+        let o = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(o.append(&[ev(5)]).unwrap(), 5);
+    }
+
+    #[test]
+    fn the_bound_raises_one_alarm_and_keeps_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(&dir.path().join("o.redb"), 200).unwrap();
+        for i in 0..10 {
+            o.append(&[ev(i)]).unwrap();
+        }
+        assert!(o.check_full().is_some());
+        assert!(o.check_full().is_none(), "one alarm per episode");
+        assert_eq!(o.read_after(0, 100).unwrap().len(), 10, "nothing dropped");
+        o.ack(10).unwrap();
+        assert!(o.check_full().is_none());
+    }
+}
