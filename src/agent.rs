@@ -15,9 +15,13 @@ use crate::event::EventBus;
 use crate::fleet::{self, FleetHandle};
 use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
+use crate::upstream;
+use crate::upstream::outbox::{Outbox, OutboxError};
 
 /// Events kept in memory for DescribeFleetEvents.
 const EVENT_HISTORY: usize = 10_000;
+/// How long the relay may take to deliver the last events at shutdown.
+const RELAY_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why the agent could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,9 @@ pub enum AgentError {
     /// The build could not be installed.
     #[error(transparent)]
     Package(#[from] PackageError),
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     /// The SDK server failed.
     #[error(transparent)]
     Sdk(#[from] sdk::SdkServerError),
@@ -83,10 +90,17 @@ pub struct Endpoints {
     pub capi_address: Option<SocketAddr>,
 }
 
+/// The outbox and its writer thread, when a control plane is configured.
+struct Upstream {
+    outbox: Outbox,
+    writer: std::thread::JoinHandle<()>,
+}
+
 /// A built agent: directories exist, listeners are bound, nothing runs yet.
 pub struct Agent {
     cfg: Arc<Config>,
     bus: EventBus,
+    upstream: Option<Upstream>,
     run_as: Option<RunAs>,
     sdk_listener: TcpListener,
     capi_listener: Option<TcpListener>,
@@ -126,9 +140,20 @@ impl Agent {
                 .map(|(l, a)| local(l, a)),
         };
         write_endpoints(&cfg.data_dir, &endpoints)?;
+        let (bus, upstream) = match &cfg.upstream {
+            None => (EventBus::new(EVENT_HISTORY), None),
+            Some(u) => {
+                let outbox = Outbox::open(&cfg.data_dir.join("outbox.redb"), u.outbox_max_bytes.get())?;
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let bus = EventBus::with_sink(EVENT_HISTORY, tx);
+                let writer = outbox.clone().spawn_writer(rx, bus.without_sink());
+                (bus, Some(Upstream { outbox, writer }))
+            }
+        };
         Ok(Self {
             cfg: Arc::new(cfg),
-            bus: EventBus::new(EVENT_HISTORY),
+            bus,
+            upstream,
             run_as,
             sdk_listener,
             capi_listener,
@@ -185,9 +210,45 @@ impl Agent {
                 .instrument(tracing::info_span!("capi")),
             )
         });
+        let relay_stop = CancellationToken::new();
+        let relay = match (&self.upstream, &self.cfg.upstream) {
+            (Some(u), Some(ucfg)) => Some(tokio::spawn(
+                upstream::relay::run(
+                    ucfg.clone(),
+                    self.cfg.fleet_id.clone(),
+                    self.cfg.instance_id.clone(),
+                    u.outbox.clone(),
+                    fleet.clone(),
+                    bus.clone(),
+                    relay_stop.clone(),
+                )
+                .instrument(tracing::info_span!("upstream")),
+            )),
+            _ => None,
+        };
+        let upstream = self.upstream;
+        drop(bus);
+        let own_bus = self.bus;
         let done = tokio::spawn(async move {
             let fleet_result = fleet_task.await;
             servers_stop.cancel();
+            if let (Some(relay), Some(u)) = (relay, &upstream) {
+                // Give the relay a moment to deliver the last events (they stay in the outbox
+                // and are resent on the next start if it cannot).
+                let flushed = tokio::time::timeout(RELAY_FLUSH, async {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    while u.outbox.unacked() > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                })
+                .await;
+                if flushed.is_err() {
+                    tracing::warn!(upstream.unacked = u.outbox.unacked(), "events not yet acknowledged stay in the outbox");
+                }
+                relay_stop.cancel();
+                let _ = relay.await;
+            }
+            drop(own_bus);
             if let Err(e) = fleet_result {
                 // Its process tasks kill their groups when the runtime drops them.
                 return Err(AgentError::Fleet(e.to_string()));
@@ -199,6 +260,10 @@ impl Agent {
                 && let Ok(r) = t.await
             {
                 r?;
+            }
+            // Every sender of the outbox queue is gone now: the writer drains it and ends.
+            if let Some(u) = upstream {
+                let _ = tokio::task::spawn_blocking(move || u.writer.join()).await;
             }
             Ok(())
         });

@@ -70,6 +70,10 @@ pub enum EventCode {
     AgentStarted,
     /// Agent: the agent is shutting down.
     AgentStopping,
+    /// Agent: the host was told to drain.
+    InstanceDraining,
+    /// Agent: the host takes sessions again.
+    InstanceUndrained,
     /// Agent: the upstream outbox passed its bound (the control plane is away too long).
     UpstreamOutboxFull,
     /// Agent: the connection to the control plane was established.
@@ -123,6 +127,8 @@ names! {
     PlayerSessionTimedOut => "PLAYER_SESSION_TIMED_OUT",
     AgentStarted => "AGENT_STARTED",
     AgentStopping => "AGENT_STOPPING",
+    InstanceDraining => "INSTANCE_DRAINING",
+    InstanceUndrained => "INSTANCE_UNDRAINED",
     UpstreamOutboxFull => "UPSTREAM_OUTBOX_FULL",
     UpstreamConnected => "UPSTREAM_CONNECTED",
     UpstreamDisconnected => "UPSTREAM_DISCONNECTED",
@@ -268,6 +274,15 @@ impl EventBus {
         Self {
             sink: Some(sink),
             ..Self::new(capacity)
+        }
+    }
+
+    /// The same bus (history, sequence, subscribers) without the durable sink: for the outbox
+    /// writer itself, which stores what it emits directly.
+    pub fn without_sink(&self) -> Self {
+        Self {
+            sink: None,
+            ..self.clone()
         }
     }
 

@@ -5,7 +5,7 @@
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
 mod params;
-mod view;
+pub mod view;
 
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::event::EventBus;
 use crate::fleet::actor::HandleError;
 use crate::fleet::{
-    Control, ControlReply, FleetError, FleetHandle, NewPlayer, NewSession, PlayerQuery,
+    Control, ControlReply, FleetHandle, NewPlayer, NewSession, PlayerQuery,
     SessionQuery,
 };
 use crate::session::{GssStatus, PlayerStatus};
@@ -83,16 +83,7 @@ impl From<HandleError> for CapiError {
     fn from(e: HandleError) -> Self {
         match e {
             HandleError::Stopped => Self::new("OperationDenied", "the agent is shutting down"),
-            HandleError::Fleet(f) => {
-                let code = match &f {
-                    FleetError::NotFound { .. } => "ResourceNotFound",
-                    FleetError::Invalid { .. } => "InvalidParameterValue",
-                    FleetError::Denied(_) => "OperationDenied",
-                    FleetError::Limit(_) => "LimitExceeded",
-                    FleetError::UnknownPid(_) => "InternalError",
-                };
-                Self::new(code, f.to_string())
-            }
+            HandleError::Fleet(f) => Self::new(f.tencent_code(), f.to_string()),
         }
     }
 }

@@ -109,6 +109,8 @@ struct RawConfig {
     run_as: Option<String>,
     #[serde(default)]
     package: PackagePolicy,
+    #[serde(default)]
+    upstream: Option<UpstreamConfig>,
     #[serde(default = "default_sdk_listen")]
     sdk_listen: SocketAddr,
     #[serde(default)]
@@ -329,6 +331,51 @@ impl PackagePolicy {
     }
 }
 
+/// The control plane the agent relays events to and takes commands from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpstreamConfig {
+    /// `https://host:port` (or `http://` on a trusted network).
+    pub endpoint: String,
+    /// A file holding the bearer token (read at every connection, so it can be rotated).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA bundle that signs the control plane's certificate (default: the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// How often instance status is sent.
+    #[serde(default = "default_status_interval")]
+    pub status_interval: HumanDuration,
+    /// First reconnect delay (jittered, doubling).
+    #[serde(default = "default_reconnect_initial")]
+    pub reconnect_initial: HumanDuration,
+    /// Reconnect delay cap.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: HumanDuration,
+    /// Unacknowledged events on disk before the UPSTREAM_OUTBOX_FULL alarm.
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max_bytes: ByteSize,
+}
+
+fn default_status_interval() -> HumanDuration {
+    Duration::from_secs(10).into()
+}
+fn default_reconnect_initial() -> HumanDuration {
+    Duration::from_secs(1).into()
+}
+fn default_reconnect_max() -> HumanDuration {
+    Duration::from_secs(60).into()
+}
+fn default_outbox_max() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
 /// Capture of each process's stdout and stderr.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -420,6 +467,8 @@ pub struct Config {
     pub run_as: Option<String>,
     /// Build installation limits.
     pub package: PackagePolicy,
+    /// The control plane, if any.
+    pub upstream: Option<UpstreamConfig>,
     /// Where the GSE SDK service listens.
     pub sdk_listen: SocketAddr,
     /// Where the local control API listens; `None` turns it off.
@@ -649,6 +698,28 @@ impl Validator<'_> {
             );
         }
         self.positive(&[Key("package"), Key("install-timeout")], p.install_timeout);
+        if let Some(u) = &raw.upstream {
+            if !(u.endpoint.starts_with("https://") || u.endpoint.starts_with("http://")) {
+                self.problem(
+                    &[Key("upstream"), Key("endpoint")],
+                    format!("{:?} must start with https:// (or http://)", u.endpoint),
+                );
+            }
+            if u.client_cert.is_some() != u.client_key.is_some() {
+                self.problem(
+                    &[Key("upstream")],
+                    "client-cert and client-key go together",
+                );
+            }
+            self.positive(&[Key("upstream"), Key("status-interval")], u.status_interval);
+            self.positive(&[Key("upstream"), Key("reconnect-initial")], u.reconnect_initial);
+            if u.reconnect_max < u.reconnect_initial {
+                self.problem(
+                    &[Key("upstream"), Key("reconnect-max")],
+                    "is shorter than reconnect-initial",
+                );
+            }
+        }
         Config {
             fleet_id: raw.fleet_id,
             instance_id: raw.instance_id,
@@ -657,6 +728,15 @@ impl Validator<'_> {
             build,
             run_as: raw.run_as,
             package: raw.package,
+            upstream: raw.upstream.map(|mut u| {
+                for p in [&mut u.token_file, &mut u.ca_file, &mut u.client_cert, &mut u.client_key]
+                    .into_iter()
+                    .flatten()
+                {
+                    *p = abs(p);
+                }
+                u
+            }),
             sdk_listen: raw.sdk_listen,
             capi_listen: raw.capi_listen,
             health_check: raw.health_check,

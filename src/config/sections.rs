@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::{
+    UpstreamConfig,
     HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime, RestartPolicy,
     Timeouts,
 };
@@ -26,6 +27,7 @@ pub fn problems(text: &str) -> Vec<Problem> {
             "data-dir" | "game-root" | "build" => check::<PathBuf>,
             "run-as" => check::<String>,
             "package" => check::<PackagePolicy>,
+            "upstream" => check::<UpstreamConfig>,
             "sdk-listen" | "capi-listen" => check::<SocketAddr>,
             "health-check" => check::<HealthCheck>,
             "timeouts" => check::<Timeouts>,

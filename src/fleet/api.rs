@@ -118,6 +118,8 @@ pub struct InstanceCounters {
     pub player_session_cnt: u32,
     /// Sum of the maxima of live sessions.
     pub max_player_session_cnt: u32,
+    /// The host takes no new sessions.
+    pub draining: bool,
 }
 
 /// A call on `GseGrpcSdkService`, by the process with the metadata pid.
@@ -270,6 +272,9 @@ pub enum Control {
     DescribeProcesses,
     /// DescribeInstancesExtend counters.
     DescribeInstance,
+    /// Drain (true): place no new game server sessions here; running ones end on their own.
+    /// Undrain (false) places sessions again.
+    SetDraining(bool),
 }
 
 /// A successful control answer.
@@ -408,4 +413,17 @@ fn max_chars(param: &'static str, value: &str, max: usize) -> Result<(), FleetEr
         ));
     }
     Ok(())
+}
+
+impl FleetError {
+    /// The Tencent Cloud API error code of this refusal, for every door that reports one.
+    pub fn tencent_code(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "ResourceNotFound",
+            Self::Invalid { .. } => "InvalidParameterValue",
+            Self::Denied(_) => "OperationDenied",
+            Self::Limit(_) => "LimitExceeded",
+            Self::UnknownPid(_) => "InternalError",
+        }
+    }
 }

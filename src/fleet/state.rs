@@ -133,6 +133,7 @@ pub struct Fleet {
     timers: Timers,
     effects: Vec<Effect>,
     shutting_down: bool,
+    draining: bool,
 }
 
 impl Fleet {
@@ -173,6 +174,7 @@ impl Fleet {
             timers: Timers::default(),
             effects: Vec::new(),
             shutting_down: false,
+            draining: false,
         }
     }
 
@@ -986,6 +988,24 @@ impl Fleet {
                 Ok(ControlReply::Processes(v))
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
+            Control::SetDraining(on) => {
+                if self.draining != on {
+                    self.draining = on;
+                    self.emit(Event::new(
+                        if on {
+                            EventCode::InstanceDraining
+                        } else {
+                            EventCode::InstanceUndrained
+                        },
+                        if on {
+                            "draining: no new game server sessions are placed here"
+                        } else {
+                            "no longer draining"
+                        },
+                    ));
+                }
+                Ok(ControlReply::Done)
+            }
         }
     }
 
@@ -993,6 +1013,7 @@ impl Fleet {
     pub fn counters(&self) -> InstanceCounters {
         let mut c = InstanceCounters {
             max_game_session_cnt: self.slots.len() as u32,
+            draining: self.draining,
             ..Default::default()
         };
         for p in self.procs.values() {

@@ -3,3 +3,5 @@
 //! API.
 
 pub mod outbox;
+pub mod commands;
+pub mod relay;

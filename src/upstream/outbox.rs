@@ -234,7 +234,8 @@ impl Outbox {
         None
     }
 
-    /// The writer: a dedicated thread that takes events from `rx` and commits them in groups.
+    /// The writer: a dedicated thread that takes events from `rx` and commits them in groups;
+    /// it ends when every sender is gone. `bus` must be the bus without its sink.
     /// When the outbox passes its bound it raises one UPSTREAM_OUTBOX_FULL event and keeps every
     /// lifecycle event (status reports are never stored: only the latest is sent).
     pub fn spawn_writer(
@@ -261,12 +262,17 @@ impl Outbox {
                     }
                     batch.clear();
                     if let Some(bytes) = self.check_full() {
-                        bus.emit(Event::new(
+                        let alarm = Event::new(
                             EventCode::UpstreamOutboxFull,
                             format!(
                                 "{bytes} bytes of events wait for the control plane; lifecycle events are kept, status reports coalesced"
                             ),
-                        ));
+                        );
+                        // Stored directly: `bus` has no sink, or this thread would feed itself.
+                        if let Err(e) = self.append(std::slice::from_ref(&alarm)) {
+                            tracing::error!(error = %e, "cannot write the outbox alarm");
+                        }
+                        bus.emit(alarm);
                     }
                 }
             })

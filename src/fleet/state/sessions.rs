@@ -124,6 +124,11 @@ impl Fleet {
         if self.shutting_down {
             return Err(FleetError::Denied("the agent is shutting down".into()));
         }
+        if self.draining {
+            return Err(FleetError::Denied(
+                "the host is draining: it takes no new game server sessions".into(),
+            ));
+        }
         if let Some(token) = &req.idempotency_token
             && let Some(id) = self.idempotency.get(token)
             && let Some((_, s)) = self.sessions.get(id)

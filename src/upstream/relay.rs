@@ -1,0 +1,280 @@
+//! The relay: one long-lived bidirectional stream to the control plane, dialled out, resumed
+//! after every fault with jittered exponential backoff. On each connection: a Hello with the
+//! last acknowledged sequence, then every outbox event after it, in order, then new ones as they
+//! are committed; periodic instance status (only the latest, never queued); one result per
+//! command. Acknowledgements prune the outbox.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::commands;
+use super::outbox::Outbox;
+use crate::config::UpstreamConfig;
+use crate::event::{Event, EventBus, EventCode};
+use crate::fleet::{Control, ControlReply, FleetHandle};
+use crate::upstream_proto as up;
+use crate::upstream_proto::control_plane_client::ControlPlaneClient;
+
+/// Events read from the outbox per batch.
+const BATCH: usize = 512;
+
+/// Why one connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The endpoint or TLS settings are unusable.
+    #[error("upstream endpoint {endpoint}: {message}")]
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A TLS or token file could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The control plane refused our credentials.
+    #[error("the control plane refused the agent's credentials: {0}")]
+    Auth(String),
+    /// The stream failed.
+    #[error("the stream to the control plane failed: {0}")]
+    Stream(String),
+    /// The control plane closed the stream.
+    #[error("the control plane closed the stream")]
+    Closed,
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] super::outbox::OutboxError),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, RelayError> {
+    std::fs::read(path).map_err(|source| RelayError::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
+    let bad = |message: String| RelayError::Endpoint {
+        endpoint: cfg.endpoint.clone(),
+        message,
+    };
+    let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if cfg.endpoint.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &cfg.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        } else {
+            tls = tls.with_enabled_roots();
+        }
+        if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+    }
+    endpoint.connect().await.map_err(|source| RelayError::Connect {
+        endpoint: cfg.endpoint.clone(),
+        source,
+    })
+}
+
+/// Runs until `shutdown`, reconnecting as needed.
+pub async fn run(
+    cfg: UpstreamConfig,
+    fleet_id: String,
+    instance_id: String,
+    outbox: Outbox,
+    fleet: FleetHandle,
+    bus: EventBus,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = cfg.reconnect_initial.get();
+    let mut connected_before = false;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = session(&cfg, &fleet_id, &instance_id, &outbox, &fleet, &bus, &shutdown, &mut connected_before) => r,
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match &result {
+            Ok(()) => {}
+            Err(RelayError::Auth(m)) => {
+                tracing::error!(upstream.endpoint = %cfg.endpoint, error = %m, "control plane refused the credentials; check upstream.token-file");
+            }
+            Err(e) => tracing::warn!(upstream.endpoint = %cfg.endpoint, error = %e, "upstream connection lost"),
+        }
+        if connected_before {
+            connected_before = false;
+            bus.emit(Event::new(
+                EventCode::UpstreamDisconnected,
+                match &result {
+                    Ok(()) => "control plane connection ended".to_string(),
+                    Err(e) => e.to_string(),
+                },
+            ));
+        }
+        // A connection that lived a while resets the backoff.
+        if started.elapsed() > cfg.reconnect_max.get() {
+            backoff = cfg.reconnect_initial.get();
+        }
+        let delay = jitter(backoff);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        backoff = (backoff * 2).min(cfg.reconnect_max.get());
+    }
+}
+
+/// A delay in [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    d / 2 + d / 2 * r / 1000
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    cfg: &UpstreamConfig,
+    fleet_id: &str,
+    instance_id: &str,
+    outbox: &Outbox,
+    fleet: &FleetHandle,
+    bus: &EventBus,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+) -> Result<(), RelayError> {
+    let channel = channel(cfg).await?;
+    let token = match &cfg.token_file {
+        Some(p) => Some(
+            String::from_utf8_lossy(&read(p)?)
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let mut client = ControlPlaneClient::new(channel);
+    let (tx, rx) = mpsc::channel::<up::AgentMessage>(256);
+    let acked = outbox.acked();
+    tx.send(msg(up::agent_message::Body::Hello(up::Hello {
+        fleet_id: fleet_id.to_string(),
+        instance_id: instance_id.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        last_acked_sequence: acked,
+    })))
+    .await
+    .map_err(|_| RelayError::Closed)?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| RelayError::Auth("the token has characters a header cannot carry".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let response = client.relay(request).await.map_err(status_error)?;
+    let mut inbound = response.into_inner();
+    *connected = true;
+    bus.emit(Event::new(
+        EventCode::UpstreamConnected,
+        format!("connected to {}; resending after sequence {acked}", cfg.endpoint),
+    ));
+    tracing::info!(upstream.endpoint = %cfg.endpoint, upstream.acked = acked, "connected to the control plane");
+
+    let mut committed = outbox.committed();
+    let mut sent = acked;
+    let mut pending: VecDeque<up::Event> = VecDeque::new();
+    let mut status = tokio::time::interval(cfg.status_interval.get());
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (results_tx, mut results) = mpsc::unbounded_channel::<up::CommandResult>();
+    loop {
+        if pending.is_empty() && sent < *committed.borrow() {
+            pending.extend(outbox.read_after(sent, BATCH)?);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            m = inbound.message() => match m.map_err(status_error)? {
+                None => return Err(RelayError::Closed),
+                Some(up::ControlMessage { body: Some(up::control_message::Body::Ack(a)) }) => {
+                    let o = outbox.clone();
+                    tokio::task::spawn_blocking(move || o.ack(a.sequence))
+                        .await
+                        .map_err(|e| RelayError::Stream(e.to_string()))??;
+                }
+                Some(up::ControlMessage { body: Some(up::control_message::Body::Command(c)) }) => {
+                    let fleet = fleet.clone();
+                    let results_tx = results_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = results_tx.send(commands::handle(&fleet, c).await);
+                    });
+                }
+                Some(_) => {}
+            },
+            r = results.recv() => {
+                if let Some(r) = r {
+                    tx.send(msg(up::agent_message::Body::Result(r))).await.map_err(|_| RelayError::Closed)?;
+                }
+            }
+            permit = tx.reserve(), if !pending.is_empty() => {
+                let permit = permit.map_err(|_| RelayError::Closed)?;
+                let e = pending.pop_front().expect("not empty");
+                sent = e.sequence;
+                permit.send(msg(up::agent_message::Body::Event(e)));
+            }
+            _ = committed.changed(), if pending.is_empty() && sent >= *committed.borrow() => {}
+            _ = status.tick() => {
+                if let Ok(ControlReply::Instance(c)) = fleet.control(Control::DescribeInstance).await {
+                    let s = up::InstanceStatus {
+                        healthy_process_cnt: c.healthy_process_cnt,
+                        active_process_cnt: c.active_process_cnt,
+                        game_session_cnt: c.game_session_cnt,
+                        max_game_session_cnt: c.max_game_session_cnt,
+                        player_session_cnt: c.player_session_cnt,
+                        max_player_session_cnt: c.max_player_session_cnt,
+                        draining: c.draining,
+                        unacked_events: outbox.unacked(),
+                    };
+                    // Status is coalesced: if the stream is backed up, this one is skipped.
+                    let _ = tx.try_send(msg(up::agent_message::Body::Status(s)));
+                }
+            }
+        }
+    }
+}
+
+fn msg(body: up::agent_message::Body) -> up::AgentMessage {
+    up::AgentMessage { body: Some(body) }
+}
+
+fn status_error(s: tonic::Status) -> RelayError {
+    match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            RelayError::Auth(format!("{}: {}", s.code(), s.message()))
+        }
+        _ => RelayError::Stream(format!("{}: {}", s.code(), s.message())),
+    }
+}
