@@ -143,7 +143,8 @@ impl Agent {
         let (bus, upstream) = match &cfg.upstream {
             None => (EventBus::new(EVENT_HISTORY), None),
             Some(u) => {
-                let outbox = Outbox::open(&cfg.data_dir.join("outbox.redb"), u.outbox_max_bytes.get())?;
+                let outbox =
+                    Outbox::open(&cfg.data_dir.join("outbox.redb"), u.outbox_max_bytes.get())?;
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let bus = EventBus::with_sink(EVENT_HISTORY, tx);
                 let writer = outbox.clone().spawn_writer(rx, bus.without_sink());
@@ -243,7 +244,10 @@ impl Agent {
                 })
                 .await;
                 if flushed.is_err() {
-                    tracing::warn!(upstream.unacked = u.outbox.unacked(), "events not yet acknowledged stay in the outbox");
+                    tracing::warn!(
+                        upstream.unacked = u.outbox.unacked(),
+                        "events not yet acknowledged stay in the outbox"
+                    );
                 }
                 relay_stop.cancel();
                 let _ = relay.await;

@@ -21,8 +21,7 @@ use crate::config::Config;
 use crate::event::EventBus;
 use crate::fleet::actor::HandleError;
 use crate::fleet::{
-    Control, ControlReply, FleetHandle, NewPlayer, NewSession, PlayerQuery,
-    SessionQuery,
+    Control, ControlReply, FleetHandle, NewPlayer, NewSession, PlayerQuery, SessionQuery,
 };
 use crate::session::{GssStatus, PlayerStatus};
 use params::{Params, key_value};

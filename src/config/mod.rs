@@ -615,6 +615,12 @@ impl Validator<'_> {
         let hc = &raw.health_check;
         self.positive(&[Key("health-check"), Key("interval")], hc.interval);
         self.positive(&[Key("health-check"), Key("timeout")], hc.timeout);
+        if hc.failure_threshold > 100 {
+            self.problem(
+                &[Key("health-check"), Key("failure-threshold")],
+                "must be at most 100",
+            );
+        }
         if hc.failure_threshold == 0 {
             self.problem(
                 &[Key("health-check"), Key("failure-threshold")],
@@ -706,13 +712,16 @@ impl Validator<'_> {
                 );
             }
             if u.client_cert.is_some() != u.client_key.is_some() {
-                self.problem(
-                    &[Key("upstream")],
-                    "client-cert and client-key go together",
-                );
+                self.problem(&[Key("upstream")], "client-cert and client-key go together");
             }
-            self.positive(&[Key("upstream"), Key("status-interval")], u.status_interval);
-            self.positive(&[Key("upstream"), Key("reconnect-initial")], u.reconnect_initial);
+            self.positive(
+                &[Key("upstream"), Key("status-interval")],
+                u.status_interval,
+            );
+            self.positive(
+                &[Key("upstream"), Key("reconnect-initial")],
+                u.reconnect_initial,
+            );
             if u.reconnect_max < u.reconnect_initial {
                 self.problem(
                     &[Key("upstream"), Key("reconnect-max")],
@@ -729,9 +738,14 @@ impl Validator<'_> {
             run_as: raw.run_as,
             package: raw.package,
             upstream: raw.upstream.map(|mut u| {
-                for p in [&mut u.token_file, &mut u.ca_file, &mut u.client_cert, &mut u.client_key]
-                    .into_iter()
-                    .flatten()
+                for p in [
+                    &mut u.token_file,
+                    &mut u.ca_file,
+                    &mut u.client_cert,
+                    &mut u.client_key,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     *p = abs(p);
                 }

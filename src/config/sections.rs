@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::{
-    UpstreamConfig,
     HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime, RestartPolicy,
-    Timeouts,
+    Timeouts, UpstreamConfig,
 };
 
 /// Keys a config must have.

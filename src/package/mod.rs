@@ -123,17 +123,9 @@ pub fn content_hash(build: &Path) -> Result<String, PackageError> {
     let meta = std::fs::metadata(build).map_err(read)?;
     let mut hasher = Sha256::new();
     if meta.is_dir() {
-        hash_dir(build, Path::new(""), &mut hasher).map_err(read)?;
+        hash_dir(build, &mut hasher).map_err(read)?;
     } else {
-        let mut f = std::fs::File::open(build).map_err(read)?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf).map_err(read)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        hash_file(build, &mut hasher).map_err(read)?;
     }
     Ok(hasher
         .finalize()
@@ -142,29 +134,51 @@ pub fn content_hash(build: &Path) -> Result<String, PackageError> {
         .collect())
 }
 
-fn hash_dir(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
+fn hash_dir(root: &Path, h: &mut Sha256) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = rel.join(e.file_name());
-        let meta = std::fs::symlink_metadata(root.join(&path))?;
-        h.update(path.as_os_str().as_encoded_bytes());
-        h.update(meta.permissions().mode().to_le_bytes());
-        if meta.is_dir() {
-            hash_dir(root, &path, h)?;
-        } else if meta.is_symlink() {
-            h.update(
-                std::fs::read_link(root.join(&path))?
-                    .as_os_str()
-                    .as_encoded_bytes(),
-            );
-        } else {
-            h.update(meta.len().to_le_bytes());
-            h.update(std::fs::read(root.join(&path))?);
+    // An explicit stack: a deep tree cannot overflow the thread's stack.
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(&rel))?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        for e in entries {
+            let path = rel.join(e.file_name());
+            let meta = std::fs::symlink_metadata(root.join(&path))?;
+            h.update(path.as_os_str().as_encoded_bytes());
+            h.update(meta.permissions().mode().to_le_bytes());
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                dirs.push(path);
+            } else if ft.is_symlink() {
+                h.update(
+                    std::fs::read_link(root.join(&path))?
+                        .as_os_str()
+                        .as_encoded_bytes(),
+                );
+            } else if ft.is_file() {
+                h.update(meta.len().to_le_bytes());
+                hash_file(&root.join(&path), h)?;
+            } else {
+                return Err(std::io::Error::other(format!(
+                    "{} is a device, FIFO or socket; builds hold only files, directories and links",
+                    path.display()
+                )));
+            }
         }
     }
     Ok(())
+}
+
+fn hash_file(path: &Path, h: &mut Sha256) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 fn fs_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PackageError {
@@ -224,8 +238,15 @@ pub async fn unpack(plan: &Plan) -> Result<Unpacked, PackageError> {
     }
     // An earlier attempt that did not finish: start over.
     remove_tree(&dir);
+    // Staging directories left by an agent that was killed mid-extraction.
+    if let Ok(rd) = std::fs::read_dir(&builds) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".staging-") {
+                remove_tree(&e.path());
+            }
+        }
+    }
     let staging = builds.join(format!(".staging-{hash}-{}", std::process::id()));
-    remove_tree(&staging);
     std::fs::create_dir(&staging).map_err(fs_err("create", &staging))?;
     let limits = plan.limits;
     let (b, s) = (build.clone(), staging.clone());

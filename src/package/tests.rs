@@ -198,6 +198,9 @@ fn symlinks_leaving_the_root_or_written_through_are_refused() {
         .refused("entry \"java\": symlink to \"/usr/bin/java\" is absolute");
     Case::new(&[E::Dir("sub/"), E::Link("d", "sub"), E::File("d/x", b"x")])
         .refused("entry \"d/x\": would be written through the symlink \"d\"");
+    // A chain: `b -> a/..` with `a -> .` would resolve to the parent of the root.
+    Case::new(&[E::Link("a", "."), E::Link("b", "a/..")])
+        .refused("entry \"b\": symlink to \"a/..\" climbs with '..' after descending");
 }
 
 #[test]
@@ -525,7 +528,7 @@ async fn directory_builds_install_too_and_hash_by_content() {
     let err = install(&plan(dir.path(), src), &NoAccounts)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("leaves the build root"), "{err}");
+    assert!(err.to_string().contains("is absolute"), "{err}");
 }
 
 #[tokio::test]
@@ -552,4 +555,50 @@ async fn run_as_user_for_real_when_root() {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir.path().join("game/server")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (r.uid, r.gid));
+}
+
+#[tokio::test]
+async fn directory_builds_follow_the_same_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("server"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("server"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let done = install(&plan(dir.path(), src.clone()), &NoAccounts)
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(done.build.dir.join("server"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "setuid dropped");
+    // A FIFO is refused before anything is copied.
+    nix::unistd::mkfifo(
+        &src.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let err = install(&plan(dir.path(), src.clone()), &NoAccounts)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("device, FIFO or socket"), "{err}");
+    std::fs::remove_file(src.join("pipe")).unwrap();
+    // Too large for the limit.
+    std::fs::write(src.join("big"), vec![1u8; 4 << 20]).unwrap();
+    let mut p = plan(dir.path(), src.clone());
+    p.limits.max_bytes = 1 << 20;
+    let err = install(&p, &NoAccounts).await.unwrap_err();
+    assert!(err.to_string().contains("passed the limit"), "{err}");
+    // A chained symlink.
+    std::fs::remove_file(src.join("big")).unwrap();
+    std::os::unix::fs::symlink(".", src.join("a")).unwrap();
+    std::os::unix::fs::symlink("a/..", src.join("b")).unwrap();
+    let err = install(&plan(dir.path(), src), &NoAccounts)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("climbs with '..' after descending"),
+        "{err}"
+    );
 }

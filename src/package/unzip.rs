@@ -238,9 +238,12 @@ pub fn safe_path(raw: &[u8], name: &str) -> Result<PathBuf, &'static str> {
     Ok(path)
 }
 
-/// Where a symlink at `link` (relative to the root) pointing to `target` lands, if it stays
-/// inside the root.
-fn symlink_stays_inside(link: &Path, target: &str) -> Result<(), &'static str> {
+/// Whether a symlink at `link` (relative to the root) pointing to `target` stays inside the
+/// root whatever other links the build holds. The target may climb with leading `..` no higher
+/// than the root, and may not climb again after descending: a later `..` could undo a component
+/// that is itself a link (`b -> a/..` with `a -> .`) and walk out. Descending from a point inside
+/// the root stays inside, so by induction every link of the build resolves inside it.
+pub fn symlink_stays_inside(link: &Path, target: &str) -> Result<(), &'static str> {
     if target.is_empty() {
         return Err("is empty");
     }
@@ -250,19 +253,16 @@ fn symlink_stays_inside(link: &Path, target: &str) -> Result<(), &'static str> {
     if target.contains(['\0', '\\']) {
         return Err("has a NUL or backslash");
     }
-    let mut depth: Vec<&std::ffi::OsStr> = link
-        .parent()
-        .map(|p| p.components().map(|c| c.as_os_str()).collect())
-        .unwrap_or_default();
+    let mut depth = link.parent().map(|p| p.components().count()).unwrap_or(0);
+    let mut descended = false;
     for c in Path::new(target).components() {
         match c {
             Component::CurDir => {}
+            Component::ParentDir if descended => return Err("climbs with '..' after descending"),
             Component::ParentDir => {
-                if depth.pop().is_none() {
-                    return Err("leaves the build root");
-                }
+                depth = depth.checked_sub(1).ok_or("leaves the build root")?;
             }
-            Component::Normal(n) => depth.push(n),
+            Component::Normal(_) => descended = true,
             Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
         }
     }
@@ -530,6 +530,14 @@ struct Ctx<'a> {
     failed: AtomicBool,
 }
 
+/// Free bytes on the filesystem holding `path`, if it can be told.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    // The field types differ between platforms (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 /// How often (bytes written) free space is checked again.
 const SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
 
@@ -551,12 +559,9 @@ impl Ctx<'_> {
     }
 
     fn check_space(&self, entry: &str) -> Result<(), UnzipError> {
-        let Ok(st) = nix::sys::statvfs::statvfs(self.dest) else {
+        let Some(free) = free_space(self.dest) else {
             return Ok(()); // Unknown: the byte limit still bounds us.
         };
-        // The field types differ between platforms (u32 on some 32-bit ones).
-        #[allow(clippy::unnecessary_cast)]
-        let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
         if free < self.limits.reserve_bytes {
             return Err(UnzipError::DiskReserve {
                 entry: entry.to_string(),

@@ -65,7 +65,9 @@ pub async fn handle(fleet: &FleetHandle, command: up::Command) -> up::CommandRes
                 _ => String::new(),
             },
         },
-        Err(HandleError::Stopped) => failure(id, "OperationDenied", "the agent is shutting down".into()),
+        Err(HandleError::Stopped) => {
+            failure(id, "OperationDenied", "the agent is shutting down".into())
+        }
         Err(HandleError::Fleet(e)) => failure(id, e.tencent_code(), e.to_string()),
     }
 }

@@ -2,6 +2,6 @@
 //! outbox, none lost; commands come back down through the same typed door as the local control
 //! API.
 
-pub mod outbox;
 pub mod commands;
+pub mod outbox;
 pub mod relay;

@@ -95,10 +95,13 @@ async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
         }
         endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
     }
-    endpoint.connect().await.map_err(|source| RelayError::Connect {
-        endpoint: cfg.endpoint.clone(),
-        source,
-    })
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| RelayError::Connect {
+            endpoint: cfg.endpoint.clone(),
+            source,
+        })
 }
 
 /// Runs until `shutdown`, reconnecting as needed.
@@ -127,7 +130,9 @@ pub async fn run(
             Err(RelayError::Auth(m)) => {
                 tracing::error!(upstream.endpoint = %cfg.endpoint, error = %m, "control plane refused the credentials; check upstream.token-file");
             }
-            Err(e) => tracing::warn!(upstream.endpoint = %cfg.endpoint, error = %e, "upstream connection lost"),
+            Err(e) => {
+                tracing::warn!(upstream.endpoint = %cfg.endpoint, error = %e, "upstream connection lost")
+            }
         }
         if connected_before {
             connected_before = false;
@@ -171,11 +176,7 @@ async fn session(
 ) -> Result<(), RelayError> {
     let channel = channel(cfg).await?;
     let token = match &cfg.token_file {
-        Some(p) => Some(
-            String::from_utf8_lossy(&read(p)?)
-                .trim()
-                .to_string(),
-        ),
+        Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
         None => None,
     };
     let mut client = ControlPlaneClient::new(channel);
@@ -191,9 +192,9 @@ async fn session(
     .map_err(|_| RelayError::Closed)?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| RelayError::Auth("the token has characters a header cannot carry".into()))?;
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            RelayError::Auth("the token has characters a header cannot carry".into())
+        })?;
         request.metadata_mut().insert("authorization", value);
     }
     let response = client.relay(request).await.map_err(status_error)?;
@@ -201,7 +202,10 @@ async fn session(
     *connected = true;
     bus.emit(Event::new(
         EventCode::UpstreamConnected,
-        format!("connected to {}; resending after sequence {acked}", cfg.endpoint),
+        format!(
+            "connected to {}; resending after sequence {acked}",
+            cfg.endpoint
+        ),
     ));
     tracing::info!(upstream.endpoint = %cfg.endpoint, upstream.acked = acked, "connected to the control plane");
 

@@ -508,8 +508,10 @@ async fn drive(
 
     // health checks
     let hc = &cfg.health_check;
-    let budget =
-        (hc.interval.get() + hc.timeout.get()) * (HEALTH_CHECKS as u32 + hc.failure_threshold + 1);
+    let rounds = (HEALTH_CHECKS as u32)
+        .saturating_add(hc.failure_threshold)
+        .saturating_add(1);
+    let budget = (hc.interval.get() + hc.timeout.get()).saturating_mul(rounds);
     step!(
         run,
         "health-checks",
