@@ -3,4 +3,5 @@ mod config;
 mod sdk;
 mod sessions;
 mod supervision;
+mod upstream;
 mod validate;

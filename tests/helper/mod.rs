@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod control_plane;
+
 /// Generous: the machine may be loaded; a passing test never waits this long.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 

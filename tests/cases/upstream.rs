@@ -1,0 +1,322 @@
+//! The upstream relay against a reference control plane: order, completeness across faults and
+//! restarts, commands, authentication.
+
+use gse_agent::upstream_proto as up;
+use serde_json::json;
+
+use crate::helper::control_plane::ControlPlaneFake;
+use crate::helper::{Agent, config, entry, wait_for};
+
+fn upstream_yaml(cp: &ControlPlaneFake, extra: &str) -> String {
+    format!(
+        "timeouts: {{ stop-grace: 200ms, shutdown: 1s }}
+health-check: {{ interval: 1h, timeout: 1s, failure-threshold: 3 }}
+upstream: {{ endpoint: \"{}\", status-interval: 100ms, reconnect-initial: 50ms, reconnect-max: 200ms{extra} }}",
+        cp.endpoint()
+    )
+}
+
+/// Sequences are 1..=n with no gap.
+fn assert_contiguous(events: &[up::Event]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.sequence,
+            i as u64 + 1,
+            "gap or reorder at {i}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn events_arrive_complete_and_in_order_with_status() {
+    let cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(&entry("", 2), &upstream_yaml(&cp, "")));
+    agent.wait_ready(2);
+    let ready = wait_for("two READY upstream", || {
+        let e = cp.events();
+        (e.iter()
+            .filter(|e| e.code == "SERVER_PROCESS_READY")
+            .count()
+            == 2)
+            .then_some(e)
+    });
+    assert_contiguous(&ready);
+    let rec = cp.rec.lock().unwrap();
+    let (hello, first) = &rec.connections[0];
+    assert_eq!(hello.fleet_id, "fleet-test");
+    assert_eq!(hello.instance_id, "ins-test");
+    assert_eq!(hello.last_acked_sequence, 0);
+    // Within one connection events come in sequence order.
+    assert!(first.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    let started = first
+        .iter()
+        .find(|e| e.code == "SERVER_PROCESS_STARTED")
+        .unwrap();
+    assert!(
+        started.pid > 0 && started.process_id.starts_with("proc-"),
+        "{started:?}"
+    );
+    drop(rec);
+    wait_for("a status report", || {
+        cp.rec
+            .lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .find(|s| s.active_process_cnt == 2)
+            .cloned()
+    });
+}
+
+#[test]
+fn crash_events_carry_the_forensics() {
+    let cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(
+        &entry(
+            "--say famous-last-words --crash-at after-ready --crash-with exit:9",
+            1,
+        ),
+        &upstream_yaml(&cp, ""),
+    ));
+    agent.wait_event("SERVER_PROCESS_CRASHED");
+    let crash = cp.wait_event("SERVER_PROCESS_CRASHED");
+    let exit = crash.exit.unwrap();
+    assert!(exit.has_exit_code);
+    assert_eq!(exit.exit_code, 9);
+    assert!(
+        exit.output_tail.iter().any(|l| l == "famous-last-words"),
+        "{exit:?}"
+    );
+}
+
+#[test]
+fn a_control_plane_restart_loses_nothing() {
+    // No acks: everything stays in the outbox and is resent on every connection.
+    let mut cp = ControlPlaneFake::start(None, false);
+    let agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, "")));
+    agent.wait_ready(1);
+    cp.wait_event("SERVER_PROCESS_READY");
+    cp.kill();
+    // Events while the control plane is away.
+    let s = agent.create_session(2);
+    let id = s["GameServerSessionId"].as_str().unwrap();
+    agent.wait_session_status(id, "ACTIVE");
+    cp.restart();
+    cp.wait_event("GAME_SESSION_ACTIVATED");
+    let all = cp.events();
+    assert_contiguous(&all);
+    let rec = cp.rec.lock().unwrap();
+    assert!(rec.connections.len() >= 2, "reconnected");
+    // Each connection starts again right after the last acknowledged event (none here).
+    for (hello, events) in &rec.connections {
+        assert_eq!(hello.last_acked_sequence, 0);
+        if let Some(first) = events.first() {
+            assert_eq!(first.sequence, 1);
+        }
+    }
+    drop(rec);
+    // The SDK and supervision kept working while upstream was away.
+    assert_eq!(agent.session(id)["Status"], "ACTIVE");
+}
+
+#[test]
+fn acknowledged_events_are_not_resent() {
+    let mut cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, "")));
+    agent.wait_ready(1);
+    let ready = cp.wait_event("SERVER_PROCESS_READY");
+    // Let the ack land, then reconnect.
+    wait_for("status shows nothing unacked", || {
+        cp.rec
+            .lock()
+            .unwrap()
+            .statuses
+            .last()
+            .filter(|s| s.unacked_events == 0)
+            .cloned()
+    });
+    cp.kill();
+    cp.restart();
+    let hello = wait_for("second connection", || {
+        cp.rec
+            .lock()
+            .unwrap()
+            .connections
+            .get(1)
+            .map(|c| c.0.clone())
+    });
+    assert!(hello.last_acked_sequence >= ready.sequence, "{hello:?}");
+    let rec = cp.rec.lock().unwrap();
+    assert!(
+        rec.connections[1]
+            .1
+            .iter()
+            .all(|e| e.sequence > hello.last_acked_sequence)
+    );
+}
+
+#[test]
+fn unacknowledged_events_survive_an_agent_kill() {
+    let cp = ControlPlaneFake::start(None, false);
+    let yaml = config(&entry("", 1), &upstream_yaml(&cp, ""));
+    let mut agent = Agent::start(&yaml);
+    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as i32;
+    let before = cp.wait_event("SERVER_PROCESS_READY");
+    // SIGKILL: no shutdown, no flush.
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    agent.wait_exit();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    // Same data dir, new agent.
+    let endpoints = agent.path("data/endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
+    let child = std::process::Command::new(crate::helper::AGENT)
+        .args(["run", "--config"])
+        .arg(agent.path("agent.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _restarted = crate::helper::KillOnDrop(child);
+    let hello = wait_for("the restarted agent's hello", || {
+        cp.rec
+            .lock()
+            .unwrap()
+            .connections
+            .get(1)
+            .map(|c| c.0.clone())
+    });
+    assert_eq!(hello.last_acked_sequence, 0);
+    // Everything from before the kill arrives again, and the sequence continues after it.
+    wait_for("resent and new events", || {
+        let events = cp.events();
+        (events.iter().filter(|e| e.code == "AGENT_STARTED").count() == 2).then_some(())
+    });
+    let all = cp.events();
+    assert_contiguous(&all);
+    assert!(
+        all.iter()
+            .any(|e| e.sequence == before.sequence && e.code == before.code)
+    );
+    let second_start = all
+        .iter()
+        .filter(|e| e.code == "AGENT_STARTED")
+        .nth(1)
+        .unwrap();
+    assert!(second_start.sequence > before.sequence);
+}
+
+#[test]
+fn commands_come_through_the_same_door_as_the_control_api() {
+    use up::command::Kind;
+    let cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, "")));
+    agent.wait_ready(1);
+    cp.command(
+        "c1",
+        Kind::CreateGameServerSession(up::CreateGameServerSession {
+            maximum_player_session_count: 3,
+            name: "from upstream".into(),
+            ..Default::default()
+        }),
+    );
+    let r = cp.result("c1");
+    assert!(r.ok, "{r:?}");
+    let session: serde_json::Value = serde_json::from_str(&r.response_json).unwrap();
+    let id = session["GameServerSessionId"].as_str().unwrap().to_string();
+    assert_eq!(session["Name"], "from upstream");
+    agent.wait_session_status(&id, "ACTIVE");
+    cp.command(
+        "c2",
+        Kind::JoinGameServerSession(up::JoinGameServerSession {
+            game_server_session_id: id.clone(),
+            players: vec![up::PlayerToJoin {
+                player_id: "p1".into(),
+                player_data: String::new(),
+            }],
+        }),
+    );
+    assert!(cp.result("c2").ok);
+    // Refusals carry Tencent's codes, exactly as the control API reports them.
+    cp.command(
+        "c3",
+        Kind::JoinGameServerSession(up::JoinGameServerSession {
+            game_server_session_id: "nope".into(),
+            players: vec![up::PlayerToJoin {
+                player_id: "p1".into(),
+                player_data: String::new(),
+            }],
+        }),
+    );
+    let r = cp.result("c3");
+    assert!(!r.ok);
+    assert_eq!(r.error_code, "ResourceNotFound");
+    cp.command(
+        "c4",
+        Kind::CreateGameServerSession(up::CreateGameServerSession {
+            maximum_player_session_count: 1,
+            name: "x".repeat(1025),
+            ..Default::default()
+        }),
+    );
+    let r = cp.result("c4");
+    assert_eq!(
+        (r.ok, r.error_code.as_str()),
+        (false, "InvalidParameterValue")
+    );
+    let capi = agent.capi(json!({
+        "Action": "CreateGameServerSession", "FleetId": "fleet-test",
+        "MaximumPlayerSessionCount": 1, "Name": "x".repeat(1025),
+    }));
+    assert_eq!(capi["Error"]["Message"].as_str().unwrap(), r.message);
+    // Drain: no new sessions; the status says so.
+    cp.command("c5", Kind::SetDraining(up::SetDraining { draining: true }));
+    assert!(cp.result("c5").ok);
+    let msg = agent.err(
+        json!({"Action": "CreateGameServerSession", "FleetId": "fleet-test", "MaximumPlayerSessionCount": 1}),
+        "OperationDenied",
+    );
+    assert!(msg.contains("draining"), "{msg}");
+    wait_for("a draining status", || {
+        cp.rec
+            .lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .find(|s| s.draining)
+            .cloned()
+    });
+    cp.command(
+        "c6",
+        Kind::EndGameServerSessionAndProcess(up::EndGameServerSessionAndProcess {
+            game_server_session_id: id.clone(),
+        }),
+    );
+    assert!(cp.result("c6").ok);
+    agent.wait_event("SERVER_PROCESS_ENDED");
+}
+
+#[test]
+fn bad_credentials_are_reported_and_retried_with_backoff() {
+    let cp = ControlPlaneFake::start(Some("right-token"), true);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "wrong-token\n").unwrap();
+    let extra = format!(", token-file: \"{}\"", token.display());
+    let agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, &extra)));
+    agent.wait_ready(1);
+    wait_for("a refused attempt", || {
+        (cp.rec.lock().unwrap().refused >= 2).then_some(())
+    });
+    let err = agent.stderr();
+    assert!(err.contains("refused the credentials"), "{err}");
+    // Supervision and the SDK are unaffected.
+    agent.create_session(1);
+    // The right token (read at each attempt) gets in.
+    std::fs::write(&token, "right-token\n").unwrap();
+    cp.wait_event("AGENT_STARTED");
+    let refused = cp.rec.lock().unwrap().refused;
+    assert!(refused < 40, "retried with backoff, not spun: {refused}");
+}

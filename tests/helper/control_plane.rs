@@ -1,0 +1,228 @@
+//! A reference control plane: a real tonic server that records what the agent sends, acks (or
+//! not), checks the bearer token, sends commands and can be stopped and restarted on its port.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gse_agent::upstream_proto as up;
+use gse_agent::upstream_proto::control_plane_server::{ControlPlane, ControlPlaneServer};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::wait_for;
+
+/// What arrived, per connection.
+#[derive(Default, Debug)]
+pub struct Recorded {
+    /// One entry per accepted connection: its Hello and the events in arrival order.
+    pub connections: Vec<(up::Hello, Vec<up::Event>)>,
+    pub statuses: Vec<up::InstanceStatus>,
+    pub results: Vec<up::CommandResult>,
+    /// Connections refused for a bad token.
+    pub refused: usize,
+}
+
+#[derive(Clone)]
+struct Service {
+    rec: Arc<Mutex<Recorded>>,
+    token: Option<String>,
+    auto_ack: bool,
+    commands: Arc<Mutex<Option<mpsc::UnboundedSender<up::ControlMessage>>>>,
+}
+
+type Out = Pin<Box<dyn Stream<Item = Result<up::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for Service {
+    type RelayStream = Out;
+
+    async fn relay(
+        &self,
+        request: Request<Streaming<up::AgentMessage>>,
+    ) -> Result<Response<Out>, Status> {
+        if let Some(token) = &self.token {
+            let got = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if got != format!("Bearer {token}") {
+                self.rec.lock().unwrap().refused += 1;
+                return Err(Status::unauthenticated("bad token"));
+            }
+        }
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.commands.lock().unwrap() = Some(tx.clone());
+        let rec = self.rec.clone();
+        let auto_ack = self.auto_ack;
+        tokio::spawn(async move {
+            let mut index = None;
+            while let Some(Ok(m)) = inbound.next().await {
+                let mut r = rec.lock().unwrap();
+                match m.body {
+                    Some(up::agent_message::Body::Hello(h)) => {
+                        r.connections.push((h, Vec::new()));
+                        index = Some(r.connections.len() - 1);
+                    }
+                    Some(up::agent_message::Body::Event(e)) => {
+                        let seq = e.sequence;
+                        if let Some(i) = index {
+                            r.connections[i].1.push(e);
+                        }
+                        if auto_ack {
+                            let _ = tx.send(up::ControlMessage {
+                                body: Some(up::control_message::Body::Ack(up::Ack {
+                                    sequence: seq,
+                                })),
+                            });
+                        }
+                    }
+                    Some(up::agent_message::Body::Status(s)) => r.statuses.push(s),
+                    Some(up::agent_message::Body::Result(c)) => r.results.push(c),
+                    None => {}
+                }
+            }
+        });
+        let out = UnboundedReceiverStream(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+struct UnboundedReceiverStream(mpsc::UnboundedReceiver<up::ControlMessage>);
+
+impl Stream for UnboundedReceiverStream {
+    type Item = up::ControlMessage;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// The server, on its own runtime thread.
+pub struct ControlPlaneFake {
+    pub addr: SocketAddr,
+    pub rec: Arc<Mutex<Recorded>>,
+    service: Service,
+    /// Its own runtime: dropping it kills the server and every connection at once.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+impl ControlPlaneFake {
+    pub fn start(token: Option<&str>, auto_ack: bool) -> Self {
+        let rt = runtime();
+        let service = Service {
+            rec: Arc::default(),
+            token: token.map(str::to_string),
+            auto_ack,
+            commands: Arc::default(),
+        };
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cp = Self {
+            addr,
+            rec: service.rec.clone(),
+            service,
+            rt: Some(rt),
+        };
+        cp.serve(listener);
+        cp
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let svc = ControlPlaneServer::new(self.service.clone());
+        self.rt.as_ref().expect("running").spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+    }
+
+    /// The endpoint the agent dials.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the server and every open stream.
+    pub fn kill(&mut self) {
+        *self.service.commands.lock().unwrap() = None;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Serves again on the same port.
+    pub fn restart(&mut self) {
+        let rt = runtime();
+        let addr = self.addr;
+        let listener = wait_for("the port to bind again", || {
+            rt.block_on(tokio::net::TcpListener::bind(addr)).ok()
+        });
+        self.rt = Some(rt);
+        self.serve(listener);
+    }
+
+    /// Sends a command on the current stream.
+    pub fn command(&self, id: &str, kind: up::command::Kind) {
+        let tx = wait_for("an open stream", || {
+            self.service.commands.lock().unwrap().clone()
+        });
+        tx.send(up::ControlMessage {
+            body: Some(up::control_message::Body::Command(up::Command {
+                id: id.to_string(),
+                kind: Some(kind),
+            })),
+        })
+        .unwrap();
+    }
+
+    /// Waits for the result of command `id`.
+    pub fn result(&self, id: &str) -> up::CommandResult {
+        wait_for(&format!("the result of {id}"), || {
+            self.rec
+                .lock()
+                .unwrap()
+                .results
+                .iter()
+                .find(|r| r.command_id == id)
+                .cloned()
+        })
+    }
+
+    /// Every event received, deduplicated by sequence, in sequence order.
+    pub fn events(&self) -> Vec<up::Event> {
+        let rec = self.rec.lock().unwrap();
+        let mut all: Vec<up::Event> = rec
+            .connections
+            .iter()
+            .flat_map(|(_, e)| e.iter().cloned())
+            .collect();
+        all.sort_by_key(|e| e.sequence);
+        all.dedup_by_key(|e| e.sequence);
+        all
+    }
+
+    /// Waits for an event with `code`.
+    pub fn wait_event(&self, code: &str) -> up::Event {
+        wait_for(&format!("{code} upstream"), || {
+            self.events().into_iter().find(|e| e.code == code)
+        })
+    }
+}
