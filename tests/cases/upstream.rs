@@ -320,3 +320,94 @@ fn bad_credentials_are_reported_and_retried_with_backoff() {
     let refused = cp.rec.lock().unwrap().refused;
     assert!(refused < 40, "retried with backoff, not spun: {refused}");
 }
+
+/// A CA, a server certificate for localhost and a client certificate, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", ca.pem());
+        for (name, san) in [("server", "localhost"), ("client", "agent")] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![san.to_string()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap()
+    }
+
+    fn server(&self, mutual: bool) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            self.read("server.pem"),
+            self.read("server.key"),
+        ));
+        if mutual {
+            tls = tls.client_ca_root(Certificate::from_pem(self.read("ca.pem")));
+        }
+        tls
+    }
+}
+
+#[test]
+fn tls_with_a_private_ca() {
+    let pki = Pki::new();
+    let cp = ControlPlaneFake::start_with(None, true, Some(pki.server(false)));
+    let extra = format!(", ca-file: \"{}\"", pki.path("ca.pem"));
+    let agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, &extra)));
+    agent.wait_ready(1);
+    cp.wait_event("SERVER_PROCESS_READY");
+}
+
+#[test]
+fn mutual_tls_needs_the_client_certificate() {
+    let pki = Pki::new();
+    let cp = ControlPlaneFake::start_with(None, true, Some(pki.server(true)));
+    // Without a client certificate the handshake fails; supervision goes on.
+    let extra = format!(", ca-file: \"{}\"", pki.path("ca.pem"));
+    let without = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, &extra)));
+    without.wait_ready(1);
+    wait_for("a failed handshake in the log", || {
+        without
+            .stderr()
+            .contains("upstream connection lost")
+            .then_some(())
+    });
+    assert!(cp.events().is_empty());
+    drop(without);
+    let extra = format!(
+        ", ca-file: \"{}\", client-cert: \"{}\", client-key: \"{}\"",
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key")
+    );
+    let with = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, &extra)));
+    with.wait_ready(1);
+    cp.wait_event("SERVER_PROCESS_READY");
+}

@@ -111,6 +111,7 @@ pub struct ControlPlaneFake {
     service: Service,
     /// Its own runtime: dropping it kills the server and every connection at once.
     rt: Option<tokio::runtime::Runtime>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -123,6 +124,15 @@ fn runtime() -> tokio::runtime::Runtime {
 
 impl ControlPlaneFake {
     pub fn start(token: Option<&str>, auto_ack: bool) -> Self {
+        Self::start_with(token, auto_ack, None)
+    }
+
+    /// With TLS (and mTLS when the config names a client CA).
+    pub fn start_with(
+        token: Option<&str>,
+        auto_ack: bool,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         let rt = runtime();
         let service = Service {
             rec: Arc::default(),
@@ -139,6 +149,7 @@ impl ControlPlaneFake {
             rec: service.rec.clone(),
             service,
             rt: Some(rt),
+            tls,
         };
         cp.serve(listener);
         cp
@@ -146,18 +157,22 @@ impl ControlPlaneFake {
 
     fn serve(&self, listener: tokio::net::TcpListener) {
         let svc = ControlPlaneServer::new(self.service.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.clone()).expect("a valid TLS config");
+        }
         self.rt.as_ref().expect("running").spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await;
+            let _ = builder.add_service(svc).serve_with_incoming(incoming).await;
         });
     }
 
     /// The endpoint the agent dials.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     /// Kills the server and every open stream.
