@@ -16,6 +16,8 @@ use crate::upstream_proto as up;
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ACKED: &str = "acked";
+/// redb's page cache (its default would let the agent's memory grow with the backlog).
+const CACHE_BYTES: usize = 8 << 20;
 
 /// Why the outbox failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +99,11 @@ impl Outbox {
             path: path.to_path_buf(),
             message,
         };
-        let db = Database::create(path).map_err(|e| open(e.to_string()))?;
+        // A small page cache: the outbox is written once and read once, in order.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| open(e.to_string()))?;
         let (next_seq, acked, bytes) = {
             let events = txn.open_table(EVENTS).map_err(|e| open(e.to_string()))?;
