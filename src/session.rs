@@ -192,6 +192,8 @@ pub struct GameSession {
     pub pid: u32,
     /// RESERVED + ACTIVE player sessions.
     pub current_players: i32,
+    /// This session's protection policy (UpdateGameServerSession); `None`: the fleet's.
+    pub protection: Option<crate::config::ProtectionPolicy>,
 }
 
 impl GameSession {

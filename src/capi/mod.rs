@@ -22,6 +22,7 @@ use crate::event::EventBus;
 use crate::fleet::actor::HandleError;
 use crate::fleet::{
     Control, ControlReply, FleetHandle, NewPlayer, NewSession, PlayerQuery, SessionQuery,
+    SessionUpdate,
 };
 use crate::session::{GssStatus, PlayerStatus};
 use params::{Params, key_value};
@@ -146,6 +147,7 @@ impl Capi {
             "JoinGameServerSessionBatch" => self.join(map, true).await,
             "DescribePlayerSessions" => self.describe_players(map).await,
             "EndGameServerSessionAndProcess" => self.end_session_and_process(map).await,
+            "UpdateGameServerSession" => self.update_session(map).await,
             "DescribeFleetEvents" => self.describe_events(map),
             "DescribeInstancesExtend" => self.describe_instance(map).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
@@ -370,6 +372,32 @@ impl Capi {
         Ok(json!({}))
     }
 
+    async fn update_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(
+            map,
+            &[
+                "GameServerSessionId",
+                "MaximumPlayerSessionCount",
+                "Name",
+                "PlayerSessionCreationPolicy",
+                "ProtectionPolicy",
+            ],
+        )?;
+        let u = SessionUpdate {
+            gss_id: p.str("GameServerSessionId", usize::MAX)?,
+            max_players: p
+                .opt_int("MaximumPlayerSessionCount", 0, i64::from(i32::MAX))?
+                .map(|n| n as i32),
+            name: p.opt_str("Name", usize::MAX)?,
+            creation_policy: p.opt_str("PlayerSessionCreationPolicy", usize::MAX)?,
+            protection: p.opt_str("ProtectionPolicy", usize::MAX)?,
+        };
+        match self.fleet.control(Control::UpdateSession(u)).await? {
+            ControlReply::Session(s) => Ok(json!({ "GameServerSession": view::session(&s) })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     fn describe_events(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "Limit", "Offset"])?;
         self.check_fleet(&p, false)?;
@@ -413,6 +441,7 @@ pub const ACTIONS: &[&str] = &[
     "JoinGameServerSessionBatch",
     "DescribePlayerSessions",
     "EndGameServerSessionAndProcess",
+    "UpdateGameServerSession",
     "DescribeFleetEvents",
     "DescribeInstancesExtend",
     "DescribeServerProcesses",

@@ -202,6 +202,17 @@ pub enum ProtectionPolicy {
 }
 
 impl ProtectionPolicy {
+    /// Parses Tencent's name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::NoProtection,
+            Self::TimeLimitProtection,
+            Self::FullProtection,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+
     /// Tencent's name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -238,6 +238,21 @@ pub struct NewSession {
     pub idempotency_token: Option<String>,
 }
 
+/// What UpdateGameServerSession changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionUpdate {
+    /// The session.
+    pub gss_id: String,
+    /// New MaximumPlayerSessionCount.
+    pub max_players: Option<i32>,
+    /// New Name.
+    pub name: Option<String>,
+    /// New PlayerSessionCreationPolicy (ACCEPT_ALL or DENY_ALL).
+    pub creation_policy: Option<String>,
+    /// New ProtectionPolicy (NoProtection, TimeLimitProtection, FullProtection).
+    pub protection: Option<String>,
+}
+
 /// One player to join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPlayer {
@@ -272,6 +287,8 @@ pub enum Control {
     DescribeProcesses,
     /// DescribeInstancesExtend counters.
     DescribeInstance,
+    /// UpdateGameServerSession: each field that is set changes.
+    UpdateSession(SessionUpdate),
     /// Drain (true): place no new game server sessions here; running ones end on their own.
     /// Undrain (false) places sessions again.
     SetDraining(bool),

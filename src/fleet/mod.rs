@@ -14,6 +14,6 @@ pub mod timers;
 pub use actor::{FleetHandle, spawn_fleet};
 pub use api::{
     Control, ControlReply, Effect, FleetError, InstanceCounters, NewPlayer, NewSession,
-    PlayerQuery, ProcessView, SdkCall, SdkReply, SessionQuery, StopReason,
+    PlayerQuery, ProcessView, SdkCall, SdkReply, SessionQuery, SessionUpdate, StopReason,
 };
 pub use state::Fleet;

@@ -629,8 +629,13 @@ impl Fleet {
     /// protection deadline.
     fn terminate(&mut self, pid: u32, reason: TerminateReason, now: Instant) {
         let shutdown_grace = self.cfg.timeouts.shutdown.get();
-        let hosts_session = self.hosts_live_session(pid);
-        let protection = &self.cfg.protection;
+        // The session's own policy (UpdateGameServerSession) wins over the fleet's.
+        let live_policy = self.live_session_policy(pid);
+        let protection = crate::config::Protection {
+            policy: live_policy.unwrap_or(self.cfg.protection.policy),
+            ..self.cfg.protection.clone()
+        };
+        let hosts_session = live_policy.is_some();
         let grace = match reason {
             TerminateReason::Shutdown => Some(shutdown_grace),
             // A hung unhealthy process must not hold its slot forever: FullProtection falls
@@ -689,12 +694,14 @@ impl Fleet {
         );
     }
 
-    fn hosts_live_session(&self, pid: u32) -> bool {
+    /// The protection policy of the live session `pid` hosts, if it hosts one.
+    fn live_session_policy(&self, pid: u32) -> Option<crate::config::ProtectionPolicy> {
         self.procs
             .get(&pid)
             .and_then(|p| p.session.as_ref())
             .and_then(|id| self.sessions.get(id))
-            .is_some_and(|(_, s)| !s.status.is_final())
+            .filter(|(_, s)| !s.status.is_final())
+            .map(|(_, s)| s.protection.unwrap_or(self.cfg.protection.policy))
     }
 
     /// Asks the actor to stop a process; the first reason given wins.
@@ -988,6 +995,9 @@ impl Fleet {
                 Ok(ControlReply::Processes(v))
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
+            Control::UpdateSession(u) => {
+                Ok(ControlReply::Session(Box::new(self.update_session(u)?)))
+            }
             Control::SetDraining(on) => {
                 if self.draining != on {
                     self.draining = on;

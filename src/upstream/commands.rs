@@ -3,7 +3,7 @@
 
 use crate::capi::view;
 use crate::fleet::actor::HandleError;
-use crate::fleet::{Control, ControlReply, FleetHandle, NewPlayer, NewSession};
+use crate::fleet::{Control, ControlReply, FleetHandle, NewPlayer, NewSession, SessionUpdate};
 use crate::upstream_proto as up;
 use up::command::Kind;
 
@@ -42,6 +42,13 @@ pub fn to_control(kind: Kind) -> Control {
             gss_id: e.game_server_session_id,
         },
         Kind::SetDraining(d) => Control::SetDraining(d.draining),
+        Kind::UpdateGameServerSession(u) => Control::UpdateSession(SessionUpdate {
+            gss_id: u.game_server_session_id,
+            max_players: u.maximum_player_session_count,
+            name: u.name,
+            creation_policy: u.player_session_creation_policy,
+            protection: u.protection_policy,
+        }),
     }
 }
 

@@ -199,3 +199,27 @@ fn idempotency_token_returns_the_same_session() {
         "qcs::gse:local::gameserversession/fleet-test/my-match-1"
     );
 }
+
+#[test]
+fn update_game_server_session_through_the_control_api() {
+    let agent = Agent::start(&config(&entry("", 1), QUICK_STOP));
+    agent.wait_ready(1);
+    let id = agent.create_session(2)["GameServerSessionId"].as_str().unwrap().to_string();
+    let updated = agent.ok(json!({
+        "Action": "UpdateGameServerSession",
+        "GameServerSessionId": id,
+        "MaximumPlayerSessionCount": 5,
+        "Name": "finals",
+        "PlayerSessionCreationPolicy": "DENY_ALL",
+        "ProtectionPolicy": "TimeLimitProtection",
+    }))["GameServerSession"]
+        .clone();
+    assert_eq!(updated["MaximumPlayerSessionCount"], 5);
+    assert_eq!(updated["Name"], "finals");
+    assert_eq!(updated["PlayerSessionCreationPolicy"], "DENY_ALL");
+    let msg = agent.err(
+        json!({"Action": "UpdateGameServerSession", "GameServerSessionId": id, "ProtectionPolicy": "Forever"}),
+        "InvalidParameterValue",
+    );
+    assert!(msg.contains("ProtectionPolicy"), "{msg}");
+}

@@ -194,6 +194,7 @@ impl Fleet {
             process_id: p.id.clone(),
             pid,
             current_players: 0,
+            protection: None,
         };
         let grpc_port = p.grpc_port;
         let process_id = p.id.clone();
@@ -224,6 +225,68 @@ impl Fleet {
             session: session.to_proto(),
         });
         Ok(session)
+    }
+
+    /// UpdateGameServerSession.
+    pub(super) fn update_session(
+        &mut self,
+        u: crate::fleet::api::SessionUpdate,
+    ) -> Result<GameSession, FleetError> {
+        let s = self.find_session(&u.gss_id)?;
+        if s.status.is_final() {
+            return Err(FleetError::Denied(format!(
+                "game server session {} is {}",
+                u.gss_id, s.status
+            )));
+        }
+        if let Some(n) = u.max_players
+            && n < 0
+        {
+            return Err(FleetError::Invalid {
+                param: "MaximumPlayerSessionCount",
+                message: format!("{n} is negative"),
+            });
+        }
+        if let Some(name) = &u.name
+            && name.chars().count() > 1024
+        {
+            return Err(FleetError::Invalid {
+                param: "Name",
+                message: "is longer than 1024 characters".into(),
+            });
+        }
+        let policy = match &u.creation_policy {
+            None => None,
+            Some(p) => Some(CreationPolicy::parse(p).ok_or_else(|| FleetError::Invalid {
+                param: "PlayerSessionCreationPolicy",
+                message: format!("{p:?} is not ACCEPT_ALL or DENY_ALL"),
+            })?),
+        };
+        let protection = match &u.protection {
+            None => None,
+            Some(p) => Some(crate::config::ProtectionPolicy::parse(p).ok_or_else(|| {
+                FleetError::Invalid {
+                    param: "ProtectionPolicy",
+                    message: format!(
+                        "{p:?} is not NoProtection, TimeLimitProtection or FullProtection"
+                    ),
+                }
+            })?),
+        };
+        let (_, s) = self.sessions.get_mut(&u.gss_id).expect("found above");
+        if let Some(n) = u.max_players {
+            s.max_players = n;
+        }
+        if let Some(name) = u.name {
+            s.name = name;
+        }
+        if let Some(p) = policy {
+            s.policy = p;
+        }
+        if protection.is_some() {
+            s.protection = protection;
+        }
+        Ok(s.clone())
     }
 
     pub(super) fn describe_sessions(&self, q: &SessionQuery) -> Result<ControlReply, FleetError> {

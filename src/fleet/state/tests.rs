@@ -5,7 +5,7 @@ use std::path::Path;
 use super::sessions::FINISHED_PLAYERS_KEPT;
 use super::*;
 use crate::config;
-use crate::fleet::api::{NewPlayer, NewSession, PlayerQuery};
+use crate::fleet::api::{NewPlayer, NewSession, PlayerQuery, SessionUpdate};
 use crate::session::PlayerStatus;
 
 const CONFIG: &str = "
@@ -909,4 +909,74 @@ async fn finished_players_of_a_long_session_are_forgotten() {
     assert_eq!(h.fleet.players.len(), FINISHED_PLAYERS_KEPT);
     assert_eq!(h.fleet.player_index.len(), FINISHED_PLAYERS_KEPT);
     assert_eq!(h.fleet.session_players[&s.id].len(), FINISHED_PLAYERS_KEPT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn update_session_changes_fields_and_its_own_protection() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.activated(pid, 2);
+    let update = |fields: SessionUpdate| {
+        Control::UpdateSession(SessionUpdate {
+            gss_id: s.id.clone(),
+            ..fields
+        })
+    };
+    let bad = h.fleet.control(
+        update(SessionUpdate {
+            protection: Some("Forever".into()),
+            ..Default::default()
+        }),
+        h.now,
+    );
+    assert!(
+        matches!(
+            bad,
+            Err(FleetError::Invalid {
+                param: "ProtectionPolicy",
+                ..
+            })
+        ),
+        "{bad:?}"
+    );
+    let ok = h.fleet.control(
+        update(SessionUpdate {
+            max_players: Some(8),
+            name: Some("renamed".into()),
+            creation_policy: Some("DENY_ALL".into()),
+            protection: Some("FullProtection".into()),
+            ..Default::default()
+        }),
+        h.now,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    let now = h.session(&s.id);
+    assert_eq!((now.max_players, now.name.as_str()), (8, "renamed"));
+    assert!(
+        matches!(h.join(&s.id, 1), Err(FleetError::Denied(_))),
+        "DENY_ALL"
+    );
+    // FullProtection on the session: OnProcessTerminate carries no deadline and none fires.
+    h.fleet
+        .control(
+            Control::EndSessionAndProcess {
+                gss_id: s.id.clone(),
+            },
+            h.now,
+        )
+        .unwrap();
+    let effects = h.settle();
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Terminate {
+                termination_time: 0,
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    let effects = h.advance(Duration::from_secs(3600));
+    assert!(!effects.iter().any(|e| is_stop(e, pid)));
 }
