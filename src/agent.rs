@@ -216,8 +216,7 @@ impl Agent {
             (Some(u), Some(ucfg)) => Some(tokio::spawn(
                 upstream::relay::run(
                     ucfg.clone(),
-                    self.cfg.fleet_id.clone(),
-                    self.cfg.instance_id.clone(),
+                    self.cfg.clone(),
                     u.outbox.clone(),
                     fleet.clone(),
                     bus.clone(),

@@ -70,6 +70,8 @@ pub enum EventCode {
     AgentStarted,
     /// Agent: the agent is shutting down.
     AgentStopping,
+    /// Agent: the runtime configuration was replaced.
+    RuntimeConfigurationUpdated,
     /// Agent: the host was told to drain.
     InstanceDraining,
     /// Agent: the host takes sessions again.
@@ -127,6 +129,7 @@ names! {
     PlayerSessionTimedOut => "PLAYER_SESSION_TIMED_OUT",
     AgentStarted => "AGENT_STARTED",
     AgentStopping => "AGENT_STOPPING",
+    RuntimeConfigurationUpdated => "RUNTIME_CONFIGURATION_UPDATED",
     InstanceDraining => "INSTANCE_DRAINING",
     InstanceUndrained => "INSTANCE_UNDRAINED",
     UpstreamOutboxFull => "UPSTREAM_OUTBOX_FULL",

@@ -148,6 +148,7 @@ impl Capi {
             "DescribePlayerSessions" => self.describe_players(map).await,
             "EndGameServerSessionAndProcess" => self.end_session_and_process(map).await,
             "UpdateGameServerSession" => self.update_session(map).await,
+            "UpdateRuntimeConfiguration" => self.update_runtime(map).await,
             "DescribeFleetEvents" => self.describe_events(map),
             "DescribeInstancesExtend" => self.describe_instance(map).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
@@ -398,6 +399,26 @@ impl Capi {
         }
     }
 
+    async fn update_runtime(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["FleetId", "RuntimeConfiguration"])?;
+        self.check_fleet(&p, true)?;
+        let rc = match p.raw("RuntimeConfiguration") {
+            Some(v @ Value::Object(_)) => v.to_string(),
+            Some(other) => {
+                return Err(CapiError::type_of(
+                    "RuntimeConfiguration",
+                    "an object",
+                    other,
+                ));
+            }
+            None => return Err(CapiError::missing("RuntimeConfiguration")),
+        };
+        let cmd = Control::update_runtime(&rc, &self.cfg.game_root)
+            .map_err(|e| CapiError::new(e.tencent_code(), e.to_string()))?;
+        self.fleet.control(cmd).await?;
+        Ok(json!({}))
+    }
+
     fn describe_events(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "Limit", "Offset"])?;
         self.check_fleet(&p, false)?;
@@ -442,6 +463,7 @@ pub const ACTIONS: &[&str] = &[
     "DescribePlayerSessions",
     "EndGameServerSessionAndProcess",
     "UpdateGameServerSession",
+    "UpdateRuntimeConfiguration",
     "DescribeFleetEvents",
     "DescribeInstancesExtend",
     "DescribeServerProcesses",

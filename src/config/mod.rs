@@ -436,7 +436,7 @@ struct RawServerProcess {
 }
 
 /// One `ServerProcesses` entry, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessSpec {
     /// As written (GSE form, e.g. `/local/game/server`).
     pub launch_path: String,
@@ -451,7 +451,7 @@ pub struct ProcessSpec {
 }
 
 /// The fleet's runtime configuration, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfiguration {
     /// The launch entries.
     pub server_processes: Vec<ProcessSpec>,
@@ -853,6 +853,37 @@ impl Validator<'_> {
             max_concurrent_activations: max_act.clamp(1, i64::from(i32::MAX)) as u32,
             activation_timeout: Duration::from_secs(timeout.clamp(1, 600) as u64),
         }
+    }
+}
+
+/// Parses and validates a RuntimeConfiguration given on its own (Tencent's JSON, or YAML), as
+/// UpdateRuntimeConfiguration carries it; LaunchPaths are resolved against `game_root`.
+pub fn parse_runtime(text: &str, game_root: &Path) -> Result<RuntimeConfiguration, ConfigError> {
+    let file = "RuntimeConfiguration";
+    let raw: RawRuntime = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            file: file.to_string(),
+            line,
+            column,
+            message: sections::without_position(&e.to_string()),
+        }
+    })?;
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
+    let runtime = v.runtime(&raw, game_root);
+    if v.problems.is_empty() {
+        Ok(runtime)
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_string(),
+            problems: v.problems,
+        })
     }
 }
 

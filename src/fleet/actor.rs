@@ -243,7 +243,7 @@ impl Actor {
                 pid,
                 gss_id,
                 result,
-            } => self.fleet.start_session_result(pid, &gss_id, result),
+            } => self.fleet.start_session_result(pid, &gss_id, result, now),
         }
     }
 

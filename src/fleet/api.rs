@@ -289,6 +289,9 @@ pub enum Control {
     DescribeInstance,
     /// UpdateGameServerSession: each field that is set changes.
     UpdateSession(SessionUpdate),
+    /// UpdateRuntimeConfiguration (already validated): new processes start under it; old ones
+    /// retire as their sessions end.
+    UpdateRuntime(Box<crate::config::RuntimeConfiguration>),
     /// Drain (true): place no new game server sessions here; running ones end on their own.
     /// Undrain (false) places sessions again.
     SetDraining(bool),
@@ -442,5 +445,18 @@ impl FleetError {
             Self::Limit(_) => "LimitExceeded",
             Self::UnknownPid(_) => "InternalError",
         }
+    }
+}
+
+impl Control {
+    /// UpdateRuntimeConfiguration from Tencent's RuntimeConfiguration JSON: parsed and checked
+    /// by the same rules as agent.yaml, for every door.
+    pub fn update_runtime(json: &str, game_root: &std::path::Path) -> Result<Self, FleetError> {
+        crate::config::parse_runtime(json, game_root)
+            .map(|r| Self::UpdateRuntime(Box::new(r)))
+            .map_err(|e| FleetError::Invalid {
+                param: "RuntimeConfiguration",
+                message: e.to_string(),
+            })
     }
 }

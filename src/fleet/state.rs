@@ -12,7 +12,7 @@ use super::api::{
 };
 use super::restart::{Breaker, backoff};
 use super::timers::{Timer, Timers};
-use crate::config::{Config, ProcessSpec};
+use crate::config::{Config, ProcessSpec, RuntimeConfiguration};
 use crate::event::{Event, EventCode, ExitDetails};
 use crate::process::ExitInfo;
 use crate::session::{
@@ -28,6 +28,8 @@ enum TerminateReason {
     Unhealthy,
     Requested,
     Shutdown,
+    /// Its runtime configuration was replaced.
+    Retired,
 }
 
 impl TerminateReason {
@@ -36,6 +38,7 @@ impl TerminateReason {
             Self::Unhealthy => StopReason::Unhealthy,
             Self::Requested => StopReason::Forced,
             Self::Shutdown => StopReason::Shutdown,
+            Self::Retired => StopReason::Forced,
         }
     }
 }
@@ -96,6 +99,9 @@ struct Slot {
     pid: Option<u32>,
     launch: LaunchState,
     failures: u32,
+    /// From an older runtime configuration: never relaunched; its process is retired as soon
+    /// as it hosts no session.
+    retiring: bool,
 }
 
 /// Where a slot's next process is; exactly one launch is ever under way per slot.
@@ -111,6 +117,7 @@ enum LaunchState {
 
 #[derive(Debug, Default)]
 struct Entry {
+    spec: ProcessSpec,
     breaker: Breaker,
     /// An invalid launch path was reported and has not launched since: do not repeat it.
     invalid_path_reported: bool,
@@ -134,34 +141,23 @@ pub struct Fleet {
     effects: Vec<Effect>,
     shutting_down: bool,
     draining: bool,
+    max_activations: u32,
+    activation_timeout: Duration,
+    /// Processes of retiring slots whose session just ended: told to terminate at the end of
+    /// the current input.
+    retire_later: Vec<u32>,
 }
 
 impl Fleet {
     /// A fleet for `cfg`, with nothing launched yet; call [`Fleet::start`].
     pub fn new(cfg: Arc<Config>) -> Self {
-        let mut slots = Vec::new();
-        for (entry, spec) in cfg.runtime.server_processes.iter().enumerate() {
-            for replica in 0..spec.concurrent_executions {
-                slots.push(Slot {
-                    entry,
-                    replica,
-                    generation: 0,
-                    pid: None,
-                    launch: LaunchState::Idle,
-                    failures: 0,
-                });
-            }
-        }
-        let entries = cfg
-            .runtime
-            .server_processes
-            .iter()
-            .map(|_| Entry::default())
-            .collect();
-        Self {
+        let runtime = cfg.runtime.clone();
+        let mut fleet = Self {
+            max_activations: runtime.max_concurrent_activations,
+            activation_timeout: runtime.activation_timeout,
             cfg,
-            slots,
-            entries,
+            slots: Vec::new(),
+            entries: Vec::new(),
             procs: HashMap::new(),
             sessions: HashMap::new(),
             session_order: BTreeMap::new(),
@@ -175,6 +171,73 @@ impl Fleet {
             effects: Vec::new(),
             shutting_down: false,
             draining: false,
+            retire_later: Vec::new(),
+        };
+        fleet.add_entries(&runtime);
+        fleet
+    }
+
+    /// Adds the entries of `runtime` and their slots (not launched).
+    fn add_entries(&mut self, runtime: &RuntimeConfiguration) -> Vec<usize> {
+        let mut added = Vec::new();
+        for spec in &runtime.server_processes {
+            let entry = self.entries.len();
+            self.entries.push(Entry {
+                spec: spec.clone(),
+                ..Entry::default()
+            });
+            for replica in 0..spec.concurrent_executions {
+                added.push(self.slots.len());
+                self.slots.push(Slot {
+                    entry,
+                    replica,
+                    generation: 0,
+                    pid: None,
+                    launch: LaunchState::Idle,
+                    failures: 0,
+                    retiring: false,
+                });
+            }
+        }
+        self.max_activations = runtime.max_concurrent_activations;
+        self.activation_timeout = runtime.activation_timeout;
+        added
+    }
+
+    /// UpdateRuntimeConfiguration (GSE's rule): new processes start under the new
+    /// configuration now; old ones without a game server session are told to terminate; old
+    /// ones with a session keep running until it ends and are then retired. The total never
+    /// exceeds the new one by more than the retiring processes.
+    fn update_runtime(&mut self, runtime: RuntimeConfiguration, now: Instant) {
+        let old: Vec<usize> = (0..self.slots.len())
+            .filter(|s| !self.slots[*s].retiring)
+            .collect();
+        for slot in old {
+            self.slots[slot].retiring = true;
+            if let Some(pid) = self.slots[slot].pid
+                && self.live_session_policy(pid).is_none()
+            {
+                self.terminate(pid, TerminateReason::Retired, now);
+            }
+        }
+        let total = runtime
+            .server_processes
+            .iter()
+            .map(|p| p.concurrent_executions)
+            .sum::<u32>();
+        self.emit(Event::new(
+            EventCode::RuntimeConfigurationUpdated,
+            format!("runtime configuration updated: {total} process(es); old processes retire as their sessions end"),
+        ));
+        for slot in self.add_entries(&runtime) {
+            self.launch(slot);
+        }
+    }
+
+    /// Retires the processes whose sessions ended while their slot was retiring.
+    fn retire_pending(&mut self, now: Instant) {
+        for pid in std::mem::take(&mut self.retire_later) {
+            self.terminate(pid, TerminateReason::Retired, now);
         }
     }
 
@@ -185,7 +248,7 @@ impl Fleet {
 
     /// The spec a slot launches.
     pub fn spec(&self, slot: usize) -> &ProcessSpec {
-        &self.cfg.runtime.server_processes[self.slots[slot].entry]
+        &self.entries[self.slots[slot].entry].spec
     }
 
     /// The earliest timer.
@@ -262,7 +325,7 @@ impl Fleet {
             now + self.cfg.timeouts.process_ready.get(),
             Timer::ReadyTimeout { pid, serial },
         );
-        let launch_path = self.cfg.runtime.server_processes[entry].launch_path.clone();
+        let launch_path = self.entries[entry].spec.launch_path.clone();
         self.emit(
             Event::new(
                 EventCode::ServerProcessStarted,
@@ -338,7 +401,7 @@ impl Fleet {
         let entry = s.entry;
         if let Some(count) = self.entries[entry].breaker.record(policy, now) {
             let until = self.cfg.restart.crash_loop_cool_down.get();
-            let launch_path = self.cfg.runtime.server_processes[entry].launch_path.clone();
+            let launch_path = self.entries[entry].spec.launch_path.clone();
             self.emit(Event::new(
                 EventCode::ServerProcessCrashLoop,
                 format!(
@@ -353,7 +416,8 @@ impl Fleet {
     }
 
     fn schedule_launch(&mut self, slot: usize, now: Instant, delay: Duration) {
-        if self.shutting_down {
+        if self.shutting_down || self.slots[slot].retiring {
+            self.slots[slot].launch = LaunchState::Idle;
             return;
         }
         let entry = self.slots[slot].entry;
@@ -490,7 +554,13 @@ impl Fleet {
     }
 
     /// OnStartGameServerSession returned; `Err` carries why it failed.
-    pub fn start_session_result(&mut self, pid: u32, gss_id: &str, result: Result<(), String>) {
+    pub fn start_session_result(
+        &mut self,
+        pid: u32,
+        gss_id: &str,
+        result: Result<(), String>,
+        now: Instant,
+    ) {
         let Err(why) = result else { return };
         let activating = self
             .sessions
@@ -506,6 +576,7 @@ impl Fleet {
                 p.session = None;
             }
         }
+        self.retire_pending(now);
     }
 
     /// Fires every due timer.
@@ -513,12 +584,16 @@ impl Fleet {
         while let Some(timer) = self.timers.pop_due(now) {
             self.fire(timer, now);
         }
+        self.retire_pending(now);
     }
 
     fn fire(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Launch { slot } => {
-                if self.slots[slot].launch == LaunchState::Scheduled && !self.shutting_down {
+                if self.slots[slot].launch == LaunchState::Scheduled
+                    && !self.shutting_down
+                    && !self.slots[slot].retiring
+                {
                     // A slot scheduled before its entry tripped waits out the cool-down.
                     self.schedule_launch(slot, now, Duration::ZERO);
                 }
@@ -564,7 +639,7 @@ impl Fleet {
                     return;
                 }
                 let (pid, process_id) = (s.pid, s.process_id.clone());
-                let timeout = self.cfg.runtime.activation_timeout;
+                let timeout = self.activation_timeout;
                 self.emit(
                     Event::new(
                         EventCode::GameSessionActivationTimeout,
@@ -584,7 +659,7 @@ impl Fleet {
             }
             Timer::BreakerEnd { entry } => {
                 self.entries[entry].breaker.paused_until = None;
-                let launch_path = self.cfg.runtime.server_processes[entry].launch_path.clone();
+                let launch_path = self.entries[entry].spec.launch_path.clone();
                 self.emit(Event::new(
                     EventCode::ServerProcessCrashLoopEnded,
                     format!("{launch_path}: cool-down over; launching again"),
@@ -643,7 +718,9 @@ impl Fleet {
             TerminateReason::Unhealthy => protection
                 .grace(hosts_session)
                 .or(Some(protection.time_limit)),
-            TerminateReason::Requested => protection.grace(hosts_session),
+            TerminateReason::Requested | TerminateReason::Retired => {
+                protection.grace(hosts_session)
+            }
         };
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
@@ -681,6 +758,7 @@ impl Fleet {
             TerminateReason::Unhealthy => "unhealthy",
             TerminateReason::Requested => "requested",
             TerminateReason::Shutdown => "agent shutdown",
+            TerminateReason::Retired => "retired by a runtime configuration update",
         };
         let deadline = grace
             .map(|g| format!("must end within {}", humantime::format_duration(g)))
@@ -721,6 +799,12 @@ impl Fleet {
 
     /// Handles a GSE SDK call from the process `pid`.
     pub fn sdk(&mut self, pid: u32, call: SdkCall, now: Instant) -> Result<SdkReply, FleetError> {
+        let r = self.sdk_call(pid, call, now);
+        self.retire_pending(now);
+        r
+    }
+
+    fn sdk_call(&mut self, pid: u32, call: SdkCall, now: Instant) -> Result<SdkReply, FleetError> {
         if !self.procs.contains_key(&pid) {
             return Err(FleetError::UnknownPid(pid));
         }
@@ -941,6 +1025,12 @@ impl Fleet {
 
     /// Handles a control command.
     pub fn control(&mut self, cmd: Control, now: Instant) -> Result<ControlReply, FleetError> {
+        let r = self.control_command(cmd, now);
+        self.retire_pending(now);
+        r
+    }
+
+    fn control_command(&mut self, cmd: Control, now: Instant) -> Result<ControlReply, FleetError> {
         match cmd {
             Control::CreateSession(req) => {
                 req.check()?;
@@ -998,6 +1088,13 @@ impl Fleet {
             Control::UpdateSession(u) => {
                 Ok(ControlReply::Session(Box::new(self.update_session(u)?)))
             }
+            Control::UpdateRuntime(runtime) => {
+                if self.shutting_down {
+                    return Err(FleetError::Denied("the agent is shutting down".into()));
+                }
+                self.update_runtime(*runtime, now);
+                Ok(ControlReply::Done)
+            }
             Control::SetDraining(on) => {
                 if self.draining != on {
                     self.draining = on;
@@ -1022,7 +1119,7 @@ impl Fleet {
     /// DescribeInstancesExtend's counters.
     pub fn counters(&self) -> InstanceCounters {
         let mut c = InstanceCounters {
-            max_game_session_cnt: self.slots.len() as u32,
+            max_game_session_cnt: self.slots.iter().filter(|s| !s.retiring).count() as u32,
             draining: self.draining,
             ..Default::default()
         };

@@ -3,7 +3,9 @@
 
 use crate::capi::view;
 use crate::fleet::actor::HandleError;
-use crate::fleet::{Control, ControlReply, FleetHandle, NewPlayer, NewSession, SessionUpdate};
+use crate::fleet::{
+    Control, ControlReply, FleetError, FleetHandle, NewPlayer, NewSession, SessionUpdate,
+};
 use crate::upstream_proto as up;
 use up::command::Kind;
 
@@ -12,8 +14,11 @@ fn opt(s: String) -> Option<String> {
 }
 
 /// The typed command of a wire command.
-pub fn to_control(kind: Kind) -> Control {
-    match kind {
+pub fn to_control(kind: Kind, game_root: &std::path::Path) -> Result<Control, FleetError> {
+    Ok(match kind {
+        Kind::UpdateRuntimeConfiguration(u) => {
+            return Control::update_runtime(&u.runtime_configuration_json, game_root);
+        }
         Kind::CreateGameServerSession(c) => Control::CreateSession(NewSession {
             max_players: c.maximum_player_session_count,
             name: c.name,
@@ -49,16 +54,24 @@ pub fn to_control(kind: Kind) -> Control {
             creation_policy: u.player_session_creation_policy,
             protection: u.protection_policy,
         }),
-    }
+    })
 }
 
 /// Applies one command and says how it went.
-pub async fn handle(fleet: &FleetHandle, command: up::Command) -> up::CommandResult {
+pub async fn handle(
+    fleet: &FleetHandle,
+    game_root: &std::path::Path,
+    command: up::Command,
+) -> up::CommandResult {
     let id = command.id.clone();
     let Some(kind) = command.kind else {
         return failure(id, "MissingParameter", "the command has no kind".into());
     };
-    match fleet.control(to_control(kind)).await {
+    let control = match to_control(kind, game_root) {
+        Ok(c) => c,
+        Err(e) => return failure(id, e.tencent_code(), e.to_string()),
+    };
+    match fleet.control(control).await {
         Ok(reply) => up::CommandResult {
             command_id: id,
             ok: true,

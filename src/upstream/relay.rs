@@ -14,7 +14,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::commands;
 use super::outbox::Outbox;
-use crate::config::UpstreamConfig;
+use std::sync::Arc;
+
+use crate::config::{Config, UpstreamConfig};
 use crate::event::{Event, EventBus, EventCode};
 use crate::fleet::{Control, ControlReply, FleetHandle};
 use crate::upstream_proto as up;
@@ -107,8 +109,7 @@ async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
 /// Runs until `shutdown`, reconnecting as needed.
 pub async fn run(
     cfg: UpstreamConfig,
-    fleet_id: String,
-    instance_id: String,
+    agent: Arc<Config>,
     outbox: Outbox,
     fleet: FleetHandle,
     bus: EventBus,
@@ -120,7 +121,7 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&cfg, &fleet_id, &instance_id, &outbox, &fleet, &bus, &shutdown, &mut connected_before) => r,
+            r = session(&cfg, &agent, &outbox, &fleet, &bus, &shutdown, &mut connected_before) => r,
         };
         if shutdown.is_cancelled() {
             return;
@@ -166,8 +167,7 @@ fn jitter(d: Duration) -> Duration {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &UpstreamConfig,
-    fleet_id: &str,
-    instance_id: &str,
+    agent: &Config,
     outbox: &Outbox,
     fleet: &FleetHandle,
     bus: &EventBus,
@@ -183,8 +183,8 @@ async fn session(
     let (tx, rx) = mpsc::channel::<up::AgentMessage>(256);
     let acked = outbox.acked();
     tx.send(msg(up::agent_message::Body::Hello(up::Hello {
-        fleet_id: fleet_id.to_string(),
-        instance_id: instance_id.to_string(),
+        fleet_id: agent.fleet_id.clone(),
+        instance_id: agent.instance_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         last_acked_sequence: acked,
     })))
@@ -209,6 +209,7 @@ async fn session(
     ));
     tracing::info!(upstream.endpoint = %cfg.endpoint, upstream.acked = acked, "connected to the control plane");
 
+    let cfg_game_root = agent.game_root.clone();
     let mut committed = outbox.committed();
     let mut sent = acked;
     let mut pending: VecDeque<up::Event> = VecDeque::new();
@@ -232,8 +233,9 @@ async fn session(
                 Some(up::ControlMessage { body: Some(up::control_message::Body::Command(c)) }) => {
                     let fleet = fleet.clone();
                     let results_tx = results_tx.clone();
+                    let game_root = cfg_game_root.clone();
                     tokio::spawn(async move {
-                        let _ = results_tx.send(commands::handle(&fleet, c).await);
+                        let _ = results_tx.send(commands::handle(&fleet, &game_root, c).await);
                     });
                 }
                 Some(_) => {}

@@ -204,7 +204,10 @@ fn idempotency_token_returns_the_same_session() {
 fn update_game_server_session_through_the_control_api() {
     let agent = Agent::start(&config(&entry("", 1), QUICK_STOP));
     agent.wait_ready(1);
-    let id = agent.create_session(2)["GameServerSessionId"].as_str().unwrap().to_string();
+    let id = agent.create_session(2)["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let updated = agent.ok(json!({
         "Action": "UpdateGameServerSession",
         "GameServerSessionId": id,

@@ -411,3 +411,60 @@ fn mutual_tls_needs_the_client_certificate() {
     with.wait_ready(1);
     cp.wait_event("SERVER_PROCESS_READY");
 }
+
+#[test]
+fn a_runtime_configuration_change_drains_old_processes() {
+    use up::command::Kind;
+    let cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(&entry("", 2), &upstream_yaml(&cp, "")));
+    agent.wait_ready(2);
+    let s = agent.create_session(2);
+    let id = s["GameServerSessionId"].as_str().unwrap().to_string();
+    agent.wait_session_status(&id, "ACTIVE");
+    let bad = up::UpdateRuntimeConfiguration {
+        runtime_configuration_json:
+            r#"{"ServerProcesses": [{"LaunchPath": "/usr/bin/x", "ConcurrentExecutions": 1}]}"#
+                .into(),
+    };
+    cp.command("r0", Kind::UpdateRuntimeConfiguration(bad));
+    let r = cp.result("r0");
+    assert_eq!(
+        (r.ok, r.error_code.as_str()),
+        (false, "InvalidParameterValue")
+    );
+    assert!(r.message.contains("outside the game root"), "{}", r.message);
+    let json = r#"{"ServerProcesses": [{"LaunchPath": "/local/game/server", "Parameters": "--say v2", "ConcurrentExecutions": 1}]}"#;
+    cp.command(
+        "r1",
+        Kind::UpdateRuntimeConfiguration(up::UpdateRuntimeConfiguration {
+            runtime_configuration_json: json.into(),
+        }),
+    );
+    assert!(cp.result("r1").ok);
+    // The idle old process ends; the new one comes up; the session's host keeps running.
+    let processes = wait_for("one old (hosting) and one new process", || {
+        let ps = agent.processes();
+        let ids: Vec<String> = ps
+            .iter()
+            .map(|p| p["ProcessId"].as_str().unwrap().to_string())
+            .collect();
+        (ps.len() == 2
+            && ids.iter().any(|i| i.starts_with("proc-1-"))
+            && ps.iter().any(|p| p["GameServerSessionId"] == id.as_str()))
+        .then_some(ps)
+    });
+    assert!(processes.iter().all(|p| p["Restarts"] == 0));
+    assert_eq!(
+        agent.session(&id)["Status"],
+        "ACTIVE",
+        "the session was not disturbed"
+    );
+    // When the session ends, its old process is retired and not replaced.
+    agent.ok(json!({"Action": "EndGameServerSessionAndProcess", "GameServerSessionId": id}));
+    wait_for("only the new process", || {
+        let ps = agent.processes();
+        (ps.len() == 1 && ps[0]["ProcessId"].as_str().unwrap().starts_with("proc-1-")).then_some(())
+    });
+    let instance = &agent.ok(json!({"Action": "DescribeInstancesExtend"}))["Instances"][0];
+    assert_eq!(instance["MaxGameSessionCnt"], 1);
+}

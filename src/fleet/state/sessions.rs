@@ -63,6 +63,10 @@ impl Fleet {
             && p.session.as_deref() == Some(gss_id)
         {
             p.session = None;
+            let retiring = self.slots[p.slot].retiring;
+            if retiring && matches!(p.phase, Phase::Active) {
+                self.retire_later.push(pid);
+            }
         }
         for seq in self
             .session_players
@@ -152,7 +156,7 @@ impl Fleet {
             .values()
             .filter(|(_, s)| s.status == GssStatus::Activating)
             .count();
-        let limit = self.cfg.runtime.max_concurrent_activations as usize;
+        let limit = self.max_activations as usize;
         if activating >= limit {
             return Err(FleetError::Limit(format!(
                 "{activating} game server session(s) are ACTIVATING; MaxConcurrentGameServerSessionActivations is {limit}"
@@ -208,7 +212,7 @@ impl Fleet {
             self.idempotency.insert(token, id.clone());
         }
         self.timers.add(
-            now + self.cfg.runtime.activation_timeout,
+            now + self.activation_timeout,
             Timer::ActivationTimeout { gss_id: id.clone() },
         );
         self.emit(

@@ -980,3 +980,73 @@ async fn update_session_changes_fields_and_its_own_protection() {
     let effects = h.advance(Duration::from_secs(3600));
     assert!(!effects.iter().any(|e| is_stop(e, pid)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_update_starts_new_processes_and_retires_old_ones_as_sessions_end() {
+    let mut h = Harness::new();
+    let old = h.pids();
+    for pid in &old {
+        h.ready(*pid);
+    }
+    let s = h.activated(old[0], 2);
+    let runtime = config::parse_runtime(
+        r#"{"ServerProcesses": [{"LaunchPath": "/local/game/v2", "ConcurrentExecutions": 2}],
+            "GameServerSessionActivationTimeoutSeconds": 9}"#,
+        Path::new("/srv/gse-data/game"),
+    )
+    .unwrap();
+    h.fleet
+        .control(Control::UpdateRuntime(Box::new(runtime)), h.now)
+        .unwrap();
+    let effects = h.settle();
+    // Idle old processes are told to terminate; the one hosting a session is not.
+    let told: Vec<u32> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Terminate { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 2, "{effects:?}");
+    assert!(!told.contains(&old[0]));
+    assert!(h.codes().contains(&EventCode::RuntimeConfigurationUpdated));
+    // Two new processes under the new LaunchPath: 3 old + 2 new while the old ones drain.
+    assert_eq!(h.pids().len(), 5);
+    let new: Vec<u32> = h.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    for pid in &new {
+        assert_eq!(
+            h.fleet.spec(h.fleet.procs[pid].slot).launch_path,
+            "/local/game/v2"
+        );
+    }
+    assert_eq!(h.fleet.counters().max_game_session_cnt, 2);
+    // The retired idle ones end and are not replaced.
+    for pid in &told {
+        h.exit(*pid, 0);
+    }
+    assert_eq!(h.pids().len(), 3);
+    // The session ends: its old process is retired then.
+    h.fleet
+        .sdk(
+            old[0],
+            SdkCall::TerminateSession {
+                gss_id: s.id.clone(),
+            },
+            h.now,
+        )
+        .unwrap();
+    let effects = h.settle();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Terminate { pid, .. } if *pid == old[0])),
+        "{effects:?}"
+    );
+    h.exit(old[0], 0);
+    let mut left = h.pids();
+    left.sort();
+    let mut want = new.clone();
+    want.sort();
+    assert_eq!(left, want, "only the new processes remain");
+    assert_eq!(h.fleet.activation_timeout, Duration::from_secs(9));
+}
