@@ -348,7 +348,7 @@ pub fn package_plan(cfg: &Config, build: PathBuf) -> package::Plan {
 /// run as.
 pub async fn install_build(
     cfg: &Config,
-    accounts: &dyn Accounts,
+    accounts: &(dyn Accounts + Sync),
 ) -> Result<Option<RunAs>, AgentError> {
     match &cfg.build {
         Some(build) => {

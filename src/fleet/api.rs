@@ -292,6 +292,9 @@ pub enum Control {
     /// UpdateRuntimeConfiguration (already validated): new processes start under it; old ones
     /// retire as their sessions end.
     UpdateRuntime(Box<crate::config::RuntimeConfiguration>),
+    /// A new build went live: relaunch every entry under the current runtime configuration,
+    /// old processes retiring as their sessions end.
+    Redeploy,
     /// Drain (true): place no new game server sessions here; running ones end on their own.
     /// Undrain (false) places sessions again.
     SetDraining(bool),

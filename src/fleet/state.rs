@@ -204,6 +204,26 @@ impl Fleet {
         added
     }
 
+    /// The runtime configuration in force (the entries of non-retiring slots).
+    fn current_runtime(&self) -> RuntimeConfiguration {
+        let mut entries: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .map(|s| s.entry)
+            .collect();
+        entries.dedup(); // slots of one entry are contiguous
+        let server_processes = entries
+            .into_iter()
+            .map(|e| self.entries[e].spec.clone())
+            .collect();
+        RuntimeConfiguration {
+            server_processes,
+            max_concurrent_activations: self.max_activations,
+            activation_timeout: self.activation_timeout,
+        }
+    }
+
     /// UpdateRuntimeConfiguration (GSE's rule): new processes start under the new
     /// configuration now; old ones without a game server session are told to terminate; old
     /// ones with a session keep running until it ends and are then retired. The total never
@@ -1093,6 +1113,14 @@ impl Fleet {
                     return Err(FleetError::Denied("the agent is shutting down".into()));
                 }
                 self.update_runtime(*runtime, now);
+                Ok(ControlReply::Done)
+            }
+            Control::Redeploy => {
+                if self.shutting_down {
+                    return Err(FleetError::Denied("the agent is shutting down".into()));
+                }
+                let current = self.current_runtime();
+                self.update_runtime(current, now);
                 Ok(ControlReply::Done)
             }
             Control::SetDraining(on) => {

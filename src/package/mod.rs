@@ -326,7 +326,7 @@ pub async fn install_script(
 pub fn run_as(
     plan: &Plan,
     build: &Unpacked,
-    accounts: &dyn Accounts,
+    accounts: &(dyn Accounts + Sync),
 ) -> Result<Option<RunAs>, PackageError> {
     let spec = match &plan.run_as {
         Some(s) => Some(s.clone()),
@@ -388,7 +388,10 @@ fn prune(builds: &Path, active: &str) {
 }
 
 /// The whole sequence for `gse-agent run`: unpack, install.sh, run-as, switch.
-pub async fn install(plan: &Plan, accounts: &dyn Accounts) -> Result<Installed, PackageError> {
+pub async fn install(
+    plan: &Plan,
+    accounts: &(dyn Accounts + Sync),
+) -> Result<Installed, PackageError> {
     let build = unpack(plan).await?;
     let script = install_script(plan, &build).await?;
     let run_as = run_as(plan, &build, accounts)?;

@@ -2,10 +2,12 @@
 //! local control API sends, and gets exactly one result.
 
 use crate::capi::view;
+use crate::config::Config;
 use crate::fleet::actor::HandleError;
 use crate::fleet::{
     Control, ControlReply, FleetError, FleetHandle, NewPlayer, NewSession, SessionUpdate,
 };
+use crate::package;
 use crate::upstream_proto as up;
 use up::command::Kind;
 
@@ -13,9 +15,53 @@ fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// One deployment at a time.
+static DEPLOYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// DeployBuild: check the hash, install exactly as at start (unpack, install.sh, switch), then
+/// roll the processes. The previous build stays live on any failure.
+async fn deploy(
+    fleet: &FleetHandle,
+    cfg: &Config,
+    d: up::DeployBuild,
+) -> Result<ControlReply, (&'static str, String)> {
+    let location = d.location.strip_prefix("file://").unwrap_or(&d.location);
+    if location.contains("://") {
+        return Err((
+            "UnsupportedOperation",
+            format!(
+                "DeployBuild takes a path on the host or a file:// URL, not {:?}; fetch the build first",
+                d.location
+            ),
+        ));
+    }
+    let path = std::path::PathBuf::from(location);
+    let _one = DEPLOYING.lock().await;
+    let p = path.clone();
+    let hash = tokio::task::spawn_blocking(move || package::content_hash(&p))
+        .await
+        .map_err(|e| ("InternalError", e.to_string()))?
+        .map_err(|e| ("InvalidParameterValue", e.to_string()))?;
+    if !hash.eq_ignore_ascii_case(d.sha256.trim()) {
+        return Err((
+            "InvalidParameterValue",
+            format!("the build's sha256 is {hash}, not {}", d.sha256.trim()),
+        ));
+    }
+    let plan = crate::agent::package_plan(cfg, path);
+    package::install(&plan, &package::System)
+        .await
+        .map_err(|e| ("OperationDenied", e.to_string()))?;
+    fleet.control(Control::Redeploy).await.map_err(|e| match e {
+        HandleError::Fleet(f) => (f.tencent_code(), f.to_string()),
+        HandleError::Stopped => ("OperationDenied", "the agent is shutting down".into()),
+    })
+}
+
 /// The typed command of a wire command.
 pub fn to_control(kind: Kind, game_root: &std::path::Path) -> Result<Control, FleetError> {
     Ok(match kind {
+        Kind::DeployBuild(_) => unreachable!("handled before"),
         Kind::UpdateRuntimeConfiguration(u) => {
             return Control::update_runtime(&u.runtime_configuration_json, game_root);
         }
@@ -58,16 +104,22 @@ pub fn to_control(kind: Kind, game_root: &std::path::Path) -> Result<Control, Fl
 }
 
 /// Applies one command and says how it went.
-pub async fn handle(
-    fleet: &FleetHandle,
-    game_root: &std::path::Path,
-    command: up::Command,
-) -> up::CommandResult {
+pub async fn handle(fleet: &FleetHandle, cfg: &Config, command: up::Command) -> up::CommandResult {
     let id = command.id.clone();
     let Some(kind) = command.kind else {
         return failure(id, "MissingParameter", "the command has no kind".into());
     };
-    let control = match to_control(kind, game_root) {
+    if let Kind::DeployBuild(d) = kind {
+        return match deploy(fleet, cfg, d).await {
+            Ok(_) => up::CommandResult {
+                command_id: id,
+                ok: true,
+                ..Default::default()
+            },
+            Err((code, message)) => failure(id, code, message),
+        };
+    }
+    let control = match to_control(kind, &cfg.game_root) {
         Ok(c) => c,
         Err(e) => return failure(id, e.tencent_code(), e.to_string()),
     };

@@ -167,7 +167,7 @@ fn jitter(d: Duration) -> Duration {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &UpstreamConfig,
-    agent: &Config,
+    agent: &Arc<Config>,
     outbox: &Outbox,
     fleet: &FleetHandle,
     bus: &EventBus,
@@ -209,7 +209,6 @@ async fn session(
     ));
     tracing::info!(upstream.endpoint = %cfg.endpoint, upstream.acked = acked, "connected to the control plane");
 
-    let cfg_game_root = agent.game_root.clone();
     let mut committed = outbox.committed();
     let mut sent = acked;
     let mut pending: VecDeque<up::Event> = VecDeque::new();
@@ -233,9 +232,9 @@ async fn session(
                 Some(up::ControlMessage { body: Some(up::control_message::Body::Command(c)) }) => {
                     let fleet = fleet.clone();
                     let results_tx = results_tx.clone();
-                    let game_root = cfg_game_root.clone();
+                    let agent = agent.clone();
                     tokio::spawn(async move {
-                        let _ = results_tx.send(commands::handle(&fleet, &game_root, c).await);
+                        let _ = results_tx.send(commands::handle(&fleet, &agent, c).await);
                     });
                 }
                 Some(_) => {}

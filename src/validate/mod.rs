@@ -218,7 +218,7 @@ impl Run<'_> {
 /// `passed: false`.
 pub async fn validate(
     opts: &Options,
-    accounts: &dyn Accounts,
+    accounts: &(dyn Accounts + Sync),
     interrupted: CancellationToken,
     ui: &mut dyn Ui,
 ) -> Result<Report, ValidateError> {

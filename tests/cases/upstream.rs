@@ -468,3 +468,65 @@ fn a_runtime_configuration_change_drains_old_processes() {
     let instance = &agent.ok(json!({"Action": "DescribeInstancesExtend"}))["Instances"][0];
     assert_eq!(instance["MaxGameSessionCnt"], 1);
 }
+
+#[test]
+fn deploy_build_installs_and_rolls_the_processes() {
+    use std::io::Write;
+    use up::command::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, marker: &str| {
+        let path = dir.path().join(name);
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+        w.start_file("srv", opts).unwrap();
+        write!(
+            w,
+            "#!/bin/sh\n# {marker}\nexec {} \"$@\"\n",
+            crate::helper::FAKE_SERVER
+        )
+        .unwrap();
+        w.finish().unwrap();
+        path
+    };
+    let v1 = make("v1.zip", "v1");
+    let v2 = make("v2.zip", "v2");
+    let cp = ControlPlaneFake::start(None, true);
+    let extra = format!("build: {}\n{}", v1.display(), upstream_yaml(&cp, ""));
+    let agent = Agent::start_with(
+        &config(
+            &entry("", 1).replace("/local/game/server", "/local/game/srv"),
+            &extra,
+        ),
+        |game| std::fs::remove_dir_all(game).unwrap(),
+    );
+    agent.wait_ready(1);
+    let deploy = |id: &str, location: String, sha256: String| {
+        cp.command(id, Kind::DeployBuild(up::DeployBuild { location, sha256 }));
+        cp.result(id)
+    };
+    let r = deploy("d0", format!("{}", v2.display()), "00".repeat(32));
+    assert_eq!(
+        (r.ok, r.error_code.as_str()),
+        (false, "InvalidParameterValue"),
+        "{r:?}"
+    );
+    let r = deploy("d1", "https://example.com/v2.zip".into(), "00".into());
+    assert_eq!(r.error_code, "UnsupportedOperation");
+    let hash = gse_agent::package::content_hash(&v2).unwrap();
+    let r = deploy("d2", format!("file://{}", v2.display()), hash.clone());
+    assert!(r.ok, "{r:?}");
+    let live = std::fs::read_link(agent.path("game")).unwrap();
+    assert!(live.ends_with(&hash), "{}", live.display());
+    assert!(
+        std::fs::read_to_string(agent.path("game/srv"))
+            .unwrap()
+            .contains("# v2")
+    );
+    wait_for("only the new build's process", || {
+        let ps = agent.processes();
+        (ps.len() == 1
+            && ps[0]["ProcessId"].as_str().unwrap().starts_with("proc-1-")
+            && ps[0]["Status"] == "ACTIVE")
+            .then_some(())
+    });
+}
