@@ -530,3 +530,36 @@ fn deploy_build_installs_and_rolls_the_processes() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_full_outbox_raises_one_alarm_and_keeps_every_lifecycle_event() {
+    let cp = ControlPlaneFake::start(None, false);
+    let agent = Agent::start(&config(
+        &entry("", 2),
+        &upstream_yaml(&cp, ", outbox-max-bytes: 200"),
+    ));
+    agent.wait_ready(2);
+    let alarm = agent.wait_event("UPSTREAM_OUTBOX_FULL");
+    assert!(
+        alarm["Message"]
+            .as_str()
+            .unwrap()
+            .contains("lifecycle events are kept")
+    );
+    // Supervision and the control API are unaffected.
+    let id = agent.create_session(1)["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    agent.wait_session_status(&id, "ACTIVE");
+    cp.wait_event("GAME_SESSION_ACTIVATED");
+    let all = cp.events();
+    assert_contiguous(&all);
+    assert_eq!(
+        all.iter()
+            .filter(|e| e.code == "UPSTREAM_OUTBOX_FULL")
+            .count(),
+        1
+    );
+    assert_eq!(agent.count("UPSTREAM_OUTBOX_FULL"), 1);
+}
