@@ -283,23 +283,6 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
         let force = CancellationToken::new();
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        if sample {
-            agent::install_sample_build(&cfg)?;
-        }
-        let run_as = agent::install_build(&cfg, &gse_agent::package::System).await?;
-        let data_dir = cfg.data_dir.clone();
-        let agent = Agent::build(cfg, run_as).await?;
-        let endpoints = agent.endpoints();
-        tracing::info!(sdk.addr = %endpoints.sdk_address, capi.addr = ?endpoints.capi_address, "gse-agent started");
-        let notify_socket = std::env::var_os("NOTIFY_SOCKET");
-        let sd_notify = move |state: &str| {
-            if let Some(socket) = &notify_socket
-                && let Err(e) = systemd::notify(socket, state)
-            {
-                tracing::warn!(error = %e, "cannot notify systemd");
-            }
-        };
-        sd_notify("READY=1");
         let (s, f) = (shutdown.clone(), force.clone());
         tokio::spawn(async move {
             let mut count = 0;
@@ -318,6 +301,31 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
                 }
             }
         });
+        if sample {
+            agent::install_sample_build(&cfg)?;
+        }
+        // A build can take minutes to unpack and install: a signal stops that too (dropping
+        // the install kills install.sh's process group; the previous build stays live).
+        let run_as = tokio::select! {
+            r = agent::install_build(&cfg, &gse_agent::package::System) => r?,
+            () = shutdown.cancelled() => {
+                tracing::info!("stopped while installing the build");
+                return anyhow::Ok(());
+            }
+        };
+        let data_dir = cfg.data_dir.clone();
+        let agent = Agent::build(cfg, run_as).await?;
+        let endpoints = agent.endpoints();
+        tracing::info!(sdk.addr = %endpoints.sdk_address, capi.addr = ?endpoints.capi_address, "gse-agent started");
+        let notify_socket = std::env::var_os("NOTIFY_SOCKET");
+        let sd_notify = move |state: &str| {
+            if let Some(socket) = &notify_socket
+                && let Err(e) = systemd::notify(socket, state)
+            {
+                tracing::warn!(error = %e, "cannot notify systemd");
+            }
+        };
+        sd_notify("READY=1");
         let stopping = shutdown.clone();
         tokio::spawn(async move {
             stopping.cancelled().await;

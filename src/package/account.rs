@@ -70,6 +70,8 @@ pub enum AccountError {
 pub trait Accounts {
     /// The agent's effective uid.
     fn euid(&self) -> u32;
+    /// The agent's effective gid.
+    fn egid(&self) -> u32;
     /// The gid of `group`, if it exists.
     fn group_id(&self, group: &str) -> Option<u32>;
     /// The uid of `user`, if it exists.
@@ -124,15 +126,13 @@ pub fn set_up(accounts: &dyn Accounts, spec: &str, root: &Path) -> Result<RunAs,
     let (user, group) = parse_user_group(spec)?;
     let euid = accounts.euid();
     if euid != 0 {
-        // Already that user: nothing to switch.
-        if accounts.user_id(&user) == Some(euid)
-            && let Some(gid) = accounts.group_id(&group)
-        {
+        // Already that user: nothing to switch (and no group to switch to without root).
+        if accounts.user_id(&user) == Some(euid) {
             return Ok(RunAs {
                 user,
                 group,
                 uid: euid,
-                gid,
+                gid: accounts.egid(),
             });
         }
         return Err(AccountError::NotRoot {
@@ -214,6 +214,9 @@ impl Accounts for System {
     fn euid(&self) -> u32 {
         nix::unistd::geteuid().as_raw()
     }
+    fn egid(&self) -> u32 {
+        nix::unistd::getegid().as_raw()
+    }
     fn group_id(&self, group: &str) -> Option<u32> {
         nix::unistd::Group::from_name(group)
             .ok()
@@ -271,6 +274,9 @@ mod tests {
 
     impl Accounts for Fake {
         fn euid(&self) -> u32 {
+            self.euid
+        }
+        fn egid(&self) -> u32 {
             self.euid
         }
         fn group_id(&self, g: &str) -> Option<u32> {

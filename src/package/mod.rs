@@ -186,8 +186,9 @@ fn fs_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Pac
     move |source| PackageError::Fs { step, path, source }
 }
 
-/// Removes a directory tree, making read-only directories writable first.
-fn remove_tree(path: &Path) {
+/// Removes a directory tree, making read-only directories writable first (never fails: what
+/// cannot be removed stays).
+pub fn remove_tree(path: &Path) {
     if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
         return;
     }
@@ -361,6 +362,13 @@ pub fn activate(plan: &Plan, build: &Unpacked) -> Result<(), PackageError> {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&build.dir, &tmp).map_err(fs_err("create the link", &tmp))?;
     std::fs::rename(&tmp, root).map_err(fs_err("switch", root))?;
+    // The marker's time orders builds for pruning: the live one is the newest.
+    if let Ok(f) = std::fs::File::options()
+        .append(true)
+        .open(marker(&plan.data_dir.join("builds"), &build.hash))
+    {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
     tracing::info!(game.root = %root.display(), package.hash = %build.hash, "build is live");
     prune(&plan.data_dir.join("builds"), &build.hash);
     Ok(())

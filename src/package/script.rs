@@ -126,6 +126,8 @@ pub async fn run_install_script(
     tracing::info!(package.root = %root.display(), install.log = %log.display(), "running install.sh");
     let mut child = cmd.spawn().map_err(ScriptError::Spawn)?;
     let pid = child.id().unwrap_or(0);
+    // If this future is dropped (Ctrl-C, agent stop), nothing the script started survives.
+    let _group = GroupGuard(pid);
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => status.map_err(ScriptError::Spawn)?,
         Err(_) => {
@@ -154,11 +156,26 @@ pub async fn run_install_script(
     }))
 }
 
+/// Kills a process group when dropped (a no-op once the group is gone).
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// The last lines of a log file.
 pub fn tail(log: &Path) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    let start = text.len().saturating_sub(64 * 1024);
-    let text = String::from_utf8_lossy(&text[start..]);
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the end of the file: the log has no size cap.
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let _ = f.take(64 * 1024).read_to_end(&mut text);
+    }
+    let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }

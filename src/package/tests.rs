@@ -364,6 +364,9 @@ impl Accounts for NoAccounts {
     fn euid(&self) -> u32 {
         0
     }
+    fn egid(&self) -> u32 {
+        0
+    }
     fn group_id(&self, _: &str) -> Option<u32> {
         None
     }

@@ -242,7 +242,15 @@ pub async fn validate(
     // unpack
     run.ui.begin("unpack");
     let t0 = Instant::now();
+    // Extraction runs on blocking threads and is bounded by the limits: it is let finish
+    // before the root is removed, even after Ctrl-C.
     let unpacked = package::unpack(&plan).await;
+    if run.interrupted.is_cancelled() {
+        run.was_interrupted = true;
+        run.record("unpack", t0, Err(Failure::from("interrupted".to_string())));
+        package::remove_tree(root.path());
+        return Ok(run.report(&opts.build));
+    }
     let unpacked = match unpacked {
         Ok(u) => {
             let d = format!(
@@ -262,7 +270,17 @@ pub async fn validate(
     // install.sh
     run.ui.begin("install");
     let t0 = Instant::now();
-    let r = match package::install_script(&plan, &unpacked).await {
+    let script = tokio::select! {
+        r = package::install_script(&plan, &unpacked) => r,
+        () = run.interrupted.cancelled() => {
+            // Dropping the script's future kills its process group.
+            run.was_interrupted = true;
+            run.record("install", t0, Err(Failure::from("interrupted".to_string())));
+            package::remove_tree(root.path());
+            return Ok(run.report(&opts.build));
+        }
+    };
+    let r = match script {
         Ok(Some(script)) => Ok((
             Status::Passed,
             script.note.unwrap_or_else(|| "install.sh succeeded".into()),
@@ -357,6 +375,8 @@ pub async fn validate(
         shutdown.cancel();
     }
     let _ = tokio::time::timeout(Duration::from_secs(60), running.wait()).await;
+    // Read-only directories from the build would make TempDir's own removal fail silently.
+    package::remove_tree(root.path());
     drop(root);
     Ok(run.report(&opts.build))
 }

@@ -305,3 +305,44 @@ fn ctrl_c_cleans_up_everything() {
     }
     b.assert_clean();
 }
+
+#[test]
+fn ctrl_c_during_install_kills_the_script_and_cleans_up() {
+    let b = Build::new("");
+    let pidfile = b.dir.path().join("install.pid");
+    write_exec(
+        &b.build().join("install.sh"),
+        &format!(
+            "#!/bin/sh\nsleep 600 &\necho $! > {}\nwait\n",
+            pidfile.display()
+        ),
+    );
+    let child = Command::new(AGENT)
+        .arg("validate")
+        .arg(b.build())
+        .arg("--config")
+        .arg(b.dir.path().join("agent.yaml"))
+        .env("TMPDIR", b.dir.path().join("tmp"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let sleeper: i32 = wait_for("install.sh running", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_for("validate exit", || child.0.try_wait().unwrap());
+    assert_eq!(status.code(), Some(130));
+    wait_for("install.sh's child gone", || {
+        let alive = std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        (!alive).then_some(())
+    });
+    b.assert_clean();
+}
