@@ -8,6 +8,7 @@
 //! - unpack: `gse-agent unpack` against Info-ZIP `unzip` on a 1 GiB build, and its peak memory.
 //! - outbox: events per second durably committed through the outbox writer.
 //! - backlog: a 600,000-event outbox drained to a loopback control plane by the real agent.
+//! - outage: agent RSS while the control plane is unreachable and events pile up on disk.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -533,6 +534,70 @@ fn bench_backlog() {
     );
 }
 
+/// An outage: the control plane is unreachable while the agent emits ~2,000 events/s (players
+/// reserved and timing out); agent RSS is sampled each second. Default 60 s;
+/// GSE_BENCH_OUTAGE_SECS=600 for the full ten minutes.
+fn bench_outage() {
+    let secs: u64 = std::env::var("GSE_BENCH_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let r = start(
+        "",
+        1,
+        "timeouts: { player-reservation: 1s }\nupstream: { endpoint: \"http://127.0.0.1:1\", reconnect-max: 5s }",
+    );
+    ready_pids(&r, 1);
+    let created = capi(
+        &r.capi,
+        r#"{"Action":"CreateGameServerSession","FleetId":"fleet-bench","MaximumPlayerSessionCount":2147483647}"#,
+    );
+    let id = created["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait("session active", || {
+        let v = capi(
+            &r.capi,
+            &format!(r#"{{"Action":"DescribeGameServerSessions","GameServerSessionId":"{id}"}}"#),
+        );
+        (v["GameServerSessions"][0]["Status"] == "ACTIVE").then_some(())
+    });
+    let pid = r.child.id();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let mut joined = 0u64;
+    let mut next_sample = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        let ids: Vec<String> = (0..25).map(|i| format!("\"p{joined}-{i}\"")).collect();
+        let body = format!(
+            r#"{{"Action":"JoinGameServerSessionBatch","GameServerSessionId":"{id}","PlayerIds":[{}]}}"#,
+            ids.join(",")
+        );
+        capi(&r.capi, &body);
+        joined += 1;
+        if Instant::now() >= next_sample {
+            samples.push(proc_status(pid, "VmRSS:"));
+            next_sample += Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let outbox = std::fs::metadata(r._dir.path().join("data/outbox.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let third = samples.len() / 3;
+    let early: u64 = samples[..third.max(1)].iter().sum::<u64>() / third.max(1) as u64;
+    let late: u64 =
+        samples[samples.len() - third.max(1)..].iter().sum::<u64>() / third.max(1) as u64;
+    println!(
+        "outage: {secs} s unreachable control plane, {} players joined (~{} events/s); agent RSS first third {early} KiB, last third {late} KiB, max {} KiB; outbox {:.1} MiB on disk",
+        joined * 25,
+        joined * 25 * 2 / secs,
+        samples.iter().max().unwrap(),
+        outbox as f64 / 1048576.0
+    );
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -556,5 +621,8 @@ fn main() {
     }
     if want("backlog") {
         bench_backlog();
+    }
+    if want("outage") {
+        bench_outage();
     }
 }
