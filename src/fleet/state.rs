@@ -378,6 +378,9 @@ impl Fleet {
         );
         if self.shutting_down {
             self.stop(pid, StopReason::Shutdown);
+        } else if self.slots[slot].retiring {
+            // Launched just before a runtime update: it would run the old configuration.
+            self.stop(pid, StopReason::Forced);
         }
     }
 
@@ -515,7 +518,7 @@ impl Fleet {
         self.slots[slot].pid = None;
         // A process that ended before it ever became ready is failing too, however it ended:
         // without this, one that calls ProcessEnding at start-up would relaunch hot forever.
-        let failure = p.ready_at.is_none()
+        let failure = (p.ready_at.is_none() && p.stop.is_none())
             || matches!(
                 code,
                 EventCode::ServerProcessCrashed

@@ -16,6 +16,7 @@ use crate::upstream_proto as up;
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ACKED: &str = "acked";
+const EPOCH: &str = "epoch";
 /// redb's page cache (its default would let the agent's memory grow with the backlog).
 const CACHE_BYTES: usize = 8 << 20;
 
@@ -48,6 +49,7 @@ fn io(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> OutboxError {
 }
 
 struct State {
+    epoch: u64,
     next_seq: u64,
     acked: u64,
     bytes: u64,
@@ -105,14 +107,26 @@ impl Outbox {
             .create(path)
             .map_err(|e| open(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| open(e.to_string()))?;
-        let (next_seq, acked, bytes) = {
+        let (next_seq, acked, bytes, epoch) = {
             let events = txn.open_table(EVENTS).map_err(|e| open(e.to_string()))?;
-            let meta = txn.open_table(META).map_err(|e| open(e.to_string()))?;
+            let mut meta = txn.open_table(META).map_err(|e| open(e.to_string()))?;
             let acked = meta
                 .get(ACKED)
                 .map_err(|e| open(e.to_string()))?
                 .map(|v| v.value())
                 .unwrap_or(0);
+            let stored = meta
+                .get(EPOCH)
+                .map_err(|e| open(e.to_string()))?
+                .map(|v| v.value());
+            let epoch = match stored {
+                Some(v) => v,
+                None => {
+                    let fresh = (uuid::Uuid::new_v4().as_u128() as u64).max(1);
+                    meta.insert(EPOCH, fresh).map_err(|e| open(e.to_string()))?;
+                    fresh
+                }
+            };
             let last = events
                 .last()
                 .map_err(|e| open(e.to_string()))?
@@ -123,13 +137,14 @@ impl Outbox {
                 let (_, v) = item.map_err(|e| open(e.to_string()))?;
                 bytes += v.value().len() as u64;
             }
-            (last.max(acked) + 1, acked, bytes)
+            (last.max(acked) + 1, acked, bytes, epoch)
         };
         txn.commit().map_err(|e| open(e.to_string()))?;
         let (committed, _) = watch::channel(next_seq - 1);
         Ok(Self {
             db: Arc::new(db),
             state: Arc::new(Mutex::new(State {
+                epoch,
                 next_seq,
                 acked,
                 bytes,
@@ -161,10 +176,12 @@ impl Outbox {
     }
 
     /// Writes a batch in one transaction; returns the last sequence.
+    /// There is one writer (the writer thread); the state lock is not held across the commit,
+    /// so readers of the counters never wait for a disk flush.
     pub fn append(&self, batch: &[Event]) -> Result<u64, OutboxError> {
-        let mut state = self.lock();
+        let first = self.lock().next_seq;
         let txn = self.db.begin_write().map_err(|e| io("write")(&e))?;
-        let mut seq = state.next_seq;
+        let mut seq = first;
         let mut added = 0u64;
         {
             let mut table = txn.open_table(EVENTS).map_err(|e| io("write")(&e))?;
@@ -178,10 +195,12 @@ impl Outbox {
             }
         }
         txn.commit().map_err(|e| io("commit")(&e))?;
-        state.next_seq = seq;
-        state.bytes += added;
+        {
+            let mut state = self.lock();
+            state.next_seq = seq;
+            state.bytes += added;
+        }
         let last = seq - 1;
-        drop(state);
         self.committed.send_replace(last);
         Ok(last)
     }
@@ -203,11 +222,14 @@ impl Outbox {
 
     /// Records a cumulative acknowledgement and prunes what it covers.
     pub fn ack(&self, sequence: u64) -> Result<(), OutboxError> {
-        let mut state = self.lock();
-        let sequence = sequence.min(state.next_seq - 1);
-        if sequence <= state.acked {
-            return Ok(());
-        }
+        let sequence = {
+            let state = self.lock();
+            let sequence = sequence.min(state.next_seq - 1);
+            if sequence <= state.acked {
+                return Ok(());
+            }
+            sequence
+        };
         let txn = self.db.begin_write().map_err(|e| io("prune")(&e))?;
         let mut freed = 0u64;
         {
@@ -222,9 +244,39 @@ impl Outbox {
             meta.insert(ACKED, sequence).map_err(|e| io("prune")(&e))?;
         }
         txn.commit().map_err(|e| io("prune")(&e))?;
-        state.acked = sequence;
+        let mut state = self.lock();
+        state.acked = state.acked.max(sequence);
         state.bytes = state.bytes.saturating_sub(freed);
         Ok(())
+    }
+
+    /// This outbox's random epoch: a new file starts a new sequence space, so a receiver that
+    /// deduplicates by (instance, epoch, sequence) never mistakes it for old events.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Appends a batch, retrying every second while the disk refuses (full, I/O error): the
+    /// events are not dropped. Once the agent is stopping (the queue closed) it gives up after
+    /// a few attempts, so a broken disk cannot hang the exit.
+    fn append_retrying(&self, batch: &[Event], rx: &mpsc::UnboundedReceiver<Event>) {
+        let mut attempts = 0u32;
+        loop {
+            match self.append(batch) {
+                Ok(_) => return,
+                Err(e) => {
+                    attempts += 1;
+                    if rx.is_closed() && attempts >= 3 {
+                        tracing::error!(error = %e, lost = batch.len(), "cannot write events to the outbox; giving up at exit");
+                        return;
+                    }
+                    if attempts == 1 || attempts.is_multiple_of(60) {
+                        tracing::error!(error = %e, events = batch.len(), "cannot write events to the outbox; retrying every second");
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// Whether the unacknowledged events pass the bound (raises the alarm once per episode).
@@ -261,11 +313,7 @@ impl Outbox {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = self.append(&batch) {
-                        // Nothing else can be done here: the events stay in the log and the
-                        // in-memory history; the relay resumes from what was committed.
-                        tracing::error!(error = %e, lost = batch.len(), "cannot write events to the outbox");
-                    }
+                    self.append_retrying(&batch, &rx);
                     batch.clear();
                     if let Some(bytes) = self.check_full() {
                         let alarm = Event::new(

@@ -187,6 +187,7 @@ async fn session(
         instance_id: agent.instance_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         last_acked_sequence: acked,
+        epoch: outbox.epoch(),
     })))
     .await
     .map_err(|_| RelayError::Closed)?;
@@ -215,7 +216,44 @@ async fn session(
     let mut status = tokio::time::interval(cfg.status_interval.get());
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (results_tx, mut results) = mpsc::unbounded_channel::<up::CommandResult>();
+    // Commands run one at a time, in the order they came.
+    let (commands_tx, mut commands_rx) = mpsc::unbounded_channel::<up::Command>();
+    let worker = {
+        let fleet = fleet.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            while let Some(c) = commands_rx.recv().await {
+                if results_tx
+                    .send(commands::handle(&fleet, &agent, c).await)
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let _worker = AbortOnDrop(worker);
+    // Acks are coalesced: only the latest is pruned, off the runtime's threads, one at a time.
+    let (ack_tx, mut ack_rx) = tokio::sync::watch::channel(acked);
+    let pruner = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            while ack_rx.changed().await.is_ok() {
+                let upto = *ack_rx.borrow_and_update();
+                let o = outbox.clone();
+                match tokio::task::spawn_blocking(move || o.ack(upto)).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the outbox"),
+                    Err(e) => tracing::warn!(error = %e, "outbox pruning failed"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        })
+    };
+    let _pruner = AbortOnDrop(pruner);
     loop {
+        // An acknowledgement beyond what this connection sent (a control plane that remembers
+        // more): do not resend below it.
+        sent = sent.max(*ack_tx.borrow());
         if pending.is_empty() && sent < *committed.borrow() {
             pending.extend(outbox.read_after(sent, BATCH)?);
         }
@@ -224,18 +262,19 @@ async fn session(
             m = inbound.message() => match m.map_err(status_error)? {
                 None => return Err(RelayError::Closed),
                 Some(up::ControlMessage { body: Some(up::control_message::Body::Ack(a)) }) => {
-                    let o = outbox.clone();
-                    tokio::task::spawn_blocking(move || o.ack(a.sequence))
-                        .await
-                        .map_err(|e| RelayError::Stream(e.to_string()))??;
+                    let committed_now = *committed.borrow();
+                    ack_tx.send_if_modified(|v| {
+                        let a = a.sequence.min(committed_now);
+                        if a > *v {
+                            *v = a;
+                            true
+                        } else {
+                            false
+                        }
+                    });
                 }
                 Some(up::ControlMessage { body: Some(up::control_message::Body::Command(c)) }) => {
-                    let fleet = fleet.clone();
-                    let results_tx = results_tx.clone();
-                    let agent = agent.clone();
-                    tokio::spawn(async move {
-                        let _ = results_tx.send(commands::handle(&fleet, &agent, c).await);
-                    });
+                    let _ = commands_tx.send(c);
                 }
                 Some(_) => {}
             },
@@ -268,6 +307,15 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Aborts a helper task when the connection ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

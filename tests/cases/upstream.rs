@@ -107,6 +107,10 @@ fn a_control_plane_restart_loses_nothing() {
     assert_contiguous(&all);
     let rec = cp.rec.lock().unwrap();
     assert!(rec.connections.len() >= 2, "reconnected");
+    // One outbox epoch across connections.
+    let epoch = rec.connections[0].0.epoch;
+    assert_ne!(epoch, 0);
+    assert!(rec.connections.iter().all(|(h, _)| h.epoch == epoch));
     // Each connection starts again right after the last acknowledged event (none here).
     for (hello, events) in &rec.connections {
         assert_eq!(hello.last_acked_sequence, 0);

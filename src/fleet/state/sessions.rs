@@ -166,7 +166,11 @@ impl Fleet {
             .procs
             .values()
             .filter(|p| {
-                p.phase == Phase::Active && p.healthy && p.stop.is_none() && p.session.is_none()
+                p.phase == Phase::Active
+                    && p.healthy
+                    && p.stop.is_none()
+                    && p.session.is_none()
+                    && !self.slots[p.slot].retiring
             })
             .min_by_key(|p| p.slot)
             .map(|p| p.pid)

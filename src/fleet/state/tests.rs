@@ -1050,3 +1050,46 @@ async fn a_runtime_update_starts_new_processes_and_retires_old_ones_as_sessions_
     assert_eq!(left, want, "only the new processes remain");
     assert_eq!(h.fleet.activation_timeout, Duration::from_secs(9));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_process_launched_under_the_old_configuration_is_stopped_at_once() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    // A crash queues an immediate relaunch; the runtime update lands before it is spawned.
+    let id = h.fleet.procs[&pid].id.clone();
+    h.fleet.exited(pid, &id, ExitInfo::default(), h.now);
+    let launch = h
+        .fleet
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Launch {
+                slot, process_id, ..
+            } => Some((slot, process_id)),
+            _ => None,
+        })
+        .expect("an immediate relaunch");
+    let runtime = config::parse_runtime(
+        r#"{"ServerProcesses": [{"LaunchPath": "/local/game/v2", "ConcurrentExecutions": 1}]}"#,
+        Path::new("/srv/gse-data/game"),
+    )
+    .unwrap();
+    h.fleet
+        .control(Control::UpdateRuntime(Box::new(runtime)), h.now)
+        .unwrap();
+    h.settle();
+    h.fleet.spawned(launch.0, launch.1, 999, h.now);
+    let effects = h.settle();
+    assert!(effects.iter().any(|e| is_stop(e, 999)), "{effects:?}");
+    h.exit_with(
+        999,
+        ExitInfo {
+            signal: Some(15),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        h.fleet.slots[launch.0].failures, 0,
+        "stopping it is not its failure"
+    );
+}
