@@ -72,6 +72,10 @@ pub enum EventCode {
     AgentStopping,
     /// Agent: the runtime configuration was replaced.
     RuntimeConfigurationUpdated,
+    /// Agent: the host was reserved (no new sessions).
+    InstanceReserved,
+    /// Agent: the host takes new sessions again.
+    InstanceUnreserved,
     /// Agent: the host was told to drain.
     InstanceDraining,
     /// Agent: the host takes sessions again.
@@ -130,6 +134,8 @@ names! {
     AgentStarted => "AGENT_STARTED",
     AgentStopping => "AGENT_STOPPING",
     RuntimeConfigurationUpdated => "RUNTIME_CONFIGURATION_UPDATED",
+    InstanceReserved => "INSTANCE_RESERVED",
+    InstanceUnreserved => "INSTANCE_UNRESERVED",
     InstanceDraining => "INSTANCE_DRAINING",
     InstanceUndrained => "INSTANCE_UNDRAINED",
     UpstreamOutboxFull => "UPSTREAM_OUTBOX_FULL",

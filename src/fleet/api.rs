@@ -118,8 +118,10 @@ pub struct InstanceCounters {
     pub player_session_cnt: u32,
     /// Sum of the maxima of live sessions.
     pub max_player_session_cnt: u32,
-    /// The host takes no new sessions.
+    /// The host is being drained (scale-in).
     pub draining: bool,
+    /// The host takes no new sessions.
+    pub reserved: bool,
 }
 
 /// A call on `GseGrpcSdkService`, by the process with the metadata pid.
@@ -295,9 +297,12 @@ pub enum Control {
     /// A new build went live: relaunch every entry under the current runtime configuration,
     /// old processes retiring as their sessions end.
     Redeploy,
-    /// Drain (true): place no new game server sessions here; running ones end on their own.
-    /// Undrain (false) places sessions again.
+    /// Drain (true): scale-in under the protection policy: no new sessions, every process told
+    /// to terminate, nothing relaunched. Undrain (false): launch again.
     SetDraining(bool),
+    /// Reserve (true): place no new game server sessions here; processes keep running (GSE's
+    /// SetServerReserved). Unreserve (false).
+    SetReserved(bool),
 }
 
 /// A successful control answer.

@@ -141,6 +141,7 @@ pub struct Fleet {
     effects: Vec<Effect>,
     shutting_down: bool,
     draining: bool,
+    reserved: bool,
     max_activations: u32,
     activation_timeout: Duration,
     /// Processes of retiring slots whose session just ended: told to terminate at the end of
@@ -171,6 +172,7 @@ impl Fleet {
             effects: Vec::new(),
             shutting_down: false,
             draining: false,
+            reserved: false,
             retire_later: Vec::new(),
         };
         fleet.add_entries(&runtime);
@@ -439,7 +441,7 @@ impl Fleet {
     }
 
     fn schedule_launch(&mut self, slot: usize, now: Instant, delay: Duration) {
-        if self.shutting_down || self.slots[slot].retiring {
+        if self.shutting_down || self.draining || self.slots[slot].retiring {
             self.slots[slot].launch = LaunchState::Idle;
             return;
         }
@@ -1126,23 +1128,69 @@ impl Fleet {
                 self.update_runtime(current, now);
                 Ok(ControlReply::Done)
             }
-            Control::SetDraining(on) => {
-                if self.draining != on {
-                    self.draining = on;
+            Control::SetReserved(on) => {
+                if self.reserved != on {
+                    self.reserved = on;
                     self.emit(Event::new(
                         if on {
-                            EventCode::InstanceDraining
+                            EventCode::InstanceReserved
                         } else {
-                            EventCode::InstanceUndrained
+                            EventCode::InstanceUnreserved
                         },
                         if on {
-                            "draining: no new game server sessions are placed here"
+                            "reserved: no new game server sessions are placed here"
                         } else {
-                            "no longer draining"
+                            "no longer reserved"
                         },
                     ));
                 }
                 Ok(ControlReply::Done)
+            }
+            Control::SetDraining(on) => {
+                if self.shutting_down {
+                    return Err(FleetError::Denied("the agent is shutting down".into()));
+                }
+                if self.draining != on {
+                    self.draining = on;
+                    if on {
+                        self.drain(now);
+                    } else {
+                        self.undrain();
+                    }
+                }
+                Ok(ControlReply::Done)
+            }
+        }
+    }
+
+    /// Scale-in under the protection policy, as GSE did it: no new sessions, every process is
+    /// told to terminate (those hosting a session get the protection deadline), nothing is
+    /// relaunched.
+    fn drain(&mut self, now: Instant) {
+        self.emit(Event::new(
+            EventCode::InstanceDraining,
+            format!(
+                "draining {} process(es) under {}",
+                self.procs.len(),
+                self.cfg.protection.policy.as_str()
+            ),
+        ));
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            self.terminate(pid, TerminateReason::Requested, now);
+        }
+    }
+
+    /// Ends a drain: every current slot without a process launches again.
+    fn undrain(&mut self) {
+        self.emit(Event::new(
+            EventCode::InstanceUndrained,
+            "no longer draining",
+        ));
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if !s.retiring && s.pid.is_none() && s.launch == LaunchState::Idle {
+                self.launch(slot);
             }
         }
     }
@@ -1152,6 +1200,7 @@ impl Fleet {
         let mut c = InstanceCounters {
             max_game_session_cnt: self.slots.iter().filter(|s| !s.retiring).count() as u32,
             draining: self.draining,
+            reserved: self.reserved,
             ..Default::default()
         };
         for p in self.procs.values() {

@@ -93,6 +93,7 @@ pub fn to_control(kind: Kind, game_root: &std::path::Path) -> Result<Control, Fl
             gss_id: e.game_server_session_id,
         },
         Kind::SetDraining(d) => Control::SetDraining(d.draining),
+        Kind::SetReserved(r) => Control::SetReserved(r.reserved),
         Kind::UpdateGameServerSession(u) => Control::UpdateSession(SessionUpdate {
             gss_id: u.game_server_session_id,
             max_players: u.maximum_player_session_count,

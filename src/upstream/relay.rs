@@ -300,6 +300,7 @@ async fn session(
                         player_session_cnt: c.player_session_cnt,
                         max_player_session_cnt: c.max_player_session_cnt,
                         draining: c.draining,
+                        reserved: c.reserved,
                         unacked_events: outbox.unacked(),
                     };
                     // Status is coalesced: if the stream is backed up, this one is skipped.

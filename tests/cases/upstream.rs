@@ -275,31 +275,37 @@ fn commands_come_through_the_same_door_as_the_control_api() {
         "MaximumPlayerSessionCount": 1, "Name": "x".repeat(1025),
     }));
     assert_eq!(capi["Error"]["Message"].as_str().unwrap(), r.message);
-    // Drain: no new sessions; the status says so.
-    cp.command("c5", Kind::SetDraining(up::SetDraining { draining: true }));
+    // Reserve: no new sessions, processes keep running; the status says so.
+    cp.command("c5", Kind::SetReserved(up::SetReserved { reserved: true }));
     assert!(cp.result("c5").ok);
     let msg = agent.err(
         json!({"Action": "CreateGameServerSession", "FleetId": "fleet-test", "MaximumPlayerSessionCount": 1}),
         "OperationDenied",
     );
-    assert!(msg.contains("draining"), "{msg}");
-    wait_for("a draining status", || {
+    assert!(msg.contains("reserved"), "{msg}");
+    wait_for("a reserved status", || {
         cp.rec
             .lock()
             .unwrap()
             .statuses
             .iter()
-            .find(|s| s.draining)
+            .find(|s| s.reserved)
             .cloned()
     });
-    cp.command(
-        "c6",
-        Kind::EndGameServerSessionAndProcess(up::EndGameServerSessionAndProcess {
-            game_server_session_id: id.clone(),
-        }),
-    );
+    cp.command("c6", Kind::SetReserved(up::SetReserved { reserved: false }));
     assert!(cp.result("c6").ok);
+    // Drain: every process is told to terminate (the session's host ends its match and
+    // exits), nothing is relaunched; undrain launches again.
+    cp.command("c7", Kind::SetDraining(up::SetDraining { draining: true }));
+    assert!(cp.result("c7").ok);
     agent.wait_event("SERVER_PROCESS_ENDED");
+    wait_for("no process while draining", || {
+        agent.processes().is_empty().then_some(())
+    });
+    assert_eq!(agent.session(&id)["Status"], "TERMINATED");
+    cp.command("c8", Kind::SetDraining(up::SetDraining { draining: false }));
+    assert!(cp.result("c8").ok);
+    agent.wait_ready(1);
 }
 
 #[test]

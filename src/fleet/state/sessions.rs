@@ -128,10 +128,15 @@ impl Fleet {
         if self.shutting_down {
             return Err(FleetError::Denied("the agent is shutting down".into()));
         }
-        if self.draining {
-            return Err(FleetError::Denied(
-                "the host is draining: it takes no new game server sessions".into(),
-            ));
+        if self.draining || self.reserved {
+            return Err(FleetError::Denied(format!(
+                "the host is {}: it takes no new game server sessions",
+                if self.draining {
+                    "draining"
+                } else {
+                    "reserved"
+                }
+            )));
         }
         if let Some(token) = &req.idempotency_token
             && let Some(id) = self.idempotency.get(token)
