@@ -598,31 +598,25 @@ fn bench_outage() {
     );
 }
 
+/// Every figure, by the name that selects it on the command line.
+const BENCHES: &[(&str, fn())] = &[
+    ("sdk", bench_sdk),
+    ("restart", bench_restart),
+    ("footprint", bench_footprint),
+    ("unpack", bench_unpack),
+    ("outbox", bench_outbox),
+    ("backlog", bench_backlog),
+    ("outage", bench_outage),
+];
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let want = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
-    if want("sdk") {
-        bench_sdk();
-    }
-    if want("restart") {
-        bench_restart();
-    }
-    if want("footprint") {
-        bench_footprint();
-    }
-    if want("unpack") {
-        bench_unpack();
-    }
-    if want("outbox") {
-        bench_outbox();
-    }
-    if want("backlog") {
-        bench_backlog();
-    }
-    if want("outage") {
-        bench_outage();
+    for (name, bench) in BENCHES {
+        if which.is_empty() || which.iter().any(|w| w == name) {
+            bench();
+        }
     }
 }
