@@ -25,18 +25,21 @@ async fn deploy(
     cfg: &Config,
     d: up::DeployBuild,
 ) -> Result<ControlReply, (&'static str, String)> {
+    let _one = DEPLOYING.lock().await;
     let location = d.location.strip_prefix("file://").unwrap_or(&d.location);
-    if location.contains("://") {
+    let path = if location.starts_with("http://") || location.starts_with("https://") {
+        download(location, cfg, d.sha256.trim()).await?
+    } else if location.contains("://") {
         return Err((
             "UnsupportedOperation",
             format!(
-                "DeployBuild takes a path on the host or a file:// URL, not {:?}; fetch the build first",
+                "DeployBuild takes a path, a file:// URL or an http(s) URL, not {:?}",
                 d.location
             ),
         ));
-    }
-    let path = std::path::PathBuf::from(location);
-    let _one = DEPLOYING.lock().await;
+    } else {
+        std::path::PathBuf::from(location)
+    };
     let p = path.clone();
     let hash = tokio::task::spawn_blocking(move || package::content_hash(&p))
         .await
@@ -58,10 +61,78 @@ async fn deploy(
     })
 }
 
+/// Downloads a build into `data-dir/downloads/<sha256>.zip`, counting bytes against
+/// `package.max-bytes` and checking the SHA-256 as it streams.
+async fn download(
+    url: &str,
+    cfg: &Config,
+    sha256: &str,
+) -> Result<std::path::PathBuf, (&'static str, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let failed =
+        |e: &dyn std::fmt::Display| ("OperationDenied", format!("cannot download {url}: {e}"));
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err((
+            "InvalidParameterValue",
+            format!("sha256 {sha256:?} is not 64 hex digits"),
+        ));
+    }
+    let dir = cfg.data_dir.join("downloads");
+    std::fs::create_dir_all(&dir).map_err(|e| failed(&e))?;
+    let dest = dir.join(format!("{}.zip", sha256.to_ascii_lowercase()));
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let part = dir.join(format!("{}.part", sha256.to_ascii_lowercase()));
+    let mut response = reqwest::get(url)
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| failed(&e))?;
+    let mut file = std::fs::File::create(&part).map_err(|e| failed(&e))?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let limit = cfg.package.max_bytes.get();
+    let result = async {
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
+            bytes += chunk.len() as u64;
+            if bytes > limit {
+                return Err((
+                    "LimitExceeded",
+                    format!("{url} is larger than package.max-bytes ({limit} bytes)"),
+                ));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(|e| failed(&e))?;
+        }
+        let got: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if !got.eq_ignore_ascii_case(sha256) {
+            return Err((
+                "InvalidParameterValue",
+                format!("the download's sha256 is {got}, not {sha256}"),
+            ));
+        }
+        std::fs::rename(&part, &dest).map_err(|e| failed(&e))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    result.map(|()| dest)
+}
+
 /// The typed command of a wire command.
 pub fn to_control(kind: Kind, game_root: &std::path::Path) -> Result<Control, FleetError> {
     Ok(match kind {
-        Kind::DeployBuild(_) => unreachable!("handled before"),
+        Kind::DeployBuild(_) => {
+            return Err(FleetError::Denied(
+                "DeployBuild is handled by the relay, not the fleet".into(),
+            ));
+        }
         Kind::UpdateRuntimeConfiguration(u) => {
             return Control::update_runtime(&u.runtime_configuration_json, game_root);
         }

@@ -520,7 +520,7 @@ fn deploy_build_installs_and_rolls_the_processes() {
         (false, "InvalidParameterValue"),
         "{r:?}"
     );
-    let r = deploy("d1", "https://example.com/v2.zip".into(), "00".into());
+    let r = deploy("d1", "ftp://example.com/v2.zip".into(), "00".into());
     assert_eq!(r.error_code, "UnsupportedOperation");
     let hash = gse_agent::package::content_hash(&v2).unwrap();
     let r = deploy("d2", format!("file://{}", v2.display()), hash.clone());
@@ -532,10 +532,30 @@ fn deploy_build_installs_and_rolls_the_processes() {
             .unwrap()
             .contains("# v2")
     );
+    // Over HTTP, checked against its sha256 while streaming.
+    let v3 = make("v3.zip", "v3");
+    let r = deploy(
+        "d3",
+        serve_once(std::fs::read(&v3).unwrap()),
+        "ab".repeat(32),
+    );
+    assert_eq!(
+        (r.ok, r.error_code.as_str()),
+        (false, "InvalidParameterValue"),
+        "{r:?}"
+    );
+    let v3_hash = gse_agent::package::content_hash(&v3).unwrap();
+    let r = deploy("d4", serve_once(std::fs::read(&v3).unwrap()), v3_hash);
+    assert!(r.ok, "{r:?}");
+    assert!(
+        std::fs::read_to_string(agent.path("game/srv"))
+            .unwrap()
+            .contains("# v3")
+    );
     wait_for("only the new build's process", || {
         let ps = agent.processes();
         (ps.len() == 1
-            && ps[0]["ProcessId"].as_str().unwrap().starts_with("proc-1-")
+            && ps[0]["ProcessId"].as_str().unwrap().starts_with("proc-2-")
             && ps[0]["Status"] == "ACTIVE")
             .then_some(())
     });
@@ -572,4 +592,24 @@ fn a_full_outbox_raises_one_alarm_and_keeps_every_lifecycle_event() {
         1
     );
     assert_eq!(agent.count("UPSTREAM_OUTBOX_FULL"), 1);
+}
+
+/// Serves `body` once over HTTP/1.1 on a free port; returns its URL.
+fn serve_once(body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/build.zip", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/zip\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    url
 }
