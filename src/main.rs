@@ -83,6 +83,22 @@ enum Command {
     },
 }
 
+/// The error and its causes, each said once: the module errors already name their cause in
+/// their message, so a cause whose text is already there is skipped.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path {
         Some(p) => config::read(p),
@@ -149,8 +165,9 @@ fn main() -> ExitCode {
             match run(cfg, config.is_none()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "gse-agent failed");
-                    eprintln!("gse-agent: {e:#}");
+                    let text = describe(&e);
+                    tracing::error!(error = %text, "gse-agent failed");
+                    eprintln!("gse-agent: {text}");
                     ExitCode::FAILURE
                 }
             }
