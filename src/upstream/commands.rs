@@ -51,10 +51,21 @@ async fn deploy(
             format!("the build's sha256 is {hash}, not {}", d.sha256.trim()),
         ));
     }
-    let plan = crate::agent::package_plan(cfg, path);
+    let plan = crate::agent::package_plan(cfg, path.clone());
     package::install(&plan, &package::System)
         .await
         .map_err(|e| ("OperationDenied", e.to_string()))?;
+    // Older downloads are not needed once a build is live (it lives in builds/).
+    let downloads = cfg.data_dir.join("downloads");
+    if path.starts_with(&downloads)
+        && let Ok(rd) = std::fs::read_dir(&downloads)
+    {
+        for e in rd.flatten() {
+            if e.path() != path {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     fleet.control(Control::Redeploy).await.map_err(|e| match e {
         HandleError::Fleet(f) => (f.tencent_code(), f.to_string()),
         HandleError::Stopped => ("OperationDenied", "the agent is shutting down".into()),
