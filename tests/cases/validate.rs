@@ -38,6 +38,21 @@ impl Build {
         Self { dir }
     }
 
+    /// Starts validate in the background (for interrupting it).
+    fn spawn(&self) -> KillOnDrop {
+        let child = Command::new(AGENT)
+            .arg("validate")
+            .arg(self.build())
+            .arg("--config")
+            .arg(self.dir.path().join("agent.yaml"))
+            .env("TMPDIR", self.dir.path().join("tmp"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    }
+
     fn build(&self) -> PathBuf {
         self.dir.path().join("build")
     }
@@ -274,17 +289,7 @@ fn ctrl_c_cleans_up_everything() {
         CONFIG.replace("process-ready: 2s", "process-ready: 1h"),
     )
     .unwrap();
-    let child = Command::new(AGENT)
-        .arg("validate")
-        .arg(b.build())
-        .arg("--config")
-        .arg(b.dir.path().join("agent.yaml"))
-        .env("TMPDIR", b.dir.path().join("tmp"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = b.spawn();
     let validate_pid = child.0.id();
     // Wait until its game processes run (they are the validate process's children).
     let games = wait_for("game processes", || {
@@ -317,17 +322,7 @@ fn ctrl_c_during_install_kills_the_script_and_cleans_up() {
             pidfile.display()
         ),
     );
-    let child = Command::new(AGENT)
-        .arg("validate")
-        .arg(b.build())
-        .arg("--config")
-        .arg(b.dir.path().join("agent.yaml"))
-        .env("TMPDIR", b.dir.path().join("tmp"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = b.spawn();
     let sleeper: i32 = wait_for("install.sh running", || {
         std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
     });
