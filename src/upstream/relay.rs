@@ -117,11 +117,12 @@ pub async fn run(
 ) {
     let mut backoff = cfg.reconnect_initial.get();
     let mut connected_before = false;
+    let book = ResultBook::default();
     loop {
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&cfg, &agent, &outbox, &fleet, &bus, &shutdown, &mut connected_before) => r,
+            r = session(&cfg, &agent, &outbox, &fleet, &bus, &book, &shutdown, &mut connected_before) => r,
         };
         if shutdown.is_cancelled() {
             return;
@@ -171,6 +172,7 @@ async fn session(
     outbox: &Outbox,
     fleet: &FleetHandle,
     bus: &EventBus,
+    book: &ResultBook,
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), RelayError> {
@@ -216,23 +218,36 @@ async fn session(
     let mut status = tokio::time::interval(cfg.status_interval.get());
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (results_tx, mut results) = mpsc::unbounded_channel::<up::CommandResult>();
-    // Commands run one at a time, in the order they came.
+    // Results a previous connection could not deliver go first.
+    for r in book.take_unsent() {
+        tx.send(msg(up::agent_message::Body::Result(r)))
+            .await
+            .map_err(|_| RelayError::Closed)?;
+    }
+    // Commands run one at a time, in the order they came, each applied once: a repeated id
+    // gets the recorded result again. The worker is not aborted with the connection: a
+    // command under way completes and its result waits for the next connection.
     let (commands_tx, mut commands_rx) = mpsc::unbounded_channel::<up::Command>();
-    let worker = {
+    {
         let fleet = fleet.clone();
         let agent = agent.clone();
+        let book = book.clone();
         tokio::spawn(async move {
             while let Some(c) = commands_rx.recv().await {
-                if results_tx
-                    .send(commands::handle(&fleet, &agent, c).await)
-                    .is_err()
-                {
-                    return;
+                let result = match book.recorded(&c.id) {
+                    Some(r) => r,
+                    None => {
+                        let r = commands::handle(&fleet, &agent, c).await;
+                        book.record(&r);
+                        r
+                    }
+                };
+                if let Err(unsent) = results_tx.send(result) {
+                    book.keep_unsent(unsent.0);
                 }
             }
-        })
-    };
-    let _worker = AbortOnDrop(worker);
+        });
+    }
     // Acks are coalesced: only the latest is pruned, off the runtime's threads, one at a time.
     let (ack_tx, mut ack_rx) = tokio::sync::watch::channel(acked);
     let pruner = {
@@ -279,8 +294,13 @@ async fn session(
                 Some(_) => {}
             },
             r = results.recv() => {
-                if let Some(r) = r {
-                    tx.send(msg(up::agent_message::Body::Result(r))).await.map_err(|_| RelayError::Closed)?;
+                if let Some(r) = r
+                    && let Err(e) = tx.send(msg(up::agent_message::Body::Result(r))).await
+                {
+                    if let Some(up::agent_message::Body::Result(r)) = e.0.body {
+                        book.keep_unsent(r);
+                    }
+                    return Err(RelayError::Closed);
                 }
             }
             permit = tx.reserve(), if !pending.is_empty() => {
@@ -308,6 +328,52 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Results recorded per command id across connections (bounded), and those not yet delivered.
+#[derive(Clone, Default)]
+struct ResultBook(Arc<std::sync::Mutex<Book>>);
+
+#[derive(Default)]
+struct Book {
+    done: std::collections::HashMap<String, up::CommandResult>,
+    order: VecDeque<String>,
+    unsent: Vec<up::CommandResult>,
+}
+
+/// Command results remembered for repeated ids.
+const RESULTS_KEPT: usize = 10_000;
+
+impl ResultBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn recorded(&self, id: &str) -> Option<up::CommandResult> {
+        if id.is_empty() {
+            return None;
+        }
+        self.lock().done.get(id).cloned()
+    }
+    fn record(&self, r: &up::CommandResult) {
+        if r.command_id.is_empty() {
+            return;
+        }
+        let mut b = self.lock();
+        if b.done.insert(r.command_id.clone(), r.clone()).is_none() {
+            b.order.push_back(r.command_id.clone());
+        }
+        while b.order.len() > RESULTS_KEPT {
+            if let Some(old) = b.order.pop_front() {
+                b.done.remove(&old);
+            }
+        }
+    }
+    fn keep_unsent(&self, r: up::CommandResult) {
+        self.lock().unsent.push(r);
+    }
+    fn take_unsent(&self) -> Vec<up::CommandResult> {
+        std::mem::take(&mut self.lock().unsent)
     }
 }
 

@@ -613,3 +613,37 @@ fn serve_once(body: Vec<u8>) -> String {
     });
     url
 }
+
+#[test]
+fn a_repeated_command_id_is_applied_once_and_answered_again() {
+    use up::command::Kind;
+    let cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(&entry("", 2), &upstream_yaml(&cp, "")));
+    agent.wait_ready(2);
+    let create = || {
+        Kind::CreateGameServerSession(up::CreateGameServerSession {
+            maximum_player_session_count: 1,
+            ..Default::default()
+        })
+    };
+    cp.command("once", create());
+    cp.command("once", create());
+    let results = wait_for("two results", || {
+        let rec = cp.rec.lock().unwrap();
+        let r: Vec<_> = rec
+            .results
+            .iter()
+            .filter(|r| r.command_id == "once")
+            .cloned()
+            .collect();
+        (r.len() == 2).then_some(r)
+    });
+    assert!(results[0].ok);
+    assert_eq!(
+        results[0], results[1],
+        "the same result, not a second session"
+    );
+    let sessions =
+        agent.ok(json!({"Action": "DescribeGameServerSessions", "FleetId": "fleet-test"}));
+    assert_eq!(sessions["GameServerSessions"].as_array().unwrap().len(), 1);
+}
