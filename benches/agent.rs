@@ -376,6 +376,28 @@ fn bench_unpack() {
         u.as_secs_f64() / o.as_secs_f64(),
         peak
     );
+    // Many entries: the central directory itself is what costs memory.
+    let many = zip.with_file_name("build-200k-entries.zip");
+    if !many.exists() {
+        use std::io::Write;
+        let tmp = many.with_extension("tmp");
+        let mut w = zip::ZipWriter::new(std::io::BufWriter::new(
+            std::fs::File::create(&tmp).unwrap(),
+        ));
+        let opts = zip::write::SimpleFileOptions::default();
+        for i in 0..200_000 {
+            w.start_file(format!("assets/d{:03}/file{i:06}.txt", i % 500), opts)
+                .unwrap();
+            write!(w, "entry {i}").unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::rename(&tmp, &many).unwrap();
+    }
+    let b = out.path().join("many");
+    let mut agent = Command::new(AGENT);
+    agent.arg("unpack").arg(&many).arg(&b);
+    let (t, peak) = timed(agent);
+    println!("unpack: 200,000 entries (the default limit): gse-agent {t:?}, peak RSS {peak} KiB");
 }
 
 /// Events per second written through the outbox writer (group commit, durable).

@@ -7,9 +7,9 @@
 //! file handle), then symlinks, then directory modes. Declared sizes are not trusted: the bytes
 //! actually written are counted against the total, the per-entry ratio and the disk reserve.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
@@ -192,14 +192,107 @@ enum Kind {
     Symlink(String),
 }
 
+/// What the first pass keeps per entry: little, so 200,000 entries stay cheap. Names and
+/// paths are read again from the (shared) central directory when needed.
 #[derive(Debug)]
 struct Planned {
     index: usize,
-    name: String,
-    path: PathBuf,
     kind: Kind,
     mode: u32,
     compressed: u64,
+}
+
+/// A file read at positions of its own: clones share the open file and the parsed central
+/// directory (through `ZipArchive`'s clone), each with its own position and small buffer.
+struct SharedReader {
+    file: std::sync::Arc<File>,
+    pos: u64,
+    len: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+const READ_BUF: usize = 64 * 1024;
+
+impl SharedReader {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file: std::sync::Arc::new(file),
+            pos: 0,
+            len,
+            buf: Vec::new(),
+            buf_start: 0,
+        })
+    }
+}
+
+impl Clone for SharedReader {
+    fn clone(&self) -> Self {
+        Self {
+            file: self.file.clone(),
+            pos: self.pos,
+            len: self.len,
+            buf: Vec::new(),
+            buf_start: 0,
+        }
+    }
+}
+
+impl Read for SharedReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let end = self.buf_start + self.buf.len() as u64;
+        if self.pos < self.buf_start || self.pos >= end {
+            if out.len() >= READ_BUF {
+                let n = self.file.read_at(out, self.pos)?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            self.buf.resize(READ_BUF, 0);
+            let n = self.file.read_at(&mut self.buf, self.pos)?;
+            self.buf.truncate(n);
+            self.buf_start = self.pos;
+            if n == 0 {
+                return Ok(0);
+            }
+        }
+        let at = (self.pos - self.buf_start) as usize;
+        let n = out.len().min(self.buf.len() - at);
+        out[..n].copy_from_slice(&self.buf[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for SharedReader {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            std::io::SeekFrom::Start(p) => Some(p),
+            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| std::io::Error::other("seek before the start of the file"))?;
+        Ok(self.pos)
+    }
+}
+
+type Archive = ZipArchive<SharedReader>;
+
+/// The name of entry `index` and the path it extracts to (checked in the first pass).
+fn entry_path(zip: &mut Archive, index: usize) -> Result<(String, PathBuf), UnzipError> {
+    let entry = zip.by_index_raw(index).map_err(|e| UnzipError::Data {
+        entry: format!("#{index}"),
+        message: e.to_string(),
+    })?;
+    let raw = entry.name_raw();
+    let name = String::from_utf8_lossy(raw).into_owned();
+    let path = safe_path(raw, &name).map_err(|rule| UnzipError::UnsafeName {
+        entry: name.clone(),
+        rule,
+    })?;
+    Ok((name, path))
 }
 
 const S_IFMT: u32 = 0o170000;
@@ -276,17 +369,14 @@ pub fn unpack(
     limits: &Limits,
     progress: Progress<'_>,
 ) -> Result<Stats, UnzipError> {
-    let open = || -> Result<ZipArchive<BufReader<File>>, UnzipError> {
-        let file = File::open(archive).map_err(|source| UnzipError::Open {
-            path: archive.to_path_buf(),
-            source,
-        })?;
-        ZipArchive::new(BufReader::with_capacity(64 * 1024, file)).map_err(|e| UnzipError::NotZip {
-            path: archive.to_path_buf(),
-            message: e.to_string(),
-        })
-    };
-    let mut zip = open()?;
+    let reader = SharedReader::open(archive).map_err(|source| UnzipError::Open {
+        path: archive.to_path_buf(),
+        source,
+    })?;
+    let mut zip = ZipArchive::new(reader).map_err(|e| UnzipError::NotZip {
+        path: archive.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let plan = plan(&mut zip, limits)?;
     let total_entries = plan.len() as u64;
 
@@ -302,28 +392,25 @@ pub fn unpack(
         failed: AtomicBool::new(false),
     };
     for p in plan.iter().filter(|p| matches!(p.kind, Kind::Dir)) {
-        ctx.create_dir(p)?;
+        ctx.create_dir(&mut zip, p)?;
     }
     let files: Vec<&Planned> = plan
         .iter()
         .filter(|p| matches!(p.kind, Kind::File))
         .collect();
-    // Two workers, each with its own archive handle, take files largest first.
+    // Two workers, each with its own clone of the archive (one parsed central directory, own
+    // read position), take files largest first.
     let mut queue = files;
     queue.sort_by_key(|p| std::cmp::Reverse(p.compressed));
     let queue = Mutex::new(queue.into_iter());
     let workers = if plan.len() > 1 { 2 } else { 1 };
     let results: Vec<Result<(), UnzipError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
-            .map(|w| {
+            .map(|_| {
                 let ctx = &ctx;
                 let queue = &queue;
-                let mut own = if w == 0 { Some(open()) } else { None };
+                let mut zip = zip.clone();
                 scope.spawn(move || -> Result<(), UnzipError> {
-                    let mut zip = match own.take() {
-                        Some(z) => z?,
-                        None => open()?,
-                    };
                     loop {
                         if ctx.failed.load(Ordering::Relaxed) {
                             return Ok(());
@@ -355,7 +442,7 @@ pub fn unpack(
     }
     for p in &plan {
         if let Kind::Symlink(target) = &p.kind {
-            let path = dest.join(&p.path);
+            let path = dest.join(entry_path(&mut zip, p.index)?.1);
             std::os::unix::fs::symlink(target, &path)
                 .map_err(|source| UnzipError::Write { path, source })?;
             ctx.tick();
@@ -363,7 +450,7 @@ pub fn unpack(
     }
     // Directory modes last: a read-only directory must not block its own children.
     for p in plan.iter().filter(|p| matches!(p.kind, Kind::Dir)) {
-        let path = dest.join(&p.path);
+        let path = dest.join(entry_path(&mut zip, p.index)?.1);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(p.mode))
             .map_err(|source| UnzipError::Write { path, source })?;
     }
@@ -374,10 +461,7 @@ pub fn unpack(
 }
 
 /// The first pass: every rule that can be checked before writing.
-fn plan(
-    zip: &mut ZipArchive<BufReader<File>>,
-    limits: &Limits,
-) -> Result<Vec<Planned>, UnzipError> {
+fn plan(zip: &mut Archive, limits: &Limits) -> Result<Vec<Planned>, UnzipError> {
     let count = zip.len() as u64;
     if count > limits.max_entries {
         return Err(UnzipError::TooManyEntries {
@@ -389,19 +473,12 @@ fn plan(
         return Err(UnzipError::DuplicateNames);
     }
     let mut plan = Vec::with_capacity(zip.len());
-    let mut seen: HashSet<PathBuf> = HashSet::with_capacity(zip.len());
+    // Path hashes, not paths: duplicates are confirmed by comparing the real paths.
+    let mut hashes: Vec<(u64, usize)> = Vec::with_capacity(zip.len());
     let mut links: HashMap<PathBuf, String> = HashMap::new();
     for index in 0..zip.len() {
-        let entry = zip.by_index_raw(index).map_err(|e| UnzipError::Data {
-            entry: format!("#{index}"),
-            message: e.to_string(),
-        })?;
-        let raw = entry.name_raw().to_vec();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let path = safe_path(&raw, &name).map_err(|rule| UnzipError::UnsafeName {
-            entry: name.clone(),
-            rule,
-        })?;
+        let (name, path) = entry_path(zip, index)?;
+        let entry = zip.by_index_raw(index).map_err(|e| data_error(&name, &e))?;
         if entry.encrypted() {
             return Err(UnzipError::Encrypted { entry: name });
         }
@@ -427,13 +504,11 @@ fn plan(
         if let Some(kind) = special {
             return Err(UnzipError::Special { entry: name, kind });
         }
-        if !seen.insert(path.clone()) {
-            return Err(UnzipError::Duplicate { entry: name });
-        }
         let compressed = entry.compressed_size();
         let is_symlink = kind_bits == 0o120000;
         let is_dir = !is_symlink && (entry.is_dir() || kind_bits == 0o040000);
         drop(entry);
+        hashes.push((path_hash(&path), index));
         let kind = if is_symlink {
             let target = read_symlink_target(zip, index, &name)?;
             symlink_stays_inside(&path, &target).map_err(|rule| UnzipError::Symlink {
@@ -441,7 +516,7 @@ fn plan(
                 target: target.clone(),
                 rule,
             })?;
-            links.insert(path.clone(), name.clone());
+            links.insert(path, name);
             Kind::Symlink(target)
         } else if is_dir {
             Kind::Dir
@@ -453,19 +528,29 @@ fn plan(
         let mode = mode.map(|m| m & 0o777).unwrap_or(default_mode);
         plan.push(Planned {
             index,
-            name,
-            path,
             kind,
             mode,
             compressed,
         });
     }
+    hashes.sort_unstable();
+    for pair in hashes.windows(2) {
+        let ((h1, i1), (h2, i2)) = (pair[0], pair[1]);
+        if h1 == h2 {
+            let (_, first) = entry_path(zip, i1.min(i2))?;
+            let (later_name, later) = entry_path(zip, i1.max(i2))?;
+            if first == later {
+                return Err(UnzipError::Duplicate { entry: later_name });
+            }
+        }
+    }
     if !links.is_empty() {
-        for p in &plan {
-            for ancestor in p.path.ancestors().skip(1) {
+        for index in 0..zip.len() {
+            let (name, path) = entry_path(zip, index)?;
+            for ancestor in path.ancestors().skip(1) {
                 if let Some(link) = links.get(ancestor) {
                     return Err(UnzipError::ThroughSymlink {
-                        entry: p.name.clone(),
+                        entry: name,
                         link: link.clone(),
                     });
                 }
@@ -475,11 +560,14 @@ fn plan(
     Ok(plan)
 }
 
-fn read_symlink_target(
-    zip: &mut ZipArchive<BufReader<File>>,
-    index: usize,
-    name: &str,
-) -> Result<String, UnzipError> {
+fn path_hash(p: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.hash(&mut h);
+    h.finish()
+}
+
+fn read_symlink_target(zip: &mut Archive, index: usize, name: &str) -> Result<String, UnzipError> {
     let entry = zip.by_index(index).map_err(|e| data_error(name, &e))?;
     let mut target = Vec::new();
     entry
@@ -551,8 +639,8 @@ impl Ctx<'_> {
         );
     }
 
-    fn create_dir(&self, p: &Planned) -> Result<(), UnzipError> {
-        let path = self.dest.join(&p.path);
+    fn create_dir(&self, zip: &mut Archive, p: &Planned) -> Result<(), UnzipError> {
+        let path = self.dest.join(entry_path(zip, p.index)?.1);
         std::fs::create_dir_all(&path).map_err(|source| UnzipError::Write { path, source })?;
         self.tick();
         Ok(())
@@ -572,13 +660,10 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn write_file(
-        &self,
-        zip: &mut ZipArchive<BufReader<File>>,
-        p: &Planned,
-    ) -> Result<(), UnzipError> {
-        self.check_space(&p.name)?;
-        let path = self.dest.join(&p.path);
+    fn write_file(&self, zip: &mut Archive, p: &Planned) -> Result<(), UnzipError> {
+        let (name, rel) = entry_path(zip, p.index)?;
+        self.check_space(&name)?;
+        let path = self.dest.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| UnzipError::Write {
                 path: parent.to_path_buf(),
@@ -595,13 +680,13 @@ impl Ctx<'_> {
                 path: path.clone(),
                 source,
             })?;
-        let mut entry = zip.by_index(p.index).map_err(|e| data_error(&p.name, &e))?;
+        let mut entry = zip.by_index(p.index).map_err(|e| data_error(&name, &e))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut entry_bytes: u64 = 0;
         let mut since_check: u64 = 0;
         let ratio_cap = p.compressed.max(1).saturating_mul(self.limits.max_ratio);
         loop {
-            let n = entry.read(&mut buf).map_err(|e| read_error(&p.name, e))?;
+            let n = entry.read(&mut buf).map_err(|e| read_error(&name, e))?;
             if n == 0 {
                 break;
             }
@@ -611,20 +696,20 @@ impl Ctx<'_> {
             let total = self.written.fetch_add(n64, Ordering::Relaxed) + n64;
             if total > self.limits.max_bytes {
                 return Err(UnzipError::TooLarge {
-                    entry: p.name.clone(),
+                    entry: name.clone(),
                     limit: self.limits.max_bytes,
                 });
             }
             if entry_bytes > self.limits.ratio_min_bytes && entry_bytes > ratio_cap {
                 return Err(UnzipError::Ratio {
-                    entry: p.name.clone(),
+                    entry: name.clone(),
                     compressed: p.compressed,
                     limit: self.limits.max_ratio,
                 });
             }
             if since_check >= SPACE_CHECK_EVERY {
                 since_check = 0;
-                self.check_space(&p.name)?;
+                self.check_space(&name)?;
             }
             out.write_all(&buf[..n])
                 .map_err(|source| UnzipError::Write {
