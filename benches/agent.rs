@@ -36,7 +36,11 @@ impl Drop for Running {
 }
 
 fn start(params: &str, count: u32, extra: &str) -> Running {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), params, count, extra)
+}
+
+/// Starts the agent on `dir` (which may hold prepared data) with the fake server as the game.
+fn start_in(dir: tempfile::TempDir, params: &str, count: u32, extra: &str) -> Running {
     std::fs::create_dir_all(dir.path().join("game")).unwrap();
     std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
     let yaml = format!(
@@ -520,22 +524,14 @@ fn bench_backlog() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
     });
-    std::fs::create_dir_all(dir.path().join("game")).unwrap();
-    std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
-    let yaml = format!(
-        "fleet-id: fleet-bench\ndata-dir: data\ngame-root: game\nsdk-listen: 127.0.0.1:0\nupstream: {{ endpoint: \"http://{addr}\" }}\nruntime-configuration:\n  ServerProcesses:\n    - LaunchPath: /local/game/server\n      ConcurrentExecutions: 1\n"
-    );
-    std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
     let t = Instant::now();
-    let mut child = Command::new(AGENT)
-        .args(["run", "--config"])
-        .arg(dir.path().join("agent.yaml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+    let agent = start_in(
+        dir,
+        "",
+        1,
+        &format!("upstream: {{ endpoint: \"http://{addr}\" }}"),
+    );
+    let pid = agent.child.id();
     let mut peak = 0;
     while seen.load(Ordering::Relaxed) < backlog {
         peak = peak.max(proc_status(pid, "VmRSS:"));
@@ -546,11 +542,7 @@ fn bench_backlog() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let elapsed = t.elapsed();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    drop(agent);
     println!(
         "backlog: {backlog} events (10 min at 1,000/s) drained to a loopback control plane in {elapsed:?} (agent start included); agent RSS peak {peak} KiB while draining"
     );
