@@ -13,8 +13,7 @@ use tokio::sync::broadcast;
 
 /// What happened. GSE's own codes (gse-protocol.md §3.8) keep their names; the agent adds codes
 /// for the transitions GSE did not publish, so that every change is one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventCode {
     /// GSE: the LaunchPath does not exist or is not executable.
     ServerProcessInvalidPath,
@@ -88,21 +87,28 @@ pub enum EventCode {
     UpstreamDisconnected,
 }
 
-impl EventCode {
-    /// The wire name, e.g. `SERVER_PROCESS_CRASHED`.
-    pub fn as_str(self) -> &'static str {
-        NAMES
-            .iter()
-            .find(|(c, _)| *c == self)
-            .map(|(_, n)| *n)
-            .unwrap_or("GENERIC_EVENT")
-    }
-}
-
+/// The one list of wire names: `as_str` (a match, so a missing code does not compile) and
+/// serialization both come from it.
 macro_rules! names {
     ($($v:ident => $s:literal),* $(,)?) => {
+        impl EventCode {
+            /// The wire name, e.g. `SERVER_PROCESS_CRASHED`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s,)*
+                }
+            }
+        }
+
+        #[cfg(test)]
         const NAMES: &[(EventCode, &str)] = &[$((EventCode::$v, $s)),*];
     };
+}
+
+impl Serialize for EventCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 names! {
@@ -384,10 +390,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_match_serde() {
+    fn names_are_screaming_snake_case_and_serialized_as_written() {
         for (code, name) in NAMES {
             assert_eq!(serde_json::to_value(code).unwrap(), *name);
-            assert_eq!(code.as_str(), *name);
+            assert!(
+                name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{name}"
+            );
+            // The name is the variant's name in SCREAMING_SNAKE_CASE.
+            let variant = format!("{code:?}");
+            let mut snake = String::new();
+            for (i, c) in variant.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_uppercase());
+            }
+            assert_eq!(snake, *name);
         }
     }
 
