@@ -473,7 +473,8 @@ impl Fleet {
             exit_code: info.exit_code,
             signal: info.signal_name(),
             core_dumped: info.core_dumped,
-            likely_oom_kill: info.signal == Some(libc_sigkill()) && !info.killed_by_agent,
+            likely_oom_kill: info.signal == Some(nix::sys::signal::Signal::SIGKILL as i32)
+                && !info.killed_by_agent,
             run_millis: ran.as_millis() as u64,
             ready_millis: p
                 .ready_at
@@ -1224,10 +1225,6 @@ impl Fleet {
         }
         c
     }
-}
-
-fn libc_sigkill() -> i32 {
-    nix::sys::signal::Signal::SIGKILL as i32
 }
 
 /// The GSE event code of an exit: the agent's reason for stopping it wins; an unhealthy

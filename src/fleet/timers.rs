@@ -86,14 +86,4 @@ impl Timers {
             None
         }
     }
-
-    /// Number of pending timers.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Nothing pending.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
 }

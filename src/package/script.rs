@@ -143,7 +143,7 @@ pub async fn run_install_script(
     // Nothing it started may outlive it.
     signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     if !status.success() {
-        let info = crate::process::ExitInfo::from_status(Ok(status), false, vec![], Duration::ZERO);
+        let info = crate::process::ExitInfo::from_status(Ok(status), false, vec![]);
         return Err(ScriptError::Failed {
             status: info.describe(),
             log: log.to_path_buf(),

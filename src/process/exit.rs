@@ -2,7 +2,6 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -19,8 +18,6 @@ pub struct ExitInfo {
     pub killed_by_agent: bool,
     /// The last lines of output.
     pub output_tail: Vec<String>,
-    /// How long it ran.
-    pub ran: Duration,
 }
 
 impl ExitInfo {
@@ -29,7 +26,6 @@ impl ExitInfo {
         status: std::io::Result<ExitStatus>,
         killed_by_agent: bool,
         output_tail: Vec<String>,
-        ran: Duration,
     ) -> Self {
         let (exit_code, signal, core_dumped) = match status {
             Ok(s) => (s.code(), s.signal(), s.core_dumped()),
@@ -41,7 +37,6 @@ impl ExitInfo {
             core_dumped,
             killed_by_agent,
             output_tail,
-            ran,
         }
     }
 
@@ -71,23 +66,12 @@ mod tests {
 
     #[test]
     fn describes_codes_and_signals() {
-        let code = ExitInfo::from_status(
-            Ok(ExitStatus::from_raw(3 << 8)),
-            false,
-            vec![],
-            Duration::ZERO,
-        );
+        let code = ExitInfo::from_status(Ok(ExitStatus::from_raw(3 << 8)), false, vec![]);
         assert_eq!(code.describe(), "exit code 3");
-        let sig =
-            ExitInfo::from_status(Ok(ExitStatus::from_raw(11)), false, vec![], Duration::ZERO);
+        let sig = ExitInfo::from_status(Ok(ExitStatus::from_raw(11)), false, vec![]);
         assert_eq!(sig.signal_name().as_deref(), Some("SIGSEGV"));
         assert_eq!(sig.describe(), "killed by SIGSEGV");
-        let core = ExitInfo::from_status(
-            Ok(ExitStatus::from_raw(11 | 0x80)),
-            false,
-            vec![],
-            Duration::ZERO,
-        );
+        let core = ExitInfo::from_status(Ok(ExitStatus::from_raw(11 | 0x80)), false, vec![]);
         assert_eq!(core.describe(), "killed by SIGSEGV (core dumped)");
     }
 }

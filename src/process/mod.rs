@@ -175,7 +175,6 @@ pub fn launch(
         pipes: [Some(Box::new(stdout)), Some(Box::new(stderr))],
         logs,
         tail: Tail::new(spec.tail_lines),
-        started: Instant::now(),
         reaped: false,
     };
     let span = tracing::info_span!("process", process.id = %spec.process_id, process.pid = pid);
@@ -201,7 +200,6 @@ struct Supervised {
     pipes: [Option<Pipe>; 2],
     logs: [RotatingLog; 2],
     tail: Tail,
-    started: Instant,
     /// Set once the child is reaped; until then dropping this kills the group.
     reaped: bool,
 }
@@ -258,12 +256,7 @@ impl Supervised {
         for log in &mut self.logs {
             log.flush();
         }
-        ExitInfo::from_status(
-            status,
-            killed_by_agent,
-            self.tail.lines(),
-            self.started.elapsed(),
-        )
+        ExitInfo::from_status(status, killed_by_agent, self.tail.lines())
     }
 
     fn record(&mut self, stream: usize, read: std::io::Result<usize>, bufs: &[Vec<u8>; 2]) {

@@ -118,13 +118,6 @@ pub trait Ui {
     fn end(&mut self, step: &Step);
 }
 
-/// No output.
-pub struct Quiet;
-impl Ui for Quiet {
-    fn begin(&mut self, _: &'static str) {}
-    fn end(&mut self, _: &Step) {}
-}
-
 /// The steps, in order.
 pub const STEPS: &[&str] = &[
     "unpack",
