@@ -104,7 +104,6 @@ pub fn config_for(opts: &Options, root: &Path) -> Result<Config, ValidateError> 
     let mut cfg = cfg
         .relocated(root.join("data"), root.join("game"))
         .map_err(ValidateError::LaunchPath)?;
-    cfg.build = Some(opts.build.clone());
     cfg.sdk_listen = "127.0.0.1:0".parse().expect("a valid address");
     cfg.capi_listen = None;
     Ok(cfg)
@@ -350,9 +349,7 @@ pub async fn validate(
         return Ok(run.report(&opts.build));
     }
 
-    // The real agent, on the temporary root.
-    let mut cfg = cfg;
-    cfg.build = None; // installed above
+    // The real agent, on the temporary root (the build was installed above, step by step).
     let agent = Agent::build(cfg.clone(), run_as).await?;
     let mut events = agent.bus().subscribe();
     let shutdown = CancellationToken::new();
