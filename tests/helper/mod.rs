@@ -74,31 +74,59 @@ impl Agent {
         std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
         prepare(&dir.path().join("game"));
         std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
-        let child = Command::new(AGENT)
-            .args(["run", "--config"])
-            .arg(dir.path().join("agent.yaml"))
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(dir.path().join("agent.out")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start gse-agent");
         let mut agent = Agent {
             dir,
-            child: Some(child),
+            child: None,
             capi: "127.0.0.1:1".parse().unwrap(),
             sdk: "127.0.0.1:1".parse().unwrap(),
         };
-        let endpoints = agent.dir.path().join("data/endpoints.json");
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent binary `exe` on this agent's directory (a restart keeps `data/`);
+    /// returns once its new endpoints are written.
+    pub fn spawn_exe(&mut self, exe: &std::path::Path) {
+        assert!(self.child.is_none(), "the agent is still running");
+        let endpoints = self.path("data/endpoints.json");
+        let _ = std::fs::remove_file(&endpoints);
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(name))
+                .unwrap()
+        };
+        let child = Command::new(exe)
+            .args(["run", "--config"])
+            .arg(self.path("agent.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(log("agent.out"))
+            .stderr(log("agent.err"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start gse-agent");
+        self.child = Some(child);
         let v: Value = wait_for("endpoints.json", || {
-            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent exited early ({status}): {}", agent.stderr());
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited early ({status}): {}", self.stderr());
             }
             serde_json::from_str(&std::fs::read_to_string(&endpoints).ok()?).ok()
         });
-        agent.capi = v["CapiAddress"].as_str().unwrap().parse().unwrap();
-        agent.sdk = v["SdkAddress"].as_str().unwrap().parse().unwrap();
-        agent
+        self.capi = v["CapiAddress"].as_str().unwrap().parse().unwrap();
+        self.sdk = v["SdkAddress"].as_str().unwrap().parse().unwrap();
+    }
+
+    /// Starts the agent (again) on this agent's directory.
+    pub fn spawn(&mut self) {
+        self.spawn_exe(std::path::Path::new(AGENT));
+    }
+
+    /// SIGKILLs the agent and reaps it; its game processes are left to themselves.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the agent runs");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
