@@ -12,7 +12,10 @@ use tracing::Instrument;
 use crate::capi::{self, Capi};
 use crate::config::Config;
 use crate::event::EventBus;
-use crate::fleet::{self, FleetHandle};
+use crate::fleet::actor::{EVENT_SEQUENCE_KEY, Persistence, Stops};
+use crate::fleet::state::{Recorded, RestoreError};
+use crate::fleet::{self, Fleet, FleetHandle};
+use crate::store::{Records, StateStore, StoreError};
 use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
 use crate::upstream;
@@ -72,6 +75,18 @@ pub enum AgentError {
     /// The outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The state store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored state could not be restored.
+    #[error("{path}: {source}")]
+    Restore {
+        /// The store.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: RestoreError,
+    },
     /// The SDK server failed.
     #[error(transparent)]
     Sdk(#[from] sdk::SdkServerError),
@@ -96,9 +111,15 @@ struct Upstream {
     writer: std::thread::JoinHandle<()>,
 }
 
+/// The stored key of the SDK address games were told (kept across restarts).
+const SDK_ADDRESS_KEY: &str = "agent/sdk-address";
+
 /// A built agent: directories exist, listeners are bound, nothing runs yet.
 pub struct Agent {
     cfg: Arc<Config>,
+    store: StateStore,
+    restored: Option<(Fleet, Vec<Recorded>)>,
+    stored: Records,
     bus: EventBus,
     upstream: Option<Upstream>,
     run_as: Option<RunAs>,
@@ -126,7 +147,24 @@ impl Agent {
                 .await
                 .map_err(|source| AgentError::Bind { what, addr, source })
         };
-        let sdk_listener = bind("GSE SDK server", cfg.sdk_listen).await?;
+        let store_path = cfg.data_dir.join("outbox.redb");
+        let store = StateStore::open(&store_path)?;
+        let stored = store.load()?;
+        // Games dial the address they were given at launch: a restart serves the same one.
+        let recorded_sdk = stored
+            .get(SDK_ADDRESS_KEY)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<SocketAddr>().ok())
+            .filter(|a| cfg.sdk_listen.port() == 0 && a.ip() == cfg.sdk_listen.ip());
+        let sdk_listener = match recorded_sdk {
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(sdk.addr = %addr, error = %e, "cannot listen on the SDK address the running games were given; they cannot reach this agent");
+                    bind("GSE SDK server", cfg.sdk_listen).await?
+                }
+            },
+            None => bind("GSE SDK server", cfg.sdk_listen).await?,
+        };
         let capi_listener = match cfg.capi_listen {
             Some(addr) => Some(bind("control API", addr).await?),
             None => None,
@@ -143,16 +181,35 @@ impl Agent {
         let (bus, upstream) = match &cfg.upstream {
             None => (EventBus::new(EVENT_HISTORY), None),
             Some(u) => {
-                let outbox =
-                    Outbox::open(&cfg.data_dir.join("outbox.redb"), u.outbox_max_bytes.get())?;
+                let outbox = Outbox::open_in(store.database(), u.outbox_max_bytes.get())?;
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let bus = EventBus::with_sink(EVENT_HISTORY, tx);
                 let writer = outbox.clone().spawn_writer(rx, bus.without_sink());
                 (bus, Some(Upstream { outbox, writer }))
             }
         };
+        if let Some(next) = stored
+            .get(EVENT_SEQUENCE_KEY)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+        {
+            bus.continue_from(next);
+        }
+        let cfg = Arc::new(cfg);
+        let restored = Fleet::restore(
+            cfg.clone(),
+            &stored,
+            tokio::time::Instant::now(),
+            std::time::SystemTime::now(),
+        )
+        .map_err(|source| AgentError::Restore {
+            path: store_path,
+            source,
+        })?;
         Ok(Self {
-            cfg: Arc::new(cfg),
+            cfg,
+            store,
+            restored,
+            stored,
             bus,
             upstream,
             run_as,
@@ -172,28 +229,35 @@ impl Agent {
         &self.bus
     }
 
-    /// Supervises the fleet until `shutdown` (graceful) or `force` (kill now); returns once
-    /// every game process is gone and the servers have stopped.
-    pub async fn run(
-        self,
-        shutdown: CancellationToken,
-        force: CancellationToken,
-    ) -> Result<(), AgentError> {
-        let running = self.start(shutdown, force);
+    /// Supervises the fleet until `stops` says: graceful stop, kill now, or leave the games
+    /// running for the next agent; returns once the fleet has ended and the servers have
+    /// stopped.
+    pub async fn run(self, stops: Stops) -> Result<(), AgentError> {
+        let running = self.start(stops);
         running.wait().await
     }
 
     /// Starts supervising and serving; the returned handle gives the fleet's typed door and
     /// waits for the end.
-    pub fn start(self, shutdown: CancellationToken, force: CancellationToken) -> Running {
+    pub fn start(self, stops: Stops) -> Running {
         let bus = self.bus.clone();
+        let mut extra = Records::new();
+        extra.insert(
+            SDK_ADDRESS_KEY.into(),
+            self.endpoints.sdk_address.to_string().into_bytes(),
+        );
+        let persistence = Persistence {
+            restored: self.restored,
+            writer: self.store.spawn_writer(self.stored),
+            extra,
+        };
         let (fleet, fleet_task) = fleet::spawn_fleet(
             self.cfg.clone(),
             self.run_as.clone(),
             self.endpoints.sdk_address,
             bus.clone(),
-            shutdown,
-            force,
+            Some(persistence),
+            stops,
         );
         // The servers outlive the fleet: ending processes still call the SDK.
         let servers_stop = CancellationToken::new();

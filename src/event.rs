@@ -33,6 +33,8 @@ pub enum EventCode {
     GameSessionActivationTimeout,
     /// Agent: a process was started.
     ServerProcessStarted,
+    /// Agent: a process that outlived an agent restart is supervised again.
+    ServerProcessAdopted,
     /// Agent: a process called ProcessReady.
     ServerProcessReady,
     /// Agent: a process reached the health-check failure threshold.
@@ -121,6 +123,7 @@ names! {
     ServerProcessProcessExitTimeout => "SERVER_PROCESS_PROCESS_EXIT_TIMEOUT",
     GameSessionActivationTimeout => "GAME_SESSION_ACTIVATION_TIMEOUT",
     ServerProcessStarted => "SERVER_PROCESS_STARTED",
+    ServerProcessAdopted => "SERVER_PROCESS_ADOPTED",
     ServerProcessReady => "SERVER_PROCESS_READY",
     ServerProcessUnhealthy => "SERVER_PROCESS_UNHEALTHY",
     ServerProcessTerminating => "SERVER_PROCESS_TERMINATING",
@@ -319,6 +322,17 @@ impl EventBus {
         log(&event);
         // No receiver is fine: nobody else is listening yet.
         let _ = self.tx.send(event);
+    }
+
+    /// The sequence the next event gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).next_sequence
+    }
+
+    /// Continues numbering at `next` (after a restart; never goes back).
+    pub fn continue_from(&self, next: u64) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.next_sequence = recent.next_sequence.max(next);
     }
 
     /// Subscribes to events emitted from now on.

@@ -13,6 +13,7 @@ pub mod package;
 pub mod process;
 pub mod sdk;
 pub mod session;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod upstream;

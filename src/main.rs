@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gse_agent::agent::{self, Agent};
 use gse_agent::config::{self, Config, ConfigError};
+use gse_agent::fleet::actor::Stops;
 use gse_agent::systemd;
 use gse_agent::telemetry::{self, LogFormat};
 use gse_agent::validate;
@@ -296,17 +297,23 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         // Watch signals first: a SIGTERM right after READY=1 must stop the agent gracefully.
-        let shutdown = CancellationToken::new();
-        let force = CancellationToken::new();
+        let stops = Stops::default();
+        let shutdown = stops.shutdown.clone();
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        let (s, f) = (shutdown.clone(), force.clone());
+        let mut quit = signal(SignalKind::quit()).context("cannot watch SIGQUIT")?;
+        let (s, f, d) = (stops.shutdown.clone(), stops.force.clone(), stops.detach.clone());
         tokio::spawn(async move {
             let mut count = 0;
             loop {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
+                    _ = quit.recv() => {
+                        tracing::info!("SIGQUIT: exiting and leaving the game servers running for the next agent");
+                        d.cancel();
+                        continue;
+                    }
                 }
                 count += 1;
                 if count == 1 {
@@ -343,12 +350,15 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             }
         };
         sd_notify("READY=1");
-        let stopping = shutdown.clone();
+        let (stopping, detaching) = (stops.shutdown.clone(), stops.detach.clone());
         tokio::spawn(async move {
-            stopping.cancelled().await;
+            tokio::select! {
+                () = stopping.cancelled() => {}
+                () = detaching.cancelled() => {}
+            }
             sd_notify("STOPPING=1");
         });
-        agent.run(shutdown, force).await?;
+        agent.run(stops).await?;
         // Nothing listens any more.
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         tracing::info!("gse-agent stopped");

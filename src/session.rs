@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use crate::proto;
 
 /// Game server session status (Tencent's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum GssStatus {
     /// Handed to a process; waiting for ActivateGameServerSession.
     Activating,
@@ -52,7 +52,7 @@ impl GssStatus {
 }
 
 /// What can happen to a game server session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GssInput {
     /// The process called ActivateGameServerSession.
     Activate,
@@ -120,7 +120,7 @@ impl fmt::Display for GssStatus {
 }
 
 /// Whether new player sessions may be created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CreationPolicy {
     /// Joins are accepted.
     AcceptAll,
@@ -148,7 +148,7 @@ impl CreationPolicy {
 }
 
 /// A game server session on this host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GameSession {
     /// `qcs::gse:local::gameserversession/<fleet>/gssess-<uuid>`.
     pub id: String,
@@ -223,7 +223,7 @@ impl GameSession {
 }
 
 /// Player session status (Tencent's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PlayerStatus {
     /// Joined, not yet accepted by the game.
     Reserved,
@@ -265,7 +265,7 @@ impl PlayerStatus {
 }
 
 /// What can happen to a player session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PlayerInput {
     /// AcceptPlayerSession.
     Accept,
@@ -290,7 +290,7 @@ impl PlayerStatus {
 }
 
 /// A player session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PlayerSession {
     /// `psess-<uuid>`.
     pub id: String,

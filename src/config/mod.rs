@@ -191,7 +191,7 @@ impl Default for Timeouts {
 }
 
 /// GSE's game server session protection policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum ProtectionPolicy {
     /// Killed after the no-protection grace (GSE: 5 minutes).
     NoProtection,
@@ -436,7 +436,7 @@ struct RawServerProcess {
 }
 
 /// One `ServerProcesses` entry, resolved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct ProcessSpec {
     /// As written (GSE form, e.g. `/local/game/server`).
     pub launch_path: String,
@@ -451,7 +451,7 @@ pub struct ProcessSpec {
 }
 
 /// The fleet's runtime configuration, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct RuntimeConfiguration {
     /// The launch entries.
     pub server_processes: Vec<ProcessSpec>,

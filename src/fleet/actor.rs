@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -13,7 +13,8 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
-use super::state::Fleet;
+use super::state::{Fleet, Recorded};
+use crate::store::{Records, StateWriter};
 use crate::config::Config;
 use crate::event::EventBus;
 use crate::package::RunAs;
@@ -43,19 +44,19 @@ enum Request {
     },
 }
 
+/// Results of the actor's own work, keyed by launch serial.
 enum Report {
     Exited {
-        pid: u32,
-        process_id: String,
+        serial: u64,
         info: ExitInfo,
     },
     Health {
-        pid: u32,
+        serial: u64,
         healthy: bool,
         detail: String,
     },
     StartResult {
-        pid: u32,
+        serial: u64,
         gss_id: String,
         result: Result<(), String>,
     },
@@ -96,20 +97,58 @@ impl FleetHandle {
     }
 }
 
-/// Starts the fleet actor. `shutdown` begins the graceful stop (OnProcessTerminate, bounded
-/// wait, kill); `force` stops every process at once. The task ends when every process is gone.
+/// How the fleet actor is asked to end.
+#[derive(Clone, Default)]
+pub struct Stops {
+    /// Graceful stop: OnProcessTerminate, bounded wait, then kill.
+    pub shutdown: CancellationToken,
+    /// Stop every process at once.
+    pub force: CancellationToken,
+    /// Leave every process running and end (an upgrade of the agent): the state is saved and
+    /// the next agent adopts them.
+    pub detach: CancellationToken,
+}
+
+/// What the fleet is restored from and saved to.
+pub struct Persistence {
+    /// The fleet as the last agent left it, with the processes it recorded as running.
+    pub restored: Option<(Fleet, Vec<Recorded>)>,
+    /// Where every change is saved.
+    pub writer: StateWriter,
+    /// Records the agent adds beside the fleet's own (the SDK address, event ids).
+    pub extra: Records,
+}
+
+/// Events numbered ahead of what is saved: a restart continues above this many, so event ids
+/// are never reused as long as fewer events than this happen between two saves.
+pub const EVENT_SEQUENCE_RESERVE: u64 = 1 << 20;
+/// The stored key of the next event sequence a restarted agent may use.
+pub const EVENT_SEQUENCE_KEY: &str = "agent/event-sequence";
+/// How long a failed save waits before it is tried again.
+const SAVE_RETRY: Duration = Duration::from_secs(1);
+
+/// Starts the fleet actor; the task ends when every process is gone (or, on `stops.detach`,
+/// once the state is saved with every process left running).
 pub fn spawn_fleet(
     cfg: Arc<Config>,
     run_as: Option<RunAs>,
     sdk_addr: SocketAddr,
     bus: EventBus,
-    shutdown: CancellationToken,
-    force: CancellationToken,
+    persistence: Option<Persistence>,
+    stops: Stops,
 ) -> (FleetHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let (restored, store) = match persistence {
+        Some(p) => (p.restored, Some((p.writer, p.extra))),
+        None => (None, None),
+    };
+    let (fleet, recorded) = match restored {
+        Some((fleet, recorded)) => (fleet, recorded),
+        None => (Fleet::new(cfg.clone()), Vec::new()),
+    };
     let actor = Actor {
-        fleet: Fleet::new(cfg.clone()),
+        fleet,
         base_env: base_env(&cfg, sdk_addr),
         user: run_as.map(|r| (r.uid, r.gid)),
         cfg,
@@ -117,9 +156,15 @@ pub fn spawn_fleet(
         handles: HashMap::new(),
         clients: HashMap::new(),
         report_tx,
+        store: store.map(|(writer, extra)| Store {
+            writer,
+            extra,
+            dirty: true,
+            retry_at: None,
+        }),
     };
     let span = tracing::info_span!("fleet");
-    let task = tokio::spawn(actor.run(rx, report_rx, shutdown, force).instrument(span));
+    let task = tokio::spawn(actor.run(rx, report_rx, recorded, stops).instrument(span));
     (FleetHandle { tx }, task)
 }
 
@@ -150,9 +195,23 @@ struct Actor {
     base_env: Vec<(String, String)>,
     user: Option<(u32, u32)>,
     bus: EventBus,
-    handles: HashMap<u32, ProcessHandle>,
-    clients: HashMap<u32, Client>,
+    /// Process handles by launch serial.
+    handles: HashMap<u64, ProcessHandle>,
+    /// Callback clients by launch serial.
+    clients: HashMap<u64, Client>,
     report_tx: mpsc::UnboundedSender<Report>,
+    store: Option<Store>,
+}
+
+/// The actor's side of saving: a snapshot is offered only when the writer is idle, so the
+/// changes made during one commit go into the next.
+struct Store {
+    writer: StateWriter,
+    extra: Records,
+    /// Something may have changed since the last snapshot.
+    dirty: bool,
+    /// A failed save is retried from here on.
+    retry_at: Option<Instant>,
 }
 
 impl Actor {
@@ -160,18 +219,28 @@ impl Actor {
         mut self,
         mut rx: mpsc::Receiver<Request>,
         mut reports: mpsc::UnboundedReceiver<Report>,
-        shutdown: CancellationToken,
-        force: CancellationToken,
+        recorded: Vec<Recorded>,
+        stops: Stops,
     ) {
+        // What the last agent left running is adopted before anything new is launched, so
+        // only the missing slots start.
+        self.adopt(recorded, Instant::now());
         self.fleet.start();
         self.perform(Instant::now());
         let mut hard_deadline: Option<Instant> = None;
         let mut forced = false;
+        let (shutdown, force, detach) = (&stops.shutdown, &stops.force, &stops.detach);
         while !self.fleet.is_stopped() {
             let next = self.fleet.next_deadline();
+            let saving = self.store.as_ref().is_some_and(|s| s.writer.busy());
+            let retry_at = self.store.as_ref().and_then(|s| s.retry_at);
             tokio::select! {
                 biased;
                 Some(report) = reports.recv() => self.report(report),
+                () = detach.cancelled() => {
+                    self.detach();
+                    return;
+                }
                 () = shutdown.cancelled(), if hard_deadline.is_none() => {
                     let now = Instant::now();
                     self.fleet.begin_shutdown(now);
@@ -187,15 +256,109 @@ impl Actor {
                     forced = true;
                     self.kill_everything();
                 }
+                Some(ok) = async { self.store.as_mut()?.writer.committed().await }, if saving => {
+                    if !ok && let Some(store) = &mut self.store {
+                        store.dirty = true;
+                        store.retry_at = Some(Instant::now() + SAVE_RETRY);
+                    }
+                }
                 Some(req) = rx.recv() => self.request(req),
                 () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
+                () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    if let Some(store) = &mut self.store {
+                        store.retry_at = None;
+                    }
+                }
             }
             // Due timers fire on every turn, so a busy request queue cannot delay them.
             let now = Instant::now();
             self.fleet.tick(now);
             self.perform(now);
+            self.save(now, false);
         }
+        self.save(Instant::now(), true);
         tracing::info!("every server process has ended");
+    }
+
+    /// Offers a snapshot to the writer when something changed and it is idle; `last` waits
+    /// until the final state is written.
+    fn save(&mut self, now: Instant, last: bool) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        if !last && (!store.dirty || store.writer.busy() || store.retry_at.is_some()) {
+            return;
+        }
+        let mut records = self.fleet.snapshot(now, SystemTime::now());
+        records.extend(store.extra.clone());
+        let next_event = self.bus.next_sequence() + EVENT_SEQUENCE_RESERVE;
+        records.insert(
+            EVENT_SEQUENCE_KEY.into(),
+            next_event.to_string().into_bytes(),
+        );
+        store.dirty = false;
+        if last {
+            if let Some(store) = self.store.take() {
+                store.writer.finish(records);
+            }
+        } else {
+            store.writer.send(records);
+        }
+    }
+
+    /// Marks the state changed (everything but a pure query may change it).
+    fn touch(&mut self) {
+        if let Some(store) = &mut self.store {
+            store.dirty = true;
+        }
+    }
+
+    /// Ends the actor leaving every process running, with the state saved for the next agent.
+    fn detach(&mut self) {
+        tracing::info!(
+            processes = self.handles.len(),
+            "leaving the game processes running for the next agent"
+        );
+        self.touch();
+        self.save(Instant::now(), true);
+        for (_, handle) in self.handles.drain() {
+            handle.detach();
+        }
+    }
+
+    /// Adopts each recorded process that is still the same process; the others are accounted
+    /// for as exits of unknown status (and replaced).
+    fn adopt(&mut self, recorded: Vec<Recorded>, now: Instant) {
+        let log_dir = self.cfg.data_dir.join("logs");
+        for r in recorded {
+            let spec = process::AdoptSpec {
+                process_id: r.process_id.clone(),
+                log_dir: log_dir.clone(),
+                max_log_bytes: self.cfg.logs.max_file_bytes,
+                keep_logs: self.cfg.logs.keep_files,
+                tail_lines: self.cfg.logs.tail_lines,
+            };
+            let serial = r.serial;
+            match process::adopt(&spec, &r.identity, self.on_exit(serial)) {
+                Ok(handle) => {
+                    tracing::info!(process.id = %r.process_id, process.pid = r.identity.pid, "adopted");
+                    self.handles.insert(serial, handle);
+                    self.fleet.adopted(serial);
+                }
+                Err(e) => {
+                    tracing::info!(process.id = %r.process_id, process.pid = r.identity.pid, error = %e, "not adopted");
+                    self.fleet.lost(serial, &e.to_string(), now);
+                }
+            }
+        }
+        self.touch();
+    }
+
+    fn on_exit(&self, serial: u64) -> impl FnOnce(u32, ExitInfo) + Send + 'static {
+        let tx = self.report_tx.clone();
+        move |_pid, info| {
+            let _ = tx.send(Report::Exited { serial, info });
+        }
     }
 
     fn kill_everything(&mut self) {
@@ -209,9 +372,15 @@ impl Actor {
         let now = Instant::now();
         match req {
             Request::Sdk { pid, call, reply } => {
+                if !matches!(call, SdkCall::DescribePlayers(_)) {
+                    self.touch();
+                }
                 let _ = reply.send(self.fleet.sdk(pid, call, now));
             }
             Request::Control { cmd, reply } => {
+                if !cmd.is_query() {
+                    self.touch();
+                }
                 let _ = reply.send(self.fleet.control(cmd, now));
             }
         }
@@ -219,31 +388,22 @@ impl Actor {
 
     fn report(&mut self, report: Report) {
         let now = Instant::now();
+        self.touch();
         match report {
-            Report::Exited {
-                pid,
-                process_id,
-                info,
-            } => {
-                if self
-                    .handles
-                    .get(&pid)
-                    .is_some_and(|h| h.process_id == process_id)
-                {
-                    self.handles.remove(&pid);
-                }
-                self.fleet.exited(pid, &process_id, info, now);
+            Report::Exited { serial, info } => {
+                self.handles.remove(&serial);
+                self.fleet.exited(serial, info, now);
             }
             Report::Health {
-                pid,
+                serial,
                 healthy,
                 detail,
-            } => self.fleet.health_result(pid, healthy, &detail, now),
+            } => self.fleet.health_result(serial, healthy, &detail, now),
             Report::StartResult {
-                pid,
+                serial,
                 gss_id,
                 result,
-            } => self.fleet.start_session_result(pid, &gss_id, result, now),
+            } => self.fleet.start_session_result(serial, &gss_id, result, now),
         }
     }
 
@@ -254,6 +414,7 @@ impl Actor {
             if effects.is_empty() {
                 return;
             }
+            self.touch();
             for effect in effects {
                 self.effect(effect, now);
             }
@@ -264,19 +425,20 @@ impl Actor {
         match effect {
             Effect::Launch {
                 slot,
+                serial,
                 process_id,
                 retire_logs_of,
-            } => self.launch(slot, process_id, retire_logs_of, now),
-            Effect::Stop { pid, grace } => {
-                if let Some(h) = self.handles.get(&pid) {
+            } => self.launch(slot, serial, process_id, retire_logs_of, now),
+            Effect::Stop { serial, grace } => {
+                if let Some(h) = self.handles.get(&serial) {
                     h.stop(grace);
                 }
             }
-            Effect::HealthCheck { pid, grpc_port } => {
-                let mut client = self.client(pid, grpc_port);
+            Effect::HealthCheck { serial, grpc_port } => {
+                let mut client = self.client(serial, grpc_port);
                 let limit = self.cfg.health_check.timeout.get();
                 let tx = self.report_tx.clone();
-                let span = tracing::debug_span!("health_check", process.pid = pid);
+                let span = tracing::debug_span!("health_check", process.serial = serial);
                 tokio::spawn(
                     async move {
                         let (healthy, detail) = match timeout(
@@ -294,7 +456,7 @@ impl Actor {
                             ),
                         };
                         let _ = tx.send(Report::Health {
-                            pid,
+                            serial,
                             healthy,
                             detail,
                         });
@@ -303,16 +465,16 @@ impl Actor {
                 );
             }
             Effect::StartSession {
-                pid,
+                serial,
                 grpc_port,
                 session,
             } => {
-                let mut client = self.client(pid, grpc_port);
+                let mut client = self.client(serial, grpc_port);
                 let limit = self.cfg.runtime.activation_timeout + START_CALL_SLACK;
                 let tx = self.report_tx.clone();
                 let gss_id = session.game_server_session_id.clone();
                 let span =
-                    tracing::info_span!("start_session", gss.id = %gss_id, process.pid = pid);
+                    tracing::info_span!("start_session", gss.id = %gss_id, process.serial = serial);
                 tokio::spawn(
                     async move {
                         let req = proto::StartGameServerSessionRequest {
@@ -326,7 +488,7 @@ impl Actor {
                                 Err(_) => return,
                             };
                         let _ = tx.send(Report::StartResult {
-                            pid,
+                            serial,
                             gss_id,
                             result,
                         });
@@ -335,39 +497,39 @@ impl Actor {
                 );
             }
             Effect::Terminate {
-                pid,
+                serial,
                 grpc_port,
                 termination_time,
             } => {
-                let mut client = self.client(pid, grpc_port);
-                let span = tracing::info_span!("process_terminate", process.pid = pid);
+                let mut client = self.client(serial, grpc_port);
+                let span = tracing::info_span!("process_terminate", process.serial = serial);
                 tokio::spawn(async move {
                     let req = proto::ProcessTerminateRequest { termination_time };
                     match timeout(TERMINATE_CALL_TIMEOUT, client.on_process_terminate(req)).await {
                         Ok(Ok(r)) => {
                             if let Err(e) = gse_result(r.get_ref()) {
-                                tracing::warn!(process.pid = pid, error = %e, "OnProcessTerminate answered with an error");
+                                tracing::warn!(error = %e, "OnProcessTerminate answered with an error");
                             }
                         }
                         Ok(Err(status)) => {
-                            tracing::warn!(process.pid = pid, error = %status.message(), "OnProcessTerminate failed")
+                            tracing::warn!(error = %status.message(), "OnProcessTerminate failed")
                         }
                         Err(_) => {
-                            tracing::warn!(process.pid = pid, "OnProcessTerminate did not answer")
+                            tracing::warn!("OnProcessTerminate did not answer")
                         }
                     }
                 }.instrument(span));
             }
-            Effect::Forget { pid } => {
-                self.clients.remove(&pid);
+            Effect::Forget { serial } => {
+                self.clients.remove(&serial);
             }
             Effect::Emit(event) => self.bus.emit(*event),
         }
     }
 
-    fn client(&mut self, pid: u32, grpc_port: u16) -> Client {
+    fn client(&mut self, serial: u64, grpc_port: u16) -> Client {
         self.clients
-            .entry(pid)
+            .entry(serial)
             .or_insert_with(|| {
                 let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
                     .expect("a loopback URI with a numeric port is valid")
@@ -380,6 +542,7 @@ impl Actor {
     fn launch(
         &mut self,
         slot: usize,
+        serial: u64,
         process_id: String,
         retire_logs_of: Option<String>,
         now: Instant,
@@ -413,20 +576,11 @@ impl Actor {
             tail_lines: self.cfg.logs.tail_lines,
             user: self.user,
         };
-        let tx = self.report_tx.clone();
-        let exited_id = process_id.clone();
-        let on_exit = move |pid, info| {
-            let _ = tx.send(Report::Exited {
-                pid,
-                process_id: exited_id,
-                info,
-            });
-        };
-        match process::launch(&launch, on_exit) {
+        match process::launch(&launch, self.on_exit(serial)) {
             Ok(handle) => {
-                let pid = handle.pid;
-                self.handles.insert(pid, handle);
-                self.fleet.spawned(slot, process_id, pid, now);
+                let identity = handle.identity.clone();
+                self.handles.insert(serial, handle);
+                self.fleet.spawned(slot, serial, process_id, identity, now);
             }
             Err(e) => {
                 let invalid = matches!(e, process::SpawnError::InvalidPath { .. });

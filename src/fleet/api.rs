@@ -14,6 +14,8 @@ pub enum Effect {
     Launch {
         /// Slot index.
         slot: usize,
+        /// The launch's serial: the key of the process in every later effect and report.
+        serial: u64,
         /// The new process's agent id.
         process_id: String,
         /// An old process of the same slot whose log files are now removed (the last
@@ -22,22 +24,22 @@ pub enum Effect {
     },
     /// SIGTERM the process group, SIGKILL it after `grace`.
     Stop {
-        /// Process.
-        pid: u32,
+        /// The process's launch serial.
+        serial: u64,
         /// Time between SIGTERM and SIGKILL.
         grace: Duration,
     },
     /// Call OnHealthCheck; answer with [`crate::fleet::Fleet::health_result`].
     HealthCheck {
-        /// Process.
-        pid: u32,
+        /// The process's launch serial.
+        serial: u64,
         /// Its callback port.
         grpc_port: u16,
     },
     /// Call OnStartGameServerSession; answer with [`crate::fleet::Fleet::start_session_result`].
     StartSession {
-        /// Process.
-        pid: u32,
+        /// The process's launch serial.
+        serial: u64,
         /// Its callback port.
         grpc_port: u16,
         /// The session.
@@ -45,8 +47,8 @@ pub enum Effect {
     },
     /// Call OnProcessTerminate.
     Terminate {
-        /// Process.
-        pid: u32,
+        /// The process's launch serial.
+        serial: u64,
         /// Its callback port.
         grpc_port: u16,
         /// Unix seconds; 0 = no deadline.
@@ -54,15 +56,15 @@ pub enum Effect {
     },
     /// Forget the callback client of an exited process.
     Forget {
-        /// Process.
-        pid: u32,
+        /// The process's launch serial.
+        serial: u64,
     },
     /// Publish on the event bus.
     Emit(Box<Event>),
 }
 
 /// Why the agent stopped a process; decides the exit's event code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StopReason {
     /// No ProcessReady in time.
     ReadyTimeout,
@@ -303,6 +305,19 @@ pub enum Control {
     /// Reserve (true): place no new game server sessions here; processes keep running (GSE's
     /// SetServerReserved). Unreserve (false).
     SetReserved(bool),
+}
+
+impl Control {
+    /// Only reads the fleet (nothing to save afterwards).
+    pub fn is_query(&self) -> bool {
+        matches!(
+            self,
+            Self::DescribeSessions(_)
+                | Self::DescribePlayers(_)
+                | Self::DescribeProcesses
+                | Self::DescribeInstance
+        )
+    }
 }
 
 /// A successful control answer.

@@ -12,9 +12,10 @@ use super::api::{
 };
 use super::restart::{Breaker, backoff};
 use super::timers::{Timer, Timers};
+pub use persist::{Recorded, RestoreError};
 use crate::config::{Config, ProcessSpec, RuntimeConfiguration};
 use crate::event::{Event, EventCode, ExitDetails};
-use crate::process::ExitInfo;
+use crate::process::{ExitInfo, Identity};
 use crate::session::{
     CreationPolicy, GameSession, GssInput, GssStatus, PlayerInput, PlayerSession, unix_seconds,
 };
@@ -23,7 +24,7 @@ use crate::session::{
 pub const LOG_GENERATIONS_KEPT: u64 = 5;
 
 /// Why a process was sent OnProcessTerminate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum TerminateReason {
     Unhealthy,
     Requested,
@@ -44,7 +45,7 @@ impl TerminateReason {
 }
 
 /// A process's place in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Phase {
     /// Started, no ProcessReady yet.
     Launching,
@@ -71,6 +72,10 @@ impl Phase {
 struct Proc {
     id: String,
     pid: u32,
+    /// pid, start time and executable: what a restarted agent checks before adopting it.
+    identity: Identity,
+    /// When its current phase runs out (ProcessReady, protection or exit deadline).
+    deadline: Option<Instant>,
     /// Unique per launch: timers name it so that a reused pid is never mistaken for it.
     serial: u64,
     slot: usize,
@@ -96,7 +101,8 @@ struct Slot {
     entry: usize,
     replica: u32,
     generation: u64,
-    pid: Option<u32>,
+    /// The launch serial of its live process.
+    serial: Option<u64>,
     launch: LaunchState,
     failures: u32,
     /// From an older runtime configuration: never relaunched; its process is retired as soon
@@ -128,7 +134,10 @@ pub struct Fleet {
     cfg: Arc<Config>,
     slots: Vec<Slot>,
     entries: Vec<Entry>,
-    procs: HashMap<u32, Proc>,
+    /// Live processes by launch serial.
+    procs: HashMap<u64, Proc>,
+    /// Launch serials of live processes by OS pid (SDK calls name the pid).
+    by_pid: HashMap<u32, u64>,
     sessions: HashMap<String, (u64, GameSession)>,
     session_order: BTreeMap<u64, String>,
     finished_sessions: VecDeque<String>,
@@ -146,7 +155,7 @@ pub struct Fleet {
     activation_timeout: Duration,
     /// Processes of retiring slots whose session just ended: told to terminate at the end of
     /// the current input.
-    retire_later: Vec<u32>,
+    retire_later: Vec<u64>,
 }
 
 impl Fleet {
@@ -160,6 +169,7 @@ impl Fleet {
             slots: Vec::new(),
             entries: Vec::new(),
             procs: HashMap::new(),
+            by_pid: HashMap::new(),
             sessions: HashMap::new(),
             session_order: BTreeMap::new(),
             finished_sessions: VecDeque::new(),
@@ -194,7 +204,7 @@ impl Fleet {
                     entry,
                     replica,
                     generation: 0,
-                    pid: None,
+                    serial: None,
                     launch: LaunchState::Idle,
                     failures: 0,
                     retiring: false,
@@ -236,10 +246,10 @@ impl Fleet {
             .collect();
         for slot in old {
             self.slots[slot].retiring = true;
-            if let Some(pid) = self.slots[slot].pid
-                && self.live_session_policy(pid).is_none()
+            if let Some(serial) = self.slots[slot].serial
+                && self.live_session_policy(serial).is_none()
             {
-                self.terminate(pid, TerminateReason::Retired, now);
+                self.terminate(serial, TerminateReason::Retired, now);
             }
         }
         let total = runtime
@@ -258,8 +268,8 @@ impl Fleet {
 
     /// Retires the processes whose sessions ended while their slot was retiring.
     fn retire_pending(&mut self, now: Instant) {
-        for pid in std::mem::take(&mut self.retire_later) {
-            self.terminate(pid, TerminateReason::Retired, now);
+        for serial in std::mem::take(&mut self.retire_later) {
+            self.terminate(serial, TerminateReason::Retired, now);
         }
     }
 
@@ -285,12 +295,12 @@ impl Fleet {
 
     /// Pids of live processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.procs.keys().copied().collect()
+        self.by_pid.keys().copied().collect()
     }
 
-    /// The process `pid` if it is still the launch numbered `serial`.
-    fn live(&self, pid: u32, serial: u64) -> Option<&Proc> {
-        self.procs.get(&pid).filter(|p| p.serial == serial)
+    /// The launch serial of the live process `pid`.
+    pub fn serial_of(&self, pid: u32) -> Option<u64> {
+        self.by_pid.get(&pid).copied()
     }
 
     fn emit(&mut self, event: Event) {
@@ -302,7 +312,7 @@ impl Fleet {
         self.next_seq
     }
 
-    /// Launches every slot.
+    /// Launches every slot that has no process (after a restart, the adopted ones have).
     pub fn start(&mut self) {
         self.emit(Event::new(
             EventCode::AgentStarted,
@@ -312,12 +322,50 @@ impl Fleet {
                 self.cfg.fleet_id
             ),
         ));
+        if self.draining {
+            return;
+        }
         for slot in 0..self.slots.len() {
-            self.launch(slot);
+            let s = &self.slots[slot];
+            if s.serial.is_none() && s.launch == LaunchState::Idle && !s.retiring {
+                self.launch(slot);
+            }
         }
     }
 
+    /// The recorded process `serial` is alive and supervised again (after a restart of the
+    /// agent).
+    pub fn adopted(&mut self, serial: u64) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        let (id, pid, phase, stop) = (p.id.clone(), p.pid, p.phase, p.stop);
+        self.emit(
+            Event::new(
+                EventCode::ServerProcessAdopted,
+                format!("adopted after an agent restart ({})", phase.as_str()),
+            )
+            .process(&id, Some(pid)),
+        );
+        if let Some(reason) = stop {
+            // The stop asked for before the restart is asked for again.
+            self.procs.get_mut(&serial).expect("checked above").stop = None;
+            self.stop(serial, reason);
+        }
+    }
+
+    /// The recorded process `serial` is no longer running (or its pid now names another
+    /// process): it is accounted for as an exit whose status is unknown, and replaced.
+    pub fn lost(&mut self, serial: u64, why: &str, now: Instant) {
+        let info = ExitInfo {
+            output_tail: vec![format!("exit status unknown: {why}")],
+            ..ExitInfo::default()
+        };
+        self.exited(serial, info, now);
+    }
+
     fn launch(&mut self, slot: usize) {
+        let serial = self.seq();
         let s = &mut self.slots[slot];
         s.generation += 1;
         s.launch = LaunchState::InFlight;
@@ -330,23 +378,29 @@ impl Fleet {
             .map(id);
         self.effects.push(Effect::Launch {
             slot,
+            serial,
             process_id,
             retire_logs_of,
         });
     }
 
-    /// The launch of `slot` succeeded.
-    pub fn spawned(&mut self, slot: usize, process_id: String, pid: u32, now: Instant) {
+    /// The launch `serial` of `slot` succeeded: `identity` names the new process.
+    pub fn spawned(
+        &mut self,
+        slot: usize,
+        serial: u64,
+        process_id: String,
+        identity: Identity,
+        now: Instant,
+    ) {
+        let pid = identity.pid;
+        let ready_by = now + self.cfg.timeouts.process_ready.get();
         let s = &mut self.slots[slot];
         s.launch = LaunchState::Idle;
-        s.pid = Some(pid);
+        s.serial = Some(serial);
         let entry = s.entry;
         self.entries[entry].invalid_path_reported = false;
-        let serial = self.seq();
-        self.timers.add(
-            now + self.cfg.timeouts.process_ready.get(),
-            Timer::ReadyTimeout { pid, serial },
-        );
+        self.timers.add(ready_by, Timer::ReadyTimeout { serial });
         let launch_path = self.entries[entry].spec.launch_path.clone();
         self.emit(
             Event::new(
@@ -355,11 +409,14 @@ impl Fleet {
             )
             .process(&process_id, Some(pid)),
         );
+        self.by_pid.insert(pid, serial);
         self.procs.insert(
-            pid,
+            serial,
             Proc {
                 id: process_id,
                 pid,
+                identity,
+                deadline: Some(ready_by),
                 serial,
                 slot,
                 started: now,
@@ -379,10 +436,10 @@ impl Fleet {
             },
         );
         if self.shutting_down {
-            self.stop(pid, StopReason::Shutdown);
+            self.stop(serial, StopReason::Shutdown);
         } else if self.slots[slot].retiring {
             // Launched just before a runtime update: it would run the old configuration.
-            self.stop(pid, StopReason::Forced);
+            self.stop(serial, StopReason::Forced);
         }
     }
 
@@ -458,15 +515,16 @@ impl Fleet {
         }
     }
 
-    /// A process exited (and was reaped).
-    pub fn exited(&mut self, pid: u32, process_id: &str, info: ExitInfo, now: Instant) {
-        if self.procs.get(&pid).is_none_or(|p| p.id != process_id) {
-            return;
-        }
-        let Some(p) = self.procs.remove(&pid) else {
+    /// The process launched as `serial` exited (and was reaped).
+    pub fn exited(&mut self, serial: u64, info: ExitInfo, now: Instant) {
+        let Some(p) = self.procs.remove(&serial) else {
             return;
         };
-        self.effects.push(Effect::Forget { pid });
+        let pid = p.pid;
+        if self.by_pid.get(&pid) == Some(&serial) {
+            self.by_pid.remove(&pid);
+        }
+        self.effects.push(Effect::Forget { serial });
         let code = classify(&p);
         let ran = now.saturating_duration_since(p.started);
         let details = ExitDetails {
@@ -518,7 +576,7 @@ impl Fleet {
             self.end_session(gss_id, GssInput::ProcessExited { clean }, &reason);
         }
         let slot = p.slot;
-        self.slots[slot].pid = None;
+        self.slots[slot].serial = None;
         // A process that ended before it ever became ready is failing too, however it ended:
         // without this, one that calls ProcessEnding at start-up would relaunch hot forever.
         let failure = (p.ready_at.is_none() && p.stop.is_none())
@@ -537,13 +595,14 @@ impl Fleet {
         }
     }
 
-    /// A health check finished.
-    pub fn health_result(&mut self, pid: u32, healthy: bool, detail: &str, now: Instant) {
+    /// A health check of the process launched as `serial` finished.
+    pub fn health_result(&mut self, serial: u64, healthy: bool, detail: &str, now: Instant) {
         let threshold = self.cfg.health_check.failure_threshold;
         let interval = self.cfg.health_check.interval.get();
-        let Some(p) = self.procs.get_mut(&pid) else {
+        let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
+        let pid = p.pid;
         p.health_in_flight = false;
         if p.phase != Phase::Active {
             return;
@@ -561,7 +620,6 @@ impl Fleet {
                 "health check failed"
             );
         }
-        let serial = p.serial;
         if p.health_failures >= threshold {
             p.healthy = false;
             let id = p.id.clone();
@@ -572,17 +630,17 @@ impl Fleet {
                 )
                 .process(&id, Some(pid)),
             );
-            self.terminate(pid, TerminateReason::Unhealthy, now);
+            self.terminate(serial, TerminateReason::Unhealthy, now);
         } else {
-            self.timers
-                .add(now + interval, Timer::HealthCheck { pid, serial });
+            self.timers.add(now + interval, Timer::HealthCheck { serial });
         }
     }
 
-    /// OnStartGameServerSession returned; `Err` carries why it failed.
+    /// OnStartGameServerSession to the process launched as `serial` returned; `Err` carries
+    /// why it failed.
     pub fn start_session_result(
         &mut self,
-        pid: u32,
+        serial: u64,
         gss_id: &str,
         result: Result<(), String>,
         now: Instant,
@@ -598,7 +656,7 @@ impl Fleet {
                 GssInput::Fail,
                 &format!("OnStartGameServerSession failed: {why}"),
             );
-            if let Some(p) = self.procs.get_mut(&pid) {
+            if let Some(p) = self.procs.get_mut(&serial) {
                 p.session = None;
             }
         }
@@ -624,37 +682,40 @@ impl Fleet {
                     self.schedule_launch(slot, now, Duration::ZERO);
                 }
             }
-            Timer::ReadyTimeout { pid, serial } => {
+            Timer::ReadyTimeout { serial } => {
                 if self
-                    .live(pid, serial)
+                    .procs
+                    .get(&serial)
                     .is_some_and(|p| p.phase == Phase::Launching)
                 {
-                    self.stop(pid, StopReason::ReadyTimeout);
+                    self.stop(serial, StopReason::ReadyTimeout);
                 }
             }
-            Timer::HealthCheck { pid, serial } => {
-                if let Some(p) = self.procs.get_mut(&pid)
-                    && p.serial == serial
+            Timer::HealthCheck { serial } => {
+                if let Some(p) = self.procs.get_mut(&serial)
                     && p.phase == Phase::Active
                     && p.stop.is_none()
                     && !p.health_in_flight
                 {
                     p.health_in_flight = true;
                     let grpc_port = p.grpc_port;
-                    self.effects.push(Effect::HealthCheck { pid, grpc_port });
+                    self.effects
+                        .push(Effect::HealthCheck { serial, grpc_port });
                 }
             }
-            Timer::TerminateDeadline { pid, serial } => {
-                if let Some(Phase::Terminating(reason)) = self.live(pid, serial).map(|p| p.phase) {
-                    self.stop(pid, reason.stop_reason());
+            Timer::TerminateDeadline { serial } => {
+                if let Some(Phase::Terminating(reason)) = self.procs.get(&serial).map(|p| p.phase)
+                {
+                    self.stop(serial, reason.stop_reason());
                 }
             }
-            Timer::ExitTimeout { pid, serial } => {
+            Timer::ExitTimeout { serial } => {
                 if self
-                    .live(pid, serial)
+                    .procs
+                    .get(&serial)
                     .is_some_and(|p| p.phase == Phase::Ending)
                 {
-                    self.stop(pid, StopReason::ExitTimeout);
+                    self.stop(serial, StopReason::ExitTimeout);
                 }
             }
             Timer::ActivationTimeout { gss_id } => {
@@ -678,7 +739,9 @@ impl Fleet {
                     .process(&process_id, Some(pid)),
                 );
                 self.end_session_quietly(&gss_id, GssInput::Fail, "activation timed out");
-                self.stop(pid, StopReason::Forced);
+                if let Some(serial) = self.serial_of(pid) {
+                    self.stop(serial, StopReason::Forced);
+                }
             }
             Timer::Reservation { player_session_id } => {
                 self.player_transition(&player_session_id, PlayerInput::Timeout);
@@ -705,13 +768,12 @@ impl Fleet {
             EventCode::AgentStopping,
             format!("stopping {} server process(es)", self.procs.len()),
         ));
-        let pids: Vec<u32> = self.procs.keys().copied().collect();
-        for pid in pids {
-            match self.procs[&pid].phase {
+        for serial in self.serials() {
+            match self.procs[&serial].phase {
                 Phase::Active | Phase::Terminating(_) => {
-                    self.terminate(pid, TerminateReason::Shutdown, now)
+                    self.terminate(serial, TerminateReason::Shutdown, now)
                 }
-                Phase::Launching => self.stop(pid, StopReason::Shutdown),
+                Phase::Launching => self.stop(serial, StopReason::Shutdown),
                 Phase::Ending => {}
             }
         }
@@ -720,18 +782,22 @@ impl Fleet {
     /// Stops every process now (second signal, or the shutdown deadline passed).
     pub fn stop_all(&mut self) {
         self.shutting_down = true;
-        let pids: Vec<u32> = self.procs.keys().copied().collect();
-        for pid in pids {
-            self.stop(pid, StopReason::Shutdown);
+        for serial in self.serials() {
+            self.stop(serial, StopReason::Shutdown);
         }
+    }
+
+    /// Launch serials of the live processes.
+    fn serials(&self) -> Vec<u64> {
+        self.procs.keys().copied().collect()
     }
 
     /// Sends OnProcessTerminate (or stops at once a process without callbacks) and arms the
     /// protection deadline.
-    fn terminate(&mut self, pid: u32, reason: TerminateReason, now: Instant) {
+    fn terminate(&mut self, serial: u64, reason: TerminateReason, now: Instant) {
         let shutdown_grace = self.cfg.timeouts.shutdown.get();
         // The session's own policy (UpdateGameServerSession) wins over the fleet's.
-        let live_policy = self.live_session_policy(pid);
+        let live_policy = self.live_session_policy(serial);
         let protection = crate::config::Protection {
             policy: live_policy.unwrap_or(self.cfg.protection.policy),
             ..self.cfg.protection.clone()
@@ -748,14 +814,14 @@ impl Fleet {
                 protection.grace(hosts_session)
             }
         };
-        let Some(p) = self.procs.get_mut(&pid) else {
+        let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
         if p.phase == Phase::Ending {
             return; // It is leaving already; process-exit bounds it.
         }
         if p.phase == Phase::Launching || p.grpc_port == 0 {
-            self.stop(pid, reason.stop_reason());
+            self.stop(serial, reason.stop_reason());
             return;
         }
         if let Phase::Terminating(old) = p.phase {
@@ -766,17 +832,18 @@ impl Fleet {
         }
         p.phase = Phase::Terminating(reason);
         p.told_to_terminate.get_or_insert(reason);
-        let (grpc_port, serial) = (p.grpc_port, p.serial);
+        let (grpc_port, pid) = (p.grpc_port, p.pid);
         let id = p.id.clone();
         let termination_time = grace
             .map(|g| unix_seconds(Some(SystemTime::now() + g)))
             .unwrap_or(0);
+        p.deadline = grace.map(|g| now + g);
         if let Some(g) = grace {
             self.timers
-                .add(now + g, Timer::TerminateDeadline { pid, serial });
+                .add(now + g, Timer::TerminateDeadline { serial });
         }
         self.effects.push(Effect::Terminate {
-            pid,
+            serial,
             grpc_port,
             termination_time,
         });
@@ -798,10 +865,10 @@ impl Fleet {
         );
     }
 
-    /// The protection policy of the live session `pid` hosts, if it hosts one.
-    fn live_session_policy(&self, pid: u32) -> Option<crate::config::ProtectionPolicy> {
+    /// The protection policy of the live session the process `serial` hosts, if it hosts one.
+    fn live_session_policy(&self, serial: u64) -> Option<crate::config::ProtectionPolicy> {
         self.procs
-            .get(&pid)
+            .get(&serial)
             .and_then(|p| p.session.as_ref())
             .and_then(|id| self.sessions.get(id))
             .filter(|(_, s)| !s.status.is_final())
@@ -809,15 +876,15 @@ impl Fleet {
     }
 
     /// Asks the actor to stop a process; the first reason given wins.
-    fn stop(&mut self, pid: u32, reason: StopReason) {
+    fn stop(&mut self, serial: u64, reason: StopReason) {
         let grace = self.cfg.timeouts.stop_grace.get();
-        if let Some(p) = self.procs.get_mut(&pid) {
+        if let Some(p) = self.procs.get_mut(&serial) {
             if p.stop.is_some() {
                 return;
             }
             p.stop = Some(reason);
             p.healthy = false;
-            self.effects.push(Effect::Stop { pid, grace });
+            self.effects.push(Effect::Stop { serial, grace });
         }
     }
 
@@ -831,9 +898,9 @@ impl Fleet {
     }
 
     fn sdk_call(&mut self, pid: u32, call: SdkCall, now: Instant) -> Result<SdkReply, FleetError> {
-        if !self.procs.contains_key(&pid) {
+        let Some(serial) = self.serial_of(pid) else {
             return Err(FleetError::UnknownPid(pid));
-        }
+        };
         match call {
             SdkCall::ProcessReady {
                 client_port,
@@ -852,7 +919,7 @@ impl Fleet {
                 let client_port = port(client_port, "clientPort")?;
                 let grpc_port = port(grpc_port, "grpcPort")?;
                 let interval = self.cfg.health_check.interval.get();
-                let p = self.procs.get_mut(&pid).expect("checked above");
+                let p = self.procs.get_mut(&serial).expect("by_pid names live processes");
                 if p.phase != Phase::Launching {
                     return Err(FleetError::Denied(format!(
                         "ProcessReady was already called; the process is {}",
@@ -864,16 +931,15 @@ impl Fleet {
                         "the process is being stopped (ProcessReady came too late)".into(),
                     ));
                 }
-                let serial = p.serial;
                 p.phase = Phase::Active;
+                p.deadline = None;
                 p.ready_at = Some(now);
                 p.client_port = client_port;
                 p.grpc_port = grpc_port;
                 p.healthy = true;
                 p.log_paths = log_paths;
                 let id = p.id.clone();
-                self.timers
-                    .add(now + interval, Timer::HealthCheck { pid, serial });
+                self.timers.add(now + interval, Timer::HealthCheck { serial });
                 self.emit(
                     Event::new(
                         EventCode::ServerProcessReady,
@@ -990,28 +1056,28 @@ impl Fleet {
                     .map_err(|e| FleetError::Denied(format!("{gss_id}: {e}")))?;
                 self.end_session(&gss_id, GssInput::Terminate, "terminated by the game");
                 // A FullProtection process told to terminate may now be ended.
-                if let Some(p) = self.procs.get(&pid)
+                if let Some(p) = self.procs.get_mut(&serial)
                     && matches!(p.phase, Phase::Terminating(_))
                 {
                     let grace = self.cfg.protection.grace(false).unwrap_or_default();
-                    let serial = p.serial;
+                    p.deadline = Some(now + grace);
                     self.timers
-                        .add(now + grace, Timer::TerminateDeadline { pid, serial });
+                        .add(now + grace, Timer::TerminateDeadline { serial });
                 }
                 Ok(SdkReply::Done)
             }
             SdkCall::ProcessEnding => {
                 let exit = self.cfg.timeouts.process_exit.get();
-                let p = self.procs.get_mut(&pid).expect("checked above");
+                let p = self.procs.get_mut(&serial).expect("by_pid names live processes");
                 if p.phase == Phase::Ending {
                     return Err(FleetError::Denied(
                         "ProcessEnding was already called".into(),
                     ));
                 }
                 p.phase = Phase::Ending;
-                let (id, session, serial) = (p.id.clone(), p.session.clone(), p.serial);
-                self.timers
-                    .add(now + exit, Timer::ExitTimeout { pid, serial });
+                p.deadline = Some(now + exit);
+                let (id, session) = (p.id.clone(), p.session.clone());
+                self.timers.add(now + exit, Timer::ExitTimeout { serial });
                 if let Some(gss_id) = session {
                     self.end_session(&gss_id, GssInput::ProcessEnding, "its process is ending");
                 }
@@ -1036,7 +1102,7 @@ impl Fleet {
                         ),
                     });
                 }
-                let p = self.procs.get_mut(&pid).expect("checked above");
+                let p = self.procs.get_mut(&serial).expect("by_pid names live processes");
                 p.custom = (current, max);
                 if let Some(gss_id) = p.session.clone()
                     && let Some((_, s)) = self.sessions.get_mut(&gss_id)
@@ -1085,8 +1151,9 @@ impl Fleet {
                         s.status
                     )));
                 }
-                let pid = s.pid;
-                self.terminate(pid, TerminateReason::Requested, now);
+                if let Some(serial) = self.serial_of(s.pid) {
+                    self.terminate(serial, TerminateReason::Requested, now);
+                }
                 Ok(ControlReply::Done)
             }
             Control::DescribeProcesses => {
@@ -1176,9 +1243,8 @@ impl Fleet {
                 self.cfg.protection.policy.as_str()
             ),
         ));
-        let pids: Vec<u32> = self.procs.keys().copied().collect();
-        for pid in pids {
-            self.terminate(pid, TerminateReason::Requested, now);
+        for serial in self.serials() {
+            self.terminate(serial, TerminateReason::Requested, now);
         }
     }
 
@@ -1190,7 +1256,7 @@ impl Fleet {
         ));
         for slot in 0..self.slots.len() {
             let s = &self.slots[slot];
-            if !s.retiring && s.pid.is_none() && s.launch == LaunchState::Idle {
+            if !s.retiring && s.serial.is_none() && s.launch == LaunchState::Idle {
                 self.launch(slot);
             }
         }
@@ -1245,6 +1311,7 @@ fn classify(p: &Proc) -> EventCode {
     }
 }
 
+mod persist;
 mod sessions;
 #[cfg(test)]
 mod tests;

@@ -15,30 +15,22 @@ pub enum Timer {
     },
     /// ProcessReady deadline.
     ReadyTimeout {
-        /// Process.
-        pid: u32,
-        /// Its launch serial (guards against pid reuse).
+        /// The process's launch serial.
         serial: u64,
     },
     /// Next OnHealthCheck.
     HealthCheck {
-        /// Process.
-        pid: u32,
-        /// Its launch serial (guards against pid reuse).
+        /// The process's launch serial.
         serial: u64,
     },
     /// Termination deadline after OnProcessTerminate.
     TerminateDeadline {
-        /// Process.
-        pid: u32,
-        /// Its launch serial (guards against pid reuse).
+        /// The process's launch serial.
         serial: u64,
     },
     /// Exit deadline after ProcessEnding.
     ExitTimeout {
-        /// Process.
-        pid: u32,
-        /// Its launch serial (guards against pid reuse).
+        /// The process's launch serial.
         serial: u64,
     },
     /// Activation deadline of a game server session.

@@ -4,6 +4,7 @@
 //! Each process gets one task ([`launch`]) that owns the child handle and both output pipes.
 
 mod exit;
+mod identity;
 mod output;
 mod signal;
 
@@ -19,6 +20,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 pub use exit::ExitInfo;
+pub use identity::{AdoptError, AdoptSpec, Identity, adopt};
 pub use output::{RotatingLog, Tail};
 pub use signal::signal_group;
 
@@ -88,6 +90,8 @@ pub struct ProcessHandle {
     pub pid: u32,
     /// The agent's id of the process.
     pub process_id: String,
+    /// Which process it is.
+    pub identity: Identity,
     stop: mpsc::UnboundedSender<Duration>,
 }
 
@@ -187,6 +191,7 @@ pub fn launch(
     );
     Ok(ProcessHandle {
         pid,
+        identity: Identity::read(pid).unwrap_or(Identity { pid, start_ticks: 0, exe: spec.program.clone() }),
         process_id: spec.process_id.clone(),
         stop: stop_tx,
     })

@@ -97,15 +97,23 @@ pub fn to_wire(e: &Event, sequence: u64) -> up::Event {
 impl Outbox {
     /// Opens (or creates) `path`; `max_bytes` bounds the unacknowledged events on disk.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Self, OutboxError> {
-        let open = |message: String| OutboxError::Open {
-            path: path.to_path_buf(),
-            message,
-        };
         // A small page cache: the outbox is written once and read once, in order.
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| open(e.to_string()))?;
+            .map_err(|e| OutboxError::Open {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Self::open_in(Arc::new(db), max_bytes)
+    }
+
+    /// The outbox's tables in a database opened elsewhere (the agent's state store).
+    pub fn open_in(db: Arc<Database>, max_bytes: u64) -> Result<Self, OutboxError> {
+        let open = |message: String| OutboxError::Open {
+            path: PathBuf::from("outbox.redb"),
+            message,
+        };
         let txn = db.begin_write().map_err(|e| open(e.to_string()))?;
         let (next_seq, acked, bytes, epoch) = {
             let events = txn.open_table(EVENTS).map_err(|e| open(e.to_string()))?;
@@ -142,7 +150,7 @@ impl Outbox {
         txn.commit().map_err(|e| open(e.to_string()))?;
         let (committed, _) = watch::channel(next_seq - 1);
         Ok(Self {
-            db: Arc::new(db),
+            db,
             state: Arc::new(Mutex::new(State {
                 epoch,
                 next_seq,

@@ -352,9 +352,9 @@ pub async fn validate(
     // The real agent, on the temporary root (the build was installed above, step by step).
     let agent = Agent::build(cfg.clone(), run_as).await?;
     let mut events = agent.bus().subscribe();
-    let shutdown = CancellationToken::new();
-    let force = CancellationToken::new();
-    let running = agent.start(shutdown.clone(), force.clone());
+    let stops = crate::fleet::actor::Stops::default();
+    let (shutdown, force) = (stops.shutdown.clone(), stops.force.clone());
+    let running = agent.start(stops);
     let fleet = running.fleet.clone();
     let outcome = drive(&mut run, &cfg, &fleet, &mut events, &shutdown).await;
     drop(fleet);

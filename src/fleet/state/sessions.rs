@@ -59,13 +59,13 @@ impl Fleet {
         s.termination_time = Some(SystemTime::now());
         s.current_players = 0;
         let pid = s.pid;
-        if let Some(p) = self.procs.get_mut(&pid)
+        if let Some(p) = self.serial_of(pid).and_then(|serial| self.procs.get_mut(&serial))
             && p.session.as_deref() == Some(gss_id)
         {
             p.session = None;
             let retiring = self.slots[p.slot].retiring;
             if retiring && matches!(p.phase, Phase::Active) {
-                self.retire_later.push(pid);
+                self.retire_later.push(p.serial);
             }
         }
         for seq in self
@@ -167,7 +167,7 @@ impl Fleet {
                 "{activating} game server session(s) are ACTIVATING; MaxConcurrentGameServerSessionActivations is {limit}"
             )));
         }
-        let pid = self
+        let serial = self
             .procs
             .values()
             .filter(|p| {
@@ -178,13 +178,14 @@ impl Fleet {
                     && !self.slots[p.slot].retiring
             })
             .min_by_key(|p| p.slot)
-            .map(|p| p.pid)
+            .map(|p| p.serial)
             .ok_or_else(|| {
                 FleetError::Limit(
                     "no idle, healthy, ready server process is available on this host".into(),
                 )
             })?;
-        let p = &self.procs[&pid];
+        let p = &self.procs[&serial];
+        let pid = p.pid;
         let session = GameSession {
             id: id.clone(),
             fleet_id: fleet.clone(),
@@ -211,7 +212,7 @@ impl Fleet {
         };
         let grpc_port = p.grpc_port;
         let process_id = p.id.clone();
-        if let Some(p) = self.procs.get_mut(&pid) {
+        if let Some(p) = self.procs.get_mut(&serial) {
             p.session = Some(id.clone());
         }
         let seq = self.seq();
@@ -233,7 +234,7 @@ impl Fleet {
             .process(&process_id, Some(pid)),
         );
         self.effects.push(Effect::StartSession {
-            pid,
+            serial,
             grpc_port,
             session: session.to_proto(),
         });

@@ -58,11 +58,15 @@ impl Harness {
             for e in effects {
                 match e {
                     Effect::Launch {
-                        slot, process_id, ..
+                        slot,
+                        serial,
+                        process_id,
+                        ..
                     } => {
                         self.next_pid += 1;
+                        let identity = identity(self.next_pid);
                         self.fleet
-                            .spawned(slot, process_id, self.next_pid, self.now);
+                            .spawned(slot, serial, process_id, identity, self.now);
                     }
                     Effect::Emit(ev) => self.events.push(*ev),
                     other => others.push(other),
@@ -108,9 +112,18 @@ impl Harness {
     }
 
     fn exit_with(&mut self, pid: u32, info: ExitInfo) -> Vec<Effect> {
-        let id = self.fleet.procs[&pid].id.clone();
-        self.fleet.exited(pid, &id, info, self.now);
+        let serial = self.s(pid);
+        self.fleet.exited(serial, info, self.now);
         self.settle()
+    }
+
+    /// The launch serial of the live process `pid`.
+    fn s(&self, pid: u32) -> u64 {
+        self.fleet.serial_of(pid).expect("a live pid")
+    }
+
+    fn proc(&self, pid: u32) -> &Proc {
+        &self.fleet.procs[&self.s(pid)]
     }
 
     fn codes(&self) -> Vec<EventCode> {
@@ -185,8 +198,16 @@ impl Harness {
     }
 }
 
-fn is_stop(e: &Effect, want: u32) -> bool {
-    matches!(e, Effect::Stop { pid, .. } if *pid == want)
+fn identity(pid: u32) -> Identity {
+    Identity {
+        pid,
+        start_ticks: u64::from(pid),
+        exe: "/srv/gse-data/game/server".into(),
+    }
+}
+
+fn is_stop(e: &Effect, want: u64) -> bool {
+    matches!(e, Effect::Stop { serial, .. } if *serial == want)
 }
 
 #[tokio::test(start_paused = true)]
@@ -282,12 +303,15 @@ async fn invalid_launch_path_is_reported_once_and_not_retried_hot() {
         .into_iter()
         .filter_map(|e| match e {
             Effect::Launch {
-                slot, process_id, ..
-            } => Some((slot, process_id)),
+                slot,
+                serial,
+                process_id,
+                ..
+            } => Some((slot, serial, process_id)),
             _ => None,
         })
         .collect();
-    for (slot, id) in launches.into_iter().take(2) {
+    for (slot, _, id) in launches.into_iter().take(2) {
         fleet.spawn_failed(slot, id, true, "launch path /x does not exist".into(), now);
     }
     let effects = fleet.take_effects();
@@ -322,7 +346,7 @@ async fn ready_timeout_stops_and_classifies() {
         h.ready(*pid);
     }
     let effects = h.advance(Duration::from_secs(5));
-    assert!(effects.iter().any(|e| is_stop(e, pids[0])), "{effects:?}");
+    assert!(effects.iter().any(|e| is_stop(e, h.s(pids[0]))), "{effects:?}");
     assert_eq!(
         effects
             .iter()
@@ -352,10 +376,10 @@ async fn unhealthy_process_is_terminated_then_killed_at_the_deadline() {
     assert!(
         effects
             .iter()
-            .any(|e| matches!(e, Effect::HealthCheck { pid: p, .. } if *p == pid))
+            .any(|e| matches!(e, Effect::HealthCheck { serial: p, .. } if *p == h.s(pid)))
     );
     h.fleet
-        .health_result(pid, false, "healthStatus false", h.now);
+        .health_result(h.s(pid), false, "healthStatus false", h.now);
     h.settle();
     let effects = h.advance(Duration::from_secs(1));
     assert!(
@@ -363,17 +387,17 @@ async fn unhealthy_process_is_terminated_then_killed_at_the_deadline() {
             .iter()
             .any(|e| matches!(e, Effect::HealthCheck { .. }))
     );
-    h.fleet.health_result(pid, false, "timeout", h.now);
+    h.fleet.health_result(h.s(pid), false, "timeout", h.now);
     let effects = h.settle();
     assert!(h.codes().contains(&EventCode::ServerProcessUnhealthy));
     assert!(
-        effects.iter().any(|e| matches!(e, Effect::Terminate { pid: p, termination_time, .. } if *p == pid && *termination_time > 0)),
+        effects.iter().any(|e| matches!(e, Effect::Terminate { serial: p, termination_time, .. } if *p == h.s(pid) && *termination_time > 0)),
         "{effects:?}"
     );
     // Unhealthy: no new session goes there.
-    assert!(!h.fleet.procs[&pid].healthy);
+    assert!(!h.proc(pid).healthy);
     let effects = h.advance(Duration::from_secs(10));
-    assert!(effects.iter().any(|e| is_stop(e, pid)));
+    assert!(effects.iter().any(|e| is_stop(e, h.s(pid))));
     h.exit(pid, 0);
     assert!(
         h.codes()
@@ -389,7 +413,7 @@ async fn a_healthy_answer_resets_the_failure_count() {
     h.ready(pid);
     for healthy in [false, true, false, true] {
         h.advance(Duration::from_secs(1));
-        h.fleet.health_result(pid, healthy, "x", h.now);
+        h.fleet.health_result(h.s(pid), healthy, "x", h.now);
         h.settle();
     }
     assert!(!h.codes().contains(&EventCode::ServerProcessUnhealthy));
@@ -485,7 +509,7 @@ async fn session_and_player_lifecycle() {
     .unwrap();
     assert_eq!(h.session(&s.id).status, GssStatus::Terminated);
     assert!(
-        h.fleet.procs[&pids[1]].session.is_none(),
+        h.proc(pids[1]).session.is_none(),
         "process may host again"
     );
     let err = h
@@ -508,7 +532,7 @@ async fn activation_timeout_errors_the_session_and_terminates_the_process() {
     let effects = h.advance(Duration::from_secs(5));
     assert!(h.codes().contains(&EventCode::GameSessionActivationTimeout));
     assert_eq!(h.session(&s.id).status, GssStatus::Error);
-    assert!(effects.iter().any(|e| is_stop(e, pid)));
+    assert!(effects.iter().any(|e| is_stop(e, h.s(pid))));
     h.exit(pid, 0);
     assert!(h.codes().contains(&EventCode::ServerProcessForceTerminated));
     assert_eq!(h.pids().len(), 3);
@@ -570,7 +594,7 @@ async fn process_ending_without_exit_times_out() {
     h.sdk(pid, SdkCall::ProcessEnding).unwrap();
     assert!(h.sdk(pid, SdkCall::ProcessEnding).is_err(), "twice");
     let effects = h.advance(Duration::from_secs(2));
-    assert!(effects.iter().any(|e| is_stop(e, pid)));
+    assert!(effects.iter().any(|e| is_stop(e, h.s(pid))));
     h.exit_with(
         pid,
         ExitInfo {
@@ -723,10 +747,10 @@ async fn shutdown_terminates_ready_processes_and_stops_the_rest() {
     assert!(
         effects
             .iter()
-            .any(|e| matches!(e, Effect::Terminate { pid, .. } if *pid == pids[0]))
+            .any(|e| matches!(e, Effect::Terminate { serial, .. } if *serial == h.s(pids[0])))
     );
-    assert!(effects.iter().any(|e| is_stop(e, pids[1])));
-    assert!(effects.iter().any(|e| is_stop(e, pids[2])));
+    assert!(effects.iter().any(|e| is_stop(e, h.s(pids[1]))));
+    assert!(effects.iter().any(|e| is_stop(e, h.s(pids[2]))));
     assert!(matches!(h.create(1), Err(FleetError::Denied(_))));
     for pid in &pids[1..] {
         h.exit(*pid, 0);
@@ -734,7 +758,7 @@ async fn shutdown_terminates_ready_processes_and_stops_the_rest() {
     assert_eq!(h.pids(), vec![pids[0]], "nothing relaunched");
     let effects = h.advance(Duration::from_secs(4));
     assert!(
-        effects.iter().any(|e| is_stop(e, pids[0])),
+        effects.iter().any(|e| is_stop(e, h.s(pids[0]))),
         "shutdown deadline"
     );
     h.exit(pids[0], 0);
@@ -797,7 +821,7 @@ async fn an_ending_process_keeps_its_exit_deadline_when_told_to_terminate() {
     assert!(h.sdk(pid, SdkCall::ProcessEnding).is_err(), "still ENDING");
     let effects = h.advance(Duration::from_secs(2));
     assert!(
-        effects.iter().any(|e| is_stop(e, pid)),
+        effects.iter().any(|e| is_stop(e, h.s(pid))),
         "process-exit still applies"
     );
 }
@@ -865,7 +889,7 @@ async fn an_unhealthy_process_under_full_protection_still_gets_a_deadline() {
     h.activated(pid, 1);
     for _ in 0..2 {
         h.advance(Duration::from_secs(1));
-        h.fleet.health_result(pid, false, "x", h.now);
+        h.fleet.health_result(h.s(pid), false, "x", h.now);
     }
     let effects = h.settle();
     assert!(
@@ -875,18 +899,36 @@ async fn an_unhealthy_process_under_full_protection_still_gets_a_deadline() {
         "{effects:?}"
     );
     let effects = h.advance(Duration::from_secs(300));
-    assert!(effects.iter().any(|e| is_stop(e, pid)));
+    assert!(effects.iter().any(|e| is_stop(e, h.s(pid))));
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stale_exit_report_for_a_reused_pid_is_ignored() {
+async fn a_stale_exit_report_for_an_earlier_launch_is_ignored() {
     let mut h = Harness::new();
     let pid = h.pids()[0];
-    h.fleet
-        .exited(pid, "proc-9-9-9", ExitInfo::default(), h.now);
+    let serial = h.s(pid);
+    h.exit(pid, 1);
+    h.fleet.exited(serial, ExitInfo::default(), h.now);
     h.settle();
-    assert!(h.fleet.procs.contains_key(&pid));
-    assert!(!h.codes().contains(&EventCode::ServerProcessCrashed));
+    assert_eq!(h.count(EventCode::ServerProcessCrashed), 1, "one exit, one event");
+    assert_eq!(h.pids().len(), 3, "the slot relaunched once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_name_launches_so_a_reused_pid_is_never_confused() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    let old = h.s(pid);
+    h.ready(pid);
+    h.exit(pid, 1);
+    // Late answers for the dead launch change nothing, whatever pid the OS reuses.
+    for _ in 0..5 {
+        h.fleet.health_result(old, false, "late answer", h.now);
+    }
+    h.fleet.start_session_result(old, "gss", Err("late".into()), h.now);
+    let effects = h.settle();
+    assert!(effects.is_empty(), "{effects:?}");
+    assert!(!h.codes().contains(&EventCode::ServerProcessUnhealthy));
 }
 
 #[tokio::test(start_paused = true)]
@@ -978,7 +1020,7 @@ async fn update_session_changes_fields_and_its_own_protection() {
         "{effects:?}"
     );
     let effects = h.advance(Duration::from_secs(3600));
-    assert!(!effects.iter().any(|e| is_stop(e, pid)));
+    assert!(!effects.iter().any(|e| is_stop(e, h.s(pid))));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1000,29 +1042,30 @@ async fn a_runtime_update_starts_new_processes_and_retires_old_ones_as_sessions_
         .unwrap();
     let effects = h.settle();
     // Idle old processes are told to terminate; the one hosting a session is not.
-    let told: Vec<u32> = effects
+    let told: Vec<u64> = effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Terminate { pid, .. } => Some(*pid),
+            Effect::Terminate { serial, .. } => Some(*serial),
             _ => None,
         })
         .collect();
     assert_eq!(told.len(), 2, "{effects:?}");
-    assert!(!told.contains(&old[0]));
+    assert!(!told.contains(&h.s(old[0])));
     assert!(h.codes().contains(&EventCode::RuntimeConfigurationUpdated));
     // Two new processes under the new LaunchPath: 3 old + 2 new while the old ones drain.
     assert_eq!(h.pids().len(), 5);
     let new: Vec<u32> = h.pids().into_iter().filter(|p| !old.contains(p)).collect();
     for pid in &new {
         assert_eq!(
-            h.fleet.spec(h.fleet.procs[pid].slot).launch_path,
+            h.fleet.spec(h.proc(*pid).slot).launch_path,
             "/local/game/v2"
         );
     }
     assert_eq!(h.fleet.counters().max_game_session_cnt, 2);
     // The retired idle ones end and are not replaced.
-    for pid in &told {
-        h.exit(*pid, 0);
+    for serial in &told {
+        let pid = h.fleet.procs[serial].pid;
+        h.exit(pid, 0);
     }
     assert_eq!(h.pids().len(), 3);
     // The session ends: its old process is retired then.
@@ -1039,7 +1082,7 @@ async fn a_runtime_update_starts_new_processes_and_retires_old_ones_as_sessions_
     assert!(
         effects
             .iter()
-            .any(|e| matches!(e, Effect::Terminate { pid, .. } if *pid == old[0])),
+            .any(|e| matches!(e, Effect::Terminate { serial, .. } if *serial == h.s(old[0]))),
         "{effects:?}"
     );
     h.exit(old[0], 0);
@@ -1056,16 +1099,18 @@ async fn a_process_launched_under_the_old_configuration_is_stopped_at_once() {
     let mut h = Harness::new();
     let pid = h.pids()[0];
     // A crash queues an immediate relaunch; the runtime update lands before it is spawned.
-    let id = h.fleet.procs[&pid].id.clone();
-    h.fleet.exited(pid, &id, ExitInfo::default(), h.now);
+    h.fleet.exited(h.s(pid), ExitInfo::default(), h.now);
     let launch = h
         .fleet
         .take_effects()
         .into_iter()
         .find_map(|e| match e {
             Effect::Launch {
-                slot, process_id, ..
-            } => Some((slot, process_id)),
+                slot,
+                serial,
+                process_id,
+                ..
+            } => Some((slot, serial, process_id)),
             _ => None,
         })
         .expect("an immediate relaunch");
@@ -1078,9 +1123,10 @@ async fn a_process_launched_under_the_old_configuration_is_stopped_at_once() {
         .control(Control::UpdateRuntime(Box::new(runtime)), h.now)
         .unwrap();
     h.settle();
-    h.fleet.spawned(launch.0, launch.1, 999, h.now);
+    h.fleet
+        .spawned(launch.0, launch.1, launch.2, identity(999), h.now);
     let effects = h.settle();
-    assert!(effects.iter().any(|e| is_stop(e, 999)), "{effects:?}");
+    assert!(effects.iter().any(|e| is_stop(e, h.s(999))), "{effects:?}");
     h.exit_with(
         999,
         ExitInfo {

@@ -1,0 +1,404 @@
+//! What a restarted agent needs of the fleet: [`Fleet::snapshot`] turns the tables into
+//! records (one key each, so the store rewrites only what changed) and [`Fleet::restore`]
+//! builds a fleet from them. Times are stored as wall-clock times, since a monotonic instant
+//! means nothing to the next process; both functions take the clocks as arguments.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::{Entry, Fleet, LaunchState, Phase, Proc, Slot, TerminateReason};
+use crate::config::{Config, ProcessSpec, RuntimeConfiguration};
+use crate::fleet::api::StopReason;
+use crate::fleet::timers::Timer;
+use crate::process::Identity;
+use crate::session::{GameSession, GssStatus, PlayerSession, PlayerStatus};
+use crate::store::Records;
+
+/// The record layout; a store written by a newer layout is refused, never guessed at.
+pub const RECORD_VERSION: u32 = 1;
+
+const META: &str = "meta";
+const PROC: &str = "proc/";
+const SESSION: &str = "gss/";
+const PLAYER: &str = "player/";
+const TOKEN: &str = "token/";
+
+
+/// Why stored records could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A record does not parse.
+    #[error("stored record {key} is unreadable: {source}")]
+    Parse {
+        /// Its key.
+        key: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Written by an agent with a newer record layout.
+    #[error("the state was written by a newer gse-agent (record version {found}, this one reads {RECORD_VERSION}); run that version or remove the state to start afresh")]
+    Version {
+        /// The stored version.
+        found: u32,
+    },
+    /// The records contradict each other.
+    #[error("stored state is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Fleet-wide facts.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    version: u32,
+    fleet_id: String,
+    instance_id: String,
+    /// The next serial (launches and session order share it).
+    next_seq: u64,
+    /// The runtime configuration of the config file the fleet was last started with: an
+    /// update through the API survives a restart unless the file changed since.
+    file_runtime: RuntimeConfiguration,
+    entries: Vec<ProcessSpec>,
+    max_activations: u32,
+    activation_timeout: Duration,
+    slots: Vec<SlotRecord>,
+    draining: bool,
+    reserved: bool,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SlotRecord {
+    entry: usize,
+    replica: u32,
+    generation: u64,
+    failures: u32,
+    retiring: bool,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ProcRecord {
+    serial: u64,
+    slot: usize,
+    id: String,
+    identity: Identity,
+    started: SystemTime,
+    ready_at: Option<SystemTime>,
+    deadline: Option<SystemTime>,
+    phase: Phase,
+    told_to_terminate: Option<TerminateReason>,
+    stop: Option<StopReason>,
+    client_port: u16,
+    grpc_port: u16,
+    healthy: bool,
+    health_checks_passed: u64,
+    session: Option<String>,
+    log_paths: Vec<String>,
+    custom: (i32, i32),
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SessionRecord {
+    order: u64,
+    session: GameSession,
+}
+
+/// A process of the stored fleet that may still run: adopt it, or report it gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Its launch serial.
+    pub serial: u64,
+    /// Its agent id.
+    pub process_id: String,
+    /// Which process it was.
+    pub identity: Identity,
+    /// The stop the agent had asked for, if any (to ask again after adoption).
+    pub stopping: bool,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize: plain data with string keys")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RestoreError> {
+    serde_json::from_slice(bytes).map_err(|source| RestoreError::Parse {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Converts between the monotonic clock and wall-clock time around one reading of both.
+#[derive(Clone, Copy)]
+struct Clocks {
+    now: Instant,
+    wall: SystemTime,
+}
+
+impl Clocks {
+    fn to_wall(self, t: Instant) -> SystemTime {
+        if t >= self.now {
+            self.wall + (t - self.now)
+        } else {
+            self.wall
+                .checked_sub(self.now - t)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+    }
+
+    fn to_instant(self, t: SystemTime) -> Instant {
+        match t.duration_since(self.wall) {
+            Ok(ahead) => self.now + ahead,
+            Err(e) => self.now.checked_sub(e.duration()).unwrap_or(self.now),
+        }
+    }
+}
+
+impl Fleet {
+    /// The fleet as records, one key per process, session, player and idempotency token.
+    pub fn snapshot(&self, now: Instant, wall: SystemTime) -> Records {
+        let clocks = Clocks { now, wall };
+        let mut out = Records::new();
+        let meta = Meta {
+            version: RECORD_VERSION,
+            fleet_id: self.cfg.fleet_id.clone(),
+            instance_id: self.cfg.instance_id.clone(),
+            next_seq: self.next_seq,
+            file_runtime: self.cfg.runtime.clone(),
+            entries: self.entries.iter().map(|e| e.spec.clone()).collect(),
+            max_activations: self.max_activations,
+            activation_timeout: self.activation_timeout,
+            slots: self
+                .slots
+                .iter()
+                .map(|s| SlotRecord {
+                    entry: s.entry,
+                    replica: s.replica,
+                    generation: s.generation,
+                    failures: s.failures,
+                    retiring: s.retiring,
+                })
+                .collect(),
+            draining: self.draining,
+            reserved: self.reserved,
+        };
+        out.insert(META.into(), json(&meta));
+        for p in self.procs.values() {
+            let r = ProcRecord {
+                serial: p.serial,
+                slot: p.slot,
+                id: p.id.clone(),
+                identity: p.identity.clone(),
+                started: clocks.to_wall(p.started),
+                ready_at: p.ready_at.map(|t| clocks.to_wall(t)),
+                deadline: p.deadline.map(|t| clocks.to_wall(t)),
+                phase: p.phase,
+                told_to_terminate: p.told_to_terminate,
+                stop: p.stop,
+                client_port: p.client_port,
+                grpc_port: p.grpc_port,
+                healthy: p.healthy,
+                health_checks_passed: p.health_checks_passed,
+                session: p.session.clone(),
+                log_paths: p.log_paths.clone(),
+                custom: p.custom,
+            };
+            out.insert(format!("{PROC}{:020}", p.serial), json(&r));
+        }
+        for (id, (order, session)) in &self.sessions {
+            let r = SessionRecord {
+                order: *order,
+                session: session.clone(),
+            };
+            out.insert(format!("{SESSION}{id}"), json(&r));
+        }
+        for (n, player) in &self.players {
+            out.insert(format!("{PLAYER}{n:020}"), json(player));
+        }
+        for (token, id) in &self.idempotency {
+            out.insert(format!("{TOKEN}{token}"), json(id));
+        }
+        out
+    }
+
+    /// A fleet rebuilt from `records` (see [`Fleet::snapshot`]) under `cfg`, plus the processes
+    /// it recorded as running, to adopt or report gone. `None` when nothing was stored. Timers
+    /// are re-armed from the stored deadlines; a ready process is health-checked at once. If
+    /// the config file's runtime configuration changed since the records were written, it is
+    /// applied as a runtime update (old processes retire as their sessions end).
+    pub fn restore(
+        cfg: Arc<Config>,
+        records: &Records,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Option<(Fleet, Vec<Recorded>)>, RestoreError> {
+        let clocks = Clocks { now, wall };
+        let Some(meta) = records.get(META) else {
+            return Ok(None);
+        };
+        let meta: Meta = parse(META, meta)?;
+        if meta.version > RECORD_VERSION {
+            return Err(RestoreError::Version {
+                found: meta.version,
+            });
+        }
+        let mut fleet = Fleet::new(cfg.clone());
+        fleet.entries = meta
+            .entries
+            .into_iter()
+            .map(|spec| Entry {
+                spec,
+                ..Entry::default()
+            })
+            .collect();
+        fleet.slots = meta
+            .slots
+            .into_iter()
+            .map(|s| Slot {
+                entry: s.entry,
+                replica: s.replica,
+                generation: s.generation,
+                serial: None,
+                launch: LaunchState::Idle,
+                failures: s.failures,
+                retiring: s.retiring,
+            })
+            .collect();
+        if let Some(bad) = fleet.slots.iter().find(|s| s.entry >= fleet.entries.len()) {
+            return Err(RestoreError::Inconsistent(format!(
+                "a slot names entry {} of {}",
+                bad.entry,
+                fleet.entries.len()
+            )));
+        }
+        fleet.next_seq = meta.next_seq;
+        fleet.max_activations = meta.max_activations;
+        fleet.activation_timeout = meta.activation_timeout;
+        fleet.draining = meta.draining;
+        fleet.reserved = meta.reserved;
+
+        let mut recorded = Vec::new();
+        for (key, bytes) in records.range(PROC.to_string()..) {
+            if !key.starts_with(PROC) {
+                break;
+            }
+            let r: ProcRecord = parse(key, bytes)?;
+            let Some(slot) = fleet.slots.get_mut(r.slot) else {
+                return Err(RestoreError::Inconsistent(format!(
+                    "{key} names slot {} of {}",
+                    r.slot,
+                    fleet.slots.len()
+                )));
+            };
+            slot.serial = Some(r.serial);
+            fleet.next_seq = fleet.next_seq.max(r.serial);
+            let deadline = r.deadline.map(|t| clocks.to_instant(t));
+            let serial = r.serial;
+            match (r.phase, deadline) {
+                (Phase::Launching, Some(at)) => fleet.timers.add(at, Timer::ReadyTimeout { serial }),
+                (Phase::Active, _) => fleet.timers.add(now, Timer::HealthCheck { serial }),
+                (Phase::Terminating(_), Some(at)) => {
+                    fleet.timers.add(at, Timer::TerminateDeadline { serial })
+                }
+                (Phase::Ending, Some(at)) => fleet.timers.add(at, Timer::ExitTimeout { serial }),
+                _ => {}
+            }
+            recorded.push(Recorded {
+                serial,
+                process_id: r.id.clone(),
+                identity: r.identity.clone(),
+                stopping: r.stop.is_some(),
+            });
+            fleet.by_pid.insert(r.identity.pid, serial);
+            fleet.procs.insert(
+                serial,
+                Proc {
+                    id: r.id,
+                    pid: r.identity.pid,
+                    identity: r.identity,
+                    deadline,
+                    serial,
+                    slot: r.slot,
+                    started: clocks.to_instant(r.started),
+                    ready_at: r.ready_at.map(|t| clocks.to_instant(t)),
+                    phase: r.phase,
+                    client_port: r.client_port,
+                    grpc_port: r.grpc_port,
+                    healthy: r.healthy,
+                    health_failures: 0,
+                    health_checks_passed: r.health_checks_passed,
+                    health_in_flight: false,
+                    session: r.session,
+                    log_paths: r.log_paths,
+                    custom: r.custom,
+                    told_to_terminate: r.told_to_terminate,
+                    stop: r.stop,
+                },
+            );
+        }
+
+        let mut finished: Vec<(u64, String)> = Vec::new();
+        for (key, bytes) in records.range(SESSION.to_string()..) {
+            if !key.starts_with(SESSION) {
+                break;
+            }
+            let r: SessionRecord = parse(key, bytes)?;
+            let id = r.session.id.clone();
+            if r.session.status.is_final() {
+                finished.push((r.order, id.clone()));
+            } else if r.session.status == GssStatus::Activating {
+                let at = clocks.to_instant(r.session.creation_time) + fleet.activation_timeout;
+                fleet
+                    .timers
+                    .add(at, Timer::ActivationTimeout { gss_id: id.clone() });
+            }
+            fleet.next_seq = fleet.next_seq.max(r.order);
+            fleet.session_order.insert(r.order, id.clone());
+            fleet.sessions.insert(id, (r.order, r.session));
+        }
+        finished.sort();
+        fleet.finished_sessions = finished.into_iter().map(|(_, id)| id).collect::<VecDeque<_>>();
+
+        let reservation = cfg.timeouts.player_reservation.get();
+        for (key, bytes) in records.range(PLAYER.to_string()..) {
+            if !key.starts_with(PLAYER) {
+                break;
+            }
+            let n: u64 = key[PLAYER.len()..]
+                .parse()
+                .map_err(|_| RestoreError::Inconsistent(format!("{key}: not a player key")))?;
+            let player: PlayerSession = parse(key, bytes)?;
+            if player.status == PlayerStatus::Reserved {
+                let at = clocks.to_instant(player.creation_time) + reservation;
+                fleet.timers.add(
+                    at,
+                    Timer::Reservation {
+                        player_session_id: player.id.clone(),
+                    },
+                );
+            }
+            fleet.next_seq = fleet.next_seq.max(n);
+            fleet.player_index.insert(player.id.clone(), n);
+            fleet
+                .session_players
+                .entry(player.gss_id.clone())
+                .or_default()
+                .push(n);
+            fleet.players.insert(n, player);
+        }
+        let mut tokens = HashMap::new();
+        for (key, bytes) in records.range(TOKEN.to_string()..) {
+            if !key.starts_with(TOKEN) {
+                break;
+            }
+            tokens.insert(key[TOKEN.len()..].to_string(), parse::<String>(key, bytes)?);
+        }
+        fleet.idempotency = tokens;
+
+        if cfg.runtime != meta.file_runtime {
+            fleet.update_runtime(cfg.runtime.clone(), now);
+        }
+        Ok(Some((fleet, recorded)))
+    }
+}
