@@ -3,5 +3,6 @@
 //! API.
 
 pub mod commands;
+pub mod ledger;
 pub mod outbox;
 pub mod relay;
