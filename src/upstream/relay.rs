@@ -3,6 +3,10 @@
 //! last acknowledged sequence, then every outbox event after it, in order, then new ones as they
 //! are committed; periodic instance status (only the latest, never queued); one result per
 //! command. Acknowledgements prune the outbox.
+//!
+//! Commands are applied once per id across connections and restarts; [`super::book`] says
+//! how (claim before running, record before answering, interrupted ids answered, not re-run),
+//! [`super::ledger`] where it is kept.
 
 use std::collections::VecDeque;
 use std::time::Duration;
