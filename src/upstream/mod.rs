@@ -2,6 +2,8 @@
 //! outbox, none lost; commands come back down through the same typed door as the local control
 //! API.
 
+pub mod book;
 pub mod commands;
+pub mod ledger;
 pub mod outbox;
 pub mod relay;

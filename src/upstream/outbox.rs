@@ -2,6 +2,10 @@
 //! it is relayed. One writer thread commits in groups (everything queued at the time goes into
 //! one transaction), so durability costs one flush per batch, not per event. Acknowledged events
 //! are pruned. The sequence is per instance and survives restarts.
+//!
+//! The database may be shared: [`Outbox::open_in`] takes one somebody else opened (the agent
+//! keeps other state in the same file), and the outbox only touches its own tables: `events`,
+//! `meta`, and the command ledger's `command_*` tables ([`super::ledger`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,6 +14,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, watch};
 
+use super::ledger::{Ledger, LedgerError};
 use crate::event::{Event, EventBus, EventCode};
 use crate::upstream_proto as up;
 
@@ -31,6 +36,15 @@ pub enum OutboxError {
         /// What redb said.
         message: String,
     },
+    /// The outbox's tables could not be created or read at start.
+    #[error("cannot prepare the outbox's tables: {message}")]
+    Prepare {
+        /// What redb said.
+        message: String,
+    },
+    /// The command ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     /// A read or write failed.
     #[error("outbox {step} failed: {message}")]
     Io {
@@ -61,17 +75,21 @@ struct State {
 #[derive(Clone)]
 pub struct Outbox {
     db: Arc<Database>,
+    ledger: Ledger,
     state: Arc<Mutex<State>>,
     committed: watch::Sender<u64>,
 }
 
+/// Unix milliseconds of `t` (0 before 1970).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The wire form of an event with its sequence.
 pub fn to_wire(e: &Event, sequence: u64) -> up::Event {
-    let ms = e
-        .event_time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let ms = unix_ms(e.event_time) as i64;
     up::Event {
         sequence,
         time_unix_ms: ms,
@@ -95,62 +113,68 @@ pub fn to_wire(e: &Event, sequence: u64) -> up::Event {
 }
 
 impl Outbox {
-    /// Opens (or creates) `path`; `max_bytes` bounds the unacknowledged events on disk.
-    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, OutboxError> {
-        // A small page cache: the outbox is written once and read once, in order.
-        let db = Database::builder()
+    /// Opens (or creates) the database file `path` the way the agent does (a small page
+    /// cache: the outbox is written once and read once, in order). Other stores may share the
+    /// returned database with the outbox through [`Outbox::open_in`].
+    pub fn open_database(path: &Path) -> Result<Arc<Database>, OutboxError> {
+        Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
+            .map(Arc::new)
             .map_err(|e| OutboxError::Open {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            })?;
-        Self::open_in(Arc::new(db), max_bytes)
+            })
     }
 
-    /// The outbox's tables in a database opened elsewhere (the agent's state store).
+    /// Opens (or creates) `path`; `max_bytes` bounds the unacknowledged events on disk.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, OutboxError> {
+        Self::open_in(Self::open_database(path)?, max_bytes)
+    }
+
+    /// The outbox in a database somebody else opened (and may keep using for tables of its
+    /// own): creates the outbox's tables (`events`, `meta`) and the command ledger's
+    /// (`command_*`) if needed. `max_bytes` bounds the unacknowledged events on disk.
     pub fn open_in(db: Arc<Database>, max_bytes: u64) -> Result<Self, OutboxError> {
-        let open = |message: String| OutboxError::Open {
-            path: PathBuf::from("outbox.redb"),
-            message,
+        let open = |e: &dyn std::fmt::Display| OutboxError::Prepare {
+            message: e.to_string(),
         };
-        let txn = db.begin_write().map_err(|e| open(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| open(&e))?;
         let (next_seq, acked, bytes, epoch) = {
-            let events = txn.open_table(EVENTS).map_err(|e| open(e.to_string()))?;
-            let mut meta = txn.open_table(META).map_err(|e| open(e.to_string()))?;
+            let events = txn.open_table(EVENTS).map_err(|e| open(&e))?;
+            let mut meta = txn.open_table(META).map_err(|e| open(&e))?;
             let acked = meta
                 .get(ACKED)
-                .map_err(|e| open(e.to_string()))?
+                .map_err(|e| open(&e))?
                 .map(|v| v.value())
                 .unwrap_or(0);
-            let stored = meta
-                .get(EPOCH)
-                .map_err(|e| open(e.to_string()))?
-                .map(|v| v.value());
+            let stored = meta.get(EPOCH).map_err(|e| open(&e))?.map(|v| v.value());
             let epoch = match stored {
                 Some(v) => v,
                 None => {
                     let fresh = (uuid::Uuid::new_v4().as_u128() as u64).max(1);
-                    meta.insert(EPOCH, fresh).map_err(|e| open(e.to_string()))?;
+                    meta.insert(EPOCH, fresh).map_err(|e| open(&e))?;
                     fresh
                 }
             };
             let last = events
                 .last()
-                .map_err(|e| open(e.to_string()))?
+                .map_err(|e| open(&e))?
                 .map(|(k, _)| k.value())
                 .unwrap_or(acked);
             let mut bytes = 0u64;
-            for item in events.iter().map_err(|e| open(e.to_string()))? {
-                let (_, v) = item.map_err(|e| open(e.to_string()))?;
+            for item in events.iter().map_err(|e| open(&e))? {
+                let (_, v) = item.map_err(|e| open(&e))?;
                 bytes += v.value().len() as u64;
             }
             (last.max(acked) + 1, acked, bytes, epoch)
         };
-        txn.commit().map_err(|e| open(e.to_string()))?;
+        txn.commit().map_err(|e| open(&e))?;
+        let ledger = Ledger::open(db.clone(), unix_ms(std::time::SystemTime::now()))?;
         let (committed, _) = watch::channel(next_seq - 1);
         Ok(Self {
             db,
+            ledger,
             state: Arc::new(Mutex::new(State {
                 epoch,
                 next_seq,
@@ -161,6 +185,11 @@ impl Outbox {
             })),
             committed,
         })
+    }
+
+    /// The ledger of applied commands, in the outbox's database.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -376,6 +405,34 @@ mod tests {
         drop(o);
         let o = Outbox::open(&path, 1 << 20).unwrap();
         assert_eq!(o.append(&[ev(5)]).unwrap(), 5);
+    }
+
+    #[test]
+    fn the_outbox_shares_its_database_with_other_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.redb");
+        let other: TableDefinition<&str, &str> = TableDefinition::new("someone_else");
+        let db = Outbox::open_database(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(other).unwrap().insert("k", "v").unwrap();
+        txn.commit().unwrap();
+        let o = Outbox::open_in(db.clone(), 1 << 20).unwrap();
+        assert_eq!(o.append(&[ev(1)]).unwrap(), 1);
+        let txn = db.begin_read().unwrap();
+        assert_eq!(
+            txn.open_table(other)
+                .unwrap()
+                .get("k")
+                .unwrap()
+                .unwrap()
+                .value(),
+            "v"
+        );
+        drop(txn);
+        drop((o, db));
+        // The wrapper opens the same file and finds both.
+        let o = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(o.read_after(0, 10).unwrap().len(), 1);
     }
 
     #[test]

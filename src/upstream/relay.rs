@@ -3,6 +3,10 @@
 //! last acknowledged sequence, then every outbox event after it, in order, then new ones as they
 //! are committed; periodic instance status (only the latest, never queued); one result per
 //! command. Acknowledgements prune the outbox.
+//!
+//! Commands are applied once per id across connections and restarts; [`super::book`] says
+//! how (claim before running, record before answering, interrupted ids answered, not re-run),
+//! [`super::ledger`] where it is kept.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -12,8 +16,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::book::{Begin, CommandBook};
 use super::commands;
-use super::outbox::Outbox;
+use super::ledger::Ledger;
+use super::outbox::{Outbox, unix_ms};
 use std::sync::Arc;
 
 use crate::config::{Config, UpstreamConfig};
@@ -24,6 +30,12 @@ use crate::upstream_proto::control_plane_client::ControlPlaneClient;
 
 /// Events read from the outbox per batch.
 const BATCH: usize = 512;
+/// Command results remembered for repeated ids: at most this many...
+const RESULTS_KEPT: u64 = 10_000;
+/// ...and none older than this.
+const RESULTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often old command results are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Why one connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +129,8 @@ pub async fn run(
 ) {
     let mut backoff = cfg.reconnect_initial.get();
     let mut connected_before = false;
-    let book = ResultBook::default();
+    let book = CommandBook::new(outbox.ledger().clone());
+    let _prune = AbortOnDrop(tokio::spawn(prune_ledger(outbox.ledger().clone())));
     loop {
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
@@ -172,7 +185,7 @@ async fn session(
     outbox: &Outbox,
     fleet: &FleetHandle,
     bus: &EventBus,
-    book: &ResultBook,
+    book: &CommandBook,
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), RelayError> {
@@ -217,16 +230,13 @@ async fn session(
     let mut pending: VecDeque<up::Event> = VecDeque::new();
     let mut status = tokio::time::interval(cfg.status_interval.get());
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (results_tx, mut results) = mpsc::unbounded_channel::<up::CommandResult>();
-    // Results a previous connection could not deliver go first.
-    for r in book.take_unsent() {
-        tx.send(msg(up::agent_message::Body::Result(r)))
-            .await
-            .map_err(|_| RelayError::Closed)?;
-    }
-    // Commands run one at a time, in the order they came, each applied once: a repeated id
-    // gets the recorded result again. The worker is not aborted with the connection: a
-    // command under way completes and its result waits for the next connection.
+    // Results go to this connection from now on; those a previous one could not deliver go
+    // first. Whatever this one cannot send is kept for the next when it ends.
+    let mut results = Attached::new(book.clone());
+    // Commands run one at a time, in the order they came, each id applied once across
+    // connections and restarts (the book decides). The worker is not aborted with the
+    // connection: a command under way completes and its result goes to the connection current
+    // then.
     let (commands_tx, mut commands_rx) = mpsc::unbounded_channel::<up::Command>();
     {
         let fleet = fleet.clone();
@@ -234,17 +244,7 @@ async fn session(
         let book = book.clone();
         tokio::spawn(async move {
             while let Some(c) = commands_rx.recv().await {
-                let result = match book.recorded(&c.id) {
-                    Some(r) => r,
-                    None => {
-                        let r = commands::handle(&fleet, &agent, c).await;
-                        book.record(&r);
-                        r
-                    }
-                };
-                if let Err(unsent) = results_tx.send(result) {
-                    book.keep_unsent(unsent.0);
-                }
+                apply_once(&book, &fleet, &agent, c).await;
             }
         });
     }
@@ -293,12 +293,12 @@ async fn session(
                 }
                 Some(_) => {}
             },
-            r = results.recv() => {
+            r = results.rx.recv() => {
                 if let Some(r) = r
                     && let Err(e) = tx.send(msg(up::agent_message::Body::Result(r))).await
                 {
                     if let Some(up::agent_message::Body::Result(r)) = e.0.body {
-                        book.keep_unsent(r);
+                        results.undelivered.push(r);
                     }
                     return Err(RelayError::Closed);
                 }
@@ -331,49 +331,78 @@ async fn session(
     }
 }
 
-/// Results recorded per command id across connections (bounded), and those not yet delivered.
-#[derive(Clone, Default)]
-struct ResultBook(Arc<std::sync::Mutex<Book>>);
-
-#[derive(Default)]
-struct Book {
-    done: std::collections::HashMap<String, up::CommandResult>,
-    order: VecDeque<String>,
-    unsent: Vec<up::CommandResult>,
+/// This connection's end of the book's result routing; detaches on drop, however the
+/// connection ends, keeping what it had not sent.
+struct Attached {
+    book: CommandBook,
+    tx: mpsc::UnboundedSender<up::CommandResult>,
+    rx: mpsc::UnboundedReceiver<up::CommandResult>,
+    /// Taken from `rx` but refused by the stream.
+    undelivered: Vec<up::CommandResult>,
 }
 
-/// Command results remembered for repeated ids.
-const RESULTS_KEPT: usize = 10_000;
-
-impl ResultBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn recorded(&self, id: &str) -> Option<up::CommandResult> {
-        if id.is_empty() {
-            return None;
+impl Attached {
+    fn new(book: CommandBook) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        book.attach(tx.clone());
+        Self {
+            book,
+            tx,
+            rx,
+            undelivered: Vec::new(),
         }
-        self.lock().done.get(id).cloned()
     }
-    fn record(&self, r: &up::CommandResult) {
-        if r.command_id.is_empty() {
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let undelivered = std::mem::take(&mut self.undelivered);
+        self.book.detach(&self.tx, &mut self.rx, undelivered);
+    }
+}
+
+/// Applies one command unless its id ran or runs already; the book answers for those.
+async fn apply_once(book: &CommandBook, fleet: &FleetHandle, agent: &Config, c: up::Command) {
+    let id = c.id.clone();
+    let b = book.clone();
+    let begin = tokio::task::spawn_blocking(move || b.begin(&id, now_ms())).await;
+    match begin {
+        Ok(Begin::Run) => {}
+        Ok(Begin::Waiting | Begin::Answered) => return,
+        Err(e) => {
+            tracing::error!(command.id = %c.id, error = %e, "command bookkeeping failed; the command was not run");
             return;
         }
-        let mut b = self.lock();
-        if b.done.insert(r.command_id.clone(), r.clone()).is_none() {
-            b.order.push_back(r.command_id.clone());
-        }
-        while b.order.len() > RESULTS_KEPT {
-            if let Some(old) = b.order.pop_front() {
-                b.done.remove(&old);
-            }
-        }
     }
-    fn keep_unsent(&self, r: up::CommandResult) {
-        self.lock().unsent.push(r);
+    let id = c.id.clone();
+    let result = commands::handle(fleet, agent, c).await;
+    let b = book.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || b.finish(result, now_ms())).await {
+        tracing::error!(command.id = %id, error = %e, "cannot record or send a command result");
     }
-    fn take_unsent(&self) -> Vec<up::CommandResult> {
-        std::mem::take(&mut self.lock().unsent)
+}
+
+fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// Prunes the command ledger now and every [`PRUNE_EVERY`], off the command path.
+async fn prune_ledger(ledger: Ledger) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let l = ledger.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            l.prune(now_ms(), RESULTS_KEPT, RESULTS_MAX_AGE.as_millis() as u64)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(ledger.pruned = n, "old command results pruned"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the command ledger"),
+            Err(e) => tracing::warn!(error = %e, "command ledger pruning failed"),
+        }
     }
 }
 

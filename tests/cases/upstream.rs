@@ -129,14 +129,14 @@ fn acknowledged_events_are_not_resent() {
     let agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, "")));
     agent.wait_ready(1);
     let ready = cp.wait_event("SERVER_PROCESS_READY");
-    // Let the ack land, then reconnect.
+    // Let the ack land, then reconnect. Only a status that arrived after READY counts: it was
+    // sent after READY on the same stream, so nothing unacked then means READY was acked (an
+    // earlier one may have been queued before READY was committed).
+    let after_ready = cp.rec.lock().unwrap().statuses.len();
     wait_for("status shows nothing unacked", || {
-        cp.rec
-            .lock()
-            .unwrap()
-            .statuses
-            .last()
-            .filter(|s| s.unacked_events == 0)
+        cp.rec.lock().unwrap().statuses[after_ready..]
+            .iter()
+            .find(|s| s.unacked_events == 0)
             .cloned()
     });
     cp.kill();
@@ -479,36 +479,44 @@ fn a_runtime_configuration_change_drains_old_processes() {
     assert_eq!(instance["MaxGameSessionCnt"], 1);
 }
 
-#[test]
-fn deploy_build_installs_and_rolls_the_processes() {
+/// A build zip in `dir`: a `srv` script that runs the fake server, marked with `marker`.
+fn make_build(dir: &std::path::Path, name: &str, marker: &str) -> std::path::PathBuf {
     use std::io::Write;
-    use up::command::Kind;
-    let dir = tempfile::tempdir().unwrap();
-    let make = |name: &str, marker: &str| {
-        let path = dir.path().join(name);
-        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
-        w.start_file("srv", opts).unwrap();
-        write!(
-            w,
-            "#!/bin/sh\n# {marker}\nexec {} \"$@\"\n",
-            crate::helper::FAKE_SERVER
-        )
-        .unwrap();
-        w.finish().unwrap();
-        path
-    };
-    let v1 = make("v1.zip", "v1");
-    let v2 = make("v2.zip", "v2");
-    let cp = ControlPlaneFake::start(None, true);
-    let extra = format!("build: {}\n{}", v1.display(), upstream_yaml(&cp, ""));
-    let agent = Agent::start_with(
+    let path = dir.join(name);
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    w.start_file("srv", opts).unwrap();
+    write!(
+        w,
+        "#!/bin/sh\n# {marker}\nexec {} \"$@\"\n",
+        crate::helper::FAKE_SERVER
+    )
+    .unwrap();
+    w.finish().unwrap();
+    path
+}
+
+/// An agent installed from the build `v1` (one `srv` process), relaying to `cp`.
+fn agent_on_build(cp: &ControlPlaneFake, v1: &std::path::Path) -> Agent {
+    let extra = format!("build: {}\n{}", v1.display(), upstream_yaml(cp, ""));
+    Agent::start_with(
         &config(
             &entry("", 1).replace("/local/game/server", "/local/game/srv"),
             &extra,
         ),
         |game| std::fs::remove_dir_all(game).unwrap(),
-    );
+    )
+}
+
+#[test]
+fn deploy_build_installs_and_rolls_the_processes() {
+    use up::command::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, marker: &str| make_build(dir.path(), name, marker);
+    let v1 = make("v1.zip", "v1");
+    let v2 = make("v2.zip", "v2");
+    let cp = ControlPlaneFake::start(None, true);
+    let agent = agent_on_build(&cp, &v1);
     agent.wait_ready(1);
     let deploy = |id: &str, location: String, sha256: String| {
         cp.command(id, Kind::DeployBuild(up::DeployBuild { location, sha256 }));
@@ -628,16 +636,7 @@ fn a_repeated_command_id_is_applied_once_and_answered_again() {
     };
     cp.command("once", create());
     cp.command("once", create());
-    let results = wait_for("two results", || {
-        let rec = cp.rec.lock().unwrap();
-        let r: Vec<_> = rec
-            .results
-            .iter()
-            .filter(|r| r.command_id == "once")
-            .cloned()
-            .collect();
-        (r.len() == 2).then_some(r)
-    });
+    let results = cp.results("once", 2);
     assert!(results[0].ok);
     assert_eq!(
         results[0], results[1],
@@ -646,4 +645,250 @@ fn a_repeated_command_id_is_applied_once_and_answered_again() {
     let sessions =
         agent.ok(json!({"Action": "DescribeGameServerSessions", "FleetId": "fleet-test"}));
     assert_eq!(sessions["GameServerSessions"].as_array().unwrap().len(), 1);
+}
+
+/// An HTTP server that counts requests and holds every response until released.
+struct HeldServer {
+    url: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    released: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl HeldServer {
+    /// Serves `body` to every request, once released.
+    fn start(body: Vec<u8>) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/build.zip", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let released =
+            std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (count, gate) = (requests.clone(), released.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let (body, gate) = (body.clone(), gate.clone());
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf);
+                    let (lock, cvar) = &*gate;
+                    let mut open = lock.lock().unwrap();
+                    while !*open {
+                        open = cvar.wait(open).unwrap();
+                    }
+                    drop(open);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/zip\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes());
+                    let _ = s.write_all(&body);
+                });
+            }
+        });
+        Self {
+            url,
+            requests,
+            released,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until a download has started.
+    fn wait_request(&self) {
+        wait_for("the download to start", || {
+            (self.requests() >= 1).then_some(())
+        });
+    }
+
+    fn release(&self) {
+        let (lock, cvar) = &*self.released;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+}
+
+impl Drop for HeldServer {
+    fn drop(&mut self) {
+        // Held responses end (to nobody, if the agent is gone).
+        self.release();
+    }
+}
+
+/// SIGKILLs the agent and its game processes' groups (the new agent starts its own).
+fn kill9_with_games(agent: &mut Agent) {
+    let pids: Vec<i32> = agent
+        .processes()
+        .iter()
+        .filter_map(|p| p["Pid"].as_i64())
+        .map(|p| p as i32)
+        .collect();
+    agent.kill9();
+    for pid in pids {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn a_command_resent_on_a_new_connection_while_it_runs_is_applied_once() {
+    use up::command::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = make_build(dir.path(), "v1.zip", "v1");
+    let v2 = make_build(dir.path(), "v2.zip", "v2");
+    let mut cp = ControlPlaneFake::start(None, true);
+    let agent = agent_on_build(&cp, &v1);
+    agent.wait_ready(1);
+    let held = HeldServer::start(std::fs::read(&v2).unwrap());
+    let deploy = || {
+        Kind::DeployBuild(up::DeployBuild {
+            location: held.url.clone(),
+            sha256: gse_agent::package::content_hash(&v2).unwrap(),
+        })
+    };
+    cp.command("slow", deploy());
+    held.wait_request();
+    // The connection drops while the download is held; the control plane resends the id on
+    // the next one.
+    cp.kill();
+    cp.restart();
+    cp.wait_connections(2);
+    cp.command("slow", deploy());
+    // Commands on one connection are taken in order: a probe's answer means the copy was taken
+    // (and did not run: the worker is free while the first run still holds the download).
+    cp.command("probe", None);
+    assert_eq!(cp.result("probe").error_code, "MissingParameter");
+    assert!(
+        cp.rec
+            .lock()
+            .unwrap()
+            .results
+            .iter()
+            .all(|r| r.command_id != "slow"),
+        "nothing answered before the run ends"
+    );
+    held.release();
+    // One result per copy sent, both from the one run, on the connection current now.
+    let results = cp.results("slow", 2);
+    assert!(results[0].ok, "{results:?}");
+    assert_eq!(results[0], results[1]);
+    assert_eq!(held.requests(), 1, "downloaded once");
+    // Deployed once: the processes rolled to the second runtime, not a third.
+    wait_for("the new build's process", || {
+        let ps = agent.processes();
+        (ps.len() == 1
+            && ps[0]["ProcessId"].as_str().unwrap().starts_with("proc-1-")
+            && ps[0]["Status"] == "ACTIVE")
+            .then_some(())
+    });
+    assert!(
+        std::fs::read_to_string(agent.path("game/srv"))
+            .unwrap()
+            .contains("# v2")
+    );
+    assert_eq!(cp.results("slow", 2).len(), 2, "no third result");
+    assert!(
+        agent
+            .processes()
+            .iter()
+            .all(|p| p["ProcessId"].as_str().unwrap().starts_with("proc-1-"))
+    );
+}
+
+#[test]
+fn a_command_id_repeated_after_a_restart_gets_its_recorded_result() {
+    use up::command::Kind;
+    let cp = ControlPlaneFake::start(None, true);
+    let mut agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, "")));
+    agent.wait_ready(1);
+    let create = || {
+        Kind::CreateGameServerSession(up::CreateGameServerSession {
+            maximum_player_session_count: 2,
+            name: "once".into(),
+            ..Default::default()
+        })
+    };
+    cp.command("c1", create());
+    let first = cp.result("c1");
+    assert!(first.ok, "{first:?}");
+    let sessions = |agent: &Agent| {
+        agent.ok(json!({"Action": "DescribeGameServerSessions", "FleetId": "fleet-test"}))
+            ["GameServerSessions"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // SIGKILL, then the same id again: the recorded answer, and no new session.
+    kill9_with_games(&mut agent);
+    agent.spawn();
+    cp.wait_connections(2);
+    agent.wait_ready(1);
+    cp.command("c1", create());
+    let results = cp.results("c1", 2);
+    assert_eq!(results[1], first);
+    assert_eq!(sessions(&agent), 0, "not run again");
+    // A graceful restart keeps it too.
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit();
+    agent.spawn();
+    cp.wait_connections(3);
+    agent.wait_ready(1);
+    cp.command("c1", create());
+    let results = cp.results("c1", 3);
+    assert_eq!(results[2], first);
+    assert_eq!(sessions(&agent), 0, "not run again");
+    // A new id runs.
+    cp.command("c2", create());
+    assert!(cp.result("c2").ok);
+    assert_eq!(sessions(&agent), 1);
+}
+
+#[test]
+fn a_command_cut_short_by_an_agent_kill_is_answered_not_run_again() {
+    use up::command::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = make_build(dir.path(), "v1.zip", "v1");
+    let v2 = make_build(dir.path(), "v2.zip", "v2");
+    let cp = ControlPlaneFake::start(None, true);
+    let mut agent = agent_on_build(&cp, &v1);
+    agent.wait_ready(1);
+    let held = HeldServer::start(std::fs::read(&v2).unwrap());
+    let deploy = || {
+        Kind::DeployBuild(up::DeployBuild {
+            location: held.url.clone(),
+            sha256: gse_agent::package::content_hash(&v2).unwrap(),
+        })
+    };
+    cp.command("cut", deploy());
+    held.wait_request();
+    kill9_with_games(&mut agent);
+    held.release();
+    agent.spawn();
+    cp.wait_connections(2);
+    cp.command("cut", deploy());
+    let r = cp.result("cut");
+    assert_eq!(
+        (r.ok, r.error_code.as_str()),
+        (false, "InternalError"),
+        "{r:?}"
+    );
+    assert!(
+        r.message.contains("restarted") && r.message.contains("new id"),
+        "{}",
+        r.message
+    );
+    assert_eq!(held.requests(), 1, "not downloaded again");
+    assert!(
+        std::fs::read_to_string(agent.path("game/srv"))
+            .unwrap()
+            .contains("# v1"),
+        "the old build stays live"
+    );
 }

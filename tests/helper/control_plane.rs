@@ -194,15 +194,16 @@ impl ControlPlaneFake {
         self.serve(listener);
     }
 
-    /// Sends a command on the current stream.
-    pub fn command(&self, id: &str, kind: up::command::Kind) {
+    /// Sends a command on the current stream (`None`: a command with no kind).
+    pub fn command(&self, id: &str, kind: impl Into<Option<up::command::Kind>>) {
+        let kind = kind.into();
         let tx = wait_for("an open stream", || {
             self.service.commands.lock().unwrap().clone()
         });
         tx.send(up::ControlMessage {
             body: Some(up::control_message::Body::Command(up::Command {
                 id: id.to_string(),
-                kind: Some(kind),
+                kind,
             })),
         })
         .unwrap();
@@ -218,6 +219,28 @@ impl ControlPlaneFake {
                 .iter()
                 .find(|r| r.command_id == id)
                 .cloned()
+        })
+    }
+
+    /// Waits until `n` results of command `id` arrived (over any connection); returns them in
+    /// arrival order.
+    pub fn results(&self, id: &str, n: usize) -> Vec<up::CommandResult> {
+        wait_for(&format!("{n} results of {id}"), || {
+            let rec = self.rec.lock().unwrap();
+            let got: Vec<_> = rec
+                .results
+                .iter()
+                .filter(|r| r.command_id == id)
+                .cloned()
+                .collect();
+            (got.len() >= n).then_some(got)
+        })
+    }
+
+    /// Waits until `n` connections have said Hello; commands go to the newest from then on.
+    pub fn wait_connections(&self, n: usize) {
+        wait_for(&format!("{n} connections"), || {
+            (self.rec.lock().unwrap().connections.len() >= n).then_some(())
         })
     }
 
