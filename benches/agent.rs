@@ -1,10 +1,11 @@
-//! `cargo bench --bench agent [-- sdk|footprint|restart]`: the agent's performance figures,
+//! `cargo bench --bench agent [-- sdk|footprint|restart|adopt|…]`: the agent's performance figures,
 //! measured on the real binaries. Prints one line per figure; the targets are in the README.
 //!
 //! - sdk: unary `ReportCustomData` calls (ProcessReady-sized) through the agent, many in flight
 //!   over several HTTP/2 connections; calls/s and latency percentiles.
 //! - footprint: agent RSS and CPU while supervising 50 idle game processes.
 //! - restart: time from a game's exit to its replacement's start (no backoff pending).
+//! - adopt: time from a new agent's start to 50 adopted games health-checked (after SIGKILL).
 //! - unpack: `gse-agent unpack` against Info-ZIP `unzip` on a 1 GiB build, and its peak memory.
 //! - outbox: events per second durably committed through the outbox writer.
 //! - backlog: a 600,000-event outbox drained to a loopback control plane by the real agent.
@@ -22,7 +23,7 @@ const FAKE_SERVER: &str = env!("CARGO_BIN_EXE_gse-fake-server");
 
 struct Running {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     sdk: String,
     capi: String,
 }
@@ -58,24 +59,35 @@ runtime-configuration:
 "
     );
     std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
+    let (child, sdk, capi) = spawn_agent(dir.path());
+    Running {
+        child,
+        sdk,
+        capi,
+        dir,
+    }
+}
+
+/// Starts the agent on `dir`'s agent.yaml; returns it and its SDK and control API addresses.
+fn spawn_agent(dir: &std::path::Path) -> (Child, String, String) {
+    let endpoints = dir.join("data/endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
     let child = Command::new(AGENT)
         .args(["run", "--config"])
-        .arg(dir.path().join("agent.yaml"))
+        .arg(dir.join("agent.yaml"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let endpoints = dir.path().join("data/endpoints.json");
     let v: Value = wait("endpoints", || {
         serde_json::from_str(&std::fs::read_to_string(&endpoints).ok()?).ok()
     });
-    Running {
+    (
         child,
-        sdk: v["SdkAddress"].as_str().unwrap().to_string(),
-        capi: v["CapiAddress"].as_str().unwrap().to_string(),
-        _dir: dir,
-    }
+        v["SdkAddress"].as_str().unwrap().to_string(),
+        v["CapiAddress"].as_str().unwrap().to_string(),
+    )
 }
 
 fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -259,6 +271,52 @@ fn bench_restart() {
         percentile(&gaps, 0.50),
         percentile(&gaps, 0.99),
         gaps.last().unwrap()
+    );
+}
+
+/// SIGKILL of the agent with 50 ready games, then a new agent on the same data: time from its
+/// start to every game adopted and health-checked once (the health interval is a minute, so
+/// each check counted is the one made at adoption).
+fn bench_adopt() {
+    let mut r = start(
+        "",
+        50,
+        "health-check: { interval: 60s, timeout: 10s, failure-threshold: 3 }",
+    );
+    let mut pids = ready_pids(&r, 50);
+    pids.sort();
+    let mut samples = Vec::new();
+    let passed = |r: &Running| -> Option<std::collections::BTreeMap<u64, u64>> {
+        let v = capi(&r.capi, r#"{"Action":"DescribeServerProcesses"}"#);
+        v["ServerProcesses"]
+            .as_array()?
+            .iter()
+            .map(|p| Some((p["Pid"].as_u64()?, p["HealthChecksPassed"].as_u64()?)))
+            .collect()
+    };
+    for _ in 0..5 {
+        // Let the last change reach the disk; a SIGKILL loses at most the last commit.
+        std::thread::sleep(Duration::from_millis(500));
+        let before = passed(&r).unwrap();
+        r.child.kill().unwrap();
+        r.child.wait().unwrap();
+        let t0 = Instant::now();
+        let (child, sdk, capi_addr) = spawn_agent(r.dir.path());
+        (r.child, r.sdk, r.capi) = (child, sdk, capi_addr);
+        let after = wait("adopted and health-checked", || {
+            let now = passed(&r)?;
+            (now.len() == 50 && now.iter().all(|(pid, n)| before.get(pid).is_some_and(|b| n > b)))
+                .then_some(now)
+        });
+        samples.push(t0.elapsed());
+        assert_eq!(after.keys().copied().collect::<Vec<_>>(), pids, "the same 50 games");
+    }
+    samples.sort();
+    println!(
+        "adopt: agent start → 50 adopted games health-checked, {} restarts after SIGKILL: p50 {:?} max {:?}",
+        samples.len(),
+        percentile(&samples, 0.5),
+        samples.last().unwrap()
     );
 }
 
@@ -596,7 +654,7 @@ fn bench_outage() {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    let outbox = std::fs::metadata(r._dir.path().join("data/outbox.redb"))
+    let outbox = std::fs::metadata(r.dir.path().join("data/outbox.redb"))
         .map(|m| m.len())
         .unwrap_or(0);
     let third = samples.len() / 3;
@@ -616,6 +674,7 @@ fn bench_outage() {
 const BENCHES: &[(&str, fn())] = &[
     ("sdk", bench_sdk),
     ("restart", bench_restart),
+    ("adopt", bench_adopt),
     ("footprint", bench_footprint),
     ("unpack", bench_unpack),
     ("outbox", bench_outbox),
