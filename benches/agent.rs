@@ -305,11 +305,18 @@ fn bench_adopt() {
         (r.child, r.sdk, r.capi) = (child, sdk, capi_addr);
         let after = wait("adopted and health-checked", || {
             let now = passed(&r)?;
-            (now.len() == 50 && now.iter().all(|(pid, n)| before.get(pid).is_some_and(|b| n > b)))
-                .then_some(now)
+            (now.len() == 50
+                && now
+                    .iter()
+                    .all(|(pid, n)| before.get(pid).is_some_and(|b| n > b)))
+            .then_some(now)
         });
         samples.push(t0.elapsed());
-        assert_eq!(after.keys().copied().collect::<Vec<_>>(), pids, "the same 50 games");
+        assert_eq!(
+            after.keys().copied().collect::<Vec<_>>(),
+            pids,
+            "the same 50 games"
+        );
     }
     samples.sort();
     println!(

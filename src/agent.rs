@@ -15,9 +15,9 @@ use crate::event::EventBus;
 use crate::fleet::actor::{EVENT_SEQUENCE_KEY, Persistence, Stops};
 use crate::fleet::state::{Recorded, RestoreError};
 use crate::fleet::{self, Fleet, FleetHandle};
-use crate::store::{Records, StateStore, StoreError};
 use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
+use crate::store::{Records, StateStore, StoreError};
 use crate::upstream;
 use crate::upstream::outbox::{Outbox, OutboxError};
 

@@ -326,7 +326,10 @@ impl EventBus {
 
     /// The sequence the next event gets.
     pub fn next_sequence(&self) -> u64 {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).next_sequence
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_sequence
     }
 
     /// Continues numbering at `next` (after a restart; never goes back).

@@ -91,7 +91,9 @@ impl StateStore {
             let mut table = txn.open_table(STATE).map_err(|e| write(&e))?;
             for (k, v) in &next {
                 if last.get(k) != Some(v) {
-                    table.insert(k.as_str(), v.as_slice()).map_err(|e| write(&e))?;
+                    table
+                        .insert(k.as_str(), v.as_slice())
+                        .map_err(|e| write(&e))?;
                 }
             }
             for k in last.keys().filter(|k| !next.contains_key(*k)) {

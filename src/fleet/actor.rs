@@ -14,13 +14,13 @@ use tracing::Instrument;
 
 use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
 use super::state::{Fleet, Recorded};
-use crate::store::{Records, StateWriter};
 use crate::config::Config;
 use crate::event::EventBus;
 use crate::package::RunAs;
 use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle};
 use crate::proto::game_server_grpc_sdk_service_client::GameServerGrpcSdkServiceClient;
 use crate::proto::{self, gse_response};
+use crate::store::{Records, StateWriter};
 
 /// How long OnProcessTerminate may take before it is given up (the deadline still applies).
 const TERMINATE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -403,7 +403,9 @@ impl Actor {
                 serial,
                 gss_id,
                 result,
-            } => self.fleet.start_session_result(serial, &gss_id, result, now),
+            } => self
+                .fleet
+                .start_session_result(serial, &gss_id, result, now),
         }
     }
 

@@ -191,7 +191,11 @@ pub fn launch(
     );
     Ok(ProcessHandle {
         pid,
-        identity: Identity::read(pid).unwrap_or(Identity { pid, start_ticks: 0, exe: spec.program.clone() }),
+        identity: Identity::read(pid).unwrap_or(Identity {
+            pid,
+            start_ticks: 0,
+            exe: spec.program.clone(),
+        }),
         process_id: spec.process_id.clone(),
         stop: stop_tx,
     })

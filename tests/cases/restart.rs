@@ -25,13 +25,16 @@ fn alive(pid: u32) -> bool {
 }
 
 fn pids(processes: &[Value]) -> BTreeSet<u64> {
-    processes.iter().map(|p| p["Pid"].as_u64().unwrap()).collect()
+    processes
+        .iter()
+        .map(|p| p["Pid"].as_u64().unwrap())
+        .collect()
 }
 
 fn player(agent: &Agent, id: &str) -> Value {
-    agent.ok(json!({"Action": "DescribePlayerSessions", "PlayerSessionId": id}))
-        ["PlayerSessions"][0]
-        .clone()
+    agent.ok(json!({"Action": "DescribePlayerSessions", "PlayerSessionId": id}))["PlayerSessions"]
+        [0]
+    .clone()
 }
 
 fn event_number(e: &Value) -> u64 {
@@ -226,7 +229,10 @@ fn a_recycled_pid_is_never_signalled() {
     rewrite_recorded_pid(&agent.path("data/outbox.redb"), game, stranger_pid);
     agent.spawn();
     let lost = agent.wait_event("SERVER_PROCESS_CRASHED");
-    assert!(lost["Message"].as_str().unwrap().contains("unknown"), "{lost}");
+    assert!(
+        lost["Message"].as_str().unwrap().contains("unknown"),
+        "{lost}"
+    );
     let ready = agent.wait_ready(1);
     assert_ne!(ready[0]["Pid"].as_u64().unwrap() as u32, stranger_pid);
     agent.signal(Signal::SIGTERM);

@@ -26,7 +26,6 @@ const SESSION: &str = "gss/";
 const PLAYER: &str = "player/";
 const TOKEN: &str = "token/";
 
-
 /// Why stored records could not be restored.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -40,7 +39,9 @@ pub enum RestoreError {
         source: serde_json::Error,
     },
     /// Written by an agent with a newer record layout.
-    #[error("the state was written by a newer gse-agent (record version {found}, this one reads {RECORD_VERSION}); run that version or remove the state to start afresh")]
+    #[error(
+        "the state was written by a newer gse-agent (record version {found}, this one reads {RECORD_VERSION}); run that version or remove the state to start afresh"
+    )]
     Version {
         /// The stored version.
         found: u32,
@@ -296,7 +297,9 @@ impl Fleet {
             let deadline = r.deadline.map(|t| clocks.to_instant(t));
             let serial = r.serial;
             match (r.phase, deadline) {
-                (Phase::Launching, Some(at)) => fleet.timers.add(at, Timer::ReadyTimeout { serial }),
+                (Phase::Launching, Some(at)) => {
+                    fleet.timers.add(at, Timer::ReadyTimeout { serial })
+                }
                 (Phase::Active, _) => fleet.timers.add(now, Timer::HealthCheck { serial }),
                 (Phase::Terminating(_), Some(at)) => {
                     fleet.timers.add(at, Timer::TerminateDeadline { serial })
@@ -358,7 +361,10 @@ impl Fleet {
             fleet.sessions.insert(id, (r.order, r.session));
         }
         finished.sort();
-        fleet.finished_sessions = finished.into_iter().map(|(_, id)| id).collect::<VecDeque<_>>();
+        fleet.finished_sessions = finished
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect::<VecDeque<_>>();
 
         let reservation = cfg.timeouts.player_reservation.get();
         for (key, bytes) in records.range(PLAYER.to_string()..) {

@@ -59,7 +59,9 @@ impl Fleet {
         s.termination_time = Some(SystemTime::now());
         s.current_players = 0;
         let pid = s.pid;
-        if let Some(p) = self.serial_of(pid).and_then(|serial| self.procs.get_mut(&serial))
+        if let Some(p) = self
+            .serial_of(pid)
+            .and_then(|serial| self.procs.get_mut(&serial))
             && p.session.as_deref() == Some(gss_id)
         {
             p.session = None;

@@ -1,11 +1,16 @@
 //! Transitions of the fleet with no process, no network and a paused clock.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use super::sessions::FINISHED_PLAYERS_KEPT;
 use super::*;
 use crate::config;
-use crate::fleet::api::{NewPlayer, NewSession, PlayerQuery, SessionUpdate};
+use crate::fleet::api::{
+    Control, ControlReply, FleetError, NewPlayer, NewSession, PlayerQuery, SdkCall, SdkReply,
+    SessionUpdate,
+};
+use crate::process::ExitInfo;
 use crate::session::PlayerStatus;
 
 const CONFIG: &str = "
@@ -346,7 +351,10 @@ async fn ready_timeout_stops_and_classifies() {
         h.ready(*pid);
     }
     let effects = h.advance(Duration::from_secs(5));
-    assert!(effects.iter().any(|e| is_stop(e, h.s(pids[0]))), "{effects:?}");
+    assert!(
+        effects.iter().any(|e| is_stop(e, h.s(pids[0]))),
+        "{effects:?}"
+    );
     assert_eq!(
         effects
             .iter()
@@ -508,10 +516,7 @@ async fn session_and_player_lifecycle() {
     )
     .unwrap();
     assert_eq!(h.session(&s.id).status, GssStatus::Terminated);
-    assert!(
-        h.proc(pids[1]).session.is_none(),
-        "process may host again"
-    );
+    assert!(h.proc(pids[1]).session.is_none(), "process may host again");
     let err = h
         .sdk(
             pids[1],
@@ -910,7 +915,11 @@ async fn a_stale_exit_report_for_an_earlier_launch_is_ignored() {
     h.exit(pid, 1);
     h.fleet.exited(serial, ExitInfo::default(), h.now);
     h.settle();
-    assert_eq!(h.count(EventCode::ServerProcessCrashed), 1, "one exit, one event");
+    assert_eq!(
+        h.count(EventCode::ServerProcessCrashed),
+        1,
+        "one exit, one event"
+    );
     assert_eq!(h.pids().len(), 3, "the slot relaunched once");
 }
 
@@ -925,7 +934,8 @@ async fn reports_name_launches_so_a_reused_pid_is_never_confused() {
     for _ in 0..5 {
         h.fleet.health_result(old, false, "late answer", h.now);
     }
-    h.fleet.start_session_result(old, "gss", Err("late".into()), h.now);
+    h.fleet
+        .start_session_result(old, "gss", Err("late".into()), h.now);
     let effects = h.settle();
     assert!(effects.is_empty(), "{effects:?}");
     assert!(!h.codes().contains(&EventCode::ServerProcessUnhealthy));
@@ -1234,14 +1244,17 @@ async fn a_recorded_process_that_is_gone_is_reported_once_and_replaced_with_a_ne
     h.fleet.start();
     h.settle();
     assert_eq!(h.count(EventCode::ServerProcessCrashed), 1);
-    assert_eq!(h.count(EventCode::ServerProcessStarted), 1, "only the missing slot");
+    assert_eq!(
+        h.count(EventCode::ServerProcessStarted),
+        1,
+        "only the missing slot"
+    );
     assert_eq!(h.session(&gss.id).status, GssStatus::Error);
-    let new_ids: Vec<String> = h
-        .pids()
-        .into_iter()
-        .map(|p| h.proc(p).id.clone())
-        .collect();
-    assert!(!new_ids.contains(&old_id), "ids are never reused: {new_ids:?}");
+    let new_ids: Vec<String> = h.pids().into_iter().map(|p| h.proc(p).id.clone()).collect();
+    assert!(
+        !new_ids.contains(&old_id),
+        "ids are never reused: {new_ids:?}"
+    );
     assert_eq!(h.pids().len(), 3);
 }
 

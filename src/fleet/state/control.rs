@@ -1,0 +1,129 @@
+//! The control door: one typed command from the local API or the control plane.
+
+use tokio::time::Instant;
+
+use super::{Fleet, TerminateReason};
+use crate::event::{Event, EventCode};
+use crate::fleet::api::{Control, ControlReply, FleetError, ProcessView};
+
+impl Fleet {
+    /// Handles a control command.
+    pub fn control(&mut self, cmd: Control, now: Instant) -> Result<ControlReply, FleetError> {
+        let r = self.control_command(cmd, now);
+        self.retire_pending(now);
+        r
+    }
+
+    pub(super) fn control_command(
+        &mut self,
+        cmd: Control,
+        now: Instant,
+    ) -> Result<ControlReply, FleetError> {
+        match cmd {
+            Control::CreateSession(req) => {
+                req.check()?;
+                Ok(ControlReply::Session(Box::new(
+                    self.create_session(req, now)?,
+                )))
+            }
+            Control::DescribeSessions(q) => self.describe_sessions(&q),
+            Control::Join { gss_id, players } => {
+                crate::fleet::api::check_players(&players)?;
+                Ok(ControlReply::Players(
+                    self.join(&gss_id, players, now)?,
+                    None,
+                ))
+            }
+
+            Control::DescribePlayers(q) => {
+                let (page, next) = self.describe_players(&q)?;
+                Ok(ControlReply::Players(page, next))
+            }
+            Control::EndSessionAndProcess { gss_id } => {
+                let s = self.find_session(&gss_id)?;
+                if s.status.is_final() {
+                    return Err(FleetError::Denied(format!(
+                        "game server session {gss_id} is already {}",
+                        s.status
+                    )));
+                }
+                if let Some(serial) = self.serial_of(s.pid) {
+                    self.terminate(serial, TerminateReason::Requested, now);
+                }
+                Ok(ControlReply::Done)
+            }
+            Control::DescribeProcesses => {
+                let mut v: Vec<ProcessView> = self
+                    .procs
+                    .values()
+                    .map(|p| ProcessView {
+                        process_id: p.id.clone(),
+                        pid: p.pid,
+                        launch_path: self.spec(p.slot).launch_path.clone(),
+                        status: p.phase.as_str(),
+                        healthy: p.healthy,
+                        health_checks_passed: p.health_checks_passed,
+                        client_port: p.client_port,
+                        grpc_port: p.grpc_port,
+                        game_server_session_id: p.session.clone(),
+                        restarts: self.slots[p.slot].generation - 1,
+                        log_paths: p.log_paths.clone(),
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.process_id.cmp(&b.process_id));
+                Ok(ControlReply::Processes(v))
+            }
+            Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
+            Control::UpdateSession(u) => {
+                Ok(ControlReply::Session(Box::new(self.update_session(u)?)))
+            }
+            Control::UpdateRuntime(runtime) => {
+                if self.shutting_down {
+                    return Err(FleetError::Denied("the agent is shutting down".into()));
+                }
+                self.update_runtime(*runtime, now);
+                Ok(ControlReply::Done)
+            }
+            Control::Redeploy => {
+                if self.shutting_down {
+                    return Err(FleetError::Denied("the agent is shutting down".into()));
+                }
+                let current = self.current_runtime();
+                self.update_runtime(current, now);
+                Ok(ControlReply::Done)
+            }
+            Control::SetReserved(on) => {
+                if self.reserved != on {
+                    self.reserved = on;
+                    self.emit(Event::new(
+                        if on {
+                            EventCode::InstanceReserved
+                        } else {
+                            EventCode::InstanceUnreserved
+                        },
+                        if on {
+                            "reserved: no new game server sessions are placed here"
+                        } else {
+                            "no longer reserved"
+                        },
+                    ));
+                }
+                Ok(ControlReply::Done)
+            }
+            Control::SetDraining(on) => {
+                if self.shutting_down {
+                    return Err(FleetError::Denied("the agent is shutting down".into()));
+                }
+                if self.draining != on {
+                    self.draining = on;
+                    if on {
+                        self.drain(now);
+                    } else {
+                        self.undrain();
+                    }
+                }
+                Ok(ControlReply::Done)
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Slots: launches, backoff and the crash-loop breaker, runtime configuration updates, drain.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Entry, Fleet, LOG_GENERATIONS_KEPT, LaunchState, Slot, TerminateReason};
+use crate::config::RuntimeConfiguration;
+use crate::event::{Event, EventCode};
+use crate::fleet::api::Effect;
+use crate::fleet::restart::backoff;
+use crate::fleet::timers::Timer;
+
+impl Fleet {
+    /// Adds the entries of `runtime` and their slots (not launched).
+    pub(super) fn add_entries(&mut self, runtime: &RuntimeConfiguration) -> Vec<usize> {
+        let mut added = Vec::new();
+        for spec in &runtime.server_processes {
+            let entry = self.entries.len();
+            self.entries.push(Entry {
+                spec: spec.clone(),
+                ..Entry::default()
+            });
+            for replica in 0..spec.concurrent_executions {
+                added.push(self.slots.len());
+                self.slots.push(Slot {
+                    entry,
+                    replica,
+                    generation: 0,
+                    serial: None,
+                    launch: LaunchState::Idle,
+                    failures: 0,
+                    retiring: false,
+                });
+            }
+        }
+        self.max_activations = runtime.max_concurrent_activations;
+        self.activation_timeout = runtime.activation_timeout;
+        added
+    }
+
+    /// The runtime configuration in force (the entries of non-retiring slots).
+    pub(super) fn current_runtime(&self) -> RuntimeConfiguration {
+        let mut entries: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .map(|s| s.entry)
+            .collect();
+        entries.dedup(); // slots of one entry are contiguous
+        let server_processes = entries
+            .into_iter()
+            .map(|e| self.entries[e].spec.clone())
+            .collect();
+        RuntimeConfiguration {
+            server_processes,
+            max_concurrent_activations: self.max_activations,
+            activation_timeout: self.activation_timeout,
+        }
+    }
+
+    /// UpdateRuntimeConfiguration (GSE's rule): new processes start under the new
+    /// configuration now; old ones without a game server session are told to terminate; old
+    /// ones with a session keep running until it ends and are then retired. The total never
+    /// exceeds the new one by more than the retiring processes.
+    pub(super) fn update_runtime(&mut self, runtime: RuntimeConfiguration, now: Instant) {
+        let old: Vec<usize> = (0..self.slots.len())
+            .filter(|s| !self.slots[*s].retiring)
+            .collect();
+        for slot in old {
+            self.slots[slot].retiring = true;
+            if let Some(serial) = self.slots[slot].serial
+                && self.live_session_policy(serial).is_none()
+            {
+                self.terminate(serial, TerminateReason::Retired, now);
+            }
+        }
+        let total = runtime
+            .server_processes
+            .iter()
+            .map(|p| p.concurrent_executions)
+            .sum::<u32>();
+        self.emit(Event::new(
+            EventCode::RuntimeConfigurationUpdated,
+            format!("runtime configuration updated: {total} process(es); old processes retire as their sessions end"),
+        ));
+        for slot in self.add_entries(&runtime) {
+            self.launch(slot);
+        }
+    }
+
+    /// Retires the processes whose sessions ended while their slot was retiring.
+    pub(super) fn retire_pending(&mut self, now: Instant) {
+        for serial in std::mem::take(&mut self.retire_later) {
+            self.terminate(serial, TerminateReason::Retired, now);
+        }
+    }
+
+    pub(super) fn launch(&mut self, slot: usize) {
+        let serial = self.seq();
+        let s = &mut self.slots[slot];
+        s.generation += 1;
+        s.launch = LaunchState::InFlight;
+        let id = |generation| format!("proc-{}-{}-{generation}", s.entry, s.replica);
+        let process_id = id(s.generation);
+        let retire_logs_of = s
+            .generation
+            .checked_sub(LOG_GENERATIONS_KEPT)
+            .filter(|g| *g > 0)
+            .map(id);
+        self.effects.push(Effect::Launch {
+            slot,
+            serial,
+            process_id,
+            retire_logs_of,
+        });
+    }
+
+    /// The launch of `slot` failed; `invalid_path` when the LaunchPath is missing or not
+    /// executable (reported once, retried at the slowest pace).
+    pub fn spawn_failed(
+        &mut self,
+        slot: usize,
+        process_id: String,
+        invalid_path: bool,
+        message: String,
+        now: Instant,
+    ) {
+        self.slots[slot].launch = LaunchState::Idle;
+        let entry = self.slots[slot].entry;
+        let code = if invalid_path {
+            EventCode::ServerProcessInvalidPath
+        } else {
+            EventCode::ServerProcessPullFailed
+        };
+        if !(invalid_path && self.entries[entry].invalid_path_reported) {
+            self.emit(Event::new(code, message).process(&process_id, None));
+        }
+        if invalid_path {
+            self.entries[entry].invalid_path_reported = true;
+            // A missing file does not appear by retrying hot: wait the longest backoff.
+            self.slots[slot].failures = self.slots[slot].failures.max(u32::MAX / 2);
+        }
+        self.after_failure(slot, now, Duration::ZERO);
+    }
+
+    /// Counts a failure of `slot` and schedules its relaunch.
+    pub(super) fn after_failure(&mut self, slot: usize, now: Instant, ran: Duration) {
+        let policy = &self.cfg.restart;
+        let s = &mut self.slots[slot];
+        if ran >= policy.reset_after.get() {
+            s.failures = 0;
+        }
+        s.failures = s.failures.saturating_add(1);
+        let delay = backoff(policy, s.failures);
+        let entry = s.entry;
+        if let Some(count) = self.entries[entry].breaker.record(policy, now) {
+            let until = self.cfg.restart.crash_loop_cool_down.get();
+            let launch_path = self.entries[entry].spec.launch_path.clone();
+            self.emit(Event::new(
+                EventCode::ServerProcessCrashLoop,
+                format!(
+                    "{launch_path}: {count} failures within {}; launches paused for {}",
+                    humantime::format_duration(self.cfg.restart.crash_loop_window.get()),
+                    humantime::format_duration(until)
+                ),
+            ));
+            self.timers.add(now + until, Timer::BreakerEnd { entry });
+        }
+        self.schedule_launch(slot, now, delay);
+    }
+
+    pub(super) fn schedule_launch(&mut self, slot: usize, now: Instant, delay: Duration) {
+        if self.shutting_down || self.draining || self.slots[slot].retiring {
+            self.slots[slot].launch = LaunchState::Idle;
+            return;
+        }
+        let entry = self.slots[slot].entry;
+        let mut at = now + delay;
+        if let Some(until) = self.entries[entry].breaker.paused_until {
+            at = at.max(until);
+        }
+        if at <= now {
+            self.launch(slot);
+        } else {
+            self.slots[slot].launch = LaunchState::Scheduled;
+            self.timers.add(at, Timer::Launch { slot });
+        }
+    }
+
+    /// Scale-in under the protection policy, as GSE did it: no new sessions, every process is
+    /// told to terminate (those hosting a session get the protection deadline), nothing is
+    /// relaunched.
+    pub(super) fn drain(&mut self, now: Instant) {
+        self.emit(Event::new(
+            EventCode::InstanceDraining,
+            format!(
+                "draining {} process(es) under {}",
+                self.procs.len(),
+                self.cfg.protection.policy.as_str()
+            ),
+        ));
+        for serial in self.serials() {
+            self.terminate(serial, TerminateReason::Requested, now);
+        }
+    }
+
+    /// Ends a drain: every current slot without a process launches again.
+    pub(super) fn undrain(&mut self) {
+        self.emit(Event::new(
+            EventCode::InstanceUndrained,
+            "no longer draining",
+        ));
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if !s.retiring && s.serial.is_none() && s.launch == LaunchState::Idle {
+                self.launch(slot);
+            }
+        }
+    }
+}
