@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
+use super::clock::Clock;
 use super::state::{Fleet, Recorded};
 use crate::config::Config;
 use crate::event::EventBus;
@@ -224,9 +225,11 @@ impl Actor {
     ) {
         // What the last agent left running is adopted before anything new is launched, so
         // only the missing slots start.
-        self.adopt(recorded, Instant::now());
+        self.fleet.set_id_seed(uuid::Uuid::new_v4().as_u128());
+        let now = self.now();
+        self.adopt(recorded, now);
         self.fleet.start();
-        self.perform(Instant::now());
+        self.perform(now);
         let mut hard_deadline: Option<Instant> = None;
         let mut forced = false;
         let (shutdown, force, detach) = (&stops.shutdown, &stops.force, &stops.detach);
@@ -242,7 +245,7 @@ impl Actor {
                     return;
                 }
                 () = shutdown.cancelled(), if hard_deadline.is_none() => {
-                    let now = Instant::now();
+                    let now = self.now();
                     self.fleet.begin_shutdown(now);
                     let t = &self.cfg.timeouts;
                     hard_deadline = Some(now + t.shutdown.get() + t.stop_grace.get() + Duration::from_secs(1));
@@ -271,7 +274,7 @@ impl Actor {
                 }
             }
             // Due timers fire on every turn, so a busy request queue cannot delay them.
-            let now = Instant::now();
+            let now = self.now();
             self.fleet.tick(now);
             self.perform(now);
             self.save(now, false);
@@ -304,6 +307,13 @@ impl Actor {
         } else {
             store.writer.send(records);
         }
+    }
+
+    /// Reads the clocks for the input about to be handled and hands them to the fleet.
+    fn now(&mut self) -> Instant {
+        let clock = Clock::read();
+        self.fleet.set_clock(clock);
+        clock.now
     }
 
     /// Marks the state changed (everything but a pure query may change it).
@@ -369,7 +379,7 @@ impl Actor {
     }
 
     fn request(&mut self, req: Request) {
-        let now = Instant::now();
+        let now = self.now();
         match req {
             Request::Sdk { pid, call, reply } => {
                 if !matches!(call, SdkCall::DescribePlayers(_)) {
@@ -387,7 +397,7 @@ impl Actor {
     }
 
     fn report(&mut self, report: Report) {
-        let now = Instant::now();
+        let now = self.now();
         self.touch();
         match report {
             Report::Exited { serial, info } => {

@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod api;
+pub mod clock;
 pub mod restart;
 pub mod state;
 pub mod timers;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::api::{Effect, InstanceCounters, StopReason};
+use super::clock::{Clock, Ids};
 use super::restart::Breaker;
 use super::timers::{Timer, Timers};
 use crate::config::{Config, ProcessSpec};
@@ -148,6 +149,10 @@ pub struct Fleet {
     reserved: bool,
     max_activations: u32,
     activation_timeout: Duration,
+    /// The clocks as of the current input (set by the actor).
+    clock: Clock,
+    /// Session and player session ids.
+    ids: Ids,
     /// Processes of retiring slots whose session just ended: told to terminate at the end of
     /// the current input.
     retire_later: Vec<u64>,
@@ -179,9 +184,21 @@ impl Fleet {
             draining: false,
             reserved: false,
             retire_later: Vec::new(),
+            clock: Clock::read(),
+            ids: Ids::default(),
         };
         fleet.add_entries(&runtime);
         fleet
+    }
+
+    /// The clocks as of the input about to be handled.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// Draws session and player session ids from `seed` from now on.
+    pub fn set_id_seed(&mut self, seed: u128) {
+        self.ids = Ids::new(seed);
     }
 
     /// Effects queued since the last call.

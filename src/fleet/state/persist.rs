@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::{Entry, Fleet, LaunchState, Phase, Proc, Slot, TerminateReason};
 use crate::config::{Config, ProcessSpec, RuntimeConfiguration};
 use crate::fleet::api::StopReason;
+use crate::fleet::clock::Clock;
 use crate::fleet::timers::Timer;
 use crate::process::Identity;
 use crate::session::{GameSession, GssStatus, PlayerSession, PlayerStatus};
@@ -130,36 +131,10 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, R
     })
 }
 
-/// Converts between the monotonic clock and wall-clock time around one reading of both.
-#[derive(Clone, Copy)]
-struct Clocks {
-    now: Instant,
-    wall: SystemTime,
-}
-
-impl Clocks {
-    fn to_wall(self, t: Instant) -> SystemTime {
-        if t >= self.now {
-            self.wall + (t - self.now)
-        } else {
-            self.wall
-                .checked_sub(self.now - t)
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        }
-    }
-
-    fn to_instant(self, t: SystemTime) -> Instant {
-        match t.duration_since(self.wall) {
-            Ok(ahead) => self.now + ahead,
-            Err(e) => self.now.checked_sub(e.duration()).unwrap_or(self.now),
-        }
-    }
-}
-
 impl Fleet {
     /// The fleet as records, one key per process, session, player and idempotency token.
     pub fn snapshot(&self, now: Instant, wall: SystemTime) -> Records {
-        let clocks = Clocks { now, wall };
+        let clocks = Clock { now, wall };
         let mut out = Records::new();
         let meta = Meta {
             version: RECORD_VERSION,
@@ -234,7 +209,7 @@ impl Fleet {
         now: Instant,
         wall: SystemTime,
     ) -> Result<Option<(Fleet, Vec<Recorded>)>, RestoreError> {
-        let clocks = Clocks { now, wall };
+        let clocks = Clock { now, wall };
         let Some(meta) = records.get(META) else {
             return Ok(None);
         };

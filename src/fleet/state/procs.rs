@@ -1,7 +1,7 @@
 //! Processes: spawned, adopted, exited (and how an exit is classified), health, termination
 //! and stops.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -325,7 +325,7 @@ impl Fleet {
         let (grpc_port, pid) = (p.grpc_port, p.pid);
         let id = p.id.clone();
         let termination_time = grace
-            .map(|g| unix_seconds(Some(SystemTime::now() + g)))
+            .map(|g| unix_seconds(Some(self.clock.to_wall(now) + g)))
             .unwrap_or(0);
         p.deadline = grace.map(|g| now + g);
         if let Some(g) = grace {

@@ -1,8 +1,6 @@
 //! Game server sessions and player sessions in the fleet: placement, activation, joins,
 //! transitions and listings.
 
-use std::time::SystemTime;
-
 use tokio::time::Instant;
 
 use super::{Fleet, Phase};
@@ -56,7 +54,7 @@ impl Fleet {
             return Some(to);
         }
         s.status_reason = reason.to_string();
-        s.termination_time = Some(SystemTime::now());
+        s.termination_time = Some(self.clock.wall);
         s.current_players = 0;
         let pid = s.pid;
         if let Some(p) = self
@@ -150,7 +148,7 @@ impl Fleet {
         let suffix = req
             .custom_id
             .clone()
-            .unwrap_or_else(|| format!("gssess-{}", uuid::Uuid::new_v4()));
+            .unwrap_or_else(|| format!("gssess-{}", self.ids.next_uuid()));
         let id = format!("qcs::gse:local::gameserversession/{fleet}/{suffix}");
         if self.sessions.contains_key(&id) {
             return Err(FleetError::Invalid {
@@ -203,7 +201,7 @@ impl Fleet {
             status: GssStatus::Activating,
             status_reason: String::new(),
             policy: CreationPolicy::AcceptAll,
-            creation_time: SystemTime::now(),
+            creation_time: self.clock.wall,
             termination_time: None,
             current_custom_count: p.custom.0,
             max_custom_count: p.custom.1,
@@ -369,7 +367,7 @@ impl Fleet {
         let mut out = Vec::with_capacity(players.len());
         for np in players {
             let ps = PlayerSession {
-                id: format!("psess-{}", uuid::Uuid::new_v4()),
+                id: format!("psess-{}", self.ids.next_uuid()),
                 player_id: np.player_id,
                 gss_id: gss_id.to_string(),
                 fleet_id: fleet.clone(),
@@ -378,7 +376,7 @@ impl Fleet {
                 dns_name: dns.clone(),
                 player_data: np.player_data,
                 status: PlayerStatus::Reserved,
-                creation_time: SystemTime::now(),
+                creation_time: self.clock.wall,
                 termination_time: None,
             };
             let seq = self.seq();
@@ -426,7 +424,7 @@ impl Fleet {
         let freed = ps.status.holds_slot() && !to.holds_slot();
         ps.status = to;
         if !to.holds_slot() {
-            ps.termination_time = Some(SystemTime::now());
+            ps.termination_time = Some(self.clock.wall);
         }
         let gss_id = ps.gss_id.clone();
         let player_id = ps.player_id.clone();

@@ -10,6 +10,7 @@ use crate::fleet::api::{
     Control, ControlReply, FleetError, NewPlayer, NewSession, PlayerQuery, SdkCall, SdkReply,
     SessionUpdate,
 };
+use crate::fleet::clock::Clock;
 use crate::process::ExitInfo;
 use crate::session::PlayerStatus;
 
@@ -82,6 +83,11 @@ impl Harness {
 
     fn advance(&mut self, d: Duration) -> Vec<Effect> {
         self.now += d;
+        let wall = self.fleet.clock.to_wall(self.now);
+        self.fleet.set_clock(Clock {
+            now: self.now,
+            wall,
+        });
         self.fleet.tick(self.now);
         self.settle()
     }
@@ -1160,6 +1166,8 @@ fn restart(h: &mut Harness) -> Vec<Recorded> {
         .unwrap()
         .expect("records were stored");
     h.fleet = fleet;
+    // As the actor does: a new run draws its ids from a new seed.
+    h.fleet.set_id_seed(1);
     h.events.clear();
     recorded
 }
