@@ -1,3 +1,6 @@
+use std::path::Path;
+use std::time::Duration;
+
 use super::*;
 
 fn parse_ok(text: &str) -> Config {

@@ -1,0 +1,347 @@
+//! The validated configuration: what the rest of the agent reads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::*;
+
+/// Health checking of ready processes (OnHealthCheck).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HealthCheck {
+    /// Time between two checks of one process (GSE: 60 s).
+    pub interval: HumanDuration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: HumanDuration,
+    /// Consecutive failures (false, error or timeout) that make a process unhealthy (GSE: 3).
+    pub failure_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60).into(),
+            timeout: Duration::from_secs(10).into(),
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// Deadlines of the process and player lifecycles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Timeouts {
+    /// From launch to ProcessReady, else SERVER_PROCESS_PROCESS_READY_TIMEOUT.
+    pub process_ready: HumanDuration,
+    /// From ProcessEnding to exit, else SERVER_PROCESS_PROCESS_EXIT_TIMEOUT.
+    pub process_exit: HumanDuration,
+    /// A RESERVED player session not accepted within this becomes TIMEDOUT.
+    pub player_reservation: HumanDuration,
+    /// Between SIGTERM and SIGKILL to a process group when the agent stops a process.
+    pub stop_grace: HumanDuration,
+    /// On agent shutdown: how long processes get after OnProcessTerminate before they are stopped.
+    pub shutdown: HumanDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            process_ready: Duration::from_secs(300).into(),
+            process_exit: Duration::from_secs(30).into(),
+            player_reservation: Duration::from_secs(60).into(),
+            stop_grace: Duration::from_secs(10).into(),
+            shutdown: Duration::from_secs(30).into(),
+        }
+    }
+}
+
+/// GSE's game server session protection policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum ProtectionPolicy {
+    /// Killed after the no-protection grace (GSE: 5 minutes).
+    NoProtection,
+    /// Killed after `time-limit-minutes` (5–1440).
+    TimeLimitProtection,
+    /// Never killed while it hosts a game server session.
+    FullProtection,
+}
+
+impl ProtectionPolicy {
+    /// Parses Tencent's name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::NoProtection,
+            Self::TimeLimitProtection,
+            Self::FullProtection,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+
+    /// Tencent's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoProtection => "NoProtection",
+            Self::TimeLimitProtection => "TimeLimitProtection",
+            Self::FullProtection => "FullProtection",
+        }
+    }
+}
+
+/// How long a process told to terminate (OnProcessTerminate) may keep running.
+#[derive(Debug, Clone)]
+pub struct Protection {
+    /// The fleet's policy.
+    pub policy: ProtectionPolicy,
+    /// TimeLimitProtection's window.
+    pub time_limit: Duration,
+    /// NoProtection's window, also used for processes that host no session.
+    pub no_protection_grace: Duration,
+}
+
+impl Protection {
+    /// The time a terminating process gets, `None` for no deadline. A process without an active
+    /// game server session has nothing to protect and gets the no-protection grace.
+    pub fn grace(&self, hosts_session: bool) -> Option<Duration> {
+        if !hosts_session {
+            return Some(self.no_protection_grace);
+        }
+        match self.policy {
+            ProtectionPolicy::NoProtection => Some(self.no_protection_grace),
+            ProtectionPolicy::TimeLimitProtection => Some(self.time_limit),
+            ProtectionPolicy::FullProtection => None,
+        }
+    }
+}
+
+/// Restart pacing and the crash-loop breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RestartPolicy {
+    /// Delay before the second restart in a row; the first is immediate. Doubles per failure.
+    pub initial_backoff: HumanDuration,
+    /// The cap of the doubling.
+    pub max_backoff: HumanDuration,
+    /// A process that ran this long resets its slot's backoff.
+    pub reset_after: HumanDuration,
+    /// Crashes of one ServerProcesses entry within `crash-loop-window` that trip the breaker.
+    pub crash_loop_max: u32,
+    /// The breaker's window.
+    pub crash_loop_window: HumanDuration,
+    /// How long a tripped entry stays paused.
+    pub crash_loop_cool_down: HumanDuration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_secs(1).into(),
+            max_backoff: Duration::from_secs(60).into(),
+            reset_after: Duration::from_secs(60).into(),
+            crash_loop_max: 10,
+            crash_loop_window: Duration::from_secs(60).into(),
+            crash_loop_cool_down: Duration::from_secs(300).into(),
+        }
+    }
+}
+
+/// Limits and timeouts of build installation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PackagePolicy {
+    /// Total bytes an archive may make the agent write.
+    pub max_bytes: ByteSize,
+    /// Entries an archive may hold.
+    pub max_entries: u64,
+    /// Bytes written per compressed byte allowed for entries above `ratio-min-bytes`.
+    pub max_ratio: u64,
+    /// Entries up to this size are not ratio-checked.
+    pub ratio_min_bytes: ByteSize,
+    /// Free space the target filesystem must keep during extraction.
+    pub reserve_bytes: ByteSize,
+    /// How long install.sh may run.
+    pub install_timeout: HumanDuration,
+}
+
+impl Default for PackagePolicy {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize(10 << 30),
+            max_entries: 200_000,
+            max_ratio: 1000,
+            ratio_min_bytes: ByteSize(1 << 20),
+            reserve_bytes: ByteSize(1 << 30),
+            install_timeout: Duration::from_secs(600).into(),
+        }
+    }
+}
+
+impl PackagePolicy {
+    /// The extraction limits.
+    pub fn limits(&self) -> crate::package::Limits {
+        crate::package::Limits {
+            max_bytes: self.max_bytes.get(),
+            max_entries: self.max_entries,
+            max_ratio: self.max_ratio,
+            ratio_min_bytes: self.ratio_min_bytes.get(),
+            reserve_bytes: self.reserve_bytes.get(),
+        }
+    }
+}
+
+/// The control plane the agent relays events to and takes commands from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpstreamConfig {
+    /// `https://host:port` (or `http://` on a trusted network).
+    pub endpoint: String,
+    /// A file holding the bearer token (read at every connection, so it can be rotated).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA bundle that signs the control plane's certificate (default: the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// How often instance status is sent.
+    #[serde(default = "default_status_interval")]
+    pub status_interval: HumanDuration,
+    /// First reconnect delay (jittered, doubling).
+    #[serde(default = "default_reconnect_initial")]
+    pub reconnect_initial: HumanDuration,
+    /// Reconnect delay cap.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: HumanDuration,
+    /// Unacknowledged events on disk before the UPSTREAM_OUTBOX_FULL alarm.
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max_bytes: ByteSize,
+}
+
+fn default_status_interval() -> HumanDuration {
+    Duration::from_secs(10).into()
+}
+fn default_reconnect_initial() -> HumanDuration {
+    Duration::from_secs(1).into()
+}
+fn default_reconnect_max() -> HumanDuration {
+    Duration::from_secs(60).into()
+}
+fn default_outbox_max() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+/// Capture of each process's stdout and stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct LogPolicy {
+    /// A log file is rotated when it reaches this many bytes.
+    pub max_file_bytes: u64,
+    /// Rotated files kept per process (`.1` … `.N`).
+    pub keep_files: u32,
+    /// Lines of output kept in memory and attached to crash events.
+    pub tail_lines: usize,
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 10 * 1024 * 1024,
+            keep_files: 3,
+            tail_lines: 20,
+        }
+    }
+}
+
+/// One `ServerProcesses` entry, resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// As written (GSE form, e.g. `/local/game/server`).
+    pub launch_path: String,
+    /// The executable on this host.
+    pub program: PathBuf,
+    /// `Parameters` as written.
+    pub parameters: String,
+    /// `Parameters` split like a shell does.
+    pub args: Vec<String>,
+    /// Processes of this entry on this host.
+    pub concurrent_executions: u32,
+}
+
+/// The fleet's runtime configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct RuntimeConfiguration {
+    /// The launch entries.
+    pub server_processes: Vec<ProcessSpec>,
+    /// Sessions that may be ACTIVATING at once on this host.
+    pub max_concurrent_activations: u32,
+    /// ACTIVATING longer than this raises GAME_SESSION_ACTIVATION_TIMEOUT.
+    pub activation_timeout: Duration,
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `fleet-…`.
+    pub fleet_id: String,
+    /// This host's instance id.
+    pub instance_id: String,
+    /// Logs, state and builds.
+    pub data_dir: PathBuf,
+    /// GSE's `/local/game` on this host; the working directory of every game process.
+    pub game_root: PathBuf,
+    /// The build package (zip or directory) installed at start, if any.
+    pub build: Option<PathBuf>,
+    /// `user:group` games run as (overrides the package's gse.yaml).
+    pub run_as: Option<String>,
+    /// Build installation limits.
+    pub package: PackagePolicy,
+    /// The control plane, if any.
+    pub upstream: Option<UpstreamConfig>,
+    /// Where the GSE SDK service listens.
+    pub sdk_listen: SocketAddr,
+    /// Where the local control API listens; `None` turns it off.
+    pub capi_listen: Option<SocketAddr>,
+    /// Health checking.
+    pub health_check: HealthCheck,
+    /// Lifecycle deadlines.
+    pub timeouts: Timeouts,
+    /// Termination protection.
+    pub protection: Protection,
+    /// Restart pacing.
+    pub restart: RestartPolicy,
+    /// Output capture.
+    pub logs: LogPolicy,
+    /// Extra environment variables for every game process.
+    pub environment: BTreeMap<String, String>,
+    /// What to run.
+    pub runtime: RuntimeConfiguration,
+}
+
+impl Config {
+    /// The same configuration with other data and game roots (LaunchPaths re-resolved).
+    pub fn relocated(mut self, data_dir: PathBuf, game_root: PathBuf) -> Result<Self, String> {
+        for p in &mut self.runtime.server_processes {
+            p.program = resolve_launch_path(&p.launch_path, &game_root)?;
+        }
+        self.data_dir = data_dir;
+        self.game_root = game_root;
+        Ok(self)
+    }
+
+    /// Sum of `ConcurrentExecutions`.
+    pub fn total_processes(&self) -> u32 {
+        self.runtime
+            .server_processes
+            .iter()
+            .map(|p| p.concurrent_executions)
+            .sum()
+    }
+}

@@ -1,0 +1,102 @@
+//! The file as written: serde's view, before validation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::*;
+
+/// The file as written (serde's view). See [`Config`] for the meaning of each setting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawConfig {
+    pub(super) fleet_id: String,
+    #[serde(default = "default_instance_id")]
+    pub(super) instance_id: String,
+    #[serde(default = "default_data_dir")]
+    pub(super) data_dir: PathBuf,
+    #[serde(default)]
+    pub(super) game_root: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) build: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) run_as: Option<String>,
+    #[serde(default)]
+    pub(super) package: PackagePolicy,
+    #[serde(default)]
+    pub(super) upstream: Option<UpstreamConfig>,
+    #[serde(default = "default_sdk_listen")]
+    pub(super) sdk_listen: SocketAddr,
+    #[serde(default)]
+    pub(super) capi_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub(super) health_check: HealthCheck,
+    #[serde(default)]
+    pub(super) timeouts: Timeouts,
+    #[serde(default)]
+    pub(super) protection: RawProtection,
+    #[serde(default)]
+    pub(super) restart: RestartPolicy,
+    #[serde(default)]
+    pub(super) logs: LogPolicy,
+    #[serde(default)]
+    pub(super) environment: BTreeMap<String, String>,
+    pub(super) runtime_configuration: RawRuntime,
+}
+
+pub(super) fn default_instance_id() -> String {
+    "ins-local".into()
+}
+pub(super) fn default_data_dir() -> PathBuf {
+    PathBuf::from("./gse-data")
+}
+pub(super) fn default_sdk_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5758))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(super) struct RawProtection {
+    pub(super) policy: ProtectionPolicy,
+    pub(super) time_limit_minutes: u32,
+    pub(super) no_protection_grace: HumanDuration,
+}
+
+impl Default for RawProtection {
+    fn default() -> Self {
+        Self {
+            policy: ProtectionPolicy::TimeLimitProtection,
+            time_limit_minutes: 60,
+            no_protection_grace: Duration::from_secs(300).into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub(super) struct RawRuntime {
+    pub(super) server_processes: Vec<RawServerProcess>,
+    #[serde(default = "default_max_activations")]
+    pub(super) max_concurrent_game_server_session_activations: i64,
+    #[serde(default = "default_activation_timeout")]
+    pub(super) game_server_session_activation_timeout_seconds: i64,
+}
+
+pub(super) fn default_max_activations() -> i64 {
+    i64::from(i32::MAX)
+}
+pub(super) fn default_activation_timeout() -> i64 {
+    600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub(super) struct RawServerProcess {
+    pub(super) launch_path: String,
+    #[serde(default)]
+    pub(super) parameters: String,
+    pub(super) concurrent_executions: i64,
+}

@@ -1,0 +1,373 @@
+//! Reading, parsing and checking every rule at once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::locate::Segment::{self, Index, Key};
+use super::*;
+
+/// Reads and parses a config file; relative paths in it are resolved against its directory.
+pub fn read(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &path.display().to_string(), base)
+}
+
+/// Parses and validates config text. `file` names it in errors; `base` anchors relative paths.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = match serde_yaml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            // serde stops at the first error; check each top-level section on its own so that
+            // every malformed one is reported.
+            let problems = sections::problems(text);
+            if problems.is_empty() {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
+                return Err(ConfigError::Parse {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    message: sections::without_position(&e.to_string()),
+                });
+            }
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems,
+            });
+        }
+    };
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
+    // Game processes run in the game root, so every path must be absolute.
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let config = v.validate(raw, &base);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_string(),
+            problems: v.problems,
+        })
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: &[Segment], message: impl Into<String>) {
+        let key = path
+            .iter()
+            .map(|s| match s {
+                Key(k) => format!(".{k}"),
+                Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>()
+            .trim_start_matches('.')
+            .to_string();
+        self.problems.push(Problem {
+            line: locate::locate(self.text, path),
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn positive(&mut self, path: &[Segment], d: HumanDuration) {
+        if d.get().is_zero() {
+            self.problem(path, "must be longer than zero");
+        }
+    }
+
+    fn validate(&mut self, raw: RawConfig, base: &Path) -> Config {
+        let fleet_ok = raw
+            .fleet_id
+            .strip_prefix("fleet-")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !fleet_ok {
+            self.problem(
+                &[Key("fleet-id")],
+                format!(
+                    "{:?} is not a fleet id: it must match ^fleet-\\S+",
+                    raw.fleet_id
+                ),
+            );
+        }
+        if raw.instance_id.is_empty() || raw.instance_id.contains(char::is_whitespace) {
+            self.problem(
+                &[Key("instance-id")],
+                "must be non-empty without whitespace",
+            );
+        }
+        let hc = &raw.health_check;
+        self.positive(&[Key("health-check"), Key("interval")], hc.interval);
+        self.positive(&[Key("health-check"), Key("timeout")], hc.timeout);
+        if hc.failure_threshold > 100 {
+            self.problem(
+                &[Key("health-check"), Key("failure-threshold")],
+                "must be at most 100",
+            );
+        }
+        if hc.failure_threshold == 0 {
+            self.problem(
+                &[Key("health-check"), Key("failure-threshold")],
+                "must be at least 1",
+            );
+        }
+        let t = &raw.timeouts;
+        for (key, d) in [
+            ("process-ready", t.process_ready),
+            ("process-exit", t.process_exit),
+            ("player-reservation", t.player_reservation),
+        ] {
+            self.positive(&[Key("timeouts"), Key(key)], d);
+        }
+        if !(5..=1440).contains(&raw.protection.time_limit_minutes) {
+            self.problem(
+                &[Key("protection"), Key("time-limit-minutes")],
+                format!(
+                    "{} is out of range: GSE allows 5 to 1440 minutes",
+                    raw.protection.time_limit_minutes
+                ),
+            );
+        }
+        let r = &raw.restart;
+        if r.max_backoff < r.initial_backoff {
+            self.problem(
+                &[Key("restart"), Key("max-backoff")],
+                format!(
+                    "{} is shorter than initial-backoff {}",
+                    r.max_backoff, r.initial_backoff
+                ),
+            );
+        }
+        if r.crash_loop_max == 0 {
+            self.problem(
+                &[Key("restart"), Key("crash-loop-max")],
+                "must be at least 1",
+            );
+        }
+        if raw.logs.max_file_bytes < 4096 {
+            self.problem(
+                &[Key("logs"), Key("max-file-bytes")],
+                "must be at least 4096",
+            );
+        }
+        if raw.logs.keep_files > 100 {
+            self.problem(&[Key("logs"), Key("keep-files")], "must be at most 100");
+        }
+        if raw.logs.tail_lines > 1000 {
+            self.problem(&[Key("logs"), Key("tail-lines")], "must be at most 1000");
+        }
+        for name in raw.environment.keys() {
+            if name.is_empty() || name.contains(['=', '\0']) || name.starts_with("GSE_") {
+                self.problem(
+                    &[Key("environment")],
+                    format!(
+                        "variable {name:?} is not allowed: names must be non-empty, without '=', and GSE_* is set by the agent"
+                    ),
+                );
+            }
+        }
+        let abs = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
+        let data_dir = abs(&raw.data_dir);
+        let game_root = raw
+            .game_root
+            .as_ref()
+            .map(|g| abs(g))
+            .unwrap_or_else(|| data_dir.join("game"));
+        let runtime = self.runtime(&raw.runtime_configuration, &game_root);
+        let build = raw.build.as_ref().map(|b| abs(b));
+        if let Some(spec) = &raw.run_as
+            && let Err(e) = crate::package::account::parse_user_group(spec)
+        {
+            self.problem(&[Key("run-as")], e.to_string());
+        }
+        let p = &raw.package;
+        if p.max_entries == 0 || p.max_ratio == 0 || p.max_bytes.get() == 0 {
+            self.problem(
+                &[Key("package")],
+                "max-bytes, max-entries and max-ratio must be above zero",
+            );
+        }
+        self.positive(&[Key("package"), Key("install-timeout")], p.install_timeout);
+        if let Some(u) = &raw.upstream {
+            if !(u.endpoint.starts_with("https://") || u.endpoint.starts_with("http://")) {
+                self.problem(
+                    &[Key("upstream"), Key("endpoint")],
+                    format!("{:?} must start with https:// (or http://)", u.endpoint),
+                );
+            }
+            if u.client_cert.is_some() != u.client_key.is_some() {
+                self.problem(&[Key("upstream")], "client-cert and client-key go together");
+            }
+            self.positive(
+                &[Key("upstream"), Key("status-interval")],
+                u.status_interval,
+            );
+            self.positive(
+                &[Key("upstream"), Key("reconnect-initial")],
+                u.reconnect_initial,
+            );
+            if u.reconnect_max < u.reconnect_initial {
+                self.problem(
+                    &[Key("upstream"), Key("reconnect-max")],
+                    "is shorter than reconnect-initial",
+                );
+            }
+        }
+        Config {
+            fleet_id: raw.fleet_id,
+            instance_id: raw.instance_id,
+            data_dir,
+            game_root,
+            build,
+            run_as: raw.run_as,
+            package: raw.package,
+            upstream: raw.upstream.map(|mut u| {
+                for p in [
+                    &mut u.token_file,
+                    &mut u.ca_file,
+                    &mut u.client_cert,
+                    &mut u.client_key,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    *p = abs(p);
+                }
+                u
+            }),
+            sdk_listen: raw.sdk_listen,
+            capi_listen: raw.capi_listen,
+            health_check: raw.health_check,
+            timeouts: raw.timeouts,
+            protection: Protection {
+                policy: raw.protection.policy,
+                time_limit: Duration::from_secs(u64::from(raw.protection.time_limit_minutes) * 60),
+                no_protection_grace: raw.protection.no_protection_grace.get(),
+            },
+            restart: raw.restart,
+            logs: raw.logs,
+            environment: raw.environment,
+            runtime,
+        }
+    }
+
+    fn runtime(&mut self, raw: &RawRuntime, game_root: &Path) -> RuntimeConfiguration {
+        const RC: Segment = Key("runtime-configuration");
+        const SP: Segment = Key("ServerProcesses");
+        if raw.server_processes.is_empty() {
+            self.problem(&[RC, SP], "needs at least one entry");
+        }
+        let mut processes = Vec::new();
+        let mut total: i64 = 0;
+        for (i, p) in raw.server_processes.iter().enumerate() {
+            let at = |k| [RC, SP, Index(i), Key(k)];
+            if !(1..=i64::from(MAX_PROCESSES)).contains(&p.concurrent_executions) {
+                self.problem(
+                    &at("ConcurrentExecutions"),
+                    format!(
+                        "{} is out of range: each entry runs 1 to {MAX_PROCESSES} processes",
+                        p.concurrent_executions
+                    ),
+                );
+            }
+            total += p.concurrent_executions.max(0);
+            let program = match resolve_launch_path(&p.launch_path, game_root) {
+                Ok(program) => Some(program),
+                Err(why) => {
+                    self.problem(&at("LaunchPath"), why);
+                    None
+                }
+            };
+            if p.parameters.len() > 1024 {
+                self.problem(&at("Parameters"), "is longer than GSE's 1024 characters");
+            }
+            let args = match shell_words::split(&p.parameters) {
+                Ok(args) => Some(args),
+                Err(e) => {
+                    self.problem(
+                        &at("Parameters"),
+                        format!("cannot be split into arguments: {e}"),
+                    );
+                    None
+                }
+            };
+            if let (Some(program), Some(args)) = (program, args) {
+                processes.push(ProcessSpec {
+                    launch_path: p.launch_path.clone(),
+                    program,
+                    parameters: p.parameters.clone(),
+                    args,
+                    concurrent_executions: p.concurrent_executions.clamp(0, 50) as u32,
+                });
+            }
+        }
+        if total > i64::from(MAX_PROCESSES) {
+            self.problem(
+                &[RC, SP],
+                format!("ConcurrentExecutions add up to {total}: GSE allows at most {MAX_PROCESSES} processes per host"),
+            );
+        }
+        let max_act = raw.max_concurrent_game_server_session_activations;
+        if !(1..=i64::from(i32::MAX)).contains(&max_act) {
+            self.problem(
+                &[RC, Key("MaxConcurrentGameServerSessionActivations")],
+                format!("{max_act} is out of range 1..=2147483647"),
+            );
+        }
+        let timeout = raw.game_server_session_activation_timeout_seconds;
+        if !(1..=600).contains(&timeout) {
+            self.problem(
+                &[RC, Key("GameServerSessionActivationTimeoutSeconds")],
+                format!("{timeout} is out of range: GSE allows 1 to 600 seconds"),
+            );
+        }
+        RuntimeConfiguration {
+            server_processes: processes,
+            max_concurrent_activations: max_act.clamp(1, i64::from(i32::MAX)) as u32,
+            activation_timeout: Duration::from_secs(timeout.clamp(1, 600) as u64),
+        }
+    }
+}
+
+/// Parses and validates a RuntimeConfiguration given on its own (Tencent's JSON, or YAML), as
+/// UpdateRuntimeConfiguration carries it; LaunchPaths are resolved against `game_root`.
+pub fn parse_runtime(text: &str, game_root: &Path) -> Result<RuntimeConfiguration, ConfigError> {
+    let file = "RuntimeConfiguration";
+    let raw: RawRuntime = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            file: file.to_string(),
+            line,
+            column,
+            message: sections::without_position(&e.to_string()),
+        }
+    })?;
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
+    let runtime = v.runtime(&raw, game_root);
+    if v.problems.is_empty() {
+        Ok(runtime)
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_string(),
+            problems: v.problems,
+        })
+    }
+}
