@@ -318,6 +318,11 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
                 }
             }
         });
+        // Before any child exists: descendants that lose their parent come to the agent, and
+        // zombies that belong to no one the agent waits for are reaped.
+        if let Err(e) = gse_agent::process::reaper::start() {
+            tracing::warn!(error = %e, "orphans of games will not be reaped by the agent");
+        }
         if sample {
             agent::install_sample_build(&cfg)?;
         }
