@@ -354,6 +354,9 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             sd_notify("STOPPING=1");
         });
         agent.run(shutdown, force).await?;
+        // The last games' escaped descendants are still being swept: let that finish before
+        // the runtime goes away.
+        gse_agent::process::settle().await;
         // Nothing listens any more.
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         tracing::info!("gse-agent stopped");

@@ -2,9 +2,12 @@
 //! `setpgid`), so the group kill at its exit missed them.
 //!
 //! Every game carries its tag in its environment (`GSE_PROCESS_ID`, `GSE_FLEET_ID`,
-//! `GSE_INSTANCE_ID`), and descendants inherit it. After a game ended (and its group was
-//! killed), [`kill_escaped`] scans `/proc` for processes whose `/proc/<pid>/environ` carries
-//! the same three values and that started no earlier than the game, and SIGKILLs each (and
+//! `GSE_INSTANCE_ID`, plus `GSE_AGENT_LAUNCH_ID`, a random id per launch that the process
+//! module adds), and descendants inherit it. The launch id keeps two agents on one host that
+//! share fleet and instance ids (tests do) from killing each other's games. After a game ended
+//! (and its group was killed), [`kill_escaped`] scans `/proc` for processes whose
+//! `/proc/<pid>/environ` carries the same values and that started no earlier than the game,
+//! and SIGKILLs each (and
 //! the group it leads) through a pidfd opened before its start time is checked again, so a
 //! reused pid is never hit. With the agent as child subreaper ([`super::reaper`]) the killed
 //! orphans are the agent's children and its orphan reaper collects them.
@@ -20,6 +23,9 @@
 //! - without pidfds (ENOSYS) the kill is by pid after a start-time check, which is racy.
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
 
 use nix::sys::signal::Signal;
 
@@ -33,10 +39,14 @@ const PASSES: usize = 5;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Tag {
     vars: [(String, String); 3],
+    /// `GSE_AGENT_LAUNCH_ID`; absent for a game started by an agent that did not set it.
+    launch: Option<String>,
 }
 
 /// The tag variables.
 const TAG_VARS: [&str; 3] = ["GSE_PROCESS_ID", "GSE_FLEET_ID", "GSE_INSTANCE_ID"];
+/// The per-launch id the process module adds to a game's environment.
+pub(crate) const LAUNCH_ID_VAR: &str = "GSE_AGENT_LAUNCH_ID";
 
 impl Tag {
     /// The tag of a game started with `env`; `None` unless all three variables are set.
@@ -49,6 +59,7 @@ impl Tag {
         };
         Some(Tag {
             vars: [get(TAG_VARS[0])?, get(TAG_VARS[1])?, get(TAG_VARS[2])?],
+            launch: get(LAUNCH_ID_VAR).map(|(_, v)| v),
         })
     }
 
@@ -61,9 +72,50 @@ impl Tag {
         Self::from_env(pairs.iter().copied())
     }
 
+    /// The same tag, for the launch `id`.
+    pub fn with_launch(mut self, id: String) -> Tag {
+        self.launch = Some(id);
+        self
+    }
+
     /// The process id of the tagged game.
     pub fn process_id(&self) -> &str {
         &self.vars[0].1
+    }
+}
+
+/// Sweeps started and not finished.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Told when the last pending sweep finished.
+static SETTLED: Notify = Notify::const_new();
+
+/// Counts a sweep as pending until dropped.
+pub(crate) struct Pending(());
+
+impl Pending {
+    /// A sweep begins.
+    pub fn begin() -> Self {
+        PENDING.fetch_add(1, Ordering::SeqCst);
+        Pending(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if PENDING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            SETTLED.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once no sweep for escaped descendants is pending (see [`super::settle`]).
+pub(crate) async fn settled() {
+    loop {
+        let notified = SETTLED.notified();
+        if PENDING.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -162,7 +214,12 @@ mod tests {
             ("GSE_FLEET_ID", "f"),
             ("GSE_INSTANCE_ID", "i"),
         ];
-        assert_eq!(Tag::from_env(env.iter().copied()), Some(tag));
+        assert_eq!(Tag::from_env(env.iter().copied()), Some(tag.clone()));
+        let launched = tag.clone().with_launch("l1".into());
+        assert_ne!(launched, tag);
+        let environ =
+            b"GSE_PROCESS_ID=p1\0GSE_FLEET_ID=f\0GSE_INSTANCE_ID=i\0GSE_AGENT_LAUNCH_ID=l1";
+        assert_eq!(Tag::from_environ(environ), Some(launched));
         assert_eq!(
             Tag::from_environ(b"GSE_PROCESS_ID=p1\0GSE_FLEET_ID=f\0"),
             None

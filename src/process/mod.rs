@@ -206,6 +206,13 @@ impl ProcessHandle {
     }
 }
 
+/// Waits until the sweeps for escaped descendants of ended games have finished. They run
+/// after each exit is reported, on the blocking pool; an agent that exits right after its last
+/// game ended calls this first, or the runtime's shutdown may cancel a sweep not yet started.
+pub async fn settle() {
+    escape::settled().await;
+}
+
 /// Detaches every supervised process, current and future (see [`ProcessHandle::detach`]):
 /// for an agent upgrade that exits leaving all its games running.
 pub fn detach_all() {
@@ -277,6 +284,9 @@ fn launch_with(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
+    // Marks this launch's descendants apart from any other game's (see `escape`).
+    let launch_id = uuid::Uuid::new_v4().to_string();
+    cmd.env(escape::LAUNCH_ID_VAR, &launch_id);
     if let Some((uid, gid)) = spec.user {
         cmd.uid(uid).gid(gid);
     }
@@ -309,7 +319,8 @@ fn launch_with(
     };
     let detached = Arc::new(AtomicBool::new(false));
     let proc = Proc::own(pid, pidfd, identity.start_ticks).detachable(detached.clone());
-    let tag = Tag::from_env(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let tag = Tag::from_env(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|t| t.with_launch(launch_id));
     let logs = LogFiles::new(paths, spec.max_log_bytes, spec.keep_logs);
     let stop = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
     Ok(ProcessHandle {
