@@ -1,5 +1,6 @@
 mod capi;
 mod config;
+mod escape;
 mod sdk;
 mod sessions;
 mod supervision;
