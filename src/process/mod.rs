@@ -463,12 +463,17 @@ fn supervise(
             let start_ticks = task.proc.start_ticks();
             let info = task.run(stop_rx).await;
             tracing::debug!(exit = %info.describe(), "process ended");
+            // Counted before the exit is reported, so whoever waits for every exit and then
+            // for `settle` misses no sweep.
+            let pending = tag.is_some().then(escape::Pending::begin);
             on_exit(pid, info);
             // Off the hot path: the replacement may already be launching.
             if let Some(tag) = tag {
-                let swept =
-                    tokio::task::spawn_blocking(move || escape::kill_escaped(&tag, start_ticks))
-                        .await;
+                let swept = tokio::task::spawn_blocking(move || {
+                    let _pending = pending;
+                    escape::kill_escaped(&tag, start_ticks)
+                })
+                .await;
                 if let Ok(n) = swept
                     && n > 0
                 {
