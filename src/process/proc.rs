@@ -215,12 +215,8 @@ impl Proc {
         let status = match self.kind {
             Kind::Own => {
                 let mut map = children::lock();
-                let who = match self.fd() {
-                    Some(fd) => Waitee::Pidfd(fd),
-                    None => Waitee::Pid(self.pid),
-                };
                 // It has exited, so this returns at once.
-                let status = sys::waitid(who, 0)
+                let status = reap(self.fd(), self.pid)
                     .and_then(|s| s.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ECHILD)));
                 children::unregister_locked(&mut map, self.pid);
                 Some(status)
@@ -230,6 +226,18 @@ impl Proc {
         self.done = true;
         status
     }
+}
+
+/// Reaps the own child `pid` (blocking until it exited), through its pidfd when there is one
+/// (by pid on kernels without `P_PIDFD`, which is safe: the unreaped child pins its pid).
+fn reap(fd: Option<BorrowedFd<'_>>, pid: u32) -> std::io::Result<Option<ExitStatus>> {
+    if let Some(fd) = fd {
+        match sys::waitid(Waitee::Pidfd(fd), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            other => return other,
+        }
+    }
+    sys::waitid(Waitee::Pid(pid), 0)
 }
 
 /// Registers a pidfd with the reactor; `None` (polling) if that fails.
@@ -269,17 +277,13 @@ impl Drop for Proc {
             // then so no one else takes the status.
             let pid = self.pid;
             let fd = self.pidfd.take().map(AsyncFd::into_inner);
-            let reap = move || {
-                let who = match &fd {
-                    Some(fd) => Waitee::Pidfd(fd.as_fd()),
-                    None => Waitee::Pid(pid),
-                };
-                let _ = sys::waitid(who, 0);
+            let reap_later = move || {
+                let _ = reap(fd.as_ref().map(AsFd::as_fd), pid);
                 children::unregister(pid);
             };
             if std::thread::Builder::new()
                 .name("gse-reap".into())
-                .spawn(reap)
+                .spawn(reap_later)
                 .is_err()
             {
                 children::unregister(pid);

@@ -420,3 +420,35 @@ async fn descendants_that_left_the_group_are_killed_by_their_tag() {
         || !matches!(identity::read_stat(escaped), Ok(Some(s)) if !s.is_dead()),
     );
 }
+
+/// Launches `sleep 30` on a runtime of its own and drops the runtime (the agent going away)
+/// after `before_drop`; returns the pid and its start time.
+fn launch_and_drop_runtime(dir: &Path, before_drop: impl FnOnce(&ProcessHandle)) -> (u32, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let h = rt.block_on(async {
+        let mut s = spec(dir, "");
+        s.program = PathBuf::from("/bin/sleep");
+        s.args = vec!["30".into()];
+        launch(&s, |_, _| {}).unwrap()
+    });
+    before_drop(&h);
+    drop(rt);
+    (h.pid, h.identity.start_ticks)
+}
+
+#[test]
+fn dropping_the_task_kills_the_game_unless_it_was_detached() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pid, start) = launch_and_drop_runtime(dir.path(), |_| {});
+    poll_until("killed on drop", || !running(pid, start));
+
+    let (pid, start) = launch_and_drop_runtime(dir.path(), ProcessHandle::detach);
+    assert!(running(pid, start), "a detached game survives its task");
+    // Clean up: it is still the test process's child.
+    let raw = Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(raw, nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::wait::waitpid(raw, None).unwrap();
+}
