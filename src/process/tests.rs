@@ -362,8 +362,13 @@ async fn a_reused_pid_is_a_stranger_and_is_never_signalled() {
     other.exe = PathBuf::from("/local/game/server");
     let e = adopt(&adopt_spec(dir.path()), &other, |_, _| {}).unwrap_err();
     assert!(matches!(e, AdoptError::Stranger { .. }), "{e}");
-    // Give a stray signal time to land, then check: still running.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No task was started, so nothing can signal it later; and nothing was sent: no signal is
+    // pending, and it runs.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", game.pid())).unwrap();
+    for field in ["SigPnd:", "ShdPnd:"] {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
     assert!(game.alive());
     assert!(running(
         game.pid(),
