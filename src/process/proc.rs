@@ -89,6 +89,20 @@ impl Proc {
         }
     }
 
+    /// A process that already ended and was reaped, under `pid` (which may since name another
+    /// process): for tests of "never signal after the reap".
+    #[cfg(test)]
+    pub fn reaped_for_test(pid: u32) -> Self {
+        Self {
+            pid,
+            pidfd: None,
+            kind: Kind::Own,
+            start_ticks: 0,
+            done: true,
+            detach: None,
+        }
+    }
+
     /// Dropping this kills the group unless `flag` (or [`DETACH_ALL`]) is set by then.
     pub fn detachable(mut self, flag: Arc<AtomicBool>) -> Self {
         self.detach = Some(flag);

@@ -457,3 +457,17 @@ fn dropping_the_task_kills_the_game_unless_it_was_detached() {
     nix::sys::signal::kill(raw, nix::sys::signal::Signal::SIGKILL).unwrap();
     nix::sys::wait::waitpid(raw, None).unwrap();
 }
+
+#[tokio::test]
+async fn a_reaped_process_is_never_signalled_even_when_its_pid_is_reused() {
+    // The pid of a reaped process, now reused by someone else (simulated: a live stranger).
+    let mut stranger = Stranger::start();
+    let mut gone = Proc::reaped_for_test(stranger.pid());
+    gone.signal_group(Signal::SIGKILL);
+    assert!(gone.finish().is_none(), "nothing left to reap");
+    drop(gone); // no kill-on-drop either
+    let status = std::fs::read_to_string(format!("/proc/{}/status", stranger.pid())).unwrap();
+    let pending = status.lines().find(|l| l.starts_with("ShdPnd:")).unwrap();
+    assert!(pending.ends_with("0000000000000000"), "{pending}");
+    assert!(stranger.alive());
+}
