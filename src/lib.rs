@@ -1,7 +1,8 @@
 //! gse-agent: a per-host supervisor for dedicated game servers that speak the Tencent Cloud GSE
 //! gRPC SDK. See README.md for the architecture.
 
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: `process::sys` alone allows it, for raw pidfd/waitid syscalls.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;

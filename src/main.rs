@@ -325,6 +325,11 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
                 }
             }
         });
+        // Before any child exists: descendants that lose their parent come to the agent, and
+        // zombies that belong to no one the agent waits for are reaped.
+        if let Err(e) = gse_agent::process::reaper::start() {
+            tracing::warn!(error = %e, "orphans of games will not be reaped by the agent");
+        }
         if sample {
             agent::install_sample_build(&cfg)?;
         }
@@ -359,6 +364,9 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             sd_notify("STOPPING=1");
         });
         agent.run(stops).await?;
+        // The last games' escaped descendants are still being swept: let that finish before
+        // the runtime goes away.
+        gse_agent::process::settle().await;
         // Nothing listens any more.
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         tracing::info!("gse-agent stopped");

@@ -66,6 +66,10 @@ struct Args {
     /// Fork this many grandchildren that sleep (ignoring SIGTERM with --ignore-sigterm).
     #[arg(long, default_value_t = 0)]
     fork: u32,
+    /// Fork this many grandchildren that call setsid (leaving the game's process group and
+    /// session) and sleep forever; prints `setsid-child: <pid>` for each to stdout.
+    #[arg(long, default_value_t = 0)]
+    fork_setsid: u32,
     /// Write this many bytes of output to stdout at start (and some to stderr).
     #[arg(long, default_value_t = 0)]
     spew_bytes: u64,
@@ -94,6 +98,9 @@ struct Args {
     /// Internal: run as a forked grandchild.
     #[arg(long, hide = true)]
     grandchild: bool,
+    /// Internal: the grandchild starts its own session first.
+    #[arg(long, hide = true)]
+    setsid: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -455,6 +462,9 @@ fn main() -> anyhow::Result<()> {
         stamp("start");
     }
     if args.grandchild {
+        if args.setsid {
+            nix::unistd::setsid().context("setsid")?;
+        }
         return grandchild(args.ignore_sigterm);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -486,6 +496,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cmd.arg("--ignore-sigterm");
         }
         cmd.spawn().context("cannot fork a grandchild")?;
+    }
+    for _ in 0..args.fork_setsid {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--grandchild", "--setsid"])
+            .spawn()
+            .context("cannot fork a setsid grandchild")?;
+        println!("setsid-child: {}", child.id());
     }
     // A handler replaces SIGTERM's default action: exit, or ignore.
     let ignore_sigterm = args.ignore_sigterm;

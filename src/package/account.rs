@@ -195,9 +195,8 @@ pub fn set_up(accounts: &dyn Accounts, spec: &str, root: &Path) -> Result<RunAs,
 pub struct System;
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
+    // Through the process registry: the agent's orphan reaper must not take its status.
+    let out = crate::process::command_output(std::process::Command::new(cmd).args(args))
         .map_err(|e| format!("cannot run {cmd}: {e}"))?;
     if out.status.success() {
         Ok(())

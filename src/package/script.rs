@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::process::signal_group;
+use crate::process::spawn_child_group;
 
 /// Lines of install.sh output shown in an error.
 const TAIL_LINES: usize = 20;
@@ -95,9 +95,9 @@ pub async fn run_install_script(
     use std::os::unix::fs::PermissionsExt;
     let executable = meta.permissions().mode() & 0o111 != 0;
     let mut cmd = if executable {
-        tokio::process::Command::new(&script)
+        std::process::Command::new(&script)
     } else {
-        let mut c = tokio::process::Command::new("/bin/sh");
+        let mut c = std::process::Command::new("/bin/sh");
         c.arg(&script);
         c
     };
@@ -120,18 +120,17 @@ pub async fn run_install_script(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(err);
     tracing::info!(package.root = %root.display(), install.log = %log.display(), "running install.sh");
-    let mut child = cmd.spawn().map_err(ScriptError::Spawn)?;
-    let pid = child.id().unwrap_or(0);
-    // If this future is dropped (Ctrl-C, agent stop), nothing the script started survives.
-    let _group = GroupGuard(pid);
+    // Its own process group, watched through a pidfd. If this future is dropped (Ctrl-C, agent
+    // stop), dropping the child kills the whole group: nothing the script started survives.
+    let mut child = spawn_child_group(&mut cmd).map_err(ScriptError::Spawn)?;
     let status = match tokio::time::timeout(timeout, child.wait()).await {
+        // `wait` killed what was left of the group before reaping the script.
         Ok(status) => status.map_err(ScriptError::Spawn)?,
         Err(_) => {
-            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            // Killed while unreaped (the group id is still the script's), then reaped.
+            child.kill();
             let _ = child.wait().await;
             return Err(ScriptError::Timeout {
                 timeout,
@@ -140,8 +139,6 @@ pub async fn run_install_script(
             });
         }
     };
-    // Nothing it started may outlive it.
-    signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     if !status.success() {
         let info = crate::process::ExitInfo::from_status(Ok(status), false, vec![]);
         return Err(ScriptError::Failed {
@@ -154,15 +151,6 @@ pub async fn run_install_script(
         log: log.to_path_buf(),
         note,
     }))
-}
-
-/// Kills a process group when dropped (a no-op once the group is gone).
-struct GroupGuard(u32);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        signal_group(self.0, nix::sys::signal::Signal::SIGKILL);
-    }
 }
 
 /// The last lines of a log file.

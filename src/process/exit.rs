@@ -6,7 +6,7 @@ use std::process::ExitStatus;
 use nix::sys::signal::Signal;
 
 /// The OS's account of an exit, plus what the agent knows about it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitInfo {
     /// Exit code, if it exited.
     pub exit_code: Option<i32>,
@@ -18,6 +18,23 @@ pub struct ExitInfo {
     pub killed_by_agent: bool,
     /// The last lines of output.
     pub output_tail: Vec<String>,
+    /// The exit status was observed (the agent was the parent). False for a process adopted
+    /// after an agent restart: init reaped it, so code and signal are unknown.
+    pub status_known: bool,
+}
+
+impl Default for ExitInfo {
+    /// A clean exit of an own child with nothing known yet (status known, no code).
+    fn default() -> Self {
+        Self {
+            exit_code: None,
+            signal: None,
+            core_dumped: false,
+            killed_by_agent: false,
+            output_tail: Vec::new(),
+            status_known: true,
+        }
+    }
 }
 
 impl ExitInfo {
@@ -37,6 +54,17 @@ impl ExitInfo {
             core_dumped,
             killed_by_agent,
             output_tail,
+            status_known: true,
+        }
+    }
+
+    /// The exit of an adopted process: it is not the agent's child, so no status.
+    pub fn status_unknown(killed_by_agent: bool, output_tail: Vec<String>) -> Self {
+        Self {
+            killed_by_agent,
+            output_tail,
+            status_known: false,
+            ..Self::default()
         }
     }
 
@@ -51,6 +79,10 @@ impl ExitInfo {
 
     /// `exit code 3`, `killed by SIGSEGV (core dumped)`.
     pub fn describe(&self) -> String {
+        if !self.status_known {
+            return "exit status unknown (it outlived an agent restart, so it was not the agent's child)"
+                .into();
+        }
         match (self.exit_code, self.signal_name()) {
             (Some(code), _) => format!("exit code {code}"),
             (None, Some(sig)) if self.core_dumped => format!("killed by {sig} (core dumped)"),
@@ -73,5 +105,10 @@ mod tests {
         assert_eq!(sig.describe(), "killed by SIGSEGV");
         let core = ExitInfo::from_status(Ok(ExitStatus::from_raw(11 | 0x80)), false, vec![]);
         assert_eq!(core.describe(), "killed by SIGSEGV (core dumped)");
+        let adopted = ExitInfo::status_unknown(false, vec![]);
+        assert_eq!(
+            adopted.describe(),
+            "exit status unknown (it outlived an agent restart, so it was not the agent's child)"
+        );
     }
 }

@@ -1,31 +1,57 @@
-//! One game process: spawn it as the leader of its own process group, capture its output,
-//! stop it (SIGTERM to the group, grace, SIGKILL to the group), reap it, and say how it ended.
+//! One game process: spawn it as the leader of its own process group with its output going
+//! straight to files, watch it through a pidfd, stop it (SIGTERM to the group, grace, SIGKILL
+//! to the group), kill what is left of its group, reap it, and say how it ended. After an
+//! agent restart, [`adopt`] takes over a game the previous agent started.
 //!
-//! Each process gets one task ([`launch`]) that owns the child handle and both output pipes.
+//! Each process gets one supervising task ([`launch`], [`adopt`]) that owns its pidfd and the
+//! rotation of its log files ([`output`]).
+//!
+//! The game must outlive the agent when the agent dies or is upgraded:
+//! - its output goes to files it holds itself (no pipes: no SIGPIPE when the agent is gone);
+//! - [`ProcessHandle::detach`] / [`detach_all`] keep the kill-on-drop of the supervising task
+//!   from killing it when the agent exits on purpose;
+//! - a new agent identifies it by [`Identity`] (pid plus start time plus executable), never by
+//!   the pid alone.
+//!
+//! Pid reuse is real (pid_max may be 32768): every signal goes through a pidfd, or by number
+//! only while the number provably is ours (see [`proc`]). At exit the group is SIGKILLed
+//! *before* the leader is reaped (the zombie leader pins the group id), then the leader is
+//! reaped, and nothing is signalled through the handle again. Descendants that left the group
+//! are found by their environment tag afterwards ([`escape`]).
 
+mod children;
+mod escape;
 mod exit;
+mod group;
 mod identity;
 mod output;
-mod signal;
+mod proc;
+pub mod reaper;
+mod sys;
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
+pub use children::output as command_output;
 pub use exit::ExitInfo;
-pub use identity::{AdoptError, AdoptSpec, Identity, adopt};
-pub use output::{RotatingLog, Tail};
-pub use signal::signal_group;
+pub use group::{ChildGroup, spawn_child_group};
+pub use identity::{Identity, IdentityError};
+pub use output::open_for_child;
 
-/// How long output is still read after the process exited (grandchildren may hold the pipes).
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+use escape::Tag;
+use output::LogFiles;
+use proc::{Proc, Watch};
 
 /// Why a process could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +82,54 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    /// The just-started process could not be identified (`/proc/<pid>/stat`).
+    #[error("cannot identify the started process {pid}: {source}")]
+    Identify {
+        /// Its pid.
+        pid: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a running process could not be adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// No such process, or it has already exited.
+    #[error("process {pid} is gone")]
+    Gone {
+        /// The recorded pid.
+        pid: u32,
+    },
+    /// The pid now belongs to another process (pid reuse); it is never signalled.
+    #[error("pid {pid} now belongs to another process ({found}); recorded {recorded}")]
+    Stranger {
+        /// The recorded pid.
+        pid: u32,
+        /// What was recorded.
+        recorded: String,
+        /// What runs under the pid now.
+        found: String,
+    },
+    /// Opening a pidfd failed for another reason than a missing process.
+    #[error("cannot open a pidfd for process {pid}: {source}")]
+    Pidfd {
+        /// The pid.
+        pid: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process could not be inspected (e.g. no permission to read `/proc/<pid>/exe`).
+    #[error("cannot inspect process {pid}: {source}")]
+    Inspect {
+        /// The pid.
+        pid: u32,
+        /// The error.
+        #[source]
+        source: IdentityError,
+    },
 }
 
 /// Everything needed to start one process.
@@ -67,7 +141,8 @@ pub struct LaunchSpec {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
-    /// The complete environment (nothing is inherited).
+    /// The complete environment (nothing is inherited). `GSE_PROCESS_ID`, `GSE_FLEET_ID` and
+    /// `GSE_INSTANCE_ID` in it tag the game's descendants (see [`escape`]).
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,
@@ -83,24 +158,65 @@ pub struct LaunchSpec {
     pub user: Option<(u32, u32)>,
 }
 
-/// A running process.
+/// What a new agent needs to supervise a game a previous agent started.
+#[derive(Debug, Clone)]
+pub struct AdoptSpec {
+    /// The agent's id of the process; names its log files.
+    pub process_id: String,
+    /// Directory of the log files (reopened by path for rotation; the game keeps its fds).
+    pub log_dir: PathBuf,
+    /// Rotate a log file at this size.
+    pub max_log_bytes: u64,
+    /// Rotated files kept.
+    pub keep_logs: u32,
+    /// Output lines kept for the exit report.
+    pub tail_lines: usize,
+}
+
+/// A running process and the door to its supervising task.
 #[derive(Debug)]
 pub struct ProcessHandle {
     /// OS pid, which is also its process group id.
     pub pid: u32,
     /// The agent's id of the process.
     pub process_id: String,
-    /// Which process it is.
+    /// Who the process is, to be recorded for adoption after an agent restart.
     pub identity: Identity,
     stop: mpsc::UnboundedSender<Duration>,
+    detached: Arc<AtomicBool>,
 }
 
 impl ProcessHandle {
-    /// SIGTERM to the group now, SIGKILL after `grace` (a later, shorter grace wins).
+    /// SIGTERM to the group now, SIGKILL after `grace` (a later, shorter grace wins). A no-op
+    /// once the exit was reported: the task, the only thing that signals, is gone then.
     pub fn stop(&self, grace: Duration) {
-        // The task is gone only after the exit was reported; nothing to stop then.
         let _ = self.stop.send(grace);
     }
+
+    /// From now on, dropping the supervising task (runtime shutdown) leaves the process
+    /// running instead of killing its group. For an agent that exits on purpose, leaving the
+    /// game to its successor. Stops already requested still happen while the task runs.
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the supervising task has ended (the exit was reported).
+    pub fn is_finished(&self) -> bool {
+        self.stop.is_closed()
+    }
+}
+
+/// Waits until the sweeps for escaped descendants of ended games have finished. They run
+/// after each exit is reported, on the blocking pool; an agent that exits right after its last
+/// game ended calls this first, or the runtime's shutdown may cancel a sweep not yet started.
+pub async fn settle() {
+    escape::settled().await;
+}
+
+/// Detaches every supervised process, current and future (see [`ProcessHandle::detach`]):
+/// for an agent upgrade that exits leaving all its games running.
+pub fn detach_all() {
+    proc::DETACH_ALL.store(true, Ordering::SeqCst);
 }
 
 /// Checks that `program` exists, is a regular file and is executable.
@@ -132,32 +248,49 @@ pub fn log_path(log_dir: &Path, process_id: &str, stream: &str) -> PathBuf {
 }
 
 /// Starts a process and its supervising task; `on_exit` runs once, after the process (and its
-/// group) is gone and reaped.
+/// group) is gone and reaped. Must be called inside the tokio runtime.
+///
+/// The returned [`Identity`] has the start time read right after spawn and the executable
+/// read from `/proc/<pid>/exe` then: `std::process::Command::spawn` returns only after the
+/// exec succeeded, so that is the game's executable, not the agent's (for a `#!` script it is
+/// the interpreter). A game that later execs another binary no longer matches it.
 pub fn launch(
     spec: &LaunchSpec,
     on_exit: impl FnOnce(u32, ExitInfo) + Send + 'static,
 ) -> Result<ProcessHandle, SpawnError> {
+    launch_with(spec, Watch::Pidfd, on_exit)
+}
+
+fn launch_with(
+    spec: &LaunchSpec,
+    watch: Watch,
+    on_exit: impl FnOnce(u32, ExitInfo) + Send + 'static,
+) -> Result<ProcessHandle, SpawnError> {
     check_executable(&spec.program)?;
-    let open = |stream| {
-        let path = log_path(&spec.log_dir, &spec.process_id, stream);
-        RotatingLog::open(path.clone(), spec.max_log_bytes, spec.keep_logs)
-            .map_err(|source| SpawnError::OpenLog { path, source })
+    let paths = ["stdout", "stderr"].map(|s| log_path(&spec.log_dir, &spec.process_id, s));
+    let open = |path: &PathBuf| {
+        open_for_child(path).map_err(|source| SpawnError::OpenLog {
+            path: path.clone(),
+            source,
+        })
     };
-    let logs = [open("stdout")?, open("stderr")?];
-    let mut cmd = Command::new(&spec.program);
+    let (stdout, stderr) = (open(&paths[0])?, open(&paths[1])?);
+    let mut cmd = std::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .process_group(0)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stdout(stdout)
+        .stderr(stderr);
+    // Marks this launch's descendants apart from any other game's (see `escape`).
+    let launch_id = uuid::Uuid::new_v4().to_string();
+    cmd.env(escape::LAUNCH_ID_VAR, &launch_id);
     if let Some((uid, gid)) = spec.user {
         cmd.uid(uid).gid(gid);
     }
-    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+    let child = children::spawn(&mut cmd).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
             SpawnError::InvalidPath {
                 path: spec.program.clone(),
@@ -169,120 +302,263 @@ pub fn launch(
             source,
         },
     })?;
-    let pid = child.id().expect("a just-spawned child has a pid");
-    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let task = Supervised {
-        child,
-        pid,
-        pipes: [Some(Box::new(stdout)), Some(Box::new(stderr))],
-        logs,
-        tail: Tail::new(spec.tail_lines),
-        reaped: false,
+    let pid = child.id();
+    // Dropping std's Child neither kills nor waits: the pid stays ours (registered, unreaped).
+    drop(child);
+    let pidfd = match watch {
+        Watch::Pidfd => open_pidfd_of_child(pid),
+        Watch::Poll => None,
     };
-    let span = tracing::info_span!("process", process.id = %spec.process_id, process.pid = pid);
-    tokio::spawn(
-        async move {
-            let info = task.run(stop_rx).await;
-            on_exit(pid, info);
+    let identity = match identify_child(pid, &spec.program) {
+        Ok(id) => id,
+        Err(source) => {
+            // Kill-on-drop of the Proc takes it down and reaps it.
+            drop(Proc::own(pid, pidfd, 0));
+            return Err(SpawnError::Identify { pid, source });
         }
-        .instrument(span),
-    );
+    };
+    let detached = Arc::new(AtomicBool::new(false));
+    let proc = Proc::own(pid, pidfd, identity.start_ticks).detachable(detached.clone());
+    let tag = Tag::from_env(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|t| t.with_launch(launch_id));
+    let logs = LogFiles::new(paths, spec.max_log_bytes, spec.keep_logs);
+    let stop = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
     Ok(ProcessHandle {
         pid,
-        identity: Identity::read(pid).unwrap_or(Identity {
-            pid,
-            start_ticks: 0,
-            exe: spec.program.clone(),
-        }),
         process_id: spec.process_id.clone(),
-        stop: stop_tx,
+        identity,
+        stop,
+        detached,
     })
 }
 
-type Pipe = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-
-struct Supervised {
-    child: tokio::process::Child,
-    pid: u32,
-    pipes: [Option<Pipe>; 2],
-    logs: [RotatingLog; 2],
-    tail: Tail,
-    /// Set once the child is reaped; until then dropping this kills the group.
-    reaped: bool,
-}
-
-impl Drop for Supervised {
-    /// The task was dropped before the process ended (the runtime is going away): take the
-    /// whole group down rather than orphan it.
-    fn drop(&mut self) {
-        if !self.reaped {
-            signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+/// A pidfd for an own, unreaped child (its pid cannot be reused yet); `None` without pidfds.
+fn open_pidfd_of_child(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    match sys::pidfd_open(pid) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            if e.raw_os_error() != Some(libc::ENOSYS) {
+                tracing::warn!(process.pid = pid, error = %e, "cannot open a pidfd; polling instead");
+            }
+            None
         }
     }
+}
+
+/// The identity of a just-spawned own child (exec has completed).
+fn identify_child(pid: u32, program: &Path) -> std::io::Result<Identity> {
+    let stat =
+        identity::read_stat(pid)?.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // A child that already exited has no exe link any more: its program stands in.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .or_else(|_| std::fs::canonicalize(program))
+        .unwrap_or_else(|_| program.to_path_buf());
+    Ok(Identity {
+        pid,
+        start_ticks: stat.start_ticks,
+        exe,
+    })
+}
+
+/// Takes over the supervision of a game the previous agent started, recorded as `identity`.
+///
+/// A pidfd is opened first and the identity checked after: if `/proc/<pid>` still shows the
+/// recorded start time and executable once the pidfd exists, the pidfd provably names the
+/// recorded process (a pidfd never changes process). A mismatch is a [`AdoptError::Stranger`],
+/// which is never signalled. The adopted process is not the agent's child, so its exit status
+/// is unknown (see [`ExitInfo::status_known`]). Must be called inside the tokio runtime.
+pub fn adopt(
+    spec: &AdoptSpec,
+    identity: &Identity,
+    on_exit: impl FnOnce(u32, ExitInfo) + Send + 'static,
+) -> Result<ProcessHandle, AdoptError> {
+    adopt_with(spec, identity, Watch::Pidfd, on_exit)
+}
+
+fn adopt_with(
+    spec: &AdoptSpec,
+    identity: &Identity,
+    watch: Watch,
+    on_exit: impl FnOnce(u32, ExitInfo) + Send + 'static,
+) -> Result<ProcessHandle, AdoptError> {
+    let pid = identity.pid;
+    let pidfd = match watch {
+        Watch::Pidfd => match sys::pidfd_open(pid) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(AdoptError::Gone { pid });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+            Err(source) => return Err(AdoptError::Pidfd { pid, source }),
+        },
+        Watch::Poll => None,
+    };
+    let current = match Identity::read(pid) {
+        Ok(c) => c,
+        Err(IdentityError::Gone { .. }) => return Err(AdoptError::Gone { pid }),
+        Err(source) => return Err(AdoptError::Inspect { pid, source }),
+    };
+    if !identity.matches(&current) {
+        return Err(AdoptError::Stranger {
+            pid,
+            recorded: format!(
+                "{} started at tick {}",
+                identity.exe.display(),
+                identity.start_ticks
+            ),
+            found: format!(
+                "{} started at tick {}",
+                current.exe.display(),
+                current.start_ticks
+            ),
+        });
+    }
+    // The tag of its descendants is in its own environment (unreadable: no escape sweep).
+    let tag = std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()
+        .and_then(|e| Tag::from_environ(&e));
+    if let Some(t) = &tag
+        && t.process_id() != spec.process_id
+    {
+        return Err(AdoptError::Stranger {
+            pid,
+            recorded: format!("process {}", spec.process_id),
+            found: format!("process {}", t.process_id()),
+        });
+    }
+    let detached = Arc::new(AtomicBool::new(false));
+    let proc = Proc::adopted(pid, pidfd, identity.start_ticks).detachable(detached.clone());
+    let paths = ["stdout", "stderr"].map(|s| log_path(&spec.log_dir, &spec.process_id, s));
+    let logs = LogFiles::new(paths, spec.max_log_bytes, spec.keep_logs);
+    let stop = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
+    tracing::info!(process.pid = pid, process.id = %spec.process_id, "adopted a running process");
+    Ok(ProcessHandle {
+        pid,
+        process_id: spec.process_id.clone(),
+        identity: identity.clone(),
+        stop,
+        detached,
+    })
+}
+
+/// Spawns the supervising task; returns the stop door.
+fn supervise(
+    proc: Proc,
+    logs: LogFiles,
+    tail_lines: usize,
+    tag: Option<Tag>,
+    process_id: &str,
+    on_exit: impl FnOnce(u32, ExitInfo) + Send + 'static,
+) -> mpsc::UnboundedSender<Duration> {
+    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+    let pid = proc.pid();
+    let span = tracing::info_span!("process", process.id = %process_id, process.pid = pid);
+    let task = Supervised {
+        proc,
+        logs: Some(logs),
+        tail_lines,
+    };
+    tokio::spawn(
+        async move {
+            let start_ticks = task.proc.start_ticks();
+            let info = task.run(stop_rx).await;
+            tracing::debug!(exit = %info.describe(), "process ended");
+            // Counted before the exit is reported, so whoever waits for every exit and then
+            // for `settle` misses no sweep.
+            let pending = tag.is_some().then(escape::Pending::begin);
+            on_exit(pid, info);
+            // Off the hot path: the replacement may already be launching.
+            if let Some(tag) = tag {
+                let swept = tokio::task::spawn_blocking(move || {
+                    let _pending = pending;
+                    escape::kill_escaped(&tag, start_ticks)
+                })
+                .await;
+                if let Ok(n) = swept
+                    && n > 0
+                {
+                    tracing::info!(escaped = n, "killed escaped descendants");
+                }
+            }
+        }
+        .instrument(span),
+    );
+    stop_tx
+}
+
+struct Supervised {
+    proc: Proc,
+    /// `None` while a rotation runs on the blocking pool.
+    logs: Option<LogFiles>,
+    tail_lines: usize,
 }
 
 impl Supervised {
     async fn run(mut self, mut stop_rx: mpsc::UnboundedReceiver<Duration>) -> ExitInfo {
-        let mut bufs = [vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]];
         let mut kill_at: Option<Instant> = None;
         let mut killed_by_agent = false;
-        let status = loop {
-            let [b0, b1] = &mut bufs;
-            let [p0, p1] = &mut self.pipes;
+        let mut check = tokio::time::interval(output::CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rotation: Option<JoinHandle<LogFiles>> = None;
+        // Kept to rebuild the rotation state if a rotation task is lost.
+        let spare = self.logs.as_ref().map(LogFiles::fresh);
+        loop {
             tokio::select! {
-                r = read_opt(p0, b0) => self.record(0, r, &bufs),
-                r = read_opt(p1, b1) => self.record(1, r, &bufs),
-                status = self.child.wait() => {
-                    self.reaped = true;
-                    break status;
-                }
+                () = self.proc.exited() => break,
                 Some(grace) = stop_rx.recv() => {
-                    signal_group(self.pid, nix::sys::signal::Signal::SIGTERM);
+                    self.proc.signal_group(Signal::SIGTERM);
                     let at = Instant::now() + grace;
                     kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
                 }
                 () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
-                    signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+                    self.proc.signal_group(Signal::SIGKILL);
                     killed_by_agent = true;
                     kill_at = None;
                 }
+                _ = check.tick(), if rotation.is_none() => {
+                    if let Some(mut logs) = self.logs.take() {
+                        rotation = Some(tokio::task::spawn_blocking(move || {
+                            logs.check();
+                            logs
+                        }));
+                    }
+                }
+                done = join_opt(&mut rotation) => {
+                    rotation = None;
+                    self.logs = done.ok().or_else(|| spare.as_ref().map(LogFiles::fresh));
+                }
             }
+        }
+        // Kill the rest of the group while the leader's zombie pins the group id, then reap.
+        let status = self.proc.finish();
+        if let Some(r) = rotation.take()
+            && let Ok(logs) = r.await
+        {
+            self.logs = Some(logs);
+        }
+        let paths = self
+            .logs
+            .as_ref()
+            .or(spare.as_ref())
+            .map(|l| l.paths().clone());
+        let tail_lines = self.tail_lines;
+        let tail = match paths {
+            Some(p) => tokio::task::spawn_blocking(move || output::tail(&p, tail_lines))
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
         };
-        // No grandchild outlives the process: kill what is left of its group.
-        signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let deadline = Instant::now() + DRAIN_AFTER_EXIT;
-        while self.pipes.iter().any(Option::is_some) {
-            let [b0, b1] = &mut bufs;
-            let [p0, p1] = &mut self.pipes;
-            tokio::select! {
-                r = read_opt(p0, b0) => self.record(0, r, &bufs),
-                r = read_opt(p1, b1) => self.record(1, r, &bufs),
-                () = sleep_until(deadline) => break,
-            }
-        }
-        for log in &mut self.logs {
-            log.flush();
-        }
-        ExitInfo::from_status(status, killed_by_agent, self.tail.lines())
-    }
-
-    fn record(&mut self, stream: usize, read: std::io::Result<usize>, bufs: &[Vec<u8>; 2]) {
-        match read {
-            Ok(0) | Err(_) => self.pipes[stream] = None,
-            Ok(n) => {
-                let chunk = &bufs[stream][..n];
-                self.logs[stream].write(chunk);
-                self.tail.push(stream, chunk);
-            }
+        match status {
+            Some(status) => ExitInfo::from_status(status, killed_by_agent, tail),
+            None => ExitInfo::status_unknown(killed_by_agent, tail),
         }
     }
 }
 
-async fn read_opt(pipe: &mut Option<Pipe>, buf: &mut [u8]) -> std::io::Result<usize> {
-    match pipe {
-        Some(p) => p.read(buf).await,
+/// The result of a rotation task, or pending forever when none runs.
+async fn join_opt<T>(h: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match h {
+        Some(h) => h.await,
         None => std::future::pending().await,
     }
 }

@@ -1,197 +1,281 @@
-//! Output capture: size-rotated log files and an in-memory tail of the last lines.
+//! Game output: files the game writes itself, rotated by the agent with copy-truncate, and
+//! the tail of those files for exit reports.
+//!
+//! The game's stdout and stderr are `<log_dir>/<process_id>.{stdout,stderr}.log`, opened with
+//! `O_APPEND | O_CREAT` and handed to it as its fds 1 and 2. No pipe runs through the agent, so
+//! a game keeps writing (no SIGPIPE, no blocked write) when the agent dies or is upgraded.
+//!
+//! Rotation is copy-truncate, done by the supervising task every [`CHECK_EVERY`]: when a live
+//! file is larger than `max_bytes`, its content is copied into `.1` (older files shift up to
+//! `.keep`; what passes `.keep` is deleted) and the live file is truncated to 0. The game's
+//! `O_APPEND` writes continue at the new end. A burst larger than `max_bytes` between two
+//! checks is split into pieces of at most `max_bytes` (newest in `.1`), of which `keep` are
+//! kept, so the disk use per stream stays near `(keep + 1) × max_bytes`.
+//!
+//! The window: bytes the game writes after the copy read the end of the file and before the
+//! truncate are lost (microseconds to milliseconds, depending on how much is copied). That is
+//! the price of not owning the game's fds; a game that cannot lose a line must log itself.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+/// How often the live files' sizes are checked (one fstat each).
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// At most this much of each file is read for the exit tail.
+const TAIL_BYTES: u64 = 64 * 1024;
 /// The longest line kept in the tail; longer ones are cut.
 const MAX_TAIL_LINE: usize = 512;
+/// Copy buffer for rotation.
+const COPY_CHUNK: usize = 64 * 1024;
 
-/// A log file rotated by size: `x.log` → `x.log.1` → … → `x.log.N`.
+/// Opens (creating, appending to) a log file to give to a child as stdout or stderr.
+pub fn open_for_child(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The rotation of the two live log files of one process.
 #[derive(Debug)]
-pub struct RotatingLog {
-    path: PathBuf,
-    file: Option<File>,
-    written: u64,
+pub(crate) struct LogFiles {
+    paths: [PathBuf; 2],
+    /// The agent's own handles on the live files (for fstat, copy, truncate); opened lazily.
+    files: [Option<File>; 2],
     max_bytes: u64,
     keep: u32,
 }
 
-impl RotatingLog {
-    /// Opens (appending to) `path`.
-    pub fn open(path: PathBuf, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let written = file.metadata()?.len();
-        Ok(Self {
-            path,
-            file: Some(file),
-            written,
+impl LogFiles {
+    /// The files of one process; nothing is opened yet.
+    pub fn new(paths: [PathBuf; 2], max_bytes: u64, keep: u32) -> Self {
+        Self {
+            paths,
+            files: [None, None],
             max_bytes,
             keep,
-        })
-    }
-
-    /// Appends a chunk, rotating first if it would pass the size limit. Write errors (disk full)
-    /// are logged once per file and the output is dropped rather than blocking the game.
-    pub fn write(&mut self, chunk: &[u8]) {
-        if self.written > 0 && self.written + chunk.len() as u64 > self.max_bytes {
-            self.rotate();
-        }
-        let Some(file) = &mut self.file else { return };
-        match file.write_all(chunk) {
-            Ok(()) => self.written += chunk.len() as u64,
-            Err(e) => {
-                tracing::warn!(log.path = %self.path.display(), error = %e, "cannot write process output; dropping it");
-                self.file = None;
-            }
         }
     }
 
-    /// Flushes what the OS has buffered for the file (no-op for plain files; kept for callers
-    /// that want a point where everything is written).
-    pub fn flush(&mut self) {
-        if let Some(f) = &mut self.file {
-            let _ = f.flush();
-        }
+    /// A copy with no open handles (after a rotation task was lost).
+    pub fn fresh(&self) -> Self {
+        Self::new(self.paths.clone(), self.max_bytes, self.keep)
     }
 
-    fn rotate(&mut self) {
-        self.file = None;
-        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
-        if self.keep == 0 {
-            let _ = std::fs::remove_file(&self.path);
-        } else {
-            for n in (1..self.keep).rev() {
-                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+    /// The live files.
+    pub fn paths(&self) -> &[PathBuf; 2] {
+        &self.paths
+    }
+
+    /// Rotates each live file that passed the limit. Blocking: run it off the async workers.
+    pub fn check(&mut self) {
+        for i in 0..2 {
+            if self.files[i].is_none() {
+                match OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&self.paths[i])
+                {
+                    Ok(f) => self.files[i] = Some(f),
+                    Err(e) => {
+                        tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot open log for rotation");
+                        continue;
+                    }
+                }
             }
-            let _ = std::fs::rename(&self.path, numbered(1));
-        }
-        match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .truncate(false)
-            .open(&self.path)
-        {
-            Ok(f) => {
-                self.file = Some(f);
-                self.written = 0;
-            }
-            Err(e) => {
-                tracing::warn!(log.path = %self.path.display(), error = %e, "cannot reopen rotated log");
+            let Some(file) = &mut self.files[i] else {
+                continue;
+            };
+            let len = match file.metadata() {
+                Ok(m) => m.len(),
+                Err(_) => continue,
+            };
+            if len > self.max_bytes
+                && let Err(e) = rotate(&self.paths[i], file, len, self.max_bytes, self.keep)
+            {
+                tracing::warn!(log.path = %self.paths[i].display(), error = %e, "cannot rotate log");
             }
         }
     }
 }
 
-/// The last lines written to either stream.
-#[derive(Debug)]
-pub struct Tail {
-    lines: VecDeque<String>,
-    cap: usize,
-    partial: [Vec<u8>; 2],
+/// `path.n`
+fn numbered(path: &Path, n: u64) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", path.display()))
 }
 
-impl Tail {
-    /// Keeps the last `cap` lines.
-    pub fn new(cap: usize) -> Self {
-        Self {
-            lines: VecDeque::with_capacity(cap),
-            cap,
-            partial: [Vec::new(), Vec::new()],
+/// Copy-truncate of `file` (at `path`, `len` bytes long).
+fn rotate(path: &Path, file: &mut File, len: u64, max: u64, keep: u32) -> std::io::Result<()> {
+    let keep = u64::from(keep);
+    let max = max.max(1);
+    if keep > 0 {
+        let pieces = len.div_ceil(max).min(keep);
+        for n in (1..=keep).rev() {
+            let from = numbered(path, n);
+            if n + pieces > keep {
+                let _ = std::fs::remove_file(&from);
+            } else {
+                let _ = std::fs::rename(&from, numbered(path, n + pieces));
+            }
         }
-    }
-
-    /// Adds a chunk of stream 0 (stdout) or 1 (stderr).
-    pub fn push(&mut self, stream: usize, mut chunk: &[u8]) {
-        if self.cap == 0 {
-            return;
-        }
-        // Only the last `cap` complete lines of a big chunk can survive: skip the rest.
-        let mut newlines = 0;
-        for (i, b) in chunk.iter().enumerate().rev() {
-            if *b == b'\n' {
-                newlines += 1;
-                if newlines > self.cap {
-                    chunk = &chunk[i + 1..];
-                    self.partial[stream].clear();
+        let mut buf = vec![0u8; COPY_CHUNK];
+        for k in 1..=pieces {
+            let end = len - (k - 1) * max;
+            let start = len.saturating_sub(k * max);
+            let mut out = File::create(numbered(path, k))?;
+            file.seek(SeekFrom::Start(start))?;
+            let mut left = end - start;
+            while left > 0 {
+                let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                let n = file.read(&mut buf[..want])?;
+                if n == 0 {
                     break;
                 }
-            }
-        }
-        let mut parts = chunk.split(|b| *b == b'\n').peekable();
-        while let Some(part) = parts.next() {
-            let partial = &mut self.partial[stream];
-            if partial.len() < MAX_TAIL_LINE {
-                let room = MAX_TAIL_LINE - partial.len();
-                partial.extend_from_slice(&part[..part.len().min(room)]);
-            }
-            if parts.peek().is_some() {
-                let line = String::from_utf8_lossy(partial)
-                    .trim_end_matches('\r')
-                    .to_string();
-                partial.clear();
-                if self.lines.len() == self.cap {
-                    self.lines.pop_front();
-                }
-                self.lines.push_back(line);
+                out.write_all(&buf[..n])?;
+                left -= n as u64;
             }
         }
     }
+    file.set_len(0)
+}
 
-    /// The kept lines, oldest first, with unterminated last lines included.
-    pub fn lines(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.lines.iter().cloned().collect();
-        for p in &self.partial {
-            if !p.is_empty() {
-                out.push(String::from_utf8_lossy(p).to_string());
-            }
-        }
-        let extra = out.len().saturating_sub(self.cap);
-        out.drain(..extra);
-        out
+/// The last `n` lines of the process's output: stdout's, then stderr's (their relative order
+/// is unknown), at most `n` in all. Reads at most [`TAIL_BYTES`] of each file (plus of its
+/// `.1` when the live file was just truncated). Blocking.
+pub(crate) fn tail(paths: &[PathBuf; 2], n: usize) -> Vec<String> {
+    if n == 0 {
+        return Vec::new();
     }
+    let mut out = Vec::new();
+    for path in paths {
+        let mut lines = tail_of_file(path, n);
+        if lines.len() < n {
+            let mut older = tail_of_file(&numbered(path, 1), n - lines.len());
+            older.append(&mut lines);
+            lines = older;
+        }
+        out.extend(lines);
+    }
+    let extra = out.len().saturating_sub(n);
+    out.drain(..extra);
+    out
+}
+
+/// The last `n` lines of one file (a missing file has none).
+fn tail_of_file(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err()
+        || f.take(TAIL_BYTES).read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
+    let mut text: &[u8] = &bytes;
+    if start > 0 {
+        // Started mid-line: drop the fragment.
+        text = text
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(&[][..], |i| &text[i + 1..]);
+    }
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    if text.is_empty() {
+        return Vec::new();
+    }
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| {
+            let l = &l[..l.len().min(MAX_TAIL_LINE)];
+            String::from_utf8_lossy(l)
+                .trim_end_matches('\r')
+                .to_string()
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn tail_keeps_last_lines_across_chunks() {
-        let mut t = Tail::new(3);
-        t.push(0, b"one\ntw");
-        t.push(0, b"o\nthree\n");
-        t.push(1, b"err\n");
-        assert_eq!(t.lines(), ["two", "three", "err"]);
-        t.push(0, b"partial");
-        assert_eq!(t.lines(), ["three", "err", "partial"]);
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap()
     }
 
     #[test]
-    fn tail_skips_the_bulk_of_huge_chunks() {
-        let mut t = Tail::new(2);
-        let big: Vec<u8> = (0..10_000)
-            .flat_map(|i| format!("line {i}\n").into_bytes())
-            .collect();
-        t.push(0, &big);
-        assert_eq!(t.lines(), ["line 9998", "line 9999"]);
-        t.push(0, &vec![b'x'; 10_000]);
-        assert_eq!(t.lines()[1].len(), MAX_TAIL_LINE);
-    }
-
-    #[test]
-    fn log_rotates_at_the_size_limit() {
+    fn copy_truncate_keeps_the_writers_fd_and_shifts_old_files() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.log");
-        let mut log = RotatingLog::open(path.clone(), 10, 2).unwrap();
-        for chunk in [&b"12345678"[..], b"abcdefgh", b"ABCDEFGH", b"zz"] {
-            log.write(chunk);
+        let live = dir.path().join("p.log");
+        let other = dir.path().join("q.log");
+        let mut writer = open_for_child(&live).unwrap();
+        let mut logs = LogFiles::new([live.clone(), other], 10, 2);
+        for chunk in [&b"12345678901"[..], b"abcdefghijk", b"ABCDEFGHIJK"] {
+            writer.write_all(chunk).unwrap();
+            logs.check();
+            assert_eq!(std::fs::metadata(&live).unwrap().len(), 0);
         }
-        log.flush();
-        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
-        assert_eq!(read("p.log"), "ABCDEFGHzz");
-        assert_eq!(read("p.log.1"), "abcdefgh");
-        assert_eq!(read("p.log.2"), "12345678");
+        // The writer's O_APPEND continues at the new end.
+        writer.write_all(b"zz").unwrap();
+        assert_eq!(read(dir.path(), "p.log"), "zz");
+        // 11 bytes with a limit of 10: two pieces, newest in .1, the oldest pushed out.
+        assert_eq!(read(dir.path(), "p.log.1"), "BCDEFGHIJK");
+        assert_eq!(read(dir.path(), "p.log.2"), "A");
+        assert!(!dir.path().join("p.log.3").exists());
+    }
+
+    #[test]
+    fn a_burst_is_split_into_pieces_of_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("p.log");
+        std::fs::write(&live, "aaaabbbbccccdd").unwrap();
+        let mut logs = LogFiles::new([live, dir.path().join("q.log")], 4, 2);
+        logs.check();
+        assert_eq!(read(dir.path(), "p.log"), "");
+        assert_eq!(read(dir.path(), "p.log.1"), "ccdd");
+        assert_eq!(read(dir.path(), "p.log.2"), "bbcc");
+    }
+
+    #[test]
+    fn keep_zero_only_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("p.log");
+        std::fs::write(&live, "0123456789abc").unwrap();
+        LogFiles::new([live, dir.path().join("q.log")], 4, 0).check();
+        assert_eq!(read(dir.path(), "p.log"), "");
+        assert!(!dir.path().join("p.log.1").exists());
+    }
+
+    #[test]
+    fn tail_reads_stdout_then_stderr_and_looks_into_the_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.log");
+        let err = dir.path().join("e.log");
+        std::fs::write(&out, "o3\no4").unwrap();
+        std::fs::write(dir.path().join("o.log.1"), "o1\no2\n").unwrap();
+        std::fs::write(&err, "e1\r\n").unwrap();
+        assert_eq!(
+            tail(&[out.clone(), err.clone()], 4),
+            ["o2", "o3", "o4", "e1"]
+        );
+        assert_eq!(tail(&[out, err], 2), ["o4", "e1"]);
+    }
+
+    #[test]
+    fn tail_reads_only_the_end_of_a_big_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.log");
+        let big: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&out, big).unwrap();
+        let lines = tail(&[out, dir.path().join("none")], 2);
+        assert_eq!(lines, ["line 99998", "line 99999"]);
+        let long = dir.path().join("long.log");
+        std::fs::write(&long, "x".repeat(10_000)).unwrap();
+        assert_eq!(
+            tail(&[long, dir.path().join("none")], 1)[0].len(),
+            MAX_TAIL_LINE
+        );
     }
 }

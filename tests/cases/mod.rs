@@ -1,5 +1,6 @@
 mod capi;
 mod config;
+mod escape;
 mod restart;
 mod sdk;
 mod sessions;

@@ -37,10 +37,10 @@ impl Fleet {
     /// The recorded process `serial` is no longer running (or its pid now names another
     /// process): it is accounted for as an exit whose status is unknown, and replaced.
     pub fn lost(&mut self, serial: u64, why: &str, now: Instant) {
-        let info = ExitInfo {
-            output_tail: vec![format!("exit status unknown: {why}")],
-            ..ExitInfo::default()
-        };
+        let info = ExitInfo::status_unknown(
+            false,
+            vec![format!("not running as recorded when the agent restarted: {why}")],
+        );
         self.exited(serial, info, now);
     }
 
