@@ -312,7 +312,7 @@ async fn adopting_a_live_process_supervises_it_with_status_unknown() {
     assert_eq!((info.exit_code, info.signal), (None, None));
     assert_eq!(
         info.describe(),
-        "exit status unknown (adopted after an agent restart, not the agent's child)"
+        "exit status unknown (it outlived an agent restart, so it was not the agent's child)"
     );
     // SIGTERM ended it (the status only its parent, the test, sees).
     let status = game.0.wait().unwrap();
