@@ -39,7 +39,9 @@ impl Fleet {
     pub fn lost(&mut self, serial: u64, why: &str, now: Instant) {
         let info = ExitInfo::status_unknown(
             false,
-            vec![format!("not running as recorded when the agent restarted: {why}")],
+            vec![format!(
+                "not running as recorded when the agent restarted: {why}"
+            )],
         );
         self.exited(serial, info, now);
     }
