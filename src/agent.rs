@@ -205,6 +205,11 @@ impl Agent {
             path: store_path,
             source,
         })?;
+        stop_strays(
+            &cfg,
+            restored.as_ref().map(|(_, r)| r.as_slice()).unwrap_or(&[]),
+        )
+        .await;
         Ok(Self {
             cfg,
             store,
@@ -353,6 +358,36 @@ impl Running {
             Ok(r) => r,
             Err(e) => Err(AgentError::Fleet(e.to_string())),
         }
+    }
+}
+
+/// Stops this agent's game processes that the saved state does not name (launched just
+/// before the last agent died, before the launch was saved), so nothing runs unsupervised.
+async fn stop_strays(cfg: &Config, recorded: &[Recorded]) {
+    let known: std::collections::HashSet<String> =
+        recorded.iter().map(|r| r.process_id.clone()).collect();
+    let owner = [
+        ("GSE_FLEET_ID".to_string(), cfg.fleet_id.clone()),
+        ("GSE_INSTANCE_ID".to_string(), cfg.instance_id.clone()),
+        (
+            "GSE_GAME_ROOT".to_string(),
+            cfg.game_root.display().to_string(),
+        ),
+    ];
+    let swept = tokio::task::spawn_blocking(move || {
+        let owner: Vec<(&str, &str)> = owner
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        crate::process::kill_strays(&owner, &known)
+    })
+    .await
+    .unwrap_or(0);
+    if swept > 0 {
+        tracing::warn!(
+            processes = swept,
+            "stopped game processes no saved record named"
+        );
     }
 }
 

@@ -125,8 +125,16 @@ pub struct Persistence {
 pub const EVENT_SEQUENCE_RESERVE: u64 = 1 << 20;
 /// The stored key of the next event sequence a restarted agent may use.
 pub const EVENT_SEQUENCE_KEY: &str = "agent/event-sequence";
+/// An answer held until its change is saved.
+type Answer = Box<dyn FnOnce() + Send>;
+
 /// How long a failed save waits before it is tried again.
 const SAVE_RETRY: Duration = Duration::from_secs(1);
+/// A change is saved this long after it was made, with every change made meanwhile: a burst of
+/// SDK calls costs one commit, and the commit does not compete with the launch that caused it.
+/// (A launch made in this window before a SIGKILL is found by its tag and stopped at the next
+/// start: see `process::kill_strays`.)
+const SAVE_DELAY: Duration = Duration::from_millis(10);
 
 /// Starts the fleet actor; the task ends when every process is gone (or, on `stops.detach`,
 /// once the state is saved with every process left running).
@@ -160,8 +168,9 @@ pub fn spawn_fleet(
         store: store.map(|(writer, extra)| Store {
             writer,
             extra,
-            dirty: true,
-            retry_at: None,
+            due: Some(Instant::now()),
+            unsaved: Vec::new(),
+            saving: Vec::new(),
         }),
     };
     let span = tracing::info_span!("fleet");
@@ -209,10 +218,13 @@ struct Actor {
 struct Store {
     writer: StateWriter,
     extra: Records,
-    /// Something may have changed since the last snapshot.
-    dirty: bool,
-    /// A failed save is retried from here on.
-    retry_at: Option<Instant>,
+    /// Something may have changed since the last snapshot: save it at this time (later after
+    /// a failed save).
+    due: Option<Instant>,
+    /// Answers to send once the changes they report are saved: not yet in a snapshot...
+    unsaved: Vec<Answer>,
+    /// ...and in the snapshot being written.
+    saving: Vec<Answer>,
 }
 
 impl Actor {
@@ -236,7 +248,7 @@ impl Actor {
         while !self.fleet.is_stopped() {
             let next = self.fleet.next_deadline();
             let saving = self.store.as_ref().is_some_and(|s| s.writer.busy());
-            let retry_at = self.store.as_ref().and_then(|s| s.retry_at);
+            let save_at = self.store.as_ref().filter(|_| !saving).and_then(|s| s.due);
             tokio::select! {
                 biased;
                 Some(report) = reports.recv() => self.report(report),
@@ -260,18 +272,20 @@ impl Actor {
                     self.kill_everything();
                 }
                 Some(ok) = async { self.store.as_mut()?.writer.committed().await }, if saving => {
-                    if !ok && let Some(store) = &mut self.store {
-                        store.dirty = true;
-                        store.retry_at = Some(Instant::now() + SAVE_RETRY);
+                    if let Some(store) = &mut self.store {
+                        if !ok {
+                            // Answered all the same: the agent stays available while the disk
+                            // refuses; the change is saved when it accepts again.
+                            store.due = Some(Instant::now() + SAVE_RETRY);
+                        }
+                        for answer in store.saving.drain(..) {
+                            answer();
+                        }
                     }
                 }
                 Some(req) = rx.recv() => self.request(req),
                 () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
-                () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
-                    if let Some(store) = &mut self.store {
-                        store.retry_at = None;
-                    }
-                }
+                () = sleep_until(save_at.unwrap_or_else(Instant::now)), if save_at.is_some() => {}
             }
             // Due timers fire on every turn, so a busy request queue cannot delay them.
             let now = self.now();
@@ -289,7 +303,7 @@ impl Actor {
         let Some(store) = &mut self.store else {
             return;
         };
-        if !last && (!store.dirty || store.writer.busy() || store.retry_at.is_some()) {
+        if !last && (store.writer.busy() || store.due.is_none_or(|at| Instant::now() < at)) {
             return;
         }
         let mut records = self.fleet.snapshot(now, SystemTime::now());
@@ -299,10 +313,15 @@ impl Actor {
             EVENT_SEQUENCE_KEY.into(),
             next_event.to_string().into_bytes(),
         );
-        store.dirty = false;
+        store.due = None;
+        let unsaved = std::mem::take(&mut store.unsaved);
+        store.saving.extend(unsaved);
         if last {
             if let Some(store) = self.store.take() {
                 store.writer.finish(records);
+                for answer in store.saving {
+                    answer();
+                }
             }
         } else {
             store.writer.send(records);
@@ -316,10 +335,23 @@ impl Actor {
         clock.now
     }
 
+    /// Sends an answer now, or once the change it reports is saved (`when_saved`): a caller
+    /// told "done" never meets an agent that forgot it after a SIGKILL. Such answers are
+    /// saved at once, many in one commit.
+    fn answer(&mut self, when_saved: bool, send: impl FnOnce() + Send + 'static) {
+        match &mut self.store {
+            Some(store) if when_saved => {
+                store.unsaved.push(Box::new(send));
+                store.due = Some(Instant::now());
+            }
+            _ => send(),
+        }
+    }
+
     /// Marks the state changed (everything but a pure query may change it).
     fn touch(&mut self) {
         if let Some(store) = &mut self.store {
-            store.dirty = true;
+            store.due.get_or_insert_with(|| Instant::now() + SAVE_DELAY);
         }
     }
 
@@ -385,13 +417,21 @@ impl Actor {
                 if !matches!(call, SdkCall::DescribePlayers(_)) {
                     self.touch();
                 }
-                let _ = reply.send(self.fleet.sdk(pid, call, now));
+                let when_saved = call.answered_when_saved();
+                let result = self.fleet.sdk(pid, call, now);
+                self.answer(when_saved && result.is_ok(), move || {
+                    let _ = reply.send(result);
+                });
             }
             Request::Control { cmd, reply } => {
-                if !cmd.is_query() {
+                let query = cmd.is_query();
+                if !query {
                     self.touch();
                 }
-                let _ = reply.send(self.fleet.control(cmd, now));
+                let result = self.fleet.control(cmd, now);
+                self.answer(!query && result.is_ok(), move || {
+                    let _ = reply.send(result);
+                });
             }
         }
     }

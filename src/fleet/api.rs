@@ -184,6 +184,18 @@ pub enum SdkCall {
     },
 }
 
+impl SdkCall {
+    /// A lifecycle change a restarted agent must know about (ProcessReady, an activation, a
+    /// player accepted or removed, a session ended, ProcessEnding, a creation policy): it is
+    /// answered only once saved. Custom counts and listings are answered at once.
+    pub fn answered_when_saved(&self) -> bool {
+        !matches!(
+            self,
+            Self::ReportCustomData { .. } | Self::DescribePlayers(_)
+        )
+    }
+}
+
 /// A successful SDK answer.
 #[derive(Debug, Clone)]
 pub enum SdkReply {

@@ -167,6 +167,53 @@ fn one_pass(tag: &Tag, since_ticks: u64) -> usize {
     killed
 }
 
+/// Stops the game processes of this agent that no record names: ones launched in the moment
+/// before the agent died, before their launch was saved. A stray is a live process whose
+/// environment carries every pair of `owner` (the fleet, instance and game root of this
+/// agent) and a `GSE_PROCESS_ID` not in `known` (the recorded processes, whose descendants
+/// carry their ids). Each is SIGKILLed with the group it leads; returns how many. Blocking.
+pub fn kill_strays(owner: &[(&str, &str)], known: &std::collections::HashSet<String>) -> usize {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        if pid <= 1 || pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<(&str, &str)> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+            .collect();
+        let has = |k: &str, v: &str| vars.iter().any(|(vk, vv)| *vk == k && *vv == v);
+        if !owner.iter().all(|(k, v)| has(k, v)) {
+            continue;
+        }
+        let Some((_, process_id)) = vars.iter().find(|(k, _)| *k == TAG_VARS[0]) else {
+            continue;
+        };
+        if known.contains(*process_id) {
+            continue;
+        }
+        let Ok(Some(stat)) = read_stat(pid) else {
+            continue;
+        };
+        if !stat.is_dead() && kill_verified(pid, stat.start_ticks) {
+            tracing::warn!(
+                process.pid = pid,
+                process.id = *process_id,
+                "stopped a game process no saved record names (launched just before the last agent died)"
+            );
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// SIGKILLs `pid` and the group it leads if it still is the process that started at
 /// `start_ticks`.
 fn kill_verified(pid: u32, start_ticks: u64) -> bool {

@@ -262,3 +262,40 @@ fn rewrite_recorded_pid(store: &Path, from: u32, to: u32) {
     changed.insert(key.clone(), text.into_bytes());
     store.spawn_writer(records.clone()).finish(changed);
 }
+
+#[test]
+fn a_game_no_saved_record_names_is_stopped_at_the_next_start() {
+    let mut agent = Agent::start(&config(&entry("", 1), FAST));
+    agent.wait_ready(1);
+    agent.kill9();
+    // What a launch looks like when the agent died before saving it: a game with this agent's
+    // tag that no record names. Beside it, the same tag for another game root (another agent).
+    let game_root = agent.path("game");
+    let tagged = |root: &Path| {
+        KillOnDrop(
+            Command::new("sleep")
+                .arg("60")
+                .env_clear()
+                .env("GSE_FLEET_ID", "fleet-test")
+                .env("GSE_INSTANCE_ID", "ins-test")
+                .env("GSE_GAME_ROOT", root)
+                .env("GSE_PROCESS_ID", "proc-0-0-99")
+                .process_group(0)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let stray = tagged(&game_root);
+    let other = tagged(Path::new("/srv/another-agent/game"));
+    agent.spawn();
+    agent.wait_ready(1);
+    let stray_pid = stray.0.id();
+    wait_for("the stray stopped", || (!alive(stray_pid)).then_some(()));
+    assert!(alive(other.0.id()), "another agent's game is not touched");
+    assert_eq!(
+        agent.count("SERVER_PROCESS_STARTED"),
+        0,
+        "the recorded game was adopted"
+    );
+}
