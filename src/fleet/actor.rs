@@ -28,6 +28,8 @@ const TERMINATE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// OnStartGameServerSession may run this much past the activation timeout before it is
 /// abandoned (the activation timer has decided by then).
 const START_CALL_SLACK: Duration = Duration::from_secs(5);
+/// Requests handled in one turn of the actor at most (timers fire between turns).
+const REQUEST_BATCH: usize = 64;
 /// Requests queued for the actor before callers wait.
 const REQUEST_QUEUE: usize = 1024;
 
@@ -283,7 +285,17 @@ impl Actor {
                         }
                     }
                 }
-                Some(req) = rx.recv() => self.request(req),
+                Some(req) = rx.recv() => {
+                    self.request(req);
+                    // Take what else is queued in the same turn: one pass of timers, effects
+                    // and the save check per batch, not per call.
+                    for _ in 1..REQUEST_BATCH {
+                        match rx.try_recv() {
+                            Ok(req) => self.request(req),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
                 () = sleep_until(save_at.unwrap_or_else(Instant::now)), if save_at.is_some() => {}
             }
