@@ -517,7 +517,7 @@ impl Supervised {
                     kill_at = None;
                 }
                 _ = check.tick(), if rotation.is_none() => {
-                    if let Some(mut logs) = self.logs.take() {
+                    if let Some(mut logs) = self.logs.take_if(|l| l.needs_check()) {
                         rotation = Some(tokio::task::spawn_blocking(move || {
                             logs.check();
                             logs

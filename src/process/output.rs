@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How often the live files' sizes are checked (one fstat each).
-pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// At most this much of each file is read for the exit tail.
 const TAIL_BYTES: u64 = 64 * 1024;
 /// The longest line kept in the tail; longer ones are cut.
@@ -64,6 +64,16 @@ impl LogFiles {
     /// The live files.
     pub fn paths(&self) -> &[PathBuf; 2] {
         &self.paths
+    }
+
+    /// Whether [`LogFiles::check`] has work: a live file is not open yet or passed the limit.
+    /// One fstat per open file (inode metadata, no disk read), so it runs on the async
+    /// worker and only real work goes to the blocking pool.
+    pub fn needs_check(&self) -> bool {
+        self.files.iter().any(|f| match f {
+            None => true,
+            Some(f) => f.metadata().is_ok_and(|m| m.len() > self.max_bytes),
+        })
     }
 
     /// Rotates each live file that passed the limit. Blocking: run it off the async workers.
