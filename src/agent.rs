@@ -428,21 +428,6 @@ pub fn install_sample_build(cfg: &Config) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The package plan of a config: its build, limits and install.sh environment.
-pub fn package_plan(cfg: &Config, build: PathBuf) -> package::Plan {
-    // install.sh sees what a game sees, minus what only exists once the agent runs.
-    let env = fleet::actor::base_env(cfg, cfg.sdk_listen);
-    package::Plan {
-        build,
-        data_dir: cfg.data_dir.clone(),
-        game_root: cfg.game_root.clone(),
-        limits: cfg.package.limits(),
-        install_timeout: cfg.package.install_timeout.get(),
-        run_as: cfg.run_as.clone(),
-        env,
-    }
-}
-
 /// Installs the configured build (if any) and sets up the run-as user; returns who the games
 /// run as.
 pub async fn install_build(
@@ -451,7 +436,7 @@ pub async fn install_build(
 ) -> Result<Option<RunAs>, AgentError> {
     match &cfg.build {
         Some(build) => {
-            let plan = package_plan(cfg, build.clone());
+            let plan = package::Plan::for_config(cfg, build.clone());
             Ok(package::install(&plan, accounts).await?.run_as)
         }
         None => match &cfg.run_as {

@@ -326,6 +326,28 @@ pub struct Config {
 }
 
 impl Config {
+    /// The environment every game process gets (documented in the README); install.sh gets
+    /// it too, with the configured SDK address.
+    pub fn game_env(&self, sdk_addr: SocketAddr) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "PATH".to_string(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ),
+            ("HOME".into(), self.game_root.display().to_string()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("GSE_SDK_ADDRESS".into(), sdk_addr.to_string()),
+            ("GSE_FLEET_ID".into(), self.fleet_id.clone()),
+            ("GSE_INSTANCE_ID".into(), self.instance_id.clone()),
+            ("GSE_GAME_ROOT".into(), self.game_root.display().to_string()),
+        ];
+        for (k, v) in &self.environment {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
     /// The same configuration with other data and game roots (LaunchPaths re-resolved).
     pub fn relocated(mut self, data_dir: PathBuf, game_root: PathBuf) -> Result<Self, String> {
         for p in &mut self.runtime.server_processes {

@@ -160,7 +160,7 @@ pub fn spawn_fleet(
     };
     let actor = Actor {
         fleet,
-        base_env: base_env(&cfg, sdk_addr),
+        base_env: cfg.game_env(sdk_addr),
         user: run_as.map(|r| (r.uid, r.gid)),
         cfg,
         bus,
@@ -178,27 +178,6 @@ pub fn spawn_fleet(
     let span = tracing::info_span!("fleet");
     let task = tokio::spawn(actor.run(rx, report_rx, recorded, stops).instrument(span));
     (FleetHandle { tx }, task)
-}
-
-/// The environment every game process gets (documented in the README).
-pub fn base_env(cfg: &Config, sdk_addr: SocketAddr) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "PATH".to_string(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        ),
-        ("HOME".into(), cfg.game_root.display().to_string()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("GSE_SDK_ADDRESS".into(), sdk_addr.to_string()),
-        ("GSE_FLEET_ID".into(), cfg.fleet_id.clone()),
-        ("GSE_INSTANCE_ID".into(), cfg.instance_id.clone()),
-        ("GSE_GAME_ROOT".into(), cfg.game_root.display().to_string()),
-    ];
-    for (k, v) in &cfg.environment {
-        env.retain(|(name, _)| name != k);
-        env.push((k.clone(), v.clone()));
-    }
-    env
 }
 
 struct Actor {

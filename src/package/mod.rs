@@ -114,6 +114,22 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
 }
 
+impl Plan {
+    /// The plan of an agent config: its build, limits and install.sh environment.
+    pub fn for_config(cfg: &crate::config::Config, build: PathBuf) -> Plan {
+        Plan {
+            build,
+            data_dir: cfg.data_dir.clone(),
+            game_root: cfg.game_root.clone(),
+            limits: cfg.package.limits(),
+            install_timeout: cfg.package.install_timeout.get(),
+            run_as: cfg.run_as.clone(),
+            // install.sh sees what a game sees, minus what only exists once the agent runs.
+            env: cfg.game_env(cfg.sdk_listen),
+        }
+    }
+}
+
 /// Hex sha256 of a zip file, or of a directory's paths, modes and contents.
 pub fn content_hash(build: &Path) -> Result<String, PackageError> {
     let read = |source| PackageError::Read {

@@ -51,7 +51,7 @@ async fn deploy(
             format!("the build's sha256 is {hash}, not {}", d.sha256.trim()),
         ));
     }
-    let plan = crate::agent::package_plan(cfg, path.clone());
+    let plan = crate::package::Plan::for_config(cfg, path.clone());
     package::install(&plan, &package::System)
         .await
         .map_err(|e| ("OperationDenied", e.to_string()))?;

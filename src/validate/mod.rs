@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, Agent, AgentError};
+use crate::agent::{Agent, AgentError};
 use crate::config::{self, Config, ConfigError};
 use crate::event::{Event, EventCode};
 use crate::fleet::{Control, ControlReply, NewPlayer, NewSession};
@@ -229,7 +229,7 @@ pub async fn validate(
         interrupted,
         was_interrupted: false,
     };
-    let plan = agent::package_plan(&cfg, opts.build.clone());
+    let plan = crate::package::Plan::for_config(&cfg, opts.build.clone());
 
     // unpack
     run.ui.begin("unpack");
