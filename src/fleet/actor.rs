@@ -16,7 +16,7 @@ use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
 use super::clock::Clock;
 use super::state::{Fleet, Recorded};
 use crate::config::Config;
-use crate::event::EventBus;
+use crate::event::{Event, EventBus, EventCode};
 use crate::package::RunAs;
 use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle};
 use crate::proto::game_server_grpc_sdk_service_client::GameServerGrpcSdkServiceClient;
@@ -348,10 +348,13 @@ impl Actor {
 
     /// Ends the actor leaving every process running, with the state saved for the next agent.
     fn detach(&mut self) {
-        tracing::info!(
-            processes = self.handles.len(),
-            "leaving the game processes running for the next agent"
-        );
+        self.bus.emit(Event::new(
+            EventCode::AgentStopping,
+            format!(
+                "leaving {} game process(es) running for the next agent (upgrade)",
+                self.handles.len()
+            ),
+        ));
         self.touch();
         self.save(Instant::now(), true);
         for (_, handle) in self.handles.drain() {

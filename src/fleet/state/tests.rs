@@ -1300,3 +1300,49 @@ async fn records_from_a_newer_agent_are_refused() {
         .expect("refused");
     assert!(err.to_string().contains("proc/1"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_config_file_changed_across_a_restart_is_applied_as_a_runtime_update() {
+    let mut h = Harness::new();
+    let pids = h.pids();
+    for pid in &pids {
+        h.ready(*pid);
+    }
+    let gss = h.activated(pids[0], 2);
+    let records = h.fleet.snapshot(h.now, SystemTime::now());
+    let changed = CONFIG.replace(
+        "    - LaunchPath: /local/game/b\n      ConcurrentExecutions: 1\n",
+        "    - LaunchPath: /local/game/c\n      ConcurrentExecutions: 1\n",
+    );
+    let cfg = config::parse(&changed, "test.yaml", Path::new("/srv")).unwrap();
+    let (mut fleet, recorded) = Fleet::restore(Arc::new(cfg), &records, h.now, SystemTime::now())
+        .unwrap()
+        .unwrap();
+    for r in &recorded {
+        fleet.adopted(r.serial);
+    }
+    fleet.start();
+    h.fleet = fleet;
+    h.events.clear();
+    let effects = h.settle();
+    // The idle old processes are told to terminate; the one hosting the session stays.
+    let told: Vec<u64> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Terminate { serial, .. } => Some(*serial),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 2, "{effects:?}");
+    assert!(!told.contains(&h.s(pids[0])));
+    assert_eq!(h.session(&gss.id).status, GssStatus::Active);
+    assert!(h.codes().contains(&EventCode::RuntimeConfigurationUpdated));
+    // The new configuration's processes launch: a×2 and c×1 beside the three old ones.
+    assert_eq!(h.pids().len(), 6);
+    let c = h
+        .pids()
+        .into_iter()
+        .filter(|p| h.fleet.spec(h.proc(*p).slot).launch_path == "/local/game/c")
+        .count();
+    assert_eq!(c, 1);
+}
