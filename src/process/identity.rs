@@ -1,7 +1,7 @@
 //! Which process a pid is: its start time (clock ticks after boot, from `/proc/<pid>/stat`)
 //! and its executable. The pair (pid, start time) never names two processes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A process, identified beyond its (reusable) pid.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -10,8 +10,24 @@ pub struct Identity {
     pub pid: u32,
     /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22); unchanged by exec.
     pub start_ticks: u64,
-    /// The executable (`/proc/<pid>/exe`) as recorded when the process was identified.
+    /// The executable (`/proc/<pid>/exe`) as recorded when the process was identified; for
+    /// the logs only (a wrapper script that `exec`s its server changes it). Empty when
+    /// unreadable.
     pub exe: PathBuf,
+    /// The kernel's boot id when it was identified: start times count from boot, so a record
+    /// from before a reboot never matches a process after it. Empty in records that predate it.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once; empty if unreadable.
+pub fn boot_id() -> &'static str {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// Why a process could not be identified.
@@ -97,38 +113,28 @@ impl Identity {
             Ok(_) => return Err(IdentityError::Gone { pid }),
             Err(source) => return Err(IdentityError::Stat { pid, source }),
         };
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| match source
-            .kind()
-        {
-            std::io::ErrorKind::NotFound => IdentityError::Gone { pid },
-            _ => IdentityError::Exe { pid, source },
-        })?;
+        // Unreadable without ptrace rights over the process: it only names it in the logs.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         Ok(Identity {
             pid,
             start_ticks: stat.start_ticks,
             exe,
+            boot_id: boot_id().to_string(),
         })
     }
 
-    /// Whether `current` (read now) is the process this identity recorded. The executable
-    /// may since have been deleted or replaced by a new build (`<path> (deleted)`).
+    /// Whether `current` (read now) is the process this identity recorded: the same pid
+    /// started at the same clock tick of the same boot names one process for the life of the
+    /// system. The executable is not compared: a wrapper script that `exec`s its server, or a
+    /// build replaced on disk, changes it ([`crate::process::adopt`] also checks the tag in
+    /// the process's environment).
     pub fn matches(&self, current: &Identity) -> bool {
         self.pid == current.pid
             && self.start_ticks == current.start_ticks
-            && exe_matches(&self.exe, &current.exe)
+            && (self.boot_id.is_empty()
+                || current.boot_id.is_empty()
+                || self.boot_id == current.boot_id)
     }
-}
-
-/// `current` is `recorded`, or `recorded` marked deleted by the kernel.
-fn exe_matches(recorded: &Path, current: &Path) -> bool {
-    if recorded == current {
-        return true;
-    }
-    let (r, c) = (
-        recorded.as_os_str().as_encoded_bytes(),
-        current.as_os_str().as_encoded_bytes(),
-    );
-    c.strip_suffix(b" (deleted)") == Some(r)
 }
 
 #[cfg(test)]
@@ -146,18 +152,32 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_executable_still_matches() {
+    fn pid_start_time_and_boot_name_a_process_whatever_its_executable() {
         let id = |exe: &str| Identity {
             pid: 7,
             start_ticks: 9,
             exe: exe.into(),
+            boot_id: "b1".into(),
         };
+        // A wrapper that exec'ed its server, or a build replaced on disk: the same process.
+        assert!(id("/bin/sh").matches(&id("/g/server")));
         assert!(id("/g/server").matches(&id("/g/server (deleted)")));
-        assert!(!id("/g/server").matches(&id("/g/other")));
         assert!(!id("/g/server").matches(&Identity {
             start_ticks: 10,
             ..id("/g/server")
         }));
+        assert!(!id("/g/server").matches(&Identity {
+            boot_id: "b2".into(),
+            ..id("/g/server")
+        }));
+        // A record from before boot ids were kept still matches on pid and start time.
+        assert!(
+            Identity {
+                boot_id: String::new(),
+                ..id("/g/server")
+            }
+            .matches(&id("/g/server"))
+        );
     }
 
     #[test]

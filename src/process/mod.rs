@@ -358,6 +358,7 @@ fn identify_child(pid: u32, program: &Path) -> std::io::Result<Identity> {
         pid,
         start_ticks: stat.start_ticks,
         exe,
+        boot_id: identity::boot_id().to_string(),
     })
 }
 

@@ -359,7 +359,7 @@ async fn a_reused_pid_is_a_stranger_and_is_never_signalled() {
     let e = adopt(&adopt_spec(dir.path()), &identity, |_, _| {}).unwrap_err();
     assert!(matches!(e, AdoptError::Stranger { .. }), "{e}");
     let mut other = Identity::read(game.pid()).unwrap();
-    other.exe = PathBuf::from("/local/game/server");
+    other.boot_id = "an-earlier-boot".into();
     let e = adopt(&adopt_spec(dir.path()), &other, |_, _| {}).unwrap_err();
     assert!(matches!(e, AdoptError::Stranger { .. }), "{e}");
     // No task was started, so nothing can signal it later; and nothing was sent: no signal is

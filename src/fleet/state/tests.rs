@@ -214,6 +214,7 @@ fn identity(pid: u32) -> Identity {
         pid,
         start_ticks: u64::from(pid),
         exe: "/srv/gse-data/game/server".into(),
+        boot_id: "boot".into(),
     }
 }
 
