@@ -149,6 +149,9 @@ pub struct Fleet {
     reserved: bool,
     max_activations: u32,
     activation_timeout: Duration,
+    /// Restored from records written under another runtime configuration in the config
+    /// file: `start` applies the file's as a runtime update.
+    file_runtime_changed: bool,
     /// The clocks as of the current input (set by the actor).
     clock: Clock,
     /// Session and player session ids.
@@ -184,6 +187,7 @@ impl Fleet {
             draining: false,
             reserved: false,
             retire_later: Vec::new(),
+            file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),
         };
@@ -250,6 +254,10 @@ impl Fleet {
                 self.cfg.fleet_id
             ),
         ));
+        if std::mem::take(&mut self.file_runtime_changed) {
+            let now = self.clock.now;
+            self.update_runtime(self.cfg.runtime.clone(), now);
+        }
         if self.draining {
             return;
         }

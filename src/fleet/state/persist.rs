@@ -47,6 +47,16 @@ pub enum RestoreError {
         /// The stored version.
         found: u32,
     },
+    /// The state belongs to another fleet or instance than the config names.
+    #[error(
+        "the state in this data-dir belongs to fleet {fleet_id}, instance {instance_id}, whose games may still run: start the agent with that config (and stop it gracefully) or give this config another data-dir"
+    )]
+    OtherFleet {
+        /// The stored fleet id.
+        fleet_id: String,
+        /// The stored instance id.
+        instance_id: String,
+    },
     /// The records contradict each other.
     #[error("stored state is inconsistent: {0}")]
     Inconsistent(String),
@@ -58,7 +68,7 @@ struct Meta {
     version: u32,
     fleet_id: String,
     instance_id: String,
-    /// The next serial (launches and session order share it).
+    /// The last serial drawn (launches, sessions and players share the counter).
     next_seq: u64,
     /// The runtime configuration of the config file the fleet was last started with: an
     /// update through the API survives a restart unless the file changed since.
@@ -116,8 +126,6 @@ pub struct Recorded {
     pub process_id: String,
     /// Which process it was.
     pub identity: Identity,
-    /// The stop the agent had asked for, if any (to ask again after adoption).
-    pub stopping: bool,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -219,6 +227,14 @@ impl Fleet {
                 found: meta.version,
             });
         }
+        if (meta.fleet_id.as_str(), meta.instance_id.as_str())
+            != (cfg.fleet_id.as_str(), cfg.instance_id.as_str())
+        {
+            return Err(RestoreError::OtherFleet {
+                fleet_id: meta.fleet_id,
+                instance_id: meta.instance_id,
+            });
+        }
         let mut fleet = Fleet::new(cfg.clone());
         fleet.entries = meta
             .entries
@@ -286,7 +302,6 @@ impl Fleet {
                 serial,
                 process_id: r.id.clone(),
                 identity: r.identity.clone(),
-                stopping: r.stop.is_some(),
             });
             fleet.by_pid.insert(r.identity.pid, serial);
             fleet.procs.insert(
@@ -377,9 +392,8 @@ impl Fleet {
         }
         fleet.idempotency = tokens;
 
-        if cfg.runtime != meta.file_runtime {
-            fleet.update_runtime(cfg.runtime.clone(), now);
-        }
+        // Applied by `start`, once the recorded processes are adopted or known to be gone.
+        fleet.file_runtime_changed = cfg.runtime != meta.file_runtime;
         Ok(Some((fleet, recorded)))
     }
 }

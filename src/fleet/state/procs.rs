@@ -43,7 +43,7 @@ impl Fleet {
                 "not running as recorded when the agent restarted: {why}"
             )],
         );
-        self.exited(serial, info, now);
+        self.ended(serial, info, now, false);
     }
 
     /// The launch `serial` of `slot` succeeded: `identity` names the new process.
@@ -107,6 +107,13 @@ impl Fleet {
 
     /// The process launched as `serial` exited (and was reaped).
     pub fn exited(&mut self, serial: u64, info: ExitInfo, now: Instant) {
+        self.ended(serial, info, now, true);
+    }
+
+    /// Accounts for the end of the process `serial`; `counts` says whether a failure counts
+    /// toward its slot's backoff and its entry's crash-loop breaker (an end noticed only at a
+    /// restart of the agent does not: a reboot would otherwise pause every entry).
+    fn ended(&mut self, serial: u64, info: ExitInfo, now: Instant, counts: bool) {
         let Some(p) = self.procs.remove(&serial) else {
             return;
         };
@@ -177,8 +184,10 @@ impl Fleet {
                     | EventCode::ServerProcessTerminatedUnhealthy
                     | EventCode::ServerProcessProcessExitTimeout
             );
-        if failure {
+        if failure && counts {
             self.after_failure(slot, now, ran);
+        } else if failure {
+            self.schedule_launch(slot, now, Duration::ZERO);
         } else {
             self.slots[slot].failures = 0;
             self.schedule_launch(slot, now, Duration::ZERO);

@@ -1275,7 +1275,6 @@ async fn a_stop_asked_for_before_the_restart_is_asked_for_again() {
     h.advance(Duration::from_secs(6));
     let recorded = restart(&mut h);
     let r = recorded.iter().find(|r| r.identity.pid == pid).unwrap();
-    assert!(r.stopping);
     h.fleet.adopted(r.serial);
     let effects = h.settle();
     assert!(effects.iter().any(|e| is_stop(e, h.s(pid))), "{effects:?}");
@@ -1346,4 +1345,48 @@ async fn a_config_file_changed_across_a_restart_is_applied_as_a_runtime_update()
         .filter(|p| h.fleet.spec(h.proc(*p).slot).launch_path == "/local/game/c")
         .count();
     assert_eq!(c, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn processes_gone_at_a_restart_do_not_trip_the_crash_loop_breaker() {
+    let mut h = Harness::new();
+    let cfg = config::parse(
+        &CONFIG.replace("ConcurrentExecutions: 2", "ConcurrentExecutions: 6"),
+        "test.yaml",
+        Path::new("/srv"),
+    )
+    .unwrap();
+    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet.start();
+    h.settle();
+    let recorded = restart(&mut h);
+    assert_eq!(recorded.len(), 7);
+    // A reboot: every recorded process is gone (crash-loop-max is 4).
+    for r in &recorded {
+        h.fleet.lost(r.serial, "no such process", h.now);
+    }
+    h.fleet.start();
+    h.settle();
+    assert_eq!(h.count(EventCode::ServerProcessCrashed), 7);
+    assert_eq!(h.count(EventCode::ServerProcessCrashLoop), 0);
+    assert_eq!(h.pids().len(), 7, "every slot relaunched at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_state_of_another_fleet_is_refused() {
+    let h = Harness::new();
+    let records = h.fleet.snapshot(h.now, SystemTime::now());
+    let other = config::parse(
+        &CONFIG.replace("fleet-id: fleet-test", "fleet-id: fleet-other"),
+        "test.yaml",
+        Path::new("/srv"),
+    )
+    .unwrap();
+    let err = Fleet::restore(Arc::new(other), &records, h.now, SystemTime::now())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("belongs to fleet fleet-test"),
+        "{err}"
+    );
 }
