@@ -322,7 +322,9 @@ impl Agent {
             }
             drop(own_bus);
             if let Err(e) = fleet_result {
-                // Its process tasks kill their groups when the runtime drops them.
+                // A bug in the agent must not cost a match: the games are left running, as
+                // after a SIGKILL, for the next agent to adopt from the saved state.
+                crate::process::detach_all();
                 return Err(AgentError::Fleet(e.to_string()));
             }
             if let Ok(r) = sdk_task.await {
@@ -366,19 +368,9 @@ impl Running {
 async fn stop_strays(cfg: &Config, recorded: &[Recorded]) {
     let known: std::collections::HashSet<String> =
         recorded.iter().map(|r| r.process_id.clone()).collect();
-    let owner = [
-        ("GSE_FLEET_ID".to_string(), cfg.fleet_id.clone()),
-        ("GSE_INSTANCE_ID".to_string(), cfg.instance_id.clone()),
-        (
-            "GSE_GAME_ROOT".to_string(),
-            cfg.game_root.display().to_string(),
-        ),
-    ];
+    let owner = cfg.owner_tag();
     let swept = tokio::task::spawn_blocking(move || {
-        let owner: Vec<(&str, &str)> = owner
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let owner: Vec<(&str, &str)> = owner.iter().map(|(k, v)| (*k, v.as_str())).collect();
         crate::process::kill_strays(&owner, &known)
     })
     .await

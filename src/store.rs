@@ -151,13 +151,16 @@ impl StateWriter {
         self.busy
     }
 
-    /// Hands `records` to the writer thread.
-    pub fn send(&mut self, records: Records) {
+    /// Hands `records` to the writer thread; false if it is gone (it panicked): nothing is
+    /// saved any more.
+    pub fn send(&mut self, records: Records) -> bool {
         if let Some(tx) = &self.tx
             && tx.send(records).is_ok()
         {
             self.busy = true;
+            return true;
         }
+        false
     }
 
     /// The outcome of the commit under way (true: written).

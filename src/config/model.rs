@@ -326,6 +326,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The variables of [`Config::game_env`] that name this agent's games (and, inherited,
+    /// their descendants): how a restarted agent recognises them on the host.
+    pub fn owner_tag(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("GSE_FLEET_ID", self.fleet_id.clone()),
+            ("GSE_INSTANCE_ID", self.instance_id.clone()),
+            ("GSE_GAME_ROOT", self.game_root.display().to_string()),
+        ]
+    }
+
     /// The environment every game process gets (documented in the README); install.sh gets
     /// it too, with the configured SDK address.
     pub fn game_env(&self, sdk_addr: SocketAddr) -> Vec<(String, String)> {

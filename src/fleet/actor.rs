@@ -173,6 +173,7 @@ pub fn spawn_fleet(
             due: Some(Instant::now()),
             unsaved: Vec::new(),
             saving: Vec::new(),
+            writer_gone: false,
         }),
     };
     let span = tracing::info_span!("fleet");
@@ -206,6 +207,8 @@ struct Store {
     unsaved: Vec<Answer>,
     /// ...and in the snapshot being written.
     saving: Vec<Answer>,
+    /// The writer thread is gone (said once).
+    writer_gone: bool,
 }
 
 impl Actor {
@@ -314,8 +317,16 @@ impl Actor {
                     answer();
                 }
             }
-        } else {
-            store.writer.send(records);
+        } else if !store.writer.send(records) {
+            if !store.writer_gone {
+                tracing::error!(
+                    "the state writer has stopped: changes are no longer saved, and a restart of the agent will not know them"
+                );
+                store.writer_gone = true;
+            }
+            for answer in store.saving.drain(..) {
+                answer();
+            }
         }
     }
 
@@ -384,6 +395,15 @@ impl Actor {
                 Err(e) => {
                     tracing::info!(process.id = %r.process_id, process.pid = r.identity.pid, error = %e, "not adopted");
                     self.fleet.lost(serial, &e.to_string(), now);
+                    // Its escaped descendants (and the game itself, if it runs but could not
+                    // be verified) carry its id: nothing of it runs unsupervised.
+                    let owner = self.cfg.owner_tag();
+                    let since = r.identity.start_ticks;
+                    tokio::task::spawn_blocking(move || {
+                        let owner: Vec<(&str, &str)> =
+                            owner.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        process::kill_remains(&owner, &r.process_id, since)
+                    });
                 }
             }
         }

@@ -173,6 +173,28 @@ fn one_pass(tag: &Tag, since_ticks: u64) -> usize {
 /// agent) and a `GSE_PROCESS_ID` not in `known` (the recorded processes, whose descendants
 /// carry their ids). Each is SIGKILLed with the group it leads; returns how many. Blocking.
 pub fn kill_strays(owner: &[(&str, &str)], known: &std::collections::HashSet<String>) -> usize {
+    sweep(
+        owner,
+        |process_id, _| !known.contains(process_id),
+        "stopped a game process no saved record names (launched just before the last agent died)",
+    )
+}
+
+/// Stops what is left of a recorded game that was not adopted (it ended while no agent ran,
+/// or it could not be verified): every live process carrying `owner` and the game's
+/// `process_id` that started at or after `since_ticks` (its escaped descendants; the game
+/// itself if it still runs unverified). Returns how many. Blocking.
+pub fn kill_remains(owner: &[(&str, &str)], process_id: &str, since_ticks: u64) -> usize {
+    sweep(
+        owner,
+        |id, start| id == process_id && start >= since_ticks,
+        "stopped what was left of a game that was not adopted",
+    )
+}
+
+/// SIGKILLs (with their groups) the live processes whose environment carries every pair of
+/// `owner` and a `GSE_PROCESS_ID` for which `pick(process id, start ticks)` holds.
+fn sweep(owner: &[(&str, &str)], pick: impl Fn(&str, u64) -> bool, what: &str) -> usize {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
@@ -196,18 +218,14 @@ pub fn kill_strays(owner: &[(&str, &str)], known: &std::collections::HashSet<Str
         let Some((_, process_id)) = vars.iter().find(|(k, _)| *k == TAG_VARS[0]) else {
             continue;
         };
-        if known.contains(*process_id) {
-            continue;
-        }
         let Ok(Some(stat)) = read_stat(pid) else {
             continue;
         };
-        if !stat.is_dead() && kill_verified(pid, stat.start_ticks) {
-            tracing::warn!(
-                process.pid = pid,
-                process.id = *process_id,
-                "stopped a game process no saved record names (launched just before the last agent died)"
-            );
+        if !stat.is_dead()
+            && pick(process_id, stat.start_ticks)
+            && kill_verified(pid, stat.start_ticks)
+        {
+            tracing::warn!(process.pid = pid, process.id = *process_id, "{what}");
             killed += 1;
         }
     }

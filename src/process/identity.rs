@@ -12,12 +12,17 @@ pub struct Identity {
     pub start_ticks: u64,
     /// The executable (`/proc/<pid>/exe`) as recorded when the process was identified; for
     /// the logs only (a wrapper script that `exec`s its server changes it). Empty when
-    /// unreadable.
+    /// unreadable. Stored lossily (a non-UTF-8 path must not make the record unwritable).
+    #[serde(serialize_with = "serialize_lossy")]
     pub exe: PathBuf,
     /// The kernel's boot id when it was identified: start times count from boot, so a record
     /// from before a reboot never matches a process after it. Empty in records that predate it.
     #[serde(default)]
     pub boot_id: String,
+}
+
+fn serialize_lossy<S: serde::Serializer>(path: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), read once; empty if unreadable.

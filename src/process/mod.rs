@@ -44,7 +44,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 pub use children::output as command_output;
-pub use escape::kill_strays;
+pub use escape::{kill_remains, kill_strays};
 pub use exit::ExitInfo;
 pub use group::{ChildGroup, spawn_child_group};
 pub use identity::{Identity, IdentityError};

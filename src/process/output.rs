@@ -43,6 +43,9 @@ pub(crate) struct LogFiles {
     files: [Option<File>; 2],
     max_bytes: u64,
     keep: u32,
+    /// A live file that could not be opened (removed by someone): not tried again, since the
+    /// game writes on through its own descriptor and the path will not come back.
+    unopenable: [bool; 2],
 }
 
 impl LogFiles {
@@ -53,6 +56,7 @@ impl LogFiles {
             files: [None, None],
             max_bytes,
             keep,
+            unopenable: [false, false],
         }
     }
 
@@ -70,16 +74,19 @@ impl LogFiles {
     /// One fstat per open file (inode metadata, no disk read), so it runs on the async
     /// worker and only real work goes to the blocking pool.
     pub fn needs_check(&self) -> bool {
-        self.files.iter().any(|f| match f {
-            None => true,
-            Some(f) => f.metadata().is_ok_and(|m| m.len() > self.max_bytes),
-        })
+        self.files
+            .iter()
+            .zip(&self.unopenable)
+            .any(|(f, gave_up)| match f {
+                None => !gave_up,
+                Some(f) => f.metadata().is_ok_and(|m| m.len() > self.max_bytes),
+            })
     }
 
     /// Rotates each live file that passed the limit. Blocking: run it off the async workers.
     pub fn check(&mut self) {
         for i in 0..2 {
-            if self.files[i].is_none() {
+            if self.files[i].is_none() && !self.unopenable[i] {
                 match OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -87,7 +94,8 @@ impl LogFiles {
                 {
                     Ok(f) => self.files[i] = Some(f),
                     Err(e) => {
-                        tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot open log for rotation");
+                        tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot open log for rotation; not rotated");
+                        self.unopenable[i] = true;
                         continue;
                     }
                 }

@@ -143,3 +143,24 @@ fn a_game_outlives_a_killed_agent_and_keeps_writing_its_log() {
         }
     }
 }
+
+#[test]
+fn escaped_grandchildren_of_a_game_that_died_while_no_agent_ran_are_stopped_at_the_next_start() {
+    let mut agent = Agent::start(&config(&entry("--fork-setsid 2", 1), FAST));
+    let (pid, escapees) = game_and_escapees(&agent);
+    agent.kill9();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    wait_for("the game gone", || {
+        stat(pid).is_none_or(|(state, _, _)| state == 'Z').then_some(())
+    });
+    for e in &escapees {
+        assert!(!e.dead(), "the grandchildren outlive both");
+    }
+    agent.spawn();
+    agent.wait_event("SERVER_PROCESS_CRASHED");
+    for e in &escapees {
+        wait_for("escaped grandchild of a lost game stopped", || {
+            e.dead().then_some(())
+        });
+    }
+}

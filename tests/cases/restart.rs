@@ -299,3 +299,28 @@ fn a_game_no_saved_record_names_is_stopped_at_the_next_start() {
         "the recorded game was adopted"
     );
 }
+
+#[test]
+fn a_game_behind_a_wrapper_script_that_execs_its_server_is_adopted() {
+    let yaml = config(
+        "    - LaunchPath: /local/game/run.sh\n      ConcurrentExecutions: 1\n",
+        FAST,
+    );
+    let mut agent = Agent::start_with(&yaml, |game| {
+        let script = game.join("run.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nexec {} \"$@\"\n", crate::helper::FAKE_SERVER),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap();
+    agent.kill9();
+    agent.spawn();
+    let ready = agent.wait_ready(1);
+    assert_eq!(ready[0]["Pid"], pid, "the same game");
+    assert_eq!(agent.count("SERVER_PROCESS_ADOPTED"), 1);
+    assert_eq!(agent.count("SERVER_PROCESS_STARTED"), 0);
+}

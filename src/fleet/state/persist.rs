@@ -128,8 +128,13 @@ pub struct Recorded {
     pub identity: Identity,
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialize: plain data with string keys")
+/// A record as JSON. The records are plain data with string keys and lossy paths, so this
+/// cannot fail; should it ever, the record is left out (and logged) rather than the agent
+/// stopped.
+fn json<T: serde::Serialize>(key: &str, v: &T) -> Option<Vec<u8>> {
+    serde_json::to_vec(v)
+        .inspect_err(|e| tracing::error!(state.key = key, error = %e, "cannot encode a state record; not saved"))
+        .ok()
 }
 
 fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RestoreError> {
@@ -139,8 +144,17 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, R
     })
 }
 
+/// One record, or `None` (logged) when it does not parse: one bad record costs what it
+/// holds, never the start of the agent (the meta record alone is required).
+fn parse_or_skip<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Option<T> {
+    parse(key, bytes)
+        .inspect_err(|e| tracing::error!(error = %e, "skipping a stored record"))
+        .ok()
+}
+
 impl Fleet {
-    /// The fleet as records, one key per process, session, player and idempotency token.
+    /// The fleet as records: one key per process, live session, live player session and
+    /// idempotency token of a live session, so a save costs what runs now, not the history.
     pub fn snapshot(&self, now: Instant, wall: SystemTime) -> Records {
         let clocks = Clock { now, wall };
         let mut out = Records::new();
@@ -167,7 +181,12 @@ impl Fleet {
             draining: self.draining,
             reserved: self.reserved,
         };
-        out.insert(META.into(), json(&meta));
+        let mut put = |key: String, bytes: Option<Vec<u8>>| {
+            if let Some(bytes) = bytes {
+                out.insert(key, bytes);
+            }
+        };
+        put(META.into(), json(META, &meta));
         for p in self.procs.values() {
             let r = ProcRecord {
                 serial: p.serial,
@@ -188,20 +207,49 @@ impl Fleet {
                 log_paths: p.log_paths.clone(),
                 custom: p.custom,
             };
-            out.insert(format!("{PROC}{:020}", p.serial), json(&r));
+            let key = format!("{PROC}{:020}", p.serial);
+            let bytes = json(&key, &r);
+            put(key, bytes);
         }
+        // Live sessions and their live players only: finished ones are history (the events
+        // keep it), and leaving them out bounds every save by what runs now.
+        let live = |id: &str| {
+            self.sessions
+                .get(id)
+                .is_some_and(|(_, s)| !s.status.is_final())
+        };
         for (id, (order, session)) in &self.sessions {
+            if session.status.is_final() {
+                continue;
+            }
             let r = SessionRecord {
                 order: *order,
                 session: session.clone(),
             };
-            out.insert(format!("{SESSION}{id}"), json(&r));
+            let key = format!("{SESSION}{id}");
+            let bytes = json(&key, &r);
+            put(key, bytes);
         }
-        for (n, player) in &self.players {
-            out.insert(format!("{PLAYER}{n:020}"), json(player));
+        for (gss_id, ns) in &self.session_players {
+            if !live(gss_id) {
+                continue;
+            }
+            for n in ns {
+                if let Some(player) = self.players.get(n)
+                    && player.status.holds_slot()
+                {
+                    let key = format!("{PLAYER}{n:020}");
+                    let bytes = json(&key, player);
+                    put(key, bytes);
+                }
+            }
         }
         for (token, id) in &self.idempotency {
-            out.insert(format!("{TOKEN}{token}"), json(id));
+            if live(id) {
+                let key = format!("{TOKEN}{token}");
+                let bytes = json(&key, id);
+                put(key, bytes);
+            }
         }
         out
     }
@@ -275,7 +323,9 @@ impl Fleet {
             if !key.starts_with(PROC) {
                 break;
             }
-            let r: ProcRecord = parse(key, bytes)?;
+            let Some(r) = parse_or_skip::<ProcRecord>(key, bytes) else {
+                continue; // its process carries the tag: the start's stray sweep stops it
+            };
             let Some(slot) = fleet.slots.get_mut(r.slot) else {
                 return Err(RestoreError::Inconsistent(format!(
                     "{key} names slot {} of {}",
@@ -336,7 +386,9 @@ impl Fleet {
             if !key.starts_with(SESSION) {
                 break;
             }
-            let r: SessionRecord = parse(key, bytes)?;
+            let Some(r) = parse_or_skip::<SessionRecord>(key, bytes) else {
+                continue;
+            };
             let id = r.session.id.clone();
             if r.session.status.is_final() {
                 finished.push((r.order, id.clone()));
@@ -364,7 +416,9 @@ impl Fleet {
             let n: u64 = key[PLAYER.len()..]
                 .parse()
                 .map_err(|_| RestoreError::Inconsistent(format!("{key}: not a player key")))?;
-            let player: PlayerSession = parse(key, bytes)?;
+            let Some(player) = parse_or_skip::<PlayerSession>(key, bytes) else {
+                continue;
+            };
             if player.status == PlayerStatus::Reserved {
                 let at = clocks.to_instant(player.creation_time) + reservation;
                 fleet.timers.add(
@@ -388,7 +442,9 @@ impl Fleet {
             if !key.starts_with(TOKEN) {
                 break;
             }
-            tokens.insert(key[TOKEN.len()..].to_string(), parse::<String>(key, bytes)?);
+            if let Some(id) = parse_or_skip::<String>(key, bytes) {
+                tokens.insert(key[TOKEN.len()..].to_string(), id);
+            }
         }
         fleet.idempotency = tokens;
 

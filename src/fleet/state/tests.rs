@@ -1281,7 +1281,7 @@ async fn a_stop_asked_for_before_the_restart_is_asked_for_again() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn records_from_a_newer_agent_are_refused() {
+async fn records_from_a_newer_agent_are_refused_and_a_bad_record_is_skipped() {
     let h = Harness::new();
     let mut records = h.fleet.snapshot(h.now, SystemTime::now());
     let meta = String::from_utf8(records["meta"].clone()).unwrap();
@@ -1293,12 +1293,24 @@ async fn records_from_a_newer_agent_are_refused() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("newer gse-agent"), "{err}");
-    records.insert("proc/1".into(), b"{".to_vec());
-    records.insert("meta".into(), meta.into_bytes());
+    // One unreadable record costs what it holds, not the start.
+    records.insert("meta".into(), meta.clone().into_bytes());
+    let broken = records
+        .keys()
+        .find(|k| k.starts_with("proc/"))
+        .unwrap()
+        .clone();
+    records.insert(broken, b"{".to_vec());
+    let (_, recorded) = Fleet::restore(h.fleet.cfg.clone(), &records, h.now, SystemTime::now())
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorded.len(), 2);
+    // The meta record is required.
+    records.insert("meta".into(), b"{".to_vec());
     let err = Fleet::restore(h.fleet.cfg.clone(), &records, h.now, SystemTime::now())
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("proc/1"), "{err}");
+    assert!(err.to_string().contains("meta"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
