@@ -339,7 +339,8 @@ impl Actor {
 
     /// Sends an answer now, or once the change it reports is saved (`when_saved`): a caller
     /// told "done" never meets an agent that forgot it after a SIGKILL. Such answers are
-    /// saved at once, many in one commit.
+    /// saved at once, many in one commit. A commit the disk refuses releases them all the
+    /// same (the agent stays available and retries the save).
     fn answer(&mut self, when_saved: bool, send: impl FnOnce() + Send + 'static) {
         match &mut self.store {
             Some(store) if when_saved => {
