@@ -151,7 +151,9 @@ fn escaped_grandchildren_of_a_game_that_died_while_no_agent_ran_are_stopped_at_t
     agent.kill9();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     wait_for("the game gone", || {
-        stat(pid).is_none_or(|(state, _, _)| state == 'Z').then_some(())
+        stat(pid)
+            .is_none_or(|(state, _, _)| state == 'Z')
+            .then_some(())
     });
     for e in &escapees {
         assert!(!e.dead(), "the grandchildren outlive both");
