@@ -4,7 +4,7 @@
 //! agent restart, [`adopt`] takes over a game the previous agent started.
 //!
 //! Each process gets one supervising task ([`launch`], [`adopt`]) that owns its pidfd and the
-//! rotation of its log files ([`output`]).
+//! rotation of its log files (`output.rs`).
 //!
 //! The game must outlive the agent when the agent dies or is upgraded:
 //! - its output goes to files it holds itself (no pipes: no SIGPIPE when the agent is gone);
@@ -14,10 +14,10 @@
 //!   the pid alone.
 //!
 //! Pid reuse is real (pid_max may be 32768): every signal goes through a pidfd, or by number
-//! only while the number provably is ours (see [`proc`]). At exit the group is SIGKILLed
+//! only while the number provably is ours (see `proc.rs`). At exit the group is SIGKILLed
 //! *before* the leader is reaped (the zombie leader pins the group id), then the leader is
 //! reaped, and nothing is signalled through the handle again. Descendants that left the group
-//! are found by their environment tag afterwards ([`escape`]).
+//! are found by their environment tag afterwards (`escape.rs`).
 
 mod children;
 mod escape;
@@ -143,7 +143,7 @@ pub struct LaunchSpec {
     /// Its arguments.
     pub args: Vec<String>,
     /// The complete environment (nothing is inherited). `GSE_PROCESS_ID`, `GSE_FLEET_ID` and
-    /// `GSE_INSTANCE_ID` in it tag the game's descendants (see [`escape`]).
+    /// `GSE_INSTANCE_ID` in it tag the game's descendants (see `escape.rs`).
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,

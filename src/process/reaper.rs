@@ -2,9 +2,9 @@
 //!
 //! [`start`] marks the agent a child subreaper (`PR_SET_CHILD_SUBREAPER`): a descendant of a
 //! game whose parent dies is re-parented to the agent instead of init, so the agent can still
-//! find and kill it (see [`super::escape`]). Such orphans become the agent's zombies when they
+//! find and kill it (see `escape.rs`). Such orphans become the agent's zombies when they
 //! exit; the reaper task reaps them, woken by SIGCHLD and by a slow timer. It reaps only pids
-//! that are not in the registry of children someone waits for ([`super::children`]), under
+//! that are not in the registry of children someone waits for (`children.rs`), under
 //! the registry lock, so it never steals an exit status. Hence: every child the agent waits
 //! for must be spawned through that registry (`process::launch`, `package::script`,
 //! `package::account`); `tokio::process` must not be used in a process that started the reaper.
