@@ -55,11 +55,40 @@ struct Match {
     connection: std::net::TcpStream,
 }
 
+/// The last lines the game `process` wrote to stdout contain `text`.
+fn game_said(agent: &Agent, process: &Value, text: &str) -> bool {
+    let log = agent.path(&format!(
+        "data/logs/{}.stdout.log",
+        process["ProcessId"].as_str().unwrap()
+    ));
+    std::fs::read_to_string(log).is_ok_and(|t| t.contains(text))
+}
+
+/// Waits until `n` processes are ready and each got the answer to its ProcessReady, which
+/// the agent sends once the change is saved: only from then on does a SIGKILL keep it.
+fn wait_ready_saved(agent: &Agent, n: usize) -> Vec<Value> {
+    let ready = agent.wait_ready(n);
+    for p in &ready {
+        wait_for("ProcessReady answered", || {
+            game_said(agent, p, "ready: clientPort").then_some(())
+        });
+    }
+    ready
+}
+
 fn start_match(agent: &Agent) -> Match {
-    let ready = agent.wait_ready(2);
+    let ready = wait_ready_saved(agent, 2);
     let s = agent.create_session(4);
     let gss_id = s["GameServerSessionId"].as_str().unwrap().to_string();
     let active = agent.wait_session_status(&gss_id, "ACTIVE");
+    // The activation is answered once saved.
+    let host = ready
+        .iter()
+        .find(|p| p["ClientPort"] == active["Port"])
+        .unwrap();
+    wait_for("ActivateGameServerSession answered", || {
+        game_said(agent, host, &format!("activated {gss_id}")).then_some(())
+    });
     let joined = agent.ok(json!({
         "Action": "JoinGameServerSession",
         "GameServerSessionId": gss_id,
@@ -266,7 +295,7 @@ fn rewrite_recorded_pid(store: &Path, from: u32, to: u32) {
 #[test]
 fn a_game_no_saved_record_names_is_stopped_at_the_next_start() {
     let mut agent = Agent::start(&config(&entry("", 1), FAST));
-    agent.wait_ready(1);
+    wait_ready_saved(&agent, 1);
     agent.kill9();
     // What a launch looks like when the agent died before saving it: a game with this agent's
     // tag that no record names. Beside it, the same tag for another game root (another agent).
@@ -316,7 +345,7 @@ fn a_game_behind_a_wrapper_script_that_execs_its_server_is_adopted() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     });
-    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap();
+    let pid = wait_ready_saved(&agent, 1)[0]["Pid"].as_u64().unwrap();
     agent.kill9();
     agent.spawn();
     let ready = agent.wait_ready(1);
