@@ -133,19 +133,20 @@ pub(crate) fn kill_escaped(tag: &Tag, since_ticks: u64) -> usize {
     total
 }
 
-fn one_pass(tag: &Tag, since_ticks: u64) -> usize {
+/// Every other process whose environment is readable, with it (`/proc/<pid>/environ`).
+fn environs() -> impl Iterator<Item = (u32, Vec<u8>)> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(move |pid| *pid > 1 && *pid != me)
+        .filter_map(|pid| Some((pid, std::fs::read(format!("/proc/{pid}/environ")).ok()?)))
+}
+
+fn one_pass(tag: &Tag, since_ticks: u64) -> usize {
     let mut killed = 0;
-    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-        if pid <= 1 || pid == me {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
+    for (pid, environ) in environs() {
         if Tag::from_environ(&environ).as_ref() != Some(tag) {
             continue;
         }
@@ -195,18 +196,8 @@ pub fn kill_remains(owner: &[(&str, &str)], process_id: &str, since_ticks: u64) 
 /// SIGKILLs (with their groups) the live processes whose environment carries every pair of
 /// `owner` and a `GSE_PROCESS_ID` for which `pick(process id, start ticks)` holds.
 fn sweep(owner: &[(&str, &str)], pick: impl Fn(&str, u64) -> bool, what: &str) -> usize {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let mut killed = 0;
-    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-        if pid <= 1 || pid == me {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
+    for (pid, environ) in environs() {
         let vars: Vec<(&str, &str)> = environ
             .split(|b| *b == 0)
             .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))

@@ -218,6 +218,17 @@ fn identity(pid: u32) -> Identity {
     }
 }
 
+/// The processes sent OnProcessTerminate among `effects`.
+fn terminated(effects: &[Effect]) -> Vec<u64> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Terminate { serial, .. } => Some(*serial),
+            _ => None,
+        })
+        .collect()
+}
+
 fn is_stop(e: &Effect, want: u64) -> bool {
     matches!(e, Effect::Stop { serial, .. } if *serial == want)
 }
@@ -1059,13 +1070,7 @@ async fn a_runtime_update_starts_new_processes_and_retires_old_ones_as_sessions_
         .unwrap();
     let effects = h.settle();
     // Idle old processes are told to terminate; the one hosting a session is not.
-    let told: Vec<u64> = effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Terminate { serial, .. } => Some(*serial),
-            _ => None,
-        })
-        .collect();
+    let told = terminated(&effects);
     assert_eq!(told.len(), 2, "{effects:?}");
     assert!(!told.contains(&h.s(old[0])));
     assert!(h.codes().contains(&EventCode::RuntimeConfigurationUpdated));
@@ -1338,13 +1343,7 @@ async fn a_config_file_changed_across_a_restart_is_applied_as_a_runtime_update()
     h.events.clear();
     let effects = h.settle();
     // The idle old processes are told to terminate; the one hosting the session stays.
-    let told: Vec<u64> = effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Terminate { serial, .. } => Some(*serial),
-            _ => None,
-        })
-        .collect();
+    let told = terminated(&effects);
     assert_eq!(told.len(), 2, "{effects:?}");
     assert!(!told.contains(&h.s(pids[0])));
     assert_eq!(h.session(&gss.id).status, GssStatus::Active);
