@@ -389,7 +389,6 @@ impl Actor {
             let serial = r.serial;
             match process::adopt(&spec, &r.identity, self.on_exit(serial)) {
                 Ok(handle) => {
-                    tracing::info!(process.id = %r.process_id, process.pid = r.identity.pid, "adopted");
                     self.handles.insert(serial, handle);
                     self.fleet.adopted(serial);
                 }
