@@ -17,6 +17,22 @@ use gse_agent::validate;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+/// `eprintln!` that never panics: a closed or full stderr costs the line, not the exit code.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `println!` that never panics (`gse-agent … | head` must not end in a panic).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Exit code for a configuration that cannot be used (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -116,7 +132,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match load(Some(&config)) {
             Ok(c) => {
-                println!(
+                out!(
                     "{}: ok ({} server process(es))",
                     config.display(),
                     c.total_processes()
@@ -124,7 +140,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                say!("{e}");
                 ExitCode::from(EXIT_CONFIG)
             }
         },
@@ -159,7 +175,7 @@ fn main() -> ExitCode {
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{e}");
+                    say!("{e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -168,7 +184,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     let text = describe(&e);
                     tracing::error!(error = %text, "gse-agent failed");
-                    eprintln!("gse-agent: {text}");
+                    say!("gse-agent: {text}");
                     ExitCode::FAILURE
                 }
             }
@@ -180,12 +196,12 @@ fn run_unpack(build: &Path, dest: &Path, config: Option<&Path>) -> ExitCode {
     let policy = match config.map(config::read).transpose() {
         Ok(c) => c.map(|c| c.package).unwrap_or_default(),
         Err(e) => {
-            eprintln!("{e}");
+            say!("{e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if let Err(e) = std::fs::create_dir(dest) {
-        eprintln!("gse-agent unpack: cannot create {}: {e}", dest.display());
+        say!("gse-agent unpack: cannot create {}: {e}", dest.display());
         return ExitCode::FAILURE;
     }
     let limits = policy.limits();
@@ -196,11 +212,11 @@ fn run_unpack(build: &Path, dest: &Path, config: Option<&Path>) -> ExitCode {
     };
     match result {
         Ok(stats) => {
-            println!("{} entries, {} bytes", stats.entries, stats.bytes);
+            out!("{} entries, {} bytes", stats.entries, stats.bytes);
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("gse-agent unpack: {e}");
+            say!("gse-agent unpack: {e}");
             let _ = std::fs::remove_dir_all(dest);
             ExitCode::FAILURE
         }
@@ -226,7 +242,7 @@ impl validate::Ui for TerminalUi {
                 validate::Status::Skipped => "skip",
                 validate::Status::NotRun => "-   ",
             };
-            eprintln!("\r  {mark} {} ({} ms)", step.name, step.duration_millis);
+            say!("\r  {mark} {} ({} ms)", step.name, step.duration_millis);
         }
     }
 }
@@ -243,7 +259,7 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("gse-agent validate: cannot start the async runtime: {e}");
+            say!("gse-agent validate: cannot start the async runtime: {e}");
             return ExitCode::from(validate::EXIT_CANNOT_RUN);
         }
     };
@@ -270,7 +286,7 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
     let report = match result {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("gse-agent validate: {e}");
+            say!("gse-agent validate: {e}");
             return ExitCode::from(validate::EXIT_CANNOT_RUN);
         }
     };
@@ -278,7 +294,7 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("the report serializes");
         if let Err(e) = std::fs::write(&path, text + "\n") {
-            eprintln!("gse-agent validate: cannot write {}: {e}", path.display());
+            say!("gse-agent validate: cannot write {}: {e}", path.display());
             return ExitCode::from(validate::EXIT_CANNOT_RUN);
         }
     }
@@ -310,18 +326,19 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
                     _ = quit.recv() => {
-                        tracing::info!("SIGQUIT: exiting and leaving the game servers running for the next agent");
                         d.cancel();
+                        tracing::info!("SIGQUIT: exiting and leaving the game servers running for the next agent");
                         continue;
                     }
                 }
                 count += 1;
+                // Acted on first, logged second: a signal must work whatever logging does.
                 if count == 1 {
-                    tracing::info!("signal received: terminating game servers (send again to kill them now)");
                     s.cancel();
+                    tracing::info!("signal received: terminating game servers (send again to kill them now)");
                 } else {
-                    tracing::warn!("second signal: killing game servers now");
                     f.cancel();
+                    tracing::warn!("second signal: killing game servers now");
                 }
             }
         });

@@ -1,4 +1,7 @@
-//! Tracing setup: structured logs to stderr, text or JSON, filtered by `RUST_LOG`.
+//! Tracing setup: structured logs to stderr, text or JSON, filtered by `RUST_LOG`; colour only
+//! on a terminal; a stderr that cannot be written to is ignored.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,7 +19,11 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A closed or full stderr (a pager that quit, `2>/dev/full`) loses log lines, never the
+        // agent: tracing-subscriber's own report of a failed write would panic in eprintln!.
+        .log_internal_errors(false)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

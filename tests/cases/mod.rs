@@ -1,6 +1,7 @@
 mod capi;
 mod config;
 mod escape;
+mod hardening;
 mod restart;
 mod sdk;
 mod sessions;

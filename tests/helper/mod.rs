@@ -144,20 +144,7 @@ impl Agent {
 
     /// One control API call with a raw body.
     pub fn capi_raw(&self, body: &str) -> Value {
-        let mut s = TcpStream::connect(self.capi).expect("connect capi");
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(
-            s,
-            "POST /capi HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").expect("http response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        v["Response"].clone()
+        capi_raw_at(self.capi, body)
     }
 
     /// A control call that must succeed.
@@ -352,4 +339,27 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
+}
+
+/// One control API call to `addr`; returns `Response`.
+pub fn capi_at(addr: SocketAddr, body: &Value) -> Value {
+    capi_raw_at(addr, &body.to_string())
+}
+
+/// One control API call with a raw body to `addr`; returns `Response`.
+pub fn capi_raw_at(addr: SocketAddr, body: &str) -> Value {
+    let mut s = TcpStream::connect(addr).expect("connect capi");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+            s,
+            "POST /capi HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["Response"].clone()
 }

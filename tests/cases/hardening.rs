@@ -1,0 +1,56 @@
+//! Nothing on the host knocks the agent over: closed output, planted links.
+
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use crate::helper::{AGENT, FAKE_SERVER, KillOnDrop, config, entry, group_running, wait_for};
+
+/// A reader of the agent's stdout and stderr that went away (a pager that quit, `| head`)
+/// costs log lines, never the agent: it keeps supervising and honours SIGTERM.
+#[test]
+fn a_closed_stdout_and_stderr_do_not_kill_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("game")).unwrap();
+    std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
+    std::fs::write(dir.path().join("agent.yaml"), config(&entry("", 1), "")).unwrap();
+    let mut agent = KillOnDrop(
+        Command::new(AGENT)
+            .args(["run", "--config"])
+            .arg(dir.path().join("agent.yaml"))
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Both readers go away at once.
+    drop(agent.0.stdout.take());
+    drop(agent.0.stderr.take());
+    let endpoints = dir.path().join("data/endpoints.json");
+    let v: Value = wait_for("endpoints.json", || {
+        assert!(agent.0.try_wait().unwrap().is_none(), "the agent died");
+        serde_json::from_str(&std::fs::read_to_string(&endpoints).ok()?).ok()
+    });
+    let capi = v["CapiAddress"].as_str().unwrap().parse().unwrap();
+    let processes = || -> Vec<Value> {
+        crate::helper::capi_at(capi, &json!({"Action": "DescribeServerProcesses"}))
+            ["ServerProcesses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let game = wait_for("a ready game, logged all along", || {
+        processes()
+            .into_iter()
+            .find(|p| p["Status"] == "ACTIVE")
+            .and_then(|p| p["Pid"].as_u64())
+    });
+    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_for("the agent's exit", || agent.0.try_wait().unwrap());
+    assert!(status.success(), "{status}");
+    assert!(!group_running(game as u32), "the game was stopped");
+}
