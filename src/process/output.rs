@@ -18,6 +18,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,9 +31,18 @@ const MAX_TAIL_LINE: usize = 512;
 /// Copy buffer for rotation.
 const COPY_CHUNK: usize = 64 * 1024;
 
-/// Opens (creating, appending to) a log file to give to a child as stdout or stderr.
+/// Opens (creating, appending to) a log file to give to a child as stdout or stderr. A
+/// symlink planted at the path is removed, never followed: the game's output cannot be
+/// steered into another file.
 pub fn open_for_child(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(path)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// The rotation of the two live log files of one process.
@@ -90,6 +100,7 @@ impl LogFiles {
                 match OpenOptions::new()
                     .read(true)
                     .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&self.paths[i])
                 {
                     Ok(f) => self.files[i] = Some(f),
@@ -139,7 +150,13 @@ fn rotate(path: &Path, file: &mut File, len: u64, max: u64, keep: u32) -> std::i
         for k in 1..=pieces {
             let end = len - (k - 1) * max;
             let start = len.saturating_sub(k * max);
-            let mut out = File::create(numbered(path, k))?;
+            // A new file, never through a link planted at the name.
+            let piece = numbered(path, k);
+            let _ = std::fs::remove_file(&piece);
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&piece)?;
             file.seek(SeekFrom::Start(start))?;
             let mut left = end - start;
             while left > 0 {
@@ -180,7 +197,12 @@ pub(crate) fn tail(paths: &[PathBuf; 2], n: usize) -> Vec<String> {
 
 /// The last `n` lines of one file (a missing file has none).
 fn tail_of_file(path: &Path, n: usize) -> Vec<String> {
-    let Ok(mut f) = File::open(path) else {
+    // Never through a planted link: the tail goes into events anyone may read.
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -221,6 +243,35 @@ mod tests {
 
     fn read(dir: &Path, name: &str) -> String {
         std::fs::read_to_string(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn planted_links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "do not touch\n").unwrap();
+        let live = dir.path().join("p.log");
+        // A link at the live name is replaced, not written through.
+        std::os::unix::fs::symlink(&secret, &live).unwrap();
+        let mut f = open_for_child(&live).unwrap();
+        f.write_all(&[b'x'; 100]).unwrap();
+        assert!(
+            !std::fs::symlink_metadata(&live)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(read(dir.path(), "secret"), "do not touch\n");
+        // A link at a rotated name is not written through either.
+        std::os::unix::fs::symlink(&secret, dir.path().join("p.log.1")).unwrap();
+        let mut logs = LogFiles::new([live.clone(), dir.path().join("q.log")], 10, 2);
+        logs.check();
+        assert_eq!(read(dir.path(), "secret"), "do not touch\n");
+        assert_eq!(std::fs::metadata(&live).unwrap().len(), 0, "rotated");
+        // The tail is never read through a link.
+        let linked = dir.path().join("r.log");
+        std::os::unix::fs::symlink(&secret, &linked).unwrap();
+        assert!(tail_of_file(&linked, 5).is_empty());
     }
 
     #[test]

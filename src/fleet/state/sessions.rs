@@ -437,11 +437,18 @@ impl Fleet {
         if freed && let Some((_, s)) = self.sessions.get_mut(&gss_id) {
             s.current_players = (s.current_players - 1).max(0);
         }
-        self.emit(
-            Event::new(code, format!("player {player_id} {what}"))
-                .session(&gss_id)
-                .player(id),
-        );
+        // The session's process, as on every other event that has one.
+        let host = self
+            .sessions
+            .get(&gss_id)
+            .map(|(_, s)| (s.process_id.clone(), s.pid));
+        let mut event = Event::new(code, format!("player {player_id} {what}"))
+            .session(&gss_id)
+            .player(id);
+        if let Some((process_id, pid)) = host {
+            event = event.process(&process_id, Some(pid));
+        }
+        self.emit(event);
         if !to.holds_slot() {
             self.forget_old_players(&gss_id);
         }

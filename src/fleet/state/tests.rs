@@ -507,6 +507,21 @@ async fn session_and_player_lifecycle() {
     )
     .unwrap();
     assert_eq!(h.session(&s.id).current_players, 0);
+    // Every player event names the session's process.
+    let player_events: Vec<&Event> = h
+        .events
+        .iter()
+        .filter(|e| e.player_session_id.is_some())
+        .collect();
+    assert_eq!(
+        player_events.len(),
+        5,
+        "2 reserved, active, timed out, completed"
+    );
+    for e in player_events {
+        assert_eq!(e.pid, Some(pids[1]), "{e:?}");
+        assert!(e.process_id.is_some(), "{e:?}");
+    }
     // DENY_ALL blocks joins.
     h.sdk(
         pids[1],
