@@ -128,7 +128,8 @@ pub struct RestartPolicy {
     pub max_backoff: HumanDuration,
     /// A process that ran this long resets its slot's backoff.
     pub reset_after: HumanDuration,
-    /// Crashes of one ServerProcesses entry within `crash-loop-window` that trip the breaker.
+    /// Failures within `crash-loop-window` of the slots of one ServerProcesses entry that
+    /// failed at least twice in it that trip the breaker (a slot's single failure never counts).
     pub crash_loop_max: u32,
     /// The breaker's window.
     pub crash_loop_window: HumanDuration,

@@ -1,7 +1,7 @@
 //! Restart pacing: capped exponential backoff per slot and a windowed crash-loop breaker per
 //! ServerProcesses entry. Pure; time is passed in.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,32 +22,65 @@ pub fn backoff(policy: &RestartPolicy, failures: u32) -> Duration {
         .min(policy.max_backoff.get())
 }
 
-/// Counts crashes of one entry in a sliding window.
+/// Counts the failures of one entry's slots in a sliding window.
+///
+/// Only repeated failures count: the breaker trips when the failures within the window of
+/// the slots that failed at least twice in it reach `crash-loop-max`. One event that ends many
+/// games at once (an OOM killer, an operator's `kill -9`) fails each slot once, counts nothing
+/// and relaunches every slot; a crash loop (the same slots failing over and over) trips it as
+/// before: one slot failing `crash-loop-max` times, or several failing again and again.
 #[derive(Debug, Default)]
 pub struct Breaker {
-    crashes: VecDeque<Instant>,
+    /// The failures within the window, oldest first, with the slot that failed.
+    failures: VecDeque<(Instant, usize)>,
     /// While set, the entry launches nothing before this time.
     pub paused_until: Option<Instant>,
 }
 
+/// What tripped a [`Breaker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trip {
+    /// The failures within the window of the slots that failed repeatedly.
+    pub failures: usize,
+    /// How many slots failed repeatedly.
+    pub slots: usize,
+}
+
 impl Breaker {
-    /// Records a crash at `now`; returns the number of crashes in the window if this one trips
-    /// the breaker (it then stays paused for the cool-down and starts counting afresh).
-    pub fn record(&mut self, policy: &RestartPolicy, now: Instant) -> Option<usize> {
+    /// Records a failure of `slot` at `now`; returns what tripped the breaker if this failure
+    /// does (it then stays paused for the cool-down and starts counting afresh). A trip is
+    /// always on a repeated failure: a slot's first failure in the window adds nothing.
+    pub fn record(&mut self, policy: &RestartPolicy, slot: usize, now: Instant) -> Option<Trip> {
         let window = policy.crash_loop_window.get();
         while self
-            .crashes
+            .failures
             .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > window)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > window)
         {
-            self.crashes.pop_front();
+            self.failures.pop_front();
         }
-        self.crashes.push_back(now);
-        if self.paused_until.is_none() && self.crashes.len() >= policy.crash_loop_max as usize {
-            let count = self.crashes.len();
-            self.crashes.clear();
+        self.failures.push_back((now, slot));
+        if self.paused_until.is_some() {
+            return None;
+        }
+        let mut per_slot: HashMap<usize, usize> = HashMap::new();
+        for (_, s) in &self.failures {
+            *per_slot.entry(*s).or_default() += 1;
+        }
+        let trip = per_slot.values().filter(|n| **n >= 2).fold(
+            Trip {
+                failures: 0,
+                slots: 0,
+            },
+            |t, n| Trip {
+                failures: t.failures + n,
+                slots: t.slots + 1,
+            },
+        );
+        if trip.failures >= policy.crash_loop_max as usize {
+            self.failures.clear();
             self.paused_until = Some(now + policy.crash_loop_cool_down.get());
-            return Some(count);
+            return Some(trip);
         }
         None
     }
@@ -86,20 +119,74 @@ mod tests {
         let p = policy();
         let mut b = Breaker::default();
         let t0 = Instant::now();
-        assert_eq!(b.record(&p, t0), None);
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(b.record(&p, 0, t0), None);
+        assert_eq!(b.record(&p, 0, at(11)), None, "first fell out");
+        assert_eq!(b.record(&p, 0, at(12)), None);
         assert_eq!(
-            b.record(&p, t0 + Duration::from_secs(11)),
-            None,
-            "first fell out"
+            b.record(&p, 0, at(13)),
+            Some(Trip {
+                failures: 3,
+                slots: 1
+            })
         );
-        assert_eq!(b.record(&p, t0 + Duration::from_secs(12)), None);
-        assert_eq!(b.record(&p, t0 + Duration::from_secs(13)), Some(3));
-        assert!(b.is_paused(t0 + Duration::from_secs(42)));
-        assert!(!b.is_paused(t0 + Duration::from_secs(43)));
+        assert!(b.is_paused(at(42)));
+        assert!(!b.is_paused(at(43)));
         // Crashes while paused do not raise a second event.
-        assert_eq!(b.record(&p, t0 + Duration::from_secs(14)), None);
-        assert_eq!(b.record(&p, t0 + Duration::from_secs(15)), None);
-        assert_eq!(b.record(&p, t0 + Duration::from_secs(16)), None);
+        assert_eq!(b.record(&p, 0, at(14)), None);
+        assert_eq!(b.record(&p, 0, at(15)), None);
+        assert_eq!(b.record(&p, 0, at(16)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_failing_once_each_never_trip_the_breaker() {
+        let p = policy();
+        let mut b = Breaker::default();
+        let t0 = Instant::now();
+        for slot in 0..50 {
+            assert_eq!(b.record(&p, slot, t0), None, "slot {slot}");
+        }
+        assert!(!b.is_paused(t0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_does_not_add_to_a_flaky_slot() {
+        let p = policy();
+        let mut b = Breaker::default();
+        let t0 = Instant::now();
+        // Slot 0 failed twice (2 repeated failures, crash-loop-max is 3), then a burst.
+        assert_eq!(b.record(&p, 0, t0), None);
+        assert_eq!(b.record(&p, 0, t0), None);
+        for slot in 1..50 {
+            assert_eq!(b.record(&p, slot, t0), None, "slot {slot}");
+        }
+        // Slot 0 failing once more is its third failure in the window.
+        assert_eq!(
+            b.record(&p, 0, t0 + Duration::from_secs(1)),
+            Some(Trip {
+                failures: 3,
+                slots: 1
+            })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_slots_failing_again_trip_the_breaker() {
+        let p = policy();
+        let mut b = Breaker::default();
+        let t0 = Instant::now();
+        for slot in 0..3 {
+            assert_eq!(b.record(&p, slot, t0), None);
+        }
+        // Slot 0's second failure makes 2 repeated failures; slot 1's makes 4.
+        assert_eq!(b.record(&p, 0, t0 + Duration::from_secs(1)), None);
+        assert_eq!(
+            b.record(&p, 1, t0 + Duration::from_secs(1)),
+            Some(Trip {
+                failures: 4,
+                slots: 2
+            })
+        );
     }
 }
 

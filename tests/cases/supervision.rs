@@ -99,6 +99,42 @@ fn crash_loop_backs_off_and_trips_the_breaker_once() {
 }
 
 #[test]
+fn many_games_killed_at_once_all_relaunch_without_a_crash_loop() {
+    // One event (an OOM killer, an operator's kill -9) ends every game of the entry once:
+    // more failures than crash-loop-max (10, the default) within the window, yet no slot
+    // failed twice, so every slot relaunches and the entry is not paused.
+    let fast = FAST.replace("crash-loop-max: 20", "crash-loop-max: 10");
+    let agent = Agent::start(&config(&entry("", 20), &fast));
+    let old: Vec<u32> = agent
+        .wait_ready(20)
+        .iter()
+        .map(|p| p["Pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(old.len(), 20);
+    for pid in &old {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGKILL).unwrap();
+    }
+    agent.wait_events("SERVER_PROCESS_CRASHED", 20);
+    let new = wait_for("20 ready relaunched processes", || {
+        let ready: Vec<u32> = agent
+            .processes()
+            .into_iter()
+            .filter(|p| p["Status"] == "ACTIVE" && p["Healthy"] == true)
+            .map(|p| p["Pid"].as_u64().unwrap() as u32)
+            .filter(|pid| !old.contains(pid))
+            .collect();
+        (ready.len() >= 20).then_some(ready)
+    });
+    assert_eq!(new.len(), 20);
+    assert_eq!(
+        agent.count("SERVER_PROCESS_CRASH_LOOP"),
+        0,
+        "{:?}",
+        agent.events()
+    );
+}
+
+#[test]
 fn missing_launch_path_is_reported_not_retried_hot() {
     let yaml = config(
         "    - LaunchPath: /local/game/missing\n      ConcurrentExecutions: 2\n",

@@ -144,7 +144,9 @@ impl Fleet {
         self.after_failure(slot, now, Duration::ZERO);
     }
 
-    /// Counts a failure of `slot` and schedules its relaunch.
+    /// Counts a failure of `slot` toward its backoff and its entry's crash-loop breaker (which
+    /// trips only on slots failing repeatedly, see `Breaker`) and
+    /// schedules its relaunch.
     pub(super) fn after_failure(&mut self, slot: usize, now: Instant, ran: Duration) {
         let policy = &self.cfg.restart;
         let s = &mut self.slots[slot];
@@ -154,13 +156,15 @@ impl Fleet {
         s.failures = s.failures.saturating_add(1);
         let delay = backoff(policy, s.failures);
         let entry = s.entry;
-        if let Some(count) = self.entries[entry].breaker.record(policy, now) {
+        if let Some(trip) = self.entries[entry].breaker.record(policy, slot, now) {
             let until = self.cfg.restart.crash_loop_cool_down.get();
             let launch_path = self.entries[entry].spec.launch_path.clone();
             self.emit(Event::new(
                 EventCode::ServerProcessCrashLoop,
                 format!(
-                    "{launch_path}: {count} failures within {}; launches paused for {}",
+                    "{launch_path}: {} failures of {} repeatedly failing slot(s) within {}; launches paused for {}",
+                    trip.failures,
+                    trip.slots,
                     humantime::format_duration(self.cfg.restart.crash_loop_window.get()),
                     humantime::format_duration(until)
                 ),

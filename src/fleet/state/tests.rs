@@ -315,6 +315,105 @@ async fn crash_loop_breaker_pauses_the_entry_with_one_event() {
     );
 }
 
+/// A harness running one entry of 50 slots (crash-loop-max is 4).
+fn fifty_slots() -> Harness {
+    let mut h = Harness::new();
+    let yaml = CONFIG
+        .replace("ConcurrentExecutions: 2", "ConcurrentExecutions: 50")
+        .replace(
+            "    - LaunchPath: /local/game/b\n      ConcurrentExecutions: 1\n",
+            "",
+        );
+    let cfg = config::parse(&yaml, "test.yaml", Path::new("/srv")).unwrap();
+    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet.start();
+    h.events.clear();
+    h.settle();
+    assert_eq!(h.pids().len(), 50);
+    h
+}
+
+/// The live pid of `slot`, if any.
+fn pid_of_slot(h: &Harness, slot: usize) -> Option<u32> {
+    h.fleet
+        .procs
+        .values()
+        .find(|p| p.slot == slot)
+        .map(|p| p.pid)
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_slots_failing_once_at_the_same_instant_all_relaunch() {
+    let mut h = fifty_slots();
+    let old = h.pids();
+    for pid in &old {
+        h.ready(*pid);
+    }
+    for pid in &old {
+        h.exit_with(
+            *pid,
+            ExitInfo {
+                signal: Some(nix::sys::signal::Signal::SIGKILL as i32),
+                ..Default::default()
+            },
+        );
+    }
+    assert_eq!(h.count(EventCode::ServerProcessCrashed), 50);
+    assert_eq!(
+        h.count(EventCode::ServerProcessCrashLoop),
+        0,
+        "{:?}",
+        h.codes()
+    );
+    // Every slot relaunched at once (a first failure relaunches immediately).
+    assert_eq!(h.count(EventCode::ServerProcessStarted), 100);
+    let new = h.pids();
+    assert_eq!(new.len(), 50);
+    assert!(new.iter().all(|p| !old.contains(p)), "{new:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_few_slots_failing_repeatedly_among_many_trip_the_breaker_once() {
+    let mut h = fifty_slots();
+    for pid in h.pids() {
+        h.ready(pid);
+    }
+    // Slots 0..3 crash over and over; the 47 others run.
+    for _ in 0..5 {
+        for slot in 0..3 {
+            if let Some(pid) = pid_of_slot(&h, slot) {
+                h.exit(pid, 1);
+            }
+        }
+        h.advance(Duration::from_millis(1500));
+    }
+    assert_eq!(
+        h.count(EventCode::ServerProcessCrashLoop),
+        1,
+        "{:?}",
+        h.codes()
+    );
+    let trip = h
+        .events
+        .iter()
+        .find(|e| e.event_code == EventCode::ServerProcessCrashLoop)
+        .unwrap();
+    assert!(
+        trip.message
+            .contains("4 failures of 2 repeatedly failing slot(s)"),
+        "{}",
+        trip.message
+    );
+    // Tripped at the second failure of slot 1; slot 2's second failure came while paused.
+    assert_eq!(
+        h.count(EventCode::ServerProcessCrashed),
+        6,
+        "{:?}",
+        h.codes()
+    );
+    assert_eq!(h.pids().len(), 47, "the failing slots are paused");
+}
+
 #[tokio::test(start_paused = true)]
 async fn invalid_launch_path_is_reported_once_and_not_retried_hot() {
     let cfg = config::parse(CONFIG, "test.yaml", Path::new("/srv")).unwrap();
