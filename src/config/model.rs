@@ -224,6 +224,17 @@ pub struct UpstreamConfig {
     /// Unacknowledged events on disk before the UPSTREAM_OUTBOX_FULL alarm.
     #[serde(default = "default_outbox_max")]
     pub outbox_max_bytes: ByteSize,
+    /// A connection (TCP, TLS handshake, HTTP/2) that is not up within this is given up and
+    /// retried with the backoff.
+    #[serde(default = "default_upstream_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// The control plane must answer the Relay call (response headers) within this.
+    #[serde(default = "default_upstream_timeout")]
+    pub response_timeout: HumanDuration,
+}
+
+fn default_upstream_timeout() -> HumanDuration {
+    Duration::from_secs(10).into()
 }
 
 fn default_status_interval() -> HumanDuration {

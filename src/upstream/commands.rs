@@ -11,6 +11,11 @@ use crate::package;
 use crate::upstream_proto as up;
 use up::command::Kind;
 
+/// A DeployBuild download must connect within this.
+const DOWNLOAD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// ...and may go this long without a byte (headers or body) before it is given up.
+const DOWNLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -96,7 +101,15 @@ async fn download(
         return Ok(dest);
     }
     let part = dir.join(format!("{}.part", sha256.to_ascii_lowercase()));
-    let mut response = reqwest::get(url)
+    // A server that accepts and then stalls fails the command instead of holding it forever.
+    let client = reqwest::Client::builder()
+        .connect_timeout(DOWNLOAD_CONNECT_TIMEOUT)
+        .read_timeout(DOWNLOAD_IDLE_TIMEOUT)
+        .build()
+        .map_err(|e| failed(&e))?;
+    let mut response = client
+        .get(url)
+        .send()
         .await
         .and_then(|r| r.error_for_status())
         .map_err(|e| failed(&e))?;

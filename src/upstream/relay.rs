@@ -75,6 +75,14 @@ pub enum RelayError {
     /// The control plane closed the stream.
     #[error("the control plane closed the stream")]
     Closed,
+    /// A step took longer than its limit (a peer that accepts TCP and then says nothing).
+    #[error("{step} did not finish within {}", humantime::format_duration(*limit))]
+    Timeout {
+        /// What was waited for.
+        step: &'static str,
+        /// Its limit.
+        limit: Duration,
+    },
     /// The outbox failed.
     #[error(transparent)]
     Outbox(#[from] super::outbox::OutboxError),
@@ -94,7 +102,7 @@ async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
     };
     let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
         .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(cfg.connect_timeout.get())
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     if cfg.endpoint.starts_with("https://") {
@@ -189,7 +197,13 @@ async fn session(
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), RelayError> {
-    let channel = channel(cfg).await?;
+    let limit = cfg.connect_timeout.get();
+    let channel = tokio::time::timeout(limit, channel(cfg))
+        .await
+        .map_err(|_| RelayError::Timeout {
+            step: "connecting (TCP, TLS and HTTP/2)",
+            limit,
+        })??;
     let token = match &cfg.token_file {
         Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
         None => None,
@@ -213,7 +227,14 @@ async fn session(
         })?;
         request.metadata_mut().insert("authorization", value);
     }
-    let response = client.relay(request).await.map_err(status_error)?;
+    let limit = cfg.response_timeout.get();
+    let response = tokio::time::timeout(limit, client.relay(request))
+        .await
+        .map_err(|_| RelayError::Timeout {
+            step: "the control plane's answer to the Relay call",
+            limit,
+        })?
+        .map_err(status_error)?;
     let mut inbound = response.into_inner();
     *connected = true;
     bus.emit(Event::new(

@@ -889,3 +889,62 @@ fn a_command_cut_short_by_an_agent_kill_is_answered_not_run_again() {
         "the old build stays live"
     );
 }
+
+/// A peer that accepts TCP connections and never says a word; counts them.
+struct SilentPeer {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentPeer {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream); // open, silent
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The relay never hangs: a peer that never finishes TLS, or never answers the Relay call, is
+/// given up on within the configured limits, said so in the log, and retried.
+#[test]
+fn a_silent_control_plane_is_given_up_and_retried() {
+    for scheme in ["https", "http"] {
+        let peer = SilentPeer::start();
+        let yaml = config(
+            &entry("", 1),
+            &format!(
+                "upstream: {{ endpoint: \"{scheme}://{}\", reconnect-initial: 50ms, reconnect-max: 100ms, connect-timeout: 300ms, response-timeout: 300ms }}",
+                peer.addr
+            ),
+        );
+        let agent = Agent::start(&yaml);
+        wait_for("three attempts at the silent peer", || {
+            (peer.accepted() >= 3).then_some(())
+        });
+        let log = wait_for("the timeout in the log", || {
+            let log = agent.stderr();
+            log.contains("did not finish within 300ms").then_some(log)
+        });
+        let step = if scheme == "https" {
+            "connecting (TCP, TLS and HTTP/2)"
+        } else {
+            "the control plane's answer to the Relay call"
+        };
+        assert!(log.contains(step), "{scheme}: {log}");
+        // Supervision is not held up meanwhile.
+        agent.wait_ready(1);
+    }
+}
