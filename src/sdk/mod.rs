@@ -7,6 +7,7 @@
 mod caller;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ use crate::fleet::{FleetError, FleetHandle, PlayerQuery, SdkCall, SdkReply};
 use crate::proto::gse_grpc_sdk_service_server::{GseGrpcSdkService, GseGrpcSdkServiceServer};
 use crate::proto::{self, GseResponse, gse_response};
 use crate::session::PlayerStatus;
+use crate::telemetry::{LogLimit, clip};
 
 pub use caller::{Caller, CallerError};
 
@@ -37,12 +39,22 @@ pub enum SdkServerError {
 #[derive(Clone)]
 pub struct SdkService {
     fleet: FleetHandle,
+    /// Refusals are logged at most this often per claimed pid.
+    refusals: Arc<LogLimit>,
 }
+
+/// Refusals logged per claimed pid and window (the rest are counted).
+const REFUSALS_LOGGED: u32 = 10;
+/// The window of [`REFUSALS_LOGGED`].
+const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl SdkService {
     /// A service that forwards to `fleet`.
     pub fn new(fleet: FleetHandle) -> Self {
-        Self { fleet }
+        Self {
+            fleet,
+            refusals: Arc::new(LogLimit::new(REFUSALS_LOGGED, REFUSAL_WINDOW)),
+        }
     }
 
     async fn call(&self, caller: Caller, call: SdkCall) -> Result<SdkReply, String> {
@@ -74,7 +86,7 @@ impl SdkService {
             Ok(c) => c,
             Err(e) => return Ok(Response::new(error_400(e.to_string()))),
         };
-        tracing::debug!(process.pid = caller.pid, request.id = %caller.request_id, rpc = method, "sdk call");
+        tracing::debug!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, "sdk call");
         Ok(Response::new(match self.call(caller.clone(), call).await {
             Ok(_) => GseResponse {
                 status: gse_response::Status::Ok as i32,
@@ -82,7 +94,13 @@ impl SdkService {
                 error_message: String::new(),
             },
             Err(message) => {
-                tracing::info!(process.pid = caller.pid, request.id = %caller.request_id, rpc = method, error = %message, "sdk call refused");
+                // Caller-driven: values cut, lines rate-limited per claimed pid.
+                if let Some(suppressed) = self
+                    .refusals
+                    .admit(&caller.pid.to_string(), std::time::Instant::now())
+                {
+                    tracing::info!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, error = %clip(&message), refusals.suppressed = suppressed, "sdk call refused");
+                }
                 error_400(message)
             }
         }))

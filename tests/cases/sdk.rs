@@ -173,3 +173,37 @@ fn a_helper_process_in_the_games_group_speaks_for_the_game() {
         "ProcessReady was already called",
     );
 }
+
+/// A caller cannot use the agent's log as a weapon: refused values are cut and refusals are
+/// rate-limited per claimed pid, with a count of what was left out.
+#[test]
+fn a_flood_of_huge_refused_calls_costs_little_log() {
+    let agent = Agent::start(&config(&entry("", 1), FAST));
+    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap().to_string();
+    let mut sdk = Sdk::new(&agent);
+    let huge = "x".repeat(3 << 20);
+    let before = agent.stderr().len();
+    for _ in 0..30 {
+        let mut c = sdk.client.clone();
+        let r = sdk
+            .rt
+            .block_on(c.accept_player_session(Sdk::req(
+                Some(&pid),
+                proto::AcceptPlayerSessionRequest {
+                    game_server_session_id: huge.clone(),
+                    player_session_id: "psess-none".into(),
+                },
+            )))
+            .unwrap()
+            .into_inner();
+        assert_400(&r, "does not exist");
+    }
+    // One more after the window would say how many were suppressed; within it, at most ten
+    // lines of a few hundred bytes each were written for 90 MB of refused values.
+    let log = agent.stderr();
+    let grown = log.len() - before;
+    assert!(grown < 64 * 1024, "{grown} bytes of log");
+    assert!(log.contains("bytes cut"), "values are cut and say so");
+    let refusals = log.matches("sdk call refused").count();
+    assert!(refusals <= 10, "{refusals} refusal lines");
+}
