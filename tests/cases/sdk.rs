@@ -180,7 +180,7 @@ fn a_helper_process_in_the_games_group_speaks_for_the_game() {
 fn a_flood_of_huge_refused_calls_costs_little_log() {
     let agent = Agent::start(&config(&entry("", 1), FAST));
     let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap().to_string();
-    let mut sdk = Sdk::new(&agent);
+    let sdk = Sdk::new(&agent);
     let huge = "x".repeat(3 << 20);
     let before = agent.stderr().len();
     for _ in 0..30 {
