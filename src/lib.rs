@@ -10,6 +10,7 @@ pub mod capi;
 pub mod config;
 pub mod event;
 pub mod fleet;
+pub mod host;
 pub mod package;
 pub mod process;
 pub mod sdk;

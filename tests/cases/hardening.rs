@@ -54,3 +54,42 @@ fn a_closed_stdout_and_stderr_do_not_kill_the_agent() {
     assert!(status.success(), "{status}");
     assert!(!group_running(game as u32), "the game was stopped");
 }
+
+/// The soft limit on open files is raised to the hard one at start: clients holding
+/// connections cannot take the descriptors a game launch needs as early as 1024 would.
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("game")).unwrap();
+    std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
+    std::fs::write(dir.path().join("agent.yaml"), config(&entry("", 1), "")).unwrap();
+    let mut agent = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn 256 && exec {AGENT} run --config {}",
+                dir.path().join("agent.yaml").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoints = dir.path().join("data/endpoints.json");
+    wait_for("endpoints.json", || {
+        assert!(agent.0.try_wait().unwrap().is_none(), "the agent died");
+        std::fs::metadata(&endpoints).ok()
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.0.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
+    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
+    wait_for("the agent's exit", || agent.0.try_wait().unwrap());
+}
