@@ -109,7 +109,7 @@ fn capi(addr: &str, body: &str) -> Value {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "POST /capi HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /capi HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -4,6 +4,7 @@
 //! fleet, and renders the reply. Errors are `{"Response": {"Error": {Code, Message}}}` with
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
+mod guard;
 mod params;
 pub mod view;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -25,6 +27,7 @@ use crate::fleet::{
     SessionUpdate,
 };
 use crate::session::{GssStatus, PlayerStatus};
+use guard::Guard;
 use params::{Params, key_value};
 
 /// Why the control API server stopped.
@@ -104,22 +107,7 @@ impl Capi {
 
     /// Handles one request body and returns the response body.
     pub async fn handle(&self, body: &[u8]) -> Value {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let mut response = match self.dispatch(body).await {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => Map::new(),
-            Err(e) => {
-                tracing::info!(capi.code = e.code, error = %e.message, "control API request refused");
-                let mut o = Map::new();
-                o.insert(
-                    "Error".into(),
-                    json!({"Code": e.code, "Message": e.message}),
-                );
-                o
-            }
-        };
-        response.insert("RequestId".into(), json!(request_id));
-        json!({ "Response": response })
+        envelope(self.dispatch(body).await)
     }
 
     async fn dispatch(&self, body: &[u8]) -> Result<Value, CapiError> {
@@ -503,8 +491,36 @@ fn player_data_map(v: Option<&Value>) -> Result<Vec<(String, String)>, CapiError
     }
 }
 
-async fn capi_handler(State(capi): State<Capi>, body: Bytes) -> axum::Json<Value> {
-    axum::Json(capi.handle(&body).await)
+/// The v3 envelope of a result: `{"Response": {..., "RequestId"}}`, a refusal as `Error`.
+fn envelope(result: Result<Value, CapiError>) -> Value {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut response = match result {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => Map::new(),
+        Err(e) => {
+            tracing::info!(capi.code = e.code, error = %e.message, "control API request refused");
+            let mut o = Map::new();
+            o.insert(
+                "Error".into(),
+                json!({"Code": e.code, "Message": e.message}),
+            );
+            o
+        }
+    };
+    response.insert("RequestId".into(), json!(request_id));
+    json!({ "Response": response })
+}
+
+async fn capi_handler(
+    State((capi, guard)): State<(Capi, Arc<Guard>)>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> axum::Json<Value> {
+    match guard.check(&headers, &uri) {
+        Ok(()) => axum::Json(capi.handle(&body).await),
+        Err(e) => axum::Json(envelope(Err(e))),
+    }
 }
 
 /// Serves `POST /capi` on an already-bound listener until `shutdown`.
@@ -513,10 +529,13 @@ pub async fn serve(
     capi: Capi,
     shutdown: CancellationToken,
 ) -> Result<(), CapiServerError> {
-    tracing::info!(capi.addr = ?listener.local_addr().ok(), "control API listening");
+    let bound = listener.local_addr().map_err(CapiServerError::Serve)?;
+    tracing::info!(capi.addr = %bound, "control API listening");
+    // Programs only: the API has no authentication yet (see guard).
+    let guard = Arc::new(Guard::new(bound, &capi.cfg.capi_allowed_hosts));
     let app = Router::new()
         .route("/capi", post(capi_handler))
-        .with_state(capi);
+        .with_state((capi, guard));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

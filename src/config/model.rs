@@ -321,6 +321,9 @@ pub struct Config {
     pub sdk_listen: SocketAddr,
     /// Where the local control API listens; `None` turns it off.
     pub capi_listen: Option<SocketAddr>,
+    /// `Host` header values the control API accepts besides its own address (e.g. the name a
+    /// reverse proxy forwards), lowercase.
+    pub capi_allowed_hosts: Vec<String>,
     /// Health checking.
     pub health_check: HealthCheck,
     /// Lifecycle deadlines.

@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) capi_listen: Option<SocketAddr>,
     #[serde(default)]
+    pub(super) capi_allowed_hosts: Vec<String>,
+    #[serde(default)]
     pub(super) health_check: HealthCheck,
     #[serde(default)]
     pub(super) timeouts: Timeouts,

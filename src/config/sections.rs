@@ -25,6 +25,7 @@ pub fn problems(text: &str) -> Vec<Problem> {
             "fleet-id" | "instance-id" => check::<String>,
             "data-dir" | "game-root" | "build" => check::<PathBuf>,
             "run-as" => check::<String>,
+            "capi-allowed-hosts" => check::<Vec<String>>,
             "package" => check::<PackagePolicy>,
             "upstream" => check::<UpstreamConfig>,
             "sdk-listen" | "capi-listen" => check::<SocketAddr>,

@@ -123,6 +123,62 @@ fn type_errors_and_unknown_keys_point_at_their_lines_all_at_once() {
 }
 
 #[test]
+fn control_api_listens_on_loopback_only() {
+    for addr in ["0.0.0.0:8080", "192.0.2.7:8080", "[::]:8080"] {
+        let ps = problems(&format!("capi-listen: \"{addr}\"\n{MINIMAL}"));
+        let p = ps
+            .iter()
+            .find(|p| p.key == "capi-listen")
+            .unwrap_or_else(|| panic!("{addr} accepted: {ps:?}"));
+        assert_eq!(p.line, Some(1), "{p:?}");
+        assert!(
+            p.message.contains("not a loopback address"),
+            "{}",
+            p.message
+        );
+        assert!(p.message.contains("TC3 key file"), "{}", p.message);
+    }
+    // Listed with the others, as every problem is.
+    let ps = problems(&format!(
+        "capi-listen: 0.0.0.0:8080\ninstance-id: \"\"\n{MINIMAL}"
+    ));
+    let keys: Vec<_> = ps.iter().map(|p| p.key.as_str()).collect();
+    assert!(
+        keys.contains(&"capi-listen") && keys.contains(&"instance-id"),
+        "{keys:?}"
+    );
+    for addr in ["127.0.0.1:8080", "127.0.0.2:0", "\"[::1]:8080\""] {
+        let c = parse_ok(&format!("capi-listen: {addr}\n{MINIMAL}"));
+        assert!(c.capi_listen.is_some(), "{addr}");
+    }
+}
+
+#[test]
+fn capi_allowed_hosts_lists_extra_host_values() {
+    assert!(parse_ok(MINIMAL).capi_allowed_hosts.is_empty());
+    let c = parse_ok(&format!(
+        "capi-listen: 127.0.0.1:8080\ncapi-allowed-hosts: [GSE.internal:8443, gse-proxy]\n{MINIMAL}"
+    ));
+    assert_eq!(c.capi_allowed_hosts, ["gse.internal:8443", "gse-proxy"]);
+    let ps = problems(&format!(
+        "capi-allowed-hosts: [\"\", \"http://x/\"]\n{MINIMAL}"
+    ));
+    let bad: Vec<_> = ps
+        .iter()
+        .filter(|p| p.key == "capi-allowed-hosts" && p.line == Some(1))
+        .collect();
+    assert_eq!(bad.len(), 2, "{ps:?}");
+    let err = parse(
+        &format!("capi-allowed-hosts: gse.internal\n{MINIMAL}"),
+        "agent.yaml",
+        Path::new("/srv"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("agent.yaml:1: capi-allowed-hosts"), "{err}");
+}
+
+#[test]
 fn launch_paths_stay_in_the_game_root() {
     let root = Path::new("/data/game");
     assert_eq!(

@@ -178,6 +178,29 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(addr) = raw.capi_listen
+            && !addr.ip().to_canonical().is_loopback()
+        {
+            self.problem(
+                &[Key("capi-listen")],
+                format!(
+                    "{addr} is not a loopback address: the control API has no authentication yet \
+                     (it comes with the TC3 key file, not yet available), so it listens on \
+                     127.0.0.1 or [::1] only; put a reverse proxy in front to reach it remotely"
+                ),
+            );
+        }
+        for host in &raw.capi_allowed_hosts {
+            if host.is_empty()
+                || !host.bytes().all(|b| b.is_ascii_graphic())
+                || host.contains(['/', '@', ','])
+            {
+                self.problem(
+                    &[Key("capi-allowed-hosts")],
+                    format!("{host:?} is not a Host header value: write a name or address, with its port if the proxy sends one (e.g. gse.internal:8443)"),
+                );
+            }
+        }
         let abs = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
         let data_dir = abs(&raw.data_dir);
         let game_root = raw
@@ -249,6 +272,11 @@ impl Validator<'_> {
             }),
             sdk_listen: raw.sdk_listen,
             capi_listen: raw.capi_listen,
+            capi_allowed_hosts: raw
+                .capi_allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             health_check: raw.health_check,
             timeouts: raw.timeouts,
             protection: Protection {

@@ -1,8 +1,11 @@
 //! Control API validation: every refusal carries Tencent's code and names the parameter.
 
-use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 
-use crate::helper::{Agent, config, entry};
+use serde_json::{Value, json};
+
+use crate::helper::{Agent, DEADLINE, config, entry};
 
 const QUICK_STOP: &str = "timeouts: { stop-grace: 200ms, shutdown: 1s }";
 
@@ -225,4 +228,124 @@ fn update_game_server_session_through_the_control_api() {
         "InvalidParameterValue",
     );
     assert!(msg.contains("ProtectionPolicy"), "{msg}");
+}
+
+/// One raw request to `addr`: `request_line` and `headers` as written (each ending in CRLF),
+/// then the body; returns `Response`.
+fn raw_request(addr: SocketAddr, request_line: &str, headers: &str, body: &str) -> Value {
+    let mut s = TcpStream::connect(addr).expect("connect capi");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "{request_line}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
+    assert!(
+        head.starts_with("HTTP/1.") && head[8..].starts_with(" 200 "),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["Response"].clone()
+}
+
+#[test]
+fn requests_a_browser_could_send_are_refused() {
+    // One process per request that must get through, so that each one can create a session.
+    let agent = Agent::start(&config(&entry("", 3), QUICK_STOP));
+    agent.wait_ready(3);
+    let port = agent.capi.port();
+    let create = r#"{"Action":"CreateGameServerSession","FleetId":"fleet-test","MaximumPlayerSessionCount":2}"#;
+    let post = "POST /capi HTTP/1.1";
+    let local = format!("Host: localhost:{port}\r\n");
+    let json_type = "Content-Type: application/json\r\n";
+    let cases = [
+        // A cross-site HTML form can send text/plain without a preflight (CSRF).
+        (
+            format!("{local}Content-Type: text/plain\r\n"),
+            "Content-Type must be application/json",
+        ),
+        (local.clone(), "Content-Type must be application/json"),
+        (
+            format!("{local}{json_type}Origin: http://evil.example\r\n"),
+            "requests from browsers (Origin header) are refused",
+        ),
+        (
+            format!("{local}{json_type}Sec-Fetch-Site: cross-site\r\n"),
+            "Sec-Fetch-Site: cross-site",
+        ),
+        // DNS rebinding: the page's own name, resolved to 127.0.0.1.
+        (
+            format!("Host: evil.example:80\r\n{json_type}"),
+            "Host \"evil.example:80\" is not this API's address",
+        ),
+        (
+            format!("Host: evil.example:{port}\r\n{json_type}"),
+            "is not this API's address",
+        ),
+    ];
+    for (headers, needle) in &cases {
+        let r = raw_request(agent.capi, post, headers, create);
+        assert_eq!(r["Error"]["Code"], "OperationDenied", "{headers:?}: {r}");
+        let msg = r["Error"]["Message"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{headers:?}: {needle:?} not in {msg:?}"
+        );
+        assert!(r["RequestId"].is_string(), "{r}");
+    }
+    let sessions =
+        agent.ok(json!({"Action": "DescribeGameServerSessions", "FleetId": "fleet-test"}));
+    assert_eq!(
+        sessions["GameServerSessions"],
+        json!([]),
+        "a refused request did nothing"
+    );
+
+    // What programs send still works: the bound address, a charset, no Host at all (HTTP/1.0).
+    let ok = [
+        (
+            post,
+            format!("Host: 127.0.0.1:{port}\r\nContent-Type: application/json; charset=utf-8\r\n"),
+        ),
+        (
+            post,
+            format!("Host: [::1]:{port}\r\nSec-Fetch-Site: none\r\n{json_type}"),
+        ),
+        ("POST /capi HTTP/1.0", json_type.to_string()),
+    ];
+    for (line, headers) in &ok {
+        let r = raw_request(agent.capi, line, headers, create);
+        assert!(r.get("Error").is_none(), "{line} {headers:?}: {r}");
+    }
+    let sessions =
+        agent.ok(json!({"Action": "DescribeGameServerSessions", "FleetId": "fleet-test"}));
+    assert_eq!(sessions["GameServerSessions"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_proxy_host_is_accepted_once_allowed() {
+    let agent = Agent::start(&config(
+        &entry("", 1),
+        &format!("{QUICK_STOP}\ncapi-allowed-hosts: [gse.internal:8443]"),
+    ));
+    let describe = r#"{"Action":"DescribeServerProcesses"}"#;
+    let json_type = "Content-Type: application/json\r\n";
+    let r = raw_request(
+        agent.capi,
+        "POST /capi HTTP/1.1",
+        &format!("Host: GSE.internal:8443\r\n{json_type}"),
+        describe,
+    );
+    assert!(r.get("Error").is_none(), "{r}");
+    let r = raw_request(
+        agent.capi,
+        "POST /capi HTTP/1.1",
+        &format!("Host: gse.internal:80\r\n{json_type}"),
+        describe,
+    );
+    assert_eq!(r["Error"]["Code"], "OperationDenied", "{r}");
 }

@@ -35,6 +35,30 @@ runtime-configuration:
 }
 
 #[test]
+fn a_control_api_off_loopback_is_refused_until_it_has_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    let yaml = crate::helper::config(&crate::helper::entry("", 1), "")
+        .replace("capi-listen: 127.0.0.1:0", "capi-listen: 0.0.0.0:0")
+        .replace("instance-id: ins-test", "instance-id: \"\"");
+    std::fs::write(&path, yaml).unwrap();
+    for args in [&["check-config"][..], &["run", "--config"][..]] {
+        let out = Command::new(AGENT).args(args).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("agent.yaml:6: capi-listen: 0.0.0.0:0 is not a loopback address"),
+            "{err}"
+        );
+        assert!(err.contains("TC3 key file"), "{err}");
+        assert!(
+            err.contains("agent.yaml:2: instance-id"),
+            "every problem is listed: {err}"
+        );
+    }
+}
+
+#[test]
 fn unreadable_and_malformed_configs_exit_64() {
     let out = Command::new(AGENT)
         .args(["run", "--config", "/nonexistent/agent.yaml"])
