@@ -27,6 +27,7 @@ use crate::fleet::{
     SessionUpdate,
 };
 use crate::session::{GssStatus, PlayerStatus};
+use crate::telemetry::{LogLimit, clip};
 use guard::Guard;
 use params::{Params, key_value};
 
@@ -498,7 +499,12 @@ fn envelope(result: Result<Value, CapiError>) -> Value {
         Ok(Value::Object(o)) => o,
         Ok(_) => Map::new(),
         Err(e) => {
-            tracing::info!(capi.code = e.code, error = %e.message, "control API request refused");
+            // Caller-driven: the value is cut and the lines are rate-limited.
+            static REFUSALS: std::sync::LazyLock<LogLimit> =
+                std::sync::LazyLock::new(|| LogLimit::new(20, std::time::Duration::from_secs(10)));
+            if let Some(suppressed) = REFUSALS.admit("capi", std::time::Instant::now()) {
+                tracing::info!(capi.code = e.code, error = %clip(&e.message), refusals.suppressed = suppressed, "control API request refused");
+            }
             let mut o = Map::new();
             o.insert(
                 "Error".into(),

@@ -349,3 +349,22 @@ fn a_proxy_host_is_accepted_once_allowed() {
     );
     assert_eq!(r["Error"]["Code"], "OperationDenied", "{r}");
 }
+
+/// Refused control API requests cost little log: values cut, lines rate-limited.
+#[test]
+fn a_flood_of_huge_refused_requests_costs_little_log() {
+    let agent = Agent::start(&config(&entry("", 1), ""));
+    let huge = "y".repeat(1 << 20);
+    let before = agent.stderr().len();
+    for _ in 0..40 {
+        let r = agent.capi(json!({
+            "Action": "DescribeGameServerSessions",
+            "GameServerSessionId": huge,
+        }));
+        assert!(r.get("Error").is_some(), "{r}");
+    }
+    let log = agent.stderr();
+    let grown = log.len() - before;
+    assert!(grown < 64 * 1024, "{grown} bytes of log for 40 MB of refused values");
+    assert!(log.matches("control API request refused").count() <= 20);
+}
