@@ -365,6 +365,9 @@ fn a_flood_of_huge_refused_requests_costs_little_log() {
     }
     let log = agent.stderr();
     let grown = log.len() - before;
-    assert!(grown < 64 * 1024, "{grown} bytes of log for 40 MB of refused values");
+    assert!(
+        grown < 64 * 1024,
+        "{grown} bytes of log for 40 MB of refused values"
+    );
     assert!(log.matches("control API request refused").count() <= 20);
 }

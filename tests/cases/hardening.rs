@@ -8,14 +8,20 @@ use serde_json::{Value, json};
 
 use crate::helper::{AGENT, FAKE_SERVER, KillOnDrop, config, entry, group_running, wait_for};
 
-/// A reader of the agent's stdout and stderr that went away (a pager that quit, `| head`)
-/// costs log lines, never the agent: it keeps supervising and honours SIGTERM.
-#[test]
-fn a_closed_stdout_and_stderr_do_not_kill_the_agent() {
+/// A directory with agent.yaml for one fake game, for tests that start the agent their own way.
+fn agent_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("game")).unwrap();
     std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
     std::fs::write(dir.path().join("agent.yaml"), config(&entry("", 1), "")).unwrap();
+    dir
+}
+
+/// A reader of the agent's stdout and stderr that went away (a pager that quit, `| head`)
+/// costs log lines, never the agent: it keeps supervising and honours SIGTERM.
+#[test]
+fn a_closed_stdout_and_stderr_do_not_kill_the_agent() {
+    let dir = agent_dir();
     let mut agent = KillOnDrop(
         Command::new(AGENT)
             .args(["run", "--config"])
@@ -59,10 +65,7 @@ fn a_closed_stdout_and_stderr_do_not_kill_the_agent() {
 /// connections cannot take the descriptors a game launch needs as early as 1024 would.
 #[test]
 fn the_open_files_limit_is_raised_to_the_hard_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("game")).unwrap();
-    std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
-    std::fs::write(dir.path().join("agent.yaml"), config(&entry("", 1), "")).unwrap();
+    let dir = agent_dir();
     let mut agent = KillOnDrop(
         Command::new("sh")
             .arg("-c")
