@@ -261,7 +261,7 @@ impl Agent {
             self.run_as.clone(),
             self.endpoints.sdk_address,
             bus.clone(),
-            Some(persistence),
+            persistence,
             stops,
         );
         // The servers outlive the fleet: ending processes still call the SDK.

@@ -170,8 +170,9 @@ impl StateWriter {
         r
     }
 
-    /// Sends the last records and waits (blocking) until they are written.
-    pub fn finish(mut self, records: Records) {
+    /// Sends the last records and waits (blocking) until they are written; nothing is sent
+    /// after this.
+    pub fn finish(&mut self, records: Records) {
         self.send(records);
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {

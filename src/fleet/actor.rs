@@ -145,16 +145,12 @@ pub fn spawn_fleet(
     run_as: Option<RunAs>,
     sdk_addr: SocketAddr,
     bus: EventBus,
-    persistence: Option<Persistence>,
+    persistence: Persistence,
     stops: Stops,
 ) -> (FleetHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
-    let (restored, store) = match persistence {
-        Some(p) => (p.restored, Some((p.writer, p.extra))),
-        None => (None, None),
-    };
-    let (fleet, recorded) = match restored {
+    let (fleet, recorded) = match persistence.restored {
         Some((fleet, recorded)) => (fleet, recorded),
         None => (Fleet::new(cfg.clone()), Vec::new()),
     };
@@ -167,14 +163,14 @@ pub fn spawn_fleet(
         handles: HashMap::new(),
         clients: HashMap::new(),
         report_tx,
-        store: store.map(|(writer, extra)| Store {
-            writer,
-            extra,
+        store: Store {
+            writer: persistence.writer,
+            extra: persistence.extra,
             due: Some(Instant::now()),
             unsaved: Vec::new(),
             saving: Vec::new(),
             writer_gone: false,
-        }),
+        },
     };
     let span = tracing::info_span!("fleet");
     let task = tokio::spawn(actor.run(rx, report_rx, recorded, stops).instrument(span));
@@ -192,7 +188,7 @@ struct Actor {
     /// Callback clients by launch serial.
     clients: HashMap<u64, Client>,
     report_tx: mpsc::UnboundedSender<Report>,
-    store: Option<Store>,
+    store: Store,
 }
 
 /// The actor's side of saving: a snapshot is offered only when the writer is idle, so the
@@ -231,8 +227,8 @@ impl Actor {
         let (shutdown, force, detach) = (&stops.shutdown, &stops.force, &stops.detach);
         while !self.fleet.is_stopped() {
             let next = self.fleet.next_deadline();
-            let saving = self.store.as_ref().is_some_and(|s| s.writer.busy());
-            let save_at = self.store.as_ref().filter(|_| !saving).and_then(|s| s.due);
+            let saving = self.store.writer.busy();
+            let save_at = self.store.due.filter(|_| !saving);
             tokio::select! {
                 biased;
                 Some(report) = reports.recv() => self.report(report),
@@ -255,16 +251,14 @@ impl Actor {
                     forced = true;
                     self.kill_everything();
                 }
-                Some(ok) = async { self.store.as_mut()?.writer.committed().await }, if saving => {
-                    if let Some(store) = &mut self.store {
-                        if !ok {
-                            // Answered all the same: the agent stays available while the disk
-                            // refuses; the change is saved when it accepts again.
-                            store.due = Some(Instant::now() + SAVE_RETRY);
-                        }
-                        for answer in store.saving.drain(..) {
-                            answer();
-                        }
+                Some(ok) = self.store.writer.committed(), if saving => {
+                    if !ok {
+                        // Answered all the same: the agent stays available while the disk
+                        // refuses; the change is saved when it accepts again.
+                        self.store.due = Some(Instant::now() + SAVE_RETRY);
+                    }
+                    for answer in self.store.saving.drain(..) {
+                        answer();
                     }
                 }
                 Some(req) = rx.recv() => {
@@ -294,9 +288,7 @@ impl Actor {
     /// Offers a snapshot to the writer when something changed and it is idle; `last` waits
     /// until the final state is written.
     fn save(&mut self, now: Instant, last: bool) {
-        let Some(store) = &mut self.store else {
-            return;
-        };
+        let store = &mut self.store;
         if !last && (store.writer.busy() || store.due.is_none_or(|at| Instant::now() < at)) {
             return;
         }
@@ -311,11 +303,9 @@ impl Actor {
         let unsaved = std::mem::take(&mut store.unsaved);
         store.saving.extend(unsaved);
         if last {
-            if let Some(store) = self.store.take() {
-                store.writer.finish(records);
-                for answer in store.saving {
-                    answer();
-                }
+            store.writer.finish(records);
+            for answer in store.saving.drain(..) {
+                answer();
             }
         } else if !store.writer.send(records) {
             if !store.writer_gone {
@@ -342,20 +332,19 @@ impl Actor {
     /// saved at once, many in one commit. A commit the disk refuses releases them all the
     /// same (the agent stays available and retries the save).
     fn answer(&mut self, when_saved: bool, send: impl FnOnce() + Send + 'static) {
-        match &mut self.store {
-            Some(store) if when_saved => {
-                store.unsaved.push(Box::new(send));
-                store.due = Some(Instant::now());
-            }
-            _ => send(),
+        if when_saved {
+            self.store.unsaved.push(Box::new(send));
+            self.store.due = Some(Instant::now());
+        } else {
+            send();
         }
     }
 
     /// Marks the state changed (everything but a pure query may change it).
     fn touch(&mut self) {
-        if let Some(store) = &mut self.store {
-            store.due.get_or_insert_with(|| Instant::now() + SAVE_DELAY);
-        }
+        self.store
+            .due
+            .get_or_insert_with(|| Instant::now() + SAVE_DELAY);
     }
 
     /// Ends the actor leaving every process running, with the state saved for the next agent.
@@ -428,7 +417,7 @@ impl Actor {
         let now = self.now();
         match req {
             Request::Sdk { pid, call, reply } => {
-                if !matches!(call, SdkCall::DescribePlayers(_)) {
+                if !call.is_query() {
                     self.touch();
                 }
                 let when_saved = call.answered_when_saved();

@@ -185,14 +185,16 @@ pub enum SdkCall {
 }
 
 impl SdkCall {
+    /// Only reads the fleet (nothing to save afterwards).
+    pub fn is_query(&self) -> bool {
+        matches!(self, Self::DescribePlayers(_))
+    }
+
     /// A lifecycle change a restarted agent must know about (ProcessReady, an activation, a
     /// player accepted or removed, a session ended, ProcessEnding, a creation policy): it is
     /// answered only once saved. Custom counts and listings are answered at once.
     pub fn answered_when_saved(&self) -> bool {
-        !matches!(
-            self,
-            Self::ReportCustomData { .. } | Self::DescribePlayers(_)
-        )
+        !self.is_query() && !matches!(self, Self::ReportCustomData { .. })
     }
 }
 
