@@ -12,12 +12,14 @@ use tracing::Instrument;
 use crate::capi::{self, Capi};
 use crate::config::Config;
 use crate::event::EventBus;
-use crate::fleet::actor::{EVENT_SEQUENCE_KEY, Persistence, Stops};
+use crate::fleet::actor::{Persistence, Stops};
 use crate::fleet::state::{Recorded, RestoreError};
 use crate::fleet::{self, Fleet, FleetHandle};
 use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
-use crate::store::{Records, StateStore, StoreError};
+use crate::store::{
+    EVENT_SEQUENCE_KEY, Records, SDK_ADDRESS_KEY, StateStore, StoreError, read_value, value_record,
+};
 use crate::upstream;
 use crate::upstream::outbox::{Outbox, OutboxError};
 
@@ -111,9 +113,6 @@ struct Upstream {
     writer: std::thread::JoinHandle<()>,
 }
 
-/// The stored key of the SDK address games were told (kept across restarts).
-const SDK_ADDRESS_KEY: &str = "agent/sdk-address";
-
 /// A built agent: directories exist, listeners are bound, nothing runs yet.
 pub struct Agent {
     cfg: Arc<Config>,
@@ -151,9 +150,7 @@ impl Agent {
         let store = StateStore::open(&store_path)?;
         let stored = store.load()?;
         // Games dial the address they were given at launch: a restart serves the same one.
-        let recorded_sdk = stored
-            .get(SDK_ADDRESS_KEY)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<SocketAddr>().ok())
+        let recorded_sdk = read_value::<SocketAddr>(&stored, SDK_ADDRESS_KEY)
             .filter(|a| cfg.sdk_listen.port() == 0 && a.ip() == cfg.sdk_listen.ip());
         let sdk_listener = match recorded_sdk {
             Some(addr) => match TcpListener::bind(addr).await {
@@ -188,10 +185,7 @@ impl Agent {
                 (bus, Some(Upstream { outbox, writer }))
             }
         };
-        if let Some(next) = stored
-            .get(EVENT_SEQUENCE_KEY)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-        {
+        if let Some(next) = read_value::<u64>(&stored, EVENT_SEQUENCE_KEY) {
             bus.continue_from(next);
         }
         let cfg = Arc::new(cfg);
@@ -249,7 +243,7 @@ impl Agent {
         let mut extra = Records::new();
         extra.insert(
             SDK_ADDRESS_KEY.into(),
-            self.endpoints.sdk_address.to_string().into_bytes(),
+            value_record(self.endpoints.sdk_address),
         );
         let persistence = Persistence {
             restored: self.restored,

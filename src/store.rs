@@ -19,7 +19,23 @@ use tokio::sync::mpsc;
 pub type Records = BTreeMap<String, Vec<u8>>;
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-/// redb's page cache: the state is small, the outbox reads in order.
+
+/// The stored key of the SDK address the running games were given.
+pub const SDK_ADDRESS_KEY: &str = "agent/sdk-address";
+/// The stored key of the next event sequence a restarted agent may use.
+pub const EVENT_SEQUENCE_KEY: &str = "agent/event-sequence";
+
+/// The value of one of the agent's own plain-text records (`None` if absent or unreadable).
+pub fn read_value<T: std::str::FromStr>(records: &Records, key: &str) -> Option<T> {
+    std::str::from_utf8(records.get(key)?).ok()?.parse().ok()
+}
+
+/// One of the agent's own plain-text records.
+pub fn value_record(value: impl std::fmt::Display) -> Vec<u8> {
+    value.to_string().into_bytes()
+}
+/// redb's page cache for the one file (its default would let the agent's memory grow with
+/// the outbox's backlog): the state is small, the outbox reads in order.
 const CACHE_BYTES: usize = 8 << 20;
 
 /// Why the state store failed.

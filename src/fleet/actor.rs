@@ -21,7 +21,7 @@ use crate::package::RunAs;
 use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle};
 use crate::proto::game_server_grpc_sdk_service_client::GameServerGrpcSdkServiceClient;
 use crate::proto::{self, gse_response};
-use crate::store::{Records, StateWriter};
+use crate::store::{EVENT_SEQUENCE_KEY, Records, StateWriter, value_record};
 
 /// How long OnProcessTerminate may take before it is given up (the deadline still applies).
 const TERMINATE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,8 +125,6 @@ pub struct Persistence {
 /// Events numbered ahead of what is saved: a restart continues above this many, so event ids
 /// are never reused as long as fewer events than this happen between two saves.
 pub const EVENT_SEQUENCE_RESERVE: u64 = 1 << 20;
-/// The stored key of the next event sequence a restarted agent may use.
-pub const EVENT_SEQUENCE_KEY: &str = "agent/event-sequence";
 /// An answer held until its change is saved.
 type Answer = Box<dyn FnOnce() + Send>;
 
@@ -295,10 +293,7 @@ impl Actor {
         let mut records = self.fleet.snapshot(now, SystemTime::now());
         records.extend(store.extra.clone());
         let next_event = self.bus.next_sequence() + EVENT_SEQUENCE_RESERVE;
-        records.insert(
-            EVENT_SEQUENCE_KEY.into(),
-            next_event.to_string().into_bytes(),
-        );
+        records.insert(EVENT_SEQUENCE_KEY.into(), value_record(next_event));
         store.due = None;
         let unsaved = std::mem::take(&mut store.unsaved);
         store.saving.extend(unsaved);

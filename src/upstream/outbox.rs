@@ -22,8 +22,6 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ACKED: &str = "acked";
 const EPOCH: &str = "epoch";
-/// redb's page cache (its default would let the agent's memory grow with the backlog).
-const CACHE_BYTES: usize = 8 << 20;
 
 /// Why the outbox failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,23 +111,14 @@ pub fn to_wire(e: &Event, sequence: u64) -> up::Event {
 }
 
 impl Outbox {
-    /// Opens (or creates) the database file `path` the way the agent does (a small page
-    /// cache: the outbox is written once and read once, in order). Other stores may share the
-    /// returned database with the outbox through [`Outbox::open_in`].
-    pub fn open_database(path: &Path) -> Result<Arc<Database>, OutboxError> {
-        Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map(Arc::new)
-            .map_err(|e| OutboxError::Open {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })
-    }
-
-    /// Opens (or creates) `path`; `max_bytes` bounds the unacknowledged events on disk.
+    /// Opens (or creates) `path` (through the agent's [`crate::store::StateStore`], which
+    /// owns the file); `max_bytes` bounds the unacknowledged events on disk.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Self, OutboxError> {
-        Self::open_in(Self::open_database(path)?, max_bytes)
+        let store = crate::store::StateStore::open(path).map_err(|e| OutboxError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::open_in(store.database(), max_bytes)
     }
 
     /// The outbox in a database somebody else opened (and may keep using for tables of its
@@ -412,7 +401,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shared.redb");
         let other: TableDefinition<&str, &str> = TableDefinition::new("someone_else");
-        let db = Outbox::open_database(&path).unwrap();
+        let db = crate::store::StateStore::open(&path).unwrap().database();
         let txn = db.begin_write().unwrap();
         txn.open_table(other).unwrap().insert("k", "v").unwrap();
         txn.commit().unwrap();
