@@ -144,6 +144,16 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, R
     })
 }
 
+/// The records whose keys start with `prefix`, in key order.
+fn with_prefix<'a>(
+    records: &'a Records,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Vec<u8>)> {
+    records
+        .range(prefix.to_string()..)
+        .take_while(move |(key, _)| key.starts_with(prefix))
+}
+
 /// One record, or `None` (logged) when it does not parse: one bad record costs what it
 /// holds, never the start of the agent (the meta record alone is required).
 fn parse_or_skip<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Option<T> {
@@ -319,10 +329,7 @@ impl Fleet {
         fleet.reserved = meta.reserved;
 
         let mut recorded = Vec::new();
-        for (key, bytes) in records.range(PROC.to_string()..) {
-            if !key.starts_with(PROC) {
-                break;
-            }
+        for (key, bytes) in with_prefix(records, PROC) {
             let Some(r) = parse_or_skip::<ProcRecord>(key, bytes) else {
                 continue; // its process carries the tag: the start's stray sweep stops it
             };
@@ -382,10 +389,7 @@ impl Fleet {
         }
 
         let mut finished: Vec<(u64, String)> = Vec::new();
-        for (key, bytes) in records.range(SESSION.to_string()..) {
-            if !key.starts_with(SESSION) {
-                break;
-            }
+        for (key, bytes) in with_prefix(records, SESSION) {
             let Some(r) = parse_or_skip::<SessionRecord>(key, bytes) else {
                 continue;
             };
@@ -409,10 +413,7 @@ impl Fleet {
             .collect::<VecDeque<_>>();
 
         let reservation = cfg.timeouts.player_reservation.get();
-        for (key, bytes) in records.range(PLAYER.to_string()..) {
-            if !key.starts_with(PLAYER) {
-                break;
-            }
+        for (key, bytes) in with_prefix(records, PLAYER) {
             let n: u64 = key[PLAYER.len()..]
                 .parse()
                 .map_err(|_| RestoreError::Inconsistent(format!("{key}: not a player key")))?;
@@ -438,10 +439,7 @@ impl Fleet {
             fleet.players.insert(n, player);
         }
         let mut tokens = HashMap::new();
-        for (key, bytes) in records.range(TOKEN.to_string()..) {
-            if !key.starts_with(TOKEN) {
-                break;
-            }
+        for (key, bytes) in with_prefix(records, TOKEN) {
             if let Some(id) = parse_or_skip::<String>(key, bytes) {
                 tokens.insert(key[TOKEN.len()..].to_string(), id);
             }
