@@ -277,6 +277,13 @@ impl Fleet {
         self.retire_pending(now);
     }
 
+    /// Stops the process `serial` if its deadline still applies: it is still in `phase`.
+    fn stop_if(&mut self, serial: u64, phase: Phase, reason: StopReason) {
+        if self.procs.get(&serial).is_some_and(|p| p.phase == phase) {
+            self.stop(serial, reason);
+        }
+    }
+
     fn fire(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Launch { slot } => {
@@ -289,13 +296,7 @@ impl Fleet {
                 }
             }
             Timer::ReadyTimeout { serial } => {
-                if self
-                    .procs
-                    .get(&serial)
-                    .is_some_and(|p| p.phase == Phase::Launching)
-                {
-                    self.stop(serial, StopReason::ReadyTimeout);
-                }
+                self.stop_if(serial, Phase::Launching, StopReason::ReadyTimeout)
             }
             Timer::HealthCheck { serial } => {
                 if let Some(p) = self.procs.get_mut(&serial)
@@ -314,13 +315,7 @@ impl Fleet {
                 }
             }
             Timer::ExitTimeout { serial } => {
-                if self
-                    .procs
-                    .get(&serial)
-                    .is_some_and(|p| p.phase == Phase::Ending)
-                {
-                    self.stop(serial, StopReason::ExitTimeout);
-                }
+                self.stop_if(serial, Phase::Ending, StopReason::ExitTimeout)
             }
             Timer::ActivationTimeout { gss_id } => {
                 let Some((_, s)) = self.sessions.get(&gss_id) else {
