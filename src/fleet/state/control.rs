@@ -58,7 +58,7 @@ impl Fleet {
                     .values()
                     .map(|p| ProcessView {
                         process_id: p.id.clone(),
-                        pid: p.pid,
+                        pid: p.identity.pid,
                         launch_path: self.spec(p.slot).launch_path.clone(),
                         status: p.phase.as_str(),
                         healthy: p.healthy,

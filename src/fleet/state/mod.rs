@@ -67,8 +67,7 @@ impl Phase {
 #[derive(Debug)]
 struct Proc {
     id: String,
-    pid: u32,
-    /// pid, start time and executable: what a restarted agent checks before adopting it.
+    /// Its pid, start time and boot: what a restarted agent checks before adopting it.
     identity: Identity,
     /// When its current phase runs out (ProcessReady, protection or exit deadline).
     deadline: Option<Instant>,

@@ -365,7 +365,6 @@ impl Fleet {
                 serial,
                 Proc {
                     id: r.id,
-                    pid: r.identity.pid,
                     identity: r.identity,
                     deadline,
                     serial,

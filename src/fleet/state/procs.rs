@@ -19,7 +19,7 @@ impl Fleet {
         let Some(p) = self.procs.get(&serial) else {
             return;
         };
-        let (id, pid, phase, stop) = (p.id.clone(), p.pid, p.phase, p.stop);
+        let (id, pid, phase, stop) = (p.id.clone(), p.identity.pid, p.phase, p.stop);
         self.emit(
             Event::new(
                 EventCode::ServerProcessAdopted,
@@ -76,7 +76,6 @@ impl Fleet {
             serial,
             Proc {
                 id: process_id,
-                pid,
                 identity,
                 deadline: Some(ready_by),
                 serial,
@@ -117,7 +116,7 @@ impl Fleet {
         let Some(p) = self.procs.remove(&serial) else {
             return;
         };
-        let pid = p.pid;
+        let pid = p.identity.pid;
         if self.by_pid.get(&pid) == Some(&serial) {
             self.by_pid.remove(&pid);
         }
@@ -201,7 +200,7 @@ impl Fleet {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        let pid = p.pid;
+        let pid = p.identity.pid;
         p.health_in_flight = false;
         if p.phase != Phase::Active {
             return;
@@ -333,7 +332,7 @@ impl Fleet {
         }
         p.phase = Phase::Terminating(reason);
         p.told_to_terminate.get_or_insert(reason);
-        let (grpc_port, pid) = (p.grpc_port, p.pid);
+        let (grpc_port, pid) = (p.grpc_port, p.identity.pid);
         let id = p.id.clone();
         let termination_time = grace
             .map(|g| unix_seconds(Some(self.clock.to_wall(now) + g)))

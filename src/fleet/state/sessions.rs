@@ -185,7 +185,7 @@ impl Fleet {
                 )
             })?;
         let p = &self.procs[&serial];
-        let pid = p.pid;
+        let pid = p.identity.pid;
         let session = GameSession {
             id: id.clone(),
             fleet_id: fleet.clone(),

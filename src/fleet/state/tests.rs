@@ -281,7 +281,7 @@ async fn crash_loop_breaker_pauses_the_entry_with_one_event() {
             .procs
             .values()
             .find(|p| h.fleet.slots[p.slot].entry == 1)
-            .map(|p| p.pid);
+            .map(|p| p.identity.pid);
         if let Some(pid) = pid {
             h.exit(pid, 1);
         }
@@ -339,7 +339,7 @@ fn pid_of_slot(h: &Harness, slot: usize) -> Option<u32> {
         .procs
         .values()
         .find(|p| p.slot == slot)
-        .map(|p| p.pid)
+        .map(|p| p.identity.pid)
 }
 
 #[tokio::test(start_paused = true)]
@@ -996,7 +996,7 @@ async fn a_clean_end_before_ready_counts_as_a_failure() {
             .procs
             .values()
             .filter(|p| p.slot == 2)
-            .map(|p| &p.pid)
+            .map(|p| &p.identity.pid)
             .next()
             .unwrap_or_else(|| panic!("round {round}: slot 2 not running"));
         h.sdk(pid, SdkCall::ProcessEnding).unwrap();
@@ -1200,7 +1200,7 @@ async fn a_runtime_update_starts_new_processes_and_retires_old_ones_as_sessions_
     assert_eq!(h.fleet.counters().max_game_session_cnt, 2);
     // The retired idle ones end and are not replaced.
     for serial in &told {
-        let pid = h.fleet.procs[serial].pid;
+        let pid = h.fleet.procs[serial].identity.pid;
         h.exit(pid, 0);
     }
     assert_eq!(h.pids().len(), 3);
