@@ -7,20 +7,21 @@
 //! after its owner reaped it (or gave it up). Counts, not a set: a reaped pid may be reused by
 //! the next registered child before its first owner unregistered it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-static REGISTRY: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
+/// Registered pids and how many registrations each has.
+static REGISTRY: Mutex<BTreeMap<u32, u32>> = Mutex::new(BTreeMap::new());
 
 /// The registry, locked (a panic while holding it leaves the map intact: it is still used).
-pub(crate) fn lock() -> MutexGuard<'static, Option<HashMap<u32, u32>>> {
+pub(crate) fn lock() -> MutexGuard<'static, BTreeMap<u32, u32>> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `pid` is registered (with the lock held).
-pub(crate) fn is_registered(map: &Option<HashMap<u32, u32>>, pid: u32) -> bool {
-    map.as_ref().is_some_and(|m| m.contains_key(&pid))
+pub(crate) fn is_registered(map: &BTreeMap<u32, u32>, pid: u32) -> bool {
+    map.contains_key(&pid)
 }
 
 /// Spawns `cmd` and registers its pid before anyone can reap it; the caller must reap it (or
@@ -28,9 +29,7 @@ pub(crate) fn is_registered(map: &Option<HashMap<u32, u32>>, pid: u32) -> bool {
 pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<std::process::Child> {
     let mut map = lock();
     let child = cmd.spawn()?;
-    *map.get_or_insert_with(HashMap::new)
-        .entry(child.id())
-        .or_insert(0) += 1;
+    *map.entry(child.id()).or_insert(0) += 1;
     Ok(child)
 }
 
@@ -40,13 +39,11 @@ pub(crate) fn unregister(pid: u32) {
 }
 
 /// Ends one registration of `pid`, with the lock held.
-pub(crate) fn unregister_locked(map: &mut Option<HashMap<u32, u32>>, pid: u32) {
-    if let Some(m) = map
-        && let Some(n) = m.get_mut(&pid)
-    {
+pub(crate) fn unregister_locked(map: &mut BTreeMap<u32, u32>, pid: u32) {
+    if let Some(n) = map.get_mut(&pid) {
         *n -= 1;
         if *n == 0 {
-            m.remove(&pid);
+            map.remove(&pid);
         }
     }
 }

@@ -23,9 +23,8 @@
 //! - without pidfds (ENOSYS) the kill is by pid after a start-time check, which is racy.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::Notify;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use nix::sys::signal::Signal;
 
@@ -35,18 +34,26 @@ use super::sys::{self, PIDFD_SIGNAL_PROCESS_GROUP};
 /// Scan passes at most (each pass after the first catches what forked during the previous).
 const PASSES: usize = 5;
 
-/// The environment values that mark a game's descendants.
+/// The environment values that mark a game's descendants: its process, fleet and instance
+/// ids, and the launch id when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Tag {
-    vars: [(String, String); 3],
-    /// `GSE_AGENT_LAUNCH_ID`; absent for a game started by an agent that did not set it.
-    launch: Option<String>,
+    /// `GSE_PROCESS_ID` first.
+    pairs: Vec<(String, String)>,
 }
 
 /// The tag variables.
 const TAG_VARS: [&str; 3] = ["GSE_PROCESS_ID", "GSE_FLEET_ID", "GSE_INSTANCE_ID"];
 /// The per-launch id the process module adds to a game's environment.
 pub(crate) const LAUNCH_ID_VAR: &str = "GSE_AGENT_LAUNCH_ID";
+
+/// The `K=V` pairs of a raw `/proc/<pid>/environ` (NUL-separated).
+fn environ_vars(environ: &[u8]) -> Vec<(&str, &str)> {
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+        .collect()
+}
 
 impl Tag {
     /// The tag of a game started with `env`; `None` unless all three variables are set.
@@ -57,66 +64,53 @@ impl Tag {
                 .find(|(k, _)| *k == name)
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         };
-        Some(Tag {
-            vars: [get(TAG_VARS[0])?, get(TAG_VARS[1])?, get(TAG_VARS[2])?],
-            launch: get(LAUNCH_ID_VAR).map(|(_, v)| v),
-        })
+        let mut pairs = TAG_VARS
+            .iter()
+            .map(|v| get(v))
+            .collect::<Option<Vec<_>>>()?;
+        pairs.extend(get(LAUNCH_ID_VAR));
+        Some(Tag { pairs })
     }
 
-    /// The tag in a raw `/proc/<pid>/environ` (NUL-separated `K=V`).
+    /// The tag in a raw `/proc/<pid>/environ`.
     pub fn from_environ(environ: &[u8]) -> Option<Tag> {
-        let pairs: Vec<(&str, &str)> = environ
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
-            .collect();
-        Self::from_env(pairs.iter().copied())
+        Self::from_env(environ_vars(environ).iter().copied())
     }
 
     /// The same tag, for the launch `id`.
     pub fn with_launch(mut self, id: String) -> Tag {
-        self.launch = Some(id);
+        self.pairs.retain(|(k, _)| k != LAUNCH_ID_VAR);
+        self.pairs.push((LAUNCH_ID_VAR.to_string(), id));
         self
     }
 
     /// The process id of the tagged game.
     pub fn process_id(&self) -> &str {
-        &self.vars[0].1
+        &self.pairs[0].1
+    }
+
+    /// The pairs a descendant's environment carries.
+    fn pairs(&self) -> Vec<(&str, &str)> {
+        self.pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 }
 
-/// Sweeps started and not finished.
-static PENDING: AtomicUsize = AtomicUsize::new(0);
-/// Told when the last pending sweep finished.
-static SETTLED: Notify = Notify::const_new();
+/// The sweeps started and not finished.
+static SWEEPS: std::sync::LazyLock<TaskTracker> = std::sync::LazyLock::new(TaskTracker::new);
 
-/// Counts a sweep as pending until dropped.
-pub(crate) struct Pending(());
-
-impl Pending {
-    /// A sweep begins.
-    pub fn begin() -> Self {
-        PENDING.fetch_add(1, Ordering::SeqCst);
-        Pending(())
-    }
+/// Counts a sweep as pending until the token is dropped.
+pub(crate) fn sweep_pending() -> TaskTrackerToken {
+    SWEEPS.token()
 }
 
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if PENDING.fetch_sub(1, Ordering::SeqCst) == 1 {
-            SETTLED.notify_waiters();
-        }
-    }
-}
-
-/// Resolves once no sweep for escaped descendants is pending (see [`super::settle`]).
+/// Resolves once no sweep for escaped descendants is pending (see [`super::settle`]); no
+/// sweep counts after this.
 pub(crate) async fn settled() {
-    loop {
-        let notified = SETTLED.notified();
-        if PENDING.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        notified.await;
-    }
+    SWEEPS.close();
+    SWEEPS.wait().await;
 }
 
 /// Kills every live process carrying `tag` that started at or after `since_ticks`; returns
@@ -145,27 +139,11 @@ fn environs() -> impl Iterator<Item = (u32, Vec<u8>)> {
 }
 
 fn one_pass(tag: &Tag, since_ticks: u64) -> usize {
-    let mut killed = 0;
-    for (pid, environ) in environs() {
-        if Tag::from_environ(&environ).as_ref() != Some(tag) {
-            continue;
-        }
-        let Ok(Some(stat)) = read_stat(pid) else {
-            continue;
-        };
-        if stat.is_dead() || stat.start_ticks < since_ticks {
-            continue;
-        }
-        if kill_verified(pid, stat.start_ticks) {
-            tracing::info!(
-                process.pid = pid,
-                process.id = tag.process_id(),
-                "killed a descendant that escaped the game's process group"
-            );
-            killed += 1;
-        }
-    }
-    killed
+    sweep(
+        &tag.pairs(),
+        |_, start| start >= since_ticks,
+        "killed a descendant that escaped the game's process group",
+    )
 }
 
 /// Stops the game processes of this agent that no record names: ones launched in the moment
@@ -198,10 +176,7 @@ pub fn kill_remains(owner: &[(&str, &str)], process_id: &str, since_ticks: u64) 
 fn sweep(owner: &[(&str, &str)], pick: impl Fn(&str, u64) -> bool, what: &str) -> usize {
     let mut killed = 0;
     for (pid, environ) in environs() {
-        let vars: Vec<(&str, &str)> = environ
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
-            .collect();
+        let vars = environ_vars(&environ);
         let has = |k: &str, v: &str| vars.iter().any(|(vk, vv)| *vk == k && *vv == v);
         if !owner.iter().all(|(k, v)| has(k, v)) {
             continue;

@@ -1,13 +1,11 @@
 //! Short-lived helper children in their own process group (install.sh): registered with the
 //! orphan reaper's registry, watched through a pidfd, killed with their group when dropped.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 
 use nix::sys::signal::Signal;
 
 use super::proc::{Proc, Watch};
-use super::{children, identity, sys};
 
 /// A child leading its own process group. Dropping it before [`ChildGroup::wait`] returned
 /// SIGKILLs the group (and reaps the child off-thread).
@@ -19,27 +17,11 @@ pub struct ChildGroup {
 /// Spawns `cmd` as the leader of a new process group, registered so the orphan reaper leaves
 /// it alone. Must be called inside the tokio runtime.
 pub fn spawn_child_group(cmd: &mut Command) -> std::io::Result<ChildGroup> {
-    spawn_child_group_with(cmd, Watch::Pidfd)
-}
-
-pub(crate) fn spawn_child_group_with(
-    cmd: &mut Command,
-    watch: Watch,
-) -> std::io::Result<ChildGroup> {
-    cmd.process_group(0);
-    let child = children::spawn(cmd)?;
-    let pid = child.id();
-    drop(child);
-    let pidfd = match watch {
-        Watch::Pidfd => sys::pidfd_open(pid).ok(),
-        Watch::Poll => None,
-    };
-    let start_ticks = identity::read_stat(pid)
-        .ok()
-        .flatten()
-        .map_or(0, |s| s.start_ticks);
+    let (pid, pidfd) = super::spawn_own(cmd, Watch::Pidfd)?;
+    // Its start time only serves the escape sweep after a game's exit, which a helper child
+    // does not get.
     Ok(ChildGroup {
-        proc: Proc::own(pid, pidfd, start_ticks),
+        proc: Proc::own(pid, pidfd, 0),
     })
 }
 

@@ -26,7 +26,7 @@ fn serialize_lossy<S: serde::Serializer>(path: &std::path::Path, s: S) -> Result
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), read once; empty if unreadable.
-pub fn boot_id() -> &'static str {
+fn boot_id() -> &'static str {
     static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BOOT_ID.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -47,15 +47,6 @@ pub enum IdentityError {
     /// `/proc/<pid>/stat` could not be read or parsed.
     #[error("cannot read /proc/{pid}/stat: {source}")]
     Stat {
-        /// The pid.
-        pid: u32,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// `/proc/<pid>/exe` could not be read (e.g. another user's process and no privilege).
-    #[error("cannot read /proc/{pid}/exe: {source}")]
-    Exe {
         /// The pid.
         pid: u32,
         /// The error.
@@ -110,6 +101,11 @@ pub(crate) fn read_stat(pid: u32) -> std::io::Result<Option<Stat>> {
     }
 }
 
+/// The process group of `pid` (`None` if there is no such process).
+pub fn process_group(pid: u32) -> Option<u32> {
+    read_stat(pid).ok().flatten().map(|s| s.pgrp)
+}
+
 impl Identity {
     /// Reads the identity of the live process `pid`.
     pub fn read(pid: u32) -> Result<Identity, IdentityError> {
@@ -120,12 +116,17 @@ impl Identity {
         };
         // Unreadable without ptrace rights over the process: it only names it in the logs.
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        Ok(Identity {
+        Ok(Identity::in_this_boot(pid, stat.start_ticks, exe))
+    }
+
+    /// The process `pid` that started at `start_ticks` of this boot, running `exe`.
+    pub(crate) fn in_this_boot(pid: u32, start_ticks: u64, exe: PathBuf) -> Identity {
+        Identity {
             pid,
-            start_ticks: stat.start_ticks,
+            start_ticks,
             exe,
             boot_id: boot_id().to_string(),
-        })
+        }
     }
 
     /// Whether `current` (read now) is the process this identity recorded: the same pid
@@ -183,6 +184,13 @@ mod tests {
             }
             .matches(&id("/g/server"))
         );
+    }
+
+    #[test]
+    fn reads_the_process_group() {
+        let group = process_group(std::process::id()).unwrap();
+        assert_eq!(group, nix::unistd::getpgrp().as_raw() as u32);
+        assert_eq!(process_group(u32::MAX), None);
     }
 
     #[test]

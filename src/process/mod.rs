@@ -47,7 +47,7 @@ pub use children::output as command_output;
 pub use escape::{kill_remains, kill_strays};
 pub use exit::ExitInfo;
 pub use group::{ChildGroup, spawn_child_group};
-pub use identity::{Identity, IdentityError};
+pub use identity::{Identity, IdentityError, process_group};
 pub use output::open_for_child;
 
 use escape::Tag;
@@ -122,7 +122,7 @@ pub enum AdoptError {
         #[source]
         source: std::io::Error,
     },
-    /// The process could not be inspected (e.g. no permission to read `/proc/<pid>/exe`).
+    /// The process could not be inspected (its `/proc/<pid>/stat` was unreadable).
     #[error("cannot inspect process {pid}: {source}")]
     Inspect {
         /// The pid.
@@ -177,11 +177,8 @@ pub struct AdoptSpec {
 /// A running process and the door to its supervising task.
 #[derive(Debug)]
 pub struct ProcessHandle {
-    /// OS pid, which is also its process group id.
-    pub pid: u32,
-    /// The agent's id of the process.
-    pub process_id: String,
-    /// Who the process is, to be recorded for adoption after an agent restart.
+    /// Who the process is (its pid is also its process group id), to be recorded for
+    /// adoption after an agent restart.
     pub identity: Identity,
     stop: mpsc::UnboundedSender<Duration>,
     detached: Arc<AtomicBool>,
@@ -200,14 +197,10 @@ impl ProcessHandle {
     pub fn detach(&self) {
         self.detached.store(true, Ordering::SeqCst);
     }
-
-    /// Whether the supervising task has ended (the exit was reported).
-    pub fn is_finished(&self) -> bool {
-        self.stop.is_closed()
-    }
 }
 
-/// Waits until the sweeps for escaped descendants of ended games have finished. They run
+/// Waits until the sweeps for escaped descendants of ended games have finished (call once, at
+/// the end: sweeps started later are not waited for). They run
 /// after each exit is reported, on the blocking pool; an agent that exits right after its last
 /// game ended calls this first, or the runtime's shutdown may cancel a sweep not yet started.
 pub async fn settle() {
@@ -281,7 +274,6 @@ fn launch_with(
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
@@ -291,7 +283,7 @@ fn launch_with(
     if let Some((uid, gid)) = spec.user {
         cmd.uid(uid).gid(gid);
     }
-    let child = children::spawn(&mut cmd).map_err(|source| match source.kind() {
+    let (pid, pidfd) = spawn_own(&mut cmd, watch).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
             SpawnError::InvalidPath {
                 path: spec.program.clone(),
@@ -303,13 +295,6 @@ fn launch_with(
             source,
         },
     })?;
-    let pid = child.id();
-    // Dropping std's Child neither kills nor waits: the pid stays ours (registered, unreaped).
-    drop(child);
-    let pidfd = match watch {
-        Watch::Pidfd => open_pidfd_of_child(pid),
-        Watch::Poll => None,
-    };
     let identity = match identify_child(pid, &spec.program) {
         Ok(id) => id,
         Err(source) => {
@@ -325,12 +310,26 @@ fn launch_with(
     let logs = LogFiles::new(paths, spec.max_log_bytes, spec.keep_logs);
     let stop = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
     Ok(ProcessHandle {
-        pid,
-        process_id: spec.process_id.clone(),
         identity,
         stop,
         detached,
     })
+}
+
+/// Spawns `cmd` as the leader of a new process group, registered so the orphan reaper leaves
+/// it alone, with a pidfd (by `watch`; `None` without pidfds). The child is ours until
+/// reaped: dropping std's `Child` neither kills nor waits.
+pub(crate) fn spawn_own(
+    cmd: &mut std::process::Command,
+    watch: Watch,
+) -> std::io::Result<(u32, Option<std::os::fd::OwnedFd>)> {
+    cmd.process_group(0);
+    let pid = children::spawn(cmd)?.id();
+    let pidfd = match watch {
+        Watch::Pidfd => open_pidfd_of_child(pid),
+        Watch::Poll => None,
+    };
+    Ok((pid, pidfd))
 }
 
 /// A pidfd for an own, unreaped child (its pid cannot be reused yet); `None` without pidfds.
@@ -354,12 +353,7 @@ fn identify_child(pid: u32, program: &Path) -> std::io::Result<Identity> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .or_else(|_| std::fs::canonicalize(program))
         .unwrap_or_else(|_| program.to_path_buf());
-    Ok(Identity {
-        pid,
-        start_ticks: stat.start_ticks,
-        exe,
-        boot_id: identity::boot_id().to_string(),
-    })
+    Ok(Identity::in_this_boot(pid, stat.start_ticks, exe))
 }
 
 /// Takes over the supervision of a game the previous agent started, recorded as `identity`.
@@ -435,8 +429,6 @@ fn adopt_with(
     let stop = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
     tracing::info!(process.pid = pid, process.id = %spec.process_id, "adopted a running process");
     Ok(ProcessHandle {
-        pid,
-        process_id: spec.process_id.clone(),
         identity: identity.clone(),
         stop,
         detached,
@@ -457,6 +449,7 @@ fn supervise(
     let span = tracing::info_span!("process", process.id = %process_id, process.pid = pid);
     let task = Supervised {
         proc,
+        spare: logs.fresh(),
         logs: Some(logs),
         tail_lines,
     };
@@ -467,7 +460,7 @@ fn supervise(
             tracing::debug!(exit = %info.describe(), "process ended");
             // Counted before the exit is reported, so whoever waits for every exit and then
             // for `settle` misses no sweep.
-            let pending = tag.is_some().then(escape::Pending::begin);
+            let pending = tag.is_some().then(escape::sweep_pending);
             on_exit(pid, info);
             // Off the hot path: the replacement may already be launching.
             if let Some(tag) = tag {
@@ -492,6 +485,9 @@ struct Supervised {
     proc: Proc,
     /// `None` while a rotation runs on the blocking pool.
     logs: Option<LogFiles>,
+    /// The same files with no open handles: names them for the tail, and stands in if a
+    /// rotation task is lost.
+    spare: LogFiles,
     tail_lines: usize,
 }
 
@@ -502,8 +498,6 @@ impl Supervised {
         let mut check = tokio::time::interval(output::CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rotation: Option<JoinHandle<LogFiles>> = None;
-        // Kept to rebuild the rotation state if a rotation task is lost.
-        let spare = self.logs.as_ref().map(LogFiles::fresh);
         loop {
             tokio::select! {
                 () = self.proc.exited() => break,
@@ -527,29 +521,20 @@ impl Supervised {
                 }
                 done = join_opt(&mut rotation) => {
                     rotation = None;
-                    self.logs = done.ok().or_else(|| spare.as_ref().map(LogFiles::fresh));
+                    self.logs = Some(done.unwrap_or_else(|_| self.spare.fresh()));
                 }
             }
         }
         // Kill the rest of the group while the leader's zombie pins the group id, then reap.
         let status = self.proc.finish();
-        if let Some(r) = rotation.take()
-            && let Ok(logs) = r.await
-        {
-            self.logs = Some(logs);
+        // A rotation under way finishes before the tail is read.
+        if let Some(r) = rotation.take() {
+            let _ = r.await;
         }
-        let paths = self
-            .logs
-            .as_ref()
-            .or(spare.as_ref())
-            .map(|l| l.paths().clone());
-        let tail_lines = self.tail_lines;
-        let tail = match paths {
-            Some(p) => tokio::task::spawn_blocking(move || output::tail(&p, tail_lines))
-                .await
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let (paths, tail_lines) = (self.spare.paths().clone(), self.tail_lines);
+        let tail = tokio::task::spawn_blocking(move || output::tail(&paths, tail_lines))
+            .await
+            .unwrap_or_default();
         match status {
             Some(status) => ExitInfo::from_status(status, killed_by_agent, tail),
             None => ExitInfo::status_unknown(killed_by_agent, tail),

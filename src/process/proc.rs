@@ -89,18 +89,11 @@ impl Proc {
         }
     }
 
-    /// A process that already ended and was reaped, under `pid` (which may since name another
-    /// process): for tests of "never signal after the reap".
+    /// Points this handle at `pid` (what pid reuse does behind its back): for tests of
+    /// "never signal after the reap".
     #[cfg(test)]
-    pub fn reaped_for_test(pid: u32) -> Self {
-        Self {
-            pid,
-            pidfd: None,
-            kind: Kind::Own,
-            start_ticks: 0,
-            done: true,
-            detach: None,
-        }
+    pub fn pretend_pid(&mut self, pid: u32) {
+        self.pid = pid;
     }
 
     /// Dropping this kills the group unless `flag` (or [`DETACH_ALL`]) is set by then.

@@ -36,7 +36,7 @@ pub enum ReaperError {
 }
 
 /// Makes orphaned descendants of the agent its children (instead of init's).
-pub fn become_subreaper() -> Result<(), ReaperError> {
+fn become_subreaper() -> Result<(), ReaperError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(ReaperError::Subreaper)
 }
 
@@ -64,7 +64,7 @@ pub fn start() -> Result<(), ReaperError> {
 }
 
 /// Reaps every exited child of the agent that nobody registered; returns how many. Blocking.
-pub fn reap_orphans() -> usize {
+fn reap_orphans() -> usize {
     let mut reaped = 0;
     for pid in own_children() {
         let map = children::lock();

@@ -120,7 +120,7 @@ async fn stop_kills_the_whole_group_even_when_sigterm_is_ignored() {
     }
     h.stop(Duration::from_millis(100));
     let (pid, info) = wait_exit(&rx).await;
-    assert_eq!(pid, h.pid);
+    assert_eq!(pid, h.identity.pid);
     assert!(info.killed_by_agent, "{info:?}");
     assert_eq!(info.signal_name().as_deref(), Some("SIGKILL"));
     // Grandchildren are gone too (killed; their zombies belong to init, which may take a moment).
@@ -212,7 +212,6 @@ async fn the_group_dies_with_its_leader() {
     poll_until("group gone", || {
         !group_alive(pid) || only_zombies_in_group(pid)
     });
-    assert!(h.is_finished());
     // The handle is inert: nothing signals through it any more, whoever gets the pid next.
     h.stop(Duration::ZERO);
     assert_eq!(h.identity.pid, pid);
@@ -238,7 +237,7 @@ async fn the_identity_is_the_started_program_with_its_start_time() {
         let _ = tx.send((pid, info));
     })
     .unwrap();
-    let now = Identity::read(h.pid).unwrap();
+    let now = Identity::read(h.identity.pid).unwrap();
     assert_eq!(h.identity, now);
     assert_eq!(now.exe, std::fs::canonicalize("/bin/sleep").unwrap());
     h.stop(Duration::ZERO);
@@ -290,7 +289,7 @@ async fn an_own_child_is_noticed_by_polling_too() {
     )
     .unwrap();
     let (pid, info) = wait_exit(&rx).await;
-    assert_eq!((pid, info.exit_code), (h.pid, Some(5)));
+    assert_eq!((pid, info.exit_code), (h.identity.pid, Some(5)));
 }
 
 #[tokio::test]
@@ -303,7 +302,7 @@ async fn adopting_a_live_process_supervises_it_with_status_unknown() {
         tx.send((pid, info)).unwrap()
     })
     .unwrap();
-    assert_eq!((h.pid, &h.identity), (game.pid(), &identity));
+    assert_eq!((h.identity.pid, &h.identity), (game.pid(), &identity));
     assert!(game.alive());
     h.stop(Duration::from_millis(50));
     let (pid, info) = wait_exit(&rx).await;
@@ -399,6 +398,7 @@ async fn descendants_that_left_the_group_are_killed_by_their_tag() {
         // Waits until the escapee has its own session (so the group kill cannot catch it).
         "setsid sleep 300 & p=$!; i=0; \
          while [ \"$(cut -d' ' -f6 /proc/$p/stat)\" != $p ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done; \
+         [ \"$(cut -d' ' -f6 /proc/$p/stat)\" = $p ] || exit 9; \
          echo escaped $p; sleep 300 & exit 0",
     );
     s.env.extend([
@@ -412,6 +412,11 @@ async fn descendants_that_left_the_group_are_killed_by_their_tag() {
     let (tx, rx) = std_mpsc::channel();
     launch(&s, move |pid, info| tx.send((pid, info)).unwrap()).unwrap();
     let (_, info) = wait_exit(&rx).await;
+    assert_eq!(
+        info.exit_code,
+        Some(0),
+        "the sleep left the group: {info:?}"
+    );
     let line = info
         .output_tail
         .iter()
@@ -441,7 +446,7 @@ fn launch_and_drop_runtime(dir: &Path, before_drop: impl FnOnce(&ProcessHandle))
     });
     before_drop(&h);
     drop(rt);
-    (h.pid, h.identity.start_ticks)
+    (h.identity.pid, h.identity.start_ticks)
 }
 
 #[test]
@@ -462,7 +467,13 @@ fn dropping_the_task_kills_the_game_unless_it_was_detached() {
 async fn a_reaped_process_is_never_signalled_even_when_its_pid_is_reused() {
     // The pid of a reaped process, now reused by someone else (simulated: a live stranger).
     let mut stranger = Stranger::start();
-    let mut gone = Proc::reaped_for_test(stranger.pid());
+    // The real sequence: an own child exits and is reaped.
+    let (pid, pidfd) = spawn_own(&mut std::process::Command::new("true"), Watch::Pidfd).unwrap();
+    let mut gone = Proc::own(pid, pidfd, 0);
+    gone.exited().await;
+    assert!(gone.finish().is_some_and(|s| s.is_ok()), "reaped");
+    // Its pid now names someone else.
+    gone.pretend_pid(stranger.pid());
     gone.signal_group(Signal::SIGKILL);
     assert!(gone.finish().is_none(), "nothing left to reap");
     drop(gone); // no kill-on-drop either

@@ -50,16 +50,6 @@ impl Caller {
     }
 }
 
-/// The process group of `pid`, read from `/proc/<pid>/stat`. Every game process leads its own
-/// group, so a helper process a game forked (and did not move) names the game this way.
-pub fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // state, ppid, pgrp
-    rest.split_whitespace().nth(2)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,13 +80,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn reads_the_process_group() {
-        let me = std::process::id();
-        let group = process_group(me).unwrap();
-        assert_eq!(group, nix::unistd::getpgrp().as_raw() as u32);
-        assert_eq!(process_group(u32::MAX), None);
     }
 }

@@ -63,7 +63,7 @@ impl SdkService {
             // A helper process the game forked calls with its own pid: it is still in the
             // game's process group, which the game leads.
             Err(HandleError::Fleet(FleetError::UnknownPid(_))) => {
-                match caller::process_group(caller.pid).filter(|g| *g != caller.pid) {
+                match crate::process::process_group(caller.pid).filter(|g| *g != caller.pid) {
                     Some(group) => match self.fleet.sdk(group, call).await {
                         Err(HandleError::Fleet(FleetError::UnknownPid(_))) => first,
                         other => other,
