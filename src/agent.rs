@@ -21,7 +21,8 @@ use crate::store::{
     EVENT_SEQUENCE_KEY, Records, SDK_ADDRESS_KEY, StateStore, StoreError, read_value, value_record,
 };
 use crate::upstream;
-use crate::upstream::outbox::{Outbox, OutboxError};
+use crate::upstream::ledger::{Ledger, LedgerError};
+use crate::upstream::outbox::{Outbox, OutboxError, unix_ms};
 
 /// Events kept in memory for DescribeFleetEvents.
 const EVENT_HISTORY: usize = 10_000;
@@ -77,6 +78,9 @@ pub enum AgentError {
     /// The outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The command ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     /// The state store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -107,9 +111,10 @@ pub struct Endpoints {
     pub capi_address: Option<SocketAddr>,
 }
 
-/// The outbox and its writer thread, when a control plane is configured.
+/// The outbox, its writer thread and the command ledger, when a control plane is configured.
 struct Upstream {
     outbox: Outbox,
+    ledger: Ledger,
     writer: std::thread::JoinHandle<()>,
 }
 
@@ -182,7 +187,15 @@ impl Agent {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let bus = EventBus::with_sink(EVENT_HISTORY, tx);
                 let writer = outbox.clone().spawn_writer(rx, bus.without_sink());
-                (bus, Some(Upstream { outbox, writer }))
+                let ledger = Ledger::open(store.database(), unix_ms(std::time::SystemTime::now()))?;
+                (
+                    bus,
+                    Some(Upstream {
+                        outbox,
+                        ledger,
+                        writer,
+                    }),
+                )
             }
         };
         if let Some(next) = read_value::<u64>(&stored, EVENT_SEQUENCE_KEY) {
@@ -281,6 +294,7 @@ impl Agent {
                     ucfg.clone(),
                     self.cfg.clone(),
                     u.outbox.clone(),
+                    u.ledger.clone(),
                     fleet.clone(),
                     bus.clone(),
                     relay_stop.clone(),

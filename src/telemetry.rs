@@ -46,19 +46,20 @@ pub fn clip(value: &str) -> std::borrow::Cow<'_, str> {
     format!("{}… ({} bytes cut)", &value[..end], value.len() - end).into()
 }
 
-/// Caller-driven log lines (refusals) allowed per source and window; the rest are counted
-/// and the count is said in the next line that is written.
+/// Caller-driven log lines (refusals) allowed per source (a claimed pid, say) and window; the
+/// rest are counted and the count is said in the next line that is written.
 #[derive(Debug)]
-pub struct LogLimit {
+pub struct LogLimit<K> {
     per_window: u32,
     window: std::time::Duration,
-    sources: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32, u64)>>,
+    /// Per source: window start, lines written in it, lines suppressed since the last one.
+    sources: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, u32, u64)>>,
 }
 
 /// Sources remembered at most (a flood of distinct sources resets the table).
 const LOG_LIMIT_SOURCES: usize = 4096;
 
-impl LogLimit {
+impl<K: Eq + std::hash::Hash> LogLimit<K> {
     /// At most `per_window` lines per source every `window`.
     pub fn new(per_window: u32, window: std::time::Duration) -> Self {
         Self {
@@ -70,14 +71,12 @@ impl LogLimit {
 
     /// Whether a line from `source` may be written at `now`; when it may, how many lines of
     /// that source were suppressed since the last one written.
-    pub fn admit(&self, source: &str, now: std::time::Instant) -> Option<u64> {
+    pub fn admit(&self, source: K, now: std::time::Instant) -> Option<u64> {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        if sources.len() >= LOG_LIMIT_SOURCES && !sources.contains_key(source) {
+        if sources.len() >= LOG_LIMIT_SOURCES && !sources.contains_key(&source) {
             sources.clear();
         }
-        let (start, written, suppressed) = sources
-            .entry(clip(source).into_owned())
-            .or_insert((now, 0, 0));
+        let (start, written, suppressed) = sources.entry(source).or_insert((now, 0, 0));
         if now.duration_since(*start) >= self.window {
             *start = now;
             *written = 0;
@@ -110,13 +109,11 @@ mod tests {
     fn a_flood_from_one_source_is_counted_not_written() {
         let limit = LogLimit::new(3, Duration::from_secs(10));
         let t0 = Instant::now();
-        let admitted = (0..100)
-            .filter(|_| limit.admit("pid 7", t0).is_some())
-            .count();
+        let admitted = (0..100).filter(|_| limit.admit(7, t0).is_some()).count();
         assert_eq!(admitted, 3);
         // Another source is not held up by the first.
-        assert_eq!(limit.admit("pid 8", t0), Some(0));
+        assert_eq!(limit.admit(8, t0), Some(0));
         // The next window says how many were suppressed.
-        assert_eq!(limit.admit("pid 7", t0 + Duration::from_secs(10)), Some(97));
+        assert_eq!(limit.admit(7, t0 + Duration::from_secs(10)), Some(97));
     }
 }

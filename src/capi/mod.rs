@@ -500,9 +500,9 @@ fn envelope(result: Result<Value, CapiError>) -> Value {
         Ok(_) => Map::new(),
         Err(e) => {
             // Caller-driven: the value is cut and the lines are rate-limited.
-            static REFUSALS: std::sync::LazyLock<LogLimit> =
+            static REFUSALS: std::sync::LazyLock<LogLimit<()>> =
                 std::sync::LazyLock::new(|| LogLimit::new(20, std::time::Duration::from_secs(10)));
-            if let Some(suppressed) = REFUSALS.admit("capi", std::time::Instant::now()) {
+            if let Some(suppressed) = REFUSALS.admit((), std::time::Instant::now()) {
                 tracing::info!(capi.code = e.code, error = %clip(&e.message), refusals.suppressed = suppressed, "control API request refused");
             }
             let mut o = Map::new();

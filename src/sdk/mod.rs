@@ -40,7 +40,7 @@ pub enum SdkServerError {
 pub struct SdkService {
     fleet: FleetHandle,
     /// Refusals are logged at most this often per claimed pid.
-    refusals: Arc<LogLimit>,
+    refusals: Arc<LogLimit<u32>>,
 }
 
 /// Refusals logged per claimed pid and window (the rest are counted).
@@ -95,9 +95,7 @@ impl SdkService {
             },
             Err(message) => {
                 // Caller-driven: values cut, lines rate-limited per claimed pid.
-                if let Some(suppressed) = self
-                    .refusals
-                    .admit(&caller.pid.to_string(), std::time::Instant::now())
+                if let Some(suppressed) = self.refusals.admit(caller.pid, std::time::Instant::now())
                 {
                     tracing::info!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, error = %clip(&message), refusals.suppressed = suppressed, "sdk call refused");
                 }

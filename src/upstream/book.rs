@@ -14,7 +14,9 @@
 //! dies, they wait as unsent and go first on the next one. A command with an empty id cannot be
 //! deduplicated: it runs every time and is not recorded.
 //!
-//! Every method may touch the disk: call them from a blocking thread (`spawn_blocking`).
+//! [`CommandBook::begin`] and [`CommandBook::finish`] touch the disk: call them from a blocking
+//! thread (`spawn_blocking`). The book's lock is never held across disk I/O, so attaching and
+//! detaching connections from the async workers never waits on the disk.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,9 +29,6 @@ use crate::upstream_proto as up;
 /// Results kept in memory when the ledger could not record them (a failing disk), so that an
 /// id is still not applied twice while the agent runs.
 const UNRECORDED_KEPT: usize = 10_000;
-
-/// The error code of a command refused because the book cannot say whether it already ran.
-const LEDGER_CODE: &str = "InternalError";
 
 /// What [`CommandBook::begin`] decided.
 #[derive(Debug, PartialEq, Eq)]
@@ -114,39 +113,47 @@ impl CommandBook {
                 }
                 None => {}
             }
-            match self.ledger.recorded(id) {
-                Ok(Some(r)) => {
-                    tracing::info!(command.id = %id, "command already applied; sending its recorded result");
-                    inner.deliver(r);
-                    return Begin::Answered;
-                }
-                Ok(None) => {
-                    inner
-                        .claims
-                        .insert(id.to_string(), Claim::Running { copies: 0 });
-                }
-                Err(e) => {
-                    tracing::error!(command.id = %id, error = %e, "cannot tell whether a command already ran; refusing it");
-                    inner.deliver(refusal(id, "cannot read the agent's command record"));
-                    return Begin::Answered;
-                }
+            // Claimed before the disk is read: the lock is never held across I/O (attach and
+            // detach take it on the async workers), and copies arriving meanwhile wait.
+            inner
+                .claims
+                .insert(id.to_string(), Claim::Running { copies: 0 });
+        }
+        let answer = match self.ledger.recorded(id) {
+            Ok(None) => None,
+            Ok(Some(r)) => {
+                tracing::info!(command.id = %id, "command already applied; sending its recorded result");
+                Some(r)
             }
+            Err(e) => {
+                tracing::error!(command.id = %id, error = %e, "cannot tell whether a command already ran; refusing it");
+                Some(refusal(id, "cannot read the agent's command record"))
+            }
+        };
+        if let Some(r) = answer {
+            self.release(id, r);
+            return Begin::Answered;
         }
         // The claim keeps every other copy out while the mark is written.
         if let Err(e) = self.ledger.mark_running(id, now_ms) {
             tracing::error!(command.id = %id, error = %e, "cannot mark a command as running; refusing it");
-            let mut inner = self.lock();
-            let copies = match inner.claims.remove(id) {
-                Some(Claim::Running { copies }) => copies,
-                _ => 0,
-            };
-            let r = refusal(id, "cannot write the agent's command record");
-            for _ in 0..=copies {
-                inner.deliver(r.clone());
-            }
+            self.release(id, refusal(id, "cannot write the agent's command record"));
             return Begin::Answered;
         }
         Begin::Run
+    }
+
+    /// Drops the claim on `id` without a run and answers it with `r`, once for the copy that
+    /// claimed it and once for every copy that arrived meanwhile.
+    fn release(&self, id: &str, r: up::CommandResult) {
+        let mut inner = self.lock();
+        let copies = match inner.claims.remove(id) {
+            Some(Claim::Running { copies }) => copies,
+            _ => 0,
+        };
+        for _ in 0..=copies {
+            inner.deliver(r.clone());
+        }
     }
 
     /// Records the result of a command [`CommandBook::begin`] said to run (at `now_ms`), then
@@ -225,13 +232,11 @@ impl CommandBook {
 
 /// A refusal that leaves the id unclaimed: nothing ran, the control plane may resend it.
 fn refusal(id: &str, why: &str) -> up::CommandResult {
-    up::CommandResult {
-        command_id: id.to_string(),
-        ok: false,
-        error_code: LEDGER_CODE.to_string(),
-        message: format!("{why}; the command was not run: resend it"),
-        response_json: String::new(),
-    }
+    super::failure(
+        id,
+        super::INTERNAL_ERROR,
+        format!("{why}; the command was not run: resend it"),
+    )
 }
 
 #[cfg(test)]

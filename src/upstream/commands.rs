@@ -1,6 +1,7 @@
 //! Commands from the control plane: each becomes one typed [`Control`] command, the same the
 //! local control API sends, and gets exactly one result.
 
+use super::failure;
 use crate::capi::view;
 use crate::config::Config;
 use crate::fleet::actor::HandleError;
@@ -48,7 +49,7 @@ async fn deploy(
     let p = path.clone();
     let hash = tokio::task::spawn_blocking(move || package::content_hash(&p))
         .await
-        .map_err(|e| ("InternalError", e.to_string()))?
+        .map_err(|e| (super::INTERNAL_ERROR, e.to_string()))?
         .map_err(|e| ("InvalidParameterValue", e.to_string()))?;
     if !hash.eq_ignore_ascii_case(d.sha256.trim()) {
         return Err((
@@ -237,15 +238,5 @@ pub async fn handle(fleet: &FleetHandle, cfg: &Config, command: up::Command) -> 
             failure(id, "OperationDenied", "the agent is shutting down".into())
         }
         Err(HandleError::Fleet(e)) => failure(id, e.tencent_code(), e.to_string()),
-    }
-}
-
-fn failure(id: String, code: &str, message: String) -> up::CommandResult {
-    up::CommandResult {
-        command_id: id,
-        ok: false,
-        error_code: code.to_string(),
-        message,
-        response_json: String::new(),
     }
 }

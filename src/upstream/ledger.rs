@@ -30,44 +30,37 @@ const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_resu
 const ORDER: TableDefinition<u64, (u64, &str)> = TableDefinition::new("command_order");
 const RUNNING: TableDefinition<&str, u64> = TableDefinition::new("command_running");
 
-/// The error code of a command interrupted by an agent restart (the one the agent uses for its
-/// own faults).
-pub const INTERRUPTED_CODE: &str = "InternalError";
-
 /// Why a ledger step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// Creating the tables or settling interrupted commands failed.
-    #[error("cannot open the command ledger")]
-    Open(#[source] redb::Error),
-    /// Looking up a command id failed.
-    #[error("cannot look up a command in the ledger")]
-    Lookup(#[source] redb::Error),
+    /// A database step failed.
+    #[error("command ledger: cannot {step}: {source}")]
+    Db {
+        /// What was being done.
+        step: &'static str,
+        /// What redb said.
+        #[source]
+        source: redb::Error,
+    },
     /// A stored result does not decode.
-    #[error("a recorded command result does not decode")]
+    #[error("command ledger: a recorded result does not decode: {0}")]
     Decode(#[source] prost::DecodeError),
-    /// Marking a command as running failed.
-    #[error("cannot mark a command as running in the ledger")]
-    MarkRunning(#[source] redb::Error),
-    /// Recording a result failed.
-    #[error("cannot record a command result in the ledger")]
-    Record(#[source] redb::Error),
-    /// Pruning old results failed.
-    #[error("cannot prune the command ledger")]
-    Prune(#[source] redb::Error),
+}
+
+/// Maps a redb error of `step`.
+fn failed(step: &'static str) -> impl FnOnce(redb::Error) -> LedgerError {
+    move |source| LedgerError::Db { step, source }
 }
 
 /// The result a command gets when the agent restarted while running it.
 pub fn interrupted(command_id: &str) -> up::CommandResult {
-    up::CommandResult {
-        command_id: command_id.to_string(),
-        ok: false,
-        error_code: INTERRUPTED_CODE.to_string(),
-        message: "the agent restarted while running this command; its outcome is unknown: \
-                  check the state and resend it with a new id"
+    super::failure(
+        command_id,
+        super::INTERNAL_ERROR,
+        "the agent restarted while running this command; its outcome is unknown: \
+         check the state and resend it with a new id"
             .to_string(),
-        response_json: String::new(),
-    }
+    )
 }
 
 /// The ledger; cheap to clone. Every method does blocking disk I/O: call it from a blocking
@@ -81,7 +74,7 @@ impl Ledger {
     /// Creates the ledger's tables in `db` if needed and records every command left running by
     /// a previous run as [`interrupted`] (at `now_ms`).
     pub fn open(db: Arc<Database>, now_ms: u64) -> Result<Self, LedgerError> {
-        settle_interrupted(&db, now_ms).map_err(LedgerError::Open)?;
+        settle_interrupted(&db, now_ms).map_err(failed("open the tables"))?;
         Ok(Self { db })
     }
 
@@ -92,7 +85,7 @@ impl Ledger {
             let results = txn.open_table(RESULTS)?;
             Ok(results.get(id)?.map(|v| v.value().to_vec()))
         })()
-        .map_err(LedgerError::Lookup)?;
+        .map_err(failed("look up a command"))?;
         bytes
             .map(|b| up::CommandResult::decode(b.as_slice()))
             .transpose()
@@ -107,7 +100,7 @@ impl Ledger {
             txn.commit()?;
             Ok(())
         })()
-        .map_err(LedgerError::MarkRunning)
+        .map_err(failed("mark a command as running"))
     }
 
     /// Records `result` for its command id (the first result recorded for an id stays) and
@@ -125,7 +118,7 @@ impl Ledger {
             txn.commit()?;
             Ok(())
         })()
-        .map_err(LedgerError::Record)
+        .map_err(failed("record a result"))
     }
 
     /// Drops the oldest results beyond the newest `keep`, and every result recorded before
@@ -160,7 +153,7 @@ impl Ledger {
             }
             Ok(doomed)
         })()
-        .map_err(LedgerError::Prune)
+        .map_err(failed("prune old results"))
     }
 }
 

@@ -7,3 +7,19 @@ pub mod commands;
 pub mod ledger;
 pub mod outbox;
 pub mod relay;
+
+use crate::upstream_proto as up;
+
+/// Tencent's code for the agent's own faults (an interrupted command, a failing ledger).
+const INTERNAL_ERROR: &str = "InternalError";
+
+/// A failed command result.
+fn failure(id: impl Into<String>, code: &str, message: String) -> up::CommandResult {
+    up::CommandResult {
+        command_id: id.into(),
+        ok: false,
+        error_code: code.to_string(),
+        message,
+        response_json: String::new(),
+    }
+}

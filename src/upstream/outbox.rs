@@ -14,7 +14,6 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, watch};
 
-use super::ledger::{Ledger, LedgerError};
 use crate::event::{Event, EventBus, EventCode};
 use crate::upstream_proto as up;
 
@@ -40,9 +39,6 @@ pub enum OutboxError {
         /// What redb said.
         message: String,
     },
-    /// The command ledger could not be opened.
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
     /// A read or write failed.
     #[error("outbox {step} failed: {message}")]
     Io {
@@ -73,7 +69,6 @@ struct State {
 #[derive(Clone)]
 pub struct Outbox {
     db: Arc<Database>,
-    ledger: Ledger,
     state: Arc<Mutex<State>>,
     committed: watch::Sender<u64>,
 }
@@ -122,8 +117,8 @@ impl Outbox {
     }
 
     /// The outbox in a database somebody else opened (and may keep using for tables of its
-    /// own): creates the outbox's tables (`events`, `meta`) and the command ledger's
-    /// (`command_*`) if needed. `max_bytes` bounds the unacknowledged events on disk.
+    /// own): creates the outbox's tables (`events`, `meta`) if needed. `max_bytes` bounds the
+    /// unacknowledged events on disk.
     pub fn open_in(db: Arc<Database>, max_bytes: u64) -> Result<Self, OutboxError> {
         let open = |e: &dyn std::fmt::Display| OutboxError::Prepare {
             message: e.to_string(),
@@ -159,11 +154,9 @@ impl Outbox {
             (last.max(acked) + 1, acked, bytes, epoch)
         };
         txn.commit().map_err(|e| open(&e))?;
-        let ledger = Ledger::open(db.clone(), unix_ms(std::time::SystemTime::now()))?;
         let (committed, _) = watch::channel(next_seq - 1);
         Ok(Self {
             db,
-            ledger,
             state: Arc::new(Mutex::new(State {
                 epoch,
                 next_seq,
@@ -174,11 +167,6 @@ impl Outbox {
             })),
             committed,
         })
-    }
-
-    /// The ledger of applied commands, in the outbox's database.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

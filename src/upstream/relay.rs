@@ -102,7 +102,6 @@ async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
     };
     let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
         .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(cfg.connect_timeout.get())
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     if cfg.endpoint.starts_with("https://") {
@@ -131,14 +130,15 @@ pub async fn run(
     cfg: UpstreamConfig,
     agent: Arc<Config>,
     outbox: Outbox,
+    ledger: Ledger,
     fleet: FleetHandle,
     bus: EventBus,
     shutdown: CancellationToken,
 ) {
     let mut backoff = cfg.reconnect_initial.get();
     let mut connected_before = false;
-    let book = CommandBook::new(outbox.ledger().clone());
-    let _prune = AbortOnDrop(tokio::spawn(prune_ledger(outbox.ledger().clone())));
+    let book = CommandBook::new(ledger.clone());
+    let _prune = AbortOnDrop(tokio::spawn(prune_ledger(ledger)));
     loop {
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
@@ -180,6 +180,17 @@ pub async fn run(
     }
 }
 
+/// `step` given up after `limit` (a peer that accepts TCP and then says nothing).
+async fn within<T>(
+    step: &'static str,
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, RelayError> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| RelayError::Timeout { step, limit })
+}
+
 /// A delay in [d/2, d].
 fn jitter(d: Duration) -> Duration {
     let r = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
@@ -197,13 +208,12 @@ async fn session(
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), RelayError> {
-    let limit = cfg.connect_timeout.get();
-    let channel = tokio::time::timeout(limit, channel(cfg))
-        .await
-        .map_err(|_| RelayError::Timeout {
-            step: "connecting (TCP, TLS and HTTP/2)",
-            limit,
-        })??;
+    let channel = within(
+        "connecting (TCP, TLS and HTTP/2)",
+        cfg.connect_timeout.get(),
+        channel(cfg),
+    )
+    .await??;
     let token = match &cfg.token_file {
         Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
         None => None,
@@ -227,14 +237,13 @@ async fn session(
         })?;
         request.metadata_mut().insert("authorization", value);
     }
-    let limit = cfg.response_timeout.get();
-    let response = tokio::time::timeout(limit, client.relay(request))
-        .await
-        .map_err(|_| RelayError::Timeout {
-            step: "the control plane's answer to the Relay call",
-            limit,
-        })?
-        .map_err(status_error)?;
+    let response = within(
+        "the control plane's answer to the Relay call",
+        cfg.response_timeout.get(),
+        client.relay(request),
+    )
+    .await?
+    .map_err(status_error)?;
     let mut inbound = response.into_inner();
     *connected = true;
     bus.emit(Event::new(
