@@ -1,11 +1,8 @@
 //! Control API validation: every refusal carries Tencent's code and names the parameter.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use serde_json::json;
 
-use serde_json::{Value, json};
-
-use crate::helper::{Agent, DEADLINE, config, entry};
+use crate::helper::{Agent, config, entry, raw_request};
 
 const QUICK_STOP: &str = "timeouts: { stop-grace: 200ms, shutdown: 1s }";
 
@@ -228,28 +225,6 @@ fn update_game_server_session_through_the_control_api() {
         "InvalidParameterValue",
     );
     assert!(msg.contains("ProtectionPolicy"), "{msg}");
-}
-
-/// One raw request to `addr`: `request_line` and `headers` as written (each ending in CRLF),
-/// then the body; returns `Response`.
-fn raw_request(addr: SocketAddr, request_line: &str, headers: &str, body: &str) -> Value {
-    let mut s = TcpStream::connect(addr).expect("connect capi");
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        s,
-        "{request_line}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
-    assert!(
-        head.starts_with("HTTP/1.") && head[8..].starts_with(" 200 "),
-        "{head}"
-    );
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    v["Response"].clone()
 }
 
 #[test]

@@ -20,10 +20,6 @@ health-check: { interval: 100ms, timeout: 500ms, failure-threshold: 3 }
 timeouts: { process-ready: 5s, process-exit: 1s, player-reservation: 30s, stop-grace: 200ms, shutdown: 1s }
 restart: { initial-backoff: 50ms, max-backoff: 200ms, reset-after: 1m, crash-loop-max: 20, crash-loop-window: 1m, crash-loop-cool-down: 1h }";
 
-fn alive(pid: u32) -> bool {
-    group_running(pid)
-}
-
 fn pids(processes: &[Value]) -> BTreeSet<u64> {
     processes
         .iter()
@@ -168,7 +164,7 @@ fn a_killed_agent_is_restarted_and_adopts_its_games_sessions_and_players() {
         let last = last_event(&agent);
         agent.kill9();
         for pid in &m.pids {
-            assert!(alive(*pid as u32), "game {pid} outlives its agent");
+            assert!(group_running(*pid as u32), "game {pid} outlives its agent");
         }
         agent.spawn();
         assert_adopted(&agent, &m, last);
@@ -200,7 +196,9 @@ fn a_killed_agent_is_restarted_and_adopts_its_games_sessions_and_players() {
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait_exit().success());
     for pid in m.pids.iter().chain(pids(&ready).iter()) {
-        wait_for("every game gone", || (!alive(*pid as u32)).then_some(()));
+        wait_for("every game gone", || {
+            (!group_running(*pid as u32)).then_some(())
+        });
     }
 }
 
@@ -224,7 +222,10 @@ fn an_upgrade_replaces_the_binary_and_the_new_one_adopts_the_games() {
         agent.signal(Signal::SIGQUIT);
         assert!(agent.wait_exit().success(), "{}", agent.stderr());
         for pid in &m.pids {
-            assert!(alive(*pid as u32), "game {pid} outlives the upgrade");
+            assert!(
+                group_running(*pid as u32),
+                "game {pid} outlives the upgrade"
+            );
         }
         agent.spawn_exe(&installed);
         assert_adopted(&agent, &m, last);
@@ -233,7 +234,9 @@ fn an_upgrade_replaces_the_binary_and_the_new_one_adopts_the_games() {
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait_exit().success());
     for pid in &m.pids {
-        wait_for("every game gone", || (!alive(*pid as u32)).then_some(()));
+        wait_for("every game gone", || {
+            (!group_running(*pid as u32)).then_some(())
+        });
     }
 }
 
@@ -245,7 +248,7 @@ fn a_recycled_pid_is_never_signalled() {
     agent.kill9();
     // The game dies while no agent runs; a stranger now holds a pid the store records.
     kill(Pid::from_raw(game as i32), Signal::SIGKILL).unwrap();
-    wait_for("the game gone", || (!alive(game)).then_some(()));
+    wait_for("the game gone", || (!group_running(game)).then_some(()));
     let stranger = KillOnDrop(
         Command::new("sleep")
             .arg("60")
@@ -267,7 +270,7 @@ fn a_recycled_pid_is_never_signalled() {
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait_exit().success());
     assert!(
-        alive(stranger_pid),
+        group_running(stranger_pid),
         "the stranger that reused a recorded pid was never signalled"
     );
 }
@@ -320,8 +323,13 @@ fn a_game_no_saved_record_names_is_stopped_at_the_next_start() {
     agent.spawn();
     agent.wait_ready(1);
     let stray_pid = stray.0.id();
-    wait_for("the stray stopped", || (!alive(stray_pid)).then_some(()));
-    assert!(alive(other.0.id()), "another agent's game is not touched");
+    wait_for("the stray stopped", || {
+        (!group_running(stray_pid)).then_some(())
+    });
+    assert!(
+        group_running(other.0.id()),
+        "another agent's game is not touched"
+    );
     assert_eq!(
         agent.count("SERVER_PROCESS_STARTED"),
         0,

@@ -48,6 +48,21 @@ impl Sdk {
             .into_inner()
     }
 
+    /// AcceptPlayerSession of player session `psess-none` in `gss_id`, as `pid`.
+    fn accept(&self, pid: &str, gss_id: &str) -> GseResponse {
+        let mut c = self.client.clone();
+        self.rt
+            .block_on(c.accept_player_session(Self::req(
+                Some(pid),
+                proto::AcceptPlayerSessionRequest {
+                    game_server_session_id: gss_id.to_string(),
+                    player_session_id: "psess-none".into(),
+                },
+            )))
+            .unwrap()
+            .into_inner()
+    }
+
     fn ready(&mut self, pid: &str) -> GseResponse {
         let mut c = self.client.clone();
         let msg = proto::ProcessReadyRequest {
@@ -108,18 +123,7 @@ fn calls_illegal_in_the_current_state_are_refused_with_400() {
         .unwrap()
         .into_inner();
     assert_400(&activate, "game server session gssess-none does not exist");
-    let accept = sdk
-        .rt
-        .block_on(c.accept_player_session(Sdk::req(
-            Some(&pid),
-            proto::AcceptPlayerSessionRequest {
-                game_server_session_id: "gssess-none".into(),
-                player_session_id: "psess-none".into(),
-            },
-        )))
-        .unwrap()
-        .into_inner();
-    assert_400(&accept, "does not exist");
+    assert_400(&sdk.accept(&pid, "gssess-none"), "does not exist");
     let policy = sdk
         .rt
         .block_on(c.update_player_session_creation_policy(Sdk::req(
@@ -184,19 +188,7 @@ fn a_flood_of_huge_refused_calls_costs_little_log() {
     let huge = "x".repeat(3 << 20);
     let before = agent.stderr().len();
     for _ in 0..30 {
-        let mut c = sdk.client.clone();
-        let r = sdk
-            .rt
-            .block_on(c.accept_player_session(Sdk::req(
-                Some(&pid),
-                proto::AcceptPlayerSessionRequest {
-                    game_server_session_id: huge.clone(),
-                    player_session_id: "psess-none".into(),
-                },
-            )))
-            .unwrap()
-            .into_inner();
-        assert_400(&r, "does not exist");
+        assert_400(&sdk.accept(&pid, &huge), "does not exist");
     }
     // One more after the window would say how many were suppressed; within it, at most ten
     // lines of a few hundred bytes each were written for 90 MB of refused values.

@@ -211,15 +211,7 @@ impl ControlPlaneFake {
 
     /// Waits for the result of command `id`.
     pub fn result(&self, id: &str) -> up::CommandResult {
-        wait_for(&format!("the result of {id}"), || {
-            self.rec
-                .lock()
-                .unwrap()
-                .results
-                .iter()
-                .find(|r| r.command_id == id)
-                .cloned()
-        })
+        self.results(id, 1).swap_remove(0)
     }
 
     /// Waits until `n` results of command `id` arrived (over any connection); returns them in

@@ -69,27 +69,32 @@ impl Agent {
 
     /// Like [`Agent::start`], after `prepare` has set up the game root.
     pub fn start_with(yaml: &str, prepare: impl FnOnce(&std::path::Path)) -> Agent {
+        let mut agent = Self::prepared(yaml, prepare);
+        agent.spawn();
+        agent
+    }
+
+    /// The directory of [`Agent::start_with`], with no agent started yet (for a test that
+    /// starts it its own way and hands it to [`Agent::attach`]).
+    pub fn prepared(yaml: &str, prepare: impl FnOnce(&std::path::Path)) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("game")).unwrap();
         std::os::unix::fs::symlink(FAKE_SERVER, dir.path().join("game/server")).unwrap();
         prepare(&dir.path().join("game"));
         std::fs::write(dir.path().join("agent.yaml"), yaml).unwrap();
-        let mut agent = Agent {
+        Agent {
             dir,
             child: None,
             capi: "127.0.0.1:1".parse().unwrap(),
             sdk: "127.0.0.1:1".parse().unwrap(),
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// Starts the agent binary `exe` on this agent's directory (a restart keeps `data/`);
     /// returns once its new endpoints are written.
     pub fn spawn_exe(&mut self, exe: &std::path::Path) {
         assert!(self.child.is_none(), "the agent is still running");
-        let endpoints = self.path("data/endpoints.json");
-        let _ = std::fs::remove_file(&endpoints);
+        let _ = std::fs::remove_file(self.path("data/endpoints.json"));
         let log = |name: &str| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -106,7 +111,14 @@ impl Agent {
             .stdin(Stdio::null())
             .spawn()
             .expect("start gse-agent");
+        self.attach(child);
+    }
+
+    /// Supervises `child`, an agent started on this directory; returns once its endpoints are
+    /// written.
+    pub fn attach(&mut self, child: Child) {
         self.child = Some(child);
+        let endpoints = self.path("data/endpoints.json");
         let v: Value = wait_for("endpoints.json", || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited early ({status}): {}", self.stderr());
@@ -341,25 +353,34 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// One control API call to `addr`; returns `Response`.
-pub fn capi_at(addr: SocketAddr, body: &Value) -> Value {
-    capi_raw_at(addr, &body.to_string())
-}
-
 /// One control API call with a raw body to `addr`; returns `Response`.
 pub fn capi_raw_at(addr: SocketAddr, body: &str) -> Value {
+    raw_request(
+        addr,
+        "POST /capi HTTP/1.1",
+        "Host: localhost\r\nContent-Type: application/json\r\n",
+        body,
+    )
+}
+
+/// One raw request to `addr`: `request_line` and `headers` as written (each header ending in
+/// CRLF), then the body; returns `Response`.
+pub fn raw_request(addr: SocketAddr, request_line: &str, headers: &str, body: &str) -> Value {
     let mut s = TcpStream::connect(addr).expect("connect capi");
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     write!(
-            s,
-            "POST /capi HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        s,
+        "{request_line}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.") && head[8..].starts_with(" 200 "),
+        "{head}"
+    );
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     v["Response"].clone()
 }
