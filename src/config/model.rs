@@ -344,11 +344,11 @@ impl Config {
     /// The variables of [`Config::game_env`] that name this agent's games (and, inherited,
     /// their descendants): how a restarted agent recognises them on the host.
     pub fn owner_tag(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("GSE_FLEET_ID", self.fleet_id.clone()),
-            ("GSE_INSTANCE_ID", self.instance_id.clone()),
-            ("GSE_GAME_ROOT", self.game_root.display().to_string()),
-        ]
+        const OWNER: [&str; 3] = ["GSE_FLEET_ID", "GSE_INSTANCE_ID", "GSE_GAME_ROOT"];
+        self.game_env(self.sdk_listen)
+            .into_iter()
+            .filter_map(|(k, v)| Some((*OWNER.iter().find(|o| **o == k)?, v)))
+            .collect()
     }
 
     /// The environment every game process gets (documented in the README); install.sh gets

@@ -49,14 +49,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError>
     // Game processes run in the game root, so every path must be absolute.
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     let config = v.validate(raw, &base);
-    if v.problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid {
-            file: file.to_string(),
-            problems: v.problems,
-        })
-    }
+    v.verdict(config, file)
 }
 
 struct Validator<'a> {
@@ -65,6 +58,18 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// `value` if no rule was broken, else every problem found in `file`.
+    fn verdict<T>(self, value: T, file: &str) -> Result<T, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems: self.problems,
+            })
+        }
+    }
+
     fn problem(&mut self, path: &[Segment], message: impl Into<String>) {
         let key = path
             .iter()
@@ -390,12 +395,5 @@ pub fn parse_runtime(text: &str, game_root: &Path) -> Result<RuntimeConfiguratio
         problems: Vec::new(),
     };
     let runtime = v.runtime(&raw, game_root);
-    if v.problems.is_empty() {
-        Ok(runtime)
-    } else {
-        Err(ConfigError::Invalid {
-            file: file.to_string(),
-            problems: v.problems,
-        })
-    }
+    v.verdict(runtime, file)
 }
