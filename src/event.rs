@@ -180,7 +180,8 @@ pub struct ExitDetails {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Event {
-    /// Monotonic per agent run, from 1.
+    /// Monotonic: from 1 on a fresh data-dir, and continuing above the last saved reservation
+    /// after a restart (see `fleet::actor::EVENT_SEQUENCE_RESERVE`).
     pub sequence: u64,
     /// Wall-clock time of the change.
     #[serde(serialize_with = "serialize_time")]
