@@ -43,7 +43,7 @@ impl Escapee {
 
 /// The ready game's pid and its two setsid grandchildren, checked to run in their own session.
 fn game_and_escapees(agent: &Agent) -> (u32, Vec<Escapee>) {
-    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    let pid = agent.wait_ready_answered(1)[0]["Pid"].as_u64().unwrap() as u32;
     let log = agent.path("data/logs/proc-0-0-1.stdout.log");
     let pids: Vec<u32> = wait_for("two setsid-child lines", || {
         let text = std::fs::read_to_string(&log).ok()?;
@@ -116,7 +116,8 @@ fn escaped_grandchildren_die_when_the_agent_stops() {
 #[test]
 fn a_game_outlives_a_killed_agent_and_keeps_writing_its_log() {
     let mut agent = Agent::start(&config(&entry("--fork-setsid 1 --ignore-sigterm", 1), FAST));
-    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    // Killed only once the game got its ProcessReady answer (it exits if that call fails).
+    let pid = agent.wait_ready_answered(1)[0]["Pid"].as_u64().unwrap() as u32;
     let (_, start) = wait_for("game stat", || stat(pid).map(|(_, _, s)| ((), s)));
     agent.kill9();
     let game = Escapee { pid, start };

@@ -51,29 +51,8 @@ struct Match {
     connection: std::net::TcpStream,
 }
 
-/// The last lines the game `process` wrote to stdout contain `text`.
-fn game_said(agent: &Agent, process: &Value, text: &str) -> bool {
-    let log = agent.path(&format!(
-        "data/logs/{}.stdout.log",
-        process["ProcessId"].as_str().unwrap()
-    ));
-    std::fs::read_to_string(log).is_ok_and(|t| t.contains(text))
-}
-
-/// Waits until `n` processes are ready and each got the answer to its ProcessReady, which
-/// the agent sends once the change is saved: only from then on does a SIGKILL keep it.
-fn wait_ready_saved(agent: &Agent, n: usize) -> Vec<Value> {
-    let ready = agent.wait_ready(n);
-    for p in &ready {
-        wait_for("ProcessReady answered", || {
-            game_said(agent, p, "ready: clientPort").then_some(())
-        });
-    }
-    ready
-}
-
 fn start_match(agent: &Agent) -> Match {
-    let ready = wait_ready_saved(agent, 2);
+    let ready = agent.wait_ready_answered(2);
     let s = agent.create_session(4);
     let gss_id = s["GameServerSessionId"].as_str().unwrap().to_string();
     let active = agent.wait_session_status(&gss_id, "ACTIVE");
@@ -83,7 +62,9 @@ fn start_match(agent: &Agent) -> Match {
         .find(|p| p["ClientPort"] == active["Port"])
         .unwrap();
     wait_for("ActivateGameServerSession answered", || {
-        game_said(agent, host, &format!("activated {gss_id}")).then_some(())
+        agent
+            .game_said(host, &format!("activated {gss_id}"))
+            .then_some(())
     });
     let joined = agent.ok(json!({
         "Action": "JoinGameServerSession",
@@ -243,7 +224,8 @@ fn an_upgrade_replaces_the_binary_and_the_new_one_adopts_the_games() {
 #[test]
 fn a_recycled_pid_is_never_signalled() {
     let mut agent = Agent::start(&config(&entry("", 1), FAST));
-    let ready = agent.wait_ready(1);
+    // Answered, so saved: the store has the game's record to rewrite.
+    let ready = agent.wait_ready_answered(1);
     let game = ready[0]["Pid"].as_u64().unwrap() as u32;
     agent.kill9();
     // The game dies while no agent runs; a stranger now holds a pid the store records.
@@ -298,7 +280,7 @@ fn rewrite_recorded_pid(store: &Path, from: u32, to: u32) {
 #[test]
 fn a_game_no_saved_record_names_is_stopped_at_the_next_start() {
     let mut agent = Agent::start(&config(&entry("", 1), FAST));
-    wait_ready_saved(&agent, 1);
+    agent.wait_ready_answered(1);
     agent.kill9();
     // What a launch looks like when the agent died before saving it: a game with this agent's
     // tag that no record names. Beside it, the same tag for another game root (another agent).
@@ -353,7 +335,7 @@ fn a_game_behind_a_wrapper_script_that_execs_its_server_is_adopted() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     });
-    let pid = wait_ready_saved(&agent, 1)[0]["Pid"].as_u64().unwrap();
+    let pid = agent.wait_ready_answered(1)[0]["Pid"].as_u64().unwrap();
     agent.kill9();
     agent.spawn();
     let ready = agent.wait_ready(1);

@@ -230,6 +230,28 @@ impl Agent {
         })
     }
 
+    /// Waits until `n` processes are ready and each got the answer to its ProcessReady, which
+    /// the agent sends once the change is saved: only from then on does killing the agent
+    /// leave a game that knows it is ready (the fake server exits when ProcessReady fails).
+    pub fn wait_ready_answered(&self, n: usize) -> Vec<Value> {
+        let ready = self.wait_ready(n);
+        for p in &ready {
+            wait_for("ProcessReady answered", || {
+                self.game_said(p, "ready: clientPort").then_some(())
+            });
+        }
+        ready
+    }
+
+    /// Whether the game `process` (a DescribeServerProcesses entry) wrote `text` to stdout.
+    pub fn game_said(&self, process: &Value, text: &str) -> bool {
+        let log = self.path(&format!(
+            "data/logs/{}.stdout.log",
+            process["ProcessId"].as_str().unwrap()
+        ));
+        std::fs::read_to_string(log).is_ok_and(|t| t.contains(text))
+    }
+
     /// Creates a session and returns it.
     pub fn create_session(&self, max_players: u32) -> Value {
         self.ok(json!({
