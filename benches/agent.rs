@@ -1,8 +1,10 @@
 //! `cargo bench --bench agent [-- sdk|footprint|restart|adopt|…]`: the agent's performance figures,
 //! measured on the real binaries. Prints one line per figure; the targets are in the README.
 //!
-//! - sdk: unary `ReportCustomData` calls (ProcessReady-sized) through the agent, many in flight
-//!   over several HTTP/2 connections; calls/s and latency percentiles.
+//! - sdk: unary `ReportCustomData` calls (ProcessReady-sized) made by a game process (so caller
+//!   verification is paid as in production), many in flight over several HTTP/2 connections;
+//!   calls/s and latency percentiles, beside a bare tonic server answering the same rpc to
+//!   the same client (the ceiling).
 //! - footprint: agent RSS and CPU while supervising 50 idle game processes.
 //! - restart: time from a game's exit to its replacement's start (no backoff pending).
 //! - adopt: time from a new agent's start to 50 adopted games health-checked (after SIGKILL).
@@ -14,8 +16,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gse_agent::proto::ReportCustomDataRequest;
-use gse_agent::proto::gse_grpc_sdk_service_client::GseGrpcSdkServiceClient;
+use gse_agent::proto::gse_grpc_sdk_service_server::{GseGrpcSdkService, GseGrpcSdkServiceServer};
+use gse_agent::proto::{self, GseResponse};
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_gse-agent");
@@ -137,64 +139,150 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn bench_sdk() {
-    let r = start("", 1, "");
+    let r = start("--command-dir commands", 1, "");
     let pid = ready_pids(&r, 1)[0];
+    let ceiling = Ceiling::start();
+    let port_file = r.dir.path().join(format!("game/commands/{pid}"));
+    let port: u16 = wait("the game's command port", || {
+        std::fs::read_to_string(&port_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    let mut game =
+        std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
     for (connections, per_connection) in [(2, 8), (4, 16)] {
-        sdk_load(&r, pid, connections, per_connection);
+        // The same client, in the game process, against both servers.
+        let bare = sdk_load(&mut game, &ceiling.addr, connections, per_connection);
+        let agent = sdk_load(&mut game, &r.sdk, connections, per_connection);
+        println!(
+            "sdk: {} in flight: agent (callers verified) {:.0} calls/s, p50 {} µs, p99 {} µs | bare tonic server {:.0} calls/s, p50 {} µs, p99 {} µs | agent/bare {:.2}",
+            connections * per_connection,
+            agent["calls_per_s"].as_f64().unwrap(),
+            agent["p50_us"],
+            agent["p99_us"],
+            bare["calls_per_s"].as_f64().unwrap(),
+            bare["p50_us"],
+            bare["p99_us"],
+            agent["calls_per_s"].as_f64().unwrap() / bare["calls_per_s"].as_f64().unwrap(),
+        );
     }
 }
 
-fn sdk_load(r: &Running, pid: u64, connections: usize, per_connection: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let run_for = Duration::from_secs(5);
-    let (calls, mut latencies, elapsed) = rt.block_on(async {
-        let mut tasks = Vec::new();
-        let start = Instant::now();
-        for _ in 0..connections {
-            let client = GseGrpcSdkServiceClient::connect(format!("http://{}", r.sdk))
-                .await
-                .unwrap();
-            for _ in 0..per_connection {
-                let mut c = client.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(100_000);
-                    while start.elapsed() < run_for {
-                        let mut req = tonic::Request::new(ReportCustomDataRequest {
-                            current_custom_count: 1,
-                            max_custom_count: 2,
-                        });
-                        req.metadata_mut()
-                            .insert("pid", pid.to_string().parse().unwrap());
-                        req.metadata_mut()
-                            .insert("requestid", "bench".parse().unwrap());
-                        let t = Instant::now();
-                        let resp = c.report_custom_data(req).await.unwrap().into_inner();
-                        lat.push(t.elapsed());
-                        assert_eq!(resp.status, 0, "{resp:?}");
-                    }
-                    lat
-                }));
-            }
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        (all.len(), all, start.elapsed())
-    });
-    latencies.sort();
-    println!(
-        "sdk: {:.0} calls/s ({calls} calls, {} in flight); latency p50 {:?} p99 {:?} max {:?}",
-        calls as f64 / elapsed.as_secs_f64(),
-        connections * per_connection,
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies.last().unwrap(),
-    );
+/// Asks the game to run `load` against `target`; returns its figures.
+fn sdk_load(
+    game: &mut std::io::BufReader<std::net::TcpStream>,
+    target: &str,
+    connections: usize,
+    per_connection: usize,
+) -> Value {
+    use std::io::{BufRead, Write};
+    writeln!(
+        game.get_mut(),
+        "load {target} {connections} {per_connection} 5"
+    )
+    .unwrap();
+    let mut line = String::new();
+    game.read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert!(v.get("error").is_none(), "{v}");
+    v
+}
+
+/// A bare tonic server answering the SDK's rpcs with SUCCESS and nothing else: the ceiling
+/// of what any server on this machine answers with the same client.
+struct Ceiling {
+    addr: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Ceiling {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(GseGrpcSdkServiceServer::new(Bare))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Self { addr, _rt: rt }
+    }
+}
+
+struct Bare;
+
+fn success() -> Result<tonic::Response<GseResponse>, tonic::Status> {
+    Ok(tonic::Response::new(GseResponse {
+        status: 0,
+        response_data: "SUCCESS".into(),
+        error_message: String::new(),
+    }))
+}
+
+#[tonic::async_trait]
+impl GseGrpcSdkService for Bare {
+    async fn process_ready(
+        &self,
+        _: tonic::Request<proto::ProcessReadyRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
+    async fn activate_game_server_session(
+        &self,
+        _: tonic::Request<proto::ActivateGameServerSessionRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
+    async fn accept_player_session(
+        &self,
+        _: tonic::Request<proto::AcceptPlayerSessionRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
+    async fn remove_player_session(
+        &self,
+        _: tonic::Request<proto::RemovePlayerSessionRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
+    async fn describe_player_sessions(
+        &self,
+        _: tonic::Request<proto::DescribePlayerSessionsRequest>,
+    ) -> Result<tonic::Response<proto::DescribePlayerSessionsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+    async fn update_player_session_creation_policy(
+        &self,
+        _: tonic::Request<proto::UpdatePlayerSessionCreationPolicyRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
+    async fn terminate_game_server_session(
+        &self,
+        _: tonic::Request<proto::TerminateGameServerSessionRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
+    async fn process_ending(
+        &self,
+        _: tonic::Request<proto::ProcessEndingRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
+    async fn report_custom_data(
+        &self,
+        _: tonic::Request<proto::ReportCustomDataRequest>,
+    ) -> Result<tonic::Response<GseResponse>, tonic::Status> {
+        success()
+    }
 }
 
 fn proc_status(pid: u32, field: &str) -> u64 {

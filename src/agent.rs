@@ -15,6 +15,7 @@ use crate::event::EventBus;
 use crate::fleet::actor::{Persistence, Stops};
 use crate::fleet::state::{Recorded, RestoreError};
 use crate::fleet::{self, Fleet, FleetHandle};
+use crate::listen::Bounds;
 use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
 use crate::store::{
@@ -274,8 +275,22 @@ impl Agent {
         // The servers outlive the fleet: ending processes still call the SDK.
         let servers_stop = CancellationToken::new();
         let sdk_task = tokio::spawn(
-            sdk::serve(self.sdk_listener, fleet.clone(), servers_stop.clone())
-                .instrument(tracing::info_span!("sdk")),
+            sdk::serve(
+                self.sdk_listener,
+                fleet.clone(),
+                sdk::SdkOptions {
+                    verify_callers: self.cfg.sdk_verify_callers,
+                    bounds: Bounds {
+                        max_connections: self.cfg.connections.sdk_max,
+                        first_bytes_within: self.cfg.connections.header_timeout.get(),
+                        // Live games stay connected; keepalive pings find dead peers.
+                        idle_after: None,
+                    }
+                    .within_open_files(crate::host::open_files_limit(), 2),
+                },
+                servers_stop.clone(),
+            )
+            .instrument(tracing::info_span!("sdk")),
         );
         let capi_task = self.capi_listener.map(|l| {
             tokio::spawn(

@@ -12,3 +12,10 @@ pub fn raise_open_files_limit() -> Result<u64, nix::Error> {
     }
     Ok(hard.max(soft))
 }
+
+/// The open-files limit in force (the soft limit; 1024 if it cannot be read).
+pub fn open_files_limit() -> u64 {
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+}

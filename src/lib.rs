@@ -11,6 +11,7 @@ pub mod config;
 pub mod event;
 pub mod fleet;
 pub mod host;
+pub mod listen;
 pub mod package;
 pub mod process;
 pub mod sdk;

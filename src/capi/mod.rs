@@ -26,6 +26,7 @@ use crate::fleet::{
     Control, ControlReply, FleetHandle, NewPlayer, NewSession, PlayerQuery, SessionQuery,
     SessionUpdate,
 };
+use crate::listen::{Acceptor, Bounds};
 use crate::session::{GssStatus, PlayerStatus};
 use crate::telemetry::{LogLimit, clip};
 use guard::Guard;
@@ -529,21 +530,70 @@ async fn capi_handler(
     }
 }
 
-/// Serves `POST /capi` on an already-bound listener until `shutdown`.
+/// Sent to a connection over the cap before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 129\r\n\r\n{\"Response\":{\"Error\":{\"Code\":\"RequestLimitExceeded\",\"Message\":\"too many open connections to the control API\"},\"RequestId\":\"\"}}";
+
+/// The largest request head (request line and headers) read; a larger one gets 431.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+/// How long open requests get to finish once the server is asked to stop.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `POST /capi` on an already-bound listener until `shutdown`: HTTP/1.1, within the
+/// configured [`crate::config::ConnectionLimits`] (a request's head must arrive within the
+/// header timeout, which also closes idle keep-alive connections).
 pub async fn serve(
     listener: TcpListener,
     capi: Capi,
     shutdown: CancellationToken,
 ) -> Result<(), CapiServerError> {
     let bound = listener.local_addr().map_err(CapiServerError::Serve)?;
-    tracing::info!(capi.addr = %bound, "control API listening");
+    let limits = capi.cfg.connections.clone();
+    let bounds = Bounds {
+        max_connections: limits.capi_max,
+        first_bytes_within: limits.header_timeout.get(),
+        idle_after: Some(limits.idle_timeout.get()),
+    }
+    .within_open_files(crate::host::open_files_limit(), 4);
+    tracing::info!(capi.addr = %bound, connections.max = bounds.max_connections, "control API listening");
     // Programs only: the API has no authentication yet (see guard).
     let guard = Arc::new(Guard::new(bound, &capi.cfg.capi_allowed_hosts));
     let app = Router::new()
         .route("/capi", post(capi_handler))
         .with_state((capi, guard));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let mut acceptor = Acceptor::<()>::new(listener, "capi", bounds).with_refusal(OVER_CAPACITY);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.get())
+        .max_buf_size(MAX_HEAD_BYTES);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let conn = tokio::select! {
+            conn = acceptor.accept() => conn,
+            _ = shutdown.cancelled() => break,
+        };
+        let served = http.serve_connection(
+            hyper_util::rt::TokioIo::new(conn),
+            hyper_util::service::TowerToHyperService::new(app.clone()),
+        );
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut served = std::pin::pin!(served);
+            tokio::select! {
+                _ = served.as_mut() => return,
+                _ = stop.cancelled() => served.as_mut().graceful_shutdown(),
+            }
+            let _ = served.await;
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
         .await
-        .map_err(CapiServerError::Serve)
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            "control API connections still open at stop"
+        );
+    }
+    Ok(())
 }

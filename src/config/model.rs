@@ -59,6 +59,32 @@ impl Default for Timeouts {
     }
 }
 
+/// Bounds on the connections clients may hold open to the SDK and the control API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ConnectionLimits {
+    /// Live SDK connections at most (lowered to fit the open-files limit).
+    pub sdk_max: usize,
+    /// Live control API connections at most (lowered to fit the open-files limit).
+    pub capi_max: usize,
+    /// A new connection must send its first bytes (and a control API request its headers)
+    /// within this.
+    pub header_timeout: HumanDuration,
+    /// A control API connection that sends nothing for this long is closed.
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            sdk_max: 4096,
+            capi_max: 256,
+            header_timeout: Duration::from_secs(10).into(),
+            idle_timeout: Duration::from_secs(60).into(),
+        }
+    }
+}
+
 /// GSE's game server session protection policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum ProtectionPolicy {
@@ -319,11 +345,16 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     /// Where the GSE SDK service listens.
     pub sdk_listen: SocketAddr,
+    /// Whether an SDK call must come from the process its `pid` metadata names (or a member
+    /// of that process's group), as the kernel says who holds the connection.
+    pub sdk_verify_callers: bool,
     /// Where the local control API listens; `None` turns it off.
     pub capi_listen: Option<SocketAddr>,
     /// `Host` header values the control API accepts besides its own address (e.g. the name a
     /// reverse proxy forwards), lowercase.
     pub capi_allowed_hosts: Vec<String>,
+    /// Bounds on client connections.
+    pub connections: ConnectionLimits,
     /// Health checking.
     pub health_check: HealthCheck,
     /// Lifecycle deadlines.

@@ -30,10 +30,14 @@ pub(super) struct RawConfig {
     pub(super) upstream: Option<UpstreamConfig>,
     #[serde(default = "default_sdk_listen")]
     pub(super) sdk_listen: SocketAddr,
+    #[serde(default = "default_true")]
+    pub(super) sdk_verify_callers: bool,
     #[serde(default)]
     pub(super) capi_listen: Option<SocketAddr>,
     #[serde(default)]
     pub(super) capi_allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub(super) connections: ConnectionLimits,
     #[serde(default)]
     pub(super) health_check: HealthCheck,
     #[serde(default)]
@@ -54,6 +58,9 @@ pub(super) fn default_instance_id() -> String {
 }
 pub(super) fn default_data_dir() -> PathBuf {
     PathBuf::from("./gse-data")
+}
+pub(super) fn default_true() -> bool {
+    true
 }
 pub(super) fn default_sdk_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5758))

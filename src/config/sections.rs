@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::{
-    HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime, RestartPolicy,
-    Timeouts, UpstreamConfig,
+    ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime,
+    RestartPolicy, Timeouts, UpstreamConfig,
 };
 
 /// Keys a config must have.
@@ -29,6 +29,8 @@ pub fn problems(text: &str) -> Vec<Problem> {
             "package" => check::<PackagePolicy>,
             "upstream" => check::<UpstreamConfig>,
             "sdk-listen" | "capi-listen" => check::<SocketAddr>,
+            "sdk-verify-callers" => check::<bool>,
+            "connections" => check::<ConnectionLimits>,
             "health-check" => check::<HealthCheck>,
             "timeouts" => check::<Timeouts>,
             "protection" => check::<RawProtection>,

@@ -161,6 +161,24 @@ impl Validator<'_> {
                 "must be at least 1",
             );
         }
+        let c = &raw.connections;
+        for (key, max) in [("sdk-max", c.sdk_max), ("capi-max", c.capi_max)] {
+            if max == 0 {
+                self.problem(&[Key("connections"), Key(key)], "must be at least 1");
+            }
+        }
+        if c.header_timeout.get().is_zero() {
+            self.problem(
+                &[Key("connections"), Key("header-timeout")],
+                "must be longer than 0s",
+            );
+        }
+        if c.idle_timeout.get().is_zero() {
+            self.problem(
+                &[Key("connections"), Key("idle-timeout")],
+                "must be longer than 0s",
+            );
+        }
         if raw.logs.max_file_bytes < 4096 {
             self.problem(
                 &[Key("logs"), Key("max-file-bytes")],
@@ -276,12 +294,14 @@ impl Validator<'_> {
                 u
             }),
             sdk_listen: raw.sdk_listen,
+            sdk_verify_callers: raw.sdk_verify_callers,
             capi_listen: raw.capi_listen,
             capi_allowed_hosts: raw
                 .capi_allowed_hosts
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            connections: raw.connections.clone(),
             health_check: raw.health_check,
             timeouts: raw.timeouts,
             protection: Protection {

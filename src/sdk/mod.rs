@@ -5,16 +5,18 @@
 //! `ERROR_400` with a message naming what was wrong, never a panic.
 
 mod caller;
+pub mod peer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Extensions, Request, Response, Status};
 
 use crate::fleet::actor::HandleError;
 use crate::fleet::{FleetError, FleetHandle, PlayerQuery, SdkCall, SdkReply};
+use crate::listen::{Acceptor, Bounds, ConnInfo};
 use crate::proto::gse_grpc_sdk_service_server::{GseGrpcSdkService, GseGrpcSdkServiceServer};
 use crate::proto::{self, GseResponse, gse_response};
 use crate::session::PlayerStatus;
@@ -39,9 +41,23 @@ pub enum SdkServerError {
 #[derive(Clone)]
 pub struct SdkService {
     fleet: FleetHandle,
+    /// Whether a call must come from the process it names ([`peer`]).
+    verify_callers: bool,
     /// Refusals are logged at most this often per claimed pid.
     refusals: Arc<LogLimit<u32>>,
 }
+
+/// What the SDK server does beyond answering calls.
+#[derive(Debug, Clone, Copy)]
+pub struct SdkOptions {
+    /// Verify that each call comes from the process its `pid` metadata names.
+    pub verify_callers: bool,
+    /// Bounds on connections.
+    pub bounds: Bounds,
+}
+
+/// Who is on the other end of an SDK connection, with the verdicts found for it.
+pub type SdkConn = ConnInfo<peer::Verdicts>;
 
 /// Refusals logged per claimed pid and window (the rest are counted).
 const REFUSALS_LOGGED: u32 = 10;
@@ -49,12 +65,45 @@ const REFUSALS_LOGGED: u32 = 10;
 const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl SdkService {
-    /// A service that forwards to `fleet`.
-    pub fn new(fleet: FleetHandle) -> Self {
+    /// A service that forwards to `fleet`, verifying callers if `verify_callers`.
+    pub fn new(fleet: FleetHandle, verify_callers: bool) -> Self {
         Self {
             fleet,
+            verify_callers,
             refusals: Arc::new(LogLimit::new(REFUSALS_LOGGED, REFUSAL_WINDOW)),
         }
+    }
+
+    /// Whether the connection the call came on belongs to `pid`: asked of the kernel once per
+    /// connection and pid, and a refusal logged that once.
+    async fn verify(&self, ext: &Extensions, pid: u32) -> Result<(), String> {
+        if !self.verify_callers {
+            return Ok(());
+        }
+        let Some(conn) = ext.get::<SdkConn>() else {
+            return Err("cannot verify the caller: the connection's addresses are unknown".into());
+        };
+        if let Some(verdict) = conn.memo.get(pid) {
+            return verdict.map_err(|e| e.to_string());
+        }
+        let (client, server) = (conn.peer, conn.local);
+        // /proc reads: off the async workers.
+        let verdict = tokio::task::spawn_blocking(move || peer::verify(client, server, pid))
+            .await
+            .unwrap_or_else(|e| {
+                Err(peer::Refusal::Unverifiable(Arc::new(
+                    peer::PeerError::Answer(if e.is_panic() {
+                        "the check panicked"
+                    } else {
+                        "the check was cancelled"
+                    }),
+                )))
+            });
+        conn.memo.put(pid, verdict.clone());
+        if let Err(e) = &verdict {
+            tracing::warn!(client.addr = %client, process.pid = pid, error = %e, "sdk connection refused: the caller is not the process it names");
+        }
+        verdict.map_err(|e| e.to_string())
     }
 
     async fn call(&self, caller: Caller, call: SdkCall) -> Result<SdkReply, String> {
@@ -78,7 +127,7 @@ impl SdkService {
 
     async fn respond(
         &self,
-        meta: &tonic::metadata::MetadataMap,
+        (meta, ext): (&tonic::metadata::MetadataMap, &Extensions),
         method: &str,
         call: SdkCall,
     ) -> Result<Response<GseResponse>, Status> {
@@ -86,6 +135,9 @@ impl SdkService {
             Ok(c) => c,
             Err(e) => return Ok(Response::new(error_400(e.to_string()))),
         };
+        if let Err(refusal) = self.verify(ext, caller.pid).await {
+            return Ok(Response::new(error_400(refusal)));
+        }
         tracing::debug!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, "sdk call");
         Ok(Response::new(match self.call(caller.clone(), call).await {
             Ok(_) => GseResponse {
@@ -119,9 +171,9 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::ProcessReadyRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         self.respond(
-            &meta,
+            (&meta, &ext),
             "ProcessReady",
             SdkCall::ProcessReady {
                 client_port: r.client_port,
@@ -136,9 +188,9 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::ActivateGameServerSessionRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         self.respond(
-            &meta,
+            (&meta, &ext),
             "ActivateGameServerSession",
             SdkCall::Activate {
                 gss_id: r.game_server_session_id,
@@ -152,9 +204,9 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::AcceptPlayerSessionRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         self.respond(
-            &meta,
+            (&meta, &ext),
             "AcceptPlayerSession",
             SdkCall::AcceptPlayer {
                 gss_id: r.game_server_session_id,
@@ -168,9 +220,9 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::RemovePlayerSessionRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         self.respond(
-            &meta,
+            (&meta, &ext),
             "RemovePlayerSession",
             SdkCall::RemovePlayer {
                 gss_id: r.game_server_session_id,
@@ -184,9 +236,12 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::DescribePlayerSessionsRequest>,
     ) -> Result<Response<proto::DescribePlayerSessionsResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let caller =
             Caller::from_metadata(&meta).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.verify(&ext, caller.pid)
+            .await
+            .map_err(Status::permission_denied)?;
         let query = player_query(r).map_err(Status::invalid_argument)?;
         match self.call(caller, SdkCall::DescribePlayers(query)).await {
             Ok(SdkReply::Players(page, next)) => {
@@ -206,9 +261,9 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::UpdatePlayerSessionCreationPolicyRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         self.respond(
-            &meta,
+            (&meta, &ext),
             "UpdatePlayerSessionCreationPolicy",
             SdkCall::UpdatePolicy {
                 gss_id: r.game_server_session_id,
@@ -222,9 +277,9 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::TerminateGameServerSessionRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         self.respond(
-            &meta,
+            (&meta, &ext),
             "TerminateGameServerSession",
             SdkCall::TerminateSession {
                 gss_id: r.game_server_session_id,
@@ -237,8 +292,8 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::ProcessEndingRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, _) = request.into_parts();
-        self.respond(&meta, "ProcessEnding", SdkCall::ProcessEnding)
+        let (meta, ext, _) = request.into_parts();
+        self.respond((&meta, &ext), "ProcessEnding", SdkCall::ProcessEnding)
             .await
     }
 
@@ -246,9 +301,9 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::ReportCustomDataRequest>,
     ) -> Result<Response<GseResponse>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         self.respond(
-            &meta,
+            (&meta, &ext),
             "ReportCustomData",
             SdkCall::ReportCustomData {
                 current: r.current_custom_count,
@@ -287,27 +342,33 @@ fn player_query(r: proto::DescribePlayerSessionsRequest) -> Result<PlayerQuery, 
     })
 }
 
+/// A connection that has made calls is pinged this often; one that does not answer within
+/// [`KEEPALIVE_TIMEOUT`] is closed (a silent client frees its place; a live game stays).
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// See [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Serves the SDK on an already-bound listener until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     fleet: FleetHandle,
+    options: SdkOptions,
     shutdown: CancellationToken,
 ) -> Result<(), SdkServerError> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(sdk.addr = ?addr, "GSE SDK server listening");
-    let incoming = tokio_stream_from(listener);
+    tracing::info!(sdk.addr = ?addr, sdk.verify_callers = options.verify_callers, connections.max = options.bounds.max_connections, "GSE SDK server listening");
+    let incoming = Acceptor::<peer::Verdicts>::new(listener, "sdk", options.bounds).into_stream();
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(GseGrpcSdkServiceServer::new(SdkService::new(fleet)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(GseGrpcSdkServiceServer::new(SdkService::new(
+            fleet,
+            options.verify_callers,
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .map_err(SdkServerError::Serve)
-}
-
-fn tokio_stream_from(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
 
 #[cfg(test)]

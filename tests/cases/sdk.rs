@@ -1,10 +1,11 @@
-//! The GSE SDK's refusals, driven by a test client that impersonates game processes.
+//! The GSE SDK's refusals: calls made by the games themselves (on request, see
+//! [`crate::helper::GameCommands`]) and by a stranger that claims to be one.
 
 use gse_agent::proto::gse_grpc_sdk_service_client::GseGrpcSdkServiceClient;
 use gse_agent::proto::{self, GseResponse};
 use tonic::transport::Channel;
 
-use crate::helper::{Agent, config, entry};
+use crate::helper::{Agent, COMMANDS, config, entry};
 
 const FAST: &str = "
 health-check: { interval: 1h, timeout: 1s, failure-threshold: 3 }
@@ -104,77 +105,131 @@ fn calls_without_a_known_pid_are_refused_with_400() {
     );
 }
 
+fn assert_refused(answer: &serde_json::Value, needle: &str) {
+    assert_eq!(answer["status"], 1, "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+}
+
 #[test]
 fn calls_illegal_in_the_current_state_are_refused_with_400() {
-    let agent = Agent::start(&config(&entry("", 1), FAST));
-    let pid = agent.wait_ready(1)[0]["Pid"].to_string();
-    let mut sdk = Sdk::new(&agent);
-    assert_400(&sdk.ready(&pid), "ProcessReady was already called");
-    let mut c = sdk.client.clone();
-    let activate = sdk
-        .rt
-        .block_on(c.activate_game_server_session(Sdk::req(
-            Some(&pid),
-            proto::ActivateGameServerSessionRequest {
-                game_server_session_id: "gssess-none".into(),
-                max_players: 1,
-            },
-        )))
-        .unwrap()
-        .into_inner();
-    assert_400(&activate, "game server session gssess-none does not exist");
-    assert_400(&sdk.accept(&pid, "gssess-none"), "does not exist");
-    let policy = sdk
-        .rt
-        .block_on(c.update_player_session_creation_policy(Sdk::req(
-            Some(&pid),
-            proto::UpdatePlayerSessionCreationPolicyRequest {
-                game_server_session_id: "x".into(),
-                new_player_session_creation_policy: "SOMETIMES".into(),
-            },
-        )))
-        .unwrap()
-        .into_inner();
-    assert_400(&policy, "not ACCEPT_ALL or DENY_ALL");
-    let custom = sdk
-        .rt
-        .block_on(c.report_custom_data(Sdk::req(
-            Some(&pid),
-            proto::ReportCustomDataRequest {
-                current_custom_count: -1,
-                max_custom_count: 1,
-            },
-        )))
-        .unwrap()
-        .into_inner();
-    assert_400(&custom, "currentCustomCount");
-    let bad_limit = sdk.rt.block_on(c.describe_player_sessions(Sdk::req(
-        Some(&pid),
-        proto::DescribePlayerSessionsRequest {
-            limit: -5,
-            ..Default::default()
-        },
-    )));
-    let status = bad_limit.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("limit -5"), "{status}");
-    // Sessions of another process cannot be touched.
-    let other = sdk.ending(Some(&pid));
-    assert_eq!(other.status, 0, "ProcessEnding is legal: {other:?}");
-    assert_400(&sdk.ending(Some(&pid)), "ProcessEnding was already called");
+    let agent = Agent::start(&config(&entry(COMMANDS, 1), FAST));
+    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    let mut game = agent.game(pid);
+    assert_refused(
+        &game.call("ready 7000 7001"),
+        "ProcessReady was already called",
+    );
+    assert_refused(
+        &game.call("activate gssess-none 1"),
+        "game server session gssess-none does not exist",
+    );
+    assert_refused(
+        &game.call("accept gssess-none psess-none"),
+        "does not exist",
+    );
+    assert_refused(
+        &game.call("policy x SOMETIMES"),
+        "not ACCEPT_ALL or DENY_ALL",
+    );
+    assert_refused(&game.call("custom -1 1"), "currentCustomCount");
+    let bad_limit = game.call("describe -5");
+    assert_eq!(bad_limit["grpc"], "InvalidArgument", "{bad_limit}");
+    assert!(
+        bad_limit["message"].as_str().unwrap().contains("limit -5"),
+        "{bad_limit}"
+    );
+    assert_eq!(game.call("ending")["status"], 0, "ProcessEnding is legal");
+    assert_refused(&game.call("ending"), "ProcessEnding was already called");
 }
 
 #[test]
 fn a_helper_process_in_the_games_group_speaks_for_the_game() {
-    let agent = Agent::start(&config(&entry("--fork 1", 1), FAST));
-    let game = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
-    let helper = crate::helper::wait_for("the game's forked helper", || {
-        crate::helper::children_of(game).into_iter().next()
+    let agent = Agent::start(&config(&entry(COMMANDS, 1), FAST));
+    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    // The helper calls with its own pid from its own connection: it is the game's.
+    assert_refused(
+        &agent.game(pid).call("helper-ready"),
+        "ProcessReady was already called",
+    );
+}
+
+/// Item 1 of the hardening issue: the `pid` metadata is a claim; the kernel says who holds
+/// the connection. A stranger (this test process) and a neighbour game cannot act for a game,
+/// not even for one still loading, and the refusals name no other game.
+#[test]
+fn no_stranger_or_neighbour_can_speak_for_a_game() {
+    let agent = Agent::start(&config(
+        &format!(
+            "{}{}",
+            entry(COMMANDS, 1),
+            entry(&format!("{COMMANDS} --no-ready"), 1)
+        ),
+        FAST,
+    ));
+    let ready = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    let loading = crate::helper::wait_for("the loading game", || {
+        agent
+            .processes()
+            .iter()
+            .filter_map(|p| p["Pid"].as_u64())
+            .map(|p| p as u32)
+            .find(|p| *p != ready)
     });
     let mut sdk = Sdk::new(&agent);
+    let loading_pid = loading.to_string();
+    // The stranger claims the loading game's pid: its ProcessReady would win the next session.
+    assert_400(&sdk.ready(&loading_pid), "not held by that process");
+    assert_400(&sdk.ending(Some(&loading_pid)), "not held by that process");
     assert_400(
-        &sdk.ready(&helper.to_string()),
-        "ProcessReady was already called",
+        &sdk.accept(&loading_pid, "gssess-x"),
+        "not held by that process",
+    );
+    // The refusal is logged once for the connection, not per call.
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches("the caller is not the process it names")
+            .count(),
+        1,
+        "{log}"
+    );
+    // A neighbour game claims the loading game's pid.
+    let mut neighbour = agent.game(ready);
+    let answer = neighbour.call(&format!("as:{loading} ready 7000 7001"));
+    assert_refused(&answer, "not held by that process");
+    assert!(
+        !answer["message"]
+            .as_str()
+            .unwrap()
+            .contains(&ready.to_string()),
+        "{answer}"
+    );
+    // The real game is not harmed: its ProcessReady is accepted.
+    assert_eq!(
+        agent.game(loading).call("ready 7000 7001")["status"],
+        0,
+        "the real game's ProcessReady"
+    );
+    agent.wait_ready(2);
+    // Session refusals do not say which process hosts a session.
+    let id = agent.create_session(1)["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut a, mut b) = (agent.game(ready), agent.game(loading));
+    let a_answer = a.call(&format!("terminate {id}"));
+    let (refused, host) = if a_answer["status"] == 1 {
+        (a_answer, loading)
+    } else {
+        (b.call(&format!("terminate {id}")), ready)
+    };
+    assert_refused(&refused, "not hosted by the calling process");
+    assert!(
+        !refused["message"]
+            .as_str()
+            .unwrap()
+            .contains(&host.to_string()),
+        "the host's pid {host} is not named: {refused}"
     );
 }
 
@@ -182,13 +237,16 @@ fn a_helper_process_in_the_games_group_speaks_for_the_game() {
 /// rate-limited per claimed pid, with a count of what was left out.
 #[test]
 fn a_flood_of_huge_refused_calls_costs_little_log() {
-    let agent = Agent::start(&config(&entry("", 1), FAST));
-    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap().to_string();
-    let sdk = Sdk::new(&agent);
+    let agent = Agent::start(&config(&entry(COMMANDS, 1), FAST));
+    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    let mut game = agent.game(pid);
     let huge = "x".repeat(3 << 20);
     let before = agent.stderr().len();
     for _ in 0..30 {
-        assert_400(&sdk.accept(&pid, &huge), "does not exist");
+        assert_refused(
+            &game.call(&format!("accept {huge} psess-none")),
+            "does not exist",
+        );
     }
     // One more after the window would say how many were suppressed; within it, at most ten
     // lines of a few hundred bytes each were written for 90 MB of refused values.

@@ -269,31 +269,14 @@ fn sessions_list_by_status_and_page() {
 
 #[test]
 fn custom_data_is_shown_on_the_session() {
-    use gse_agent::proto::gse_grpc_sdk_service_client::GseGrpcSdkServiceClient;
-    let agent = Agent::start(&config(&entry("", 1), FAST));
-    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap();
+    let agent = Agent::start(&config(&entry(crate::helper::COMMANDS, 1), FAST));
+    let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
     let id = agent.create_session(1)["GameServerSessionId"]
         .as_str()
         .unwrap()
         .to_string();
     agent.wait_session_status(&id, "ACTIVE");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let status = rt.block_on(async {
-        let mut c = GseGrpcSdkServiceClient::connect(format!("http://{}", agent.sdk))
-            .await
-            .unwrap();
-        let mut req = tonic::Request::new(gse_agent::proto::ReportCustomDataRequest {
-            current_custom_count: 3,
-            max_custom_count: 10,
-        });
-        req.metadata_mut()
-            .insert("pid", pid.to_string().parse().unwrap());
-        c.report_custom_data(req).await.unwrap().into_inner().status
-    });
-    assert_eq!(status, 0);
+    assert_eq!(agent.game(pid).call("custom 3 10")["status"], 0);
     let s = agent.session(&id);
     assert_eq!(
         (

@@ -53,6 +53,25 @@ pub fn entry(params: &str, count: u32) -> String {
     )
 }
 
+/// `gse-fake-server` flag: the game makes SDK calls on request ([`Agent::game`]); the port
+/// file goes to `commands/` under the game root (the game's working directory).
+pub const COMMANDS: &str = "--command-dir commands";
+
+/// SDK calls made by a game process itself, on request (see the fake server's `commands`).
+pub struct GameCommands(std::io::BufReader<TcpStream>);
+
+impl GameCommands {
+    /// Sends one command line; returns the game's JSON answer.
+    pub fn call(&mut self, command: &str) -> Value {
+        use std::io::BufRead;
+        let s = self.0.get_mut();
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        self.0.read_line(&mut line).expect("the game answers");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
@@ -139,6 +158,17 @@ impl Agent {
         let mut child = self.child.take().expect("the agent runs");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// The command port of game `pid`, started with [`COMMANDS`].
+    pub fn game(&self, pid: u32) -> GameCommands {
+        let file = self.path(&format!("game/commands/{pid}"));
+        let port: u16 = wait_for("the game's command port", || {
+            std::fs::read_to_string(&file).ok()?.trim().parse().ok()
+        });
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the game");
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        GameCommands(std::io::BufReader::new(s))
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -112,9 +112,9 @@ impl Fleet {
     pub(super) fn session_of(&self, pid: u32, gss_id: &str) -> Result<&GameSession, FleetError> {
         let s = self.find_session(gss_id)?;
         if s.pid != pid {
+            // Which process hosts it is not the caller's business.
             return Err(FleetError::Denied(format!(
-                "game server session {gss_id} is hosted by pid {}, not by pid {pid}",
-                s.pid
+                "game server session {gss_id} is not hosted by the calling process (pid {pid})"
             )));
         }
         Ok(s)

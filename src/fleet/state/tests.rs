@@ -567,7 +567,15 @@ async fn session_and_player_lifecycle() {
             },
         )
         .unwrap_err();
-    assert!(err.to_string().contains("hosted by pid"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not hosted by the calling process"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains(&pids[1].to_string()),
+        "the refusal does not name the host: {err}"
+    );
     assert!(
         matches!(h.join(&s.id, 1), Err(FleetError::Denied(_))),
         "not ACTIVE yet"

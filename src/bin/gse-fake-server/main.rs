@@ -8,6 +8,9 @@
 
 #![deny(unsafe_code)]
 
+mod commands;
+mod load;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,6 +98,13 @@ struct Args {
     /// (used by the restart-latency benchmark).
     #[arg(long)]
     stamp: Option<std::path::PathBuf>,
+    /// Make SDK calls on request: listen on a free loopback port, write it to `DIR/<pid>`, and
+    /// run one command per line (see the `commands` module; e.g. `custom 3 10`).
+    #[arg(long)]
+    command_dir: Option<std::path::PathBuf>,
+    /// Internal: call ProcessReady once with this process's pid, print the answer, exit.
+    #[arg(long, hide = true)]
+    helper_ready: bool,
     /// Internal: run as a forked grandchild.
     #[arg(long, hide = true)]
     grandchild: bool,
@@ -208,12 +218,14 @@ struct Sdk {
 
 impl Sdk {
     fn req<T>(msg: T) -> Request<T> {
+        Self::req_as(std::process::id(), msg)
+    }
+
+    /// A request whose metadata claims `pid`.
+    fn req_as<T>(pid: u32, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         let md = r.metadata_mut();
-        md.insert(
-            "pid",
-            std::process::id().to_string().parse().expect("digits"),
-        );
+        md.insert("pid", pid.to_string().parse().expect("digits"));
         md.insert(
             "requestid",
             uuid::Uuid::new_v4()
@@ -236,6 +248,7 @@ impl Sdk {
 struct Game {
     args: Args,
     sdk: Sdk,
+    sdk_address: SocketAddr,
     session: Mutex<Option<String>>,
     health_checks: Mutex<u64>,
 }
@@ -473,7 +486,20 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+fn sdk_address(args: &Args) -> SocketAddr {
+    match args.sdk_address {
+        Some(a) => a,
+        None => std::env::var("GSE_SDK_ADDRESS")
+            .ok()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5758))),
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.helper_ready {
+        return commands::be_helper(sdk_address(&args)).await;
+    }
     if let Some(text) = &args.say {
         println!("{text}");
         eprintln!("{text}");
@@ -529,13 +555,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         crash(args.crash_with, "before ProcessReady");
     }
 
-    let sdk_address = match args.sdk_address {
-        Some(a) => a,
-        None => std::env::var("GSE_SDK_ADDRESS")
-            .ok()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5758))),
-    };
+    let sdk_address = sdk_address(&args);
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{sdk_address}"))?.connect_lazy();
     let sdk = Sdk {
@@ -544,6 +564,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let game = Arc::new(Game {
         args: args.clone(),
         sdk: sdk.clone(),
+        sdk_address,
         session: Mutex::new(None),
         health_checks: Mutex::new(0),
     });
@@ -561,6 +582,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("callback server failed: {e}");
         }
     });
+    if let Some(dir) = &args.command_dir {
+        commands::start(dir, game.clone()).await?;
+    }
     let client_port = if args.accept_players {
         let players = TcpListener::bind(("0.0.0.0", args.client_port)).await?;
         let port = players.local_addr()?.port();
