@@ -65,3 +65,97 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     assert_ne!(soft, "256", "{line}");
     assert_eq!(soft, hard, "{line}");
 }
+
+/// Raises this test process's open-files limit to its hard limit (idle clients need many).
+fn raise_own_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+/// Whether the agent closed `s` (EOF or reset), waiting up to the test deadline; returns
+/// what it sent first.
+fn closed_by_agent(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(crate::helper::DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return String::from_utf8_lossy(&got).into_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+            Err(e) => panic!("the agent did not close the connection: {e}"),
+        }
+    }
+}
+
+/// Thousands of connections that say nothing cannot take the agent: those over the cap are
+/// refused at once (the control API says why), the rest are closed after the header
+/// timeout, the API answers again, a game keeps calling the SDK, and a crashed game is
+/// relaunched while they are held.
+#[test]
+fn thousands_of_idle_connections_do_not_starve_the_agent() {
+    use std::net::TcpStream;
+    raise_own_open_files_limit();
+    let agent = Agent::start(&config(
+        &entry(crate::helper::COMMANDS, 1),
+        "connections: { sdk-max: 300, capi-max: 100, header-timeout: 2s, idle-timeout: 2s }
+health-check: { interval: 1h, timeout: 1s, failure-threshold: 3 }
+restart: { initial-backoff: 10ms }",
+    ));
+    let game = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    let mut commands = agent.game(game);
+    let (mut sdk_held, mut capi_held) = (Vec::new(), Vec::new());
+    for _ in 0..1500 {
+        sdk_held.push(TcpStream::connect(agent.sdk).unwrap());
+        capi_held.push(TcpStream::connect(agent.capi).unwrap());
+    }
+    // The game's own connection is served all along.
+    assert_eq!(commands.call("custom 1 2")["status"], 0);
+    // A crashed game is relaunched while the connections are held (watched from /proc:
+    // the control API may well be full now).
+    let agent_pid = agent.child.as_ref().unwrap().id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(game as i32), Signal::SIGKILL).unwrap();
+    wait_for("the replacement game", || {
+        crate::helper::children_of(agent_pid)
+            .into_iter()
+            .find(|p| *p != game)
+    });
+    // Over the cap, the control API said why before closing; the rest were closed for
+    // their silence after the header timeout.
+    let answers: Vec<String> = capi_held
+        .iter_mut()
+        .rev()
+        .take(200)
+        .map(closed_by_agent)
+        .collect();
+    let refused = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 503") && a.contains("RequestLimitExceeded"))
+        .count();
+    assert!(refused > 0, "{:?}", &answers[..3]);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.is_empty() || a.starts_with("HTTP/1.1 503")),
+        "{answers:?}"
+    );
+    for s in sdk_held.iter_mut().take(20) {
+        closed_by_agent(s);
+    }
+    drop((sdk_held, capi_held));
+    // Everything answers again.
+    agent.wait_ready(1);
+    let log = agent.stderr();
+    assert!(
+        log.contains("too many open connections"),
+        "the refusals are logged"
+    );
+    assert!(
+        log.matches("too many open connections").count() < 50,
+        "and rate-limited"
+    );
+}
