@@ -1,7 +1,8 @@
 //! gse-agent: a per-host supervisor for dedicated game servers that speak the Tencent Cloud GSE
 //! gRPC SDK. See README.md for the architecture.
 
-// `deny`, not `forbid`: `process::sys` alone allows it, for raw pidfd/waitid syscalls.
+// `deny`, not `forbid`: `process::sys` allows it for raw pidfd/waitid syscalls, and
+// `host::return_freed_memory` for one allocator setting.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -342,12 +342,13 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
                 }
             }
         });
-        // Before any child exists: descendants that lose their parent come to the agent, and
-        // zombies that belong to no one the agent waits for are reaped.
+        gse_agent::host::return_freed_memory();
         match gse_agent::host::raise_open_files_limit() {
             Ok(limit) => tracing::debug!(limit, "open files"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
         }
+        // Before any child exists: descendants that lose their parent come to the agent, and
+        // zombies that belong to no one the agent waits for are reaped.
         if let Err(e) = gse_agent::process::reaper::start() {
             tracing::warn!(error = %e, "orphans of games will not be reaped by the agent");
         }

@@ -522,17 +522,25 @@ async fn capi_handler(
     State((capi, guard)): State<(Capi, Arc<Guard>)>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> axum::Json<Value> {
-    match guard.check(&headers, &uri) {
-        Ok(()) => axum::Json(capi.handle(&body).await),
+    let body = body.map_err(|e| {
+        CapiError::new(
+            "InvalidParameter",
+            format!("the request body cannot be read: {e} (at most {MAX_BODY_BYTES} bytes)"),
+        )
+    });
+    match guard.check(&headers, &uri).and(body) {
+        Ok(body) => axum::Json(capi.handle(&body).await),
         Err(e) => axum::Json(envelope(Err(e))),
     }
 }
 
 /// Sent to a connection over the cap before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 129\r\n\r\n{\"Response\":{\"Error\":{\"Code\":\"RequestLimitExceeded\",\"Message\":\"too many open connections to the control API\"},\"RequestId\":\"\"}}";
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 126\r\n\r\n{\"Response\":{\"Error\":{\"Code\":\"RequestLimitExceeded\",\"Message\":\"too many open connections to the control API\"},\"RequestId\":\"\"}}";
 
+/// The largest request body read (GSE's largest parameter, GameServerSessionData, is 4 KB).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// The largest request head (request line and headers) read; a larger one gets 431.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 /// How long open requests get to finish once the server is asked to stop.
@@ -559,6 +567,7 @@ pub async fn serve(
     let guard = Arc::new(Guard::new(bound, &capi.cfg.capi_allowed_hosts));
     let app = Router::new()
         .route("/capi", post(capi_handler))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state((capi, guard));
     let mut acceptor = Acceptor::<()>::new(listener, "capi", bounds).with_refusal(OVER_CAPACITY);
     let mut http = hyper::server::conn::http1::Builder::new();

@@ -348,6 +348,10 @@ const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(6
 /// See [`KEEPALIVE_INTERVAL`].
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// The largest SDK request decoded (tonic's default is 4 MiB): GSE's requests are a few ids
+/// and ports; a larger one is refused from its length prefix, before it is buffered.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+
 /// Serves the SDK on an already-bound listener until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -362,10 +366,10 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(GseGrpcSdkServiceServer::new(SdkService::new(
-            fleet,
-            options.verify_callers,
-        )))
+        .add_service(
+            GseGrpcSdkServiceServer::new(SdkService::new(fleet, options.verify_callers))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .map_err(SdkServerError::Serve)

@@ -159,3 +159,101 @@ restart: { initial-backoff: 10ms }",
         "and rate-limited"
     );
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A flood of huge requests (1 MiB SDK messages, many in flight; 2 MiB control API bodies) is
+/// refused from its length, with a clear error, and leaves the agent's memory as it was.
+#[test]
+fn a_flood_of_huge_requests_is_refused_and_leaves_no_memory_behind() {
+    use gse_agent::proto::gse_grpc_sdk_service_client::GseGrpcSdkServiceClient;
+    let agent = Agent::start(&config(&entry("", 1), ""));
+    agent.wait_ready(1);
+    let pid = agent.child.as_ref().unwrap().id();
+    let before = rss(pid);
+    // Under tonic's default limit (4 MiB), far over the SDK's.
+    let huge = "x".repeat(1 << 20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let codes = rt.block_on(async {
+        let client = GseGrpcSdkServiceClient::connect(format!("http://{}", agent.sdk))
+            .await
+            .unwrap()
+            .max_encoding_message_size(8 << 20);
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let mut c = client.clone();
+                let mut req = tonic::Request::new(gse_agent::proto::AcceptPlayerSessionRequest {
+                    game_server_session_id: huge.clone(),
+                    player_session_id: "psess-x".into(),
+                });
+                req.metadata_mut()
+                    .insert("pid", std::process::id().to_string().parse().unwrap());
+                calls.spawn(async move { c.accept_player_session(req).await.map(|_| ()) });
+            }
+            for r in calls.join_all().await {
+                codes.push(r.unwrap_err().code());
+            }
+        }
+        codes
+    });
+    assert!(
+        codes.iter().all(|c| *c == tonic::Code::OutOfRange),
+        "{codes:?}"
+    );
+    for _ in 0..10 {
+        let answer = oversized_capi_request(agent.capi, 2 * huge.len());
+        assert!(
+            answer.contains(r#""Code":"InvalidParameter""#) && answer.contains("at most"),
+            "{answer}"
+        );
+    }
+    let after = rss(pid);
+    assert!(
+        after < before + (24 << 20),
+        "RSS grew from {before} to {after} bytes"
+    );
+}
+
+/// Sends a control API request with a body of `len` bytes (from a thread: the agent answers
+/// from the length alone and closes, so the rest of the write may fail); returns the answer.
+fn oversized_capi_request(addr: std::net::SocketAddr, len: usize) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(crate::helper::DEADLINE)).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let head = format!(
+            "POST /capi HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&vec![b'x'; len]);
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.ends_with(b"}}") {
+            break;
+        }
+    }
+    drop(s);
+    let _ = sender.join();
+    String::from_utf8_lossy(&answer).into_owned()
+}
