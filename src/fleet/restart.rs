@@ -47,6 +47,14 @@ pub struct Trip {
 }
 
 impl Breaker {
+    /// Renames the slots it remembers (`map` gives a slot's new index, `None` if it is gone).
+    pub fn renumber(&mut self, map: impl Fn(usize) -> Option<usize>) {
+        self.failures = std::mem::take(&mut self.failures)
+            .into_iter()
+            .filter_map(|(t, s)| map(s).map(|s| (t, s)))
+            .collect();
+    }
+
     /// Records a failure of `slot` at `now`; returns what tripped the breaker if this failure
     /// does (it then stays paused for the cool-down and starts counting afresh). A trip is
     /// always on a repeated failure: a slot's first failure in the window adds nothing.

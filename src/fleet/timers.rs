@@ -69,6 +69,14 @@ impl Timers {
         self.queue.keys().next().map(|(at, _)| *at)
     }
 
+    /// Replaces every timer by what `f` makes of it, dropping those it maps to `None`.
+    pub fn remap(&mut self, mut f: impl FnMut(Timer) -> Option<Timer>) {
+        self.queue = std::mem::take(&mut self.queue)
+            .into_iter()
+            .filter_map(|(k, t)| f(t).map(|t| (k, t)))
+            .collect();
+    }
+
     /// Removes and returns the earliest timer if it is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
         let first = self.queue.first_entry()?;

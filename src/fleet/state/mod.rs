@@ -118,6 +118,9 @@ enum LaunchState {
 
 #[derive(Debug, Default)]
 struct Entry {
+    /// Its number in process ids (`proc-NUMBER-REPLICA-GENERATION`): never reused, unlike its
+    /// index, which changes when old entries are compacted away.
+    number: usize,
     spec: ProcessSpec,
     breaker: Breaker,
     /// An invalid launch path was reported and has not launched since: do not repeat it.
@@ -158,6 +161,8 @@ pub struct Fleet {
     /// Processes of retiring slots whose session just ended: told to terminate at the end of
     /// the current input.
     retire_later: Vec<u64>,
+    /// The number the next entry gets ([`Entry::number`]).
+    next_entry_number: usize,
 }
 
 impl Fleet {
@@ -186,6 +191,7 @@ impl Fleet {
             draining: false,
             reserved: false,
             retire_later: Vec::new(),
+            next_entry_number: 0,
             file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),

@@ -74,6 +74,12 @@ struct Meta {
     /// update through the API survives a restart unless the file changed since.
     file_runtime: RuntimeConfiguration,
     entries: Vec<ProcessSpec>,
+    /// Each entry's number in process ids (absent before compaction existed: the index).
+    #[serde(default)]
+    entry_numbers: Vec<usize>,
+    /// The number the next entry gets (absent: the number of entries).
+    #[serde(default)]
+    next_entry_number: Option<usize>,
     max_activations: u32,
     activation_timeout: Duration,
     slots: Vec<SlotRecord>,
@@ -175,6 +181,8 @@ impl Fleet {
             next_seq: self.next_seq,
             file_runtime: self.cfg.runtime.clone(),
             entries: self.entries.iter().map(|e| e.spec.clone()).collect(),
+            entry_numbers: self.entries.iter().map(|e| e.number).collect(),
+            next_entry_number: Some(self.next_entry_number),
             max_activations: self.max_activations,
             activation_timeout: self.activation_timeout,
             slots: self
@@ -294,14 +302,25 @@ impl Fleet {
             });
         }
         let mut fleet = Fleet::new(cfg.clone());
+        let entries = meta.entries.len();
         fleet.entries = meta
             .entries
             .into_iter()
-            .map(|spec| Entry {
+            .enumerate()
+            .map(|(i, spec)| Entry {
+                number: meta.entry_numbers.get(i).copied().unwrap_or(i),
                 spec,
                 ..Entry::default()
             })
             .collect();
+        fleet.next_entry_number = meta.next_entry_number.unwrap_or(entries).max(
+            fleet
+                .entries
+                .iter()
+                .map(|e| e.number + 1)
+                .max()
+                .unwrap_or(0),
+        );
         fleet.slots = meta
             .slots
             .into_iter()

@@ -18,9 +18,11 @@ impl Fleet {
         for spec in &runtime.server_processes {
             let entry = self.entries.len();
             self.entries.push(Entry {
+                number: self.next_entry_number,
                 spec: spec.clone(),
                 ..Entry::default()
             });
+            self.next_entry_number += 1;
             for replica in 0..spec.concurrent_executions {
                 added.push(self.slots.len());
                 self.slots.push(Slot {
@@ -64,6 +66,7 @@ impl Fleet {
     /// ones with a session keep running until it ends and are then retired. The total never
     /// exceeds the new one by more than the retiring processes.
     pub(super) fn update_runtime(&mut self, runtime: RuntimeConfiguration, now: Instant) {
+        self.compact_slots();
         let old: Vec<usize> = (0..self.slots.len())
             .filter(|s| !self.slots[*s].retiring)
             .collect();
@@ -89,6 +92,64 @@ impl Fleet {
         }
     }
 
+    /// Drops the slots of older runtime configurations whose process has ended, and the
+    /// entries no slot uses, renumbering the rest (in processes, timers and breakers): runtime
+    /// updates and redeploys add slots, and the table must not grow with their number. The
+    /// slots kept are the current ones and retiring ones whose process still runs. Skipped
+    /// while a launch is in flight, whose answer names its slot by index.
+    pub(super) fn compact_slots(&mut self) {
+        if self.slots.iter().any(|s| s.launch == LaunchState::InFlight) {
+            return;
+        }
+        let gone = |s: &Slot| s.retiring && s.serial.is_none();
+        if !self.slots.iter().any(gone) {
+            return;
+        }
+        let mut slot_map = vec![None; self.slots.len()];
+        let mut entry_map = vec![None; self.entries.len()];
+        let (mut slots, mut entries) = (0, 0);
+        for (i, s) in self.slots.iter().enumerate() {
+            if gone(s) {
+                continue;
+            }
+            slot_map[i] = Some(slots);
+            slots += 1;
+            if entry_map[s.entry].is_none() {
+                entry_map[s.entry] = Some(entries);
+                entries += 1;
+            }
+        }
+        // Slots of one entry are contiguous and entries keep their order, so the kept
+        // entries are numbered in the order their slots appear.
+        self.slots = std::mem::take(&mut self.slots)
+            .into_iter()
+            .filter(|s| !gone(s))
+            .map(|mut s| {
+                s.entry = entry_map[s.entry].expect("a kept slot's entry is kept");
+                s
+            })
+            .collect();
+        self.entries = std::mem::take(&mut self.entries)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| entry_map[*i].is_some())
+            .map(|(_, e)| e)
+            .collect();
+        for p in self.procs.values_mut() {
+            p.slot = slot_map[p.slot].expect("a live process's slot is kept");
+        }
+        for e in &mut self.entries {
+            e.breaker.renumber(|s| slot_map[s]);
+        }
+        self.timers.remap(|t| match t {
+            Timer::Launch { slot } => slot_map[slot].map(|slot| Timer::Launch { slot }),
+            Timer::BreakerEnd { entry } => {
+                entry_map[entry].map(|entry| Timer::BreakerEnd { entry })
+            }
+            other => Some(other),
+        });
+    }
+
     /// Retires the processes whose sessions ended while their slot was retiring.
     pub(super) fn retire_pending(&mut self, now: Instant) {
         for serial in std::mem::take(&mut self.retire_later) {
@@ -98,10 +159,11 @@ impl Fleet {
 
     pub(super) fn launch(&mut self, slot: usize) {
         let serial = self.seq();
+        let number = self.entries[self.slots[slot].entry].number;
         let s = &mut self.slots[slot];
         s.generation += 1;
         s.launch = LaunchState::InFlight;
-        let id = |generation| format!("proc-{}-{}-{generation}", s.entry, s.replica);
+        let id = |generation| format!("proc-{number}-{}-{generation}", s.replica);
         let process_id = id(s.generation);
         let retire_logs_of = s
             .generation

@@ -1238,6 +1238,84 @@ async fn a_runtime_update_starts_new_processes_and_retires_old_ones_as_sessions_
     assert_eq!(h.fleet.activation_timeout, Duration::from_secs(9));
 }
 
+/// Runtime updates and redeploys add slots; the ones whose process ended are compacted away,
+/// so the table stays the size of what runs, process ids are never reused, and a retiring
+/// process that still hosts a session keeps its place through the renumbering.
+#[tokio::test(start_paused = true)]
+async fn slots_of_old_configurations_are_compacted_and_ids_stay_unique() {
+    let mut h = Harness::new();
+    let first = h.pids();
+    for pid in &first {
+        h.ready(*pid);
+    }
+    // One old process keeps a session through every update.
+    let kept = first[0];
+    let s = h.activated(kept, 2);
+    let mut ids = std::collections::HashSet::new();
+    for update in 0..30 {
+        let runtime = config::parse_runtime(
+            &format!(
+                r#"{{"ServerProcesses": [{{"LaunchPath": "/local/game/v{update}", "ConcurrentExecutions": 2}}]}}"#
+            ),
+            Path::new("/srv/gse-data/game"),
+        )
+        .unwrap();
+        h.fleet
+            .control(Control::UpdateRuntime(Box::new(runtime)), h.now)
+            .unwrap();
+        let effects = h.settle();
+        for serial in terminated(&effects) {
+            let pid = h.fleet.procs[&serial].identity.pid;
+            h.exit(pid, 0);
+        }
+        for pid in h.pids() {
+            if h.proc(pid).phase == Phase::Launching {
+                h.ready(pid);
+            }
+        }
+        for p in h.fleet.procs.values() {
+            ids.insert(p.id.clone());
+        }
+        assert!(
+            h.fleet.slots.len() <= 2 + 2 + 1,
+            "update {update}: {} slots",
+            h.fleet.slots.len()
+        );
+    }
+    assert!(ids.len() >= 60, "{} distinct process ids", ids.len());
+    // The session's process is where it was, still serving; its slot is retiring.
+    let p = h.proc(kept);
+    assert!(h.fleet.slots[p.slot].retiring);
+    assert_eq!(h.fleet.slots[p.slot].serial, Some(h.s(kept)));
+    h.fleet
+        .sdk(
+            kept,
+            SdkCall::TerminateSession {
+                gss_id: s.id.clone(),
+            },
+            h.now,
+        )
+        .unwrap();
+    let effects = h.settle();
+    assert!(terminated(&effects).contains(&h.s(kept)), "{effects:?}");
+    h.exit(kept, 0);
+    assert_eq!(h.pids().len(), 2, "only the current processes run");
+    assert!(
+        h.fleet
+            .current_runtime()
+            .server_processes
+            .iter()
+            .all(|e| e.launch_path.ends_with("/v29")),
+        "the runtime in force is the last one"
+    );
+    // Entry numbers survive a restart: ids stay unique after it.
+    let numbers: Vec<usize> = h.fleet.entries.iter().map(|e| e.number).collect();
+    let next = h.fleet.next_entry_number;
+    restart(&mut h);
+    let restored: Vec<usize> = h.fleet.entries.iter().map(|e| e.number).collect();
+    assert_eq!((restored, h.fleet.next_entry_number), (numbers, next));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_process_launched_under_the_old_configuration_is_stopped_at_once() {
     let mut h = Harness::new();
