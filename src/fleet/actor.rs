@@ -63,6 +63,13 @@ enum Report {
         gss_id: String,
         result: Result<(), String>,
     },
+    /// A launch done off the actor (file checks, log files, fork and exec can block).
+    Launched {
+        slot: usize,
+        serial: u64,
+        process_id: String,
+        result: Result<ProcessHandle, process::SpawnError>,
+    },
 }
 
 /// Why a request did not reach the fleet.
@@ -159,6 +166,7 @@ pub fn spawn_fleet(
         cfg,
         bus,
         handles: HashMap::new(),
+        launching: HashMap::new(),
         clients: HashMap::new(),
         report_tx,
         store: Store {
@@ -183,6 +191,9 @@ struct Actor {
     bus: EventBus,
     /// Process handles by launch serial.
     handles: HashMap<u64, ProcessHandle>,
+    /// Launches under way, with the exit of a process that ended before its launch was
+    /// reported (both reports race on the channel).
+    launching: HashMap<u64, Option<ExitInfo>>,
     /// Callback clients by launch serial.
     clients: HashMap<u64, Client>,
     report_tx: mpsc::UnboundedSender<Report>,
@@ -219,7 +230,7 @@ impl Actor {
         let now = self.now();
         self.adopt(recorded, now);
         self.fleet.start();
-        self.perform(now);
+        self.perform();
         let mut hard_deadline: Option<Instant> = None;
         let mut forced = false;
         let (shutdown, force, detach) = (&stops.shutdown, &stops.force, &stops.detach);
@@ -276,7 +287,7 @@ impl Actor {
             // Due timers fire on every turn, so a busy request queue cannot delay them.
             let now = self.now();
             self.fleet.tick(now);
-            self.perform(now);
+            self.perform();
             self.save(now, false);
         }
         self.save(Instant::now(), true);
@@ -439,8 +450,36 @@ impl Actor {
         self.touch();
         match report {
             Report::Exited { serial, info } => {
+                if let Some(early) = self.launching.get_mut(&serial) {
+                    *early = Some(info);
+                    return;
+                }
                 self.handles.remove(&serial);
                 self.fleet.exited(serial, info, now);
+            }
+            Report::Launched {
+                slot,
+                serial,
+                process_id,
+                result,
+            } => {
+                let early_exit = self.launching.remove(&serial).flatten();
+                match result {
+                    Ok(handle) => {
+                        let identity = handle.identity.clone();
+                        self.handles.insert(serial, handle);
+                        self.fleet.spawned(slot, serial, process_id, identity, now);
+                        if let Some(info) = early_exit {
+                            self.handles.remove(&serial);
+                            self.fleet.exited(serial, info, now);
+                        }
+                    }
+                    Err(e) => {
+                        let invalid = matches!(e, process::SpawnError::InvalidPath { .. });
+                        self.fleet
+                            .spawn_failed(slot, process_id, invalid, e.to_string(), now);
+                    }
+                }
             }
             Report::Health {
                 serial,
@@ -457,8 +496,8 @@ impl Actor {
         }
     }
 
-    /// Runs queued effects until none are left (a launch's answer may queue more).
-    fn perform(&mut self, now: Instant) {
+    /// Runs queued effects until none are left.
+    fn perform(&mut self) {
         loop {
             let effects = self.fleet.take_effects();
             if effects.is_empty() {
@@ -466,19 +505,19 @@ impl Actor {
             }
             self.touch();
             for effect in effects {
-                self.effect(effect, now);
+                self.effect(effect);
             }
         }
     }
 
-    fn effect(&mut self, effect: Effect, now: Instant) {
+    fn effect(&mut self, effect: Effect) {
         match effect {
             Effect::Launch {
                 slot,
                 serial,
                 process_id,
                 retire_logs_of,
-            } => self.launch(slot, serial, process_id, retire_logs_of, now),
+            } => self.launch(slot, serial, process_id, retire_logs_of),
             Effect::Stop { serial, grace } => {
                 if let Some(h) = self.handles.get(&serial) {
                     h.stop(grace);
@@ -589,28 +628,15 @@ impl Actor {
             .clone()
     }
 
+    /// Starts a launch on the blocking pool; its result comes back as [`Report::Launched`].
     fn launch(
         &mut self,
         slot: usize,
         serial: u64,
         process_id: String,
         retire_logs_of: Option<String>,
-        now: Instant,
     ) {
         let log_dir = self.cfg.data_dir.join("logs");
-        if let Some(old) = retire_logs_of {
-            for stream in ["stdout", "stderr"] {
-                let path = process::log_path(&log_dir, &old, stream);
-                for n in 0..=self.cfg.logs.keep_files {
-                    let p = if n == 0 {
-                        path.clone()
-                    } else {
-                        format!("{}.{n}", path.display()).into()
-                    };
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-        }
         let spec = self.fleet.spec(slot);
         let mut env = self.base_env.clone();
         env.push(("GSE_PROCESS_ID".into(), process_id.clone()));
@@ -626,17 +652,37 @@ impl Actor {
             tail_lines: self.cfg.logs.tail_lines,
             user: self.user,
         };
-        match process::launch(&launch, self.on_exit(serial)) {
-            Ok(handle) => {
-                let identity = handle.identity.clone();
-                self.handles.insert(serial, handle);
-                self.fleet.spawned(slot, serial, process_id, identity, now);
+        let keep_logs = self.cfg.logs.keep_files;
+        let on_exit = self.on_exit(serial);
+        let tx = self.report_tx.clone();
+        self.launching.insert(serial, None);
+        tokio::task::spawn_blocking(move || {
+            if let Some(old) = retire_logs_of {
+                remove_logs(&launch.log_dir, &old, keep_logs);
             }
-            Err(e) => {
-                let invalid = matches!(e, process::SpawnError::InvalidPath { .. });
-                self.fleet
-                    .spawn_failed(slot, process_id, invalid, e.to_string(), now);
-            }
+            let result = process::launch(&launch, on_exit);
+            // The actor ends only once no launch is under way, so this is received.
+            let _ = tx.send(Report::Launched {
+                slot,
+                serial,
+                process_id,
+                result,
+            });
+        });
+    }
+}
+
+/// Removes the log files (live and rotated) of an old process.
+fn remove_logs(log_dir: &std::path::Path, process_id: &str, keep_files: u32) {
+    for stream in ["stdout", "stderr"] {
+        let path = process::log_path(log_dir, process_id, stream);
+        for n in 0..=keep_files {
+            let p = if n == 0 {
+                path.clone()
+            } else {
+                format!("{}.{n}", path.display()).into()
+            };
+            let _ = std::fs::remove_file(p);
         }
     }
 }

@@ -227,7 +227,9 @@ impl Fleet {
 
     /// Shutting down and every process is gone.
     pub fn is_stopped(&self) -> bool {
-        self.shutting_down && self.procs.is_empty()
+        self.shutting_down
+            && self.procs.is_empty()
+            && !self.slots.iter().any(|s| s.launch == LaunchState::InFlight)
     }
 
     /// Pids of live processes.
