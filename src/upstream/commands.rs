@@ -63,14 +63,20 @@ async fn deploy(
         .map_err(|e| ("OperationDenied", e.to_string()))?;
     // Older downloads are not needed once a build is live (it lives in builds/).
     let downloads = cfg.data_dir.join("downloads");
-    if path.starts_with(&downloads)
-        && let Ok(rd) = std::fs::read_dir(&downloads)
-    {
-        for e in rd.flatten() {
-            if e.path() != path {
-                let _ = std::fs::remove_file(e.path());
+    if path.starts_with(&downloads) {
+        let live = path.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for e in std::fs::read_dir(&downloads)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.path() != live {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
-        }
+        })
+        .await;
     }
     fleet.control(Control::Redeploy).await.map_err(|e| match e {
         HandleError::Fleet(f) => (f.tencent_code(), f.to_string()),
@@ -86,7 +92,7 @@ async fn download(
     sha256: &str,
 ) -> Result<std::path::PathBuf, (&'static str, String)> {
     use sha2::{Digest, Sha256};
-    use std::io::Write;
+    use tokio::io::AsyncWriteExt;
     let failed =
         |e: &dyn std::fmt::Display| ("OperationDenied", format!("cannot download {url}: {e}"));
     if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -96,9 +102,12 @@ async fn download(
         ));
     }
     let dir = cfg.data_dir.join("downloads");
-    std::fs::create_dir_all(&dir).map_err(|e| failed(&e))?;
+    // File work through tokio::fs: on the blocking pool, never on an async worker.
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| failed(&e))?;
     let dest = dir.join(format!("{}.zip", sha256.to_ascii_lowercase()));
-    if dest.is_file() {
+    if tokio::fs::metadata(&dest).await.is_ok_and(|m| m.is_file()) {
         return Ok(dest);
     }
     let part = dir.join(format!("{}.part", sha256.to_ascii_lowercase()));
@@ -114,7 +123,9 @@ async fn download(
         .await
         .and_then(|r| r.error_for_status())
         .map_err(|e| failed(&e))?;
-    let mut file = std::fs::File::create(&part).map_err(|e| failed(&e))?;
+    let mut file = tokio::fs::File::create(&part)
+        .await
+        .map_err(|e| failed(&e))?;
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     let limit = cfg.package.max_bytes.get();
@@ -128,7 +139,7 @@ async fn download(
                 ));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).map_err(|e| failed(&e))?;
+            file.write_all(&chunk).await.map_err(|e| failed(&e))?;
         }
         let got: String = hasher
             .finalize()
@@ -141,11 +152,14 @@ async fn download(
                 format!("the download's sha256 is {got}, not {sha256}"),
             ));
         }
-        std::fs::rename(&part, &dest).map_err(|e| failed(&e))
+        file.flush().await.map_err(|e| failed(&e))?;
+        tokio::fs::rename(&part, &dest)
+            .await
+            .map_err(|e| failed(&e))
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_file(&part);
+        let _ = tokio::fs::remove_file(&part).await;
     }
     result.map(|()| dest)
 }
