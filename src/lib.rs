@@ -19,6 +19,7 @@ pub mod sdk;
 pub mod session;
 pub mod store;
 pub mod systemd;
+pub mod tc3;
 pub mod telemetry;
 pub mod upstream;
 pub mod validate;

@@ -1,0 +1,231 @@
+//! The keys file: `SecretId SecretKey` per line, `#` comments. It must be readable by its
+//! owner alone; it is read again when it changes, so keys rotate without a restart.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why the keys file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// It cannot be read.
+    #[error("cannot read the keys file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// Others than its owner may read it.
+    #[error(
+        "the keys file {path} is readable by its group or others (mode {mode:o}): chmod 600 it"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A line is not `SecretId SecretKey`.
+    #[error("{path}:{line}: {message}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// No key at all.
+    #[error("the keys file {0} holds no key")]
+    Empty(PathBuf),
+}
+
+/// SecretId → SecretKey.
+pub type Keys = HashMap<String, String>;
+
+/// Reads and checks the keys file.
+pub fn read(path: &Path) -> Result<Keys, KeysError> {
+    let meta = std::fs::metadata(path).map_err(|source| KeysError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeysError::Exposed {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+fn parse(path: &Path, text: &str) -> Result<Keys, KeysError> {
+    let mut keys = Keys::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |message: &str| KeysError::Line {
+            path: path.to_path_buf(),
+            line: n + 1,
+            message: message.to_string(),
+        };
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(key), None) = (words.next(), words.next(), words.next()) else {
+            return Err(bad("expected `SecretId SecretKey`"));
+        };
+        if keys.insert(id.to_string(), key.to_string()).is_some() {
+            return Err(bad(&format!("SecretId {id} is listed twice")));
+        }
+    }
+    if keys.is_empty() {
+        return Err(KeysError::Empty(path.to_path_buf()));
+    }
+    Ok(keys)
+}
+
+/// What identifies one version of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    len: u64,
+    mtime: i64,
+    mtime_ns: i64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        inode: m.ino(),
+        len: m.len(),
+        mtime: m.mtime(),
+        mtime_ns: m.mtime_nsec(),
+    })
+}
+
+/// The file looked at again at most this often.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The keys in force, read again when the file changes. A change that cannot be used (an
+/// exposed file, a bad line) is logged and the keys in force are kept.
+#[derive(Debug)]
+pub struct KeyFile {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    stamp: Option<Stamp>,
+    checked: Instant,
+    keys: Arc<Keys>,
+}
+
+impl KeyFile {
+    /// Reads `path` (an error if it cannot be used now).
+    pub fn open(path: &Path) -> Result<Self, KeysError> {
+        let keys = read(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                stamp: stamp(path),
+                checked: Instant::now(),
+                keys: Arc::new(keys),
+            }),
+        })
+    }
+
+    /// The keys in force.
+    pub fn keys(&self) -> Arc<Keys> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() >= RECHECK {
+            state.checked = Instant::now();
+            let now = stamp(&self.path);
+            if now != state.stamp {
+                state.stamp = now;
+                match read(&self.path) {
+                    Ok(keys) => {
+                        tracing::info!(keys.file = %self.path.display(), keys = keys.len(), "API keys read again");
+                        state.keys = Arc::new(keys);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the changed keys file cannot be used; the keys read before stay in force");
+                    }
+                }
+            }
+        }
+        state.keys.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        write_as(dir, "keys", text, mode)
+    }
+
+    fn write_as(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn lines_comments_and_mistakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = read(&write(
+            dir.path(),
+            "# studio backend\nAKIDone  secret1\n\nAKIDtwo secret2 # ci\n",
+            0o600,
+        ))
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys["AKIDtwo"], "secret2");
+        for (text, want) in [
+            ("AKIDone\n", ":1: expected"),
+            ("a b\nx y z\n", ":2: expected"),
+            ("a b\na c\n", "listed twice"),
+            ("# nothing\n", "holds no key"),
+        ] {
+            let e = read(&write(dir.path(), text, 0o600))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let e = read(&write(dir.path(), "a b\n", 0o640))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode 640") && e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_file_is_read_again_and_a_bad_change_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "old k1\n", 0o600);
+        let file = KeyFile::open(&path).unwrap();
+        assert!(file.keys().contains_key("old"));
+        let rotate = |text: &str, mode| {
+            // A new file renamed into place, as key rotation does.
+            let tmp = write_as(dir.path(), "keys.new", text, mode);
+            std::fs::rename(&tmp, &path).unwrap();
+            file.state.lock().unwrap().checked -= RECHECK;
+        };
+        rotate("new k2\n", 0o600);
+        let keys = file.keys();
+        assert!(keys.contains_key("new") && !keys.contains_key("old"));
+        rotate("exposed k3\n", 0o644);
+        assert!(file.keys().contains_key("new"), "the last good keys stay");
+    }
+}
