@@ -20,6 +20,8 @@ const DENIED: &str = "OperationDenied";
 pub struct Guard {
     bound: SocketAddr,
     allowed_hosts: Vec<String>,
+    /// Off when requests are signed: the signature covers `Host`, and a page cannot sign.
+    check_host: bool,
 }
 
 impl Guard {
@@ -32,7 +34,15 @@ impl Guard {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            check_host: true,
         }
+    }
+
+    /// The same checks without the `Host` rule, for a listener that requires signed requests
+    /// (its clients sign the host they connect to, which may be any name of the host).
+    pub fn signed(mut self) -> Self {
+        self.check_host = false;
+        self
     }
 
     /// Refuses a request a browser could have sent: with `Origin`, with `Sec-Fetch-Site` other
@@ -62,7 +72,7 @@ impl Guard {
         // An absolute-form target (`POST http://name/capi`) names the host too.
         let authority = uri.authority().map(|a| a.as_str().to_string());
         for host in hosts.chain(authority) {
-            if !self.host_allowed(&host) {
+            if self.check_host && !self.host_allowed(&host) {
                 return Err(CapiError::new(
                     DENIED,
                     format!(

@@ -6,18 +6,14 @@
 
 mod guard;
 mod params;
+mod server;
 pub mod view;
+
+pub use server::{API_VERSION, MAX_BODY_BYTES, serve};
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
-use axum::routing::post;
 use serde_json::{Map, Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::event::EventBus;
@@ -26,10 +22,8 @@ use crate::fleet::{
     Control, ControlReply, FleetHandle, NewPlayer, NewSession, PlayerQuery, SessionQuery,
     SessionUpdate,
 };
-use crate::listen::{Acceptor, Bounds};
 use crate::session::{GssStatus, PlayerStatus};
 use crate::telemetry::{LogLimit, clip};
-use guard::Guard;
 use params::{Params, key_value};
 
 /// Why the control API server stopped.
@@ -38,6 +32,9 @@ pub enum CapiServerError {
     /// Serving failed.
     #[error("control API server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The keys file cannot be used.
+    #[error(transparent)]
+    Keys(#[from] crate::tc3::keys::KeysError),
 }
 
 /// A refused request: a Tencent Cloud error code and a message naming what was wrong.
@@ -107,28 +104,51 @@ impl Capi {
         Self { fleet, bus, cfg }
     }
 
-    /// Handles one request body and returns the response body.
+    /// Handles one GSE Local request (`POST /capi`: the action in the body's `Action`) and
+    /// returns the response body.
     pub async fn handle(&self, body: &[u8]) -> Value {
-        envelope(self.dispatch(body).await)
+        envelope(self.dispatch(None, body).await)
     }
 
-    async fn dispatch(&self, body: &[u8]) -> Result<Value, CapiError> {
+    /// Handles one Tencent Cloud API request (`POST /`: the action in `X-TC-Action`, the
+    /// parameters in the body) and returns the response body.
+    pub async fn handle_action(&self, action: &str, body: &[u8]) -> Value {
+        envelope(self.dispatch(Some(action), body).await)
+    }
+
+    async fn dispatch(&self, header_action: Option<&str>, body: &[u8]) -> Result<Value, CapiError> {
+        let body = if header_action.is_some() && body.iter().all(u8::is_ascii_whitespace) {
+            b"{}".as_slice()
+        } else {
+            body
+        };
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             CapiError::new(
                 "InvalidParameter",
                 format!("the request body is not valid JSON: {e}"),
             )
         })?;
-        let Value::Object(map) = value else {
+        let Value::Object(mut map) = value else {
             return Err(CapiError::new(
                 "InvalidParameter",
-                "the request body must be a JSON object with an `Action`",
+                "the request body must be a JSON object of the action's parameters",
             ));
         };
-        let action = match map.get("Action") {
-            Some(Value::String(a)) => a.clone(),
-            Some(other) => return Err(CapiError::type_of("Action", "a string", other)),
-            None => return Err(CapiError::missing("Action")),
+        let action = match (header_action, map.get("Action")) {
+            (Some(h), None) => {
+                map.insert("Action".into(), Value::String(h.to_string()));
+                h.to_string()
+            }
+            (Some(h), Some(Value::String(b))) if b == h => h.to_string(),
+            (Some(h), Some(b)) => {
+                return Err(CapiError::value(
+                    "Action",
+                    format!("the body's Action {b} is not X-TC-Action {h:?}"),
+                ));
+            }
+            (None, Some(Value::String(a))) => a.clone(),
+            (None, Some(other)) => return Err(CapiError::type_of("Action", "a string", other)),
+            (None, None) => return Err(CapiError::missing("Action")),
         };
         match action.as_str() {
             "CreateGameServerSession" => self.create_session(map).await,
@@ -516,93 +536,4 @@ fn envelope(result: Result<Value, CapiError>) -> Value {
     };
     response.insert("RequestId".into(), json!(request_id));
     json!({ "Response": response })
-}
-
-async fn capi_handler(
-    State((capi, guard)): State<(Capi, Arc<Guard>)>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> axum::Json<Value> {
-    let body = body.map_err(|e| {
-        CapiError::new(
-            "InvalidParameter",
-            format!("the request body cannot be read: {e} (at most {MAX_BODY_BYTES} bytes)"),
-        )
-    });
-    match guard.check(&headers, &uri).and(body) {
-        Ok(body) => axum::Json(capi.handle(&body).await),
-        Err(e) => axum::Json(envelope(Err(e))),
-    }
-}
-
-/// Sent to a connection over the cap before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 126\r\n\r\n{\"Response\":{\"Error\":{\"Code\":\"RequestLimitExceeded\",\"Message\":\"too many open connections to the control API\"},\"RequestId\":\"\"}}";
-
-/// The largest request body read (GSE's largest parameter, GameServerSessionData, is 4 KB).
-pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// The largest request head (request line and headers) read; a larger one gets 431.
-const MAX_HEAD_BYTES: usize = 64 << 10;
-/// How long open requests get to finish once the server is asked to stop.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Serves `POST /capi` on an already-bound listener until `shutdown`: HTTP/1.1, within the
-/// configured [`crate::config::ConnectionLimits`] (a request's head must arrive within the
-/// header timeout, which also closes idle keep-alive connections).
-pub async fn serve(
-    listener: TcpListener,
-    capi: Capi,
-    shutdown: CancellationToken,
-) -> Result<(), CapiServerError> {
-    let bound = listener.local_addr().map_err(CapiServerError::Serve)?;
-    let limits = capi.cfg.connections.clone();
-    let bounds = Bounds {
-        max_connections: limits.capi_max,
-        first_bytes_within: limits.header_timeout.get(),
-        idle_after: Some(limits.idle_timeout.get()),
-    }
-    .within_open_files(crate::host::open_files_limit(), 4);
-    tracing::info!(capi.addr = %bound, connections.max = bounds.max_connections, "control API listening");
-    // Programs only: the API has no authentication yet (see guard).
-    let guard = Arc::new(Guard::new(bound, &capi.cfg.capi_allowed_hosts));
-    let app = Router::new()
-        .route("/capi", post(capi_handler))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state((capi, guard));
-    let mut acceptor = Acceptor::<()>::new(listener, "capi", bounds).with_refusal(OVER_CAPACITY);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.get())
-        .max_buf_size(MAX_HEAD_BYTES);
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let conn = tokio::select! {
-            conn = acceptor.accept() => conn,
-            _ = shutdown.cancelled() => break,
-        };
-        let served = http.serve_connection(
-            hyper_util::rt::TokioIo::new(conn),
-            hyper_util::service::TowerToHyperService::new(app.clone()),
-        );
-        let stop = shutdown.clone();
-        connections.spawn(async move {
-            let mut served = std::pin::pin!(served);
-            tokio::select! {
-                _ = served.as_mut() => return,
-                _ = stop.cancelled() => served.as_mut().graceful_shutdown(),
-            }
-            let _ = served.await;
-        });
-    }
-    connections.close();
-    if tokio::time::timeout(DRAIN, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            connections = connections.len(),
-            "control API connections still open at stop"
-        );
-    }
-    Ok(())
 }

@@ -353,6 +353,9 @@ pub struct Config {
     /// `Host` header values the control API accepts besides its own address (e.g. the name a
     /// reverse proxy forwards), lowercase.
     pub capi_allowed_hosts: Vec<String>,
+    /// The Tencent Cloud API keys (`SecretId SecretKey` lines): when set, every control API
+    /// request must be signed with one (TC3-HMAC-SHA256).
+    pub capi_keys_file: Option<PathBuf>,
     /// Bounds on client connections.
     pub connections: ConnectionLimits,
     /// Health checking.

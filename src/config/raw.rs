@@ -37,6 +37,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) capi_allowed_hosts: Vec<String>,
     #[serde(default)]
+    pub(super) capi_keys_file: Option<PathBuf>,
+    #[serde(default)]
     pub(super) connections: ConnectionLimits,
     #[serde(default)]
     pub(super) health_check: HealthCheck,

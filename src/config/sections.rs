@@ -23,7 +23,7 @@ pub fn problems(text: &str) -> Vec<Problem> {
     for block in &blocks {
         let check = match block.key.as_str() {
             "fleet-id" | "instance-id" => check::<String>,
-            "data-dir" | "game-root" | "build" => check::<PathBuf>,
+            "data-dir" | "game-root" | "build" | "capi-keys-file" => check::<PathBuf>,
             "run-as" => check::<String>,
             "capi-allowed-hosts" => check::<Vec<String>>,
             "package" => check::<PackagePolicy>,

@@ -136,7 +136,7 @@ fn control_api_listens_on_loopback_only() {
             "{}",
             p.message
         );
-        assert!(p.message.contains("TC3 key file"), "{}", p.message);
+        assert!(p.message.contains("capi-keys-file"), "{}", p.message);
     }
     // Listed with the others, as every problem is.
     let ps = problems(&format!(

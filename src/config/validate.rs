@@ -201,15 +201,23 @@ impl Validator<'_> {
                 );
             }
         }
+        let abs = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
+        let keys_file = raw.capi_keys_file.as_ref().map(|k| abs(k));
+        if let Some(path) = &keys_file
+            && let Err(e) = crate::tc3::keys::read(path)
+        {
+            self.problem(&[Key("capi-keys-file")], e.to_string());
+        }
         if let Some(addr) = raw.capi_listen
             && !addr.ip().to_canonical().is_loopback()
+            && keys_file.is_none()
         {
             self.problem(
                 &[Key("capi-listen")],
                 format!(
-                    "{addr} is not a loopback address: the control API has no authentication yet \
-                     (it comes with the TC3 key file, not yet available), so it listens on \
-                     127.0.0.1 or [::1] only; put a reverse proxy in front to reach it remotely"
+                    "{addr} is not a loopback address: without capi-keys-file the control API \
+                     has no authentication, so it listens on 127.0.0.1 or [::1] only; set \
+                     capi-keys-file to require signed requests (TC3-HMAC-SHA256)"
                 ),
             );
         }
@@ -224,7 +232,6 @@ impl Validator<'_> {
                 );
             }
         }
-        let abs = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
         let data_dir = abs(&raw.data_dir);
         let game_root = raw
             .game_root
@@ -301,6 +308,7 @@ impl Validator<'_> {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            capi_keys_file: keys_file,
             connections: raw.connections.clone(),
             health_check: raw.health_check,
             timeouts: raw.timeouts,

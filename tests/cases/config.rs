@@ -35,7 +35,7 @@ runtime-configuration:
 }
 
 #[test]
-fn a_control_api_off_loopback_is_refused_until_it_has_authentication() {
+fn a_control_api_off_loopback_needs_a_private_keys_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.yaml");
     let yaml = crate::helper::config(&crate::helper::entry("", 1), "")
@@ -50,12 +50,41 @@ fn a_control_api_off_loopback_is_refused_until_it_has_authentication() {
             err.contains("agent.yaml:6: capi-listen: 0.0.0.0:0 is not a loopback address"),
             "{err}"
         );
-        assert!(err.contains("TC3 key file"), "{err}");
+        assert!(err.contains("capi-keys-file"), "{err}");
         assert!(
             err.contains("agent.yaml:2: instance-id"),
             "every problem is listed: {err}"
         );
     }
+    // With keys it may listen anywhere, but only if the file is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "AKIDstudio secret\n").unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let yaml = crate::helper::config(&crate::helper::entry("", 1), "capi-keys-file: keys")
+        .replace("capi-listen: 127.0.0.1:0", "capi-listen: 0.0.0.0:0");
+    std::fs::write(&path, yaml).unwrap();
+    let check = || {
+        Command::new(AGENT)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("capi-keys-file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

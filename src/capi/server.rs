@@ -1,0 +1,234 @@
+//! The control API's HTTP side: `POST /` as the Tencent Cloud API serves it (action in
+//! `X-TC-Action`) and `POST /capi` as GSE Local does (action in the body), on one listener,
+//! within the connection bounds, with every request checked by [`Guard`] and, when a keys file
+//! is configured, by its TC3 signature. Every answer, refusals included, is a Tencent envelope.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::routing::post;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::guard::Guard;
+use super::{Capi, CapiError, CapiServerError, envelope};
+use crate::listen::{Acceptor, Bounds};
+use crate::tc3;
+
+/// Sent to a connection over the cap before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 126\r\n\r\n{\"Response\":{\"Error\":{\"Code\":\"RequestLimitExceeded\",\"Message\":\"too many open connections to the control API\"},\"RequestId\":\"\"}}";
+
+/// The largest request body read (GSE's largest parameter, GameServerSessionData, is 4 KB).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest request head (request line and headers) read; a larger one gets 431.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+/// How long open requests get to finish once the server is asked to stop.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// The API version the Tencent SDKs send for GSE.
+pub const API_VERSION: &str = "2019-11-12";
+
+/// What every request goes through.
+struct Door {
+    capi: Capi,
+    guard: Guard,
+    keys: Option<tc3::keys::KeyFile>,
+}
+
+/// Which form a request takes.
+#[derive(Clone, Copy)]
+enum Form {
+    /// `POST /`, the action in `X-TC-Action`.
+    Tencent,
+    /// `POST /capi`, the action in the body.
+    Local,
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    // A repeated header is ambiguous: what was signed may not be what is read.
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Door {
+    async fn answer(
+        &self,
+        form: Form,
+        method: &Method,
+        headers: &HeaderMap,
+        uri: &Uri,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Value {
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                return envelope(Err(CapiError::new(
+                    "InvalidParameter",
+                    format!(
+                        "the request body cannot be read: {e} (at most {MAX_BODY_BYTES} bytes)"
+                    ),
+                )));
+            }
+        };
+        if let Err(e) = self.guard.check(headers, uri) {
+            return envelope(Err(e));
+        }
+        if let Some(keys) = &self.keys {
+            let received = tc3::Received {
+                method: method.as_str(),
+                uri: uri.path(),
+                query: uri.query().unwrap_or_default(),
+                header: |name: &str| header(headers, name),
+                body: &body,
+            };
+            if let Err(e) = tc3::verify(&keys.keys(), &received, now_unix()) {
+                return envelope(Err(CapiError::new(e.code(), e.to_string())));
+            }
+        }
+        match form {
+            Form::Local => self.capi.handle(&body).await,
+            Form::Tencent => {
+                let Some(action) = header(headers, "x-tc-action") else {
+                    return envelope(Err(CapiError::missing("X-TC-Action")));
+                };
+                if let Some(version) = header(headers, "x-tc-version")
+                    && version != API_VERSION
+                {
+                    return envelope(Err(CapiError::value(
+                        "X-TC-Version",
+                        format!("{version:?} is not GSE's API version {API_VERSION}"),
+                    )));
+                }
+                self.capi.handle_action(action, &body).await
+            }
+        }
+    }
+}
+
+async fn tencent(
+    State(door): State<Arc<Door>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> axum::Json<Value> {
+    axum::Json(
+        door.answer(Form::Tencent, &method, &headers, &uri, body)
+            .await,
+    )
+}
+
+async fn local(
+    State(door): State<Arc<Door>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> axum::Json<Value> {
+    axum::Json(
+        door.answer(Form::Local, &method, &headers, &uri, body)
+            .await,
+    )
+}
+
+/// Any other method or path: a Tencent envelope saying what is served.
+async fn not_served(method: Method, uri: Uri) -> axum::Json<Value> {
+    axum::Json(envelope(Err(CapiError::new(
+        "InvalidParameter",
+        format!(
+            "{method} {} is not served: use POST / (Tencent Cloud API 3.0, X-TC-Action) or POST /capi (GSE Local)",
+            uri.path()
+        ),
+    ))))
+}
+
+/// Serves the control API on an already-bound listener until `shutdown`: HTTP/1.1, within the
+/// configured [`crate::config::ConnectionLimits`] (a request's head must arrive within the
+/// header timeout, which also closes idle keep-alive connections).
+pub async fn serve(
+    listener: TcpListener,
+    capi: Capi,
+    shutdown: CancellationToken,
+) -> Result<(), CapiServerError> {
+    let bound = listener.local_addr().map_err(CapiServerError::Serve)?;
+    let cfg = capi.cfg.clone();
+    let limits = cfg.connections.clone();
+    let bounds = Bounds {
+        max_connections: limits.capi_max,
+        first_bytes_within: limits.header_timeout.get(),
+        idle_after: Some(limits.idle_timeout.get()),
+    }
+    .within_open_files(crate::host::open_files_limit(), 4);
+    let keys = match &cfg.capi_keys_file {
+        Some(path) => Some(tc3::keys::KeyFile::open(path).map_err(CapiServerError::Keys)?),
+        None => None,
+    };
+    tracing::info!(capi.addr = %bound, capi.signed = keys.is_some(), connections.max = bounds.max_connections, "control API listening");
+    let guard = Guard::new(bound, &cfg.capi_allowed_hosts);
+    let door = Arc::new(Door {
+        capi,
+        guard: if keys.is_some() {
+            guard.signed()
+        } else {
+            guard
+        },
+        keys,
+    });
+    let app = Router::new()
+        .route("/", post(tencent).fallback(not_served))
+        .route("/capi", post(local).fallback(not_served))
+        .fallback(not_served)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(door);
+    let mut acceptor = Acceptor::<()>::new(listener, "capi", bounds).with_refusal(OVER_CAPACITY);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.get())
+        .max_buf_size(MAX_HEAD_BYTES);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let conn = tokio::select! {
+            conn = acceptor.accept() => conn,
+            _ = shutdown.cancelled() => break,
+        };
+        let served = http.serve_connection(
+            hyper_util::rt::TokioIo::new(conn),
+            hyper_util::service::TowerToHyperService::new(app.clone()),
+        );
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut served = std::pin::pin!(served);
+            tokio::select! {
+                _ = served.as_mut() => return,
+                _ = stop.cancelled() => served.as_mut().graceful_shutdown(),
+            }
+            let _ = served.await;
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            "control API connections still open at stop"
+        );
+    }
+    Ok(())
+}
