@@ -30,6 +30,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -111,6 +112,9 @@ impl Loss {
         line
     }
 }
+
+/// When (unix seconds) a full disk was last said at WARN level.
+static FULL_SAID: AtomicU64 = AtomicU64::new(0);
 
 /// Whether `e` says the disk is full or failing (rather than, say, a permission).
 fn is_disk_fault(e: &std::io::Error) -> Option<Errno> {
@@ -217,7 +221,16 @@ impl LogFiles {
     fn watch_space(&mut self) {
         match (self.disk_full(), self.full_since) {
             (Some(true), None) => {
-                tracing::warn!(log.path = %self.paths[0].display(), "the disk holding the game's output is full: its writes fail");
+                // Every game's files see it at once: said once a minute, not once per game.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if now >= FULL_SAID.load(Ordering::Relaxed) + 60 {
+                    FULL_SAID.store(now, Ordering::Relaxed);
+                    tracing::warn!(log.path = %self.paths[0].display(), "the disk holding the games' output is full: their writes fail");
+                } else {
+                    tracing::debug!(log.path = %self.paths[0].display(), "the disk holding the game's output is full");
+                }
                 self.full_since = Some(Instant::now());
             }
             (Some(false) | None, Some(since)) => {
