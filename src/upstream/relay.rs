@@ -306,6 +306,7 @@ async fn session(
     let _pruner = AbortOnDrop(pruner);
     // After a refused read: when to read again.
     let mut read_again: Option<tokio::time::Instant> = None;
+    let mut read_failing = false;
     loop {
         if outbox.epoch() != epoch {
             return Err(RelayError::NewEpoch {
@@ -318,9 +319,17 @@ async fn session(
         sent = sent.max(*ack_tx.borrow());
         if pending.is_empty() && sent < *committed.borrow() && read_again.is_none() {
             match outbox.read_after(sent, BATCH) {
-                Ok(events) => pending.extend(events),
+                Ok(events) => {
+                    if std::mem::take(&mut read_failing) {
+                        tracing::info!("events are read from the outbox again");
+                    }
+                    pending.extend(events);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read events from the outbox; trying again in a second");
+                    // Said once per outage: the outbox's writer says the rest.
+                    if !std::mem::replace(&mut read_failing, true) {
+                        tracing::warn!(error = %e, "cannot read events from the outbox; trying again every second");
+                    }
                     read_again = Some(tokio::time::Instant::now() + READ_RETRY);
                 }
             }
