@@ -152,8 +152,11 @@ impl Agent {
                 .await
                 .map_err(|source| AgentError::Bind { what, addr, source })
         };
-        let store_path = cfg.data_dir.join("outbox.redb");
+        // Two files, so that a corrupt outbox never costs the games (see `dbfile`).
+        let store_path = cfg.data_dir.join("state.redb");
+        let outbox_path = cfg.data_dir.join("outbox.redb");
         let store = StateStore::open(&store_path)?;
+        store.migrate_from(&outbox_path)?;
         let stored = store.load()?;
         // Games dial the address they were given at launch: a restart serves the same one.
         let recorded_sdk = read_value::<SocketAddr>(&stored, SDK_ADDRESS_KEY)
@@ -181,14 +184,21 @@ impl Agent {
                 .map(|(l, a)| local(l, a)),
         };
         write_endpoints(&cfg.data_dir, &endpoints)?;
+        let continue_events = |bus: EventBus| {
+            if let Some(next) = read_value::<u64>(&stored, EVENT_SEQUENCE_KEY) {
+                bus.continue_from(next);
+            }
+            bus
+        };
         let (bus, upstream) = match &cfg.upstream {
-            None => (EventBus::new(EVENT_HISTORY), None),
+            None => (continue_events(EventBus::new(EVENT_HISTORY)), None),
             Some(u) => {
-                let outbox = Outbox::open_in(store.database(), u.outbox_max_bytes.get())?;
+                let outbox = Outbox::open(&outbox_path, u.outbox_max_bytes.get())?;
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let bus = EventBus::with_sink(EVENT_HISTORY, tx);
+                // Numbered on before the writer starts: it may emit at once (a corrupt outbox).
+                let bus = continue_events(EventBus::with_sink(EVENT_HISTORY, tx));
                 let writer = outbox.clone().spawn_writer(rx, bus.without_sink());
-                let ledger = Ledger::open(store.database(), unix_ms(std::time::SystemTime::now()))?;
+                let ledger = Ledger::open(outbox.file(), unix_ms(std::time::SystemTime::now()))?;
                 (
                     bus,
                     Some(Upstream {
@@ -199,9 +209,6 @@ impl Agent {
                 )
             }
         };
-        if let Some(next) = read_value::<u64>(&stored, EVENT_SEQUENCE_KEY) {
-            bus.continue_from(next);
-        }
         let cfg = Arc::new(cfg);
         let restored = Fleet::restore(
             cfg.clone(),

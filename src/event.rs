@@ -83,6 +83,11 @@ pub enum EventCode {
     InstanceUndrained,
     /// Agent: the upstream outbox passed its bound (the control plane is away too long).
     UpstreamOutboxFull,
+    /// Agent: the outbox file was corrupt; it was kept aside and a new one (a new epoch)
+    /// started.
+    UpstreamOutboxCorrupt,
+    /// Agent: events were dropped while the disk refused writes (the memory bound was passed).
+    UpstreamEventsLost,
     /// Agent: the connection to the control plane was established.
     UpstreamConnected,
     /// Agent: the connection to the control plane was lost or refused.
@@ -148,6 +153,8 @@ names! {
     InstanceDraining => "INSTANCE_DRAINING",
     InstanceUndrained => "INSTANCE_UNDRAINED",
     UpstreamOutboxFull => "UPSTREAM_OUTBOX_FULL",
+    UpstreamOutboxCorrupt => "UPSTREAM_OUTBOX_CORRUPT",
+    UpstreamEventsLost => "UPSTREAM_EVENTS_LOST",
     UpstreamConnected => "UPSTREAM_CONNECTED",
     UpstreamDisconnected => "UPSTREAM_DISCONNECTED",
 }
@@ -378,6 +385,8 @@ fn log(e: &Event) {
             | EventCode::GameSessionError
             | EventCode::ServerProcessCrashLoop
             | EventCode::UpstreamOutboxFull
+            | EventCode::UpstreamOutboxCorrupt
+            | EventCode::UpstreamEventsLost
             | EventCode::UpstreamDisconnected
     );
     macro_rules! emit {

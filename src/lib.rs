@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod capi;
 pub mod config;
+pub mod dbfile;
 pub mod event;
 pub mod fleet;
 pub mod host;

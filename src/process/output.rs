@@ -15,12 +15,25 @@
 //! The window: bytes the game writes after the copy read the end of the file and before the
 //! truncate are lost (microseconds to milliseconds, depending on how much is copied). That is
 //! the price of not owning the game's fds; a game that cannot lose a line must log itself.
+//!
+//! **Disk faults.** When the copy fails because the disk is full or failing (ENOSPC, EDQUOT,
+//! EIO), the live file is truncated all the same: the old output cannot be kept, and keeping
+//! the file would leave no room for the new. The bytes not copied are counted, and once the
+//! disk takes writes again the agent appends one line to the live file, e.g.
+//! `[gse-agent] 123456 bytes of output dropped: No space left on device`. The game's own
+//! writes go straight to the file, so the agent cannot count those that failed; when a check
+//! finds the file system full it says, once there is room again, that output may be missing
+//! and for how long the disk was full. The checks run every [`CHECK_EVERY`], so such a line
+//! lands within about a second of the space returning, not before the game's first line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
 
 /// How often the live files' sizes are checked (one fstat each).
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -56,6 +69,57 @@ pub(crate) struct LogFiles {
     /// A live file that could not be opened (removed by someone): not tried again, since the
     /// game writes on through its own descriptor and the path will not come back.
     unopenable: [bool; 2],
+    /// Output lost to a disk fault, per file, not yet said in it.
+    losses: [Loss; 2],
+    /// Since when the file system has been seen full.
+    full_since: Option<Instant>,
+}
+
+/// Output of one file lost to a disk fault, to be said in the file once it takes writes
+/// again.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Loss {
+    /// Bytes the agent dropped: a rotation could not copy them.
+    bytes: u64,
+    /// Why, the last time.
+    error: Option<Errno>,
+    /// How long the file system was seen full: the game's own writes then may have failed.
+    full_for: Option<Duration>,
+}
+
+impl Loss {
+    fn pending(&self) -> bool {
+        self.bytes > 0 || self.full_for.is_some()
+    }
+
+    /// The line that says it.
+    fn marker(&self) -> String {
+        let full = self.full_for.map(|d| {
+            humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+        });
+        let mut line = if self.bytes > 0 {
+            let why = self.error.map_or("a disk fault", |e| e.desc());
+            format!("[gse-agent] {} bytes of output dropped: {why}", self.bytes)
+        } else {
+            "[gse-agent] output may be missing here".to_string()
+        };
+        if let Some(full) = full {
+            line.push_str(&format!(
+                "; the disk was full for {full}: what the game wrote then may be missing"
+            ));
+        }
+        line.push('\n');
+        line
+    }
+}
+
+/// When (unix seconds) a full disk was last said at WARN level.
+static FULL_SAID: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `e` says the disk is full or failing (rather than, say, a permission).
+fn is_disk_fault(e: &std::io::Error) -> Option<Errno> {
+    let errno = Errno::from_raw(e.raw_os_error()?);
+    matches!(errno, Errno::ENOSPC | Errno::EDQUOT | Errno::EIO).then_some(errno)
 }
 
 impl LogFiles {
@@ -67,6 +131,8 @@ impl LogFiles {
             max_bytes,
             keep,
             unopenable: [false, false],
+            losses: Default::default(),
+            full_since: None,
         }
     }
 
@@ -80,17 +146,30 @@ impl LogFiles {
         &self.paths
     }
 
-    /// Whether [`LogFiles::check`] has work: a live file is not open yet or passed the limit.
-    /// One fstat per open file (inode metadata, no disk read), so it runs on the async
-    /// worker and only real work goes to the blocking pool.
+    /// Whether [`LogFiles::check`] has work: a live file is not open yet or passed the limit,
+    /// the file system is (or was just) full, or a loss is to be said. One fstat per open
+    /// file and one fstatvfs (metadata, no disk read), so it runs on the async worker and
+    /// only real work goes to the blocking pool.
     pub fn needs_check(&self) -> bool {
-        self.files
-            .iter()
-            .zip(&self.unopenable)
-            .any(|(f, gave_up)| match f {
-                None => !gave_up,
-                Some(f) => f.metadata().is_ok_and(|m| m.len() > self.max_bytes),
-            })
+        self.full_since.is_some()
+            || self.losses.iter().any(Loss::pending)
+            || self.disk_full() == Some(true)
+            || self
+                .files
+                .iter()
+                .zip(&self.unopenable)
+                .any(|(f, gave_up)| match f {
+                    None => !gave_up,
+                    Some(f) => f.metadata().is_ok_and(|m| m.len() > self.max_bytes),
+                })
+    }
+
+    /// Whether the file system of the live files has no space left for unprivileged writers
+    /// (`None`: no file open to ask).
+    fn disk_full(&self) -> Option<bool> {
+        let file = self.files.iter().flatten().next()?;
+        let stat = nix::sys::statvfs::fstatvfs(file).ok()?;
+        Some(stat.blocks_available() == 0)
     }
 
     /// Rotates each live file that passed the limit. Blocking: run it off the async workers.
@@ -118,10 +197,86 @@ impl LogFiles {
                 Ok(m) => m.len(),
                 Err(_) => continue,
             };
-            if len > self.max_bytes
-                && let Err(e) = rotate(&self.paths[i], file, len, self.max_bytes, self.keep)
-            {
-                tracing::warn!(log.path = %self.paths[i].display(), error = %e, "cannot rotate log");
+            if len > self.max_bytes {
+                match rotate(&self.paths[i], file, len, self.max_bytes, self.keep) {
+                    Ok(None) => {}
+                    Ok(Some((dropped, errno))) => {
+                        tracing::warn!(log.path = %self.paths[i].display(), log.dropped = dropped, error = %errno.desc(), "cannot keep rotated output: the disk refuses writes; the live file was truncated");
+                        self.losses[i].bytes += dropped;
+                        self.losses[i].error = Some(errno);
+                    }
+                    Err(e) => {
+                        tracing::warn!(log.path = %self.paths[i].display(), error = %e, "cannot rotate log");
+                    }
+                }
+            }
+        }
+        self.watch_space();
+        if self.full_since.is_none() {
+            self.say_losses();
+        }
+    }
+
+    /// Notes when the file system fills up, and for how long it was full once it is not.
+    fn watch_space(&mut self) {
+        match (self.disk_full(), self.full_since) {
+            (Some(true), None) => {
+                // Every game's files see it at once: said once a minute, not once per game.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if now >= FULL_SAID.load(Ordering::Relaxed) + 60 {
+                    FULL_SAID.store(now, Ordering::Relaxed);
+                    tracing::warn!(log.path = %self.paths[0].display(), "the disk holding the games' output is full: their writes fail");
+                } else {
+                    tracing::debug!(log.path = %self.paths[0].display(), "the disk holding the game's output is full");
+                }
+                self.full_since = Some(Instant::now());
+            }
+            (Some(false) | None, Some(since)) => {
+                let full_for = since.elapsed();
+                for loss in &mut self.losses {
+                    loss.full_for = Some(loss.full_for.unwrap_or_default() + full_for);
+                }
+                self.full_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends the line that says each pending loss to its live file; one that cannot be
+    /// written stays pending.
+    fn say_losses(&mut self) {
+        for i in 0..2 {
+            if !self.losses[i].pending() {
+                continue;
+            }
+            let line = self.losses[i].marker();
+            // After a partial line of the game's, the marker starts a line of its own.
+            let after_partial = self.files[i].as_ref().is_some_and(|f| {
+                use std::os::unix::fs::FileExt;
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let mut last = [b'\n'];
+                len > 0 && f.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
+            });
+            let text = if after_partial {
+                format!("\n{line}")
+            } else {
+                line
+            };
+            let written = OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&self.paths[i])
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+            match written {
+                Ok(()) => {
+                    tracing::info!(log.path = %self.paths[i].display(), log.dropped = self.losses[i].bytes, "said in the log that output was lost to a disk fault");
+                    self.losses[i] = Loss::default();
+                }
+                Err(e) => {
+                    tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot say the output loss yet");
+                }
             }
         }
     }
@@ -132,8 +287,16 @@ fn numbered(path: &Path, n: u64) -> PathBuf {
     PathBuf::from(format!("{}.{n}", path.display()))
 }
 
-/// Copy-truncate of `file` (at `path`, `len` bytes long).
-fn rotate(path: &Path, file: &mut File, len: u64, max: u64, keep: u32) -> std::io::Result<()> {
+/// Copy-truncate of `file` (at `path`, `len` bytes long). When the disk refuses the copy
+/// (full or failing), the file is truncated all the same; returns how many bytes were not
+/// kept, and why.
+fn rotate(
+    path: &Path,
+    file: &mut File,
+    len: u64,
+    max: u64,
+    keep: u32,
+) -> std::io::Result<Option<(u64, Errno)>> {
     let keep = u64::from(keep);
     let max = max.max(1);
     if keep > 0 {
@@ -147,30 +310,62 @@ fn rotate(path: &Path, file: &mut File, len: u64, max: u64, keep: u32) -> std::i
             }
         }
         let mut buf = vec![0u8; COPY_CHUNK];
+        let mut kept = 0u64;
         for k in 1..=pieces {
             let end = len - (k - 1) * max;
             let start = len.saturating_sub(k * max);
             // A new file, never through a link planted at the name.
             let piece = numbered(path, k);
             let _ = std::fs::remove_file(&piece);
-            let mut out = OpenOptions::new()
+            let copied = OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&piece)?;
-            file.seek(SeekFrom::Start(start))?;
-            let mut left = end - start;
-            while left > 0 {
-                let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-                let n = file.read(&mut buf[..want])?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])?;
-                left -= n as u64;
+                .open(&piece)
+                .and_then(|mut out| copy_range(file, &mut out, start, end, &mut buf, &mut kept));
+            if let Err(e) = copied {
+                let Some(errno) = is_disk_fault(&e) else {
+                    return Err(e);
+                };
+                // What was copied stays in the pieces (the last one cut short); the rest
+                // goes.
+                file.set_len(0)?;
+                return Ok(Some((len - kept, errno)));
             }
         }
     }
-    file.set_len(0)
+    file.set_len(0)?;
+    Ok(None)
+}
+
+/// Copies bytes `start..end` of `from` to `to`, adding what was written to `kept`.
+fn copy_range(
+    from: &mut File,
+    to: &mut File,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+    kept: &mut u64,
+) -> std::io::Result<()> {
+    from.seek(SeekFrom::Start(start))?;
+    let mut left = end - start;
+    while left > 0 {
+        let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        let n = from.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            let w = to.write(chunk)?;
+            if w == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            *kept += w as u64;
+            chunk = &chunk[w..];
+        }
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// The last `n` lines of the process's output: stdout's, then stderr's (their relative order
@@ -315,6 +510,96 @@ mod tests {
         LogFiles::new([live, dir.path().join("q.log")], 4, 0).check();
         assert_eq!(read(dir.path(), "p.log"), "");
         assert!(!dir.path().join("p.log.1").exists());
+    }
+
+    #[test]
+    fn a_loss_is_said_in_one_line() {
+        let counted = Loss {
+            bytes: 123_456,
+            error: Some(Errno::ENOSPC),
+            full_for: None,
+        };
+        assert_eq!(
+            counted.marker(),
+            "[gse-agent] 123456 bytes of output dropped: No space left on device\n"
+        );
+        let seen = Loss {
+            full_for: Some(Duration::from_millis(7_400)),
+            ..Loss::default()
+        };
+        assert_eq!(
+            seen.marker(),
+            "[gse-agent] output may be missing here; the disk was full for 7s: what the game wrote then may be missing\n"
+        );
+        assert!(!Loss::default().pending());
+    }
+
+    #[test]
+    fn a_full_disk_truncates_counts_and_says_what_was_dropped() {
+        let Some(fs) = crate::dbfile::tests::Tmpfs::mount("1m") else {
+            return;
+        };
+        let live = fs.path().join("p.log");
+        let mut game = open_for_child(&live).unwrap();
+        game.write_all(&[b'x'; 300 * 1024]).unwrap();
+        let filler = fs.fill();
+        let mut logs = LogFiles::new([live.clone(), fs.path().join("q.log")], 100 * 1024, 2);
+        assert!(logs.needs_check());
+        logs.check();
+        let rotated: u64 = (1..=2)
+            .filter_map(|n| std::fs::metadata(numbered(&live, n)).ok())
+            .map(|m| m.len())
+            .sum();
+        let text = read(fs.path(), "p.log");
+        let dropped = 300 * 1024 - rotated;
+        assert!(dropped > 0);
+        // The truncation made room: the line is there at once, before the game's next one.
+        assert_eq!(
+            text,
+            format!("[gse-agent] {dropped} bytes of output dropped: No space left on device\n")
+        );
+        game.write_all(b"after\n").unwrap();
+        logs.check();
+        assert!(read(fs.path(), "p.log").ends_with("dropped: No space left on device\nafter\n"));
+        drop(filler);
+    }
+
+    #[test]
+    fn a_disk_seen_full_is_said_once_there_is_room() {
+        let Some(fs) = crate::dbfile::tests::Tmpfs::mount("1m") else {
+            return;
+        };
+        let (out, err) = (fs.path().join("o.log"), fs.path().join("e.log"));
+        let mut game = open_for_child(&out).unwrap();
+        drop(open_for_child(&err).unwrap());
+        game.write_all(b"partial").unwrap();
+        let mut logs = LogFiles::new([out, err], 1 << 20, 2);
+        logs.check();
+        let filler = fs.fill();
+        assert!(
+            game.write_all(&[b'y'; 8192]).is_err(),
+            "the game's writes fail"
+        );
+        assert!(logs.needs_check());
+        logs.check();
+        std::fs::remove_file(filler).unwrap();
+        assert!(logs.needs_check());
+        logs.check();
+        let said = |text: &str| {
+            // How long depends on the machine's pace; at least a second is said.
+            let line = text.rsplit_terminator('\n').next().unwrap_or_default();
+            line.starts_with("[gse-agent] output may be missing here; the disk was full for ")
+                && line.ends_with("s: what the game wrote then may be missing")
+                && text.ends_with('\n')
+        };
+        let out = read(fs.path(), "o.log");
+        // What fitted of the game's write is there; the line starts a line of its own.
+        assert!(out.starts_with("partial"), "{out:?}");
+        assert!(out.contains("\n[gse-agent] "), "a line of its own: {out:?}");
+        assert!(said(&out), "{out:?}");
+        let err = read(fs.path(), "e.log");
+        assert!(said(&err) && err.lines().count() == 1, "{err:?}");
+        assert!(!logs.needs_check(), "said once");
     }
 
     #[test]

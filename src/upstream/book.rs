@@ -242,11 +242,10 @@ fn refusal(id: &str, why: &str) -> up::CommandResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn book(path: &std::path::Path) -> CommandBook {
-        let db = Arc::new(redb::Database::create(path).unwrap());
-        CommandBook::new(Ledger::open(db, 0).unwrap())
+        let file = crate::dbfile::SharedDb::open(path, 1 << 20).unwrap();
+        CommandBook::new(Ledger::open(file, 0).unwrap())
     }
 
     fn result(id: &str, json: &str) -> up::CommandResult {

@@ -1,5 +1,9 @@
 //! The command ledger: which control-plane commands this host has applied and what each one
-//! answered, kept in the outbox's redb database so it survives restarts.
+//! answered, kept in the outbox's redb file so it survives restarts. It takes the database
+//! from the outbox's [`SharedDb`] for each step: after a disk fault the outbox's writer opens
+//! the file again, and until then a step fails with [`LedgerError::Unavailable`] (the book
+//! refuses the command, which the control plane may resend). A step that meets a fault first
+//! reports it. If the outbox file was corrupt and replaced, the ledger starts empty.
 //!
 //! Three tables sit next to the outbox's `events` and `meta`:
 //!
@@ -24,6 +28,8 @@ use std::sync::Arc;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::dbfile::{self, SharedDb};
+
 use crate::upstream_proto as up;
 
 const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_results");
@@ -45,11 +51,9 @@ pub enum LedgerError {
     /// A stored result does not decode.
     #[error("command ledger: a recorded result does not decode: {0}")]
     Decode(#[source] prost::DecodeError),
-}
-
-/// Maps a redb error of `step`.
-fn failed(step: &'static str) -> impl FnOnce(redb::Error) -> LedgerError {
-    move |source| LedgerError::Db { step, source }
+    /// The file is closed after a disk fault, until the outbox's writer opens it again.
+    #[error("command ledger: the file is closed after a disk fault; it is being reopened")]
+    Unavailable,
 }
 
 /// The result a command gets when the agent restarted while running it.
@@ -67,25 +71,50 @@ pub fn interrupted(command_id: &str) -> up::CommandResult {
 /// thread, not from an async worker.
 #[derive(Clone)]
 pub struct Ledger {
-    db: Arc<Database>,
+    file: Arc<SharedDb>,
 }
 
 impl Ledger {
-    /// Creates the ledger's tables in `db` if needed and records every command left running by
-    /// a previous run as [`interrupted`] (at `now_ms`).
-    pub fn open(db: Arc<Database>, now_ms: u64) -> Result<Self, LedgerError> {
-        settle_interrupted(&db, now_ms).map_err(failed("open the tables"))?;
-        Ok(Self { db })
+    /// Creates the ledger's tables in `file` if needed and records every command left running
+    /// by a previous run as [`interrupted`] (at `now_ms`).
+    pub fn open(file: Arc<SharedDb>, now_ms: u64) -> Result<Self, LedgerError> {
+        let ledger = Self { file };
+        ledger.step("open the tables", |db| settle_interrupted(db, now_ms))?;
+        Ok(ledger)
+    }
+
+    /// Runs one step on the current database; a fault it meets is reported, so that the file
+    /// is opened again.
+    fn step<T>(
+        &self,
+        step: &'static str,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, LedgerError> {
+        let db = self.file.get().ok_or(LedgerError::Unavailable)?;
+        let result = match dbfile::guarded(|| f(&db)) {
+            Ok(r) => r,
+            Err(panic) => Err(redb::Error::Corrupted(panic)),
+        };
+        result.map_err(|source| {
+            if dbfile::is_fault(&source) {
+                self.file.report_fault();
+            }
+            LedgerError::Db { step, source }
+        })
     }
 
     /// The recorded result of `id`, if any.
     pub fn recorded(&self, id: &str) -> Result<Option<up::CommandResult>, LedgerError> {
-        let bytes = (|| -> Result<Option<Vec<u8>>, redb::Error> {
-            let txn = self.db.begin_read()?;
-            let results = txn.open_table(RESULTS)?;
+        let bytes = self.step("look up a command", |db| {
+            let txn = db.begin_read()?;
+            let results = match txn.open_table(RESULTS) {
+                Ok(t) => t,
+                // A new outbox file (the old one was corrupt) has no tables until a write.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
             Ok(results.get(id)?.map(|v| v.value().to_vec()))
-        })()
-        .map_err(failed("look up a command"))?;
+        })?;
         bytes
             .map(|b| up::CommandResult::decode(b.as_slice()))
             .transpose()
@@ -94,20 +123,19 @@ impl Ledger {
 
     /// Marks `id` as running, durably, before it runs.
     pub fn mark_running(&self, id: &str, now_ms: u64) -> Result<(), LedgerError> {
-        (|| -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
+        self.step("mark a command as running", |db| {
+            let txn = dbfile::write_txn(db)?;
             txn.open_table(RUNNING)?.insert(id, now_ms)?;
             txn.commit()?;
             Ok(())
-        })()
-        .map_err(failed("mark a command as running"))
+        })
     }
 
     /// Records `result` for its command id (the first result recorded for an id stays) and
     /// clears the id's running mark, in one transaction.
     pub fn record(&self, result: &up::CommandResult, now_ms: u64) -> Result<(), LedgerError> {
-        (|| -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
+        self.step("record a result", |db| {
+            let txn = dbfile::write_txn(db)?;
             {
                 let mut results = txn.open_table(RESULTS)?;
                 let mut order = txn.open_table(ORDER)?;
@@ -117,16 +145,15 @@ impl Ledger {
             }
             txn.commit()?;
             Ok(())
-        })()
-        .map_err(failed("record a result"))
+        })
     }
 
     /// Drops the oldest results beyond the newest `keep`, and every result recorded before
     /// `now_ms - max_age_ms`; returns how many went.
     pub fn prune(&self, now_ms: u64, keep: u64, max_age_ms: u64) -> Result<u64, LedgerError> {
         let cutoff = now_ms.saturating_sub(max_age_ms);
-        (|| -> Result<u64, redb::Error> {
-            let txn = self.db.begin_write()?;
+        self.step("prune old results", |db| {
+            let txn = dbfile::write_txn(db)?;
             let doomed = {
                 let mut order = txn.open_table(ORDER)?;
                 let mut results = txn.open_table(RESULTS)?;
@@ -152,15 +179,14 @@ impl Ledger {
                 txn.commit()?;
             }
             Ok(doomed)
-        })()
-        .map_err(failed("prune old results"))
+        })
     }
 }
 
 /// Creates the tables and turns every id still marked running into a recorded
 /// [`interrupted`] result.
 fn settle_interrupted(db: &Database, now_ms: u64) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
+    let txn = dbfile::write_txn(db)?;
     // Opening a table in a write transaction creates it, so later reads always find it.
     {
         let mut running = txn.open_table(RUNNING)?;
@@ -202,8 +228,12 @@ fn insert_result(
 mod tests {
     use super::*;
 
-    fn db(dir: &tempfile::TempDir) -> Arc<Database> {
-        Arc::new(Database::create(dir.path().join("l.redb")).unwrap())
+    fn db(dir: &tempfile::TempDir) -> Arc<SharedDb> {
+        open(&dir.path().join("l.redb"))
+    }
+
+    fn open(path: &std::path::Path) -> Arc<SharedDb> {
+        SharedDb::open(path, 1 << 20).unwrap()
     }
 
     fn ok(id: &str, json: &str) -> up::CommandResult {
@@ -232,13 +262,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.redb");
         {
-            let l = Ledger::open(Arc::new(Database::create(&path).unwrap()), 1).unwrap();
+            let l = Ledger::open(open(&path), 1).unwrap();
             l.mark_running("done", 1).unwrap();
             l.record(&ok("done", "{}"), 2).unwrap();
             // The agent dies while this one runs.
             l.mark_running("cut", 3).unwrap();
         }
-        let l = Ledger::open(Arc::new(Database::create(&path).unwrap()), 10).unwrap();
+        let l = Ledger::open(open(&path), 10).unwrap();
         assert_eq!(l.recorded("done").unwrap(), Some(ok("done", "{}")));
         let r = l.recorded("cut").unwrap().unwrap();
         assert_eq!(r, interrupted("cut"));
@@ -249,7 +279,7 @@ mod tests {
         assert_eq!(l.recorded("cut").unwrap(), Some(interrupted("cut")));
         // A second reopen finds nothing running any more.
         drop(l);
-        let l = Ledger::open(Arc::new(Database::create(&path).unwrap()), 20).unwrap();
+        let l = Ledger::open(open(&path), 20).unwrap();
         assert_eq!(l.recorded("cut").unwrap(), Some(interrupted("cut")));
     }
 

@@ -30,6 +30,9 @@ use crate::upstream_proto::control_plane_client::ControlPlaneClient;
 
 /// Events read from the outbox per batch.
 const BATCH: usize = 512;
+/// How long the relay waits before reading again after the outbox refused a read (its file
+/// is being reopened after a disk fault); the connection stays up meanwhile.
+const READ_RETRY: Duration = Duration::from_secs(1);
 /// Command results remembered for repeated ids: at most this many...
 const RESULTS_KEPT: u64 = 10_000;
 /// ...and none older than this.
@@ -83,9 +86,14 @@ pub enum RelayError {
         /// Its limit.
         limit: Duration,
     },
-    /// The outbox failed.
-    #[error(transparent)]
-    Outbox(#[from] super::outbox::OutboxError),
+    /// The outbox file was corrupt and replaced: its new epoch needs a new Hello.
+    #[error("the outbox was replaced (epoch {old} → {new}); reconnecting under the new epoch")]
+    NewEpoch {
+        /// The epoch this connection said Hello with.
+        old: u64,
+        /// The outbox's epoch now.
+        new: u64,
+    },
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, RelayError> {
@@ -221,12 +229,13 @@ async fn session(
     let mut client = ControlPlaneClient::new(channel);
     let (tx, rx) = mpsc::channel::<up::AgentMessage>(256);
     let acked = outbox.acked();
+    let epoch = outbox.epoch();
     tx.send(msg(up::agent_message::Body::Hello(up::Hello {
         fleet_id: agent.fleet_id.clone(),
         instance_id: agent.instance_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         last_acked_sequence: acked,
-        epoch: outbox.epoch(),
+        epoch,
     })))
     .await
     .map_err(|_| RelayError::Closed)?;
@@ -286,7 +295,7 @@ async fn session(
             while ack_rx.changed().await.is_ok() {
                 let upto = *ack_rx.borrow_and_update();
                 let o = outbox.clone();
-                match tokio::task::spawn_blocking(move || o.ack(upto)).await {
+                match tokio::task::spawn_blocking(move || o.ack(epoch, upto)).await {
                     Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the outbox"),
                     Err(e) => tracing::warn!(error = %e, "outbox pruning failed"),
                     Ok(Ok(())) => {}
@@ -295,14 +304,40 @@ async fn session(
         })
     };
     let _pruner = AbortOnDrop(pruner);
+    // After a refused read: when to read again.
+    let mut read_again: Option<tokio::time::Instant> = None;
+    let mut read_failing = false;
     loop {
+        if outbox.epoch() != epoch {
+            return Err(RelayError::NewEpoch {
+                old: epoch,
+                new: outbox.epoch(),
+            });
+        }
         // An acknowledgement beyond what this connection sent (a control plane that remembers
         // more): do not resend below it.
         sent = sent.max(*ack_tx.borrow());
-        if pending.is_empty() && sent < *committed.borrow() {
-            pending.extend(outbox.read_after(sent, BATCH)?);
+        if pending.is_empty() && sent < *committed.borrow() && read_again.is_none() {
+            match outbox.read_after(sent, BATCH) {
+                Ok(events) => {
+                    if std::mem::take(&mut read_failing) {
+                        tracing::info!("events are read from the outbox again");
+                    }
+                    pending.extend(events);
+                }
+                Err(e) => {
+                    // Said once per outage: the outbox's writer says the rest.
+                    if !std::mem::replace(&mut read_failing, true) {
+                        tracing::warn!(error = %e, "cannot read events from the outbox; trying again every second");
+                    }
+                    read_again = Some(tokio::time::Instant::now() + READ_RETRY);
+                }
+            }
         }
         tokio::select! {
+            () = tokio::time::sleep_until(read_again.unwrap_or_else(tokio::time::Instant::now)), if read_again.is_some() => {
+                read_again = None;
+            }
             () = shutdown.cancelled() => return Ok(()),
             m = inbound.message() => match m.map_err(status_error)? {
                 None => return Err(RelayError::Closed),

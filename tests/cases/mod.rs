@@ -1,5 +1,6 @@
 mod capi;
 mod config;
+mod disk;
 mod escape;
 mod hardening;
 mod restart;

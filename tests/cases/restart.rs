@@ -240,7 +240,7 @@ fn a_recycled_pid_is_never_signalled() {
             .unwrap(),
     );
     let stranger_pid = stranger.0.id();
-    rewrite_recorded_pid(&agent.path("data/outbox.redb"), game, stranger_pid);
+    rewrite_recorded_pid(&agent.path("data/state.redb"), game, stranger_pid);
     agent.spawn();
     let lost = agent.wait_event("SERVER_PROCESS_CRASHED");
     assert!(

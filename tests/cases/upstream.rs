@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::helper::control_plane::ControlPlaneFake;
 use crate::helper::{Agent, config, entry, wait_for};
 
-fn upstream_yaml(cp: &ControlPlaneFake, extra: &str) -> String {
+pub(crate) fn upstream_yaml(cp: &ControlPlaneFake, extra: &str) -> String {
     format!(
         "timeouts: {{ stop-grace: 200ms, shutdown: 1s }}
 health-check: {{ interval: 1h, timeout: 1s, failure-threshold: 3 }}
@@ -17,7 +17,7 @@ upstream: {{ endpoint: \"{}\", status-interval: 100ms, reconnect-initial: 50ms, 
 }
 
 /// Sequences are 1..=n with no gap.
-fn assert_contiguous(events: &[up::Event]) {
+pub(crate) fn assert_contiguous(events: &[up::Event]) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(
             e.sequence,

@@ -436,3 +436,56 @@ pub fn raw_request(addr: SocketAddr, request_line: &str, headers: &str, body: &s
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     v["Response"].clone()
 }
+
+/// A tmpfs mounted on a directory for one test, lazily unmounted when dropped (also when the
+/// test fails, and while processes still hold files in it).
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `16m`) on `dir` (created if needed); `None` when not
+    /// root, after saying why the test does not run.
+    pub fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root (CI runs the tests as root)");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs on {}", dir.display());
+        Some(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Changes the size of the mounted file system (`64m`: room again).
+    pub fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount {} to {size}", self.dir.display());
+    }
+
+    /// Writes `name` until the file system is full; returns its path.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}

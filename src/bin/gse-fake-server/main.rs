@@ -76,6 +76,11 @@ struct Args {
     /// Write this many bytes of output to stdout at start (and some to stderr).
     #[arg(long, default_value_t = 0)]
     spew_bytes: u64,
+    /// Keep writing about this many bytes of output per second to stdout, ignoring write
+    /// errors as a game that never checks its stdout does (a full disk costs lines, not the
+    /// process).
+    #[arg(long, default_value_t = 0)]
+    spew_rate: u64,
     /// Print a line to stdout and stderr at start (shows up in crash events).
     #[arg(long)]
     say: Option<String>,
@@ -187,7 +192,12 @@ fn stamp(what: &str) {
 }
 
 fn crash(how: CrashWith, at: &str) -> ! {
-    eprintln!("gse-fake-server: crashing {at} ({how:?})");
+    // Not `eprintln!`: it panics when stderr refuses the line (a full disk), and a panic in
+    // a task would not end the process.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("gse-fake-server: crashing {at} ({how:?})\n").as_bytes(),
+    );
     stamp("exit");
     match how {
         CrashWith::Exit(code) => std::process::exit(code),
@@ -468,6 +478,27 @@ fn grandchild(ignore_sigterm: bool) -> anyhow::Result<()> {
     })
 }
 
+/// Writes `rate` bytes a second to stdout in numbered lines, 100 writes a second, and never
+/// stops; failed writes are counted, not retried.
+fn spew_forever(rate: u64) {
+    let stdout = std::io::stdout();
+    let mut line = 0u64;
+    let mut failed = 0u64;
+    loop {
+        let mut chunk = String::new();
+        while (chunk.len() as u64) < (rate / 100).max(1) {
+            line += 1;
+            chunk.push_str(&format!(
+                "spew line {line:010} (failed writes so far: {failed})\n"
+            ));
+        }
+        if nix::unistd::write(&stdout, chunk.as_bytes()).is_err() {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(path) = &args.stamp {
@@ -514,6 +545,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         std::io::Write::flush(&mut out)?;
         eprintln!("spewed {written} bytes");
+    }
+    if args.spew_rate > 0 {
+        let rate = args.spew_rate;
+        std::thread::spawn(move || spew_forever(rate));
     }
     for _ in 0..args.fork {
         let mut cmd = std::process::Command::new(std::env::current_exe()?);
