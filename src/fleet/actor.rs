@@ -657,9 +657,6 @@ impl Actor {
         let tx = self.report_tx.clone();
         self.launching.insert(serial, None);
         tokio::task::spawn_blocking(move || {
-            if let Some(old) = retire_logs_of {
-                remove_logs(&launch.log_dir, &old, keep_logs);
-            }
             let result = process::launch(&launch, on_exit);
             // The actor ends only once no launch is under way, so this is received.
             let _ = tx.send(Report::Launched {
@@ -668,6 +665,10 @@ impl Actor {
                 process_id,
                 result,
             });
+            // Not on the way to the new process.
+            if let Some(old) = retire_logs_of {
+                remove_logs(&launch.log_dir, &old, keep_logs);
+            }
         });
     }
 }
