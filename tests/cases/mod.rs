@@ -7,5 +7,6 @@ mod restart;
 mod sdk;
 mod sessions;
 mod supervision;
+mod tencent_api;
 mod upstream;
 mod validate;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod control_plane;
+pub mod tencent;
 
 /// Generous: the machine may be loaded; a passing test never waits this long.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -77,6 +78,8 @@ pub struct Agent {
     pub child: Option<Child>,
     pub capi: SocketAddr,
     pub sdk: SocketAddr,
+    /// The key the helper signs control API calls with (an agent with `capi-keys-file`).
+    pub signing: Option<(String, String)>,
 }
 
 impl Agent {
@@ -106,6 +109,7 @@ impl Agent {
             child: None,
             capi: "127.0.0.1:1".parse().unwrap(),
             sdk: "127.0.0.1:1".parse().unwrap(),
+            signing: None,
         }
     }
 
@@ -184,9 +188,31 @@ impl Agent {
         self.capi_raw(&body.to_string())
     }
 
-    /// One control API call with a raw body.
+    /// One control API call with a raw body (signed, as the Tencent Cloud API form, when the
+    /// agent requires signatures).
     pub fn capi_raw(&self, body: &str) -> Value {
-        capi_raw_at(self.capi, body)
+        let Some((id, key)) = &self.signing else {
+            return capi_raw_at(self.capi, body);
+        };
+        let action = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("Action").and_then(Value::as_str).map(str::to_string));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let host = self.capi.to_string();
+        let auth =
+            gse_agent::tc3::authorization(id, key, &host, "application/json", body.as_bytes(), now);
+        raw_request(
+            self.capi,
+            "POST / HTTP/1.1",
+            &format!(
+                "Host: {host}\r\nContent-Type: application/json\r\nX-TC-Action: {}\r\nX-TC-Timestamp: {now}\r\nAuthorization: {auth}\r\n",
+                action.unwrap_or_default()
+            ),
+            body,
+        )
     }
 
     /// A control call that must succeed.

@@ -1,0 +1,157 @@
+//! The Tencent Cloud API, for real: Tencent's official Python SDK against the agent, unchanged
+//! but for the endpoint, with TC3 signatures required.
+
+use serde_json::json;
+
+use crate::helper::tencent::Client;
+use crate::helper::{Agent, config, entry, raw_request};
+
+const ID: &str = "AKIDstudiobackend";
+const KEY: &str = "studio-secret-key";
+
+const FAST: &str = "capi-keys-file: keys
+health-check: { interval: 1h, timeout: 1s, failure-threshold: 3 }
+timeouts: { process-exit: 1s, stop-grace: 200ms, shutdown: 1s }";
+
+fn signed_agent(processes: u32) -> Agent {
+    let mut agent = Agent::start_with(&config(&entry("", processes), FAST), |game| {
+        use std::os::unix::fs::PermissionsExt;
+        let keys = game.parent().unwrap().join("keys");
+        std::fs::write(&keys, format!("# the backend's key\n{ID} {KEY}\n")).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    });
+    agent.signing = Some((ID.into(), KEY.into()));
+    agent
+}
+
+fn client(agent: &Agent, secret_id: &str, secret_key: &str) -> Client {
+    Client {
+        endpoint: agent.capi.to_string(),
+        secret_id: secret_id.into(),
+        secret_key: secret_key.into(),
+    }
+}
+
+/// Step 3 of GSE's onboarding, the first way: CreateGameServerSession, then
+/// JoinGameServerSession, each response read through the SDK's own models (an unknown field
+/// would fail the call).
+#[test]
+fn the_official_sdk_creates_a_session_and_joins_a_player() {
+    let agent = signed_agent(1);
+    agent.wait_ready(1);
+    let sdk = client(&agent, ID, KEY);
+    let created = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-test", "MaximumPlayerSessionCount": 4, "Name": "match-1"}),
+    );
+    let session = &created["GameServerSession"];
+    let id = session["GameServerSessionId"].as_str().unwrap().to_string();
+    assert_eq!(session["Name"], "match-1", "{created}");
+    agent.wait_session_status(&id, "ACTIVE");
+    let joined = sdk.ok(
+        "JoinGameServerSession",
+        json!({"GameServerSessionId": id, "PlayerId": "player-1"}),
+    );
+    assert_eq!(joined["PlayerSession"]["PlayerId"], "player-1", "{joined}");
+    let answers = sdk.run(&[
+        (
+            "DescribeGameServerSessions",
+            json!({"FleetId": "fleet-test"}),
+        ),
+        ("DescribePlayerSessions", json!({"GameServerSessionId": id})),
+    ]);
+    for a in &answers {
+        assert!(a.get("ok").is_some(), "{a}");
+    }
+    assert_eq!(
+        answers[1]["ok"]["PlayerSessions"][0]["PlayerId"],
+        "player-1"
+    );
+}
+
+/// Every way a request can be refused for its signature, with Tencent's codes.
+#[test]
+fn unsigned_wrongly_signed_and_stale_requests_are_refused_with_tencents_codes() {
+    let agent = signed_agent(1);
+    let call = (
+        "DescribeGameServerSessions",
+        json!({"FleetId": "fleet-test"}),
+    );
+    let (code, message) = client(&agent, ID, "not-the-key").err(call.0, call.1.clone());
+    assert_eq!(code, "AuthFailure.SignatureFailure", "{message}");
+    let (code, _) = client(&agent, "AKIDstranger", KEY).err(call.0, call.1.clone());
+    assert_eq!(code, "AuthFailure.SecretIdNotFound");
+    // Unsigned, on both paths.
+    let body = r#"{"FleetId":"fleet-test"}"#;
+    for (line, extra) in [
+        (
+            "POST / HTTP/1.1",
+            "X-TC-Action: DescribeGameServerSessions\r\n",
+        ),
+        ("POST /capi HTTP/1.1", ""),
+    ] {
+        let r = raw_request(
+            agent.capi,
+            line,
+            &format!(
+                "Host: {}\r\nContent-Type: application/json\r\n{extra}",
+                agent.capi
+            ),
+            body,
+        );
+        assert_eq!(
+            r["Error"]["Code"], "AuthFailure.InvalidAuthorization",
+            "{r}"
+        );
+    }
+    // Signed ten minutes ago.
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 600;
+    let host = agent.capi.to_string();
+    let auth =
+        gse_agent::tc3::authorization(ID, KEY, &host, "application/json", body.as_bytes(), then);
+    let r = raw_request(
+        agent.capi,
+        "POST / HTTP/1.1",
+        &format!(
+            "Host: {host}\r\nContent-Type: application/json\r\nX-TC-Action: DescribeGameServerSessions\r\nX-TC-Version: 2019-11-12\r\nX-TC-Timestamp: {then}\r\nAuthorization: {auth}\r\n"
+        ),
+        body,
+    );
+    assert_eq!(r["Error"]["Code"], "AuthFailure.SignatureExpire", "{r}");
+    // The same request signed now passes: the refusal was the clock, nothing else.
+    let now = then + 600;
+    let auth =
+        gse_agent::tc3::authorization(ID, KEY, &host, "application/json", body.as_bytes(), now);
+    let r = raw_request(
+        agent.capi,
+        "POST / HTTP/1.1",
+        &format!(
+            "Host: {host}\r\nContent-Type: application/json\r\nX-TC-Action: DescribeGameServerSessions\r\nX-TC-Version: 2019-11-12\r\nX-TC-Timestamp: {now}\r\nAuthorization: {auth}\r\n"
+        ),
+        body,
+    );
+    assert!(r.get("Error").is_none(), "{r}");
+}
+
+/// A path or method the API does not serve gets a Tencent envelope, not a bare status.
+#[test]
+fn other_paths_and_methods_get_an_envelope() {
+    let agent = signed_agent(1);
+    for line in ["GET / HTTP/1.1", "POST /v2 HTTP/1.1", "PUT /capi HTTP/1.1"] {
+        let r = raw_request(
+            agent.capi,
+            line,
+            "Host: localhost\r\nContent-Type: application/json\r\n",
+            "{}",
+        );
+        assert_eq!(r["Error"]["Code"], "InvalidParameter", "{line}: {r}");
+        assert!(
+            r["Error"]["Message"].as_str().unwrap().contains("POST /"),
+            "{r}"
+        );
+    }
+}

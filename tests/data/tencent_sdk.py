@@ -1,0 +1,45 @@
+"""Drives gse-agent's control API with Tencent's official Python SDK, as a studio backend would.
+
+Reads a plan from stdin: {"endpoint": "host:port", "secret_id", "secret_key", "region"?,
+"calls": [{"action": "CreateGameServerSession", "params": {...}}, ...]} and prints one JSON line
+per call: {"ok": <the response model, serialized back>} or {"error": {"code", "message"}}.
+Warnings are errors: a field the SDK's model does not know fails the call ("UserWarning").
+"""
+import json
+import sys
+import warnings
+
+warnings.simplefilter("error")
+
+from tencentcloud.common import credential  # noqa: E402
+from tencentcloud.common.exception.tencent_cloud_sdk_exception import (  # noqa: E402
+    TencentCloudSDKException,
+)
+from tencentcloud.common.profile.client_profile import ClientProfile  # noqa: E402
+from tencentcloud.common.profile.http_profile import HttpProfile  # noqa: E402
+from tencentcloud.gse.v20191112 import gse_client, models  # noqa: E402
+
+
+def main():
+    plan = json.load(sys.stdin)
+    http = HttpProfile(protocol="http", endpoint=plan["endpoint"], keepAlive=True)
+    client = gse_client.GseClient(
+        credential.Credential(plan["secret_id"], plan["secret_key"]),
+        plan.get("region", "ap-shanghai"),
+        ClientProfile(httpProfile=http),
+    )
+    for call in plan["calls"]:
+        action = call["action"]
+        try:
+            request = getattr(models, action + "Request")()
+            request.from_json_string(json.dumps(call.get("params", {})))
+            response = getattr(client, action)(request)
+            out = {"ok": json.loads(response.to_json_string())}
+        except TencentCloudSDKException as e:
+            out = {"error": {"code": e.get_code(), "message": e.get_message()}}
+        except Warning as w:
+            out = {"error": {"code": "UserWarning", "message": str(w)}}
+        print(json.dumps(out), flush=True)
+
+
+main()
