@@ -159,7 +159,8 @@ impl Capi {
             "EndGameServerSessionAndProcess" => self.end_session_and_process(map).await,
             "UpdateGameServerSession" => self.update_session(map).await,
             "UpdateRuntimeConfiguration" => self.update_runtime(map).await,
-            "DescribeFleetEvents" => self.describe_events(map),
+            "DescribeFleetEvents" => self.describe_events(map, false),
+            "DescribeAgentEvents" => self.describe_events(map, true),
             "DescribeInstancesExtend" => self.describe_instance(map).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
             other => Err(CapiError::new(
@@ -429,14 +430,21 @@ impl Capi {
         Ok(json!({}))
     }
 
-    fn describe_events(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+    /// DescribeFleetEvents (`agent`: false, the SDK's model) or DescribeAgentEvents (true,
+    /// with the agent's details: ids, pid, exit, sequence).
+    fn describe_events(&self, map: Map<String, Value>, agent: bool) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "Limit", "Offset"])?;
         self.check_fleet(&p, false)?;
         let limit = p.opt_int("Limit", 1, 1000)?.unwrap_or(100) as usize;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0) as usize;
         let (events, total) = self.bus.recent(offset, limit);
+        let view = if agent {
+            view::event
+        } else {
+            view::fleet_event
+        };
         Ok(json!({
-            "Events": events.iter().map(|e| view::event(e, &self.cfg.fleet_id)).collect::<Vec<_>>(),
+            "Events": events.iter().map(|e| view(e, &self.cfg.fleet_id)).collect::<Vec<_>>(),
             "TotalCount": total,
         }))
     }
@@ -477,6 +485,7 @@ pub const ACTIONS: &[&str] = &[
     "DescribeFleetEvents",
     "DescribeInstancesExtend",
     "DescribeServerProcesses",
+    "DescribeAgentEvents",
 ];
 
 fn unexpected(reply: &ControlReply) -> CapiError {

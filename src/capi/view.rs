@@ -51,7 +51,25 @@ pub fn player(p: &PlayerSession) -> Value {
     })
 }
 
-/// An `Event` as in DescribeFleetEvents, plus the agent's detail fields.
+/// DescribeFleetEvents' `Event`: the SDK model's fields only (the agent's details are in
+/// [`event`], for DescribeAgentEvents).
+pub fn fleet_event(e: &Event, fleet_id: &str) -> Value {
+    let full = event(e, fleet_id);
+    let mut out = serde_json::Map::new();
+    for key in [
+        "EventCode",
+        "EventId",
+        "EventTime",
+        "Message",
+        "PreSignedLogUrl",
+        "ResourceId",
+    ] {
+        out.insert(key.into(), full.get(key).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(out)
+}
+
+/// An event with everything the agent knows (DescribeAgentEvents, an extension).
 pub fn event(e: &Event, fleet_id: &str) -> Value {
     let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut v {
@@ -79,11 +97,22 @@ pub fn process(p: &ProcessView) -> Value {
     })
 }
 
-/// DescribeInstancesExtend's `InstanceExtend`.
+/// DescribeInstancesExtend's `InstanceExtend`, its `Instance` nested as the SDK's model has it.
 pub fn instance(c: &InstanceCounters, fleet_id: &str, instance_id: &str) -> Value {
     json!({
-        "FleetId": fleet_id,
-        "InstanceId": instance_id,
+        "Instance": {
+            "FleetId": fleet_id,
+            "InstanceId": instance_id,
+            "IpAddress": "127.0.0.1",
+            "DnsName": "",
+            "OperatingSystem": std::env::consts::OS,
+            "Status": "Active",
+            "Type": "",
+            "CreateTime": "",
+            "Weight": 0,
+            "ReserveValue": i32::from(c.reserved),
+            "PrivateIpAddress": "127.0.0.1",
+        },
         "State": "Active",
         "HealthyProcessCnt": c.healthy_process_cnt,
         "ActiveProcessCnt": c.active_process_cnt,

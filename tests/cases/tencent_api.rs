@@ -155,3 +155,41 @@ fn other_paths_and_methods_get_an_envelope() {
         );
     }
 }
+
+/// Every standard action the agent serves answers in exactly the SDK's model: no field the
+/// model does not know (the SDK warns, the script fails the call).
+#[test]
+fn every_standard_response_is_the_sdks_model() {
+    let agent = signed_agent(2);
+    agent.wait_ready(2);
+    let sdk = client(&agent, ID, KEY);
+    let created = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-test", "MaximumPlayerSessionCount": 4}),
+    );
+    let id = created["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    agent.wait_session_status(&id, "ACTIVE");
+    let answers = sdk.run(&[
+        (
+            "JoinGameServerSessionBatch",
+            json!({"GameServerSessionId": id, "PlayerIds": ["p1", "p2"], "PlayerDataMap": {"Key": "p1", "Value": "red"}}),
+        ),
+        (
+            "UpdateGameServerSession",
+            json!({"GameServerSessionId": id, "Name": "renamed", "MaximumPlayerSessionCount": 6}),
+        ),
+        ("DescribeInstancesExtend", json!({"FleetId": "fleet-test"})),
+        ("DescribeFleetEvents", json!({"FleetId": "fleet-test", "Limit": 5})),
+        (
+            "UpdateRuntimeConfiguration",
+            json!({"FleetId": "fleet-test", "RuntimeConfiguration": {
+                "ServerProcesses": [{"LaunchPath": "/local/game/server", "ConcurrentExecutions": 2}]}}),
+        ),
+        ("EndGameServerSessionAndProcess", json!({"GameServerSessionId": id})),
+    ]);
+    let failed: Vec<_> = answers.iter().filter(|a| a.get("ok").is_none()).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+}

@@ -234,7 +234,7 @@ impl Agent {
         let mut all = Vec::new();
         loop {
             let r = self
-                .ok(json!({"Action": "DescribeFleetEvents", "Limit": 1000, "Offset": all.len()}));
+                .ok(json!({"Action": "DescribeAgentEvents", "Limit": 1000, "Offset": all.len()}));
             let page = r["Events"].as_array().unwrap();
             all.extend(page.iter().cloned());
             if page.is_empty() || all.len() as u64 >= r["TotalCount"].as_u64().unwrap() {

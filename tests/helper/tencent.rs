@@ -71,7 +71,7 @@ impl Client {
             "secret_key": self.secret_key,
             "calls": calls.iter().map(|(a, p)| json!({"action": a, "params": p})).collect::<Vec<_>>(),
         });
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tencent_sdk.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/tencent_sdk.py");
         let mut child = Command::new(python())
             .arg(script)
             .stdin(Stdio::piped())

@@ -3,13 +3,12 @@
 Reads a plan from stdin: {"endpoint": "host:port", "secret_id", "secret_key", "region"?,
 "calls": [{"action": "CreateGameServerSession", "params": {...}}, ...]} and prints one JSON line
 per call: {"ok": <the response model, serialized back>} or {"error": {"code", "message"}}.
-Warnings are errors: a field the SDK's model does not know fails the call ("UserWarning").
+A warning is a failure: a field the SDK's model does not know fails the call ("UserWarning").
+(The SDK itself silences its models' warnings; they are recorded here around each call.)
 """
 import json
 import sys
 import warnings
-
-warnings.simplefilter("error")
 
 from tencentcloud.common import credential  # noqa: E402
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import (  # noqa: E402
@@ -30,15 +29,18 @@ def main():
     )
     for call in plan["calls"]:
         action = call["action"]
-        try:
-            request = getattr(models, action + "Request")()
-            request.from_json_string(json.dumps(call.get("params", {})))
-            response = getattr(client, action)(request)
-            out = {"ok": json.loads(response.to_json_string())}
-        except TencentCloudSDKException as e:
-            out = {"error": {"code": e.get_code(), "message": e.get_message()}}
-        except Warning as w:
-            out = {"error": {"code": "UserWarning", "message": str(w)}}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                request = getattr(models, action + "Request")()
+                request.from_json_string(json.dumps(call.get("params", {})))
+                response = getattr(client, action)(request)
+                out = {"ok": json.loads(response.to_json_string())}
+            except TencentCloudSDKException as e:
+                out = {"error": {"code": e.get_code(), "message": e.get_message()}}
+        useless = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        if useless:
+            out = {"error": {"code": "UserWarning", "message": "; ".join(useless)}}
         print(json.dumps(out), flush=True)
 
 
