@@ -153,11 +153,38 @@ fn bench_sdk() {
     let mut game =
         std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
     for (connections, per_connection) in [(2, 8), (4, 16)] {
-        // The same client, in the game process, against both servers.
-        let bare = sdk_load(&mut game, &ceiling.addr, connections, per_connection);
-        let agent = sdk_load(&mut game, &r.sdk, connections, per_connection);
+        // The same client, in the game process, against both servers, in alternating rounds
+        // (this machine's speed drifts): medians of five rounds each.
+        let (mut bare, mut agent) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            bare.push(sdk_load(
+                &mut game,
+                &ceiling.addr,
+                connections,
+                per_connection,
+            ));
+            agent.push(sdk_load(&mut game, &r.sdk, connections, per_connection));
+        }
+        let median = |runs: &mut Vec<Value>| {
+            runs.sort_by(|a, b| {
+                a["calls_per_s"]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&b["calls_per_s"].as_f64().unwrap())
+            });
+            runs[runs.len() / 2].clone()
+        };
+        // Paired: each round's agent against the bare server just before it.
+        let mut ratios: Vec<f64> = agent
+            .iter()
+            .zip(&bare)
+            .map(|(a, b)| a["calls_per_s"].as_f64().unwrap() / b["calls_per_s"].as_f64().unwrap())
+            .collect();
+        let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        ratios.sort_by(f64::total_cmp);
+        let (agent, bare) = (median(&mut agent), median(&mut bare));
         println!(
-            "sdk: {} in flight: agent (callers verified) {:.0} calls/s, p50 {} µs, p99 {} µs | bare tonic server {:.0} calls/s, p50 {} µs, p99 {} µs | agent/bare {:.2}",
+            "sdk: {} in flight: agent (callers verified) {:.0} calls/s, p50 {} µs, p99 {} µs | bare tonic server {:.0} calls/s, p50 {} µs, p99 {} µs | agent/bare {:.2} (medians of 5 alternating rounds; per round {})",
             connections * per_connection,
             agent["calls_per_s"].as_f64().unwrap(),
             agent["p50_us"],
@@ -165,7 +192,8 @@ fn bench_sdk() {
             bare["calls_per_s"].as_f64().unwrap(),
             bare["p50_us"],
             bare["p99_us"],
-            agent["calls_per_s"].as_f64().unwrap() / bare["calls_per_s"].as_f64().unwrap(),
+            ratios[ratios.len() / 2],
+            per_round.join(" "),
         );
     }
 }
