@@ -5,8 +5,10 @@
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
 mod guard;
+mod host;
 mod params;
 mod server;
+mod unsupported;
 pub mod view;
 
 pub use server::{API_VERSION, MAX_BODY_BYTES, serve};
@@ -159,10 +161,24 @@ impl Capi {
             "EndGameServerSessionAndProcess" => self.end_session_and_process(map).await,
             "UpdateGameServerSession" => self.update_session(map).await,
             "UpdateRuntimeConfiguration" => self.update_runtime(map).await,
+            "DescribeGameServerSessionDetails" => self.describe_session_details(map).await,
+            "DescribeRuntimeConfiguration" => self.describe_runtime(map).await,
+            "DescribeInstances" => self.describe_instances(map).await,
+            "SetServerReserved" => self.set_server_reserved(map).await,
+            "DescribeFleetUtilization" => self.describe_utilization(map).await,
+            "ListFleets" => self.list_fleets(map),
+            "DescribeFleetAttributes" => self.describe_fleet_attributes(map),
             "DescribeFleetEvents" => self.describe_events(map, false),
             "DescribeAgentEvents" => self.describe_events(map, true),
             "DescribeInstancesExtend" => self.describe_instance(map).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
+            other if unsupported::instead(other).is_some() => Err(CapiError::new(
+                "UnsupportedOperation",
+                format!(
+                    "{other} is a GSE cloud action with no meaning on a self-hosted host: {}",
+                    unsupported::instead(other).unwrap_or_default()
+                ),
+            )),
             other => Err(CapiError::new(
                 "InvalidAction",
                 format!(
@@ -246,6 +262,30 @@ impl Capi {
     }
 
     async fn describe_sessions(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let (list, next) = self.session_page(map).await?;
+        Ok(json!({
+            "GameServerSessions": list.iter().map(view::session).collect::<Vec<_>>(),
+            "NextToken": next,
+        }))
+    }
+
+    async fn describe_session_details(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let (list, next) = self.session_page(map).await?;
+        let fleet_policy = self.cfg.protection.policy;
+        Ok(json!({
+            "GameServerSessionDetails": list.iter().map(|s| json!({
+                "GameServerSession": view::session(s),
+                "ProtectionPolicy": host::policy_name(s.protection.unwrap_or(fleet_policy)),
+            })).collect::<Vec<_>>(),
+            "NextToken": next,
+        }))
+    }
+
+    /// One page of sessions as DescribeGameServerSessions(Details) ask for it.
+    async fn session_page(
+        &self,
+        map: Map<String, Value>,
+    ) -> Result<(Vec<crate::session::GameSession>, Option<String>), CapiError> {
         let p = Params::new(
             map,
             &[
@@ -275,10 +315,7 @@ impl Capi {
             limit: p.opt_int("Limit", 1, 100)?.unwrap_or(100) as usize,
         };
         match self.fleet.control(Control::DescribeSessions(q)).await? {
-            ControlReply::Sessions(list, next) => Ok(json!({
-                "GameServerSessions": list.iter().map(view::session).collect::<Vec<_>>(),
-                "NextToken": next,
-            })),
+            ControlReply::Sessions(list, next) => Ok((list, next)),
             other => Err(unexpected(&other)),
         }
     }
@@ -484,6 +521,13 @@ pub const ACTIONS: &[&str] = &[
     "UpdateRuntimeConfiguration",
     "DescribeFleetEvents",
     "DescribeInstancesExtend",
+    "DescribeGameServerSessionDetails",
+    "DescribeRuntimeConfiguration",
+    "DescribeInstances",
+    "SetServerReserved",
+    "DescribeFleetUtilization",
+    "ListFleets",
+    "DescribeFleetAttributes",
     "DescribeServerProcesses",
     "DescribeAgentEvents",
 ];

@@ -305,6 +305,8 @@ pub enum Control {
     DescribeProcesses,
     /// DescribeInstancesExtend counters.
     DescribeInstance,
+    /// DescribeRuntimeConfiguration: the runtime configuration in force.
+    DescribeRuntime,
     /// UpdateGameServerSession: each field that is set changes.
     UpdateSession(SessionUpdate),
     /// UpdateRuntimeConfiguration (already validated): new processes start under it; old ones
@@ -330,6 +332,7 @@ impl Control {
                 | Self::DescribePlayers(_)
                 | Self::DescribeProcesses
                 | Self::DescribeInstance
+                | Self::DescribeRuntime
         )
     }
 }
@@ -347,6 +350,8 @@ pub enum ControlReply {
     Processes(Vec<ProcessView>),
     /// Counters.
     Instance(InstanceCounters),
+    /// The runtime configuration in force.
+    Runtime(Box<crate::config::RuntimeConfiguration>),
     /// Done.
     Done,
 }

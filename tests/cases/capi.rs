@@ -19,9 +19,14 @@ fn malformed_requests_get_tencent_error_codes() {
             "`Action` must be a string",
         ),
         (
-            r#"{"Action": "DeleteFleet"}"#,
+            r#"{"Action": "DeleteFleets"}"#,
             "InvalidAction",
-            "`DeleteFleet` does not exist",
+            "`DeleteFleets` does not exist",
+        ),
+        (
+            r#"{"Action": "DeleteFleet"}"#,
+            "UnsupportedOperation",
+            "stop the service to remove it",
         ),
     ];
     for (body, code, needle) in cases {

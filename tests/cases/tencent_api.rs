@@ -188,8 +188,35 @@ fn every_standard_response_is_the_sdks_model() {
             json!({"FleetId": "fleet-test", "RuntimeConfiguration": {
                 "ServerProcesses": [{"LaunchPath": "/local/game/server", "ConcurrentExecutions": 2}]}}),
         ),
+        (
+            "DescribeGameServerSessionDetails",
+            json!({"FleetId": "fleet-test"}),
+        ),
+        ("DescribeRuntimeConfiguration", json!({"FleetId": "fleet-test"})),
+        ("DescribeInstances", json!({"FleetId": "fleet-test"})),
+        (
+            "SetServerReserved",
+            json!({"FleetId": "fleet-test", "InstanceId": "ins-test", "ReserveValue": 0}),
+        ),
+        ("DescribeFleetUtilization", json!({"FleetIds": ["fleet-test"]})),
+        ("ListFleets", json!({})),
+        ("DescribeFleetAttributes", json!({"FleetIds": ["fleet-test"]})),
         ("EndGameServerSessionAndProcess", json!({"GameServerSessionId": id})),
     ]);
     let failed: Vec<_> = answers.iter().filter(|a| a.get("ok").is_none()).collect();
     assert!(failed.is_empty(), "{failed:#?}");
+    let details = &answers[5]["ok"]["GameServerSessionDetails"][0];
+    assert_eq!(
+        details["ProtectionPolicy"], "TimeLimitProtection",
+        "{details}"
+    );
+    assert_eq!(
+        answers[6]["ok"]["RuntimeConfiguration"]["ServerProcesses"][0]["ConcurrentExecutions"],
+        2
+    );
+    assert_eq!(answers[7]["ok"]["Instances"][0]["InstanceId"], "ins-test");
+    // A cloud-only action says what to do instead.
+    let (code, message) = sdk.err("CreateFleet", json!({}));
+    assert_eq!(code, "UnsupportedOperation", "{message}");
+    assert!(message.contains("fleet-id"), "{message}");
 }

@@ -74,6 +74,7 @@ impl Fleet {
                 Ok(ControlReply::Processes(v))
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
+            Control::DescribeRuntime => Ok(ControlReply::Runtime(Box::new(self.current_runtime()))),
             Control::UpdateSession(u) => {
                 Ok(ControlReply::Session(Box::new(self.update_session(u)?)))
             }
