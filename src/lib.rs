@@ -17,6 +17,7 @@ pub mod listen;
 pub mod package;
 pub mod process;
 pub mod sdk;
+pub mod search;
 pub mod session;
 pub mod store;
 pub mod systemd;

@@ -7,6 +7,7 @@
 mod guard;
 mod host;
 mod params;
+mod search;
 mod server;
 mod unsupported;
 pub mod view;
@@ -162,6 +163,7 @@ impl Capi {
             "UpdateGameServerSession" => self.update_session(map).await,
             "UpdateRuntimeConfiguration" => self.update_runtime(map).await,
             "DescribeGameServerSessionDetails" => self.describe_session_details(map).await,
+            "SearchGameServerSessions" => self.search_sessions(map).await,
             "DescribeRuntimeConfiguration" => self.describe_runtime(map).await,
             "DescribeInstances" => self.describe_instances(map).await,
             "SetServerReserved" => self.set_server_reserved(map).await,
@@ -522,6 +524,7 @@ pub const ACTIONS: &[&str] = &[
     "DescribeFleetEvents",
     "DescribeInstancesExtend",
     "DescribeGameServerSessionDetails",
+    "SearchGameServerSessions",
     "DescribeRuntimeConfiguration",
     "DescribeInstances",
     "SetServerReserved",

@@ -220,3 +220,55 @@ fn every_standard_response_is_the_sdks_model() {
     assert_eq!(code, "UnsupportedOperation", "{message}");
     assert!(message.contains("fleet-id"), "{message}");
 }
+
+/// Step 3, the second way: SearchGameServerSessions with a filter and a sort, then join what
+/// it found; a malformed expression names the position.
+#[test]
+fn the_official_sdk_searches_sessions_and_joins_one() {
+    let agent = signed_agent(2);
+    agent.wait_ready(2);
+    let sdk = client(&agent, ID, KEY);
+    let mut ids = Vec::new();
+    for (name, mode) in [("duel-1", "duel"), ("brawl-1", "brawl")] {
+        let created = sdk.ok(
+            "CreateGameServerSession",
+            json!({"FleetId": "fleet-test", "MaximumPlayerSessionCount": 2, "Name": name,
+                   "GameProperties": [{"Key": "mode", "Value": mode}]}),
+        );
+        let id = created["GameServerSession"]["GameServerSessionId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        agent.wait_session_status(&id, "ACTIVE");
+        ids.push(id);
+    }
+    let found = sdk.ok(
+        "SearchGameServerSessions",
+        json!({"FleetId": "fleet-test",
+               "FilterExpression": "gameServerSessionProperties.mode = 'duel' AND hasAvailablePlayerSessions = true",
+               "SortExpression": "creationTimeMillis DESC"}),
+    );
+    let sessions = found["GameServerSessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{found}");
+    assert_eq!(sessions[0]["GameServerSessionId"], ids[0].as_str());
+    sdk.ok(
+        "JoinGameServerSession",
+        json!({"GameServerSessionId": ids[0], "PlayerId": "player-1"}),
+    );
+    // Sorted, both: newest first.
+    let all = sdk.ok(
+        "SearchGameServerSessions",
+        json!({"FleetId": "fleet-test", "SortExpression": "creationTimeMillis DESC", "Limit": 1}),
+    );
+    assert_eq!(
+        all["GameServerSessions"][0]["GameServerSessionId"],
+        ids[1].as_str()
+    );
+    assert!(all["NextToken"].is_string(), "{all}");
+    let (code, message) = sdk.err(
+        "SearchGameServerSessions",
+        json!({"FleetId": "fleet-test", "FilterExpression": "playerSessionCount >> 1"}),
+    );
+    assert_eq!(code, "InvalidParameterValue");
+    assert!(message.contains("at position 20"), "{message}");
+}

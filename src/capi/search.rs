@@ -1,0 +1,119 @@
+//! SearchGameServerSessions: the ACTIVE sessions of this host's fleet that match a
+//! `FilterExpression`, ordered by a `SortExpression`, in pages (see [`crate::search`]).
+
+use serde_json::{Map, Value, json};
+
+use super::params::Params;
+use super::{Capi, CapiError, unexpected, view};
+use crate::fleet::{Control, ControlReply, SessionQuery};
+use crate::search::{self, Subject};
+use crate::session::{CreationPolicy, GameSession, GssStatus};
+
+/// Unix milliseconds of a time.
+fn millis(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn subject(s: &GameSession) -> Subject<'_> {
+    Subject {
+        name: &s.name,
+        id: &s.id,
+        maximum_sessions: i64::from(s.max_players),
+        creation_time_millis: millis(s.creation_time),
+        player_session_count: i64::from(s.current_players),
+        has_available_player_sessions: s.status == GssStatus::Active
+            && s.policy == CreationPolicy::AcceptAll
+            && s.current_players < s.max_players,
+        properties: s
+            .game_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+    }
+}
+
+impl Capi {
+    /// Every ACTIVE session of the fleet (the fleet pages by 100).
+    async fn active_sessions(&self) -> Result<Vec<GameSession>, CapiError> {
+        let mut all = Vec::new();
+        let mut next_token = None;
+        loop {
+            let q = SessionQuery {
+                gss_id: None,
+                status: Some(GssStatus::Active),
+                next_token: next_token.take(),
+                limit: 100,
+            };
+            match self.fleet.control(Control::DescribeSessions(q)).await? {
+                ControlReply::Sessions(page, next) => {
+                    all.extend(page);
+                    match next {
+                        Some(t) => next_token = Some(t),
+                        None => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    pub(super) async fn search_sessions(
+        &self,
+        map: Map<String, Value>,
+    ) -> Result<Value, CapiError> {
+        let p = Params::new(
+            map,
+            &[
+                "FleetId",
+                "AliasId",
+                "Limit",
+                "NextToken",
+                "FilterExpression",
+                "SortExpression",
+            ],
+        )?;
+        self.check_fleet(&p, true)?;
+        let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100) as usize;
+        let syntax = |name: &'static str| {
+            move |e: search::SyntaxError| {
+                CapiError::new("InvalidParameterValue", format!("`{name}` {e}"))
+            }
+        };
+        let filter = p
+            .opt_str("FilterExpression", search::MAX_LEN)?
+            .map(|f| search::parse_filter(&f).map_err(syntax("FilterExpression")))
+            .transpose()?;
+        let sort = p
+            .opt_str("SortExpression", search::MAX_LEN)?
+            .map(|s| search::parse_sort(&s).map_err(syntax("SortExpression")))
+            .transpose()?;
+        let offset = match p.opt_str("NextToken", 64)? {
+            None => 0,
+            Some(t) => t.parse::<usize>().map_err(|_| {
+                CapiError::value(
+                    "NextToken",
+                    format!("{t:?} is not a token this search gave"),
+                )
+            })?,
+        };
+        let sessions = self.active_sessions().await?;
+        let mut found: Vec<(&GameSession, Subject<'_>)> = sessions
+            .iter()
+            .map(|s| (s, subject(s)))
+            .filter(|(_, sub)| filter.as_ref().is_none_or(|f| f.matches(sub)))
+            .collect();
+        if let Some(sort) = &sort {
+            found.sort_by(|a, b| sort.cmp(&a.1, &b.1));
+        }
+        let page: Vec<Value> = found
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(s, _)| view::session(s))
+            .collect();
+        let next = (offset + limit < found.len()).then(|| (offset + limit).to_string());
+        Ok(json!({"GameServerSessions": page, "NextToken": next}))
+    }
+}
