@@ -414,9 +414,57 @@ impl Capi {
         }
     }
 
+    /// EndGameServerSessionAndProcess by `GameServerSessionId`, or by the `IpAddress` and
+    /// `Port` players connect to (the live session there).
     async fn end_session_and_process(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = Params::new(map, &["GameServerSessionId"])?;
-        let gss_id = p.str("GameServerSessionId", 256)?;
+        let p = Params::new(map, &["GameServerSessionId", "IpAddress", "Port"])?;
+        let gss_id = match p.opt_str("GameServerSessionId", 256)? {
+            Some(id) => id,
+            None => {
+                let (Some(ip), Some(port)) =
+                    (p.opt_str("IpAddress", 64)?, p.opt_int("Port", 1, 65535)?)
+                else {
+                    return Err(CapiError::missing(
+                        "GameServerSessionId (or IpAddress and Port)",
+                    ));
+                };
+                let live = [GssStatus::Activating, GssStatus::Active];
+                let mut at = Vec::new();
+                for status in live {
+                    let q = SessionQuery {
+                        gss_id: None,
+                        status: Some(status),
+                        next_token: None,
+                        limit: 100,
+                    };
+                    if let ControlReply::Sessions(list, _) =
+                        self.fleet.control(Control::DescribeSessions(q)).await?
+                    {
+                        at.extend(
+                            list.into_iter()
+                                .filter(|s| s.ip_address == ip && i64::from(s.port) == port),
+                        );
+                    }
+                }
+                match (at.pop(), at.is_empty()) {
+                    (Some(s), true) => s.id,
+                    (Some(_), false) => {
+                        return Err(CapiError::value(
+                            "Port",
+                            format!(
+                                "several live sessions are at {ip}:{port} (their games report the same client port): end one by GameServerSessionId"
+                            ),
+                        ));
+                    }
+                    (None, _) => {
+                        return Err(CapiError::new(
+                            "ResourceNotFound",
+                            format!("no live game server session at {ip}:{port} on this host"),
+                        ));
+                    }
+                }
+            }
+        };
         self.fleet
             .control(Control::EndSessionAndProcess { gss_id })
             .await?;

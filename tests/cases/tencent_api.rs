@@ -14,12 +14,16 @@ health-check: { interval: 1h, timeout: 1s, failure-threshold: 3 }
 timeouts: { process-exit: 1s, stop-grace: 200ms, shutdown: 1s }";
 
 fn signed_agent(processes: u32) -> Agent {
-    let mut agent = Agent::start_with(&config(&entry("", processes), FAST), |game| {
-        use std::os::unix::fs::PermissionsExt;
-        let keys = game.parent().unwrap().join("keys");
-        std::fs::write(&keys, format!("# the backend's key\n{ID} {KEY}\n")).unwrap();
-        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    });
+    // Players get a port of their own per game.
+    let mut agent = Agent::start_with(
+        &config(&entry("--accept-players", processes), FAST),
+        |game| {
+            use std::os::unix::fs::PermissionsExt;
+            let keys = game.parent().unwrap().join("keys");
+            std::fs::write(&keys, format!("# the backend's key\n{ID} {KEY}\n")).unwrap();
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        },
+    );
     agent.signing = Some((ID.into(), KEY.into()));
     agent
 }
@@ -271,4 +275,16 @@ fn the_official_sdk_searches_sessions_and_joins_one() {
     );
     assert_eq!(code, "InvalidParameterValue");
     assert!(message.contains("at position 20"), "{message}");
+    // Ended by the address players use.
+    let port = agent.session(&ids[1])["Port"].as_u64().unwrap();
+    sdk.ok(
+        "EndGameServerSessionAndProcess",
+        json!({"IpAddress": "127.0.0.1", "Port": port}),
+    );
+    agent.wait_session_status(&ids[1], "TERMINATED");
+    let (code, _) = sdk.err(
+        "EndGameServerSessionAndProcess",
+        json!({"IpAddress": "127.0.0.1", "Port": 1}),
+    );
+    assert_eq!(code, "ResourceNotFound");
 }
