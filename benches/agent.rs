@@ -5,6 +5,7 @@
 //!   verification is paid as in production), many in flight over several HTTP/2 connections;
 //!   calls/s and latency percentiles, beside a bare tonic server answering the same rpc to
 //!   the same client (the ceiling).
+//! - tencent-api: signed DescribeGameServerSessions calls on keep-alive connections.
 //! - footprint: agent RSS and CPU while supervising 50 idle game processes.
 //! - restart: time from a game's exit to its replacement's start (no backoff pending).
 //! - adopt: time from a new agent's start to 50 adopted games health-checked (after SIGKILL).
@@ -793,9 +794,122 @@ fn bench_outage() {
     );
 }
 
+/// Signed Tencent Cloud API calls (DescribeGameServerSessions, TC3-HMAC-SHA256, as the SDKs
+/// send them) on keep-alive connections, 8 in flight; calls/s and latency.
+fn bench_tencent_api() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "AKIDbench bench-secret\n").unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let r = start_in(dir, "", 2, "capi-keys-file: keys");
+    ready_pids_signed(&r);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let host = r.capi.clone();
+    let body = r#"{"FleetId":"fleet-bench","Limit":100}"#;
+    let run_for = Duration::from_secs(5);
+    let (mut latencies, elapsed) = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(8)
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            let host = host.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(100_000);
+                while start.elapsed() < run_for {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs() as i64;
+                    let auth = gse_agent::tc3::authorization(
+                        "AKIDbench",
+                        "bench-secret",
+                        &host,
+                        "application/json",
+                        body.as_bytes(),
+                        now,
+                    );
+                    let t = Instant::now();
+                    let resp = client
+                        .post(format!("http://{host}/"))
+                        .header("Content-Type", "application/json")
+                        .header("X-TC-Action", "DescribeGameServerSessions")
+                        .header("X-TC-Version", "2019-11-12")
+                        .header("X-TC-Timestamp", now.to_string())
+                        .header("Authorization", auth)
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .bytes()
+                        .await
+                        .unwrap();
+                    lat.push(t.elapsed());
+                    assert!(!resp.windows(7).any(|w| w == b"\"Error\""), "{resp:?}");
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        (all, start.elapsed())
+    });
+    latencies.sort();
+    println!(
+        "tencent-api: signed DescribeGameServerSessions, 8 in flight on keep-alive connections: {:.0} calls/s, p50 {:?} p99 {:?}",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+    );
+}
+
+/// Waits for the fleet's processes with signed DescribeServerProcesses calls.
+fn ready_pids_signed(r: &Running) {
+    wait("ready processes (signed)", || {
+        let body = r#"{"Action":"DescribeServerProcesses"}"#;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let auth = gse_agent::tc3::authorization(
+            "AKIDbench",
+            "bench-secret",
+            &r.capi,
+            "application/json",
+            body.as_bytes(),
+            now,
+        );
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&r.capi).ok()?;
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nX-TC-Action: DescribeServerProcesses\r\nX-TC-Timestamp: {now}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            r.capi,
+            body.len()
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        (out.matches("\"ACTIVE\"").count() >= 2).then_some(())
+    });
+}
+
 /// Every figure, by the name that selects it on the command line.
 const BENCHES: &[(&str, fn())] = &[
     ("sdk", bench_sdk),
+    ("tencent-api", bench_tencent_api),
     ("restart", bench_restart),
     ("adopt", bench_adopt),
     ("footprint", bench_footprint),
