@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod alias;
 pub mod capi;
 pub mod config;
 pub mod dbfile;

@@ -64,7 +64,7 @@ impl Capi {
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId"])?;
-        self.check_fleet(&p, true)?;
+        self.check_fleet(&p, true).await?;
         match self.fleet.control(Control::DescribeRuntime).await? {
             ControlReply::Runtime(rc) => Ok(json!({
                 "RuntimeConfiguration": {
@@ -89,7 +89,7 @@ impl Capi {
             map,
             &["FleetId", "InstanceId", "Offset", "Limit", "IpAddress"],
         )?;
-        self.check_fleet(&p, false)?;
+        self.check_fleet(&p, false).await?;
         self.check_instance(&p)?;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         p.opt_int("Limit", 1, 100)?;
@@ -105,7 +105,7 @@ impl Capi {
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "InstanceId", "ReserveValue"])?;
-        self.check_fleet(&p, true)?;
+        self.check_fleet(&p, true).await?;
         p.str("InstanceId", 128)?;
         self.check_instance(&p)?;
         let reserve = p.int("ReserveValue", 0, 1)? == 1;

@@ -4,6 +4,7 @@
 //! fleet, and renders the reply. Errors are `{"Response": {"Error": {Code, Message}}}` with
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
+mod aliases;
 mod guard;
 mod host;
 mod params;
@@ -164,14 +165,20 @@ impl Capi {
             "UpdateRuntimeConfiguration" => self.update_runtime(map).await,
             "DescribeGameServerSessionDetails" => self.describe_session_details(map).await,
             "SearchGameServerSessions" => self.search_sessions(map).await,
+            "CreateAlias" => self.create_alias(map).await,
+            "DescribeAlias" => self.describe_alias(map).await,
+            "ListAliases" => self.list_aliases(map).await,
+            "UpdateAlias" => self.update_alias(map).await,
+            "DeleteAlias" => self.delete_alias(map).await,
+            "ResolveAlias" => self.resolve_alias(map).await,
             "DescribeRuntimeConfiguration" => self.describe_runtime(map).await,
             "DescribeInstances" => self.describe_instances(map).await,
             "SetServerReserved" => self.set_server_reserved(map).await,
             "DescribeFleetUtilization" => self.describe_utilization(map).await,
             "ListFleets" => self.list_fleets(map),
             "DescribeFleetAttributes" => self.describe_fleet_attributes(map),
-            "DescribeFleetEvents" => self.describe_events(map, false),
-            "DescribeAgentEvents" => self.describe_events(map, true),
+            "DescribeFleetEvents" => self.describe_events(map, false).await,
+            "DescribeAgentEvents" => self.describe_events(map, true).await,
             "DescribeInstancesExtend" => self.describe_instance(map).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
             other if unsupported::instead(other).is_some() => Err(CapiError::new(
@@ -191,10 +198,9 @@ impl Capi {
         }
     }
 
-    fn check_fleet(&self, p: &Params, required: bool) -> Result<(), CapiError> {
-        let fleet = p.opt_str("FleetId", 128)?;
-        let alias = p.opt_str("AliasId", 128)?;
-        match (fleet, alias) {
+    /// `FleetId` or `AliasId` (resolved), when given, must name this host's fleet.
+    async fn check_fleet(&self, p: &Params, required: bool) -> Result<(), CapiError> {
+        let fleet = match (p.opt_str("FleetId", 128)?, p.opt_str("AliasId", 128)?) {
             (Some(f), _) => {
                 if !f.starts_with("fleet-") || f.len() == 6 || f.contains(char::is_whitespace) {
                     return Err(CapiError::value(
@@ -202,22 +208,22 @@ impl Capi {
                         format!("{f:?} does not match ^fleet-\\S+"),
                     ));
                 }
-                if f != self.cfg.fleet_id {
-                    return Err(CapiError::new(
-                        "ResourceNotFound",
-                        format!(
-                            "fleet {f} does not exist on this host (it runs {})",
-                            self.cfg.fleet_id
-                        ),
-                    ));
-                }
-                Ok(())
+                f
             }
-            // An alias resolves to the one fleet of this host.
-            (None, Some(_)) => Ok(()),
-            (None, None) if required => Err(CapiError::missing("FleetId")),
-            (None, None) => Ok(()),
+            (None, Some(alias)) => self.resolve(&alias).await?,
+            (None, None) if required => return Err(CapiError::missing("FleetId")),
+            (None, None) => return Ok(()),
+        };
+        if fleet != self.cfg.fleet_id {
+            return Err(CapiError::new(
+                "ResourceNotFound",
+                format!(
+                    "fleet {fleet} does not exist on this host (it runs {})",
+                    self.cfg.fleet_id
+                ),
+            ));
         }
+        Ok(())
     }
 
     async fn create_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
@@ -235,7 +241,7 @@ impl Capi {
                 "Name",
             ],
         )?;
-        self.check_fleet(&p, true)?;
+        self.check_fleet(&p, true).await?;
         // JSON shapes are checked here; Tencent's limits where the command is handled
         // (NewSession::check), for this door and the upstream one alike.
         let max_players = p.int("MaximumPlayerSessionCount", 0, i64::from(i32::MAX))? as i32;
@@ -300,7 +306,7 @@ impl Capi {
             ],
         )?;
         let gss_id = p.opt_str("GameServerSessionId", 256)?;
-        self.check_fleet(&p, gss_id.is_none())?;
+        self.check_fleet(&p, gss_id.is_none()).await?;
         let status = match p.opt_str("StatusFilter", 32)? {
             None => None,
             Some(s) => Some(GssStatus::parse(&s).ok_or_else(|| {
@@ -499,7 +505,7 @@ impl Capi {
 
     async fn update_runtime(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "RuntimeConfiguration"])?;
-        self.check_fleet(&p, true)?;
+        self.check_fleet(&p, true).await?;
         let rc = match p.raw("RuntimeConfiguration") {
             Some(v @ Value::Object(_)) => v.to_string(),
             Some(other) => {
@@ -519,9 +525,13 @@ impl Capi {
 
     /// DescribeFleetEvents (`agent`: false, the SDK's model) or DescribeAgentEvents (true,
     /// with the agent's details: ids, pid, exit, sequence).
-    fn describe_events(&self, map: Map<String, Value>, agent: bool) -> Result<Value, CapiError> {
+    async fn describe_events(
+        &self,
+        map: Map<String, Value>,
+        agent: bool,
+    ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "Limit", "Offset"])?;
-        self.check_fleet(&p, false)?;
+        self.check_fleet(&p, false).await?;
         let limit = p.opt_int("Limit", 1, 1000)?.unwrap_or(100) as usize;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0) as usize;
         let (events, total) = self.bus.recent(offset, limit);
@@ -538,7 +548,7 @@ impl Capi {
 
     async fn describe_instance(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "Offset", "Limit", "IpAddress"])?;
-        self.check_fleet(&p, false)?;
+        self.check_fleet(&p, false).await?;
         match self.fleet.control(Control::DescribeInstance).await? {
             ControlReply::Instance(c) => Ok(json!({
                 "Instances": [view::instance(&c, &self.cfg.fleet_id, &self.cfg.instance_id)],
@@ -573,6 +583,12 @@ pub const ACTIONS: &[&str] = &[
     "DescribeInstancesExtend",
     "DescribeGameServerSessionDetails",
     "SearchGameServerSessions",
+    "CreateAlias",
+    "DescribeAlias",
+    "ListAliases",
+    "UpdateAlias",
+    "DeleteAlias",
+    "ResolveAlias",
     "DescribeRuntimeConfiguration",
     "DescribeInstances",
     "SetServerReserved",

@@ -74,7 +74,7 @@ impl Capi {
                 "SortExpression",
             ],
         )?;
-        self.check_fleet(&p, true)?;
+        self.check_fleet(&p, true).await?;
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100) as usize;
         let syntax = |name: &'static str| {
             move |e: search::SyntaxError| {

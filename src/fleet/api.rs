@@ -307,6 +307,19 @@ pub enum Control {
     DescribeInstance,
     /// DescribeRuntimeConfiguration: the runtime configuration in force.
     DescribeRuntime,
+    /// CreateAlias (`id` unset) or UpdateAlias (`id` set).
+    PutAlias(crate::alias::AliasInput),
+    /// DeleteAlias.
+    DeleteAlias(String),
+    /// DescribeAlias or ResolveAlias.
+    DescribeAlias(String),
+    /// ListAliases: those whose name contains the text and whose routing is of the type.
+    ListAliases {
+        /// Part of the name.
+        name: Option<String>,
+        /// `SIMPLE` or `TERMINAL`.
+        terminal: Option<bool>,
+    },
     /// UpdateGameServerSession: each field that is set changes.
     UpdateSession(SessionUpdate),
     /// UpdateRuntimeConfiguration (already validated): new processes start under it; old ones
@@ -333,6 +346,8 @@ impl Control {
                 | Self::DescribeProcesses
                 | Self::DescribeInstance
                 | Self::DescribeRuntime
+                | Self::DescribeAlias(_)
+                | Self::ListAliases { .. }
         )
     }
 }
@@ -352,6 +367,10 @@ pub enum ControlReply {
     Instance(InstanceCounters),
     /// The runtime configuration in force.
     Runtime(Box<crate::config::RuntimeConfiguration>),
+    /// One alias.
+    Alias(Box<crate::alias::Alias>),
+    /// Aliases, oldest first.
+    Aliases(Vec<crate::alias::Alias>),
     /// Done.
     Done,
 }

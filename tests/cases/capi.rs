@@ -185,7 +185,7 @@ fn idempotency_token_returns_the_same_session() {
     agent.wait_ready(2);
     let body = json!({
         "Action": "CreateGameServerSession",
-        "AliasId": "alias-local",
+        "FleetId": "fleet-test",
         "MaximumPlayerSessionCount": 2,
         "IdempotencyToken": "once",
     });

@@ -288,3 +288,54 @@ fn the_official_sdk_searches_sessions_and_joins_one() {
     );
     assert_eq!(code, "ResourceNotFound");
 }
+
+/// Aliases through the SDK: created, resolved and used to create a session; listed, updated
+/// to TERMINAL (then refused with its message), deleted; kept across a restart of the agent.
+#[test]
+fn the_official_sdk_manages_aliases_and_creates_sessions_through_them() {
+    let mut agent = signed_agent(1);
+    agent.wait_ready(1);
+    let sdk = client(&agent, ID, KEY);
+    let created = sdk.ok(
+        "CreateAlias",
+        json!({"Name": "prod", "Description": "live matches",
+               "RoutingStrategy": {"Type": "SIMPLE", "FleetId": "fleet-test"},
+               "Tags": [{"Key": "team", "Value": "core"}]}),
+    );
+    let alias = created["Alias"]["AliasId"].as_str().unwrap().to_string();
+    assert!(alias.starts_with("alias-"), "{created}");
+    assert_eq!(
+        sdk.ok("ResolveAlias", json!({"AliasId": alias}))["FleetId"],
+        "fleet-test"
+    );
+    let session = sdk.ok(
+        "CreateGameServerSession",
+        json!({"AliasId": alias, "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(session["GameServerSession"]["FleetId"], "fleet-test");
+    // Kept across a restart of the agent.
+    agent.kill9();
+    agent.spawn();
+    let sdk = client(&agent, ID, KEY);
+    let listed = sdk.ok("ListAliases", json!({"RoutingStrategyType": "SIMPLE"}));
+    assert_eq!(listed["TotalCount"], 1, "{listed}");
+    assert_eq!(listed["Aliases"][0]["Tags"][0]["Value"], "core");
+    sdk.ok(
+        "UpdateAlias",
+        json!({"AliasId": alias, "RoutingStrategy": {"Type": "TERMINAL", "Message": "season over"}}),
+    );
+    let (code, message) = sdk.err(
+        "CreateGameServerSession",
+        json!({"AliasId": alias, "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(code, "OperationDenied");
+    assert!(message.contains("season over"), "{message}");
+    sdk.ok("DeleteAlias", json!({"AliasId": alias}));
+    let (code, _) = sdk.err("DescribeAlias", json!({"AliasId": alias}));
+    assert_eq!(code, "ResourceNotFound");
+    let (code, _) = sdk.err(
+        "CreateAlias",
+        json!({"Name": "x", "RoutingStrategy": {"Type": "SIDEWAYS"}}),
+    );
+    assert_eq!(code, "InvalidParameterValue");
+}

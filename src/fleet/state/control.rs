@@ -74,6 +74,12 @@ impl Fleet {
                 Ok(ControlReply::Processes(v))
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
+            Control::PutAlias(input) => self.put_alias(input),
+            Control::DeleteAlias(id) => self.delete_alias(&id),
+            Control::DescribeAlias(id) => self.describe_alias(&id),
+            Control::ListAliases { name, terminal } => {
+                Ok(self.list_aliases(name.as_deref(), terminal))
+            }
             Control::DescribeRuntime => Ok(ControlReply::Runtime(Box::new(self.current_runtime()))),
             Control::UpdateSession(u) => {
                 Ok(ControlReply::Session(Box::new(self.update_session(u)?)))

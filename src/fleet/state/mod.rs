@@ -163,6 +163,8 @@ pub struct Fleet {
     retire_later: Vec<u64>,
     /// The number the next entry gets ([`Entry::number`]).
     next_entry_number: usize,
+    /// Aliases by id.
+    aliases: BTreeMap<String, crate::alias::Alias>,
 }
 
 impl Fleet {
@@ -192,6 +194,7 @@ impl Fleet {
             reserved: false,
             retire_later: Vec::new(),
             next_entry_number: 0,
+            aliases: BTreeMap::new(),
             file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),
@@ -399,6 +402,7 @@ impl Fleet {
     }
 }
 
+mod aliases;
 mod control;
 mod persist;
 mod procs;

@@ -26,6 +26,7 @@ const PROC: &str = "proc/";
 const SESSION: &str = "gss/";
 const PLAYER: &str = "player/";
 const TOKEN: &str = "token/";
+const ALIAS: &str = "alias/";
 
 /// Why stored records could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +270,11 @@ impl Fleet {
                 put(key, bytes);
             }
         }
+        for (id, alias) in &self.aliases {
+            let key = format!("{ALIAS}{id}");
+            let bytes = json(&key, alias);
+            put(key, bytes);
+        }
         out
     }
 
@@ -463,6 +469,11 @@ impl Fleet {
             }
         }
         fleet.idempotency = tokens;
+        for (key, bytes) in with_prefix(records, ALIAS) {
+            if let Some(alias) = parse_or_skip::<crate::alias::Alias>(key, bytes) {
+                fleet.aliases.insert(alias.id.clone(), alias);
+            }
+        }
 
         // Applied by `start`, once the recorded processes are adopted or known to be gone.
         fleet.file_runtime_changed = cfg.runtime != meta.file_runtime;
