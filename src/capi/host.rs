@@ -115,6 +115,21 @@ impl Capi {
         }
     }
 
+    pub(super) async fn set_server_weight(
+        &self,
+        map: Map<String, Value>,
+    ) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["FleetId", "InstanceId", "Weight"])?;
+        self.check_fleet(&p, true).await?;
+        p.str("InstanceId", 128)?;
+        self.check_instance(&p)?;
+        let weight = p.int("Weight", 1, 10)? as u8;
+        match self.fleet.control(Control::SetWeight(weight)).await? {
+            ControlReply::Done => Ok(json!({})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub(super) async fn describe_utilization(
         &self,
         map: Map<String, Value>,

@@ -109,7 +109,7 @@ pub fn instance(c: &InstanceCounters, fleet_id: &str, instance_id: &str) -> Valu
             "Status": "Active",
             "Type": "",
             "CreateTime": "",
-            "Weight": 0,
+            "Weight": c.weight,
             "ReserveValue": i32::from(c.reserved),
             "PrivateIpAddress": "127.0.0.1",
         },

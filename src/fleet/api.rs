@@ -124,6 +124,8 @@ pub struct InstanceCounters {
     pub draining: bool,
     /// The host takes no new sessions.
     pub reserved: bool,
+    /// SetServerWeight's weight (1–10; 0 until set): a control plane's placement preference.
+    pub weight: u8,
 }
 
 /// A call on `GseGrpcSdkService`, by the process with the metadata pid.
@@ -334,6 +336,8 @@ pub enum Control {
     /// Reserve (true): place no new game server sessions here; processes keep running (GSE's
     /// SetServerReserved). Unreserve (false).
     SetReserved(bool),
+    /// SetServerWeight: the host's weight in placement across hosts (1–10).
+    SetWeight(u8),
 }
 
 impl Control {

@@ -202,6 +202,10 @@ fn every_standard_response_is_the_sdks_model() {
             "SetServerReserved",
             json!({"FleetId": "fleet-test", "InstanceId": "ins-test", "ReserveValue": 0}),
         ),
+        (
+            "SetServerWeight",
+            json!({"FleetId": "fleet-test", "InstanceId": "ins-test", "Weight": 7}),
+        ),
         ("DescribeFleetUtilization", json!({"FleetIds": ["fleet-test"]})),
         ("ListFleets", json!({})),
         ("DescribeFleetAttributes", json!({"FleetIds": ["fleet-test"]})),
@@ -219,6 +223,8 @@ fn every_standard_response_is_the_sdks_model() {
         2
     );
     assert_eq!(answers[7]["ok"]["Instances"][0]["InstanceId"], "ins-test");
+    let weighed = sdk.ok("DescribeInstances", json!({"FleetId": "fleet-test"}));
+    assert_eq!(weighed["Instances"][0]["Weight"], 7, "{weighed}");
     // A cloud-only action says what to do instead.
     let (code, message) = sdk.err("CreateFleet", json!({}));
     assert_eq!(code, "UnsupportedOperation", "{message}");

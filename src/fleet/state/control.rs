@@ -99,6 +99,16 @@ impl Fleet {
                 self.update_runtime(current, now);
                 Ok(ControlReply::Done)
             }
+            Control::SetWeight(weight) => {
+                if !(1..=10).contains(&weight) {
+                    return Err(FleetError::Invalid {
+                        param: "Weight",
+                        message: format!("{weight} is not 1–10"),
+                    });
+                }
+                self.weight = weight;
+                Ok(ControlReply::Done)
+            }
             Control::SetReserved(on) => {
                 if self.reserved != on {
                     self.reserved = on;

@@ -149,6 +149,8 @@ pub struct Fleet {
     shutting_down: bool,
     draining: bool,
     reserved: bool,
+    /// SetServerWeight's weight (0 until set).
+    weight: u8,
     max_activations: u32,
     activation_timeout: Duration,
     /// Restored from records written under another runtime configuration in the config
@@ -192,6 +194,7 @@ impl Fleet {
             shutting_down: false,
             draining: false,
             reserved: false,
+            weight: 0,
             retire_later: Vec::new(),
             next_entry_number: 0,
             aliases: BTreeMap::new(),
@@ -377,6 +380,7 @@ impl Fleet {
             max_game_session_cnt: self.slots.iter().filter(|s| !s.retiring).count() as u32,
             draining: self.draining,
             reserved: self.reserved,
+            weight: self.weight,
             ..Default::default()
         };
         for p in self.procs.values() {

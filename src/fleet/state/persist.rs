@@ -86,6 +86,9 @@ struct Meta {
     slots: Vec<SlotRecord>,
     draining: bool,
     reserved: bool,
+    /// SetServerWeight's weight (absent before it existed).
+    #[serde(default)]
+    weight: u8,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -199,6 +202,7 @@ impl Fleet {
                 .collect(),
             draining: self.draining,
             reserved: self.reserved,
+            weight: self.weight,
         };
         let mut put = |key: String, bytes: Option<Vec<u8>>| {
             if let Some(bytes) = bytes {
@@ -352,6 +356,7 @@ impl Fleet {
         fleet.activation_timeout = meta.activation_timeout;
         fleet.draining = meta.draining;
         fleet.reserved = meta.reserved;
+        fleet.weight = meta.weight;
 
         let mut recorded = Vec::new();
         for (key, bytes) in with_prefix(records, PROC) {
