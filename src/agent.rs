@@ -290,6 +290,8 @@ impl Agent {
                     bounds: Bounds {
                         max_connections: self.cfg.connections.sdk_max,
                         first_bytes_within: self.cfg.connections.header_timeout.get(),
+                        // The whole HTTP/2 client preface.
+                        first_bytes: 24,
                         // Live games stay connected; keepalive pings find dead peers.
                         idle_after: None,
                     }

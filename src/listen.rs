@@ -33,8 +33,11 @@ pub const RESERVED_DESCRIPTORS: u64 = 512;
 pub struct Bounds {
     /// Live connections at most; more are refused.
     pub max_connections: usize,
-    /// A new connection must send its first bytes within this.
+    /// A new connection must send its first bytes within this...
     pub first_bytes_within: Duration,
+    /// ...this many of them (the HTTP/2 preface is 24 bytes: a client that sends part of it
+    /// and stops would hold its place forever, since pings start only after it).
+    pub first_bytes: usize,
     /// A connection that sends nothing for this long is closed (`None`: never for that alone).
     pub idle_after: Option<Duration>,
 }
@@ -151,6 +154,7 @@ impl<M: Memo> Acceptor<M> {
                 bounds: self.bounds,
                 accepted_at: now,
                 last_read: None,
+                received: 0,
             };
         }
     }
@@ -209,8 +213,10 @@ pub struct Guarded<M = ()> {
     deadline: Pin<Box<Sleep>>,
     bounds: Bounds,
     accepted_at: Instant,
-    /// When bytes last arrived (`None`: never).
+    /// When bytes last arrived (`None`: not yet [`Bounds::first_bytes`] of them).
     last_read: Option<Instant>,
+    /// Bytes received, counted up to [`Bounds::first_bytes`].
+    received: usize,
 }
 
 impl<M> Guarded<M> {
@@ -260,8 +266,12 @@ impl<M: Unpin> AsyncRead for Guarded<M> {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.last_read = Some(Instant::now());
+                let got = buf.filled().len() - before;
+                if got > 0 {
+                    this.received = this.received.saturating_add(got);
+                    if this.received >= this.bounds.first_bytes {
+                        this.last_read = Some(Instant::now());
+                    }
                 }
                 Poll::Ready(Ok(()))
             }

@@ -171,6 +171,8 @@ pub async fn serve(
     let bounds = Bounds {
         max_connections: limits.capi_max,
         first_bytes_within: limits.header_timeout.get(),
+        // hyper's header timeout covers the rest of the head.
+        first_bytes: 1,
         idle_after: Some(limits.idle_timeout.get()),
     }
     .within_open_files(crate::host::open_files_limit(), 4);

@@ -99,9 +99,14 @@ impl SdkService {
                     }),
                 )))
             });
-        conn.memo.put(pid, verdict.clone());
-        if let Err(e) = &verdict {
-            tracing::warn!(client.addr = %client, process.pid = pid, error = %e, "sdk connection refused: the caller is not the process it names");
+        // A definite answer holds for the connection; a failure to ask is asked again.
+        if !matches!(verdict, Err(peer::Refusal::Unverifiable(_))) {
+            conn.memo.put(pid, verdict.clone());
+        }
+        if let Err(e) = &verdict
+            && let Some(suppressed) = self.refusals.admit(pid, std::time::Instant::now())
+        {
+            tracing::warn!(client.addr = %client, process.pid = pid, error = %e, refusals.suppressed = suppressed, "sdk connection refused: the caller is not the process it names");
         }
         verdict.map_err(|e| e.to_string())
     }

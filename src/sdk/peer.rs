@@ -94,9 +94,15 @@ fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// `TCP_ESTABLISHED` in `inet_diag_msg.idiag_state`.
+const TCP_ESTABLISHED: u8 = 1;
+
 /// Reads the answer: an `inet_diag_msg` (uid and inode after family, state, timer, retrans,
-/// the socket id, expires, rqueue and wqueue) or a netlink error.
-fn parse_answer(buf: &[u8]) -> Result<ClientSocket, PeerError> {
+/// the socket id, expires, rqueue and wqueue) or a netlink error. The socket must be the
+/// connected one asked for: the kernel's lookup falls back to a listening socket on the same
+/// port when no connected one matches (a client on another host using a game's port as its
+/// source port would otherwise be taken for the game).
+fn parse_answer(buf: &[u8], asked: &[u8; SOCKID_LEN]) -> Result<ClientSocket, PeerError> {
     let len = u32_at(buf, 0).ok_or(PeerError::Answer("short header"))? as usize;
     let kind = buf
         .get(4..6)
@@ -122,9 +128,19 @@ fn parse_answer(buf: &[u8]) -> Result<ClientSocket, PeerError> {
             }
         }
         SOCK_DIAG_BY_FAMILY => {
+            if body.get(1) != Some(&TCP_ESTABLISHED) {
+                return Err(PeerError::NotFound);
+            }
+            // Ports and addresses as asked (the cookie is the kernel's own).
+            if body.get(4..4 + 36) != Some(&asked[..36]) {
+                return Err(PeerError::NotFound);
+            }
             let at = 4 + SOCKID_LEN + 12;
             let uid = u32_at(body, at).ok_or(PeerError::Answer("short inet_diag_msg"))?;
             let inode = u32_at(body, at + 4).ok_or(PeerError::Answer("short inet_diag_msg"))?;
+            if inode == 0 {
+                return Err(PeerError::NotFound);
+            }
             Ok(ClientSocket {
                 inode: u64::from(inode),
                 uid,
@@ -145,6 +161,7 @@ pub fn client_socket(client: SocketAddr, server: SocketAddr) -> Result<ClientSoc
         SockProtocol::NetlinkSockDiag,
     )
     .map_err(diag("socket"))?;
+    let asked = sock_id(client, server);
     sendto(
         fd.as_raw_fd(),
         &request(client, server),
@@ -155,7 +172,7 @@ pub fn client_socket(client: SocketAddr, server: SocketAddr) -> Result<ClientSoc
     // The kernel answers within the send: the reply is already queued.
     let mut buf = [0u8; 512];
     let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).map_err(diag("receive"))?;
-    parse_answer(&buf[..n])
+    parse_answer(&buf[..n], &asked)
 }
 
 /// Whether process `pid` holds the socket `inode` (any of its descriptors).
@@ -290,6 +307,20 @@ mod tests {
         drop(client);
     }
 
+    /// The kernel falls back to a listening socket on the port asked for; that is not the
+    /// caller. (Asked for a client "from" a listener's own port, which no connection uses.)
+    #[test]
+    fn a_listening_socket_is_never_taken_for_the_caller() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let game_port = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spoofed = game_port.local_addr().unwrap();
+        assert!(matches!(
+            client_socket(spoofed, server),
+            Err(PeerError::NotFound)
+        ));
+    }
+
     #[test]
     fn a_socket_that_is_gone_is_not_found() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -311,7 +342,7 @@ mod tests {
             &[1, 0, 0, 0, 2, 0][..],
             &[40, 0, 0, 0, 99, 0, 0, 0][..],
         ] {
-            assert!(parse_answer(bad).is_err(), "{bad:?}");
+            assert!(parse_answer(bad, &[0; SOCKID_LEN]).is_err(), "{bad:?}");
         }
     }
 }

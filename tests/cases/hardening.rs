@@ -146,6 +146,10 @@ restart: { initial-backoff: 10ms }",
     for s in sdk_held.iter_mut().take(20) {
         closed_by_agent(s);
     }
+    // Part of the HTTP/2 preface and then nothing: closed all the same.
+    let mut partial = std::net::TcpStream::connect(agent.sdk).unwrap();
+    std::io::Write::write_all(&mut partial, b"PRI * HTTP/2.0").unwrap();
+    closed_by_agent(&mut partial);
     drop((sdk_held, capi_held));
     // Everything answers again.
     agent.wait_ready(1);
