@@ -449,8 +449,11 @@ impl Expr {
 }
 
 impl Sort {
-    /// Orders two subjects by this sort (ties keep their order: the sort is stable).
+    /// Orders two subjects by this sort (ties keep their order: the sort is stable). A
+    /// session without the property sorts last either way; property values that are both
+    /// numbers compare as numbers, as the filter does.
     pub fn cmp(&self, a: &Subject<'_>, b: &Subject<'_>) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
         let o = match &self.field {
             Field::Name => a.name.cmp(b.name),
             Field::Id => a.id.cmp(b.id),
@@ -460,10 +463,19 @@ impl Sort {
             Field::HasAvailablePlayerSessions => a
                 .has_available_player_sessions
                 .cmp(&b.has_available_player_sessions),
-            Field::Property(k) => a
-                .properties
-                .get(k.as_str())
-                .cmp(&b.properties.get(k.as_str())),
+            Field::Property(k) => {
+                match (a.properties.get(k.as_str()), b.properties.get(k.as_str())) {
+                    (None, None) => return Ordering::Equal,
+                    (None, Some(_)) => return Ordering::Greater,
+                    (Some(_), None) => return Ordering::Less,
+                    (Some(x), Some(y)) => {
+                        match (x.trim().parse::<i64>(), y.trim().parse::<i64>()) {
+                            (Ok(x), Ok(y)) => x.cmp(&y),
+                            _ => x.cmp(y),
+                        }
+                    }
+                }
+            }
         };
         if self.descending { o.reverse() } else { o }
     }

@@ -435,23 +435,14 @@ impl Capi {
                         "GameServerSessionId (or IpAddress and Port)",
                     ));
                 };
-                let live = [GssStatus::Activating, GssStatus::Active];
                 let mut at = Vec::new();
-                for status in live {
-                    let q = SessionQuery {
-                        gss_id: None,
-                        status: Some(status),
-                        next_token: None,
-                        limit: 100,
-                    };
-                    if let ControlReply::Sessions(list, _) =
-                        self.fleet.control(Control::DescribeSessions(q)).await?
-                    {
-                        at.extend(
-                            list.into_iter()
-                                .filter(|s| s.ip_address == ip && i64::from(s.port) == port),
-                        );
-                    }
+                for status in [GssStatus::Activating, GssStatus::Active] {
+                    at.extend(
+                        self.sessions_in(status)
+                            .await?
+                            .into_iter()
+                            .filter(|s| s.ip_address == ip && i64::from(s.port) == port),
+                    );
                 }
                 match (at.pop(), at.is_empty()) {
                     (Some(s), true) => s.id,

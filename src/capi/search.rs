@@ -35,14 +35,17 @@ fn subject(s: &GameSession) -> Subject<'_> {
 }
 
 impl Capi {
-    /// Every ACTIVE session of the fleet (the fleet pages by 100).
-    async fn active_sessions(&self) -> Result<Vec<GameSession>, CapiError> {
+    /// Every session of the fleet in `status` (the fleet pages by 100).
+    pub(super) async fn sessions_in(
+        &self,
+        status: GssStatus,
+    ) -> Result<Vec<GameSession>, CapiError> {
         let mut all = Vec::new();
         let mut next_token = None;
         loop {
             let q = SessionQuery {
                 gss_id: None,
-                status: Some(GssStatus::Active),
+                status: Some(status),
                 next_token: next_token.take(),
                 limit: 100,
             };
@@ -98,7 +101,7 @@ impl Capi {
                 )
             })?,
         };
-        let sessions = self.active_sessions().await?;
+        let sessions = self.sessions_in(GssStatus::Active).await?;
         let mut found: Vec<(&GameSession, Subject<'_>)> = sessions
             .iter()
             .map(|s| (s, subject(s)))
@@ -113,7 +116,8 @@ impl Capi {
             .take(limit)
             .map(|(s, _)| view::session(s))
             .collect();
-        let next = (offset + limit < found.len()).then(|| (offset + limit).to_string());
+        let end = offset.saturating_add(limit);
+        let next = (end < found.len()).then(|| end.to_string());
         Ok(json!({"GameServerSessions": page, "NextToken": next}))
     }
 }

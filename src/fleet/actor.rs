@@ -167,6 +167,7 @@ pub fn spawn_fleet(
         bus,
         handles: HashMap::new(),
         launching: HashMap::new(),
+        early_calls: Vec::new(),
         clients: HashMap::new(),
         report_tx,
         store: Store {
@@ -194,6 +195,10 @@ struct Actor {
     /// Launches under way, with the exit of a process that ended before its launch was
     /// reported (both reports race on the channel).
     launching: HashMap<u64, Option<ExitInfo>>,
+    /// SDK calls from a pid the fleet does not know, made while launches were under way: a
+    /// game can call before its launch is reported. Each waits for the launches in flight
+    /// when it came, then is answered as any call.
+    early_calls: Vec<EarlyCall>,
     /// Callback clients by launch serial.
     clients: HashMap<u64, Client>,
     report_tx: mpsc::UnboundedSender<Report>,
@@ -423,14 +428,19 @@ impl Actor {
         let now = self.now();
         match req {
             Request::Sdk { pid, call, reply } => {
-                if !call.is_query() {
-                    self.touch();
+                if self.fleet.serial_of(pid).is_none()
+                    && !self.launching.is_empty()
+                    && self.early_calls.len() < MAX_EARLY_CALLS
+                {
+                    self.early_calls.push(EarlyCall {
+                        waits_for: self.launching.keys().copied().collect(),
+                        pid,
+                        call,
+                        reply,
+                    });
+                    return;
                 }
-                let when_saved = call.answered_when_saved();
-                let result = self.fleet.sdk(pid, call, now);
-                self.answer(when_saved && result.is_ok(), move || {
-                    let _ = reply.send(result);
-                });
+                self.sdk_call(pid, call, reply, now);
             }
             Request::Control { cmd, reply } => {
                 let query = cmd.is_query();
@@ -480,6 +490,7 @@ impl Actor {
                             .spawn_failed(slot, process_id, invalid, e.to_string(), now);
                     }
                 }
+                self.answer_early_calls_after(serial, now);
             }
             Report::Health {
                 serial,
@@ -628,6 +639,39 @@ impl Actor {
             .clone()
     }
 
+    /// Once `launched` is accounted for (after this report is handled), answers the held SDK
+    /// calls that waited for nothing else.
+    fn answer_early_calls_after(&mut self, launched: u64, now: Instant) {
+        for c in &mut self.early_calls {
+            c.waits_for.retain(|s| *s != launched);
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early_calls)
+            .into_iter()
+            .partition(|c| c.waits_for.is_empty());
+        self.early_calls = waiting;
+        for c in ready {
+            self.sdk_call(c.pid, c.call, c.reply, now);
+        }
+    }
+
+    /// Answers one SDK call (once saved, for lifecycle calls).
+    fn sdk_call(
+        &mut self,
+        pid: u32,
+        call: SdkCall,
+        reply: oneshot::Sender<Result<SdkReply, FleetError>>,
+        now: Instant,
+    ) {
+        if !call.is_query() {
+            self.touch();
+        }
+        let when_saved = call.answered_when_saved();
+        let result = self.fleet.sdk(pid, call, now);
+        self.answer(when_saved && result.is_ok(), move || {
+            let _ = reply.send(result);
+        });
+    }
+
     /// Starts a launch on the blocking pool; its result comes back as [`Report::Launched`].
     fn launch(
         &mut self,
@@ -657,7 +701,17 @@ impl Actor {
         let tx = self.report_tx.clone();
         self.launching.insert(serial, None);
         tokio::task::spawn_blocking(move || {
-            let result = process::launch(&launch, on_exit);
+            // A panic must still be reported: the slot would stay in flight for good, and
+            // the actor would never end.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                process::launch(&launch, on_exit)
+            }))
+            .unwrap_or_else(|_| {
+                Err(process::SpawnError::Spawn {
+                    path: launch.program.clone(),
+                    source: std::io::Error::other("the launch panicked"),
+                })
+            });
             // The actor ends only once no launch is under way, so this is received.
             let _ = tx.send(Report::Launched {
                 slot,
@@ -671,6 +725,17 @@ impl Actor {
             }
         });
     }
+}
+
+/// SDK calls held while launches are reported, at most.
+const MAX_EARLY_CALLS: usize = 1024;
+
+/// An SDK call held until the launches in flight when it came are reported.
+struct EarlyCall {
+    waits_for: Vec<u64>,
+    pid: u32,
+    call: SdkCall,
+    reply: oneshot::Sender<Result<SdkReply, FleetError>>,
 }
 
 /// Removes the log files (live and rotated) of an old process.

@@ -121,6 +121,36 @@ fn sort_expressions() {
     }
 }
 
+#[test]
+fn sorting_on_a_property_puts_sessions_without_it_last_and_numbers_in_number_order() {
+    let with = |level: Option<&'static str>| Subject {
+        properties: level.map(|l| ("level", l)).into_iter().collect(),
+        ..Subject::default()
+    };
+    let (nine, ten, none) = (with(Some("9")), with(Some("10")), with(None));
+    for descending in [false, true] {
+        let sort = Sort {
+            field: Field::Property("level".into()),
+            descending,
+        };
+        assert_eq!(
+            sort.cmp(&none, &nine),
+            std::cmp::Ordering::Greater,
+            "{descending}"
+        );
+        assert_eq!(
+            sort.cmp(&nine, &none),
+            std::cmp::Ordering::Less,
+            "{descending}"
+        );
+    }
+    let asc = Sort {
+        field: Field::Property("level".into()),
+        descending: false,
+    };
+    assert_eq!(asc.cmp(&nine, &ten), std::cmp::Ordering::Less);
+}
+
 // ---- properties: printed expressions parse back, and match as a reference evaluator says ----
 
 fn field_strategy() -> impl Strategy<Value = Field> {

@@ -167,7 +167,7 @@ pub fn verify<'a, H: Fn(&str) -> Option<&'a str>>(
             "X-TC-Timestamp {raw_timestamp:?} is not Unix seconds"
         ))
     })?;
-    let skew = (now - timestamp).abs();
+    let skew = i64::try_from(now.abs_diff(timestamp)).unwrap_or(i64::MAX);
     if skew > MAX_SKEW_SECS {
         return Err(AuthError::SignatureExpire { timestamp, skew });
     }
