@@ -17,6 +17,7 @@ pub mod host;
 pub mod listen;
 pub mod package;
 pub mod process;
+pub mod queue;
 pub mod sdk;
 pub mod search;
 pub mod session;

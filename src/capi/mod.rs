@@ -8,6 +8,7 @@ mod aliases;
 mod guard;
 mod host;
 mod params;
+mod queues;
 mod search;
 mod server;
 mod unsupported;
@@ -171,6 +172,10 @@ impl Capi {
             "UpdateAlias" => self.update_alias(map).await,
             "DeleteAlias" => self.delete_alias(map).await,
             "ResolveAlias" => self.resolve_alias(map).await,
+            "CreateGameServerSessionQueue" => self.create_queue(map).await,
+            "DescribeGameServerSessionQueues" => self.describe_queues(map).await,
+            "UpdateGameServerSessionQueue" => self.update_queue(map).await,
+            "DeleteGameServerSessionQueue" => self.delete_queue(map).await,
             "DescribeRuntimeConfiguration" => self.describe_runtime(map).await,
             "DescribeInstances" => self.describe_instances(map).await,
             "SetServerReserved" => self.set_server_reserved(map).await,
@@ -581,6 +586,10 @@ pub const ACTIONS: &[&str] = &[
     "UpdateAlias",
     "DeleteAlias",
     "ResolveAlias",
+    "CreateGameServerSessionQueue",
+    "DescribeGameServerSessionQueues",
+    "UpdateGameServerSessionQueue",
+    "DeleteGameServerSessionQueue",
     "DescribeRuntimeConfiguration",
     "DescribeInstances",
     "SetServerReserved",

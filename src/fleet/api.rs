@@ -313,6 +313,17 @@ pub enum Control {
     PutAlias(crate::alias::AliasInput),
     /// DeleteAlias.
     DeleteAlias(String),
+    /// CreateGameServerSessionQueue (`create`) or UpdateGameServerSessionQueue.
+    PutQueue {
+        /// The queue's fields.
+        input: crate::queue::QueueInput,
+        /// Create it (else update it).
+        create: bool,
+    },
+    /// DeleteGameServerSessionQueue.
+    DeleteQueue(String),
+    /// DescribeGameServerSessionQueues: these names, or all.
+    DescribeQueues(Vec<String>),
     /// DescribeAlias or ResolveAlias.
     DescribeAlias(String),
     /// ListAliases: those whose name contains the text and whose routing is of the type.
@@ -352,6 +363,7 @@ impl Control {
                 | Self::DescribeRuntime
                 | Self::DescribeAlias(_)
                 | Self::ListAliases { .. }
+                | Self::DescribeQueues(_)
         )
     }
 }
@@ -375,6 +387,8 @@ pub enum ControlReply {
     Alias(Box<crate::alias::Alias>),
     /// Aliases, oldest first.
     Aliases(Vec<crate::alias::Alias>),
+    /// Queues, by name.
+    Queues(Vec<crate::queue::Queue>),
     /// Done.
     Done,
 }

@@ -345,3 +345,49 @@ fn the_official_sdk_manages_aliases_and_creates_sessions_through_them() {
     );
     assert_eq!(code, "InvalidParameterValue");
 }
+
+/// Queues through the SDK: created with a fleet destination (shown ACTIVE, since this host
+/// serves it) and an alias destination, described, updated, kept across a restart, deleted.
+#[test]
+fn the_official_sdk_manages_queues() {
+    let mut agent = signed_agent(1);
+    agent.wait_ready(1);
+    let sdk = client(&agent, ID, KEY);
+    let here = "qcs::gse:ap-shanghai:uin/100001:fleet/fleet-test";
+    let elsewhere = "qcs::gse:ap-shanghai:uin/100001:fleet/fleet-other";
+    let created = sdk.ok(
+        "CreateGameServerSessionQueue",
+        json!({"Name": "ranked", "TimeoutInSeconds": 60,
+               "Destinations": [{"DestinationArn": here}, {"DestinationArn": elsewhere}],
+               "PlayerLatencyPolicies": [{"MaximumIndividualPlayerLatencyMilliseconds": 100,
+                                          "PolicyDurationSeconds": 10}]}),
+    );
+    let q = &created["GameServerSessionQueue"];
+    assert_eq!(q["TimeoutInSeconds"], 60, "{created}");
+    assert_eq!(q["Destinations"][0]["FleetStatus"], "ACTIVE");
+    assert_eq!(q["Destinations"][1]["FleetStatus"], "");
+    sdk.ok(
+        "UpdateGameServerSessionQueue",
+        json!({"Name": "ranked", "TimeoutInSeconds": 120}),
+    );
+    agent.kill9();
+    agent.spawn();
+    let sdk = client(&agent, ID, KEY);
+    let described = sdk.ok(
+        "DescribeGameServerSessionQueues",
+        json!({"Names": ["ranked"]}),
+    );
+    assert_eq!(described["TotalCount"], 1, "{described}");
+    assert_eq!(
+        described["GameServerSessionQueues"][0]["TimeoutInSeconds"],
+        120
+    );
+    let (code, message) = sdk.err(
+        "CreateGameServerSessionQueue",
+        json!({"Name": "bad", "Destinations": [{"DestinationArn": "fleet-test"}]}),
+    );
+    assert_eq!(code, "InvalidParameterValue", "{message}");
+    sdk.ok("DeleteGameServerSessionQueue", json!({"Name": "ranked"}));
+    let (code, _) = sdk.err("DeleteGameServerSessionQueue", json!({"Name": "ranked"}));
+    assert_eq!(code, "ResourceNotFound");
+}

@@ -75,6 +75,9 @@ impl Fleet {
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
             Control::PutAlias(input) => self.put_alias(input),
+            Control::PutQueue { input, create } => self.put_queue(input, create),
+            Control::DeleteQueue(name) => self.delete_queue(&name),
+            Control::DescribeQueues(names) => Ok(self.describe_queues(&names)),
             Control::DeleteAlias(id) => self.delete_alias(&id),
             Control::DescribeAlias(id) => self.describe_alias(&id),
             Control::ListAliases { name, terminal } => {

@@ -167,6 +167,8 @@ pub struct Fleet {
     next_entry_number: usize,
     /// Aliases by id.
     aliases: BTreeMap<String, crate::alias::Alias>,
+    /// Game server session queues by name.
+    queues: BTreeMap<String, crate::queue::Queue>,
 }
 
 impl Fleet {
@@ -198,6 +200,7 @@ impl Fleet {
             retire_later: Vec::new(),
             next_entry_number: 0,
             aliases: BTreeMap::new(),
+            queues: BTreeMap::new(),
             file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),
@@ -410,6 +413,7 @@ mod aliases;
 mod control;
 mod persist;
 mod procs;
+mod queues;
 mod sdk;
 mod sessions;
 mod slots;

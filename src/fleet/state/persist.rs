@@ -27,6 +27,7 @@ const SESSION: &str = "gss/";
 const PLAYER: &str = "player/";
 const TOKEN: &str = "token/";
 const ALIAS: &str = "alias/";
+const QUEUE: &str = "queue/";
 
 /// Why stored records could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +280,11 @@ impl Fleet {
             let bytes = json(&key, alias);
             put(key, bytes);
         }
+        for (name, queue) in &self.queues {
+            let key = format!("{QUEUE}{name}");
+            let bytes = json(&key, queue);
+            put(key, bytes);
+        }
         out
     }
 
@@ -477,6 +483,11 @@ impl Fleet {
         for (key, bytes) in with_prefix(records, ALIAS) {
             if let Some(alias) = parse_or_skip::<crate::alias::Alias>(key, bytes) {
                 fleet.aliases.insert(alias.id.clone(), alias);
+            }
+        }
+        for (key, bytes) in with_prefix(records, QUEUE) {
+            if let Some(queue) = parse_or_skip::<crate::queue::Queue>(key, bytes) {
+                fleet.queues.insert(queue.name.clone(), queue);
             }
         }
 
