@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod host;
 pub mod listen;
 pub mod package;
+pub mod placement;
 pub mod process;
 pub mod queue;
 pub mod sdk;

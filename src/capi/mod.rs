@@ -8,6 +8,7 @@ mod aliases;
 mod guard;
 mod host;
 mod params;
+mod placements;
 mod queues;
 mod search;
 mod server;
@@ -176,6 +177,9 @@ impl Capi {
             "DescribeGameServerSessionQueues" => self.describe_queues(map).await,
             "UpdateGameServerSessionQueue" => self.update_queue(map).await,
             "DeleteGameServerSessionQueue" => self.delete_queue(map).await,
+            "StartGameServerSessionPlacement" => self.start_placement(map).await,
+            "DescribeGameServerSessionPlacement" => self.describe_placement(map).await,
+            "StopGameServerSessionPlacement" => self.stop_placement(map).await,
             "DescribeRuntimeConfiguration" => self.describe_runtime(map).await,
             "DescribeInstances" => self.describe_instances(map).await,
             "SetServerReserved" => self.set_server_reserved(map).await,
@@ -590,6 +594,9 @@ pub const ACTIONS: &[&str] = &[
     "DescribeGameServerSessionQueues",
     "UpdateGameServerSessionQueue",
     "DeleteGameServerSessionQueue",
+    "StartGameServerSessionPlacement",
+    "DescribeGameServerSessionPlacement",
+    "StopGameServerSessionPlacement",
     "DescribeRuntimeConfiguration",
     "DescribeInstances",
     "SetServerReserved",

@@ -322,6 +322,12 @@ pub enum Control {
     },
     /// DeleteGameServerSessionQueue.
     DeleteQueue(String),
+    /// StartGameServerSessionPlacement.
+    StartPlacement(Box<crate::placement::PlacementRequest>),
+    /// StopGameServerSessionPlacement.
+    StopPlacement(String),
+    /// DescribeGameServerSessionPlacement.
+    DescribePlacement(String),
     /// DescribeGameServerSessionQueues: these names, or all.
     DescribeQueues(Vec<String>),
     /// DescribeAlias or ResolveAlias.
@@ -364,6 +370,7 @@ impl Control {
                 | Self::DescribeAlias(_)
                 | Self::ListAliases { .. }
                 | Self::DescribeQueues(_)
+                | Self::DescribePlacement(_)
         )
     }
 }
@@ -389,6 +396,8 @@ pub enum ControlReply {
     Aliases(Vec<crate::alias::Alias>),
     /// Queues, by name.
     Queues(Vec<crate::queue::Queue>),
+    /// One placement.
+    Placement(Box<crate::placement::Placement>),
     /// Done.
     Done,
 }

@@ -48,6 +48,11 @@ pub enum Timer {
         /// Entry index.
         entry: usize,
     },
+    /// A placement's queue timeout.
+    PlacementTimeout {
+        /// PlacementId.
+        id: String,
+    },
 }
 
 /// Timers ordered by deadline, ties by insertion.

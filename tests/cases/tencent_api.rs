@@ -391,3 +391,95 @@ fn the_official_sdk_manages_queues() {
     let (code, _) = sdk.err("DeleteGameServerSessionQueue", json!({"Name": "ranked"}));
     assert_eq!(code, "ResourceNotFound");
 }
+
+/// Step 3, the third way: a placement on a queue, polled until FULFILLED with the address
+/// and the placed players; one waiting for a busy host is PENDING, then CANCELLED by Stop or
+/// TIMED_OUT by the queue; a queue this host cannot serve FAILS at once.
+#[test]
+fn the_official_sdk_places_sessions_through_a_queue() {
+    let agent = signed_agent(1);
+    agent.wait_ready(1);
+    let sdk = client(&agent, ID, KEY);
+    let here = "qcs::gse:ap-shanghai:uin/100001:fleet/fleet-test";
+    for (name, timeout, dest) in [
+        ("ranked", 600, here),
+        ("quick", 1, here),
+        (
+            "abroad",
+            600,
+            "qcs::gse:ap-shanghai:uin/100001:fleet/fleet-other",
+        ),
+    ] {
+        sdk.ok(
+            "CreateGameServerSessionQueue",
+            json!({"Name": name, "TimeoutInSeconds": timeout,
+                   "Destinations": [{"DestinationArn": dest}]}),
+        );
+    }
+    let started = sdk.ok(
+        "StartGameServerSessionPlacement",
+        json!({"PlacementId": "match-1", "GameServerSessionQueueName": "ranked",
+               "MaximumPlayerSessionCount": 4,
+               "DesiredPlayerSessions": [{"PlayerId": "p1", "PlayerData": "red"}, {"PlayerId": "p2"}],
+               "PlayerLatencies": [{"PlayerId": "p1", "RegionIdentifier": "ap-shanghai", "LatencyInMilliseconds": 20}]}),
+    );
+    assert!(
+        ["PENDING", "FULFILLED"].contains(
+            &started["GameServerSessionPlacement"]["Status"]
+                .as_str()
+                .unwrap()
+        ),
+        "{started}"
+    );
+    let placed = crate::helper::wait_for("the placement fulfilled", || {
+        let d = sdk.ok(
+            "DescribeGameServerSessionPlacement",
+            json!({"PlacementId": "match-1"}),
+        );
+        (d["GameServerSessionPlacement"]["Status"] == "FULFILLED").then_some(d)
+    });
+    let p = &placed["GameServerSessionPlacement"];
+    assert!(
+        p["GameServerSessionId"]
+            .as_str()
+            .unwrap()
+            .ends_with("/match-1"),
+        "{placed}"
+    );
+    assert_eq!(p["IpAddress"], "127.0.0.1");
+    assert!(p["Port"].as_u64().unwrap() > 0);
+    assert_eq!(p["PlacedPlayerSessions"].as_array().unwrap().len(), 2);
+    assert_eq!(p["PlayerLatencies"][0]["LatencyInMilliseconds"], 20);
+    // The only process is busy: the next placements wait.
+    let waiting = sdk.ok(
+        "StartGameServerSessionPlacement",
+        json!({"PlacementId": "match-2", "GameServerSessionQueueName": "ranked", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(waiting["GameServerSessionPlacement"]["Status"], "PENDING");
+    let stopped = sdk.ok(
+        "StopGameServerSessionPlacement",
+        json!({"PlacementId": "match-2"}),
+    );
+    assert_eq!(stopped["GameServerSessionPlacement"]["Status"], "CANCELLED");
+    sdk.ok(
+        "StartGameServerSessionPlacement",
+        json!({"PlacementId": "match-3", "GameServerSessionQueueName": "quick", "MaximumPlayerSessionCount": 2}),
+    );
+    crate::helper::wait_for("the placement timed out", || {
+        let d = sdk.ok(
+            "DescribeGameServerSessionPlacement",
+            json!({"PlacementId": "match-3"}),
+        );
+        (d["GameServerSessionPlacement"]["Status"] == "TIMED_OUT").then_some(())
+    });
+    let failed = sdk.ok(
+        "StartGameServerSessionPlacement",
+        json!({"PlacementId": "match-4", "GameServerSessionQueueName": "abroad", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(failed["GameServerSessionPlacement"]["Status"], "FAILED");
+    let (code, _) = sdk.err(
+        "StartGameServerSessionPlacement",
+        json!({"PlacementId": "match-1", "GameServerSessionQueueName": "ranked", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(code, "OperationDenied", "a PlacementId is used once");
+}

@@ -11,6 +11,7 @@ impl Fleet {
     pub fn control(&mut self, cmd: Control, now: Instant) -> Result<ControlReply, FleetError> {
         let r = self.control_command(cmd, now);
         self.retire_pending(now);
+        self.advance_placements(now);
         r
     }
 
@@ -76,6 +77,9 @@ impl Fleet {
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
             Control::PutAlias(input) => self.put_alias(input),
             Control::PutQueue { input, create } => self.put_queue(input, create),
+            Control::StartPlacement(request) => self.start_placement(*request, now),
+            Control::StopPlacement(id) => self.stop_placement(&id),
+            Control::DescribePlacement(id) => self.describe_placement(&id),
             Control::DeleteQueue(name) => self.delete_queue(&name),
             Control::DescribeQueues(names) => Ok(self.describe_queues(&names)),
             Control::DeleteAlias(id) => self.delete_alias(&id),

@@ -169,6 +169,10 @@ pub struct Fleet {
     aliases: BTreeMap<String, crate::alias::Alias>,
     /// Game server session queues by name.
     queues: BTreeMap<String, crate::queue::Queue>,
+    /// Placements by PlacementId...
+    placements: HashMap<String, crate::placement::Placement>,
+    /// ...in the order they started (served and forgotten in this order).
+    placement_order: VecDeque<String>,
 }
 
 impl Fleet {
@@ -201,6 +205,8 @@ impl Fleet {
             next_entry_number: 0,
             aliases: BTreeMap::new(),
             queues: BTreeMap::new(),
+            placements: HashMap::new(),
+            placement_order: VecDeque::new(),
             file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),
@@ -291,6 +297,7 @@ impl Fleet {
             self.fire(timer, now);
         }
         self.retire_pending(now);
+        self.advance_placements(now);
     }
 
     /// Stops the process `serial` if its deadline still applies: it is still in `phase`.
@@ -361,6 +368,7 @@ impl Fleet {
             Timer::Reservation { player_session_id } => {
                 self.player_transition(&player_session_id, PlayerInput::Timeout);
             }
+            Timer::PlacementTimeout { id } => self.placement_timed_out(&id),
             Timer::BreakerEnd { entry } => {
                 self.entries[entry].breaker.paused_until = None;
                 let launch_path = self.entries[entry].spec.launch_path.clone();
@@ -412,6 +420,7 @@ impl Fleet {
 mod aliases;
 mod control;
 mod persist;
+mod placements;
 mod procs;
 mod queues;
 mod sdk;

@@ -28,6 +28,7 @@ const PLAYER: &str = "player/";
 const TOKEN: &str = "token/";
 const ALIAS: &str = "alias/";
 const QUEUE: &str = "queue/";
+const PLACEMENT: &str = "placement/";
 
 /// Why stored records could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +286,19 @@ impl Fleet {
             let bytes = json(&key, queue);
             put(key, bytes);
         }
+        // Placements in the order they started (the key keeps it, and stays the same).
+        for id in &self.placement_order {
+            if let Some(p) = self.placements.get(id) {
+                let started = p
+                    .start
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0);
+                let key = format!("{PLACEMENT}{started:015}/{id}");
+                let bytes = json(&key, p);
+                put(key, bytes);
+            }
+        }
         out
     }
 
@@ -488,6 +502,19 @@ impl Fleet {
         for (key, bytes) in with_prefix(records, QUEUE) {
             if let Some(queue) = parse_or_skip::<crate::queue::Queue>(key, bytes) {
                 fleet.queues.insert(queue.name.clone(), queue);
+            }
+        }
+        for (key, bytes) in with_prefix(records, PLACEMENT) {
+            if let Some(p) = parse_or_skip::<crate::placement::Placement>(key, bytes) {
+                let id = p.request.id.clone();
+                if p.status == crate::placement::Status::Pending {
+                    fleet.timers.add(
+                        clocks.to_instant(p.deadline),
+                        Timer::PlacementTimeout { id: id.clone() },
+                    );
+                }
+                fleet.placement_order.push_back(id.clone());
+                fleet.placements.insert(id, p);
             }
         }
 

@@ -15,6 +15,7 @@ impl Fleet {
     pub fn sdk(&mut self, pid: u32, call: SdkCall, now: Instant) -> Result<SdkReply, FleetError> {
         let r = self.sdk_call(pid, call, now);
         self.retire_pending(now);
+        self.advance_placements(now);
         r
     }
 
