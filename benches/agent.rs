@@ -6,6 +6,7 @@
 //!   calls/s and latency percentiles, beside a bare tonic server answering the same rpc to
 //!   the same client (the ceiling).
 //! - tencent-api: signed DescribeGameServerSessions calls on keep-alive connections.
+//! - placement: Start → FULFILLED of placements on free processes.
 //! - footprint: agent RSS and CPU while supervising 50 idle game processes.
 //! - restart: time from a game's exit to its replacement's start (no backoff pending).
 //! - adopt: time from a new agent's start to 50 adopted games health-checked (after SIGKILL).
@@ -906,10 +907,57 @@ fn ready_pids_signed(r: &Running) {
     });
 }
 
+/// Start → FULFILLED of placements on a queue whose destination is this host, each on a free
+/// process (40 processes, 40 placements, one at a time), polled through Describe; the game's
+/// own activation (the fake server activates at once) is included.
+fn bench_placement() {
+    let r = start("", 40, "");
+    ready_pids(&r, 40);
+    let queue = capi(
+        &r.capi,
+        r#"{"Action":"CreateGameServerSessionQueue","Name":"bench","Destinations":[{"DestinationArn":"qcs::gse:local:uin/0:fleet/fleet-bench"}]}"#,
+    );
+    assert!(queue.get("Error").is_none(), "{queue}");
+    let mut samples = Vec::new();
+    for n in 0..40 {
+        let t = Instant::now();
+        let started = capi(
+            &r.capi,
+            &format!(
+                r#"{{"Action":"StartGameServerSessionPlacement","PlacementId":"p{n}","GameServerSessionQueueName":"bench","MaximumPlayerSessionCount":2,"DesiredPlayerSessions":[{{"PlayerId":"a"}}]}}"#
+            ),
+        );
+        assert!(started.get("Error").is_none(), "{started}");
+        loop {
+            let d = capi(
+                &r.capi,
+                &format!(
+                    r#"{{"Action":"DescribeGameServerSessionPlacement","PlacementId":"p{n}"}}"#
+                ),
+            );
+            match d["GameServerSessionPlacement"]["Status"].as_str() {
+                Some("FULFILLED") => break,
+                Some("PENDING") => {}
+                other => panic!("placement {n}: {other:?}: {d}"),
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "placement: Start → FULFILLED on a free process over {} placements: p50 {:?} p99 {:?} max {:?} (the game's activation included)",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99),
+        samples.last().unwrap()
+    );
+}
+
 /// Every figure, by the name that selects it on the command line.
 const BENCHES: &[(&str, fn())] = &[
     ("sdk", bench_sdk),
     ("tencent-api", bench_tencent_api),
+    ("placement", bench_placement),
     ("restart", bench_restart),
     ("adopt", bench_adopt),
     ("footprint", bench_footprint),
