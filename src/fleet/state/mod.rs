@@ -171,8 +171,11 @@ pub struct Fleet {
     queues: BTreeMap<String, crate::queue::Queue>,
     /// Placements by PlacementId...
     placements: HashMap<String, crate::placement::Placement>,
-    /// ...in the order they started (served and forgotten in this order).
+    /// ...in the order they started (served and forgotten in this order)...
     placement_order: VecDeque<String>,
+    /// ...and those that may still be pending, in the same order (pruned as they finish):
+    /// what every input looks at, so finished placements cost the SDK nothing.
+    pending_placements: VecDeque<String>,
 }
 
 impl Fleet {
@@ -207,6 +210,7 @@ impl Fleet {
             queues: BTreeMap::new(),
             placements: HashMap::new(),
             placement_order: VecDeque::new(),
+            pending_placements: VecDeque::new(),
             file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),

@@ -514,6 +514,9 @@ impl Fleet {
                     );
                 }
                 fleet.placement_order.push_back(id.clone());
+                if p.status == crate::placement::Status::Pending {
+                    fleet.pending_placements.push_back(id.clone());
+                }
                 fleet.placements.insert(id, p);
             }
         }

@@ -87,6 +87,9 @@ impl Fleet {
         }
         let id = placement.request.id.clone();
         self.placement_order.push_back(id.clone());
+        if placement.status == Status::Pending {
+            self.pending_placements.push_back(id.clone());
+        }
         self.placements.insert(id.clone(), placement);
         self.advance_placements(now);
         self.forget_finished_placements();
@@ -146,21 +149,24 @@ impl Fleet {
     /// processes are free), players placed for those whose session is ACTIVE, and a fresh try
     /// for those whose session failed. Called after every input.
     pub(super) fn advance_placements(&mut self, now: Instant) {
-        let pending: Vec<String> = self
-            .placement_order
-            .iter()
-            .filter(|id| {
-                self.placements
-                    .get(*id)
-                    .is_some_and(|p| p.status == Status::Pending)
-            })
-            .cloned()
-            .collect();
-        for id in pending {
+        if self.pending_placements.is_empty() {
+            return;
+        }
+        let placements = &self.placements;
+        self.pending_placements.retain(|id| {
+            placements
+                .get(id)
+                .is_some_and(|p| p.status == Status::Pending)
+        });
+        // Once no process is free, the rest without a session wait too (but those with one
+        // may still be fulfilled).
+        let mut no_process = false;
+        for id in self.pending_placements.clone() {
             let Some(p) = self.placements.get(&id) else {
                 continue;
             };
             match p.gss_id.clone() {
+                None if no_process => {}
                 None => {
                     let req = NewSession {
                         max_players: p.request.max_players,
@@ -178,7 +184,7 @@ impl Fleet {
                             }
                         }
                         // No free process (or activations are at their limit): wait.
-                        Err(FleetError::Limit(_)) => break,
+                        Err(FleetError::Limit(_)) => no_process = true,
                         Err(e) => {
                             let wall = self.clock.wall;
                             if let Some(p) = self.placements.get_mut(&id) {
