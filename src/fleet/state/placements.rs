@@ -183,8 +183,9 @@ impl Fleet {
                                 p.gss_id = Some(s.id);
                             }
                         }
-                        // No free process (or activations are at their limit): wait.
-                        Err(FleetError::Limit(_)) => no_process = true,
+                        // No free process, activations at their limit, or the host reserved
+                        // or draining for now: wait (the queue's timeout still runs).
+                        Err(FleetError::Limit(_) | FleetError::Denied(_)) => no_process = true,
                         Err(e) => {
                             let wall = self.clock.wall;
                             if let Some(p) = self.placements.get_mut(&id) {

@@ -1601,3 +1601,60 @@ async fn the_state_of_another_fleet_is_refused() {
         "{err}"
     );
 }
+
+/// A placement on a reserved host waits (it is not failed) and is served once the host is
+/// unreserved; one through a queue this host does not serve fails at once.
+#[tokio::test(start_paused = true)]
+async fn a_placement_waits_out_a_reservation_and_fails_when_nothing_here_serves_it() {
+    use crate::placement::{PlacementRequest, Status};
+    use crate::queue::QueueInput;
+    let mut h = Harness::new();
+    for pid in h.pids() {
+        h.ready(pid);
+    }
+    for (name, fleet) in [("here", "fleet-test"), ("there", "fleet-other")] {
+        h.fleet
+            .control(
+                Control::PutQueue {
+                    input: QueueInput {
+                        name: name.into(),
+                        destinations: Some(vec![format!("qcs::gse:local:uin/0:fleet/{fleet}")]),
+                        ..Default::default()
+                    },
+                    create: true,
+                },
+                h.now,
+            )
+            .unwrap();
+    }
+    h.fleet.control(Control::SetReserved(true), h.now).unwrap();
+    let start = |h: &mut Harness, id: &str, queue: &str| match h
+        .fleet
+        .control(
+            Control::StartPlacement(Box::new(PlacementRequest {
+                id: id.into(),
+                queue: queue.into(),
+                max_players: 2,
+                ..Default::default()
+            })),
+            h.now,
+        )
+        .unwrap()
+    {
+        ControlReply::Placement(p) => p.status,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(start(&mut h, "p1", "here"), Status::Pending);
+    assert_eq!(start(&mut h, "p2", "there"), Status::Failed);
+    h.fleet.control(Control::SetReserved(false), h.now).unwrap();
+    let p = &h.fleet.placements["p1"];
+    assert!(
+        p.gss_id.as_deref().is_some_and(|id| id.ends_with("/p1")),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.status,
+        Status::Pending,
+        "ACTIVATING until the game activates it"
+    );
+}
