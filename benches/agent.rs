@@ -828,26 +828,20 @@ fn bench_tencent_api() {
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(100_000);
                 while start.elapsed() < run_for {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_secs() as i64;
-                    let auth = gse_agent::tc3::authorization(
+                    let headers = gse_agent::tc3::signed_headers(
                         "AKIDbench",
                         "bench-secret",
                         &host,
-                        "application/json",
+                        "DescribeGameServerSessions",
                         body.as_bytes(),
-                        now,
+                        gse_agent::tc3::now_unix(),
                     );
                     let t = Instant::now();
-                    let resp = client
-                        .post(format!("http://{host}/"))
-                        .header("Content-Type", "application/json")
-                        .header("X-TC-Action", "DescribeGameServerSessions")
-                        .header("X-TC-Version", "2019-11-12")
-                        .header("X-TC-Timestamp", now.to_string())
-                        .header("Authorization", auth)
+                    let mut request = client.post(format!("http://{host}/"));
+                    for (name, value) in headers {
+                        request = request.header(name, value);
+                    }
+                    let resp = request
                         .body(body)
                         .send()
                         .await
@@ -880,23 +874,22 @@ fn bench_tencent_api() {
 fn ready_pids_signed(r: &Running) {
     wait("ready processes (signed)", || {
         let body = r#"{"Action":"DescribeServerProcesses"}"#;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let auth = gse_agent::tc3::authorization(
+        let headers: String = gse_agent::tc3::signed_headers(
             "AKIDbench",
             "bench-secret",
             &r.capi,
-            "application/json",
+            "DescribeServerProcesses",
             body.as_bytes(),
-            now,
-        );
+            gse_agent::tc3::now_unix(),
+        )
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&r.capi).ok()?;
         write!(
             s,
-            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nX-TC-Action: DescribeServerProcesses\r\nX-TC-Timestamp: {now}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST / HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             r.capi,
             body.len()
         )

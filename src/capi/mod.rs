@@ -15,7 +15,7 @@ mod server;
 mod unsupported;
 pub mod view;
 
-pub use server::{API_VERSION, MAX_BODY_BYTES, serve};
+pub use server::{MAX_BODY_BYTES, serve};
 
 use std::sync::Arc;
 

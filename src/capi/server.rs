@@ -29,8 +29,6 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 const MAX_HEAD_BYTES: usize = 64 << 10;
 /// How long open requests get to finish once the server is asked to stop.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
-/// The API version the Tencent SDKs send for GSE.
-pub const API_VERSION: &str = "2019-11-12";
 
 /// What every request goes through.
 struct Door {
@@ -56,13 +54,6 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         return None;
     }
     first.to_str().ok()
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Door {
@@ -96,7 +87,7 @@ impl Door {
                 header: |name: &str| header(headers, name),
                 body: &body,
             };
-            if let Err(e) = tc3::verify(&keys.keys(), &received, now_unix()) {
+            if let Err(e) = tc3::verify(&keys.keys(), &received, tc3::now_unix()) {
                 return envelope(Err(CapiError::new(e.code(), e.to_string())));
             }
         }
@@ -107,11 +98,11 @@ impl Door {
                     return envelope(Err(CapiError::missing("X-TC-Action")));
                 };
                 if let Some(version) = header(headers, "x-tc-version")
-                    && version != API_VERSION
+                    && version != tc3::API_VERSION
                 {
                     return envelope(Err(CapiError::value(
                         "X-TC-Version",
-                        format!("{version:?} is not GSE's API version {API_VERSION}"),
+                        format!("{version:?} is not GSE's API version {}", tc3::API_VERSION),
                     )));
                 }
                 self.capi.handle_action(action, &body).await
@@ -120,30 +111,20 @@ impl Door {
     }
 }
 
-async fn tencent(
+/// `POST /` and `POST /capi`: the path says the form.
+async fn api(
     State(door): State<Arc<Door>>,
     method: Method,
     headers: HeaderMap,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> axum::Json<Value> {
-    axum::Json(
-        door.answer(Form::Tencent, &method, &headers, &uri, body)
-            .await,
-    )
-}
-
-async fn local(
-    State(door): State<Arc<Door>>,
-    method: Method,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> axum::Json<Value> {
-    axum::Json(
-        door.answer(Form::Local, &method, &headers, &uri, body)
-            .await,
-    )
+    let form = if uri.path() == "/capi" {
+        Form::Local
+    } else {
+        Form::Tencent
+    };
+    axum::Json(door.answer(form, &method, &headers, &uri, body).await)
 }
 
 /// Any other method or path: a Tencent envelope saying what is served.
@@ -192,8 +173,8 @@ pub async fn serve(
         keys,
     });
     let app = Router::new()
-        .route("/", post(tencent).fallback(not_served))
-        .route("/capi", post(local).fallback(not_served))
+        .route("/", post(api).fallback(not_served))
+        .route("/capi", post(api).fallback(not_served))
         .fallback(not_served)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(door);

@@ -13,6 +13,16 @@ use sign::Signed;
 pub const SERVICE: &str = "gse";
 /// How far `X-TC-Timestamp` may be from the server's clock, in seconds.
 pub const MAX_SKEW_SECS: i64 = 300;
+/// The API version the Tencent SDKs send for GSE (`X-TC-Version`).
+pub const API_VERSION: &str = "2019-11-12";
+
+/// The clock a timestamp is checked against and signed with: Unix seconds.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 /// Why a request is not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,6 +251,30 @@ pub fn authorization(
         sign::ALGORITHM,
         signed.signature(secret_key)
     )
+}
+
+/// The headers of a GSE action sent as the official SDKs send it (`POST /` to `host` with a
+/// JSON `body`), signed with (`secret_id`, `secret_key`) at `timestamp`; `Host` itself is the
+/// caller's to send. For clients, tests and benchmarks.
+pub fn signed_headers(
+    secret_id: &str,
+    secret_key: &str,
+    host: &str,
+    action: &str,
+    body: &[u8],
+    timestamp: i64,
+) -> [(&'static str, String); 5] {
+    let content_type = "application/json";
+    [
+        ("Content-Type", content_type.to_string()),
+        ("X-TC-Action", action.to_string()),
+        ("X-TC-Version", API_VERSION.to_string()),
+        ("X-TC-Timestamp", timestamp.to_string()),
+        (
+            "Authorization",
+            authorization(secret_id, secret_key, host, content_type, body, timestamp),
+        ),
+    ]
 }
 
 #[cfg(test)]

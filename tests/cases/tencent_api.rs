@@ -108,36 +108,15 @@ fn unsigned_wrongly_signed_and_stale_requests_are_refused_with_tencents_codes() 
             "{r}"
         );
     }
-    // Signed ten minutes ago.
-    let then = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        - 600;
-    let host = agent.capi.to_string();
-    let auth =
-        gse_agent::tc3::authorization(ID, KEY, &host, "application/json", body.as_bytes(), then);
-    let r = raw_request(
-        agent.capi,
-        "POST / HTTP/1.1",
-        &format!(
-            "Host: {host}\r\nContent-Type: application/json\r\nX-TC-Action: DescribeGameServerSessions\r\nX-TC-Version: 2019-11-12\r\nX-TC-Timestamp: {then}\r\nAuthorization: {auth}\r\n"
-        ),
-        body,
-    );
+    // Signed ten minutes ago; the same request signed now passes: the refusal was the
+    // clock, nothing else.
+    let now = gse_agent::tc3::now_unix();
+    let send = |at| {
+        crate::helper::signed_request(agent.capi, ID, KEY, "DescribeGameServerSessions", body, at)
+    };
+    let r = send(now - 600);
     assert_eq!(r["Error"]["Code"], "AuthFailure.SignatureExpire", "{r}");
-    // The same request signed now passes: the refusal was the clock, nothing else.
-    let now = then + 600;
-    let auth =
-        gse_agent::tc3::authorization(ID, KEY, &host, "application/json", body.as_bytes(), now);
-    let r = raw_request(
-        agent.capi,
-        "POST / HTTP/1.1",
-        &format!(
-            "Host: {host}\r\nContent-Type: application/json\r\nX-TC-Action: DescribeGameServerSessions\r\nX-TC-Version: 2019-11-12\r\nX-TC-Timestamp: {now}\r\nAuthorization: {auth}\r\n"
-        ),
-        body,
-    );
+    let r = send(now);
     assert!(r.get("Error").is_none(), "{r}");
 }
 

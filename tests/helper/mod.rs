@@ -197,21 +197,13 @@ impl Agent {
         let action = serde_json::from_str::<Value>(body)
             .ok()
             .and_then(|v| v.get("Action").and_then(Value::as_str).map(str::to_string));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let host = self.capi.to_string();
-        let auth =
-            gse_agent::tc3::authorization(id, key, &host, "application/json", body.as_bytes(), now);
-        raw_request(
+        signed_request(
             self.capi,
-            "POST / HTTP/1.1",
-            &format!(
-                "Host: {host}\r\nContent-Type: application/json\r\nX-TC-Action: {}\r\nX-TC-Timestamp: {now}\r\nAuthorization: {auth}\r\n",
-                action.unwrap_or_default()
-            ),
+            id,
+            key,
+            &action.unwrap_or_default(),
             body,
+            gse_agent::tc3::now_unix(),
         )
     }
 
@@ -437,6 +429,30 @@ pub fn capi_raw_at(addr: SocketAddr, body: &str) -> Value {
         addr,
         "POST /capi HTTP/1.1",
         "Host: localhost\r\nContent-Type: application/json\r\n",
+        body,
+    )
+}
+
+/// A Tencent Cloud API request (`POST /`, `action`) to `addr`, signed with (`id`, `key`) at
+/// `timestamp` as the official SDKs sign it; returns `Response`.
+pub fn signed_request(
+    addr: SocketAddr,
+    id: &str,
+    key: &str,
+    action: &str,
+    body: &str,
+    timestamp: i64,
+) -> Value {
+    let host = addr.to_string();
+    let headers: String =
+        gse_agent::tc3::signed_headers(id, key, &host, action, body.as_bytes(), timestamp)
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
+    raw_request(
+        addr,
+        "POST / HTTP/1.1",
+        &format!("Host: {host}\r\n{headers}"),
         body,
     )
 }
