@@ -45,8 +45,11 @@ impl Capi {
         Ok(())
     }
 
-    /// `InstanceId` (optional): must be this host's.
-    fn check_instance(&self, p: &Params) -> Result<(), CapiError> {
+    /// `InstanceId` (`required`, or optional): must be this host's.
+    fn check_instance(&self, p: &Params, required: bool) -> Result<(), CapiError> {
+        if required {
+            p.str("InstanceId", 128)?;
+        }
         match p.opt_str("InstanceId", 128)? {
             Some(i) if i != self.cfg.instance_id => Err(CapiError::new(
                 "ResourceNotFound",
@@ -90,7 +93,7 @@ impl Capi {
             &["FleetId", "InstanceId", "Offset", "Limit", "IpAddress"],
         )?;
         self.check_fleet(&p, false).await?;
-        self.check_instance(&p)?;
+        self.check_instance(&p, false)?;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         p.opt_int("Limit", 1, 100)?;
         let c = self.counters().await?;
@@ -106,8 +109,7 @@ impl Capi {
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "InstanceId", "ReserveValue"])?;
         self.check_fleet(&p, true).await?;
-        p.str("InstanceId", 128)?;
-        self.check_instance(&p)?;
+        self.check_instance(&p, true)?;
         let reserve = p.int("ReserveValue", 0, 1)? == 1;
         match self.fleet.control(Control::SetReserved(reserve)).await? {
             ControlReply::Done => Ok(json!({})),
@@ -121,8 +123,7 @@ impl Capi {
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "InstanceId", "Weight"])?;
         self.check_fleet(&p, true).await?;
-        p.str("InstanceId", 128)?;
-        self.check_instance(&p)?;
+        self.check_instance(&p, true)?;
         let weight = p.int("Weight", 1, 10)? as u8;
         match self.fleet.control(Control::SetWeight(weight)).await? {
             ControlReply::Done => Ok(json!({})),
