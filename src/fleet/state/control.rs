@@ -10,8 +10,7 @@ impl Fleet {
     /// Handles a control command.
     pub fn control(&mut self, cmd: Control, now: Instant) -> Result<ControlReply, FleetError> {
         let r = self.control_command(cmd, now);
-        self.retire_pending(now);
-        self.advance_placements(now);
+        self.after_input(now);
         r
     }
 

@@ -300,8 +300,7 @@ impl Fleet {
         while let Some(timer) = self.timers.pop_due(now) {
             self.fire(timer, now);
         }
-        self.retire_pending(now);
-        self.advance_placements(now);
+        self.after_input(now);
     }
 
     /// Stops the process `serial` if its deadline still applies: it is still in `phase`.

@@ -259,7 +259,7 @@ impl Fleet {
                 p.session = None;
             }
         }
-        self.retire_pending(now);
+        self.after_input(now);
     }
 
     /// Begins the agent's shutdown: nothing new launches; every ready process is sent

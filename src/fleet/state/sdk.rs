@@ -14,8 +14,7 @@ impl Fleet {
     /// Handles a GSE SDK call from the process `pid`.
     pub fn sdk(&mut self, pid: u32, call: SdkCall, now: Instant) -> Result<SdkReply, FleetError> {
         let r = self.sdk_call(pid, call, now);
-        self.retire_pending(now);
-        self.advance_placements(now);
+        self.after_input(now);
         r
     }
 

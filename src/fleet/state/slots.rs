@@ -150,8 +150,15 @@ impl Fleet {
         });
     }
 
+    /// What every input leaves done: retiring processes whose sessions ended are retired,
+    /// and pending placements move on.
+    pub(super) fn after_input(&mut self, now: Instant) {
+        self.retire_pending(now);
+        self.advance_placements(now);
+    }
+
     /// Retires the processes whose sessions ended while their slot was retiring.
-    pub(super) fn retire_pending(&mut self, now: Instant) {
+    fn retire_pending(&mut self, now: Instant) {
         for serial in std::mem::take(&mut self.retire_later) {
             self.terminate(serial, TerminateReason::Retired, now);
         }
