@@ -23,17 +23,11 @@ pub fn open_files_limit() -> u64 {
 /// Buffers at least this large are mapped apart from the heap and unmapped when freed.
 const MMAP_THRESHOLD: i32 = 128 << 10;
 
-/// Heaps (glibc arenas) at most: one per runtime worker is plenty for an agent that mostly
-/// waits, and each extra one keeps its own free memory.
-const ARENAS: i32 = 2;
-
 /// Makes memory that a flood of large requests grew come back to the system when it is
 /// freed. glibc raises its mmap threshold each time a large buffer is freed, so after a
 /// burst of big requests later ones land on the heap, where freed memory stays with the
 /// process; a fixed threshold keeps large buffers mapped (and unmapped when freed), and a
-/// trim threshold of the same size returns the heap's free top. glibc also gives threads
-/// heaps of their own (up to 8 per core), and the blocking pool's threads (launches, file
-/// work) would each keep one: two are used. No-op on other C libraries.
+/// trim threshold of the same size returns the heap's free top. No-op on other C libraries.
 pub fn return_freed_memory() {
     #[cfg(target_env = "gnu")]
     #[allow(unsafe_code)]
@@ -42,6 +36,5 @@ pub fn return_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
     }
 }
