@@ -236,6 +236,7 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         last_acked_sequence: acked,
         epoch,
+        ..Default::default()
     })))
     .await
     .map_err(|_| RelayError::Closed)?;
