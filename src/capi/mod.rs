@@ -7,7 +7,7 @@
 mod aliases;
 mod guard;
 mod host;
-mod params;
+pub(crate) mod params;
 mod placements;
 mod queues;
 mod search;
@@ -15,7 +15,7 @@ mod server;
 mod unsupported;
 pub mod view;
 
-pub use server::{MAX_BODY_BYTES, serve};
+pub use server::{Handler, MAX_BODY_BYTES, ServeOptions, serve, serve_with};
 
 use std::sync::Arc;
 
@@ -53,25 +53,25 @@ pub struct CapiError {
 }
 
 impl CapiError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
         }
     }
-    fn missing(name: &str) -> Self {
+    pub(crate) fn missing(name: &str) -> Self {
         Self::new(
             "MissingParameter",
             format!("the parameter `{name}` is required"),
         )
     }
-    fn value(name: &str, why: impl std::fmt::Display) -> Self {
+    pub(crate) fn value(name: &str, why: impl std::fmt::Display) -> Self {
         Self::new(
             "InvalidParameterValue",
             format!("the parameter `{name}` {why}"),
         )
     }
-    fn type_of(name: &str, want: &str, got: &Value) -> Self {
+    pub(crate) fn type_of(name: &str, want: &str, got: &Value) -> Self {
         let kind = match got {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",
@@ -643,7 +643,7 @@ fn player_data_map(v: Option<&Value>) -> Result<Vec<(String, String)>, CapiError
 }
 
 /// The v3 envelope of a result: `{"Response": {..., "RequestId"}}`, a refusal as `Error`.
-fn envelope(result: Result<Value, CapiError>) -> Value {
+pub(crate) fn envelope(result: Result<Value, CapiError>) -> Value {
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut response = match result {
         Ok(Value::Object(o)) => o,

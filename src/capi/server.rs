@@ -17,8 +17,43 @@ use tokio_util::sync::CancellationToken;
 
 use super::guard::Guard;
 use super::{Capi, CapiError, CapiServerError, envelope};
+use crate::config::ConnectionLimits;
 use crate::listen::{Acceptor, Bounds};
 use crate::tc3;
+
+/// What answers a request once it passed the door: the agent's fleet ([`Capi`]) or the fleet
+/// control plane. It gets the action (from `X-TC-Action`, or `None` for GSE Local's `POST
+/// /capi`, where the body names it) and the body, and returns the whole response envelope.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request.
+    fn answer(
+        &self,
+        action: Option<&str>,
+        body: &[u8],
+    ) -> impl std::future::Future<Output = Value> + Send;
+}
+
+impl Handler for Capi {
+    async fn answer(&self, action: Option<&str>, body: &[u8]) -> Value {
+        match action {
+            Some(action) => self.handle_action(action, body).await,
+            None => self.handle(body).await,
+        }
+    }
+}
+
+/// How one API listener is run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Names the listener in logs (`capi`, `control-api`).
+    pub name: &'static str,
+    /// A TC3 keys file: when set, every request must be signed with one of its keys.
+    pub keys_file: Option<std::path::PathBuf>,
+    /// Extra `Host` values accepted (behind a proxy).
+    pub allowed_hosts: Vec<String>,
+    /// Connection bounds and timeouts.
+    pub limits: ConnectionLimits,
+}
 
 /// Sent to a connection over the cap before it is closed.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 126\r\n\r\n{\"Response\":{\"Error\":{\"Code\":\"RequestLimitExceeded\",\"Message\":\"too many open connections to the control API\"},\"RequestId\":\"\"}}";
@@ -31,8 +66,8 @@ const MAX_HEAD_BYTES: usize = 64 << 10;
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every request goes through.
-struct Door {
-    capi: Capi,
+struct Door<H> {
+    handler: H,
     guard: Guard,
     keys: Option<tc3::keys::KeyFile>,
 }
@@ -56,7 +91,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     first.to_str().ok()
 }
 
-impl Door {
+impl<H: Handler> Door<H> {
     async fn answer(
         &self,
         form: Form,
@@ -92,7 +127,7 @@ impl Door {
             }
         }
         match form {
-            Form::Local => self.capi.handle(&body).await,
+            Form::Local => self.handler.answer(None, &body).await,
             Form::Tencent => {
                 let Some(action) = header(headers, "x-tc-action") else {
                     return envelope(Err(CapiError::missing("X-TC-Action")));
@@ -105,15 +140,15 @@ impl Door {
                         format!("{version:?} is not GSE's API version {}", tc3::API_VERSION),
                     )));
                 }
-                self.capi.handle_action(action, &body).await
+                self.handler.answer(Some(action), &body).await
             }
         }
     }
 }
 
 /// `POST /` and `POST /capi`: the path says the form.
-async fn api(
-    State(door): State<Arc<Door>>,
+async fn api<H: Handler>(
+    State(door): State<Arc<Door<H>>>,
     method: Method,
     headers: HeaderMap,
     uri: Uri,
@@ -138,17 +173,34 @@ async fn not_served(method: Method, uri: Uri) -> axum::Json<Value> {
     ))))
 }
 
-/// Serves the control API on an already-bound listener until `shutdown`: HTTP/1.1, within the
-/// configured [`crate::config::ConnectionLimits`] (a request's head must arrive within the
-/// header timeout, which also closes idle keep-alive connections).
+/// Serves the agent's control API on an already-bound listener until `shutdown`, as
+/// agent.yaml configures it (`capi-keys-file`, `capi-allowed-hosts`, `connections`).
 pub async fn serve(
     listener: TcpListener,
     capi: Capi,
     shutdown: CancellationToken,
 ) -> Result<(), CapiServerError> {
+    let options = ServeOptions {
+        name: "capi",
+        keys_file: capi.cfg.capi_keys_file.clone(),
+        allowed_hosts: capi.cfg.capi_allowed_hosts.clone(),
+        limits: capi.cfg.connections.clone(),
+    };
+    serve_with(listener, capi, options, shutdown).await
+}
+
+/// Serves a Tencent Cloud API on an already-bound listener until `shutdown`: HTTP/1.1, within
+/// `options.limits` (a request's head must arrive within the header timeout, which also closes
+/// idle keep-alive connections), every request checked by the guard and, with a keys file, by
+/// its TC3 signature, before `handler` sees it.
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    handler: H,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), CapiServerError> {
     let bound = listener.local_addr().map_err(CapiServerError::Serve)?;
-    let cfg = capi.cfg.clone();
-    let limits = cfg.connections.clone();
+    let limits = options.limits.clone();
     let bounds = Bounds {
         max_connections: limits.capi_max,
         first_bytes_within: limits.header_timeout.get(),
@@ -157,14 +209,14 @@ pub async fn serve(
         idle_after: Some(limits.idle_timeout.get()),
     }
     .within_open_files(crate::host::open_files_limit(), 4);
-    let keys = match &cfg.capi_keys_file {
+    let keys = match &options.keys_file {
         Some(path) => Some(tc3::keys::KeyFile::open(path).map_err(CapiServerError::Keys)?),
         None => None,
     };
-    tracing::info!(capi.addr = %bound, capi.signed = keys.is_some(), connections.max = bounds.max_connections, "control API listening");
-    let guard = Guard::new(bound, &cfg.capi_allowed_hosts);
+    tracing::info!(api = options.name, api.addr = %bound, api.signed = keys.is_some(), connections.max = bounds.max_connections, "API listening");
+    let guard = Guard::new(bound, &options.allowed_hosts);
     let door = Arc::new(Door {
-        capi,
+        handler,
         guard: if keys.is_some() {
             guard.signed()
         } else {
@@ -173,12 +225,12 @@ pub async fn serve(
         keys,
     });
     let app = Router::new()
-        .route("/", post(api).fallback(not_served))
-        .route("/capi", post(api).fallback(not_served))
+        .route("/", post(api::<H>).fallback(not_served))
+        .route("/capi", post(api::<H>).fallback(not_served))
         .fallback(not_served)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(door);
-    let mut acceptor = Acceptor::<()>::new(listener, "capi", bounds).with_refusal(OVER_CAPACITY);
+    let mut acceptor = Acceptor::<()>::new(listener, options.name, bounds).with_refusal(OVER_CAPACITY);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout.get())
@@ -209,8 +261,9 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(
+            api = options.name,
             connections = connections.len(),
-            "control API connections still open at stop"
+            "API connections still open at stop"
         );
     }
     Ok(())
