@@ -230,7 +230,8 @@ pub async fn serve_with<H: Handler>(
         .fallback(not_served)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(door);
-    let mut acceptor = Acceptor::<()>::new(listener, options.name, bounds).with_refusal(OVER_CAPACITY);
+    let mut acceptor =
+        Acceptor::<()>::new(listener, options.name, bounds).with_refusal(OVER_CAPACITY);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout.get())
