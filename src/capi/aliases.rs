@@ -10,7 +10,7 @@ use crate::event::format_time;
 use crate::fleet::{Control, ControlReply};
 
 /// An alias in the SDK's `Alias` model.
-fn view(a: &Alias) -> Value {
+pub(crate) fn view(a: &Alias) -> Value {
     let (kind, fleet_id, message) = match &a.routing {
         Routing::Simple { fleet_id } => ("SIMPLE", fleet_id.as_str(), ""),
         Routing::Terminal { message } => ("TERMINAL", "", message.as_str()),
@@ -61,98 +61,40 @@ fn routing(v: &Value) -> Result<Routing, CapiError> {
     }
 }
 
-impl Capi {
-    /// The fleet an alias routes to (a TERMINAL alias refuses with its message).
-    pub(super) async fn resolve(&self, alias_id: &str) -> Result<String, CapiError> {
-        match self
-            .fleet
-            .control(Control::DescribeAlias(alias_id.to_string()))
-            .await?
-        {
-            ControlReply::Alias(a) => match a.routing {
-                Routing::Simple { fleet_id } => Ok(fleet_id),
-                Routing::Terminal { message } => Err(CapiError::new(
-                    "OperationDenied",
-                    format!("alias {alias_id} is TERMINAL: {message}"),
-                )),
-            },
-            other => Err(unexpected(&other)),
-        }
+/// The alias fields a request sets (`id`: the alias updated, `None` for a new one).
+pub(crate) fn alias_input(p: &Params, id: Option<String>) -> Result<AliasInput, CapiError> {
+    let mut tags = Vec::new();
+    for t in p.opt_array("Tags", 50)?.into_iter().flatten() {
+        tags.push(key_value("Tags", t, 128, 256)?);
     }
+    Ok(AliasInput {
+        id,
+        name: p.opt_str("Name", 1024)?,
+        description: p.opt_str("Description", 1024)?,
+        routing: p.raw("RoutingStrategy").map(routing).transpose()?,
+        tags,
+    })
+}
 
-    async fn put_alias(&self, input: AliasInput) -> Result<Value, CapiError> {
-        match self.fleet.control(Control::PutAlias(input)).await? {
-            ControlReply::Alias(a) => Ok(json!({"Alias": view(&a)})),
-            other => Err(unexpected(&other)),
-        }
-    }
+/// ListAliases' filter, order and page.
+pub(crate) struct AliasListing {
+    /// Only aliases of this name.
+    pub name: Option<String>,
+    /// Only TERMINAL (true) or SIMPLE (false) aliases.
+    pub terminal: Option<bool>,
+    /// Ordered by last update rather than creation.
+    pub by_updated: bool,
+    /// Newest first.
+    pub descending: bool,
+    /// Skipped.
+    pub offset: usize,
+    /// Shown at most.
+    pub limit: usize,
+}
 
-    fn alias_input(&self, p: &Params, id: Option<String>) -> Result<AliasInput, CapiError> {
-        let mut tags = Vec::new();
-        for t in p.opt_array("Tags", 50)?.into_iter().flatten() {
-            tags.push(key_value("Tags", t, 128, 256)?);
-        }
-        Ok(AliasInput {
-            id,
-            name: p.opt_str("Name", 1024)?,
-            description: p.opt_str("Description", 1024)?,
-            routing: p.raw("RoutingStrategy").map(routing).transpose()?,
-            tags,
-        })
-    }
-
-    pub(super) async fn create_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = Params::new(map, &["Name", "Description", "RoutingStrategy", "Tags"])?;
-        p.str("Name", 1024)?;
-        if p.raw("RoutingStrategy").is_none() {
-            return Err(CapiError::missing("RoutingStrategy"));
-        }
-        let input = self.alias_input(&p, None)?;
-        self.put_alias(input).await
-    }
-
-    pub(super) async fn update_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = Params::new(map, &["AliasId", "Name", "Description", "RoutingStrategy"])?;
-        let id = p.str("AliasId", 128)?;
-        let input = self.alias_input(&p, Some(id))?;
-        self.put_alias(input).await
-    }
-
-    pub(super) async fn describe_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = Params::new(map, &["AliasId"])?;
-        let id = p.str("AliasId", 128)?;
-        match self.fleet.control(Control::DescribeAlias(id)).await? {
-            ControlReply::Alias(a) => Ok(json!({"Alias": view(&a)})),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    pub(super) async fn delete_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = Params::new(map, &["AliasId"])?;
-        let id = p.str("AliasId", 128)?;
-        self.fleet.control(Control::DeleteAlias(id)).await?;
-        Ok(json!({}))
-    }
-
-    pub(super) async fn resolve_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = Params::new(map, &["AliasId"])?;
-        let id = p.str("AliasId", 128)?;
-        Ok(json!({"FleetId": self.resolve(&id).await?}))
-    }
-
-    pub(super) async fn list_aliases(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = Params::new(
-            map,
-            &[
-                "Name",
-                "RoutingStrategyType",
-                "Limit",
-                "Offset",
-                "OrderBy",
-                "OrderWay",
-                "Filters",
-            ],
-        )?;
+impl AliasListing {
+    /// Reads `Name`, `RoutingStrategyType`, `OrderBy`, `OrderWay`, `Offset` and `Limit`.
+    pub(crate) fn read(p: &Params) -> Result<Self, CapiError> {
         let terminal = match p.opt_str("RoutingStrategyType", 16)?.as_deref() {
             None => None,
             Some("SIMPLE") => Some(false),
@@ -186,7 +128,104 @@ impl Capi {
                 ));
             }
         };
-        let name = p.opt_str("Name", 1024)?;
+        Ok(Self {
+            name: p.opt_str("Name", 1024)?,
+            terminal,
+            by_updated,
+            descending,
+            offset,
+            limit,
+        })
+    }
+}
+
+/// ListAliases' parameters.
+pub(crate) const LIST_PARAMS: &[&str] = &[
+    "Name",
+    "RoutingStrategyType",
+    "Limit",
+    "Offset",
+    "OrderBy",
+    "OrderWay",
+    "Filters",
+];
+
+impl Capi {
+    /// The fleet an alias routes to (a TERMINAL alias refuses with its message).
+    pub(super) async fn resolve(&self, alias_id: &str) -> Result<String, CapiError> {
+        match self
+            .fleet
+            .control(Control::DescribeAlias(alias_id.to_string()))
+            .await?
+        {
+            ControlReply::Alias(a) => match a.routing {
+                Routing::Simple { fleet_id } => Ok(fleet_id),
+                Routing::Terminal { message } => Err(CapiError::new(
+                    "OperationDenied",
+                    format!("alias {alias_id} is TERMINAL: {message}"),
+                )),
+            },
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn put_alias(&self, input: AliasInput) -> Result<Value, CapiError> {
+        match self.fleet.control(Control::PutAlias(input)).await? {
+            ControlReply::Alias(a) => Ok(json!({"Alias": view(&a)})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub(super) async fn create_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["Name", "Description", "RoutingStrategy", "Tags"])?;
+        p.str("Name", 1024)?;
+        if p.raw("RoutingStrategy").is_none() {
+            return Err(CapiError::missing("RoutingStrategy"));
+        }
+        let input = alias_input(&p, None)?;
+        self.put_alias(input).await
+    }
+
+    pub(super) async fn update_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["AliasId", "Name", "Description", "RoutingStrategy"])?;
+        let id = p.str("AliasId", 128)?;
+        let input = alias_input(&p, Some(id))?;
+        self.put_alias(input).await
+    }
+
+    pub(super) async fn describe_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["AliasId"])?;
+        let id = p.str("AliasId", 128)?;
+        match self.fleet.control(Control::DescribeAlias(id)).await? {
+            ControlReply::Alias(a) => Ok(json!({"Alias": view(&a)})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub(super) async fn delete_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["AliasId"])?;
+        let id = p.str("AliasId", 128)?;
+        self.fleet.control(Control::DeleteAlias(id)).await?;
+        Ok(json!({}))
+    }
+
+    pub(super) async fn resolve_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["AliasId"])?;
+        let id = p.str("AliasId", 128)?;
+        Ok(json!({"FleetId": self.resolve(&id).await?}))
+    }
+
+    pub(super) async fn list_aliases(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, LIST_PARAMS)?;
+        let l = AliasListing::read(&p)?;
+        let (name, terminal, by_updated, descending, offset, limit) = (
+            l.name,
+            l.terminal,
+            l.by_updated,
+            l.descending,
+            l.offset,
+            l.limit,
+        );
         let mut list = match self
             .fleet
             .control(Control::ListAliases { name, terminal })

@@ -4,13 +4,13 @@
 //! fleet, and renders the reply. Errors are `{"Response": {"Error": {Code, Message}}}` with
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
-mod aliases;
+pub(crate) mod aliases;
 mod guard;
 mod host;
 pub(crate) mod params;
 mod placements;
 mod queues;
-mod search;
+pub(crate) mod search;
 mod server;
 mod unsupported;
 pub mod view;

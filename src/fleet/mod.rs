@@ -16,5 +16,6 @@ pub use actor::{FleetHandle, spawn_fleet};
 pub use api::{
     Control, ControlReply, Effect, FleetError, InstanceCounters, NewPlayer, NewSession,
     PlayerQuery, ProcessView, SdkCall, SdkReply, SessionQuery, SessionUpdate, StopReason,
+    check_players,
 };
 pub use state::Fleet;
