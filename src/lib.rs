@@ -10,6 +10,7 @@ pub mod agent;
 pub mod alias;
 pub mod capi;
 pub mod config;
+pub mod control;
 pub mod dbfile;
 pub mod event;
 pub mod fleet;

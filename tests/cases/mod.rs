@@ -1,5 +1,6 @@
 mod capi;
 mod config;
+mod control;
 mod disk;
 mod escape;
 mod hardening;

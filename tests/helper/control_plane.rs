@@ -83,7 +83,7 @@ impl ControlPlane for Service {
                     }
                     Some(up::agent_message::Body::Status(s)) => r.statuses.push(s),
                     Some(up::agent_message::Body::Result(c)) => r.results.push(c),
-                    None => {}
+                    Some(up::agent_message::Body::Snapshot(_)) | None => {}
                 }
             }
         });

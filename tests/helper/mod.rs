@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod control;
 pub mod control_plane;
+pub mod postgres;
 pub mod tencent;
 
 /// Generous: the machine may be loaded; a passing test never waits this long.

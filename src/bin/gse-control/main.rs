@@ -1,0 +1,134 @@
+//! `gse-control`: the fleet control plane's edge. Parses the command line, loads control.yaml
+//! (exit 64 when it is bad, every problem listed), runs one replica until SIGTERM/SIGINT.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gse_agent::control::{self, config::ControlConfig};
+use gse_agent::telemetry::{self, LogFormat};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration that cannot be used (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Fleet control plane for gse-agent hosts: the Tencent Cloud GSE API across every host, state in PostgreSQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one replica (any number may run on one database).
+    Run {
+        /// control.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Write the bound addresses here as JSON once serving ({"api", "relay", "replica"}).
+        #[arg(long)]
+        endpoints_file: Option<PathBuf>,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check control.yaml and print every problem; exit 0 if it is valid.
+    CheckConfig {
+        /// control.yaml.
+        config: PathBuf,
+    },
+}
+
+/// `eprintln!` that never panics.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match ControlConfig::read(&config) {
+            Ok(_) => {
+                say(&format!("{}: OK", config.display()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                say(&e.to_string());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run {
+            config,
+            endpoints_file,
+            log_format,
+        } => {
+            telemetry::init(log_format);
+            let cfg = match ControlConfig::read(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    say(&e.to_string());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match run(cfg, endpoints_file) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    say(&format!("gse-control: {e:#}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(cfg: ControlConfig, endpoints_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("stopping");
+            stop.cancel();
+        });
+        let mut written = Ok(());
+        let give_up = shutdown.clone();
+        let result = control::run(cfg, shutdown, |endpoints| {
+            if let Some(path) = &endpoints_file {
+                written = write_endpoints(path, endpoints);
+                if written.is_err() {
+                    give_up.cancel();
+                }
+            }
+        })
+        .await;
+        written?;
+        result.map_err(anyhow::Error::from)
+    })
+}
+
+/// Writes the endpoints whole (a reader never sees half a file).
+fn write_endpoints(path: &std::path::Path, e: &control::Endpoints) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(e).context("encoding the endpoints")?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

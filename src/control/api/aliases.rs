@@ -1,0 +1,166 @@
+//! Aliases across the control plane, stored in the database, in the same model and checks as
+//! the agent's.
+
+use serde_json::{Map, Value, json};
+
+use super::{ControlApi, db_error, params};
+use crate::alias::{Alias, AliasError, Routing};
+use crate::capi::CapiError;
+use crate::capi::aliases::{AliasListing, LIST_PARAMS, alias_input, view};
+
+fn invalid(e: AliasError) -> CapiError {
+    match e {
+        AliasError::Invalid { field, message } => CapiError::value(field, message),
+    }
+}
+
+fn decode(v: Value) -> Result<Alias, CapiError> {
+    serde_json::from_value(v).map_err(|e| {
+        CapiError::new(
+            "InternalError",
+            format!("a stored alias does not decode: {e}"),
+        )
+    })
+}
+
+impl ControlApi {
+    async fn alias(&self, id: &str) -> Result<Alias, CapiError> {
+        let db = self.db().await?;
+        let row = db
+            .query_opt("SELECT body FROM aliases WHERE alias_id = $1", &[&id])
+            .await
+            .map_err(db_error("reading an alias"))?;
+        match row {
+            Some(r) => decode(r.get(0)),
+            None => Err(CapiError::new(
+                "ResourceNotFound",
+                format!("alias {id} does not exist"),
+            )),
+        }
+    }
+
+    /// The fleet an alias routes to (a TERMINAL alias refuses with its message).
+    pub(super) async fn resolve(&self, alias_id: &str) -> Result<String, CapiError> {
+        match self.alias(alias_id).await?.routing {
+            Routing::Simple { fleet_id } => Ok(fleet_id),
+            Routing::Terminal { message } => Err(CapiError::new(
+                "OperationDenied",
+                format!("alias {alias_id} is TERMINAL: {message}"),
+            )),
+        }
+    }
+
+    async fn store_alias(&self, a: &Alias) -> Result<Value, CapiError> {
+        let body =
+            serde_json::to_value(a).map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+        let db = self.db().await?;
+        db.execute(
+            "INSERT INTO aliases (alias_id, body) VALUES ($1, $2)
+             ON CONFLICT (alias_id) DO UPDATE SET body = EXCLUDED.body",
+            &[&a.id, &body],
+        )
+        .await
+        .map_err(db_error("storing an alias"))?;
+        Ok(json!({"Alias": view(a)}))
+    }
+
+    pub(super) async fn create_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, &["Name", "Description", "RoutingStrategy", "Tags"])?;
+        let name = p.str("Name", 1024)?;
+        let input = alias_input(&p, None)?;
+        input.check().map_err(invalid)?;
+        let routing = input
+            .routing
+            .ok_or_else(|| CapiError::missing("RoutingStrategy"))?;
+        let now = std::time::SystemTime::now();
+        let alias = Alias {
+            id: format!("alias-{}", uuid::Uuid::new_v4()),
+            name,
+            description: input.description.unwrap_or_default(),
+            routing,
+            tags: input.tags,
+            created: now,
+            updated: now,
+        };
+        self.store_alias(&alias).await
+    }
+
+    pub(super) async fn update_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, &["AliasId", "Name", "Description", "RoutingStrategy"])?;
+        let id = p.str("AliasId", 128)?;
+        let input = alias_input(&p, Some(id.clone()))?;
+        input.check().map_err(invalid)?;
+        let mut alias = self.alias(&id).await?;
+        if let Some(name) = input.name {
+            alias.name = name;
+        }
+        if let Some(d) = input.description {
+            alias.description = d;
+        }
+        if let Some(r) = input.routing {
+            alias.routing = r;
+        }
+        alias.updated = std::time::SystemTime::now();
+        self.store_alias(&alias).await
+    }
+
+    pub(super) async fn describe_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, &["AliasId"])?;
+        let alias = self.alias(&p.str("AliasId", 128)?).await?;
+        Ok(json!({"Alias": view(&alias)}))
+    }
+
+    pub(super) async fn delete_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, &["AliasId"])?;
+        let id = p.str("AliasId", 128)?;
+        let db = self.db().await?;
+        let n = db
+            .execute("DELETE FROM aliases WHERE alias_id = $1", &[&id])
+            .await
+            .map_err(db_error("deleting an alias"))?;
+        if n == 0 {
+            return Err(CapiError::new(
+                "ResourceNotFound",
+                format!("alias {id} does not exist"),
+            ));
+        }
+        Ok(json!({}))
+    }
+
+    pub(super) async fn resolve_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, &["AliasId"])?;
+        let id = p.str("AliasId", 128)?;
+        Ok(json!({"FleetId": self.resolve(&id).await?}))
+    }
+
+    pub(super) async fn list_aliases(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, LIST_PARAMS)?;
+        let l = AliasListing::read(&p)?;
+        let db = self.db().await?;
+        let rows = db
+            .query("SELECT body FROM aliases", &[])
+            .await
+            .map_err(db_error("listing aliases"))?;
+        let mut list = rows
+            .into_iter()
+            .map(|r| decode(r.get(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        list.retain(|a| {
+            l.name.as_ref().is_none_or(|n| &a.name == n)
+                && l.terminal
+                    .is_none_or(|t| t == matches!(a.routing, Routing::Terminal { .. }))
+        });
+        if l.by_updated {
+            list.sort_by_key(|a| (a.updated, a.id.clone()));
+        } else {
+            list.sort_by_key(|a| (a.created, a.id.clone()));
+        }
+        if l.descending {
+            list.reverse();
+        }
+        Ok(json!({
+            "Aliases": list.iter().skip(l.offset).take(l.limit).map(view).collect::<Vec<_>>(),
+            "TotalCount": list.len(),
+        }))
+    }
+}

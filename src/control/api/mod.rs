@@ -1,0 +1,290 @@
+//! The Tencent Cloud GSE API across every host: the same door, parameters, checks and JSON as
+//! the agent's control API ([`crate::capi`]), answered from PostgreSQL, with commands routed to
+//! the host that has the session.
+
+mod aliases;
+mod fleets;
+mod queues;
+mod sessions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use serde_json::{Map, Value};
+
+use super::db::DbError;
+use super::hub::{Hub, HubError};
+use crate::capi::params::Params;
+use crate::capi::{CapiError, Handler, envelope};
+use crate::upstream_proto as up;
+
+/// How long an agent gets to answer a command an API call waits on.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(10);
+
+/// The actions gse-control serves.
+pub const ACTIONS: &[&str] = &[
+    "CreateGameServerSession",
+    "DescribeGameServerSessions",
+    "DescribeGameServerSessionDetails",
+    "SearchGameServerSessions",
+    "JoinGameServerSession",
+    "JoinGameServerSessionBatch",
+    "DescribePlayerSessions",
+    "UpdateGameServerSession",
+    "EndGameServerSessionAndProcess",
+    "ListFleets",
+    "DescribeFleetAttributes",
+    "UpdateFleetName",
+    "UpdateFleetAttributes",
+    "DescribeFleetUtilization",
+    "DescribeFleetEvents",
+    "DescribeInstances",
+    "DescribeInstancesExtend",
+    "SetServerReserved",
+    "SetServerWeight",
+    "UpdateRuntimeConfiguration",
+    "DescribeRuntimeConfiguration",
+    "CreateAlias",
+    "DescribeAlias",
+    "ListAliases",
+    "UpdateAlias",
+    "DeleteAlias",
+    "ResolveAlias",
+    "CreateGameServerSessionQueue",
+    "DescribeGameServerSessionQueues",
+    "UpdateGameServerSessionQueue",
+    "DeleteGameServerSessionQueue",
+    "StartGameServerSessionPlacement",
+    "DescribeGameServerSessionPlacement",
+    "StopGameServerSessionPlacement",
+    "DescribeGameServerSessionQueueStatistics",
+    "DescribeFleetRollout",
+];
+
+/// One replica's API.
+#[derive(Clone)]
+pub struct ControlApi {
+    pub(super) pool: Pool,
+    pub(super) hub: Arc<Hub>,
+    /// Wakes this replica's placement worker.
+    pub(super) placements: Arc<tokio::sync::Notify>,
+    /// Hosts a build roll-out deploys to at once.
+    pub(super) rollout_batch: usize,
+}
+
+impl ControlApi {
+    /// An API over `pool`, sending commands through `hub`; `placements` wakes the placement
+    /// worker when a placement starts; build roll-outs deploy to `rollout_batch` hosts at once.
+    pub fn new(
+        pool: Pool,
+        hub: Arc<Hub>,
+        placements: Arc<tokio::sync::Notify>,
+        rollout_batch: usize,
+    ) -> Self {
+        Self {
+            pool,
+            hub,
+            placements,
+            rollout_batch,
+        }
+    }
+
+    async fn dispatch(&self, header: Option<&str>, body: &[u8]) -> Result<Value, CapiError> {
+        let body = if header.is_some() && body.iter().all(u8::is_ascii_whitespace) {
+            b"{}".as_slice()
+        } else {
+            body
+        };
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            CapiError::new(
+                "InvalidParameter",
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?;
+        let Value::Object(map) = value else {
+            return Err(CapiError::new(
+                "InvalidParameter",
+                "the request body must be a JSON object of the action's parameters",
+            ));
+        };
+        let action = match (header, map.get("Action")) {
+            (Some(h), None) => h.to_string(),
+            (Some(h), Some(Value::String(b))) if b == h => h.to_string(),
+            (Some(h), Some(b)) => {
+                return Err(CapiError::value(
+                    "Action",
+                    format!("the body's Action {b} is not X-TC-Action {h:?}"),
+                ));
+            }
+            (None, Some(Value::String(a))) => a.clone(),
+            (None, Some(other)) => return Err(CapiError::type_of("Action", "a string", other)),
+            (None, None) => return Err(CapiError::missing("Action")),
+        };
+        match action.as_str() {
+            "CreateGameServerSession" => self.create_session(map).await,
+            "DescribeGameServerSessions" => self.describe_sessions(map, false).await,
+            "DescribeGameServerSessionDetails" => self.describe_sessions(map, true).await,
+            "SearchGameServerSessions" => self.search_sessions(map).await,
+            "JoinGameServerSession" => self.join(map, false).await,
+            "JoinGameServerSessionBatch" => self.join(map, true).await,
+            "DescribePlayerSessions" => self.describe_players(map).await,
+            "UpdateGameServerSession" => self.update_session(map).await,
+            "EndGameServerSessionAndProcess" => self.end_session(map).await,
+            "ListFleets" => self.list_fleets(map).await,
+            "DescribeFleetAttributes" => self.describe_fleet_attributes(map).await,
+            "UpdateFleetName" => self.update_fleet_name(map).await,
+            "UpdateFleetAttributes" => self.update_fleet_attributes(map).await,
+            "DescribeFleetUtilization" => self.describe_utilization(map).await,
+            "DescribeFleetEvents" => self.describe_events(map).await,
+            "DescribeInstances" => self.describe_instances(map, false).await,
+            "DescribeInstancesExtend" => self.describe_instances(map, true).await,
+            "SetServerReserved" => self.set_reserved(map).await,
+            "SetServerWeight" => self.set_weight(map).await,
+            "UpdateRuntimeConfiguration" => self.update_runtime(map).await,
+            "DescribeRuntimeConfiguration" => self.describe_runtime(map).await,
+            "CreateAlias" => self.create_alias(map).await,
+            "DescribeAlias" => self.describe_alias(map).await,
+            "ListAliases" => self.list_aliases(map).await,
+            "UpdateAlias" => self.update_alias(map).await,
+            "DeleteAlias" => self.delete_alias(map).await,
+            "ResolveAlias" => self.resolve_alias(map).await,
+            "CreateGameServerSessionQueue" => self.put_queue(map, true).await,
+            "UpdateGameServerSessionQueue" => self.put_queue(map, false).await,
+            "DescribeGameServerSessionQueues" => self.describe_queues(map).await,
+            "DeleteGameServerSessionQueue" => self.delete_queue(map).await,
+            "StartGameServerSessionPlacement" => self.start_placement(map).await,
+            "DescribeGameServerSessionPlacement" => self.describe_placement(map).await,
+            "StopGameServerSessionPlacement" => self.stop_placement(map).await,
+            "DescribeGameServerSessionQueueStatistics" => self.queue_statistics(map).await,
+            "DescribeFleetRollout" => self.describe_rollout(map).await,
+            other => Err(CapiError::new(
+                "InvalidAction",
+                format!(
+                    "the action `{other}` is not served by gse-control; supported: {}",
+                    ACTIONS.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The fleet a request names by `FleetId` or `AliasId` (resolved); it must be one an
+    /// agent announced.
+    async fn fleet(&self, p: &Params, required: bool) -> Result<Option<String>, CapiError> {
+        let fleet = match (p.opt_str("FleetId", 128)?, p.opt_str("AliasId", 128)?) {
+            (Some(f), _) => f,
+            (None, Some(alias)) => self.resolve(&alias).await?,
+            (None, None) if required => return Err(CapiError::missing("FleetId")),
+            (None, None) => return Ok(None),
+        };
+        let db = self.db().await?;
+        let known = db
+            .query_opt("SELECT 1 FROM fleets WHERE fleet_id = $1", &[&fleet])
+            .await
+            .map_err(db_error("reading a fleet"))?;
+        if known.is_none() {
+            return Err(CapiError::new(
+                "ResourceNotFound",
+                format!("fleet {fleet} does not exist: no agent of it ever connected"),
+            ));
+        }
+        Ok(Some(fleet))
+    }
+
+    pub(crate) async fn db(&self) -> Result<deadpool_postgres::Object, CapiError> {
+        self.pool.get().await.map_err(|e| {
+            CapiError::new(
+                "InternalError",
+                format!("the control plane's database is unreachable: {e}"),
+            )
+        })
+    }
+
+    /// Sends a command to an instance and returns its result's JSON, or the agent's refusal.
+    async fn command(&self, instance: &str, kind: up::command::Kind) -> Result<Value, CapiError> {
+        let r = self
+            .hub
+            .command(instance, kind, COMMAND_LIMIT)
+            .await
+            .map_err(hub_error)?;
+        refusal(&r)?;
+        if r.response_json.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&r.response_json).map_err(|e| {
+            CapiError::new(
+                "InternalError",
+                format!("instance {instance} answered with JSON that does not parse: {e}"),
+            )
+        })
+    }
+}
+
+impl Handler for ControlApi {
+    async fn answer(&self, action: Option<&str>, body: &[u8]) -> Value {
+        envelope(self.dispatch(action, body).await)
+    }
+}
+
+/// An agent's refusal as the caller's error, with its Tencent code.
+fn refusal(r: &up::CommandResult) -> Result<(), CapiError> {
+    if r.ok {
+        return Ok(());
+    }
+    Err(CapiError::new(
+        tencent_code(&r.error_code),
+        r.message.clone(),
+    ))
+}
+
+/// One of Tencent's codes the agent uses (another string becomes `FailedOperation`).
+fn tencent_code(code: &str) -> &'static str {
+    const CODES: &[&str] = &[
+        "ResourceNotFound",
+        "InvalidParameterValue",
+        "InvalidParameter",
+        "MissingParameter",
+        "OperationDenied",
+        "LimitExceeded",
+        "InternalError",
+        "UnsupportedOperation",
+        "ResourceUnavailable",
+    ];
+    CODES
+        .iter()
+        .find(|c| **c == code)
+        .copied()
+        .unwrap_or("FailedOperation")
+}
+
+fn hub_error(e: HubError) -> CapiError {
+    match e {
+        HubError::NotConnected(_) => CapiError::new("ResourceUnavailable", e.to_string()),
+        HubError::Timeout { .. } => CapiError::new("FailedOperation", e.to_string()),
+        HubError::Db(d) => CapiError::new("InternalError", d.to_string()),
+    }
+}
+
+pub(crate) fn db_error(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CapiError {
+    move |e| {
+        CapiError::new(
+            "InternalError",
+            DbError::Query { step, source: e }.to_string(),
+        )
+    }
+}
+
+/// `Offset`/`NextToken` paging: the offset a token names.
+fn offset_of(token: Option<String>) -> Result<i64, CapiError> {
+    match token {
+        None => Ok(0),
+        Some(t) => t.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            CapiError::value("NextToken", format!("{t:?} is not a token this API gave"))
+        }),
+    }
+}
+
+/// The map without `Action` (Params refuses names it does not know).
+fn params(map: Map<String, Value>, known: &[&str]) -> Result<Params, CapiError> {
+    Params::new(map, known)
+}

@@ -1,0 +1,624 @@
+//! Game server sessions and player sessions across every host: created on a host chosen here
+//! (packing hosts before spreading, honouring reserve and weight), changed on the host that
+//! has them, described and searched from the database.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{ControlApi, db_error, offset_of, params};
+use crate::capi::CapiError;
+use crate::capi::search::{SEARCH_PARAMS, SearchRequest};
+use crate::capi::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
+use crate::control::store::{self, text};
+use crate::fleet::NewSession;
+use crate::search::Subject;
+use crate::upstream_proto as up;
+use up::command::Kind;
+
+/// Hosts tried for one CreateGameServerSession before it is refused for capacity.
+const TRIES: usize = 3;
+/// A retry with the token of a request still under way waits this long for it at most...
+const CLAIM_WAIT: Duration = Duration::from_secs(15);
+/// ...polling this often.
+const CLAIM_POLL: Duration = Duration::from_millis(20);
+
+/// The session a search sees.
+fn subject(v: &Value) -> Subject<'_> {
+    let int = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let str_of = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+    let max = int("MaximumPlayerSessionCount");
+    let players = int("CurrentPlayerSessionCount");
+    Subject {
+        name: str_of("Name"),
+        id: str_of("GameServerSessionId"),
+        maximum_sessions: max,
+        creation_time_millis: store::millis(v, "CreationTime"),
+        player_session_count: players,
+        has_available_player_sessions: str_of("Status") == "ACTIVE"
+            && str_of("PlayerSessionCreationPolicy") == "ACCEPT_ALL"
+            && players < max,
+        properties: v
+            .get("GameProperties")
+            .and_then(Value::as_array)
+            .map(|props| {
+                props
+                    .iter()
+                    .filter_map(|p| Some((p.get("Key")?.as_str()?, p.get("Value")?.as_str()?)))
+                    .collect::<HashMap<_, _>>()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The wire form of a session request.
+fn create_command(req: &NewSession, token: &str) -> up::CreateGameServerSession {
+    up::CreateGameServerSession {
+        maximum_player_session_count: req.max_players,
+        name: req.name.clone(),
+        creator_id: req.creator_id.clone(),
+        game_properties: req
+            .game_properties
+            .iter()
+            .map(|(key, value)| up::GameProperty {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        game_server_session_data: req.data.clone(),
+        game_server_session_id: req.custom_id.clone().unwrap_or_default(),
+        idempotency_token: token.to_string(),
+    }
+}
+
+/// What a token's first request left.
+enum Claim {
+    /// This request owns the token.
+    Owned,
+    /// The session was created.
+    Done(String),
+    /// Another request is under way (or died) after sending this command to this instance.
+    Sent(String, up::CreateGameServerSession, bool),
+    /// Another request is under way and has not sent anything yet.
+    Waiting,
+}
+
+impl ControlApi {
+    pub(super) async fn create_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, CREATE_SESSION_PARAMS)?;
+        let fleet = self.fleet(&p, true).await?.expect("required");
+        let req = new_session(&p)?;
+        req.check()
+            .map_err(|e| CapiError::new(e.tencent_code(), e.to_string()))?;
+        let session = self
+            .create_in(&fleet, &req, req.idempotency_token.clone())
+            .await?;
+        Ok(json!({ "GameServerSession": session }))
+    }
+
+    /// Creates a session in `fleet` on the first host with room, once per `token` across
+    /// replicas (a placement passes its own id as the token).
+    pub(crate) async fn create_in(
+        &self,
+        fleet: &str,
+        req: &NewSession,
+        token: Option<String>,
+    ) -> Result<Value, CapiError> {
+        let Some(token) = token else {
+            let token = uuid::Uuid::new_v4().to_string();
+            return self.create_on_some_host(fleet, req, &token, false).await;
+        };
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            match self.claim(&token, fleet).await? {
+                Claim::Owned => return self.create_on_some_host(fleet, req, &token, true).await,
+                Claim::Done(gss) => return self.session_json(&gss).await,
+                // The first request died after sending: the agent knows the token and answers
+                // with the session it made, so sending again cannot make a second one.
+                Claim::Sent(instance, command, true) => {
+                    return self
+                        .send_create(fleet, &instance, command, Some(&token))
+                        .await;
+                }
+                Claim::Sent(_, _, false) | Claim::Waiting => {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(CapiError::new(
+                            "FailedOperation",
+                            format!(
+                                "a request with IdempotencyToken {token:?} is still under way; try again"
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(CLAIM_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// Claims `token` for this replica, or says what its first request left.
+    async fn claim(&self, token: &str, fleet: &str) -> Result<Claim, CapiError> {
+        let db = self.db().await?;
+        let me = self.hub.replica();
+        let inserted = db
+            .execute(
+                "INSERT INTO idempotency (token, fleet_id, claimed_by) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&token, &fleet, &me],
+            )
+            .await
+            .map_err(db_error("claiming an idempotency token"))?;
+        if inserted == 1 {
+            return Ok(Claim::Owned);
+        }
+        // Taken over when its replica stopped beating or it is older than the wait.
+        let row = db
+            .query_one(
+                "SELECT i.gss_id, i.instance_id, i.command,
+                        (r.replica IS NULL OR r.heartbeat < now() - interval '10 seconds'
+                         OR i.claimed_at < now() - interval '30 seconds') AS stale
+                 FROM idempotency i LEFT JOIN replicas r ON r.replica = i.claimed_by
+                 WHERE i.token = $1",
+                &[&token],
+            )
+            .await
+            .map_err(db_error("reading an idempotency token"))?;
+        let gss: Option<String> = row.get(0);
+        let instance: Option<String> = row.get(1);
+        let command: Option<Vec<u8>> = row.get(2);
+        let stale: bool = row.get(3);
+        Ok(match (gss, instance, command) {
+            (Some(gss), _, _) => Claim::Done(gss),
+            (None, Some(instance), Some(command)) => {
+                let command = prost::Message::decode(command.as_slice()).map_err(|e| {
+                    CapiError::new(
+                        "InternalError",
+                        format!("a stored command does not decode: {e}"),
+                    )
+                })?;
+                Claim::Sent(instance, command, stale)
+            }
+            _ if stale => {
+                db.execute(
+                    "UPDATE idempotency SET claimed_by = $2, claimed_at = now() WHERE token = $1",
+                    &[&token, &me],
+                )
+                .await
+                .map_err(db_error("taking over an idempotency token"))?;
+                Claim::Owned
+            }
+            _ => Claim::Waiting,
+        })
+    }
+
+    /// Picks hosts until one makes the session.
+    async fn create_on_some_host(
+        &self,
+        fleet: &str,
+        req: &NewSession,
+        token: &str,
+        recorded: bool,
+    ) -> Result<Value, CapiError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = None;
+        for _ in 0..TRIES {
+            let Some(instance) = self.pick(fleet, &tried).await? else {
+                break;
+            };
+            let command = create_command(req, token);
+            if recorded {
+                let db = self.db().await?;
+                db.execute(
+                    "UPDATE idempotency SET instance_id = $2, command = $3 WHERE token = $1",
+                    &[&token, &instance, &prost::Message::encode_to_vec(&command)],
+                )
+                .await
+                .map_err(db_error("recording where a session is created"))?;
+            }
+            match self
+                .send_create(fleet, &instance, command, recorded.then_some(token))
+                .await
+            {
+                Ok(v) => return Ok(v),
+                // The host had no room after all: its counts were behind. Try the next.
+                Err(e) if e.code == "LimitExceeded" => {
+                    tracing::debug!(instance.id = %instance, error = %e.message, "host refused a session for capacity");
+                    if recorded {
+                        let db = self.db().await?;
+                        db.execute(
+                            "UPDATE idempotency SET instance_id = NULL, command = NULL WHERE token = $1",
+                            &[&token],
+                        )
+                        .await
+                        .map_err(db_error("releasing an idempotency token"))?;
+                    }
+                    tried.push(instance);
+                    last = Some(e);
+                }
+                Err(e) => {
+                    if recorded && e.code != "FailedOperation" {
+                        // Refused for a reason a retry would meet again: let it try afresh.
+                        let db = self.db().await?;
+                        let _ = db
+                            .execute("DELETE FROM idempotency WHERE token = $1", &[&token])
+                            .await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if recorded {
+            let db = self.db().await?;
+            let _ = db
+                .execute("DELETE FROM idempotency WHERE token = $1", &[&token])
+                .await;
+        }
+        Err(match last {
+            Some(e) => CapiError::new(
+                "LimitExceeded",
+                format!(
+                    "no host of fleet {fleet} has a free server process ({})",
+                    e.message
+                ),
+            ),
+            None => CapiError::new(
+                "LimitExceeded",
+                format!(
+                    "no host of fleet {fleet} has a free, healthy server process (connected, not lost, reserved or draining)"
+                ),
+            ),
+        })
+    }
+
+    /// The host for the next session of `fleet`: among those connected, not lost, reserved or
+    /// draining, with a free process, the highest weight, then the fullest (pack before
+    /// spreading, so idle hosts can be scaled in). The free count is taken at once, so two
+    /// replicas never count the same process.
+    pub(crate) async fn pick(
+        &self,
+        fleet: &str,
+        tried: &[String],
+    ) -> Result<Option<String>, CapiError> {
+        let db = self.db().await?;
+        let row = db
+            .query_opt(
+                "UPDATE instances SET in_flight = in_flight + 1
+                 WHERE instance_id = (
+                    SELECT instance_id FROM instances
+                    WHERE fleet_id = $1 AND connected AND NOT lost AND NOT reserved
+                      AND NOT draining AND idle > in_flight AND NOT (instance_id = ANY($2))
+                    ORDER BY weight DESC, idle - in_flight ASC, instance_id
+                    LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING instance_id",
+                &[&fleet, &tried],
+            )
+            .await
+            .map_err(db_error("choosing a host"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Sends a create to `instance` (which counts it in flight) and stores what it made.
+    async fn send_create(
+        &self,
+        fleet: &str,
+        instance: &str,
+        command: up::CreateGameServerSession,
+        token: Option<&str>,
+    ) -> Result<Value, CapiError> {
+        let result = self
+            .command(instance, Kind::CreateGameServerSession(command))
+            .await;
+        let mut db = self.db().await?;
+        let tx = db
+            .transaction()
+            .await
+            .map_err(db_error("starting to record a session"))?;
+        let gss = result.as_ref().ok().map(|v| text(v, "GameServerSessionId"));
+        // A session the host's snapshot already showed is not counted twice.
+        tx.execute(
+            "UPDATE instances SET in_flight = greatest(in_flight - 1, 0),
+                idle = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN idle ELSE greatest(idle - 1, 0) END,
+                busy = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN busy ELSE busy || $2::text END
+             WHERE instance_id = $1",
+            &[&instance, &gss],
+        )
+        .await
+        .map_err(db_error("counting a created session"))?;
+        if let Ok(session) = &result {
+            store::insert_sessions(&tx, fleet, instance, std::slice::from_ref(session))
+                .await
+                .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+            if let (Some(token), Some(gss)) = (token, &gss) {
+                tx.execute(
+                    "UPDATE idempotency SET gss_id = $2 WHERE token = $1",
+                    &[&token, gss],
+                )
+                .await
+                .map_err(db_error("recording an idempotent session"))?;
+            }
+        }
+        tx.commit().await.map_err(db_error("recording a session"))?;
+        result
+    }
+
+    /// A stored session's JSON.
+    pub(crate) async fn session_json(&self, gss: &str) -> Result<Value, CapiError> {
+        let db = self.db().await?;
+        let row = db
+            .query_opt("SELECT body FROM sessions WHERE gss_id = $1", &[&gss])
+            .await
+            .map_err(db_error("reading a session"))?;
+        row.map(|r| r.get(0)).ok_or_else(|| {
+            CapiError::new(
+                "ResourceNotFound",
+                format!("game server session {gss} does not exist"),
+            )
+        })
+    }
+
+    /// The instance that has session `gss`.
+    async fn host_of(&self, gss: &str) -> Result<String, CapiError> {
+        let db = self.db().await?;
+        let row = db
+            .query_opt(
+                "SELECT instance_id FROM sessions WHERE gss_id = $1",
+                &[&gss],
+            )
+            .await
+            .map_err(db_error("finding a session's host"))?;
+        row.map(|r| r.get(0)).ok_or_else(|| {
+            CapiError::new(
+                "ResourceNotFound",
+                format!("game server session {gss} does not exist"),
+            )
+        })
+    }
+
+    pub(super) async fn describe_sessions(
+        &self,
+        map: Map<String, Value>,
+        details: bool,
+    ) -> Result<Value, CapiError> {
+        let p = params(
+            map,
+            &[
+                "FleetId",
+                "AliasId",
+                "GameServerSessionId",
+                "Limit",
+                "NextToken",
+                "StatusFilter",
+            ],
+        )?;
+        let gss = p.opt_str("GameServerSessionId", 256)?;
+        let fleet = self.fleet(&p, gss.is_none()).await?;
+        let status = p.opt_str("StatusFilter", 32)?;
+        if let Some(s) = &status
+            && !["ACTIVE", "ACTIVATING", "TERMINATED", "TERMINATING", "ERROR"].contains(&s.as_str())
+        {
+            return Err(CapiError::value(
+                "StatusFilter",
+                format!("{s:?} is not ACTIVE, ACTIVATING, TERMINATED, TERMINATING or ERROR"),
+            ));
+        }
+        let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100);
+        let offset = offset_of(p.opt_str("NextToken", 64)?)?;
+        let db = self.db().await?;
+        let rows = db
+            .query(
+                "SELECT body FROM sessions
+                 WHERE ($1::text IS NULL OR gss_id = $1) AND ($2::text IS NULL OR fleet_id = $2)
+                   AND ($3::text IS NULL OR status = $3)
+                 ORDER BY created_ms, gss_id OFFSET $4 LIMIT $5",
+                &[&gss, &fleet, &status, &offset, &(limit + 1)],
+            )
+            .await
+            .map_err(db_error("reading sessions"))?;
+        let more = rows.len() as i64 > limit;
+        let list: Vec<Value> = rows.iter().take(limit as usize).map(|r| r.get(0)).collect();
+        let next = more.then(|| (offset + limit).to_string());
+        if details {
+            Ok(json!({
+                "GameServerSessionDetails": list.into_iter().map(|s| json!({
+                    "GameServerSession": s,
+                    "ProtectionPolicy": s.get("ProtectionPolicy").cloned().unwrap_or(json!("NoProtection")),
+                })).collect::<Vec<_>>(),
+                "NextToken": next,
+            }))
+        } else {
+            Ok(json!({"GameServerSessions": list, "NextToken": next}))
+        }
+    }
+
+    pub(super) async fn search_sessions(
+        &self,
+        map: Map<String, Value>,
+    ) -> Result<Value, CapiError> {
+        let p = params(map, SEARCH_PARAMS)?;
+        let fleet = self.fleet(&p, true).await?.expect("required");
+        let search = SearchRequest::read(&p)?;
+        let db = self.db().await?;
+        let rows = db
+            .query(
+                "SELECT body FROM sessions WHERE fleet_id = $1 AND status = 'ACTIVE'
+                 ORDER BY created_ms, gss_id",
+                &[&fleet],
+            )
+            .await
+            .map_err(db_error("searching sessions"))?;
+        let sessions: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+        let (page, next) = search.page(&sessions, subject);
+        Ok(json!({"GameServerSessions": page, "NextToken": next}))
+    }
+
+    pub(super) async fn join(
+        &self,
+        map: Map<String, Value>,
+        batch: bool,
+    ) -> Result<Value, CapiError> {
+        let (gss, players) = join_request(map, batch)?;
+        crate::fleet::check_players(&players)
+            .map_err(|e| CapiError::new(e.tencent_code(), e.to_string()))?;
+        let list = self.join_on_host(gss, players).await?;
+        if batch {
+            Ok(json!({"PlayerSessions": list}))
+        } else {
+            Ok(json!({"PlayerSession": list.into_iter().next()}))
+        }
+    }
+
+    /// Joins players on the host of `gss` and stores their player sessions.
+    pub(super) async fn join_on_host(
+        &self,
+        gss: String,
+        players: Vec<crate::fleet::NewPlayer>,
+    ) -> Result<Vec<Value>, CapiError> {
+        let instance = self.host_of(&gss).await?;
+        let joined = self
+            .command(
+                &instance,
+                Kind::JoinGameServerSession(up::JoinGameServerSession {
+                    game_server_session_id: gss,
+                    players: players
+                        .into_iter()
+                        .map(|p| up::PlayerToJoin {
+                            player_id: p.player_id,
+                            player_data: p.player_data,
+                        })
+                        .collect(),
+                }),
+            )
+            .await?;
+        let list = joined.as_array().cloned().unwrap_or_default();
+        let db = self.db().await?;
+        store::insert_players(&db, &list)
+            .await
+            .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+        Ok(list)
+    }
+
+    pub(super) async fn describe_players(
+        &self,
+        map: Map<String, Value>,
+    ) -> Result<Value, CapiError> {
+        let p = params(
+            map,
+            &[
+                "GameServerSessionId",
+                "PlayerId",
+                "PlayerSessionId",
+                "PlayerSessionStatusFilter",
+                "Limit",
+                "NextToken",
+            ],
+        )?;
+        let gss = p.opt_str("GameServerSessionId", 256)?;
+        let player = p.opt_str("PlayerId", 1024)?;
+        let psid = p.opt_str("PlayerSessionId", 1024)?;
+        let status = p.opt_str("PlayerSessionStatusFilter", 32)?;
+        if let Some(s) = &status
+            && !["RESERVED", "ACTIVE", "COMPLETED", "TIMEDOUT"].contains(&s.as_str())
+        {
+            return Err(CapiError::value(
+                "PlayerSessionStatusFilter",
+                format!("{s:?} is not RESERVED, ACTIVE, COMPLETED or TIMEDOUT"),
+            ));
+        }
+        if gss.is_none() && player.is_none() && psid.is_none() {
+            return Err(CapiError::missing(
+                "GameServerSessionId` or `PlayerId` or `PlayerSessionId",
+            ));
+        }
+        let limit = p
+            .opt_int("Limit", 1, crate::sdk::MAX_PAGE as i64)?
+            .unwrap_or(crate::sdk::DEFAULT_PAGE as i64);
+        let offset = offset_of(p.opt_str("NextToken", 64)?)?;
+        let db = self.db().await?;
+        let rows = db
+            .query(
+                "SELECT body FROM players
+                 WHERE ($1::text IS NULL OR gss_id = $1) AND ($2::text IS NULL OR player_id = $2)
+                   AND ($3::text IS NULL OR player_session_id = $3)
+                   AND ($4::text IS NULL OR status = $4)
+                 ORDER BY created_ms, player_session_id OFFSET $5 LIMIT $6",
+                &[&gss, &player, &psid, &status, &offset, &(limit + 1)],
+            )
+            .await
+            .map_err(db_error("reading player sessions"))?;
+        let more = rows.len() as i64 > limit;
+        let list: Vec<Value> = rows.iter().take(limit as usize).map(|r| r.get(0)).collect();
+        Ok(json!({
+            "PlayerSessions": list,
+            "NextToken": more.then(|| (offset + limit).to_string()),
+        }))
+    }
+
+    pub(super) async fn update_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let u = session_update(map)?;
+        let instance = self.host_of(&u.gss_id).await?;
+        let session = self
+            .command(
+                &instance,
+                Kind::UpdateGameServerSession(up::UpdateGameServerSession {
+                    game_server_session_id: u.gss_id,
+                    maximum_player_session_count: u.max_players,
+                    name: u.name,
+                    player_session_creation_policy: u.creation_policy,
+                    protection_policy: u.protection,
+                }),
+            )
+            .await?;
+        Ok(json!({ "GameServerSession": session }))
+    }
+
+    pub(super) async fn end_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = params(map, &["GameServerSessionId", "IpAddress", "Port"])?;
+        let gss = match p.opt_str("GameServerSessionId", 256)? {
+            Some(id) => id,
+            None => {
+                let (Some(ip), Some(port)) =
+                    (p.opt_str("IpAddress", 64)?, p.opt_int("Port", 1, 65535)?)
+                else {
+                    return Err(CapiError::missing(
+                        "GameServerSessionId (or IpAddress and Port)",
+                    ));
+                };
+                let db = self.db().await?;
+                let rows = db
+                    .query(
+                        "SELECT gss_id FROM sessions WHERE status IN ('ACTIVATING', 'ACTIVE')
+                           AND body ->> 'IpAddress' = $1 AND (body ->> 'Port')::bigint = $2",
+                        &[&ip, &port],
+                    )
+                    .await
+                    .map_err(db_error("finding a session by address"))?;
+                match rows.as_slice() {
+                    [one] => one.get(0),
+                    [] => {
+                        return Err(CapiError::new(
+                            "ResourceNotFound",
+                            format!("no live game server session at {ip}:{port}"),
+                        ));
+                    }
+                    _ => {
+                        return Err(CapiError::value(
+                            "Port",
+                            format!(
+                                "several live sessions are at {ip}:{port}: end one by GameServerSessionId"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let instance = self.host_of(&gss).await?;
+        self.command(
+            &instance,
+            Kind::EndGameServerSessionAndProcess(up::EndGameServerSessionAndProcess {
+                game_server_session_id: gss,
+            }),
+        )
+        .await?;
+        Ok(json!({}))
+    }
+}

@@ -1,0 +1,121 @@
+//! The database: a connection pool, and the schema created and migrated at start.
+//!
+//! Migrations are numbered SQL files applied in one transaction under an advisory lock, so two
+//! replicas starting at once apply each exactly once; a database newer than this binary is used
+//! as it is (migrations only add).
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+/// The migrations, in order; the index + 1 is the version.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// The advisory lock key migrations hold ("gsectl" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0067_7365_6374_6c;
+
+/// Connections in the pool.
+pub const POOL_SIZE: usize = 32;
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL did not parse (check-config catches this first).
+    #[error("database URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The pool could not be built.
+    #[error("building the database pool: {0}")]
+    Pool(String),
+    /// No connection could be had.
+    #[error("connecting to the database: {0}")]
+    Connect(String),
+    /// A statement failed.
+    #[error("{step}: {source}")]
+    Query {
+        /// What was being done.
+        step: &'static str,
+        /// PostgreSQL's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl DbError {
+    /// A failed statement, named by its step.
+    pub fn query(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| Self::Query { step, source }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Connect(e.to_string())
+    }
+}
+
+/// A pool of [`POOL_SIZE`] connections to `url`.
+pub fn pool(url: &str) -> Result<Pool, DbError> {
+    let pg: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Creates or migrates the schema; returns the version the database is at.
+pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("starting the migration"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(DbError::query("taking the migration lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(DbError::query("creating schema_migrations"))?;
+    let at: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(DbError::query("reading the schema version"))?
+        .get(0);
+    let at = at.max(0) as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(at) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql)
+            .await
+            .map_err(DbError::query("applying a migration"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(DbError::query("recording a migration"))?;
+        tracing::info!(db.version = version, "database migrated");
+    }
+    tx.commit()
+        .await
+        .map_err(DbError::query("committing the migration"))?;
+    if at > MIGRATIONS.len() {
+        tracing::warn!(
+            db.version = at,
+            known = MIGRATIONS.len(),
+            "the database schema is newer than this gse-control; running on it (migrations only add)"
+        );
+    }
+    Ok(at.max(MIGRATIONS.len()))
+}

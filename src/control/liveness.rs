@@ -1,0 +1,127 @@
+//! Who is alive: this replica's heartbeat, the instances whose streams it holds, instances
+//! with no stream for `instance-lost-after` (Lost: no new sessions), roll-outs whose replica
+//! stopped, and old bookkeeping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use super::db::DbError;
+use super::hub::Hub;
+
+/// A replica silent for this long is taken for dead (its streams, roll-outs and tokens are
+/// taken over).
+pub const REPLICA_DEAD_AFTER: Duration = Duration::from_secs(10);
+
+/// Records this replica as started.
+pub async fn register(pool: &Pool, replica: &str, api: &str, relay: &str) -> Result<(), DbError> {
+    let db = pool.get().await?;
+    db.execute(
+        "INSERT INTO replicas (replica, api_addr, relay_addr) VALUES ($1, $2, $3)
+         ON CONFLICT (replica) DO UPDATE SET heartbeat = now()",
+        &[&replica, &api, &relay],
+    )
+    .await
+    .map_err(DbError::query("registering the replica"))?;
+    Ok(())
+}
+
+/// Records this replica as stopped: its streams are gone with it.
+pub async fn unregister(pool: &Pool, replica: &str) -> Result<(), DbError> {
+    let db = pool.get().await?;
+    db.execute(
+        "UPDATE instances SET connected = false, replica = NULL, last_seen = now() WHERE replica = $1",
+        &[&replica],
+    )
+    .await
+    .map_err(DbError::query("releasing the replica's instances"))?;
+    db.execute("DELETE FROM replicas WHERE replica = $1", &[&replica])
+        .await
+        .map_err(DbError::query("unregistering the replica"))?;
+    Ok(())
+}
+
+/// Beats every `lost_after / 4` (at most 5 s) until the process ends.
+pub async fn watch(pool: Pool, hub: Arc<Hub>, lost_after: Duration, rollout_batch: usize) {
+    let tick = (lost_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(e) = beat(&pool, &hub, lost_after, rollout_batch).await {
+            tracing::warn!(error = %e, "liveness pass failed");
+        }
+    }
+}
+
+async fn beat(
+    pool: &Pool,
+    hub: &Arc<Hub>,
+    lost_after: Duration,
+    rollout_batch: usize,
+) -> Result<(), DbError> {
+    let me = hub.replica();
+    let db = pool.get().await?;
+    let lost_ms = lost_after.as_millis() as f64;
+    let dead_ms = REPLICA_DEAD_AFTER.as_millis() as f64;
+    db.execute(
+        "UPDATE replicas SET heartbeat = now() WHERE replica = $1",
+        &[&me],
+    )
+    .await
+    .map_err(DbError::query("beating"))?;
+    db.execute(
+        "UPDATE instances SET last_seen = now() WHERE replica = $1 AND connected",
+        &[&me],
+    )
+    .await
+    .map_err(DbError::query("refreshing held instances"))?;
+    // Streams held by a replica that stopped beating are gone.
+    db.execute(
+        "UPDATE instances SET connected = false, replica = NULL
+         WHERE connected AND (replica IS NULL OR replica NOT IN
+            (SELECT replica FROM replicas WHERE heartbeat > now() - $1 * interval '1 millisecond'))",
+        &[&dead_ms],
+    )
+    .await
+    .map_err(DbError::query("releasing instances of stopped replicas"))?;
+    let lost = db
+        .query(
+            "UPDATE instances SET lost = true
+             WHERE NOT lost AND NOT connected AND last_seen < now() - $1 * interval '1 millisecond'
+             RETURNING instance_id, fleet_id",
+            &[&lost_ms],
+        )
+        .await
+        .map_err(DbError::query("marking lost instances"))?;
+    for r in &lost {
+        tracing::warn!(instance.id = %r.get::<_, String>(0), fleet.id = %r.get::<_, String>(1), "instance lost: no relay stream; it gets no new sessions until it returns");
+    }
+    let orphans = db
+        .query(
+            "SELECT fleet_id, build_revision FROM fleets
+             WHERE rollout_state = 'RUNNING' AND (rollout_owner IS NULL OR rollout_owner NOT IN
+                (SELECT replica FROM replicas WHERE heartbeat > now() - $1 * interval '1 millisecond'))",
+            &[&dead_ms],
+        )
+        .await
+        .map_err(DbError::query("finding orphaned roll-outs"))?;
+    for r in &orphans {
+        tokio::spawn(super::rollout::run(
+            pool.clone(),
+            hub.clone(),
+            r.get(0),
+            r.get(1),
+            rollout_batch,
+        ));
+    }
+    db.batch_execute(
+        "DELETE FROM commands WHERE created_at < now() - interval '1 hour';
+         DELETE FROM idempotency WHERE claimed_at < now() - interval '1 day';
+         DELETE FROM replicas WHERE heartbeat < now() - interval '1 day';",
+    )
+    .await
+    .map_err(DbError::query("pruning old bookkeeping"))?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! gse-control: GSE's cloud half for many hosts. Agents relay their events to it and take
+//! commands from it; studio backends call the Tencent Cloud GSE API on it. Every fact is in
+//! PostgreSQL, so replicas are stateless and any of them answers any call.
+//!
+//! - [`relay`]: the agents' streams; what they send is stored ([`store`]) before it is
+//!   acknowledged; commands reach the replica holding a stream through [`hub`].
+//! - [`api`]: the Tencent Cloud API, through the agent's door ([`crate::capi::serve_with`]).
+//! - [`placement`]: queues' placements; [`rollout`]: build roll-outs; [`sync`]: a returning
+//!   host brought up to its fleet; [`liveness`]: heartbeats and Lost instances.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod hub;
+pub mod liveness;
+pub mod placement;
+pub mod relay;
+pub mod rollout;
+pub mod store;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::capi::ServeOptions;
+use crate::upstream_proto::control_plane_server::ControlPlaneServer;
+use config::ControlConfig;
+
+/// Why a replica could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file named by the config could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The relay's TLS settings are unusable.
+    #[error("relay-tls: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    /// A server failed.
+    #[error("{what} failed: {message}")]
+    Serve {
+        /// Which server.
+        what: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Where a running replica listens (written to `--endpoints-file`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Endpoints {
+    /// The Tencent Cloud API.
+    pub api: SocketAddr,
+    /// The agents' relay.
+    pub relay: SocketAddr,
+    /// This replica's id.
+    pub replica: String,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ControlError> {
+    std::fs::read(path).map_err(|source| ControlError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs one replica until `shutdown`; `started` gets its endpoints once it listens.
+pub async fn run(
+    cfg: ControlConfig,
+    shutdown: CancellationToken,
+    started: impl FnOnce(&Endpoints),
+) -> Result<(), ControlError> {
+    let pool = db::pool(&cfg.database)?;
+    let version = db::migrate(&pool).await?;
+    let replica = format!("replica-{}", uuid::Uuid::new_v4());
+    tracing::info!(db.version = version, replica = %replica, "database ready");
+    let tokens = match &cfg.agent_tokens_file {
+        Some(path) => Some(Arc::new(config::read_tokens(path).map_err(|source| {
+            ControlError::File {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        None => None,
+    };
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControlError::Bind { what, addr, source })
+    };
+    let api_listener = bind("api-listen", cfg.api_listen).await?;
+    let relay_listener = bind("relay-listen", cfg.relay_listen).await?;
+    let endpoints = Endpoints {
+        api: api_listener
+            .local_addr()
+            .map_err(|source| ControlError::Bind {
+                what: "api-listen",
+                addr: cfg.api_listen,
+                source,
+            })?,
+        relay: relay_listener
+            .local_addr()
+            .map_err(|source| ControlError::Bind {
+                what: "relay-listen",
+                addr: cfg.relay_listen,
+                source,
+            })?,
+        replica: replica.clone(),
+    };
+    liveness::register(
+        &pool,
+        &replica,
+        &endpoints.api.to_string(),
+        &endpoints.relay.to_string(),
+    )
+    .await?;
+    let hub = hub::Hub::new(replica.clone(), pool.clone());
+    let background = tokio_util::task::TaskTracker::new();
+    let listener_task = tokio::spawn(hub.clone().listen(cfg.database.clone()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let api = api::ControlApi::new(pool.clone(), hub.clone(), wake.clone(), cfg.rollout_batch);
+    let placement_task = tokio::spawn(placement::work(api.clone(), wake));
+    let liveness_task = tokio::spawn(liveness::watch(
+        pool.clone(),
+        hub.clone(),
+        cfg.instance_lost_after.get(),
+        cfg.rollout_batch,
+    ));
+
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+    if let Some(tls) = &cfg.relay_tls {
+        let mut t = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(&tls.cert_file)?,
+            read(&tls.key_file)?,
+        ));
+        if let Some(ca) = &tls.client_ca_file {
+            t = t.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        server = server.tls_config(t).map_err(ControlError::Tls)?;
+    }
+    let relay = relay::RelayService {
+        pool: pool.clone(),
+        hub: hub.clone(),
+        tokens,
+    };
+    let relay_stop = shutdown.clone();
+    let relay_task = background.spawn(
+        server
+            .add_service(ControlPlaneServer::new(relay))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(relay_listener),
+                async move { relay_stop.cancelled().await },
+            ),
+    );
+    let api_task = background.spawn(crate::capi::serve_with(
+        api_listener,
+        api,
+        ServeOptions {
+            name: "control-api",
+            keys_file: cfg.api_keys_file.clone(),
+            allowed_hosts: cfg.api_allowed_hosts.clone(),
+            limits: crate::config::ConnectionLimits::default(),
+        },
+        shutdown.clone(),
+    ));
+    tracing::info!(api.addr = %endpoints.api, relay.addr = %endpoints.relay, replica = %replica, "gse-control serving");
+    started(&endpoints);
+    shutdown.cancelled().await;
+    let relay_result = relay_task.await;
+    let api_result = api_task.await;
+    for t in [listener_task, placement_task, liveness_task] {
+        t.abort();
+    }
+    if let Err(e) = liveness::unregister(&pool, &replica).await {
+        tracing::warn!(error = %e, "cannot unregister the replica; others take over after its heartbeat stops");
+    }
+    match relay_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(ControlError::Serve {
+                what: "the relay server",
+                message: e.to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(ControlError::Serve {
+                what: "the relay server",
+                message: e.to_string(),
+            });
+        }
+    }
+    match api_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ControlError::Serve {
+            what: "the API server",
+            message: e.to_string(),
+        }),
+        Err(e) => Err(ControlError::Serve {
+            what: "the API server",
+            message: e.to_string(),
+        }),
+    }
+}

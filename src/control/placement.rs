@@ -1,0 +1,444 @@
+//! Placements across fleets: where a placement may go now (a pure choice, by GSE's latency
+//! rules), and the worker that moves PENDING placements on as capacity frees up anywhere.
+//!
+//! GSE's rules: latency policies apply from the lowest cap upward, each for its window; when no
+//! destination meets the current cap the next policy applies at once; when one meets it but has
+//! no free process the placement waits within that policy's window. Latency goes before
+//! destination order; without latency data destination order decides.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::api::ControlApi;
+use crate::capi::CapiError;
+use crate::fleet::NewSession;
+use crate::placement::{PlacementRequest, Status};
+use crate::queue::LatencyPolicy;
+
+/// Placements one worker pass takes at most.
+const PASS: i64 = 64;
+/// How long a worker's claim on a placement lasts (another replica takes it after).
+const CLAIM: Duration = Duration::from_secs(10);
+/// How often the worker looks when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// How often it looks while placements wait for a session to become ACTIVE.
+const BUSY_POLL: Duration = Duration::from_millis(10);
+
+/// A destination as the choice sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The fleet (an alias destination resolved).
+    pub fleet: String,
+    /// The region its hosts are in.
+    pub region: String,
+}
+
+/// The fleets a placement may try now, best first. `elapsed_secs` is how long it has waited.
+pub fn choose(
+    destinations: &[Candidate],
+    policies: &[LatencyPolicy],
+    latencies: &[crate::placement::Latency],
+    elapsed_secs: u64,
+) -> Vec<String> {
+    // A destination's latency: the worst of the players who reported its region.
+    let worst = |d: &Candidate| {
+        latencies
+            .iter()
+            .filter(|l| l.region == d.region)
+            .map(|l| l.millis)
+            .max()
+    };
+    let by_latency = |list: Vec<&Candidate>| {
+        let mut list: Vec<(usize, &Candidate)> = list.into_iter().enumerate().collect();
+        // Stable: destination order breaks ties and orders those without data.
+        list.sort_by_key(|(i, d)| (worst(d).unwrap_or(u32::MAX), *i));
+        list.into_iter()
+            .map(|(_, d)| d.fleet.clone())
+            .collect::<Vec<_>>()
+    };
+    if latencies.is_empty() || policies.is_empty() {
+        return destinations.iter().map(|d| d.fleet.clone()).collect();
+    }
+    let mut sorted: Vec<&LatencyPolicy> = policies.iter().collect();
+    sorted.sort_by_key(|p| p.max_millis);
+    // The policy whose window holds `elapsed`; one of duration 0 holds the rest of the wait.
+    let mut start = 0u64;
+    let mut current = sorted.len();
+    for (i, p) in sorted.iter().enumerate() {
+        if p.duration_secs == 0 || elapsed_secs < start + u64::from(p.duration_secs) {
+            current = i;
+            break;
+        }
+        start += u64::from(p.duration_secs);
+    }
+    for p in &sorted[current.min(sorted.len())..] {
+        let meets: Vec<&Candidate> = destinations
+            .iter()
+            .filter(|d| worst(d).is_some_and(|w| w <= p.max_millis))
+            .collect();
+        if !meets.is_empty() {
+            return by_latency(meets);
+        }
+    }
+    by_latency(destinations.iter().collect())
+}
+
+/// One claimed placement.
+struct Claimed {
+    id: String,
+    queue: String,
+    request: PlacementRequest,
+    result: Value,
+    started_ms: i64,
+    deadline_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Moves PENDING placements on until the process ends; `wake` starts a pass at once.
+pub async fn work(api: ControlApi, wake: Arc<tokio::sync::Notify>) {
+    let mut busy = false;
+    loop {
+        let poll = if busy { BUSY_POLL } else { IDLE_POLL };
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+        match pass(&api).await {
+            Ok(waiting) => busy = waiting,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "placement pass failed");
+                busy = false;
+            }
+        }
+    }
+}
+
+/// One pass over the placements no other replica holds; says whether any still waits for a
+/// session to become ACTIVE.
+async fn pass(api: &ControlApi) -> Result<bool, CapiError> {
+    let me = api.hub.replica().to_string();
+    let claimed: Vec<Claimed> = {
+        let db = api.db().await?;
+        let rows = db
+            .query(
+                "UPDATE placements SET claimed_by = $1, claimed_until = now() + $2 * interval '1 millisecond'
+                 WHERE placement_id IN (
+                    SELECT placement_id FROM placements
+                    WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())
+                    ORDER BY started_ms LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING placement_id, queue_name, request, coalesce(result, '{}'::jsonb), started_ms, deadline_ms",
+                &[&me, &(CLAIM.as_millis() as f64), &PASS],
+            )
+            .await
+            .map_err(super::api::db_error("claiming placements"))?;
+        rows.iter()
+            .filter_map(|r| {
+                Some(Claimed {
+                    id: r.get(0),
+                    queue: r.get(1),
+                    request: serde_json::from_value(r.get(2)).ok()?,
+                    result: r.get(3),
+                    started_ms: r.get(4),
+                    deadline_ms: r.get(5),
+                })
+            })
+            .collect()
+    };
+    if claimed.is_empty() {
+        return Ok(false);
+    }
+    let outcomes =
+        futures_util::future::join_all(claimed.into_iter().map(|c| advance(api, c))).await;
+    let mut waiting = false;
+    for o in outcomes {
+        match o {
+            Ok(w) => waiting |= w,
+            Err(e) => tracing::warn!(error = %e.message, "cannot move a placement on"),
+        }
+    }
+    Ok(waiting)
+}
+
+/// Moves one placement on; says whether it waits for its session to become ACTIVE.
+async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
+    let now = now_ms();
+    if now > c.deadline_ms {
+        finish(
+            api,
+            &c,
+            Status::TimedOut,
+            json!({"Reason": "the queue's timeout passed"}),
+        )
+        .await?;
+        return Ok(false);
+    }
+    if let Some(gss) = c
+        .result
+        .get("GameServerSessionId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    {
+        let session = api.session_json(&gss).await?;
+        match session.get("Status").and_then(Value::as_str) {
+            Some("ACTIVATING") => {
+                release(api, &c).await?;
+                return Ok(true);
+            }
+            Some("ACTIVE") => {
+                let players = c.request.new_players();
+                let placed = if players.is_empty() {
+                    Ok(Value::Array(Vec::new()))
+                } else {
+                    api.join_players(&gss, players).await
+                };
+                let mut result = c.result.clone();
+                result["IpAddress"] = session["IpAddress"].clone();
+                result["DnsName"] = session["DnsName"].clone();
+                result["Port"] = session["Port"].clone();
+                result["Region"] = json!(region_of(api, &session).await?);
+                match placed {
+                    Ok(list) => {
+                        result["PlacedPlayerSessions"] = json!(
+                            list.as_array()
+                                .map(|l| l
+                                    .iter()
+                                    .map(|p| json!({
+                                        "PlayerId": p["PlayerId"],
+                                        "PlayerSessionId": p["PlayerSessionId"],
+                                    }))
+                                    .collect::<Vec<_>>())
+                                .unwrap_or_default()
+                        );
+                        finish(api, &c, Status::Fulfilled, result).await?;
+                    }
+                    Err(e) => {
+                        result["Reason"] =
+                            json!(format!("the players could not be placed: {}", e.message));
+                        finish(api, &c, Status::Failed, result).await?;
+                    }
+                }
+                return Ok(false);
+            }
+            // It failed to activate: try another process.
+            _ => {
+                let attempt = c.result.get("Attempt").and_then(Value::as_i64).unwrap_or(0) + 1;
+                c.result = json!({"Attempt": attempt});
+                save_result(api, &c).await?;
+            }
+        }
+    }
+    let Some(queue) = api.queue(&c.queue).await? else {
+        finish(
+            api,
+            &c,
+            Status::Failed,
+            json!({"Reason": format!("queue {} was deleted", c.queue)}),
+        )
+        .await?;
+        return Ok(false);
+    };
+    let (candidates, first_exists) = api.candidates(&queue.destinations).await?;
+    let elapsed = ((now - c.started_ms).max(0) / 1000) as u64;
+    let order = choose(
+        &candidates,
+        &queue.latency_policies,
+        &c.request.latencies,
+        elapsed,
+    );
+    let attempt = c.result.get("Attempt").and_then(Value::as_i64).unwrap_or(0);
+    let suffix = if attempt == 0 {
+        c.id.clone()
+    } else {
+        format!("{}-{attempt}", c.id)
+    };
+    let req = NewSession {
+        max_players: c.request.max_players,
+        name: c.request.name.clone(),
+        creator_id: String::new(),
+        game_properties: c.request.game_properties.clone(),
+        data: c.request.data.clone(),
+        custom_id: Some(suffix.clone()),
+        idempotency_token: None,
+    };
+    // The queue's first destination, if it names a fleet that exists.
+    let first = candidates
+        .first()
+        .filter(|_| first_exists)
+        .map(|d| d.fleet.clone());
+    for fleet in &order {
+        match api
+            .create_in(fleet, &req, Some(format!("placement:{suffix}")))
+            .await
+        {
+            Ok(session) => {
+                if first.as_deref() != Some(fleet.as_str()) {
+                    api.count_queue(&c.queue, "first_choice_not_viable").await?;
+                }
+                let mut result = json!({"Attempt": attempt});
+                result["GameServerSessionId"] = session["GameServerSessionId"].clone();
+                c.result = result;
+                save_result(api, &c).await?;
+                release(api, &c).await?;
+                return Ok(true);
+            }
+            Err(e) if e.code == "LimitExceeded" => continue,
+            Err(e) => {
+                finish(api, &c, Status::Failed, json!({"Reason": e.message})).await?;
+                return Ok(false);
+            }
+        }
+    }
+    release(api, &c).await?;
+    Ok(false)
+}
+
+async fn region_of(api: &ControlApi, session: &Value) -> Result<String, CapiError> {
+    let fleet = session
+        .get("FleetId")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let regions = api.regions(&[fleet.to_string()]).await?;
+    Ok(regions
+        .get(fleet)
+        .cloned()
+        .unwrap_or_else(|| "local".into()))
+}
+
+async fn save_result(api: &ControlApi, c: &Claimed) -> Result<(), CapiError> {
+    let db = api.db().await?;
+    db.execute(
+        "UPDATE placements SET result = $2 WHERE placement_id = $1",
+        &[&c.id, &c.result],
+    )
+    .await
+    .map_err(super::api::db_error("saving a placement"))?;
+    Ok(())
+}
+
+async fn release(api: &ControlApi, c: &Claimed) -> Result<(), CapiError> {
+    let db = api.db().await?;
+    db.execute(
+        "UPDATE placements SET claimed_until = NULL WHERE placement_id = $1 AND claimed_by = $2",
+        &[&c.id, &api.hub.replica()],
+    )
+    .await
+    .map_err(super::api::db_error("releasing a placement"))?;
+    Ok(())
+}
+
+/// Ends a placement once (only from PENDING) and counts it on its queue.
+async fn finish(
+    api: &ControlApi,
+    c: &Claimed,
+    status: Status,
+    result: Value,
+) -> Result<(), CapiError> {
+    let now = now_ms();
+    let db = api.db().await?;
+    let n = db
+        .execute(
+            "UPDATE placements SET status = $2, result = $3, ended_ms = $4, claimed_until = NULL
+             WHERE placement_id = $1 AND status = 'PENDING'",
+            &[&c.id, &status.as_str(), &result, &now],
+        )
+        .await
+        .map_err(super::api::db_error("ending a placement"))?;
+    drop(db);
+    if n == 1 {
+        let column = match status {
+            Status::Fulfilled => "fulfilled",
+            Status::TimedOut => "timed_out",
+            Status::Cancelled => "cancelled",
+            Status::Failed => "failed",
+            Status::Pending => return Ok(()),
+        };
+        api.count_queue(&c.queue, column).await?;
+        if status == Status::Fulfilled {
+            api.add_wait(&c.queue, now - c.started_ms).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::Latency;
+
+    fn dest(fleet: &str, region: &str) -> Candidate {
+        Candidate {
+            fleet: fleet.into(),
+            region: region.into(),
+        }
+    }
+
+    fn lat(region: &str, millis: u32) -> Latency {
+        Latency {
+            player_id: "p".into(),
+            region: region.into(),
+            millis,
+        }
+    }
+
+    fn policy(max_millis: u32, duration_secs: u32) -> LatencyPolicy {
+        LatencyPolicy {
+            max_millis,
+            duration_secs,
+        }
+    }
+
+    #[test]
+    fn without_latency_data_destination_order_decides() {
+        let d = [dest("fleet-a", "r1"), dest("fleet-b", "r2")];
+        assert_eq!(
+            choose(&d, &[policy(50, 10)], &[], 0),
+            ["fleet-a", "fleet-b"]
+        );
+        assert_eq!(choose(&d, &[], &[lat("r2", 5)], 0), ["fleet-a", "fleet-b"]);
+    }
+
+    #[test]
+    fn latency_goes_before_destination_order() {
+        let d = [dest("fleet-a", "r1"), dest("fleet-b", "r2")];
+        let l = [lat("r1", 80), lat("r2", 20)];
+        assert_eq!(choose(&d, &[policy(100, 0)], &l, 0), ["fleet-b", "fleet-a"]);
+    }
+
+    #[test]
+    fn policies_apply_from_the_lowest_cap_within_their_windows() {
+        let d = [dest("fleet-a", "r1"), dest("fleet-b", "r2")];
+        let l = [lat("r1", 40), lat("r2", 90)];
+        let p = [policy(200, 0), policy(50, 10)];
+        // 0–10 s: cap 50 admits only fleet-a.
+        assert_eq!(choose(&d, &p, &l, 3), ["fleet-a"]);
+        // After: cap 200 admits both, by latency.
+        assert_eq!(choose(&d, &p, &l, 11), ["fleet-a", "fleet-b"]);
+    }
+
+    #[test]
+    fn a_cap_no_destination_meets_gives_way_to_the_next_at_once() {
+        let d = [dest("fleet-a", "r1")];
+        let l = [lat("r1", 120)];
+        let p = [policy(50, 30), policy(150, 30)];
+        assert_eq!(choose(&d, &p, &l, 0), ["fleet-a"]);
+        // No policy admits it: after every window, anything goes.
+        let strict = [policy(50, 30)];
+        assert_eq!(choose(&d, &strict, &l, 0), ["fleet-a"]);
+        assert_eq!(choose(&d, &strict, &l, 31), ["fleet-a"]);
+    }
+
+    #[test]
+    fn the_worst_player_decides_a_destination() {
+        let d = [dest("fleet-a", "r1"), dest("fleet-b", "r2")];
+        let l = [lat("r1", 10), lat("r1", 70), lat("r2", 60)];
+        assert_eq!(choose(&d, &[policy(65, 0)], &l, 0), ["fleet-b"]);
+    }
+}

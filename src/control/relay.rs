@@ -1,0 +1,212 @@
+//! The agents' side of the control plane: terminates each agent's Relay stream, stores what it
+//! sends before acknowledging it, and carries commands down to it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::hub::Hub;
+use super::store::{self, Arrival, Batch, Source};
+use super::sync;
+use crate::upstream_proto as up;
+use crate::upstream_proto::control_plane_server::ControlPlane;
+
+/// How long a new stream has to say Hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// Messages taken from a stream per database write at most.
+const BATCH: usize = 1024;
+/// Messages buffered per stream between the network and the writer.
+const BUFFER: usize = 4096;
+/// How long a failed write waits before it is tried again (the agent resends what is not
+/// acknowledged anyway, but a stream is not dropped for one failed write).
+const WRITE_RETRY: Duration = Duration::from_millis(500);
+
+/// The Relay service of one replica.
+#[derive(Clone)]
+pub struct RelayService {
+    /// The database.
+    pub pool: Pool,
+    /// Commands in and out.
+    pub hub: Arc<Hub>,
+    /// Accepted bearer tokens (`None`: tokens are not checked).
+    pub tokens: Option<Arc<Vec<String>>>,
+}
+
+type Out = Pin<Box<dyn Stream<Item = Result<up::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for RelayService {
+    type RelayStream = Out;
+
+    async fn relay(
+        &self,
+        request: Request<Streaming<up::AgentMessage>>,
+    ) -> Result<Response<Out>, Status> {
+        if let Some(tokens) = &self.tokens {
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !tokens.iter().any(|t| constant_eq(t, presented)) {
+                return Err(Status::unauthenticated(
+                    "the agent's bearer token is not in agent-tokens-file",
+                ));
+            }
+        }
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_WITHIN, inbound.message()).await {
+            Ok(Ok(Some(up::AgentMessage {
+                body: Some(up::agent_message::Body::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+        };
+        if hello.instance_id.is_empty() || hello.fleet_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "Hello must name the fleet_id and instance_id",
+            ));
+        }
+        let known = store::arrive(
+            &self.pool,
+            &Arrival {
+                hello: hello.clone(),
+                replica: self.hub.replica().to_string(),
+            },
+        )
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        // The database may know more than the agent: do not make it resend that.
+        if known.acked > hello.last_acked_sequence {
+            let _ = tx.try_send(ack(known.acked));
+        }
+        let serial = self.hub.attach(&hello.instance_id, tx.clone());
+        tracing::info!(instance.id = %hello.instance_id, fleet.id = %hello.fleet_id, upstream.epoch = hello.epoch, upstream.acked = hello.last_acked_sequence, "agent connected");
+        let service = self.clone();
+        tokio::spawn(async move {
+            let src = Source {
+                instance_id: hello.instance_id.clone(),
+                fleet_id: hello.fleet_id.clone(),
+                epoch: hello.epoch,
+            };
+            tokio::spawn(sync::catch_up(
+                service.pool.clone(),
+                service.hub.clone(),
+                hello.fleet_id.clone(),
+                hello.instance_id.clone(),
+            ));
+            let ended = service.pump(&src, inbound, &tx).await;
+            service.hub.detach(&src.instance_id, serial);
+            if let Err(e) =
+                store::depart(&service.pool, &src.instance_id, service.hub.replica()).await
+            {
+                tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot record a departed agent");
+            }
+            tracing::info!(instance.id = %src.instance_id, reason = %ended, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+use tokio_stream::StreamExt;
+
+impl RelayService {
+    /// Reads the stream until it ends: batches what arrives, writes each batch, then
+    /// acknowledges its events. Returns why it ended.
+    async fn pump(
+        &self,
+        src: &Source,
+        mut inbound: Streaming<up::AgentMessage>,
+        tx: &mpsc::Sender<up::ControlMessage>,
+    ) -> String {
+        let (msg_tx, mut msg_rx) = mpsc::channel::<up::AgentMessage>(BUFFER);
+        let reader = tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        if msg_tx.send(m).await.is_err() {
+                            return "the writer stopped".to_string();
+                        }
+                    }
+                    Ok(None) => return "the agent closed the stream".to_string(),
+                    Err(e) => return format!("the stream failed: {e}"),
+                }
+            }
+        });
+        loop {
+            let Some(first) = msg_rx.recv().await else {
+                break;
+            };
+            let mut batch = Batch::default();
+            let mut results = Vec::new();
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(m) = next.take() {
+                taken += 1;
+                match m.body {
+                    Some(up::agent_message::Body::Event(e)) => batch.events.push(e),
+                    Some(up::agent_message::Body::Status(s)) => batch.status = Some(s),
+                    Some(up::agent_message::Body::Snapshot(s)) => batch.snapshots.push(s),
+                    Some(up::agent_message::Body::Result(r)) => results.push(r),
+                    Some(up::agent_message::Body::Hello(_)) | None => {}
+                }
+                if taken < BATCH {
+                    next = msg_rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                let highest = loop {
+                    match store::write(&self.pool, src, &batch).await {
+                        Ok(h) => break h,
+                        Err(e) => {
+                            tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot store what an agent sent; trying again");
+                            if tx.is_closed() {
+                                reader.abort();
+                                return "the stream closed while the database failed".into();
+                            }
+                            tokio::time::sleep(WRITE_RETRY).await;
+                        }
+                    }
+                };
+                if let Some(h) = highest
+                    && tx.send(ack(h)).await.is_err()
+                {
+                    break;
+                }
+            }
+            // Results after the batch: a session a create produced is stored with its snapshot
+            // or by the caller, whichever comes first.
+            for r in results {
+                self.hub.deliver(r).await;
+            }
+        }
+        match reader.await {
+            Ok(why) => why,
+            Err(_) => "the stream reader stopped".into(),
+        }
+    }
+}
+
+fn ack(sequence: u64) -> up::ControlMessage {
+    up::ControlMessage {
+        body: Some(up::control_message::Body::Ack(up::Ack { sequence })),
+    }
+}
+
+/// Compares without stopping at the first difference, so timing says nothing of a token.
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
