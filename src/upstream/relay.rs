@@ -103,16 +103,16 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, RelayError> {
     })
 }
 
-async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
+async fn channel(cfg: &UpstreamConfig, url: &str) -> Result<Channel, RelayError> {
     let bad = |message: String| RelayError::Endpoint {
-        endpoint: cfg.endpoint.clone(),
+        endpoint: url.to_string(),
         message,
     };
-    let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| bad(e.to_string()))?
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    if cfg.endpoint.starts_with("https://") {
+    if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &cfg.ca_file {
             tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
@@ -128,12 +128,16 @@ async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
         .connect()
         .await
         .map_err(|source| RelayError::Connect {
-            endpoint: cfg.endpoint.clone(),
+            endpoint: url.to_string(),
             source,
         })
 }
 
-/// Runs until `shutdown`, reconnecting as needed.
+/// Runs until `shutdown`, reconnecting as needed: the endpoints are dialled in order, and a
+/// failed or lost connection moves on to the next (replicas of one control plane). A jittered
+/// backoff separates every two attempts; it doubles after each full lap of failures (with one
+/// endpoint: after each failure), up to `reconnect-max`, and starts again from
+/// `reconnect-initial` once a connection has lived longer than that.
 pub async fn run(
     cfg: UpstreamConfig,
     agent: Arc<Config>,
@@ -147,11 +151,18 @@ pub async fn run(
     let mut connected_before = false;
     let book = CommandBook::new(ledger.clone());
     let _prune = AbortOnDrop(tokio::spawn(prune_ledger(ledger)));
+    // Validation guarantees at least one.
+    let endpoints = cfg.endpoints.len().max(1);
+    // The endpoint dialled next, and the attempts made since the backoff last changed.
+    let mut next = 0;
+    let mut lap = 0;
     loop {
+        let url = cfg.endpoints.get(next).map(String::as_str).unwrap_or("");
+        tracing::debug!(upstream.endpoint = %url, upstream.index = next, "dialling the control plane");
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&cfg, &agent, &outbox, &fleet, &bus, &book, &shutdown, &mut connected_before) => r,
+            r = session(&cfg, url, &agent, &outbox, &fleet, &bus, &book, &shutdown, &mut connected_before) => r,
         };
         if shutdown.is_cancelled() {
             return;
@@ -159,10 +170,10 @@ pub async fn run(
         match &result {
             Ok(()) => {}
             Err(RelayError::Auth(m)) => {
-                tracing::error!(upstream.endpoint = %cfg.endpoint, error = %m, "control plane refused the credentials; check upstream.token-file");
+                tracing::error!(upstream.endpoint = %url, error = %m, "control plane refused the credentials; check upstream.token-file");
             }
             Err(e) => {
-                tracing::warn!(upstream.endpoint = %cfg.endpoint, error = %e, "upstream connection lost")
+                tracing::warn!(upstream.endpoint = %url, error = %e, "upstream connection lost")
             }
         }
         if connected_before {
@@ -178,13 +189,20 @@ pub async fn run(
         // A connection that lived a while resets the backoff.
         if started.elapsed() > cfg.reconnect_max.get() {
             backoff = cfg.reconnect_initial.get();
+            lap = 0;
         }
+        next = (next + 1) % endpoints;
+        lap += 1;
         let delay = jitter(backoff);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(cfg.reconnect_max.get());
+        // Every endpoint was tried once at this backoff: wait longer on the next lap.
+        if lap >= endpoints {
+            lap = 0;
+            backoff = (backoff * 2).min(cfg.reconnect_max.get());
+        }
     }
 }
 
@@ -208,6 +226,7 @@ fn jitter(d: Duration) -> Duration {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &UpstreamConfig,
+    url: &str,
     agent: &Arc<Config>,
     outbox: &Outbox,
     fleet: &FleetHandle,
@@ -219,7 +238,7 @@ async fn session(
     let channel = within(
         "connecting (TCP, TLS and HTTP/2)",
         cfg.connect_timeout.get(),
-        channel(cfg),
+        channel(cfg, url),
     )
     .await??;
     let token = match &cfg.token_file {
@@ -236,7 +255,9 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         last_acked_sequence: acked,
         epoch,
-        ..Default::default()
+        region: agent.region.clone(),
+        public_ip: agent.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        dns_name: agent.client_dns_name().to_string(),
     })))
     .await
     .map_err(|_| RelayError::Closed)?;
@@ -258,12 +279,9 @@ async fn session(
     *connected = true;
     bus.emit(Event::new(
         EventCode::UpstreamConnected,
-        format!(
-            "connected to {}; resending after sequence {acked}",
-            cfg.endpoint
-        ),
+        format!("connected to {url}; resending after sequence {acked}"),
     ));
-    tracing::info!(upstream.endpoint = %cfg.endpoint, upstream.acked = acked, "connected to the control plane");
+    tracing::info!(upstream.endpoint = %url, upstream.acked = acked, "connected to the control plane");
 
     let mut committed = outbox.committed();
     let mut sent = acked;

@@ -1658,3 +1658,42 @@ async fn a_placement_waits_out_a_reservation_and_fails_when_nothing_here_serves_
         "ACTIVATING until the game activates it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn sessions_carry_the_configured_region_and_address() {
+    let mut h = Harness::new();
+    let yaml = format!(
+        "region: ap-shanghai\npublic-ip: 203.0.113.7\ndns-name: game-1.example.com\n{CONFIG}"
+    );
+    let cfg = config::parse(&yaml, "test.yaml", Path::new("/srv")).unwrap();
+    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet.start();
+    h.settle();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.activated(pid, 2);
+    assert!(
+        s.id.starts_with("qcs::gse:ap-shanghai::gameserversession/fleet-test/gssess-"),
+        "{}",
+        s.id
+    );
+    assert_eq!(
+        (s.ip_address.as_str(), s.dns_name.as_str()),
+        ("203.0.113.7", "game-1.example.com")
+    );
+    let p = h.join(&s.id, 1).unwrap().remove(0);
+    assert_eq!(
+        (p.ip_address.as_str(), p.dns_name.as_str()),
+        ("203.0.113.7", "game-1.example.com")
+    );
+    // Unset: the loopback address and no name, in region `local`.
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.activated(pid, 2);
+    assert!(s.id.starts_with("qcs::gse:local::"), "{}", s.id);
+    assert_eq!(
+        (s.ip_address.as_str(), s.dns_name.as_str()),
+        ("127.0.0.1", "")
+    );
+}
