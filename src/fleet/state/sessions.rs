@@ -4,7 +4,7 @@
 use tokio::time::Instant;
 
 use super::{Fleet, Phase};
-use crate::event::{Event, EventCode};
+use crate::event::{Change, Event, EventCode};
 use crate::fleet::api::{
     ControlReply, Effect, FleetError, NewPlayer, NewSession, PlayerQuery, SessionQuery,
 };
@@ -303,7 +303,10 @@ impl Fleet {
         if protection.is_some() {
             s.protection = protection;
         }
-        Ok(s.clone())
+        let updated = s.clone();
+        // GSE has no event for it; a control plane mirroring the session must still learn.
+        self.changed(Change::Session(u.gss_id));
+        Ok(updated)
     }
 
     pub(super) fn describe_sessions(&self, q: &SessionQuery) -> Result<ControlReply, FleetError> {
