@@ -1,8 +1,10 @@
-//! The relay: one long-lived bidirectional stream to the control plane, dialled out, resumed
-//! after every fault with jittered exponential backoff. On each connection: a Hello with the
-//! last acknowledged sequence, then every outbox event after it, in order, then new ones as they
-//! are committed; periodic instance status (only the latest, never queued); one result per
-//! command. Acknowledgements prune the outbox.
+//! The relay: one long-lived bidirectional stream to the control plane, dialled out (to each
+//! configured endpoint in turn), resumed after every fault with jittered exponential backoff. On
+//! each connection: a Hello with the last acknowledged sequence, a complete snapshot of the
+//! host's state, then every outbox event after that sequence, in order, then new ones as they
+//! are committed; partial snapshots as sessions change ([`super::snapshot`]); periodic instance
+//! status (only the latest, never queued); one result per command. Acknowledgements prune the
+//! outbox.
 //!
 //! Commands are applied once per id across connections and restarts; [`super::book`] says
 //! how (claim before running, record before answering, interrupted ids answered, not re-run),
@@ -15,16 +17,18 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::Instrument;
 
 use super::book::{Begin, CommandBook};
 use super::commands;
 use super::ledger::Ledger;
 use super::outbox::{Outbox, unix_ms};
+use super::snapshot;
 use std::sync::Arc;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::event::{Event, EventBus, EventCode};
-use crate::fleet::{Control, ControlReply, FleetHandle};
+use crate::fleet::{Control, ControlReply, FleetHandle, HostStateScope};
 use crate::upstream_proto as up;
 use crate::upstream_proto::control_plane_client::ControlPlaneClient;
 
@@ -249,6 +253,9 @@ async fn session(
     let (tx, rx) = mpsc::channel::<up::AgentMessage>(256);
     let acked = outbox.acked();
     let epoch = outbox.epoch();
+    // Subscribed before the complete snapshot is read: every change after the read is seen.
+    let mut watcher = snapshot::Watcher::subscribe(bus);
+    let complete = snapshot::build(fleet, HostStateScope::All, true).await;
     tx.send(msg(up::agent_message::Body::Hello(up::Hello {
         fleet_id: agent.fleet_id.clone(),
         instance_id: agent.instance_id.clone(),
@@ -261,6 +268,27 @@ async fn session(
     })))
     .await
     .map_err(|_| RelayError::Closed)?;
+    // Right after the Hello, before any event: the whole state, for the control plane to
+    // reconcile from.
+    match complete {
+        Ok(s) => tx
+            .send(msg(up::agent_message::Body::Snapshot(s)))
+            .await
+            .map_err(|_| RelayError::Closed)?,
+        // Shutting down: the fleet is gone, only its last events are left to relay.
+        Err(e @ snapshot::SnapshotError::Stopped) => {
+            tracing::debug!(error = %e, "no complete snapshot on this connection");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the complete snapshot; it follows when the fleet answers");
+            watcher.missed_complete();
+        }
+    }
+    let _snapshots = AbortOnDrop(tokio::spawn(
+        watcher
+            .run(fleet.clone(), tx.clone(), tokio::time::Instant::now())
+            .instrument(tracing::Span::current()),
+    ));
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = token {
         let value = format!("Bearer {token}").parse().map_err(|_| {
