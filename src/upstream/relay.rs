@@ -151,18 +151,19 @@ pub async fn run(
     bus: EventBus,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = cfg.reconnect_initial.get();
+    let mut rotation = Rotation::new(
+        cfg.endpoints.len(),
+        cfg.reconnect_initial.get(),
+        cfg.reconnect_max.get(),
+    );
     let mut connected_before = false;
     let book = CommandBook::new(ledger.clone());
     let _prune = AbortOnDrop(tokio::spawn(prune_ledger(ledger)));
-    // Validation guarantees at least one.
-    let endpoints = cfg.endpoints.len().max(1);
-    // The endpoint dialled next, and the attempts made since the backoff last changed.
-    let mut next = 0;
-    let mut lap = 0;
     loop {
-        let url = cfg.endpoints.get(next).map(String::as_str).unwrap_or("");
-        tracing::debug!(upstream.endpoint = %url, upstream.index = next, "dialling the control plane");
+        let index = rotation.current();
+        // Validation guarantees at least one endpoint.
+        let url = cfg.endpoints.get(index).map(String::as_str).unwrap_or("");
+        tracing::debug!(upstream.endpoint = %url, upstream.index = index, "dialling the control plane");
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -190,23 +191,64 @@ pub async fn run(
                 },
             ));
         }
-        // A connection that lived a while resets the backoff.
-        if started.elapsed() > cfg.reconnect_max.get() {
-            backoff = cfg.reconnect_initial.get();
-            lap = 0;
-        }
-        next = (next + 1) % endpoints;
-        lap += 1;
-        let delay = jitter(backoff);
+        let delay = jitter(rotation.ended(started.elapsed()));
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
-        // Every endpoint was tried once at this backoff: wait longer on the next lap.
-        if lap >= endpoints {
-            lap = 0;
-            backoff = (backoff * 2).min(cfg.reconnect_max.get());
+    }
+}
+
+/// Which endpoint is dialled next, and the backoff before it: every failed or lost connection
+/// moves on to the next endpoint; the backoff doubles after each full lap of them (with one
+/// endpoint, after each attempt, as it always did), up to the cap, and starts again from the
+/// initial value after a connection that lived longer than the cap.
+#[derive(Debug)]
+struct Rotation {
+    endpoints: usize,
+    /// The endpoint dialled next.
+    next: usize,
+    /// Attempts made at the current backoff.
+    lap: usize,
+    backoff: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Rotation {
+    fn new(endpoints: usize, initial: Duration, max: Duration) -> Self {
+        Self {
+            endpoints: endpoints.max(1),
+            next: 0,
+            lap: 0,
+            backoff: initial,
+            initial,
+            max,
         }
+    }
+
+    /// The index of the endpoint to dial now.
+    fn current(&self) -> usize {
+        self.next
+    }
+
+    /// The attempt on the current endpoint ended after `lived`: moves to the next endpoint and
+    /// returns the backoff (before jitter) to wait first.
+    fn ended(&mut self, lived: Duration) -> Duration {
+        // A connection that lived a while resets the backoff.
+        if lived > self.max {
+            self.backoff = self.initial;
+            self.lap = 0;
+        }
+        self.next = (self.next + 1) % self.endpoints;
+        self.lap += 1;
+        let delay = self.backoff;
+        // Every endpoint was tried once at this backoff: wait longer on the next lap.
+        if self.lap >= self.endpoints {
+            self.lap = 0;
+            self.backoff = (self.backoff * 2).min(self.max);
+        }
+        delay
     }
 }
 
@@ -537,5 +579,61 @@ fn status_error(s: tonic::Status) -> RelayError {
             RelayError::Auth(format!("{}: {}", s.code(), s.message()))
         }
         _ => RelayError::Stream(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// (endpoint dialled, backoff after it) for `n` attempts that each fail at once.
+    fn failures(r: &mut Rotation, n: usize) -> Vec<(usize, u64)> {
+        (0..n)
+            .map(|_| {
+                let at = r.current();
+                (at, r.ended(Duration::ZERO).as_secs())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_endpoint_doubles_after_every_failure() {
+        let mut r = Rotation::new(1, S, 8 * S);
+        assert_eq!(
+            failures(&mut r, 6),
+            [(0, 1), (0, 2), (0, 4), (0, 8), (0, 8), (0, 8)]
+        );
+    }
+
+    #[test]
+    fn several_endpoints_take_turns_and_double_per_lap() {
+        let mut r = Rotation::new(3, S, 8 * S);
+        assert_eq!(
+            failures(&mut r, 9),
+            [
+                (0, 1),
+                (1, 1),
+                (2, 1),
+                (0, 2),
+                (1, 2),
+                (2, 2),
+                (0, 4),
+                (1, 4),
+                (2, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_lived_connection_resets_the_backoff_and_moves_on() {
+        let mut r = Rotation::new(2, S, 8 * S);
+        failures(&mut r, 6);
+        assert_eq!(r.current(), 0);
+        // Connected to endpoint 0 for a while, then lost: the next endpoint, at once.
+        assert_eq!(r.ended(9 * S), S);
+        assert_eq!(r.current(), 1);
+        assert_eq!(failures(&mut r, 3), [(1, 1), (0, 2), (1, 2)]);
     }
 }
