@@ -128,7 +128,7 @@ impl AliasInput {
     }
 }
 
-/// The Tencent resource name of an alias on this host.
-pub fn arn(id: &str) -> String {
-    format!("qcs::gse:local:uin/0:alias/{id}")
+/// The Tencent resource name of an alias on this host, in its `region`.
+pub fn arn(region: &str, id: &str) -> String {
+    format!("qcs::gse:{region}:uin/0:alias/{id}")
 }

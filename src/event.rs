@@ -256,6 +256,18 @@ impl Event {
     }
 }
 
+/// A change to the host's state that no event reports: UpdateGameServerSession, a creation
+/// policy or custom counts set by the game, a process that passes its health checks again.
+/// Not recorded, not stored, not relayed as an event: only broadcast to readers that mirror
+/// the state (the relay's snapshots), so that they learn of every change, evented or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A game server session (or one of its player sessions) changed.
+    Session(String),
+    /// The process list changed.
+    Processes,
+}
+
 /// ISO 8601 UTC with seconds, as Tencent Cloud API writes times.
 pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -276,6 +288,8 @@ pub struct EventBus {
     recent: Arc<Mutex<Recent>>,
     capacity: usize,
     tx: broadcast::Sender<Event>,
+    /// Changes no event reports ([`Change`]).
+    changes: broadcast::Sender<Change>,
     /// The durable outbox's queue: unlike broadcast readers, it never lags or drops.
     sink: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
@@ -284,6 +298,7 @@ impl EventBus {
     /// A bus that remembers the last `capacity` events.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(1024);
+        let (changes, _) = broadcast::channel(1024);
         Self {
             recent: Arc::new(Mutex::new(Recent {
                 next_sequence: 1,
@@ -291,6 +306,7 @@ impl EventBus {
             })),
             capacity,
             tx,
+            changes,
             sink: None,
         }
     }
@@ -349,6 +365,17 @@ impl EventBus {
     /// Subscribes to events emitted from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// Broadcasts a change that no event reports (see [`Change`]).
+    pub fn changed(&self, change: Change) {
+        // No receiver is fine: nobody mirrors the state yet.
+        let _ = self.changes.send(change);
+    }
+
+    /// Subscribes to the changes no event reports, from now on.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// Recent events, oldest first, skipping `offset` and returning at most `limit`, plus the

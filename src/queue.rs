@@ -123,9 +123,9 @@ impl QueueInput {
     }
 }
 
-/// The Tencent resource name of a queue on this host.
-pub fn arn(name: &str) -> String {
-    format!("qcs::gse:local:uin/0:gameserversessionqueue/{name}")
+/// The Tencent resource name of a queue on this host, in its `region`.
+pub fn arn(region: &str, name: &str) -> String {
+    format!("qcs::gse:{region}:uin/0:gameserversessionqueue/{name}")
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ impl CreationPolicy {
 /// A game server session on this host.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GameSession {
-    /// `qcs::gse:local::gameserversession/<fleet>/gssess-<uuid>`.
+    /// `qcs::gse:<region>::gameserversession/<fleet>/gssess-<uuid>`.
     pub id: String,
     /// The fleet.
     pub fleet_id: String,

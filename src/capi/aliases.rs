@@ -9,15 +9,15 @@ use crate::alias::{Alias, AliasInput, Routing, arn};
 use crate::event::format_time;
 use crate::fleet::{Control, ControlReply};
 
-/// An alias in the SDK's `Alias` model.
-pub(crate) fn view(a: &Alias) -> Value {
+/// An alias in the SDK's `Alias` model; its ARN names `region`.
+pub(crate) fn view(region: &str, a: &Alias) -> Value {
     let (kind, fleet_id, message) = match &a.routing {
         Routing::Simple { fleet_id } => ("SIMPLE", fleet_id.as_str(), ""),
         Routing::Terminal { message } => ("TERMINAL", "", message.as_str()),
     };
     json!({
         "AliasId": a.id,
-        "AliasArn": arn(&a.id),
+        "AliasArn": arn(region, &a.id),
         "Name": a.name,
         "Description": a.description,
         "RoutingStrategy": {"Type": kind, "FleetId": fleet_id, "Message": message},
@@ -171,7 +171,7 @@ impl Capi {
 
     async fn put_alias(&self, input: AliasInput) -> Result<Value, CapiError> {
         match self.fleet.control(Control::PutAlias(input)).await? {
-            ControlReply::Alias(a) => Ok(json!({"Alias": view(&a)})),
+            ControlReply::Alias(a) => Ok(json!({"Alias": view(&self.cfg.region, &a)})),
             other => Err(unexpected(&other)),
         }
     }
@@ -197,7 +197,7 @@ impl Capi {
         let p = Params::new(map, &["AliasId"])?;
         let id = p.str("AliasId", 128)?;
         match self.fleet.control(Control::DescribeAlias(id)).await? {
-            ControlReply::Alias(a) => Ok(json!({"Alias": view(&a)})),
+            ControlReply::Alias(a) => Ok(json!({"Alias": view(&self.cfg.region, &a)})),
             other => Err(unexpected(&other)),
         }
     }
@@ -241,7 +241,7 @@ impl Capi {
             list.reverse();
         }
         Ok(json!({
-            "Aliases": list.iter().skip(offset).take(limit).map(view).collect::<Vec<_>>(),
+            "Aliases": list.iter().skip(offset).take(limit).map(|a| view(&self.cfg.region, a)).collect::<Vec<_>>(),
             "TotalCount": list.len(),
         }))
     }

@@ -97,8 +97,7 @@ impl Capi {
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         p.opt_int("Limit", 1, 100)?;
         let c = self.counters().await?;
-        let instance =
-            view::instance(&c, &self.cfg.fleet_id, &self.cfg.instance_id)["Instance"].clone();
+        let instance = view::instance(&c, &self.cfg)["Instance"].clone();
         let shown = if offset == 0 { vec![instance] } else { vec![] };
         Ok(json!({"Instances": shown, "TotalCount": 1}))
     }
@@ -176,7 +175,7 @@ impl Capi {
             "AssetId": "",
             "CreationTime": "",
             "Description": "self-hosted by gse-agent",
-            "FleetArn": format!("qcs::gse:local:uin/0:fleet/{}", self.cfg.fleet_id),
+            "FleetArn": self.cfg.arn(&format!("fleet/{}", self.cfg.fleet_id)),
             "FleetId": self.cfg.fleet_id,
             "FleetType": "ON_DEMAND",
             "InstanceType": "",

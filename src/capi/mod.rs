@@ -470,7 +470,7 @@ impl Capi {
         self.check_fleet(&p, false).await?;
         match self.fleet.control(Control::DescribeInstance).await? {
             ControlReply::Instance(c) => Ok(json!({
-                "Instances": [view::instance(&c, &self.cfg.fleet_id, &self.cfg.instance_id)],
+                "Instances": [view::instance(&c, &self.cfg)],
                 "TotalCount": 1,
             })),
             other => Err(unexpected(&other)),

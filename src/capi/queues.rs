@@ -108,7 +108,7 @@ impl Capi {
         }
         json!({
             "Name": q.name,
-            "GameServerSessionQueueArn": arn(&q.name),
+            "GameServerSessionQueueArn": arn(&self.cfg.region, &q.name),
             "TimeoutInSeconds": q.timeout_secs,
             "Destinations": destinations,
             "PlayerLatencyPolicies": q.latency_policies.iter().map(|p| json!({

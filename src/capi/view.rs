@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::config::Config;
 use crate::event::{Event, format_time};
 use crate::fleet::{InstanceCounters, ProcessView};
 use crate::session::{GameSession, PlayerSession};
@@ -98,20 +99,23 @@ pub fn process(p: &ProcessView) -> Value {
 }
 
 /// DescribeInstancesExtend's `InstanceExtend`, its `Instance` nested as the SDK's model has it.
-pub fn instance(c: &InstanceCounters, fleet_id: &str, instance_id: &str) -> Value {
+/// The agent knows one address of its host (`public-ip`, else 127.0.0.1): it is both
+/// `IpAddress` and `PrivateIpAddress`.
+pub fn instance(c: &InstanceCounters, cfg: &Config) -> Value {
+    let ip = cfg.client_ip();
     json!({
         "Instance": {
-            "FleetId": fleet_id,
-            "InstanceId": instance_id,
-            "IpAddress": "127.0.0.1",
-            "DnsName": "",
+            "FleetId": cfg.fleet_id,
+            "InstanceId": cfg.instance_id,
+            "IpAddress": ip,
+            "DnsName": cfg.client_dns_name(),
             "OperatingSystem": std::env::consts::OS,
             "Status": "Active",
             "Type": "",
             "CreateTime": "",
             "Weight": c.weight,
             "ReserveValue": i32::from(c.reserved),
-            "PrivateIpAddress": "127.0.0.1",
+            "PrivateIpAddress": ip,
         },
         "State": "Active",
         "HealthyProcessCnt": c.healthy_process_cnt,

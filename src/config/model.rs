@@ -1,7 +1,7 @@
 //! The validated configuration: what the rest of the agent reads.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -224,8 +224,11 @@ impl PackagePolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UpstreamConfig {
-    /// `https://host:port` (or `http://` on a trusted network).
-    pub endpoint: String,
+    /// `https://host:port` (or `http://` on a trusted network), one or several: the relay
+    /// dials them in order and moves to the next when a connection fails or is lost (replicas
+    /// of one control plane). Written `endpoint:` as one string or a list.
+    #[serde(rename = "endpoint", deserialize_with = "one_or_many")]
+    pub endpoints: Vec<String>,
     /// A file holding the bearer token (read at every connection, so it can be rotated).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
@@ -257,6 +260,34 @@ pub struct UpstreamConfig {
     /// The control plane must answer the Relay call (response headers) within this.
     #[serde(default = "default_upstream_timeout")]
     pub response_timeout: HumanDuration,
+}
+
+/// `endpoint: URL` or `endpoint: [URL, ...]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an endpoint URL or a list of endpoint URLs")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(url) = seq.next_element::<String>()? {
+                out.push(url);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(OneOrMany)
 }
 
 fn default_upstream_timeout() -> HumanDuration {
@@ -324,6 +355,9 @@ pub struct RuntimeConfiguration {
     pub activation_timeout: Duration,
 }
 
+/// What sessions say in `IpAddress` when `public-ip` is not set.
+pub const DEFAULT_CLIENT_IP: &str = "127.0.0.1";
+
 /// The validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -331,6 +365,14 @@ pub struct Config {
     pub fleet_id: String,
     /// This host's instance id.
     pub instance_id: String,
+    /// The host's region (`local` unless set): the region part of the ARNs of this host's
+    /// resources, and what a control plane places by.
+    pub region: String,
+    /// The address game clients connect to, as sessions report it in `IpAddress`; `None`: the
+    /// agent was not told (sessions say 127.0.0.1).
+    pub public_ip: Option<IpAddr>,
+    /// The DNS name of that address, as sessions report it in `DnsName`; `None`: empty.
+    pub dns_name: Option<String>,
     /// Logs, state and builds.
     pub data_dir: PathBuf,
     /// GSE's `/local/game` on this host; the working directory of every game process.
@@ -415,6 +457,25 @@ impl Config {
         self.data_dir = data_dir;
         self.game_root = game_root;
         Ok(self)
+    }
+
+    /// The address sessions and player sessions report in `IpAddress`: `public-ip`, else
+    /// 127.0.0.1.
+    pub fn client_ip(&self) -> String {
+        self.public_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| DEFAULT_CLIENT_IP.to_string())
+    }
+
+    /// The name sessions and player sessions report in `DnsName`: `dns-name`, else empty.
+    pub fn client_dns_name(&self) -> &str {
+        self.dns_name.as_deref().unwrap_or("")
+    }
+
+    /// The Tencent resource name of this host's `resource` (e.g. `fleet/fleet-1`), in its
+    /// region: `qcs::gse:<region>:uin/0:<resource>`.
+    pub fn arn(&self, resource: &str) -> String {
+        format!("qcs::gse:{}:uin/0:{resource}", self.region)
     }
 
     /// Sum of `ConcurrentExecutions`.

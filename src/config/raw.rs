@@ -1,7 +1,7 @@
 //! The file as written: serde's view, before validation.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ pub(super) struct RawConfig {
     pub(super) fleet_id: String,
     #[serde(default = "default_instance_id")]
     pub(super) instance_id: String,
+    #[serde(default = "default_region")]
+    pub(super) region: String,
+    #[serde(default)]
+    pub(super) public_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub(super) dns_name: Option<String>,
     #[serde(default = "default_data_dir")]
     pub(super) data_dir: PathBuf,
     #[serde(default)]
@@ -57,6 +63,9 @@ pub(super) struct RawConfig {
 
 pub(super) fn default_instance_id() -> String {
     "ins-local".into()
+}
+pub(super) fn default_region() -> String {
+    "local".into()
 }
 pub(super) fn default_data_dir() -> PathBuf {
     PathBuf::from("./gse-data")

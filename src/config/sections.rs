@@ -2,7 +2,7 @@
 //! `key: …` block is checked on its own, so one bad section does not hide the others.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
@@ -22,7 +22,8 @@ pub fn problems(text: &str) -> Vec<Problem> {
     let mut problems = Vec::new();
     for block in &blocks {
         let check = match block.key.as_str() {
-            "fleet-id" | "instance-id" => check::<String>,
+            "fleet-id" | "instance-id" | "region" | "dns-name" => check::<String>,
+            "public-ip" => check::<IpAddr>,
             "data-dir" | "game-root" | "build" | "capi-keys-file" => check::<PathBuf>,
             "run-as" => check::<String>,
             "capi-allowed-hosts" => check::<Vec<String>>,

@@ -247,3 +247,140 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn region_and_address_default_to_a_local_host() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.region, "local");
+    assert_eq!((c.public_ip, c.dns_name.as_deref()), (None, None));
+    assert_eq!(
+        (c.client_ip().as_str(), c.client_dns_name()),
+        ("127.0.0.1", "")
+    );
+    assert_eq!(c.arn("fleet/fleet-a"), "qcs::gse:local:uin/0:fleet/fleet-a");
+    let c = parse_ok(&format!(
+        "region: ap-shanghai\npublic-ip: 203.0.113.7\ndns-name: game-1.example.com\n{MINIMAL}"
+    ));
+    assert_eq!(c.region, "ap-shanghai");
+    assert_eq!(c.client_ip(), "203.0.113.7");
+    assert_eq!(c.client_dns_name(), "game-1.example.com");
+    assert_eq!(c.arn("alias/a-1"), "qcs::gse:ap-shanghai:uin/0:alias/a-1");
+    let c = parse_ok(&format!("public-ip: \"2001:db8::7\"\n{MINIMAL}"));
+    assert_eq!(c.client_ip(), "2001:db8::7");
+}
+
+#[test]
+fn a_bad_region_is_named() {
+    for bad in [
+        "",
+        "AP-Shanghai",
+        "ap_shanghai",
+        "ap shanghai",
+        &"a".repeat(65),
+    ] {
+        let ps = problems(&format!("region: \"{bad}\"\n{MINIMAL}"));
+        let p = ps
+            .iter()
+            .find(|p| p.key == "region")
+            .unwrap_or_else(|| panic!("{bad:?} accepted: {ps:?}"));
+        assert_eq!(p.line, Some(1), "{p:?}");
+    }
+    assert_eq!(
+        parse_ok(&format!("region: {}\n{MINIMAL}", "a".repeat(64)))
+            .region
+            .len(),
+        64
+    );
+}
+
+#[test]
+fn a_bad_public_ip_or_dns_name_is_named() {
+    // Not an address at all: a type error at its line.
+    let err = parse(
+        &format!("public-ip: 203.0.113\n{MINIMAL}"),
+        "agent.yaml",
+        Path::new("/srv"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("agent.yaml:1: public-ip: invalid IP address syntax"),
+        "{err}"
+    );
+    // An address no client can connect to.
+    for bad in ["0.0.0.0", "\"::\"", "224.0.0.1"] {
+        let ps = problems(&format!("public-ip: {bad}\n{MINIMAL}"));
+        assert!(
+            ps.iter().any(|p| p.key == "public-ip" && p.line == Some(1)),
+            "{bad}: {ps:?}"
+        );
+    }
+    for bad in [
+        "",
+        "-game.example.com",
+        "game..example.com",
+        "game_1.example.com",
+        "example.com.",
+    ] {
+        let ps = problems(&format!("dns-name: \"{bad}\"\n{MINIMAL}"));
+        assert!(
+            ps.iter().any(|p| p.key == "dns-name" && p.line == Some(1)),
+            "{bad:?}: {ps:?}"
+        );
+    }
+    let long = format!("{}.example.com", "a".repeat(64));
+    let ps = problems(&format!("dns-name: {long}\n{MINIMAL}"));
+    assert!(ps.iter().any(|p| p.key == "dns-name"), "{ps:?}");
+}
+
+#[test]
+fn upstream_endpoint_takes_one_url_or_a_list() {
+    let c = parse_ok(&format!(
+        "upstream: {{ endpoint: \"https://cp-a:9443\" }}\n{MINIMAL}"
+    ));
+    assert_eq!(c.upstream.unwrap().endpoints, ["https://cp-a:9443"]);
+    let c = parse_ok(&format!(
+        "upstream:\n  endpoint:\n    - https://cp-a:9443\n    - http://10.0.0.2:9443\n{MINIMAL}"
+    ));
+    assert_eq!(
+        c.upstream.unwrap().endpoints,
+        ["https://cp-a:9443", "http://10.0.0.2:9443"]
+    );
+    // A bad one in a list is named by its index, each of them.
+    let ps = problems(&format!(
+        "upstream:\n  endpoint:\n    - https://cp-a:9443\n    - ftp://cp-b\n    - https://cp-a:9443\n{MINIMAL}"
+    ));
+    let keys: Vec<_> = ps.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert!(
+        keys.contains(&("upstream.endpoint[1]", Some(4))),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&("upstream.endpoint[2]", Some(5))),
+        "{keys:?}"
+    );
+    let twice = ps.iter().find(|p| p.key == "upstream.endpoint[2]").unwrap();
+    assert!(twice.message.contains("listed twice"), "{}", twice.message);
+    let ps = problems(&format!("upstream: {{ endpoint: [] }}\n{MINIMAL}"));
+    assert!(ps.iter().any(|p| p.key == "upstream.endpoint"), "{ps:?}");
+    let ps = problems(&format!(
+        "upstream: {{ endpoint: \"cp-a:9443\" }}\n{MINIMAL}"
+    ));
+    let p = ps.iter().find(|p| p.key == "upstream.endpoint").unwrap();
+    assert!(
+        p.message.contains("must start with https://"),
+        "{}",
+        p.message
+    );
+    let err = parse(
+        &format!("upstream: {{ endpoint: {{ url: x }} }}\n{MINIMAL}"),
+        "agent.yaml",
+        Path::new("/srv"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("an endpoint URL or a list of endpoint URLs"),
+        "{err}"
+    );
+}

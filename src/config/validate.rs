@@ -113,6 +113,25 @@ impl Validator<'_> {
                 "must be non-empty without whitespace",
             );
         }
+        if let Some(why) = region_problem(&raw.region) {
+            self.problem(&[Key("region")], format!("{:?} {why}", raw.region));
+        }
+        if let Some(ip) = raw.public_ip
+            && (ip.is_unspecified() || ip.is_multicast())
+        {
+            self.problem(
+                &[Key("public-ip")],
+                format!("{ip} is not an address game clients can connect to"),
+            );
+        }
+        if let Some(name) = &raw.dns_name
+            && let Some(why) = dns_name_problem(name)
+        {
+            self.problem(
+                &[Key("dns-name")],
+                format!("{name:?} is not a DNS name: {why}"),
+            );
+        }
         let hc = &raw.health_check;
         self.positive(&[Key("health-check"), Key("interval")], hc.interval);
         self.positive(&[Key("health-check"), Key("timeout")], hc.timeout);
@@ -254,12 +273,7 @@ impl Validator<'_> {
         }
         self.positive(&[Key("package"), Key("install-timeout")], p.install_timeout);
         if let Some(u) = &raw.upstream {
-            if !(u.endpoint.starts_with("https://") || u.endpoint.starts_with("http://")) {
-                self.problem(
-                    &[Key("upstream"), Key("endpoint")],
-                    format!("{:?} must start with https:// (or http://)", u.endpoint),
-                );
-            }
+            self.endpoints(&u.endpoints);
             if u.client_cert.is_some() != u.client_key.is_some() {
                 self.problem(&[Key("upstream")], "client-cert and client-key go together");
             }
@@ -281,6 +295,9 @@ impl Validator<'_> {
         Config {
             fleet_id: raw.fleet_id,
             instance_id: raw.instance_id,
+            region: raw.region,
+            public_ip: raw.public_ip,
+            dns_name: raw.dns_name,
             data_dir,
             game_root,
             build,
@@ -321,6 +338,38 @@ impl Validator<'_> {
             logs: raw.logs,
             environment: raw.environment,
             runtime,
+        }
+    }
+
+    /// `upstream.endpoint`: one URL or a list of them, each `http(s)://host[:port]`; a bad one
+    /// in a list is named by its index.
+    fn endpoints(&mut self, endpoints: &[String]) {
+        const UP: Segment = Key("upstream");
+        const EP: Segment = Key("endpoint");
+        if endpoints.is_empty() {
+            self.problem(&[UP, EP], "needs at least one endpoint");
+        }
+        for (i, url) in endpoints.iter().enumerate() {
+            let why = if !(url.starts_with("https://") || url.starts_with("http://")) {
+                Some("must start with https:// (or http://)".to_string())
+            } else {
+                match url.parse::<tonic::transport::Uri>() {
+                    Err(e) => Some(format!("is not a URL: {e}")),
+                    Ok(uri) if uri.host().is_none_or(str::is_empty) => {
+                        Some("names no host".to_string())
+                    }
+                    Ok(_) if endpoints[..i].contains(url) => Some("is listed twice".to_string()),
+                    Ok(_) => None,
+                }
+            };
+            if let Some(why) = why {
+                // A single endpoint is `upstream.endpoint` itself; in a list, its index.
+                if endpoints.len() == 1 {
+                    self.problem(&[UP, EP], format!("{url:?} {why}"));
+                } else {
+                    self.problem(&[UP, EP, Index(i)], format!("{url:?} {why}"));
+                }
+            }
         }
     }
 
@@ -424,4 +473,43 @@ pub fn parse_runtime(text: &str, game_root: &Path) -> Result<RuntimeConfiguratio
     };
     let runtime = v.runtime(&raw, game_root);
     v.verdict(runtime, file)
+}
+
+/// Why `region` is not a region name (1–64 characters of `a-z`, `0-9` and `-`), if it is not.
+fn region_problem(region: &str) -> Option<&'static str> {
+    if region.is_empty() || region.len() > 64 {
+        return Some("must be 1 to 64 characters long");
+    }
+    if !region
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Some("may hold only a-z, 0-9 and '-' (e.g. ap-shanghai)");
+    }
+    None
+}
+
+/// Why `name` is not a DNS host name, if it is not: at most 253 characters in dot-separated
+/// labels of 1 to 63 letters, digits and hyphens, none starting or ending with a hyphen.
+fn dns_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 253 {
+        return Some("it must be 1 to 253 characters long".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Some("each dot-separated label must be 1 to 63 characters long".into());
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Some(format!(
+                "label {label:?} may hold only letters, digits and '-'"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!("label {label:?} may not start or end with '-'"));
+        }
+    }
+    None
 }

@@ -624,6 +624,7 @@ impl Actor {
                 self.clients.remove(&serial);
             }
             Effect::Emit(event) => self.bus.emit(*event),
+            Effect::Changed(change) => self.bus.changed(change),
         }
     }
 

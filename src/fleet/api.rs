@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::event::Event;
+use crate::event::{Change, Event};
 use crate::proto;
 use crate::session::{GameSession, GssStatus, PlayerSession, PlayerStatus};
 
@@ -61,6 +61,8 @@ pub enum Effect {
     },
     /// Publish on the event bus.
     Emit(Box<Event>),
+    /// Tell the readers that mirror the state of a change no event reports.
+    Changed(Change),
 }
 
 /// Why the agent stopped a process; decides the exit's event code.
@@ -239,6 +241,34 @@ pub struct SessionQuery {
     pub limit: usize,
 }
 
+/// Which sessions [`Control::DescribeHostState`] includes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostStateScope {
+    /// Every session the fleet holds, in every status, oldest first.
+    All,
+    /// These sessions, in this order (those the fleet no longer holds are left out).
+    Sessions(Vec<String>),
+}
+
+/// One game server session with every player session it holds.
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    /// The session.
+    pub session: GameSession,
+    /// Its player sessions, oldest first.
+    pub players: Vec<PlayerSession>,
+}
+
+/// What a control plane mirrors of this host, read in one step: every process, and the
+/// sessions asked for with their players.
+#[derive(Debug, Clone)]
+pub struct HostState {
+    /// Every process the fleet supervises, by process id.
+    pub processes: Vec<ProcessView>,
+    /// The sessions of the [`HostStateScope`].
+    pub sessions: Vec<SessionState>,
+}
+
 /// Parameters of a new game server session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewSession {
@@ -355,6 +385,9 @@ pub enum Control {
     SetReserved(bool),
     /// SetServerWeight: the host's weight in placement across hosts (1–10).
     SetWeight(u8),
+    /// The processes and the sessions of the scope with all their player sessions, read at
+    /// once (the relay's snapshots for the control plane).
+    DescribeHostState(HostStateScope),
 }
 
 impl Control {
@@ -371,6 +404,7 @@ impl Control {
                 | Self::ListAliases { .. }
                 | Self::DescribeQueues(_)
                 | Self::DescribePlacement(_)
+                | Self::DescribeHostState(_)
         )
     }
 }
@@ -398,6 +432,8 @@ pub enum ControlReply {
     Queues(Vec<crate::queue::Queue>),
     /// One placement.
     Placement(Box<crate::placement::Placement>),
+    /// The processes, sessions and players of [`Control::DescribeHostState`].
+    HostState(Box<HostState>),
     /// Done.
     Done,
 }

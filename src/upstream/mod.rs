@@ -1,12 +1,13 @@
 //! The upstream relay: every lifecycle event reaches the control plane through a durable
-//! outbox, none lost; commands come back down through the same typed door as the local control
-//! API.
+//! outbox, none lost; snapshots of the host's state let it reconcile; commands come back down
+//! through the same typed door as the local control API.
 
 pub mod book;
 pub mod commands;
 pub mod ledger;
 pub mod outbox;
 pub mod relay;
+pub mod snapshot;
 
 use crate::upstream_proto as up;
 

@@ -1,8 +1,10 @@
-//! The relay: one long-lived bidirectional stream to the control plane, dialled out, resumed
-//! after every fault with jittered exponential backoff. On each connection: a Hello with the
-//! last acknowledged sequence, then every outbox event after it, in order, then new ones as they
-//! are committed; periodic instance status (only the latest, never queued); one result per
-//! command. Acknowledgements prune the outbox.
+//! The relay: one long-lived bidirectional stream to the control plane, dialled out (to each
+//! configured endpoint in turn), resumed after every fault with jittered exponential backoff. On
+//! each connection: a Hello with the last acknowledged sequence, a complete snapshot of the
+//! host's state, then every outbox event after that sequence, in order, then new ones as they
+//! are committed; partial snapshots as sessions change ([`super::snapshot`]); periodic instance
+//! status (only the latest, never queued); one result per command. Acknowledgements prune the
+//! outbox.
 //!
 //! Commands are applied once per id across connections and restarts; [`super::book`] says
 //! how (claim before running, record before answering, interrupted ids answered, not re-run),
@@ -15,16 +17,18 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::Instrument;
 
 use super::book::{Begin, CommandBook};
 use super::commands;
 use super::ledger::Ledger;
 use super::outbox::{Outbox, unix_ms};
+use super::snapshot;
 use std::sync::Arc;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::event::{Event, EventBus, EventCode};
-use crate::fleet::{Control, ControlReply, FleetHandle};
+use crate::fleet::{Control, ControlReply, FleetHandle, HostStateScope};
 use crate::upstream_proto as up;
 use crate::upstream_proto::control_plane_client::ControlPlaneClient;
 
@@ -103,16 +107,16 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, RelayError> {
     })
 }
 
-async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
+async fn channel(cfg: &UpstreamConfig, url: &str) -> Result<Channel, RelayError> {
     let bad = |message: String| RelayError::Endpoint {
-        endpoint: cfg.endpoint.clone(),
+        endpoint: url.to_string(),
         message,
     };
-    let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| bad(e.to_string()))?
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    if cfg.endpoint.starts_with("https://") {
+    if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &cfg.ca_file {
             tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
@@ -128,12 +132,16 @@ async fn channel(cfg: &UpstreamConfig) -> Result<Channel, RelayError> {
         .connect()
         .await
         .map_err(|source| RelayError::Connect {
-            endpoint: cfg.endpoint.clone(),
+            endpoint: url.to_string(),
             source,
         })
 }
 
-/// Runs until `shutdown`, reconnecting as needed.
+/// Runs until `shutdown`, reconnecting as needed: the endpoints are dialled in order, and a
+/// failed or lost connection moves on to the next (replicas of one control plane). A jittered
+/// backoff separates every two attempts; it doubles after each full lap of failures (with one
+/// endpoint: after each failure), up to `reconnect-max`, and starts again from
+/// `reconnect-initial` once a connection has lived longer than that.
 pub async fn run(
     cfg: UpstreamConfig,
     agent: Arc<Config>,
@@ -143,15 +151,23 @@ pub async fn run(
     bus: EventBus,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = cfg.reconnect_initial.get();
+    let mut rotation = Rotation::new(
+        cfg.endpoints.len(),
+        cfg.reconnect_initial.get(),
+        cfg.reconnect_max.get(),
+    );
     let mut connected_before = false;
     let book = CommandBook::new(ledger.clone());
     let _prune = AbortOnDrop(tokio::spawn(prune_ledger(ledger)));
     loop {
+        let index = rotation.current();
+        // Validation guarantees at least one endpoint.
+        let url = cfg.endpoints.get(index).map(String::as_str).unwrap_or("");
+        tracing::debug!(upstream.endpoint = %url, upstream.index = index, "dialling the control plane");
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&cfg, &agent, &outbox, &fleet, &bus, &book, &shutdown, &mut connected_before) => r,
+            r = session(&cfg, url, &agent, &outbox, &fleet, &bus, &book, &shutdown, &mut connected_before) => r,
         };
         if shutdown.is_cancelled() {
             return;
@@ -159,10 +175,10 @@ pub async fn run(
         match &result {
             Ok(()) => {}
             Err(RelayError::Auth(m)) => {
-                tracing::error!(upstream.endpoint = %cfg.endpoint, error = %m, "control plane refused the credentials; check upstream.token-file");
+                tracing::error!(upstream.endpoint = %url, error = %m, "control plane refused the credentials; check upstream.token-file");
             }
             Err(e) => {
-                tracing::warn!(upstream.endpoint = %cfg.endpoint, error = %e, "upstream connection lost")
+                tracing::warn!(upstream.endpoint = %url, error = %e, "upstream connection lost")
             }
         }
         if connected_before {
@@ -175,16 +191,64 @@ pub async fn run(
                 },
             ));
         }
-        // A connection that lived a while resets the backoff.
-        if started.elapsed() > cfg.reconnect_max.get() {
-            backoff = cfg.reconnect_initial.get();
-        }
-        let delay = jitter(backoff);
+        let delay = jitter(rotation.ended(started.elapsed()));
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(cfg.reconnect_max.get());
+    }
+}
+
+/// Which endpoint is dialled next, and the backoff before it: every failed or lost connection
+/// moves on to the next endpoint; the backoff doubles after each full lap of them (with one
+/// endpoint, after each attempt, as it always did), up to the cap, and starts again from the
+/// initial value after a connection that lived longer than the cap.
+#[derive(Debug)]
+struct Rotation {
+    endpoints: usize,
+    /// The endpoint dialled next.
+    next: usize,
+    /// Attempts made at the current backoff.
+    lap: usize,
+    backoff: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Rotation {
+    fn new(endpoints: usize, initial: Duration, max: Duration) -> Self {
+        Self {
+            endpoints: endpoints.max(1),
+            next: 0,
+            lap: 0,
+            backoff: initial,
+            initial,
+            max,
+        }
+    }
+
+    /// The index of the endpoint to dial now.
+    fn current(&self) -> usize {
+        self.next
+    }
+
+    /// The attempt on the current endpoint ended after `lived`: moves to the next endpoint and
+    /// returns the backoff (before jitter) to wait first.
+    fn ended(&mut self, lived: Duration) -> Duration {
+        // A connection that lived a while resets the backoff.
+        if lived > self.max {
+            self.backoff = self.initial;
+            self.lap = 0;
+        }
+        self.next = (self.next + 1) % self.endpoints;
+        self.lap += 1;
+        let delay = self.backoff;
+        // Every endpoint was tried once at this backoff: wait longer on the next lap.
+        if self.lap >= self.endpoints {
+            self.lap = 0;
+            self.backoff = (self.backoff * 2).min(self.max);
+        }
+        delay
     }
 }
 
@@ -208,6 +272,7 @@ fn jitter(d: Duration) -> Duration {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &UpstreamConfig,
+    url: &str,
     agent: &Arc<Config>,
     outbox: &Outbox,
     fleet: &FleetHandle,
@@ -219,7 +284,7 @@ async fn session(
     let channel = within(
         "connecting (TCP, TLS and HTTP/2)",
         cfg.connect_timeout.get(),
-        channel(cfg),
+        channel(cfg, url),
     )
     .await??;
     let token = match &cfg.token_file {
@@ -230,16 +295,42 @@ async fn session(
     let (tx, rx) = mpsc::channel::<up::AgentMessage>(256);
     let acked = outbox.acked();
     let epoch = outbox.epoch();
+    // Subscribed before the complete snapshot is read: every change after the read is seen.
+    let mut watcher = snapshot::Watcher::subscribe(bus);
+    let complete = snapshot::build(fleet, HostStateScope::All, true).await;
     tx.send(msg(up::agent_message::Body::Hello(up::Hello {
         fleet_id: agent.fleet_id.clone(),
         instance_id: agent.instance_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         last_acked_sequence: acked,
         epoch,
-        ..Default::default()
+        region: agent.region.clone(),
+        public_ip: agent.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        dns_name: agent.client_dns_name().to_string(),
     })))
     .await
     .map_err(|_| RelayError::Closed)?;
+    // Right after the Hello, before any event: the whole state, for the control plane to
+    // reconcile from.
+    match complete {
+        Ok(s) => tx
+            .send(msg(up::agent_message::Body::Snapshot(s)))
+            .await
+            .map_err(|_| RelayError::Closed)?,
+        // Shutting down: the fleet is gone, only its last events are left to relay.
+        Err(e @ snapshot::SnapshotError::Stopped) => {
+            tracing::debug!(error = %e, "no complete snapshot on this connection");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the complete snapshot; it follows when the fleet answers");
+            watcher.missed_complete();
+        }
+    }
+    let _snapshots = AbortOnDrop(tokio::spawn(
+        watcher
+            .run(fleet.clone(), tx.clone(), tokio::time::Instant::now())
+            .instrument(tracing::Span::current()),
+    ));
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = token {
         let value = format!("Bearer {token}").parse().map_err(|_| {
@@ -258,12 +349,9 @@ async fn session(
     *connected = true;
     bus.emit(Event::new(
         EventCode::UpstreamConnected,
-        format!(
-            "connected to {}; resending after sequence {acked}",
-            cfg.endpoint
-        ),
+        format!("connected to {url}; resending after sequence {acked}"),
     ));
-    tracing::info!(upstream.endpoint = %cfg.endpoint, upstream.acked = acked, "connected to the control plane");
+    tracing::info!(upstream.endpoint = %url, upstream.acked = acked, "connected to the control plane");
 
     let mut committed = outbox.committed();
     let mut sent = acked;
@@ -491,5 +579,61 @@ fn status_error(s: tonic::Status) -> RelayError {
             RelayError::Auth(format!("{}: {}", s.code(), s.message()))
         }
         _ => RelayError::Stream(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// (endpoint dialled, backoff after it) for `n` attempts that each fail at once.
+    fn failures(r: &mut Rotation, n: usize) -> Vec<(usize, u64)> {
+        (0..n)
+            .map(|_| {
+                let at = r.current();
+                (at, r.ended(Duration::ZERO).as_secs())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_endpoint_doubles_after_every_failure() {
+        let mut r = Rotation::new(1, S, 8 * S);
+        assert_eq!(
+            failures(&mut r, 6),
+            [(0, 1), (0, 2), (0, 4), (0, 8), (0, 8), (0, 8)]
+        );
+    }
+
+    #[test]
+    fn several_endpoints_take_turns_and_double_per_lap() {
+        let mut r = Rotation::new(3, S, 8 * S);
+        assert_eq!(
+            failures(&mut r, 9),
+            [
+                (0, 1),
+                (1, 1),
+                (2, 1),
+                (0, 2),
+                (1, 2),
+                (2, 2),
+                (0, 4),
+                (1, 4),
+                (2, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_lived_connection_resets_the_backoff_and_moves_on() {
+        let mut r = Rotation::new(2, S, 8 * S);
+        failures(&mut r, 6);
+        assert_eq!(r.current(), 0);
+        // Connected to endpoint 0 for a while, then lost: the next endpoint, at once.
+        assert_eq!(r.ended(9 * S), S);
+        assert_eq!(r.current(), 1);
+        assert_eq!(failures(&mut r, 3), [(1, 1), (0, 2), (1, 2)]);
     }
 }

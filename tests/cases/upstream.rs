@@ -933,3 +933,198 @@ fn a_silent_control_plane_is_given_up_and_retried() {
         agent.wait_ready(1);
     }
 }
+
+/// The address and region settings for a host in ap-shanghai at 203.0.113.7.
+const ADDRESSED: &str =
+    "region: ap-shanghai\npublic-ip: 203.0.113.7\ndns-name: game-1.example.com\n";
+
+#[test]
+fn hello_and_sessions_carry_the_region_and_public_address() {
+    let cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(
+        &entry("", 1),
+        &format!("{ADDRESSED}{}", upstream_yaml(&cp, "")),
+    ));
+    cp.wait_connections(1);
+    let hello = &cp.hellos()[0];
+    assert_eq!(
+        (
+            hello.region.as_str(),
+            hello.public_ip.as_str(),
+            hello.dns_name.as_str()
+        ),
+        ("ap-shanghai", "203.0.113.7", "game-1.example.com")
+    );
+    agent.wait_ready(1);
+    let s = agent.create_session(2);
+    let id = s["GameServerSessionId"].as_str().unwrap().to_string();
+    assert!(
+        id.starts_with("qcs::gse:ap-shanghai::gameserversession/fleet-test/"),
+        "{id}"
+    );
+    assert_eq!(s["IpAddress"], "203.0.113.7");
+    assert_eq!(s["DnsName"], "game-1.example.com");
+    agent.wait_session_status(&id, "ACTIVE");
+    let joined = agent.ok(json!({
+        "Action": "JoinGameServerSession", "GameServerSessionId": id, "PlayerId": "alice",
+    }))["PlayerSession"]
+        .clone();
+    assert_eq!(joined["IpAddress"], "203.0.113.7");
+    assert_eq!(joined["DnsName"], "game-1.example.com");
+    let instance = &agent.ok(json!({"Action": "DescribeInstancesExtend"}))["Instances"][0];
+    assert_eq!(instance["Instance"]["IpAddress"], "203.0.113.7");
+    assert_eq!(instance["Instance"]["DnsName"], "game-1.example.com");
+    let fleet = agent.ok(json!({"Action": "DescribeFleetAttributes"}));
+    assert_eq!(
+        fleet["FleetAttributes"][0]["FleetArn"],
+        "qcs::gse:ap-shanghai:uin/0:fleet/fleet-test"
+    );
+    // Unset, the Hello says nothing of an address and the region is `local`.
+    let plain = ControlPlaneFake::start(None, true);
+    let _agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&plain, "")));
+    plain.wait_connections(1);
+    let hello = &plain.hellos()[0];
+    assert_eq!(
+        (
+            hello.region.as_str(),
+            hello.public_ip.as_str(),
+            hello.dns_name.as_str()
+        ),
+        ("local", "", "")
+    );
+}
+
+#[test]
+fn snapshots_follow_the_hello_and_every_session_change() {
+    let mut cp = ControlPlaneFake::start(None, true);
+    let agent = Agent::start(&config(&entry("", 2), &upstream_yaml(&cp, "")));
+    // Every connection starts with a complete snapshot, right after its Hello.
+    let first = cp.wait_snapshot("the first connection's", |s| s.connection == 0);
+    assert!(first.snapshot.complete && first.after == 0, "{first:?}");
+    let ready = agent.wait_ready(2);
+    // A new connection once the processes run: its complete snapshot lists them as they are.
+    cp.kill();
+    cp.restart();
+    cp.wait_connections(2);
+    let complete = cp.wait_snapshot("the second connection's", |s| s.connection == 1);
+    assert!(
+        complete.snapshot.complete && complete.after == 0,
+        "{complete:?}"
+    );
+    let mut listed: Vec<(String, u32, String, bool)> = complete
+        .snapshot
+        .processes
+        .iter()
+        .map(|p| (p.process_id.clone(), p.pid, p.status.clone(), p.healthy))
+        .collect();
+    listed.sort();
+    let mut want: Vec<(String, u32, String, bool)> = ready
+        .iter()
+        .map(|p| {
+            (
+                p["ProcessId"].as_str().unwrap().to_string(),
+                p["Pid"].as_u64().unwrap() as u32,
+                "ACTIVE".to_string(),
+                true,
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(complete.snapshot.game_server_sessions_json.is_empty());
+    // A session and a player: a partial snapshot with the session's and the player's JSON, as
+    // the control API renders them.
+    let s = agent.create_session(4);
+    let id = s["GameServerSessionId"].as_str().unwrap().to_string();
+    agent.wait_session_status(&id, "ACTIVE");
+    let player = agent.ok(json!({
+        "Action": "JoinGameServerSession", "GameServerSessionId": id, "PlayerId": "alice",
+    }))["PlayerSession"]
+        .clone();
+    let player_id = player["PlayerSessionId"].as_str().unwrap().to_string();
+    let partial = cp.wait_snapshot("the joined player", |s| {
+        s.players()
+            .iter()
+            .any(|p| p["PlayerSessionId"] == player_id.as_str())
+    });
+    assert!(!partial.snapshot.complete);
+    assert_eq!(partial.connection, 1);
+    let sessions = partial.sessions();
+    assert_eq!(sessions.len(), 1, "only the session that changed");
+    assert_eq!(sessions[0]["GameServerSessionId"], id.as_str());
+    assert_eq!(sessions[0]["Status"], "ACTIVE");
+    assert_eq!(sessions[0]["CurrentPlayerSessionCount"], 1);
+    let players = partial.players();
+    assert_eq!(players, [player], "the control API's own JSON");
+    let host = partial
+        .snapshot
+        .processes
+        .iter()
+        .find(|p| p.game_server_session_id == id)
+        .expect("the session's process");
+    assert_eq!(host.status, "ACTIVE");
+    assert_eq!(partial.snapshot.processes.len(), 2, "every process, always");
+    // A change no event reports (UpdateGameServerSession) reaches the control plane too.
+    agent.ok(json!({
+        "Action": "UpdateGameServerSession", "GameServerSessionId": id, "Name": "finals",
+    }));
+    let renamed = cp.wait_snapshot("the renamed session", |s| {
+        s.sessions().iter().any(|g| g["Name"] == "finals")
+    });
+    assert!(!renamed.snapshot.complete);
+    assert_eq!(renamed.players().len(), 1, "with all its player sessions");
+    // Snapshots are state, not events: none is stored or sequenced.
+    assert_contiguous(&cp.events());
+}
+
+#[test]
+fn a_lost_control_plane_fails_over_to_the_next_endpoint_with_nothing_lost() {
+    // No acks from the first: everything it received stays unacknowledged.
+    let mut first = ControlPlaneFake::start(None, false);
+    let second = ControlPlaneFake::start(None, true);
+    let yaml = format!(
+        "timeouts: {{ stop-grace: 200ms, shutdown: 1s }}
+health-check: {{ interval: 1h, timeout: 1s, failure-threshold: 3 }}
+upstream:
+  endpoint: [\"{}\", \"{}\"]
+  status-interval: 100ms
+  reconnect-initial: 50ms
+  reconnect-max: 200ms
+",
+        first.endpoint(),
+        second.endpoint()
+    );
+    let agent = Agent::start(&config(&entry("", 1), &yaml));
+    agent.wait_ready(1);
+    let ready = first.wait_event("SERVER_PROCESS_READY");
+    assert!(
+        second.hellos().is_empty(),
+        "the first endpoint is dialled first"
+    );
+    first.kill();
+    // Events while moving over.
+    let s = agent.create_session(2);
+    let id = s["GameServerSessionId"].as_str().unwrap().to_string();
+    agent.wait_session_status(&id, "ACTIVE");
+    second.wait_event("GAME_SESSION_ACTIVATED");
+    // The second got everything, from sequence 1: what the first had and never acknowledged
+    // included.
+    let all = second.events();
+    assert_contiguous(&all);
+    assert!(
+        all.iter()
+            .any(|e| e.sequence == ready.sequence && e.code == ready.code)
+    );
+    let hello = &second.hellos()[0];
+    assert_eq!(hello.last_acked_sequence, 0);
+    // It reconciles from the start: a complete snapshot right after its Hello.
+    let complete = second.wait_snapshot("the complete one", |s| s.connection == 0);
+    assert!(complete.snapshot.complete && complete.after == 0);
+    // The log says which endpoint is in use.
+    let log = agent.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("connected to the control plane")
+            && l.contains(&second.endpoint())),
+        "{log}"
+    );
+}

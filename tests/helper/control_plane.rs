@@ -1,5 +1,6 @@
-//! A reference control plane: a real tonic server that records what the agent sends, acks (or
-//! not), checks the bearer token, sends commands and can be stopped and restarted on its port.
+//! A reference control plane: a real tonic server that records what the agent sends (hellos,
+//! events, snapshots, status, results), acks (or not), checks the bearer token, sends commands
+//! and can be stopped and restarted on its port.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,6 +24,37 @@ pub struct Recorded {
     pub results: Vec<up::CommandResult>,
     /// Connections refused for a bad token.
     pub refused: usize,
+    /// Every snapshot, in arrival order, with where it came.
+    pub snapshots: Vec<ReceivedSnapshot>,
+}
+
+/// One snapshot as it arrived.
+#[derive(Debug, Clone)]
+pub struct ReceivedSnapshot {
+    /// The connection it came on (an index into [`Recorded::connections`]).
+    pub connection: usize,
+    /// Messages of any kind that came on that connection between its Hello and this snapshot
+    /// (0: right after the Hello).
+    pub after: usize,
+    pub snapshot: up::Snapshot,
+}
+
+impl ReceivedSnapshot {
+    /// Its sessions, parsed.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        parse_all(&self.snapshot.game_server_sessions_json)
+    }
+
+    /// Its player sessions, parsed.
+    pub fn players(&self) -> Vec<serde_json::Value> {
+        parse_all(&self.snapshot.player_sessions_json)
+    }
+}
+
+fn parse_all(json: &[String]) -> Vec<serde_json::Value> {
+    json.iter()
+        .map(|j| serde_json::from_str(j).unwrap_or_else(|e| panic!("{e}: {j}")))
+        .collect()
 }
 
 #[derive(Clone)]
@@ -61,12 +93,25 @@ impl ControlPlane for Service {
         let auto_ack = self.auto_ack;
         tokio::spawn(async move {
             let mut index = None;
+            // Messages since this connection's Hello.
+            let mut after = 0;
             while let Some(Ok(m)) = inbound.next().await {
                 let mut r = rec.lock().unwrap();
+                let hello = matches!(m.body, Some(up::agent_message::Body::Hello(_)));
                 match m.body {
                     Some(up::agent_message::Body::Hello(h)) => {
                         r.connections.push((h, Vec::new()));
                         index = Some(r.connections.len() - 1);
+                        after = 0;
+                    }
+                    Some(up::agent_message::Body::Snapshot(snapshot)) => {
+                        if let Some(connection) = index {
+                            r.snapshots.push(ReceivedSnapshot {
+                                connection,
+                                after,
+                                snapshot,
+                            });
+                        }
                     }
                     Some(up::agent_message::Body::Event(e)) => {
                         let seq = e.sequence;
@@ -83,7 +128,10 @@ impl ControlPlane for Service {
                     }
                     Some(up::agent_message::Body::Status(s)) => r.statuses.push(s),
                     Some(up::agent_message::Body::Result(c)) => r.results.push(c),
-                    Some(up::agent_message::Body::Snapshot(_)) | None => {}
+                    None => {}
+                }
+                if !hello {
+                    after += 1;
                 }
             }
         });
@@ -233,6 +281,24 @@ impl ControlPlaneFake {
     pub fn wait_connections(&self, n: usize) {
         wait_for(&format!("{n} connections"), || {
             (self.rec.lock().unwrap().connections.len() >= n).then_some(())
+        })
+    }
+
+    /// The Hello of every connection, oldest first.
+    pub fn hellos(&self) -> Vec<up::Hello> {
+        let rec = self.rec.lock().unwrap();
+        rec.connections.iter().map(|(h, _)| h.clone()).collect()
+    }
+
+    /// Waits for a snapshot that `matches`; returns the first that does, in arrival order.
+    pub fn wait_snapshot(
+        &self,
+        what: &str,
+        matches: impl Fn(&ReceivedSnapshot) -> bool,
+    ) -> ReceivedSnapshot {
+        wait_for(&format!("a snapshot: {what}"), || {
+            let rec = self.rec.lock().unwrap();
+            rec.snapshots.iter().find(|s| matches(s)).cloned()
         })
     }
 

@@ -11,7 +11,6 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     owner: Option<(u32, u32)>,
-    pub port: u16,
     /// `postgres://gse@127.0.0.1:<port>/postgres`.
     pub url: String,
 }
@@ -58,7 +57,6 @@ impl Postgres {
             bin: bin_dir(),
             dir,
             owner,
-            port,
         };
         pg.run(
             "initdb",

@@ -61,7 +61,7 @@ impl ControlApi {
         )
         .await
         .map_err(db_error("storing an alias"))?;
-        Ok(json!({"Alias": view(a)}))
+        Ok(json!({"Alias": view(super::ARN_REGION, a)}))
     }
 
     pub(super) async fn create_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
@@ -107,7 +107,7 @@ impl ControlApi {
     pub(super) async fn describe_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = params(map, &["AliasId"])?;
         let alias = self.alias(&p.str("AliasId", 128)?).await?;
-        Ok(json!({"Alias": view(&alias)}))
+        Ok(json!({"Alias": view(super::ARN_REGION, &alias)}))
     }
 
     pub(super) async fn delete_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
@@ -159,7 +159,7 @@ impl ControlApi {
             list.reverse();
         }
         Ok(json!({
-            "Aliases": list.iter().skip(l.offset).take(l.limit).map(view).collect::<Vec<_>>(),
+            "Aliases": list.iter().skip(l.offset).take(l.limit).map(|a| view(super::ARN_REGION, a)).collect::<Vec<_>>(),
             "TotalCount": list.len(),
         }))
     }

@@ -95,7 +95,7 @@ impl ControlApi {
                     "AssetId": "",
                     "CreationTime": humantime::format_rfc3339_seconds(created).to_string(),
                     "Description": r.get::<_, String>(2),
-                    "FleetArn": format!("qcs::gse:local:uin/0:fleet/{id}"),
+                    "FleetArn": format!("qcs::gse:{}:uin/0:fleet/{id}", super::ARN_REGION),
                     "FleetId": id,
                     "FleetType": "ON_DEMAND",
                     "InstanceType": "",

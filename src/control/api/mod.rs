@@ -19,6 +19,10 @@ use crate::capi::params::Params;
 use crate::capi::{CapiError, Handler, envelope};
 use crate::upstream_proto as up;
 
+/// The region in the ARNs of what gse-control itself holds (fleets, aliases, queues); hosts
+/// announce their own regions for placement.
+pub const ARN_REGION: &str = "local";
+
 /// How long an agent gets to answer a command an API call waits on.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(10);
 

@@ -150,7 +150,7 @@ impl ControlApi {
             .collect();
         Ok(json!({
             "Name": q.name,
-            "GameServerSessionQueueArn": arn(&q.name),
+            "GameServerSessionQueueArn": arn(super::ARN_REGION, &q.name),
             "TimeoutInSeconds": q.timeout_secs,
             "Destinations": destinations,
             "PlayerLatencyPolicies": q.latency_policies.iter().map(|p| json!({

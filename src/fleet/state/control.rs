@@ -4,7 +4,9 @@ use tokio::time::Instant;
 
 use super::{Fleet, TerminateReason};
 use crate::event::{Event, EventCode};
-use crate::fleet::api::{Control, ControlReply, FleetError, ProcessView};
+use crate::fleet::api::{
+    Control, ControlReply, FleetError, HostState, HostStateScope, ProcessView, SessionState,
+};
 
 impl Fleet {
     /// Handles a control command.
@@ -52,26 +54,9 @@ impl Fleet {
                 }
                 Ok(ControlReply::Done)
             }
-            Control::DescribeProcesses => {
-                let mut v: Vec<ProcessView> = self
-                    .procs
-                    .values()
-                    .map(|p| ProcessView {
-                        process_id: p.id.clone(),
-                        pid: p.identity.pid,
-                        launch_path: self.spec(p.slot).launch_path.clone(),
-                        status: p.phase.as_str(),
-                        healthy: p.healthy,
-                        health_checks_passed: p.health_checks_passed,
-                        client_port: p.client_port,
-                        grpc_port: p.grpc_port,
-                        game_server_session_id: p.session.clone(),
-                        restarts: self.slots[p.slot].generation - 1,
-                        log_paths: p.log_paths.clone(),
-                    })
-                    .collect();
-                v.sort_by(|a, b| a.process_id.cmp(&b.process_id));
-                Ok(ControlReply::Processes(v))
+            Control::DescribeProcesses => Ok(ControlReply::Processes(self.process_views())),
+            Control::DescribeHostState(scope) => {
+                Ok(ControlReply::HostState(Box::new(self.host_state(&scope))))
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
             Control::PutAlias(input) => self.put_alias(input),
@@ -147,6 +132,59 @@ impl Fleet {
                 }
                 Ok(ControlReply::Done)
             }
+        }
+    }
+
+    /// Every process, by process id.
+    fn process_views(&self) -> Vec<ProcessView> {
+        let mut v: Vec<ProcessView> = self
+            .procs
+            .values()
+            .map(|p| ProcessView {
+                process_id: p.id.clone(),
+                pid: p.identity.pid,
+                launch_path: self.spec(p.slot).launch_path.clone(),
+                status: p.phase.as_str(),
+                healthy: p.healthy,
+                health_checks_passed: p.health_checks_passed,
+                client_port: p.client_port,
+                grpc_port: p.grpc_port,
+                game_server_session_id: p.session.clone(),
+                restarts: self.slots[p.slot].generation - 1,
+                log_paths: p.log_paths.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.process_id.cmp(&b.process_id));
+        v
+    }
+
+    /// The processes, and the sessions of `scope` with their players.
+    fn host_state(&self, scope: &HostStateScope) -> HostState {
+        let with_players = |id: &str| {
+            let (_, session) = self.sessions.get(id)?;
+            let players = self
+                .session_players
+                .get(id)
+                .into_iter()
+                .flatten()
+                .filter_map(|seq| self.players.get(seq).cloned())
+                .collect();
+            Some(SessionState {
+                session: session.clone(),
+                players,
+            })
+        };
+        let sessions = match scope {
+            HostStateScope::All => self
+                .session_order
+                .values()
+                .filter_map(|id| with_players(id))
+                .collect(),
+            HostStateScope::Sessions(ids) => ids.iter().filter_map(|id| with_players(id)).collect(),
+        };
+        HostState {
+            processes: self.process_views(),
+            sessions,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::clock::{Clock, Ids};
 use super::restart::Breaker;
 use super::timers::{Timer, Timers};
 use crate::config::{Config, ProcessSpec};
-use crate::event::{Event, EventCode};
+use crate::event::{Change, Event, EventCode};
 use crate::process::Identity;
 use crate::session::{GameSession, GssInput, GssStatus, PlayerInput, PlayerSession};
 pub use persist::{Recorded, RestoreError};
@@ -263,6 +263,11 @@ impl Fleet {
 
     fn emit(&mut self, event: Event) {
         self.effects.push(Effect::Emit(Box::new(event)));
+    }
+
+    /// Tells the readers that mirror the state of a change no event reports.
+    fn changed(&mut self, change: Change) {
+        self.effects.push(Effect::Changed(change));
     }
 
     fn seq(&mut self) -> u64 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Fleet, LaunchState, Phase, Proc, TerminateReason};
-use crate::event::{Event, EventCode, ExitDetails};
+use crate::event::{Change, Event, EventCode, ExitDetails};
 use crate::fleet::api::{Effect, StopReason};
 use crate::fleet::timers::Timer;
 use crate::process::{ExitInfo, Identity};
@@ -208,7 +208,12 @@ impl Fleet {
         if healthy {
             p.health_failures = 0;
             p.health_checks_passed += 1;
+            let recovered = !p.healthy;
             p.healthy = true;
+            if recovered {
+                // Healthy again: no event says so, but the process list changed.
+                self.effects.push(Effect::Changed(Change::Processes));
+            }
         } else {
             p.health_failures += 1;
             tracing::debug!(

@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 
 use super::{Fleet, Phase};
-use crate::event::{Event, EventCode};
+use crate::event::{Change, Event, EventCode};
 use crate::fleet::api::{FleetError, SdkCall, SdkReply};
 use crate::fleet::timers::Timer;
 use crate::session::{CreationPolicy, GssInput, GssStatus, PlayerInput};
@@ -174,8 +174,11 @@ impl Fleet {
                         s.status
                     )));
                 }
-                if let Some((_, s)) = self.sessions.get_mut(&gss_id) {
+                if let Some((_, s)) = self.sessions.get_mut(&gss_id)
+                    && s.policy != policy
+                {
                     s.policy = policy;
+                    self.changed(Change::Session(gss_id));
                 }
                 Ok(SdkReply::Done)
             }
@@ -242,9 +245,11 @@ impl Fleet {
                 p.custom = (current, max);
                 if let Some(gss_id) = p.session.clone()
                     && let Some((_, s)) = self.sessions.get_mut(&gss_id)
+                    && (s.current_custom_count, s.max_custom_count) != (current, max)
                 {
                     s.current_custom_count = current;
                     s.max_custom_count = max;
+                    self.changed(Change::Session(gss_id));
                 }
                 Ok(SdkReply::Done)
             }

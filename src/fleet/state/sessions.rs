@@ -4,7 +4,7 @@
 use tokio::time::Instant;
 
 use super::{Fleet, Phase};
-use crate::event::{Event, EventCode};
+use crate::event::{Change, Event, EventCode};
 use crate::fleet::api::{
     ControlReply, Effect, FleetError, NewPlayer, NewSession, PlayerQuery, SessionQuery,
 };
@@ -149,7 +149,10 @@ impl Fleet {
             .custom_id
             .clone()
             .unwrap_or_else(|| format!("gssess-{}", self.ids.next_uuid()));
-        let id = format!("qcs::gse:local::gameserversession/{fleet}/{suffix}");
+        let id = format!(
+            "qcs::gse:{}::gameserversession/{fleet}/{suffix}",
+            self.cfg.region
+        );
         if self.sessions.contains_key(&id) {
             return Err(FleetError::Invalid {
                 param: "GameServerSessionId",
@@ -196,8 +199,8 @@ impl Fleet {
             data: req.data,
             matchmaker_data: String::new(),
             port: i32::from(p.client_port),
-            ip_address: "127.0.0.1".into(),
-            dns_name: String::new(),
+            ip_address: self.cfg.client_ip(),
+            dns_name: self.cfg.client_dns_name().to_string(),
             status: GssStatus::Activating,
             status_reason: String::new(),
             policy: CreationPolicy::AcceptAll,
@@ -300,7 +303,10 @@ impl Fleet {
         if protection.is_some() {
             s.protection = protection;
         }
-        Ok(s.clone())
+        let updated = s.clone();
+        // GSE has no event for it; a control plane mirroring the session must still learn.
+        self.changed(Change::Session(u.gss_id));
+        Ok(updated)
     }
 
     pub(super) fn describe_sessions(&self, q: &SessionQuery) -> Result<ControlReply, FleetError> {

@@ -7,8 +7,8 @@ use super::sessions::FINISHED_PLAYERS_KEPT;
 use super::*;
 use crate::config;
 use crate::fleet::api::{
-    Control, ControlReply, FleetError, NewPlayer, NewSession, PlayerQuery, SdkCall, SdkReply,
-    SessionUpdate,
+    Control, ControlReply, FleetError, HostStateScope, NewPlayer, NewSession, PlayerQuery, SdkCall,
+    SdkReply, SessionUpdate,
 };
 use crate::fleet::clock::Clock;
 use crate::process::ExitInfo;
@@ -35,6 +35,8 @@ struct Harness {
     now: Instant,
     next_pid: u32,
     events: Vec<Event>,
+    /// The changes no event reports, in order.
+    changes: Vec<Change>,
 }
 
 impl Harness {
@@ -47,6 +49,7 @@ impl Harness {
             now: Instant::now(),
             next_pid: 100,
             events: Vec::new(),
+            changes: Vec::new(),
         };
         h.settle();
         h
@@ -75,6 +78,7 @@ impl Harness {
                             .spawned(slot, serial, process_id, identity, self.now);
                     }
                     Effect::Emit(ev) => self.events.push(*ev),
+                    Effect::Changed(c) => self.changes.push(c),
                     other => others.push(other),
                 }
             }
@@ -1657,4 +1661,133 @@ async fn a_placement_waits_out_a_reservation_and_fails_when_nothing_here_serves_
         Status::Pending,
         "ACTIVATING until the game activates it"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_carry_the_configured_region_and_address() {
+    let mut h = Harness::new();
+    let yaml = format!(
+        "region: ap-shanghai\npublic-ip: 203.0.113.7\ndns-name: game-1.example.com\n{CONFIG}"
+    );
+    let cfg = config::parse(&yaml, "test.yaml", Path::new("/srv")).unwrap();
+    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet.start();
+    h.settle();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.activated(pid, 2);
+    assert!(
+        s.id.starts_with("qcs::gse:ap-shanghai::gameserversession/fleet-test/gssess-"),
+        "{}",
+        s.id
+    );
+    assert_eq!(
+        (s.ip_address.as_str(), s.dns_name.as_str()),
+        ("203.0.113.7", "game-1.example.com")
+    );
+    let p = h.join(&s.id, 1).unwrap().remove(0);
+    assert_eq!(
+        (p.ip_address.as_str(), p.dns_name.as_str()),
+        ("203.0.113.7", "game-1.example.com")
+    );
+    // Unset: the loopback address and no name, in region `local`.
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.activated(pid, 2);
+    assert!(s.id.starts_with("qcs::gse:local::"), "{}", s.id);
+    assert_eq!(
+        (s.ip_address.as_str(), s.dns_name.as_str()),
+        ("127.0.0.1", "")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_changes_without_an_event_are_reported_as_changes() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    h.ready(pid);
+    let s = h.activated(pid, 4);
+    let changed = Change::Session(s.id.clone());
+    h.changes.clear();
+    h.fleet
+        .control(
+            Control::UpdateSession(SessionUpdate {
+                gss_id: s.id.clone(),
+                name: Some("renamed".into()),
+                ..Default::default()
+            }),
+            h.now,
+        )
+        .unwrap();
+    h.settle();
+    assert_eq!(h.changes, std::slice::from_ref(&changed));
+    // Custom counts: a change only when they differ.
+    for _ in 0..2 {
+        h.sdk(pid, SdkCall::ReportCustomData { current: 1, max: 5 })
+            .unwrap();
+    }
+    assert_eq!(h.changes, [changed.clone(), changed.clone()]);
+    h.sdk(
+        pid,
+        SdkCall::UpdatePolicy {
+            gss_id: s.id.clone(),
+            policy: "DENY_ALL".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(h.changes.len(), 3);
+    // Refused updates change nothing.
+    let bad = h.fleet.control(
+        Control::UpdateSession(SessionUpdate {
+            gss_id: s.id.clone(),
+            max_players: Some(-1),
+            ..Default::default()
+        }),
+        h.now,
+    );
+    assert!(bad.is_err());
+    h.settle();
+    assert_eq!(h.changes.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn host_state_reads_processes_sessions_and_their_players_at_once() {
+    let mut h = Harness::new();
+    let pids = h.pids();
+    h.ready(pids[0]);
+    let first = h.activated(pids[0], 4);
+    let players = h.join(&first.id, 2).unwrap();
+    h.ready(pids[1]);
+    let second = h.activated(pids[1], 4);
+    let state =
+        |h: &mut Harness, scope| match h.fleet.control(Control::DescribeHostState(scope), h.now) {
+            Ok(ControlReply::HostState(s)) => *s,
+            other => panic!("{other:?}"),
+        };
+    let all = state(&mut h, HostStateScope::All);
+    assert_eq!(all.processes.len(), 3);
+    assert!(
+        all.processes
+            .windows(2)
+            .all(|w| w[0].process_id < w[1].process_id)
+    );
+    let ids: Vec<&str> = all.sessions.iter().map(|s| s.session.id.as_str()).collect();
+    assert_eq!(ids, [first.id.as_str(), second.id.as_str()], "oldest first");
+    let got: Vec<&str> = all.sessions[0]
+        .players
+        .iter()
+        .map(|p| p.id.as_str())
+        .collect();
+    assert_eq!(got, [players[0].id.as_str(), players[1].id.as_str()]);
+    assert!(all.sessions[1].players.is_empty());
+    // A scope names sessions; one the fleet does not hold is left out.
+    let some = state(
+        &mut h,
+        HostStateScope::Sessions(vec!["gone".into(), second.id.clone()]),
+    );
+    assert_eq!(some.processes.len(), 3);
+    assert_eq!(some.sessions.len(), 1);
+    assert_eq!(some.sessions[0].session.id, second.id);
+    assert!(Control::DescribeHostState(HostStateScope::All).is_query());
 }
