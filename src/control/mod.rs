@@ -31,6 +31,10 @@ use crate::capi::ServeOptions;
 use crate::upstream_proto::control_plane_server::ControlPlaneServer;
 use config::ControlConfig;
 
+/// The largest message an agent may send: a complete snapshot of a busy host (1,000 kept
+/// sessions with their players) passes gRPC's default 4 MiB.
+pub const MAX_AGENT_MESSAGE: usize = 64 << 20;
+
 /// Why a replica could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -172,7 +176,9 @@ pub async fn run(
     let relay_stop = shutdown.clone();
     let relay_task = background.spawn(
         server
-            .add_service(ControlPlaneServer::new(relay))
+            .add_service(
+                ControlPlaneServer::new(relay).max_decoding_message_size(MAX_AGENT_MESSAGE),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(relay_listener),
                 async move { relay_stop.cancelled().await },
