@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
 
 /// The advisory lock key migrations hold ("gsectl" in ASCII).
-const MIGRATION_LOCK: i64 = 0x0067_7365_6374_6c;
+const MIGRATION_LOCK: i64 = 0x0000_6773_6563_746c;
 
 /// Connections in the pool.
 pub const POOL_SIZE: usize = 32;

@@ -9,6 +9,20 @@ use crate::helper::{Agent, entry, wait_for};
 
 /// Agent settings with fast timings for a host of `fleet` relaying to `endpoints`.
 fn host(fleet: &str, instance: &str, endpoints: &[&Control], processes: u32) -> String {
+    host_at(fleet, instance, None, endpoints, processes)
+}
+
+/// [`host`] with players sent to `public_ip`.
+fn host_at(
+    fleet: &str,
+    instance: &str,
+    public_ip: Option<&str>,
+    endpoints: &[&Control],
+    processes: u32,
+) -> String {
+    let address = public_ip
+        .map(|ip| format!("public-ip: {ip}\n"))
+        .unwrap_or_default();
     let list = endpoints
         .iter()
         .map(|c| c.relay_url())
@@ -22,7 +36,7 @@ fn host(fleet: &str, instance: &str, endpoints: &[&Control], processes: u32) -> 
     format!(
         "fleet-id: {fleet}
 instance-id: {instance}
-data-dir: data
+{address}data-dir: data
 game-root: game
 sdk-listen: 127.0.0.1:0
 capi-listen: 127.0.0.1:0
@@ -119,4 +133,222 @@ fn one_replica_creates_joins_and_searches_through_the_official_sdk() {
         let (count, max) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         (count == max && max >= highest).then_some(())
     });
+}
+
+/// The highest event sequence the agent holds.
+fn highest_sequence(agent: &Agent) -> u64 {
+    agent
+        .events()
+        .iter()
+        .filter_map(|e| e["Sequence"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the database holds events 1..=n of `instance`'s current epoch, none missing,
+/// with n at least `highest`, and the agent reports none unacknowledged (acks follow storage).
+fn wait_events_stored(pg: &Postgres, instance: &str, highest: u64) -> u64 {
+    wait_for(&format!("every event of {instance} stored"), || {
+        let row = pg.query(&format!(
+            "SELECT count(*), coalesce(max(sequence), 0),
+                    (SELECT status ->> 'UnackedEvents' FROM instances WHERE instance_id = '{instance}')
+             FROM events e JOIN instances i USING (instance_id)
+             WHERE instance_id = '{instance}' AND e.epoch = i.epoch"
+        ));
+        let count: u64 = row[0][0].parse().unwrap();
+        let max: u64 = row[0][1].parse().unwrap();
+        (count == max && max >= highest && row[0][2] == "0").then_some(max)
+    })
+}
+
+/// The instance the database says hosts `gss`.
+fn host_of(pg: &Postgres, gss: &str) -> String {
+    pg.scalar(&format!(
+        "SELECT instance_id FROM sessions WHERE gss_id = '{gss}'"
+    ))
+}
+
+#[test]
+fn two_replicas_and_three_hosts_place_sessions_and_survive_what_dies() {
+    let pg = Postgres::start();
+    let mut a = Control::start(&pg.url, "instance-lost-after: 2s\n");
+    let b = Control::start(&pg.url, "instance-lost-after: 2s\n");
+    let both = [&a, &b];
+    let h1 = Agent::start(&host_at("fleet-a", "ins-a1", Some("127.0.0.2"), &both, 2));
+    let h2 = Agent::start(&host_at("fleet-a", "ins-a2", Some("127.0.0.3"), &both, 1));
+    let mut h3 = Agent::start(&host_at("fleet-b", "ins-b1", Some("127.0.0.4"), &both, 2));
+    wait_idle(&pg, "ins-a1", 2);
+    wait_idle(&pg, "ins-a2", 1);
+    wait_idle(&pg, "ins-b1", 2);
+    let (sa, sb) = (a.sdk(), b.sdk());
+
+    // GSE's step 3, replicas alternating: create on A, join on B, connect to IP:port.
+    let create = |sdk: &crate::helper::tencent::Client, token: &str| {
+        sdk.ok(
+            "CreateGameServerSession",
+            json!({"FleetId": "fleet-a", "MaximumPlayerSessionCount": 2, "IdempotencyToken": token}),
+        )["GameServerSession"]
+            .clone()
+    };
+    let s1 = create(&sa, "match-1");
+    let s1_id = s1["GameServerSessionId"].as_str().unwrap().to_string();
+    // Packed: the host with the fewest free processes first.
+    assert_eq!(host_of(&pg, &s1_id), "ins-a2");
+    assert_eq!(s1["IpAddress"], "127.0.0.3");
+    // The token holds across replicas.
+    assert_eq!(create(&sb, "match-1")["GameServerSessionId"], json!(s1_id));
+    wait_for("s1 ACTIVE through B", || {
+        let d = sb.ok(
+            "DescribeGameServerSessions",
+            json!({"GameServerSessionId": s1_id}),
+        );
+        (d["GameServerSessions"][0]["Status"] == "ACTIVE").then_some(())
+    });
+    let p1 = sb.ok(
+        "JoinGameServerSession",
+        json!({"GameServerSessionId": s1_id, "PlayerId": "alice"}),
+    )["PlayerSession"]
+        .clone();
+    let connect = |p: &Value| {
+        let addr = (
+            p["IpAddress"].as_str().unwrap().to_string(),
+            p["Port"].as_u64().unwrap() as u16,
+        );
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the game");
+        s.set_read_timeout(Some(crate::helper::DEADLINE)).unwrap();
+        use std::io::{BufRead, Write};
+        writeln!(s, "{}", p["PlayerSessionId"].as_str().unwrap()).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut answer)
+            .unwrap();
+        assert_eq!(answer.trim(), "OK");
+        s
+    };
+    let _alice = connect(&p1);
+
+    // Search (on A) and join (on B).
+    let found = sa.ok(
+        "SearchGameServerSessions",
+        json!({"FleetId": "fleet-a", "FilterExpression": "hasAvailablePlayerSessions = true"}),
+    );
+    assert_eq!(
+        found["GameServerSessions"][0]["GameServerSessionId"],
+        json!(s1_id)
+    );
+    let p2 = sb.ok(
+        "JoinGameServerSessionBatch",
+        json!({"GameServerSessionId": s1_id, "PlayerIds": ["bob"]}),
+    )["PlayerSessions"][0]
+        .clone();
+    let _bob = connect(&p2);
+
+    // Fill fleet-a, then a placement on a queue whose first fleet is full spills to the second.
+    let s2 = create(&sb, "match-2");
+    let s3 = create(&sa, "match-3");
+    for s in [&s2, &s3] {
+        assert_eq!(
+            host_of(&pg, s["GameServerSessionId"].as_str().unwrap()),
+            "ins-a1"
+        );
+    }
+    let (code, _) = sa.err(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-a", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(code, "LimitExceeded");
+    sa.ok(
+        "CreateGameServerSessionQueue",
+        json!({"Name": "matches", "TimeoutInSeconds": 60, "Destinations": [
+            {"DestinationArn": "qcs::gse:local:uin/0:fleet/fleet-a"},
+            {"DestinationArn": "qcs::gse:local:uin/0:fleet/fleet-b"},
+        ]}),
+    );
+    sb.ok(
+        "StartGameServerSessionPlacement",
+        json!({"PlacementId": "place-1", "GameServerSessionQueueName": "matches",
+               "MaximumPlayerSessionCount": 2, "DesiredPlayerSessions": [{"PlayerId": "carol"}]}),
+    );
+    let placed = wait_for("the placement FULFILLED", || {
+        let p = sa.ok(
+            "DescribeGameServerSessionPlacement",
+            json!({"PlacementId": "place-1"}),
+        );
+        let p = p["GameServerSessionPlacement"].clone();
+        (p["Status"] == "FULFILLED").then_some(p)
+    });
+    assert_eq!(placed["IpAddress"], "127.0.0.4");
+    let placed_gss = placed["GameServerSessionId"].as_str().unwrap().to_string();
+    assert_eq!(host_of(&pg, &placed_gss), "ins-b1");
+    assert_eq!(placed["PlacedPlayerSessions"][0]["PlayerId"], "carol");
+
+    // Replica A dies: the agents move to B, and no event is lost.
+    a.kill9();
+    wait_for("every host on replica B", || {
+        (pg.scalar(&format!(
+            "SELECT count(*) FROM instances i JOIN replicas r ON r.replica = i.replica
+             WHERE i.connected AND r.relay_addr = '{}'",
+            b.relay
+        )) == "3")
+            .then_some(())
+    });
+    wait_events_stored(&pg, "ins-a1", highest_sequence(&h1));
+    wait_events_stored(&pg, "ins-a2", highest_sequence(&h2));
+    let stored_b1 = wait_events_stored(&pg, "ins-b1", highest_sequence(&h3));
+    // Nothing double-booked: no process hosts two live sessions.
+    let doubled = pg.scalar(
+        "SELECT count(*) FROM (SELECT instance_id, body ->> 'Port' FROM sessions
+         WHERE status IN ('ACTIVATING', 'ACTIVE') GROUP BY 1, 2 HAVING count(*) > 1) d",
+    );
+    assert_eq!(doubled, "0");
+    for agent in [&h1, &h2, &h3] {
+        let live = agent.ok(json!({"Action": "DescribeServerProcesses"}))["ServerProcesses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["GameServerSessionId"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .count();
+        assert!(live <= 2);
+    }
+
+    // A host dies: it turns Lost and gets no sessions, its session is shown as last known.
+    h3.kill9();
+    wait_for("ins-b1 Lost", || {
+        let d = sb.ok("DescribeInstances", json!({"FleetId": "fleet-b"}));
+        (d["Instances"][0]["Status"] == "Lost").then_some(())
+    });
+    let (code, _) = sb.err(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-b", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(code, "LimitExceeded");
+    let last_known = sb.ok(
+        "DescribeGameServerSessions",
+        json!({"GameServerSessionId": placed_gss}),
+    );
+    assert_eq!(last_known["GameServerSessions"][0]["Status"], "ACTIVE");
+
+    // It comes back: its live session is reconciled, and it takes sessions again.
+    h3.spawn();
+    wait_for("ins-b1 back", || {
+        let d = sb.ok("DescribeInstances", json!({"FleetId": "fleet-b"}));
+        (d["Instances"][0]["Status"] == "Active").then_some(())
+    });
+    wait_idle(&pg, "ins-b1", 1);
+    let reconciled = sb.ok(
+        "DescribeGameServerSessions",
+        json!({"GameServerSessionId": placed_gss}),
+    );
+    assert_eq!(reconciled["GameServerSessions"][0]["Status"], "ACTIVE");
+    let s4 = sb.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-b", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(s4["GameServerSession"]["IpAddress"], "127.0.0.4");
+    // The restarted agent numbers on from its outbox: nothing stored before is missing after.
+    assert!(wait_events_stored(&pg, "ins-b1", stored_b1 + 1) > stored_b1);
 }
