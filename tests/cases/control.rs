@@ -352,3 +352,181 @@ fn two_replicas_and_three_hosts_place_sessions_and_survive_what_dies() {
     // The restarted agent numbers on from its outbox: nothing stored before is missing after.
     assert!(wait_events_stored(&pg, "ins-b1", stored_b1 + 1) > stored_b1);
 }
+
+#[test]
+fn check_config_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("control.yaml");
+    std::fs::write(
+        &bad,
+        "database: mysql://nope\napi-listen: 0.0.0.0:9080\ninstance-lost-after: 0s\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::helper::control::CONTROL)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let said = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "control.yaml:1: database",
+        "control.yaml:2: api-listen",
+        "control.yaml:3: instance-lost-after",
+    ] {
+        assert!(said.contains(line), "{line} in {said}");
+    }
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "database: postgres://gse@127.0.0.1:5432/gse\n").unwrap();
+    let out = std::process::Command::new(crate::helper::control::CONTROL)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `run` refuses the same way, before touching any database.
+    let out = std::process::Command::new(crate::helper::control::CONTROL)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn agents_must_present_a_listed_token() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# hosts\nright-token\n").unwrap();
+    let control = Control::start(
+        &pg.url,
+        &format!("agent-tokens-file: {}\n", tokens.display()),
+    );
+    let with_token = |instance: &str, token: &str| {
+        let yaml = host("fleet-t", instance, &[&control], 1).replace(
+            "reconnect-max: 300ms }",
+            "reconnect-max: 300ms, token-file: token }",
+        );
+        let token = token.to_string();
+        Agent::start_with(&yaml, move |game| {
+            std::fs::write(game.parent().unwrap().join("token"), token).unwrap();
+        })
+    };
+    let wrong = with_token("ins-wrong", "wrong-token");
+    let _right = with_token("ins-right", "right-token");
+    wait_for("the listed agent connected", || {
+        (pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-right' AND connected")
+            == "1")
+            .then_some(())
+    });
+    wait_for("the unlisted agent refused", || {
+        wrong
+            .stderr()
+            .contains("not in agent-tokens-file")
+            .then_some(())
+    });
+    assert_eq!(
+        pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-wrong'"),
+        "0"
+    );
+}
+
+#[test]
+fn a_runtime_configuration_reaches_every_host_and_one_that_joins_later() {
+    let pg = Postgres::start();
+    let control = Control::start(&pg.url, "");
+    let first = Agent::start(&host("fleet-r", "ins-r1", &[&control], 1));
+    wait_idle(&pg, "ins-r1", 1);
+    let sdk = control.sdk();
+    let rc = json!({
+        "ServerProcesses": [{"LaunchPath": "/local/game/server", "Parameters": "--accept-players", "ConcurrentExecutions": 2}],
+        "MaxConcurrentGameServerSessionActivations": 2,
+        "GameServerSessionActivationTimeoutSeconds": 60,
+    });
+    sdk.ok(
+        "UpdateRuntimeConfiguration",
+        json!({"FleetId": "fleet-r", "RuntimeConfiguration": rc}),
+    );
+    let runs_two = |agent: &Agent| {
+        let r = agent.ok(json!({"Action": "DescribeRuntimeConfiguration", "FleetId": "fleet-r"}));
+        r["RuntimeConfiguration"]["ServerProcesses"][0]["ConcurrentExecutions"] == 2
+    };
+    assert!(runs_two(&first));
+    let stored = sdk.ok(
+        "DescribeRuntimeConfiguration",
+        json!({"FleetId": "fleet-r"}),
+    );
+    assert_eq!(stored["RuntimeConfiguration"], rc);
+    let later = Agent::start(&host("fleet-r", "ins-r2", &[&control], 1));
+    wait_for("the later host runs the fleet's configuration", || {
+        runs_two(&later).then_some(())
+    });
+    wait_idle(&pg, "ins-r2", 2);
+    // A configuration the agent's rules refuse is refused here, naming why.
+    let (code, message) = sdk.err(
+        "UpdateRuntimeConfiguration",
+        json!({"FleetId": "fleet-r", "RuntimeConfiguration": {"ServerProcesses": []}}),
+    );
+    assert_eq!(code, "InvalidParameterValue");
+    assert!(message.contains("ServerProcesses"), "{message}");
+}
+
+#[test]
+fn a_build_rolls_out_to_every_host_and_stops_at_a_failure() {
+    let pg = Postgres::start();
+    let control = Control::start(&pg.url, "rollout-batch: 1\n");
+    let builds = tempfile::tempdir().unwrap();
+    let v1 = crate::cases::upstream::make_build(builds.path(), "v1.zip", "v1");
+    let v2 = crate::cases::upstream::make_build(builds.path(), "v2.zip", "v2");
+    let on_v1 = |instance: &str| {
+        let yaml = host("fleet-d", instance, &[&control], 1)
+            .replace("/local/game/server", "/local/game/srv")
+            .replace(
+                "data-dir: data",
+                &format!("build: {}\ndata-dir: data", v1.display()),
+            );
+        Agent::start_with(&yaml, |game| std::fs::remove_dir_all(game).unwrap())
+    };
+    let hosts = [on_v1("ins-d1"), on_v1("ins-d2")];
+    wait_idle(&pg, "ins-d1", 1);
+    wait_idle(&pg, "ins-d2", 1);
+    let sdk = control.sdk();
+    // Extension actions and parameters go through the SDK's common client.
+    let rollout = || sdk.common("DescribeFleetRollout", json!({"FleetId": "fleet-d"}));
+    let sha = gse_agent::package::content_hash(&v2).unwrap();
+    sdk.common(
+        "UpdateFleetAttributes",
+        json!({"FleetId": "fleet-d", "BuildLocation": v2.display().to_string(), "BuildSha256": sha}),
+    );
+    let done = wait_for("the roll-out DONE", || {
+        let r = rollout();
+        (r["State"] == "DONE").then_some(r)
+    });
+    assert_eq!(done["InstancesDone"], 2, "{done}");
+    for h in &hosts {
+        wait_for("the host on v2", || {
+            std::fs::read_to_string(h.path("game/srv"))
+                .is_ok_and(|t| t.contains("# v2"))
+                .then_some(())
+        });
+    }
+    // A build whose hash does not match fails on the first host, and the roll-out stops there.
+    sdk.common(
+        "UpdateFleetAttributes",
+        json!({"FleetId": "fleet-d", "BuildLocation": v1.display().to_string(), "BuildSha256": "00".repeat(32)}),
+    );
+    let failed = wait_for("the roll-out FAILED", || {
+        let r = rollout();
+        (r["State"] == "FAILED").then_some(r)
+    });
+    assert_eq!(failed["InstancesDone"], 0, "{failed}");
+    assert!(
+        failed["Message"].as_str().unwrap().contains("ins-d1"),
+        "{failed}"
+    );
+}

@@ -480,7 +480,7 @@ fn a_runtime_configuration_change_drains_old_processes() {
 }
 
 /// A build zip in `dir`: a `srv` script that runs the fake server, marked with `marker`.
-fn make_build(dir: &std::path::Path, name: &str, marker: &str) -> std::path::PathBuf {
+pub(crate) fn make_build(dir: &std::path::Path, name: &str, marker: &str) -> std::path::PathBuf {
     use std::io::Write;
     let path = dir.join(name);
     let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());

@@ -65,11 +65,20 @@ impl Client {
     /// Runs `calls` (`[(action, params)]`) through the SDK in one process; one answer each:
     /// `{"ok": response}` or `{"error": {"code", "message"}}`.
     pub fn run(&self, calls: &[(&str, Value)]) -> Vec<Value> {
+        self.run_plan(
+            calls
+                .iter()
+                .map(|(a, p)| json!({"action": a, "params": p}))
+                .collect(),
+        )
+    }
+
+    fn run_plan(&self, calls: Vec<Value>) -> Vec<Value> {
         let plan = json!({
             "endpoint": self.endpoint,
             "secret_id": self.secret_id,
             "secret_key": self.secret_key,
-            "calls": calls.iter().map(|(a, p)| json!({"action": a, "params": p})).collect::<Vec<_>>(),
+            "calls": calls,
         });
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/tencent_sdk.py");
         let mut child = Command::new(python())
@@ -100,6 +109,17 @@ impl Client {
     /// One call that must succeed; its response.
     pub fn ok(&self, action: &str, params: Value) -> Value {
         let answer = self.run(&[(action, params)]).remove(0);
+        answer
+            .get("ok")
+            .cloned()
+            .unwrap_or_else(|| panic!("{action}: {answer}"))
+    }
+
+    /// One call through the SDK's common client (for extension actions and parameters); its
+    /// response, which must not be an error.
+    pub fn common(&self, action: &str, params: Value) -> Value {
+        let plan = json!({"action": action, "params": params, "common": true});
+        let answer = self.run_plan(vec![plan]).remove(0);
         answer
             .get("ok")
             .cloned()

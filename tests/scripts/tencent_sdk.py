@@ -3,6 +3,8 @@
 Reads a plan from stdin: {"endpoint": "host:port", "secret_id", "secret_key", "region"?,
 "calls": [{"action": "CreateGameServerSession", "params": {...}}, ...]} and prints one JSON line
 per call: {"ok": <the response model, serialized back>} or {"error": {"code", "message"}}.
+An action the SDK has no model for (a gse-control extension), or a call with "common": true
+(extension parameters), goes through the SDK's common client (call_json), signed the same way.
 A warning is a failure: a field the SDK's model does not know fails the call ("UserWarning").
 (The SDK itself silences its models' warnings; they are recorded here around each call.)
 """
@@ -32,10 +34,15 @@ def main():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                request = getattr(models, action + "Request")()
-                request.from_json_string(json.dumps(call.get("params", {})))
-                response = getattr(client, action)(request)
-                out = {"ok": json.loads(response.to_json_string())}
+                params = call.get("params", {})
+                if call.get("common") or not hasattr(models, action + "Request"):
+                    response = client.call_json(action, params)
+                    out = {"ok": response["Response"]}
+                else:
+                    request = getattr(models, action + "Request")()
+                    request.from_json_string(json.dumps(params))
+                    response = getattr(client, action)(request)
+                    out = {"ok": json.loads(response.to_json_string())}
             except TencentCloudSDKException as e:
                 out = {"error": {"code": e.get_code(), "message": e.get_message()}}
         useless = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
