@@ -31,7 +31,8 @@ pub async fn register(pool: &Pool, replica: &str, api: &str, relay: &str) -> Res
 pub async fn unregister(pool: &Pool, replica: &str) -> Result<(), DbError> {
     let db = pool.get().await?;
     db.execute(
-        "UPDATE instances SET connected = false, replica = NULL, last_seen = now() WHERE replica = $1",
+        "UPDATE instances SET connected = false, replica = NULL, stream = NULL, last_seen = now()
+         WHERE replica = $1",
         &[&replica],
     )
     .await
@@ -79,7 +80,7 @@ async fn beat(
     .map_err(DbError::query("refreshing held instances"))?;
     // Streams held by a replica that stopped beating are gone.
     db.execute(
-        "UPDATE instances SET connected = false, replica = NULL
+        "UPDATE instances SET connected = false, replica = NULL, stream = NULL
          WHERE connected AND (replica IS NULL OR replica NOT IN
             (SELECT replica FROM replicas WHERE heartbeat > now() - $1 * interval '1 millisecond'))",
         &[&dead_ms],
@@ -116,6 +117,15 @@ async fn beat(
             rollout_batch,
         ));
     }
+    // No create waits longer than the command limit: a count older than that was left by a
+    // replica that died mid-call.
+    db.execute(
+        "UPDATE instances SET in_flight = 0
+         WHERE in_flight > 0 AND in_flight_at < now() - $1 * interval '1 millisecond'",
+        &[&(2.0 * super::api::COMMAND_LIMIT.as_millis() as f64)],
+    )
+    .await
+    .map_err(DbError::query("clearing stale in-flight counts"))?;
     db.batch_execute(
         "DELETE FROM commands WHERE created_at < now() - interval '1 hour';
          DELETE FROM idempotency WHERE claimed_at < now() - interval '1 day';

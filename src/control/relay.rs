@@ -75,11 +75,13 @@ impl ControlPlane for RelayService {
                 "Hello must name the fleet_id and instance_id",
             ));
         }
+        let stream = uuid::Uuid::new_v4().to_string();
         let known = store::arrive(
             &self.pool,
             &Arrival {
                 hello: hello.clone(),
                 replica: self.hub.replica().to_string(),
+                stream: stream.clone(),
             },
         )
         .await
@@ -106,9 +108,7 @@ impl ControlPlane for RelayService {
             ));
             let ended = service.pump(&src, inbound, &tx).await;
             service.hub.detach(&src.instance_id, serial);
-            if let Err(e) =
-                store::depart(&service.pool, &src.instance_id, service.hub.replica()).await
-            {
+            if let Err(e) = store::depart(&service.pool, &src.instance_id, &stream).await {
                 tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot record a departed agent");
             }
             tracing::info!(instance.id = %src.instance_id, reason = %ended, "agent disconnected");

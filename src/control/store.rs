@@ -14,6 +14,8 @@ pub struct Arrival {
     pub hello: up::Hello,
     /// The replica holding its stream.
     pub replica: String,
+    /// This stream's id (a reconnection gets a new one).
+    pub stream: String,
 }
 
 /// What the database knew of an instance when it arrived.
@@ -37,12 +39,13 @@ pub async fn arrive(pool: &Pool, a: &Arrival) -> Result<Known, DbError> {
     let row = db
         .query_one(
             "INSERT INTO instances (instance_id, fleet_id, region, public_ip, dns_name, agent_version,
-                                    replica, connected, lost, last_seen, epoch, acked)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, true, false, now(), $8, 0)
+                                    replica, stream, connected, lost, last_seen, epoch, acked)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $9, true, false, now(), $8, 0)
              ON CONFLICT (instance_id) DO UPDATE SET
                 fleet_id = EXCLUDED.fleet_id, region = EXCLUDED.region,
                 public_ip = EXCLUDED.public_ip, dns_name = EXCLUDED.dns_name,
                 agent_version = EXCLUDED.agent_version, replica = EXCLUDED.replica,
+                stream = EXCLUDED.stream,
                 connected = true, lost = false, last_seen = now(),
                 acked = CASE WHEN instances.epoch = EXCLUDED.epoch THEN instances.acked ELSE 0 END,
                 epoch = EXCLUDED.epoch
@@ -56,6 +59,7 @@ pub async fn arrive(pool: &Pool, a: &Arrival) -> Result<Known, DbError> {
                 &h.agent_version,
                 &a.replica,
                 &epoch,
+                &a.stream,
             ],
         )
         .await
@@ -74,13 +78,13 @@ fn region(h: &up::Hello) -> &str {
     }
 }
 
-/// The stream of `instance` held by `replica` ended.
-pub async fn depart(pool: &Pool, instance: &str, replica: &str) -> Result<(), DbError> {
+/// Stream `stream` of `instance` ended (unless a newer stream replaced it).
+pub async fn depart(pool: &Pool, instance: &str, stream: &str) -> Result<(), DbError> {
     let db = pool.get().await?;
     db.execute(
-        "UPDATE instances SET connected = false, replica = NULL, last_seen = now()
-         WHERE instance_id = $1 AND replica = $2",
-        &[&instance, &replica],
+        "UPDATE instances SET connected = false, replica = NULL, stream = NULL, last_seen = now()
+         WHERE instance_id = $1 AND stream = $2",
+        &[&instance, &stream],
     )
     .await
     .map_err(DbError::query("recording a departed agent"))?;

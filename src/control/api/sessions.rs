@@ -282,7 +282,7 @@ impl ControlApi {
         let db = self.db().await?;
         let row = db
             .query_opt(
-                "UPDATE instances SET in_flight = in_flight + 1
+                "UPDATE instances SET in_flight = in_flight + 1, in_flight_at = now()
                  WHERE instance_id = (
                     SELECT instance_id FROM instances
                     WHERE fleet_id = $1 AND connected AND NOT lost AND NOT reserved

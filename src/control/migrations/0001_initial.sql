@@ -29,8 +29,9 @@ CREATE TABLE instances (
     public_ip text NOT NULL DEFAULT '',
     dns_name text NOT NULL DEFAULT '',
     agent_version text NOT NULL DEFAULT '',
-    -- The replica holding its relay stream; NULL when none does.
+    -- The replica holding its relay stream, and that stream's id; NULL when none does.
     replica text,
+    stream text,
     connected boolean NOT NULL DEFAULT false,
     -- No stream for instance-lost-after: no new sessions until it comes back.
     lost boolean NOT NULL DEFAULT false,
@@ -42,6 +43,9 @@ CREATE TABLE instances (
     -- being created there now.
     idle integer NOT NULL DEFAULT 0,
     in_flight integer NOT NULL DEFAULT 0,
+    -- When a create was last counted in flight (a count left by a replica that died mid-call
+    -- is cleared once no create could still be under way).
+    in_flight_at timestamptz NOT NULL DEFAULT now(),
     processes integer NOT NULL DEFAULT 0,
     -- The sessions its busy processes host by the last snapshot, plus those created since.
     busy text[] NOT NULL DEFAULT '{}',
