@@ -118,6 +118,46 @@ fn one_replica_creates_joins_and_searches_through_the_official_sdk() {
         (p["PlayerSessions"][0]["Status"] == "ACTIVE").then_some(p)
     });
     assert_eq!(players["PlayerSessions"][0]["PlayerId"], "player-1");
+    // An alias routes creates to its fleet.
+    let alias = sdk.ok(
+        "CreateAlias",
+        json!({"Name": "live", "RoutingStrategy": {"Type": "SIMPLE", "FleetId": "fleet-a"}}),
+    )["Alias"]["AliasId"]
+        .clone();
+    let by_alias = sdk.ok(
+        "CreateGameServerSession",
+        json!({"AliasId": alias, "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(by_alias["GameServerSession"]["FleetId"], "fleet-a");
+    // The fleet and instance views in the SDK's models (a field the SDK does not know fails).
+    let attributes = sdk.ok("DescribeFleetAttributes", json!({"FleetIds": ["fleet-a"]}));
+    assert_eq!(attributes["FleetAttributes"][0]["FleetId"], "fleet-a");
+    let extend = wait_for("the instance's counters", || {
+        let e = sdk.ok("DescribeInstancesExtend", json!({"FleetId": "fleet-a"}));
+        (e["Instances"][0]["GameSessionCnt"] == 2).then_some(e)
+    });
+    assert_eq!(extend["Instances"][0]["Instance"]["InstanceId"], "ins-a1");
+    let utilization = sdk.ok("DescribeFleetUtilization", json!({"FleetIds": ["fleet-a"]}));
+    assert_eq!(utilization["FleetUtilization"][0]["ActiveGameServerSessionCount"], 2);
+    let events = sdk.ok("DescribeFleetEvents", json!({"FleetId": "fleet-a", "Limit": 5}));
+    assert_eq!(events["Events"].as_array().unwrap().len(), 5);
+    sdk.ok(
+        "SetServerWeight",
+        json!({"FleetId": "fleet-a", "InstanceId": "ins-a1", "Weight": 5}),
+    );
+    sdk.ok(
+        "SetServerReserved",
+        json!({"FleetId": "fleet-a", "InstanceId": "ins-a1", "ReserveValue": 1}),
+    );
+    // Reserved: the host takes no new session, though it has no free process anyway now.
+    let (code, _) = sdk.err(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-a", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(code, "LimitExceeded");
+    let reserved = sdk.ok("DescribeInstances", json!({"FleetId": "fleet-a"}));
+    assert_eq!(reserved["Instances"][0]["ReserveValue"], 1);
+    assert_eq!(reserved["Instances"][0]["Weight"], 5);
     // Every event the agent wrote reached the database, contiguous.
     let events: Vec<Value> = agent.events();
     let highest = events
@@ -281,6 +321,15 @@ fn two_replicas_and_three_hosts_place_sessions_and_survive_what_dies() {
     let placed_gss = placed["GameServerSessionId"].as_str().unwrap().to_string();
     assert_eq!(host_of(&pg, &placed_gss), "ins-b1");
     assert_eq!(placed["PlacedPlayerSessions"][0]["PlayerId"], "carol");
+    let stats = sa.common(
+        "DescribeGameServerSessionQueueStatistics",
+        json!({"Names": ["matches"]}),
+    )["QueueStatistics"][0]
+        .clone();
+    assert_eq!(stats["PlacementsStarted"], 1, "{stats}");
+    assert_eq!(stats["PlacementsFulfilled"], 1, "{stats}");
+    assert_eq!(stats["FirstChoiceNotViable"], 1, "{stats}");
+    assert_eq!(stats["Depth"], 0, "{stats}");
 
     // Replica A dies: the agents move to B, and no event is lost.
     a.kill9();
