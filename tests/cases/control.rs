@@ -138,8 +138,14 @@ fn one_replica_creates_joins_and_searches_through_the_official_sdk() {
     });
     assert_eq!(extend["Instances"][0]["Instance"]["InstanceId"], "ins-a1");
     let utilization = sdk.ok("DescribeFleetUtilization", json!({"FleetIds": ["fleet-a"]}));
-    assert_eq!(utilization["FleetUtilization"][0]["ActiveGameServerSessionCount"], 2);
-    let events = sdk.ok("DescribeFleetEvents", json!({"FleetId": "fleet-a", "Limit": 5}));
+    assert_eq!(
+        utilization["FleetUtilization"][0]["ActiveGameServerSessionCount"],
+        2
+    );
+    let events = sdk.ok(
+        "DescribeFleetEvents",
+        json!({"FleetId": "fleet-a", "Limit": 5}),
+    );
     assert_eq!(events["Events"].as_array().unwrap().len(), 5);
     sdk.ok(
         "SetServerWeight",
@@ -577,5 +583,39 @@ fn a_build_rolls_out_to_every_host_and_stops_at_a_failure() {
     assert!(
         failed["Message"].as_str().unwrap().contains("ins-d1"),
         "{failed}"
+    );
+}
+
+#[test]
+fn a_lost_host_can_be_removed_and_its_sessions_end() {
+    let pg = Postgres::start();
+    let control = Control::start(&pg.url, "instance-lost-after: 1s\n");
+    let mut agent = Agent::start(&host("fleet-x", "ins-x1", &[&control], 1));
+    wait_idle(&pg, "ins-x1", 1);
+    let sdk = control.sdk();
+    let gss = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-x", "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .clone();
+    agent.kill9();
+    wait_for("ins-x1 Lost", || {
+        let d = sdk.ok("DescribeInstances", json!({"FleetId": "fleet-x"}));
+        (d["Instances"][0]["Status"] == "Lost").then_some(())
+    });
+    sdk.common(
+        "RemoveInstance",
+        json!({"FleetId": "fleet-x", "InstanceId": "ins-x1"}),
+    );
+    let d = sdk.ok("DescribeInstances", json!({"FleetId": "fleet-x"}));
+    assert_eq!(d["TotalCount"], 0);
+    let s = sdk.ok(
+        "DescribeGameServerSessions",
+        json!({"GameServerSessionId": gss}),
+    );
+    assert_eq!(s["GameServerSessions"][0]["Status"], "TERMINATED");
+    assert_eq!(
+        s["GameServerSessions"][0]["StatusReason"],
+        "the host was removed"
     );
 }

@@ -118,12 +118,17 @@ impl Client {
     /// One call through the SDK's common client (for extension actions and parameters); its
     /// response, which must not be an error.
     pub fn common(&self, action: &str, params: Value) -> Value {
-        let plan = json!({"action": action, "params": params, "common": true});
-        let answer = self.run_plan(vec![plan]).remove(0);
+        let answer = self.common_answer(action, params);
         answer
             .get("ok")
             .cloned()
             .unwrap_or_else(|| panic!("{action}: {answer}"))
+    }
+
+    /// One call through the SDK's common client: `{"ok": response}` or `{"error": {code, message}}`.
+    pub fn common_answer(&self, action: &str, params: Value) -> Value {
+        let plan = json!({"action": action, "params": params, "common": true});
+        self.run_plan(vec![plan]).remove(0)
     }
 
     /// One call that must fail; its error code and message.

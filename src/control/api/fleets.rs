@@ -395,6 +395,49 @@ impl ControlApi {
         Ok(json!({}))
     }
 
+    /// RemoveInstance (an extension): forgets a host that is not connected (one that will not
+    /// come back); its sessions that were live end as TERMINATED. A host that connects again
+    /// later is simply new.
+    pub(super) async fn remove_instance(
+        &self,
+        map: Map<String, Value>,
+    ) -> Result<Value, CapiError> {
+        let p = params(map, &["FleetId", "InstanceId"])?;
+        let instance = self.fleet_instance(&p).await?;
+        let mut db = self.db().await?;
+        let tx = db
+            .transaction()
+            .await
+            .map_err(db_error("starting to remove an instance"))?;
+        let removed = tx
+            .execute(
+                "DELETE FROM instances WHERE instance_id = $1 AND NOT connected",
+                &[&instance],
+            )
+            .await
+            .map_err(db_error("removing an instance"))?;
+        if removed == 0 {
+            return Err(CapiError::new(
+                "OperationDenied",
+                format!("instance {instance} is connected: stop its agent first"),
+            ));
+        }
+        tx.execute(
+            "UPDATE sessions SET status = 'TERMINATED',
+                body = jsonb_set(jsonb_set(body, '{Status}', '\"TERMINATED\"'),
+                                 '{StatusReason}', '\"the host was removed\"'),
+                updated_at = now()
+             WHERE instance_id = $1 AND status IN ('ACTIVATING', 'ACTIVE', 'TERMINATING')",
+            &[&instance],
+        )
+        .await
+        .map_err(db_error("ending a removed host's sessions"))?;
+        tx.commit()
+            .await
+            .map_err(db_error("removing an instance"))?;
+        Ok(json!({}))
+    }
+
     /// SetServerWeight: hosts of higher weight get new sessions first.
     pub(super) async fn set_weight(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = params(map, &["FleetId", "InstanceId", "Weight"])?;

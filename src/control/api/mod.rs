@@ -64,6 +64,7 @@ pub const ACTIONS: &[&str] = &[
     "StopGameServerSessionPlacement",
     "DescribeGameServerSessionQueueStatistics",
     "DescribeFleetRollout",
+    "RemoveInstance",
 ];
 
 /// One replica's API.
@@ -162,6 +163,7 @@ impl ControlApi {
             "StopGameServerSessionPlacement" => self.stop_placement(map).await,
             "DescribeGameServerSessionQueueStatistics" => self.queue_statistics(map).await,
             "DescribeFleetRollout" => self.describe_rollout(map).await,
+            "RemoveInstance" => self.remove_instance(map).await,
             other => Err(CapiError::new(
                 "InvalidAction",
                 format!(
