@@ -15,6 +15,9 @@ const MIGRATION_LOCK: i64 = 0x0000_6773_6563_746c;
 
 /// Connections in the pool.
 pub const POOL_SIZE: usize = 32;
+/// How long a connection is waited for (from the pool, or to the server) before the step
+/// fails, so a database that went away fails calls instead of hanging them.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +55,12 @@ impl From<deadpool_postgres::PoolError> for DbError {
     }
 }
 
-/// A pool of [`POOL_SIZE`] connections to `url`.
-pub fn pool(url: &str) -> Result<Pool, DbError> {
-    let pg: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+/// A pool of `size` connections to `url`.
+pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
+    let mut pg: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(WAIT);
+    }
     let manager = Manager::from_config(
         pg,
         NoTls,
@@ -63,7 +69,10 @@ pub fn pool(url: &str) -> Result<Pool, DbError> {
         },
     );
     Pool::builder(manager)
-        .max_size(POOL_SIZE)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(WAIT))
+        .create_timeout(Some(WAIT))
         .build()
         .map_err(|e| DbError::Pool(e.to_string()))
 }

@@ -18,6 +18,11 @@ use crate::upstream_proto as up;
 const COMMAND_CHANNEL: &str = "gse_command";
 /// The channel a result's command id is announced on.
 const RESULT_CHANNEL: &str = "gse_result";
+/// The channel a stream's arrival is announced on (`instance<TAB>stream`): another replica
+/// still holding an older stream of that instance drops it.
+const MOVED_CHANNEL: &str = "gse_moved";
+/// How often the notification connection is checked.
+const LISTEN_PING: Duration = Duration::from_secs(15);
 /// How long the notification listener waits before connecting again.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
@@ -44,6 +49,8 @@ pub enum HubError {
 struct Stream {
     /// Distinguishes a reconnection from the stream it replaced.
     serial: u64,
+    /// The stream's id, as the instance's row names it.
+    id: String,
     tx: mpsc::Sender<up::ControlMessage>,
 }
 
@@ -73,16 +80,73 @@ impl Hub {
         &self.replica
     }
 
-    /// Registers the stream of `instance`; returns the serial to detach it with.
-    pub fn attach(&self, instance: &str, tx: mpsc::Sender<up::ControlMessage>) -> u64 {
+    /// Registers stream `id` of `instance`; returns the serial to detach it with. Commands
+    /// other replicas queued for the instance and that no stream took yet are sent on it, and
+    /// a replica holding an older stream of the instance is told to drop it.
+    pub async fn attach(
+        &self,
+        instance: &str,
+        id: &str,
+        tx: mpsc::Sender<up::ControlMessage>,
+    ) -> u64 {
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.streams
-            .lock()
-            .expect("hub lock")
-            .insert(instance.to_string(), Stream { serial, tx });
+        self.streams.lock().expect("hub lock").insert(
+            instance.to_string(),
+            Stream {
+                serial,
+                id: id.to_string(),
+                tx: tx.clone(),
+            },
+        );
+        if let Err(e) = self.announce_and_resend(instance, id, &tx).await {
+            tracing::warn!(instance.id = %instance, error = %e, "cannot resend queued commands to a returning agent");
+        }
         serial
+    }
+
+    async fn announce_and_resend(
+        &self,
+        instance: &str,
+        id: &str,
+        tx: &mpsc::Sender<up::ControlMessage>,
+    ) -> Result<(), super::db::DbError> {
+        let db = self.pool.get().await?;
+        db.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&MOVED_CHANNEL, &format!("{instance}\t{id}")],
+        )
+        .await
+        .map_err(super::db::DbError::query("announcing a stream"))?;
+        let queued = db
+            .query(
+                "SELECT body FROM commands WHERE instance_id = $1 AND result IS NULL
+                   AND created_at > now() - $2 * interval '1 millisecond' ORDER BY created_at",
+                &[&instance, &(super::api::COMMAND_LIMIT.as_millis() as f64)],
+            )
+            .await
+            .map_err(super::db::DbError::query("reading queued commands"))?;
+        for row in queued {
+            let body: Vec<u8> = row.get(0);
+            if let Ok(command) = up::Command::decode(body.as_slice()) {
+                let _ = tx
+                    .send(up::ControlMessage {
+                        body: Some(up::control_message::Body::Command(command)),
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Another replica took stream `id` of `instance`: an older one held here is dead.
+    fn moved(&self, instance: &str, id: &str) {
+        let mut streams = self.streams.lock().expect("hub lock");
+        if streams.get(instance).is_some_and(|s| s.id != id) {
+            streams.remove(instance);
+            tracing::info!(instance.id = %instance, "the agent reconnected elsewhere; its old stream here is dropped");
+        }
     }
 
     /// Removes the stream of `instance` unless a newer one replaced it.
@@ -135,14 +199,32 @@ impl Hub {
                     .map_err(|_| HubError::NotConnected(instance.to_string()))?;
             }
             None => {
+                // Queued only for an instance some replica holds; the notification names it,
+                // so only that replica reads the command.
                 let db = self.pool.get().await.map_err(super::db::DbError::from)?;
-                db.execute(
-                    "WITH c AS (INSERT INTO commands (id, instance_id, body, origin) VALUES ($1, $2, $3, $4))
-                     SELECT pg_notify($5, $1)",
-                    &[&id, &instance, &command.encode_to_vec(), &self.replica, &COMMAND_CHANNEL],
-                )
-                .await
-                .map_err(super::db::DbError::query("queueing a command for another replica"))?;
+                let queued = db
+                    .query(
+                        "WITH c AS (
+                            INSERT INTO commands (id, instance_id, body, origin)
+                            SELECT $1, $2, $3, $4 WHERE EXISTS
+                                (SELECT 1 FROM instances WHERE instance_id = $2 AND connected)
+                            RETURNING id)
+                         SELECT pg_notify($5, $2 || E'\t' || $1) FROM c",
+                        &[
+                            &id,
+                            &instance,
+                            &command.encode_to_vec(),
+                            &self.replica,
+                            &COMMAND_CHANNEL,
+                        ],
+                    )
+                    .await
+                    .map_err(super::db::DbError::query(
+                        "queueing a command for another replica",
+                    ))?;
+                if queued.is_empty() {
+                    return Err(HubError::NotConnected(instance.to_string()));
+                }
             }
         }
         match tokio::time::timeout(limit, rx).await {
@@ -165,11 +247,15 @@ impl Hub {
             let _ = w.send(result);
             return;
         }
-        // Another replica asked: hand the result back through the database.
+        // Another replica asked (through the table, or on a stream the agent has left since):
+        // hand the result back through the database.
         let stored = async {
             let db = self.pool.get().await.map_err(super::db::DbError::from)?;
             db.execute(
-                "WITH c AS (UPDATE commands SET result = $2 WHERE id = $1)
+                "WITH c AS (
+                    INSERT INTO commands (id, instance_id, body, origin, result)
+                    VALUES ($1, '', ''::bytea, '', $2)
+                    ON CONFLICT (id) DO UPDATE SET result = EXCLUDED.result)
                  SELECT pg_notify($3, $1)",
                 &[&result.command_id, &result.encode_to_vec(), &RESULT_CHANNEL],
             )
@@ -209,24 +295,57 @@ impl Hub {
         });
         client
             .batch_execute(&format!(
-                "LISTEN {COMMAND_CHANNEL}; LISTEN {RESULT_CHANNEL}"
+                "LISTEN {COMMAND_CHANNEL}; LISTEN {RESULT_CHANNEL}; LISTEN {MOVED_CHANNEL}"
             ))
             .await?;
         tracing::debug!("listening for commands from other replicas");
-        while let Some((channel, id)) = rx.recv().await {
+        let mut ping = tokio::time::interval(LISTEN_PING);
+        loop {
+            let (channel, payload) = tokio::select! {
+                n = rx.recv() => match n {
+                    Some(n) => n,
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    // A connection that died silently would stop every notification.
+                    match tokio::time::timeout(super::db::WAIT, client.simple_query("SELECT 1")).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => {
+                            driver.abort();
+                            return Err(e);
+                        }
+                        Err(_) => {
+                            tracing::warn!("the notification connection did not answer a ping; connecting again");
+                            break;
+                        }
+                    }
+                }
+            };
+            if channel == MOVED_CHANNEL {
+                if let Some((instance, stream)) = payload.split_once('\t') {
+                    self.moved(instance, stream);
+                }
+                continue;
+            }
             let hub = self.clone();
             tokio::spawn(async move {
                 let handled = if channel == COMMAND_CHANNEL {
-                    hub.forward(&id).await
+                    match payload.split_once('\t') {
+                        Some((instance, id)) if hub.local(instance).is_some() => {
+                            hub.forward(id).await
+                        }
+                        _ => Ok(()),
+                    }
                 } else {
-                    hub.collect(&id).await
+                    hub.collect(&payload).await
                 };
                 if let Err(e) = handled {
-                    tracing::warn!(command.id = %id, error = %e, "cannot pass a command between replicas");
+                    tracing::warn!(command.id = %payload, error = %e, "cannot pass a command between replicas");
                 }
             });
         }
-        driver.await.unwrap_or(Ok(()))
+        driver.abort();
+        Ok(())
     }
 
     /// Another replica queued command `id`: send it if this replica holds the stream.

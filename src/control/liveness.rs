@@ -43,27 +43,38 @@ pub async fn unregister(pool: &Pool, replica: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Beats every `lost_after / 4` (at most 5 s) until the process ends.
-pub async fn watch(pool: Pool, hub: Arc<Hub>, lost_after: Duration, rollout_batch: usize) {
+/// Events, finished sessions and their players, and finished placements are kept this long.
+pub const RETAIN_DAYS: i32 = 7;
+
+/// Beats every `lost_after / 4` (at most 5 s) until the process ends, on `beats` (connections
+/// of its own); roll-outs it takes over use `pool`.
+pub async fn watch(
+    beats: Pool,
+    pool: Pool,
+    hub: Arc<Hub>,
+    lost_after: Duration,
+    rollout_batch: usize,
+) {
     let tick = (lost_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(e) = beat(&pool, &hub, lost_after, rollout_batch).await {
+        if let Err(e) = beat(&beats, &pool, &hub, lost_after, rollout_batch).await {
             tracing::warn!(error = %e, "liveness pass failed");
         }
     }
 }
 
 async fn beat(
+    beats: &Pool,
     pool: &Pool,
     hub: &Arc<Hub>,
     lost_after: Duration,
     rollout_batch: usize,
 ) -> Result<(), DbError> {
     let me = hub.replica();
-    let db = pool.get().await?;
+    let db = beats.get().await?;
     let lost_ms = lost_after.as_millis() as f64;
     let dead_ms = REPLICA_DEAD_AFTER.as_millis() as f64;
     db.execute(
@@ -133,5 +144,37 @@ async fn beat(
     )
     .await
     .map_err(DbError::query("pruning old bookkeeping"))?;
+    prune(&db).await
+}
+
+/// Drops history older than [`RETAIN_DAYS`], a bounded slice per beat.
+async fn prune(db: &deadpool_postgres::Object) -> Result<(), DbError> {
+    let days = f64::from(RETAIN_DAYS);
+    db.execute(
+        "DELETE FROM events WHERE (instance_id, epoch, sequence) IN (
+            SELECT instance_id, epoch, sequence FROM events
+            WHERE time_ms < (extract(epoch FROM now()) * 1000 - $1 * 86400000)::bigint LIMIT 10000)",
+        &[&days],
+    )
+    .await
+    .map_err(DbError::query("pruning old events"))?;
+    db.execute(
+        "WITH gone AS (
+            DELETE FROM sessions WHERE gss_id IN (
+                SELECT gss_id FROM sessions WHERE status IN ('TERMINATED', 'ERROR')
+                  AND updated_at < now() - $1 * interval '1 day' LIMIT 10000)
+            RETURNING gss_id)
+         DELETE FROM players WHERE gss_id IN (SELECT gss_id FROM gone)",
+        &[&days],
+    )
+    .await
+    .map_err(DbError::query("pruning old sessions"))?;
+    db.execute(
+        "DELETE FROM placements WHERE status <> 'PENDING'
+           AND ended_ms < (extract(epoch FROM now()) * 1000 - $1 * 86400000)::bigint",
+        &[&days],
+    )
+    .await
+    .map_err(DbError::query("pruning old placements"))?;
     Ok(())
 }

@@ -35,6 +35,9 @@ use config::ControlConfig;
 /// sessions with their players) passes gRPC's default 4 MiB.
 pub const MAX_AGENT_MESSAGE: usize = 64 << 20;
 
+/// How long open relay streams are given at shutdown before they are cut.
+const RELAY_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a replica could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -98,7 +101,10 @@ pub async fn run(
     shutdown: CancellationToken,
     started: impl FnOnce(&Endpoints),
 ) -> Result<(), ControlError> {
-    let pool = db::pool(&cfg.database)?;
+    let pool = db::pool(&cfg.database, db::POOL_SIZE)?;
+    // Heartbeats have connections of their own: a busy pool must not make this replica look
+    // dead to the others.
+    let beats = db::pool(&cfg.database, 2)?;
     let version = db::migrate(&pool).await?;
     let replica = format!("replica-{}", uuid::Uuid::new_v4());
     tracing::info!(db.version = version, replica = %replica, "database ready");
@@ -149,6 +155,7 @@ pub async fn run(
     let api = api::ControlApi::new(pool.clone(), hub.clone(), wake.clone(), cfg.rollout_batch);
     let placement_task = tokio::spawn(placement::work(api.clone(), wake));
     let liveness_task = tokio::spawn(liveness::watch(
+        beats,
         pool.clone(),
         hub.clone(),
         cfg.instance_lost_after.get(),
@@ -198,7 +205,12 @@ pub async fn run(
     tracing::info!(api.addr = %endpoints.api, relay.addr = %endpoints.relay, replica = %replica, "gse-control serving");
     started(&endpoints);
     shutdown.cancelled().await;
-    let relay_result = relay_task.await;
+    // Relay streams never end by themselves: the agents are given a moment to see the
+    // listener close, then their streams are cut (they reconnect to another replica).
+    let relay_result = match tokio::time::timeout(RELAY_DRAIN, relay_task).await {
+        Ok(r) => r,
+        Err(_) => Ok(Ok(())),
+    };
     let api_result = api_task.await;
     for t in [listener_task, placement_task, liveness_task] {
         t.abort();

@@ -19,8 +19,12 @@ use crate::queue::LatencyPolicy;
 
 /// Placements one worker pass takes at most.
 const PASS: i64 = 64;
-/// How long a worker's claim on a placement lasts (another replica takes it after).
-const CLAIM: Duration = Duration::from_secs(10);
+/// How long a worker's claim on a placement lasts (another replica takes it after): longer
+/// than one advance can take (a create waiting on a token, a command, a join).
+const CLAIM: Duration = Duration::from_secs(60);
+/// A placement no destination had room for is looked at again after this, so the ones
+/// behind it get their turn.
+const NO_ROOM_BACKOFF: Duration = Duration::from_millis(200);
 /// How often the worker looks when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How often it looks while placements wait for a session to become ACTIVE.
@@ -139,18 +143,34 @@ async fn pass(api: &ControlApi) -> Result<bool, CapiError> {
             )
             .await
             .map_err(super::api::db_error("claiming placements"))?;
-        rows.iter()
-            .filter_map(|r| {
-                Some(Claimed {
-                    id: r.get(0),
+        let mut claimed = Vec::new();
+        for r in &rows {
+            let id: String = r.get(0);
+            match serde_json::from_value(r.get(2)) {
+                Ok(request) => claimed.push(Claimed {
+                    id,
                     queue: r.get(1),
-                    request: serde_json::from_value(r.get(2)).ok()?,
+                    request,
                     result: r.get(3),
                     started_ms: r.get(4),
                     deadline_ms: r.get(5),
-                })
-            })
-            .collect()
+                }),
+                Err(e) => {
+                    db.execute(
+                        "UPDATE placements SET status = 'FAILED', result = $2, ended_ms = $3
+                         WHERE placement_id = $1 AND status = 'PENDING'",
+                        &[
+                            &id,
+                            &json!({"Reason": format!("the stored request does not decode: {e}")}),
+                            &now_ms(),
+                        ],
+                    )
+                    .await
+                    .map_err(super::api::db_error("failing an unreadable placement"))?;
+                }
+            }
+        }
+        claimed
     };
     if claimed.is_empty() {
         return Ok(false);
@@ -189,7 +209,7 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
         let session = api.session_json(&gss).await?;
         match session.get("Status").and_then(Value::as_str) {
             Some("ACTIVATING") => {
-                release(api, &c).await?;
+                release(api, &c, Duration::ZERO).await?;
                 return Ok(true);
             }
             Some("ACTIVE") => {
@@ -254,18 +274,14 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
         elapsed,
     );
     let attempt = c.result.get("Attempt").and_then(Value::as_i64).unwrap_or(0);
-    let suffix = if attempt == 0 {
-        c.id.clone()
-    } else {
-        format!("{}-{attempt}", c.id)
-    };
+    let (suffix, token) = session_names(&c.id, attempt);
     let req = NewSession {
         max_players: c.request.max_players,
         name: c.request.name.clone(),
         creator_id: String::new(),
         game_properties: c.request.game_properties.clone(),
         data: c.request.data.clone(),
-        custom_id: Some(suffix.clone()),
+        custom_id: Some(suffix),
         idempotency_token: None,
     };
     // The queue's first destination, if it names a fleet that exists.
@@ -274,10 +290,7 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
         .filter(|_| first_exists)
         .map(|d| d.fleet.clone());
     for fleet in &order {
-        match api
-            .create_in(fleet, &req, Some(format!("placement:{suffix}")))
-            .await
-        {
+        match api.create_in(fleet, &req, Some(token.clone())).await {
             Ok(session) => {
                 if first.as_deref() != Some(fleet.as_str()) {
                     api.count_queue(&c.queue, "first_choice_not_viable").await?;
@@ -286,7 +299,7 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
                 result["GameServerSessionId"] = session["GameServerSessionId"].clone();
                 c.result = result;
                 save_result(api, &c).await?;
-                release(api, &c).await?;
+                release(api, &c, Duration::ZERO).await?;
                 return Ok(true);
             }
             Err(e) if e.code == "LimitExceeded" => continue,
@@ -296,8 +309,26 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
             }
         }
     }
-    release(api, &c).await?;
+    release(api, &c, NO_ROOM_BACKOFF).await?;
     Ok(false)
+}
+
+/// The session id suffix and idempotency token of a placement's attempt: the placement id
+/// itself for the first (as the agent's own placements name it) when it fits, a hash of it
+/// otherwise; both within the agent's 48-character limits.
+fn session_names(id: &str, attempt: i64) -> (String, String) {
+    use sha2::Digest;
+    let hash = hex(&sha2::Sha256::digest(id.as_bytes()));
+    let suffix = if attempt == 0 {
+        id.to_string()
+    } else {
+        format!("p-{}-{attempt}", &hash[..32])
+    };
+    (suffix, format!("p-{}-{attempt}", &hash[..32]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn region_of(api: &ControlApi, session: &Value) -> Result<String, CapiError> {
@@ -315,19 +346,21 @@ async fn region_of(api: &ControlApi, session: &Value) -> Result<String, CapiErro
 async fn save_result(api: &ControlApi, c: &Claimed) -> Result<(), CapiError> {
     let db = api.db().await?;
     db.execute(
-        "UPDATE placements SET result = $2 WHERE placement_id = $1",
-        &[&c.id, &c.result],
+        "UPDATE placements SET result = $2 WHERE placement_id = $1 AND claimed_by = $3",
+        &[&c.id, &c.result, &api.hub.replica()],
     )
     .await
     .map_err(super::api::db_error("saving a placement"))?;
     Ok(())
 }
 
-async fn release(api: &ControlApi, c: &Claimed) -> Result<(), CapiError> {
+/// Lets any worker take the placement again after `after`.
+async fn release(api: &ControlApi, c: &Claimed, after: Duration) -> Result<(), CapiError> {
     let db = api.db().await?;
     db.execute(
-        "UPDATE placements SET claimed_until = NULL WHERE placement_id = $1 AND claimed_by = $2",
-        &[&c.id, &api.hub.replica()],
+        "UPDATE placements SET claimed_until = now() + $3 * interval '1 millisecond'
+         WHERE placement_id = $1 AND claimed_by = $2",
+        &[&c.id, &api.hub.replica(), &(after.as_millis() as f64)],
     )
     .await
     .map_err(super::api::db_error("releasing a placement"))?;
@@ -346,8 +379,8 @@ async fn finish(
     let n = db
         .execute(
             "UPDATE placements SET status = $2, result = $3, ended_ms = $4, claimed_until = NULL
-             WHERE placement_id = $1 AND status = 'PENDING'",
-            &[&c.id, &status.as_str(), &result, &now],
+             WHERE placement_id = $1 AND status = 'PENDING' AND claimed_by = $5",
+            &[&c.id, &status.as_str(), &result, &now, &api.hub.replica()],
         )
         .await
         .map_err(super::api::db_error("ending a placement"))?;
@@ -433,6 +466,17 @@ mod tests {
         let strict = [policy(50, 30)];
         assert_eq!(choose(&d, &strict, &l, 0), ["fleet-a"]);
         assert_eq!(choose(&d, &strict, &l, 31), ["fleet-a"]);
+    }
+
+    #[test]
+    fn session_names_fit_the_agents_limits() {
+        let long = "p".repeat(48);
+        for attempt in [0, 1, 99] {
+            let (suffix, token) = session_names(&long, attempt);
+            assert!(suffix.len() <= 48 && token.len() <= 48, "{suffix} {token}");
+        }
+        assert_eq!(session_names("place-1", 0).0, "place-1");
+        assert_ne!(session_names("a", 1).1, session_names("b", 1).1);
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl ControlPlane for RelayService {
         if known.acked > hello.last_acked_sequence {
             let _ = tx.try_send(ack(known.acked));
         }
-        let serial = self.hub.attach(&hello.instance_id, tx.clone());
+        let serial = self
+            .hub
+            .attach(&hello.instance_id, &stream, tx.clone())
+            .await;
         tracing::info!(instance.id = %hello.instance_id, fleet.id = %hello.fleet_id, upstream.epoch = hello.epoch, upstream.acked = hello.last_acked_sequence, "agent connected");
         let service = self.clone();
         tokio::spawn(async move {
@@ -99,6 +102,8 @@ impl ControlPlane for RelayService {
                 instance_id: hello.instance_id.clone(),
                 fleet_id: hello.fleet_id.clone(),
                 epoch: hello.epoch,
+                stream: stream.clone(),
+                replica: service.hub.replica().to_string(),
             };
             tokio::spawn(sync::catch_up(
                 service.pool.clone(),

@@ -118,9 +118,19 @@ pub struct Source {
     pub fleet_id: String,
     /// Its outbox epoch.
     pub epoch: u64,
+    /// The stream it came on.
+    pub stream: String,
+    /// The replica holding that stream.
+    pub replica: String,
 }
 
 /// Writes `batch` in one transaction; returns the highest event sequence now stored.
+///
+/// Events are stored whatever stream brought them (they are deduplicated). The instance's row,
+/// and the sessions a snapshot reports, are written only while this stream is the instance's
+/// current one (a stream the agent left must not overwrite what its new one said); a live
+/// stream also says again that the instance is connected here, so a row another replica
+/// marked gone (after missing this one's heartbeat) comes back.
 pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u64>, DbError> {
     let mut db = pool.get().await?;
     let tx = db
@@ -159,54 +169,67 @@ pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u6
         .map_err(DbError::query("storing events"))?;
         highest = batch.events.iter().map(|e| e.sequence).max();
     }
-    let status = batch.status.as_ref().map(status_json);
-    // The snapshot's free processes, and the sessions its busy ones host (a created session
-    // already among them is not subtracted again).
-    let (idle, processes, busy) = match batch.snapshots.last() {
-        Some(s) => {
-            let idle = s
-                .processes
-                .iter()
-                .filter(|p| {
-                    p.status == "ACTIVE" && p.healthy && p.game_server_session_id.is_empty()
-                })
-                .count() as i32;
-            let busy: Vec<String> = s
-                .processes
-                .iter()
-                .filter(|p| !p.game_server_session_id.is_empty())
-                .map(|p| p.game_server_session_id.clone())
-                .collect();
-            (Some(idle), Some(s.processes.len() as i32), Some(busy))
+    let current = tx
+        .query_opt(
+            "SELECT 1 FROM instances WHERE instance_id = $1 AND (stream IS NULL OR stream = $2)",
+            &[&src.instance_id, &src.stream],
+        )
+        .await
+        .map_err(DbError::query("checking the instance's stream"))?
+        .is_some();
+    if current {
+        for s in &batch.snapshots {
+            apply_snapshot(&tx, src, s).await?;
         }
-        None => (None, None, None),
-    };
-    let acked = highest.map(|h| h as i64);
-    tx.execute(
-        "UPDATE instances SET
-            last_seen = now(),
-            acked = greatest(acked, coalesce($3, acked)),
-            status = coalesce($4, status),
-            draining = coalesce(($4::jsonb ->> 'Draining')::boolean, draining),
-            reserved = coalesce(($4::jsonb ->> 'Reserved')::boolean, reserved),
-            idle = coalesce($5, idle),
-            processes = coalesce($6, processes),
-            busy = coalesce($7, busy)
-         WHERE instance_id = $1 AND epoch = $2",
-        &[
-            &src.instance_id,
-            &epoch,
-            &acked,
-            &status,
-            &idle,
-            &processes,
-            &busy,
-        ],
-    )
-    .await
-    .map_err(DbError::query("updating an instance"))?;
-    for s in &batch.snapshots {
-        apply_snapshot(&tx, src, s).await?;
+        let status = batch.status.as_ref().map(status_json);
+        // The snapshot's free processes, and the sessions its busy ones host (a created
+        // session already among them is not subtracted again).
+        let (idle, processes, busy) = match batch.snapshots.last() {
+            Some(s) => {
+                let idle = s
+                    .processes
+                    .iter()
+                    .filter(|p| {
+                        p.status == "ACTIVE" && p.healthy && p.game_server_session_id.is_empty()
+                    })
+                    .count() as i32;
+                let busy: Vec<String> = s
+                    .processes
+                    .iter()
+                    .filter(|p| !p.game_server_session_id.is_empty())
+                    .map(|p| p.game_server_session_id.clone())
+                    .collect();
+                (Some(idle), Some(s.processes.len() as i32), Some(busy))
+            }
+            None => (None, None, None),
+        };
+        let acked = highest.map(|h| h as i64);
+        // Last, so the row is locked (against the API's choice of host) only briefly.
+        tx.execute(
+            "UPDATE instances SET
+                last_seen = now(), connected = true, lost = false, replica = $8, stream = $9,
+                acked = CASE WHEN epoch = $2 THEN greatest(acked, coalesce($3, acked)) ELSE acked END,
+                status = coalesce($4, status),
+                draining = coalesce(($4::jsonb ->> 'Draining')::boolean, draining),
+                reserved = coalesce(($4::jsonb ->> 'Reserved')::boolean, reserved),
+                idle = coalesce($5, idle),
+                processes = coalesce($6, processes),
+                busy = coalesce($7, busy)
+             WHERE instance_id = $1 AND (stream IS NULL OR stream = $9)",
+            &[
+                &src.instance_id,
+                &epoch,
+                &acked,
+                &status,
+                &idle,
+                &processes,
+                &busy,
+                &src.replica,
+                &src.stream,
+            ],
+        )
+        .await
+        .map_err(DbError::query("updating an instance"))?;
     }
     tx.commit()
         .await
@@ -221,16 +244,19 @@ async fn apply_snapshot(
     src: &Source,
     s: &up::Snapshot,
 ) -> Result<(), DbError> {
-    let sessions: Vec<Value> = s
-        .game_server_sessions_json
-        .iter()
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect();
-    let players: Vec<Value> = s
-        .player_sessions_json
-        .iter()
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect();
+    let parse = |what: &str, list: &[String]| -> Vec<Value> {
+        list.iter()
+            .filter_map(|j| match serde_json::from_str(j) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(instance.id = %src.instance_id, error = %e, "a snapshot's {what} is not JSON; skipped");
+                    None
+                }
+            })
+            .collect()
+    };
+    let sessions = parse("session", &s.game_server_sessions_json);
+    let players = parse("player session", &s.player_sessions_json);
     upsert_sessions(tx, &src.fleet_id, &src.instance_id, &sessions).await?;
     upsert_players(tx, &players).await?;
     if s.complete {

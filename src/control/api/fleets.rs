@@ -180,9 +180,9 @@ impl ControlApi {
                 .query_one(
                     "UPDATE fleets SET build_location = $2, build_sha256 = $3,
                         build_revision = build_revision + 1, rollout_state = 'RUNNING',
-                        rollout_message = 'starting'
+                        rollout_message = 'starting', rollout_owner = $4
                      WHERE fleet_id = $1 RETURNING build_revision",
-                    &[&fleet, &location, &sha],
+                    &[&fleet, &location, &sha, &self.hub.replica()],
                 )
                 .await
                 .map_err(db_error("starting a build roll-out"))?

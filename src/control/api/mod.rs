@@ -267,7 +267,8 @@ fn hub_error(e: HubError) -> CapiError {
     match e {
         HubError::NotConnected(_) => CapiError::new("ResourceUnavailable", e.to_string()),
         HubError::Timeout { .. } => CapiError::new("FailedOperation", e.to_string()),
-        HubError::Db(d) => CapiError::new("InternalError", d.to_string()),
+        // The command may have been queued for the host: its outcome is unknown.
+        HubError::Db(d) => CapiError::new("FailedOperation", d.to_string()),
     }
 }
 

@@ -19,6 +19,8 @@ use up::command::Kind;
 
 /// Hosts tried for one CreateGameServerSession before it is refused for capacity.
 const TRIES: usize = 3;
+/// A host's refusals that mean nothing was made there: the next host is tried.
+const NEXT_HOST: &[&str] = &["LimitExceeded", "OperationDenied", "ResourceUnavailable"];
 /// A retry with the token of a request still under way waits this long for it at most...
 const CLAIM_WAIT: Duration = Duration::from_secs(15);
 /// ...polling this often.
@@ -98,7 +100,7 @@ impl ControlApi {
     }
 
     /// Creates a session in `fleet` on the first host with room, once per `token` across
-    /// replicas (a placement passes its own id as the token).
+    /// replicas (a placement passes a token of its own).
     pub(crate) async fn create_in(
         &self,
         fleet: &str,
@@ -114,11 +116,12 @@ impl ControlApi {
             match self.claim(&token, fleet).await? {
                 Claim::Owned => return self.create_on_some_host(fleet, req, &token, true).await,
                 Claim::Done(gss) => return self.session_json(&gss).await,
-                // The first request died after sending: the agent knows the token and answers
-                // with the session it made, so sending again cannot make a second one.
+                // The first request died after sending (and this one took the token over): the
+                // agent knows the token and answers with the session it made, so sending again
+                // cannot make a second one.
                 Claim::Sent(instance, command, true) => {
                     return self
-                        .send_create(fleet, &instance, command, Some(&token))
+                        .send_create(fleet, &instance, command, Some(&token), false)
                         .await;
                 }
                 Claim::Sent(_, _, false) | Claim::Waiting => {
@@ -136,7 +139,9 @@ impl ControlApi {
         }
     }
 
-    /// Claims `token` for this replica, or says what its first request left.
+    /// Claims `token` for this replica, or says what its first request left. A stale claim
+    /// (its replica stopped beating, or it is older than any request could take) is taken
+    /// over by exactly one retry: the takeover compares and sets the claim.
     async fn claim(&self, token: &str, fleet: &str) -> Result<Claim, CapiError> {
         let db = self.db().await?;
         let me = self.hub.replica();
@@ -151,10 +156,9 @@ impl ControlApi {
         if inserted == 1 {
             return Ok(Claim::Owned);
         }
-        // Taken over when its replica stopped beating or it is older than the wait.
         let row = db
             .query_one(
-                "SELECT i.gss_id, i.instance_id, i.command,
+                "SELECT i.gss_id, i.instance_id, i.command, i.claimed_by, i.claimed_at,
                         (r.replica IS NULL OR r.heartbeat < now() - interval '10 seconds'
                          OR i.claimed_at < now() - interval '30 seconds') AS stale
                  FROM idempotency i LEFT JOIN replicas r ON r.replica = i.claimed_by
@@ -166,27 +170,33 @@ impl ControlApi {
         let gss: Option<String> = row.get(0);
         let instance: Option<String> = row.get(1);
         let command: Option<Vec<u8>> = row.get(2);
-        let stale: bool = row.get(3);
-        Ok(match (gss, instance, command) {
-            (Some(gss), _, _) => Claim::Done(gss),
-            (None, Some(instance), Some(command)) => {
+        let owner: String = row.get(3);
+        let claimed_at: std::time::SystemTime = row.get(4);
+        let stale: bool = row.get(5);
+        if let Some(gss) = gss {
+            return Ok(Claim::Done(gss));
+        }
+        let taken = stale
+            && db
+                .execute(
+                    "UPDATE idempotency SET claimed_by = $2, claimed_at = now()
+                     WHERE token = $1 AND claimed_by = $3 AND claimed_at = $4 AND gss_id IS NULL",
+                    &[&token, &me, &owner, &claimed_at],
+                )
+                .await
+                .map_err(db_error("taking over an idempotency token"))?
+                == 1;
+        Ok(match (instance, command) {
+            (Some(instance), Some(command)) => {
                 let command = prost::Message::decode(command.as_slice()).map_err(|e| {
                     CapiError::new(
                         "InternalError",
                         format!("a stored command does not decode: {e}"),
                     )
                 })?;
-                Claim::Sent(instance, command, stale)
+                Claim::Sent(instance, command, taken)
             }
-            _ if stale => {
-                db.execute(
-                    "UPDATE idempotency SET claimed_by = $2, claimed_at = now() WHERE token = $1",
-                    &[&token, &me],
-                )
-                .await
-                .map_err(db_error("taking over an idempotency token"))?;
-                Claim::Owned
-            }
+            _ if taken => Claim::Owned,
             _ => Claim::Waiting,
         })
     }
@@ -199,6 +209,7 @@ impl ControlApi {
         token: &str,
         recorded: bool,
     ) -> Result<Value, CapiError> {
+        let me = self.hub.replica();
         let mut tried: Vec<String> = Vec::new();
         let mut last = None;
         for _ in 0..TRIES {
@@ -208,26 +219,44 @@ impl ControlApi {
             let command = create_command(req, token);
             if recorded {
                 let db = self.db().await?;
-                db.execute(
-                    "UPDATE idempotency SET instance_id = $2, command = $3 WHERE token = $1",
-                    &[&token, &instance, &prost::Message::encode_to_vec(&command)],
-                )
-                .await
-                .map_err(db_error("recording where a session is created"))?;
+                let still_ours = db
+                    .execute(
+                        "UPDATE idempotency SET instance_id = $2, command = $3
+                         WHERE token = $1 AND claimed_by = $4 AND gss_id IS NULL",
+                        &[
+                            &token,
+                            &instance,
+                            &prost::Message::encode_to_vec(&command),
+                            &me,
+                        ],
+                    )
+                    .await
+                    .map_err(db_error("recording where a session is created"))?;
+                if still_ours == 0 {
+                    self.uncount(&instance).await;
+                    return Err(CapiError::new(
+                        "FailedOperation",
+                        format!(
+                            "another request took IdempotencyToken {token:?} over; retry to get its session"
+                        ),
+                    ));
+                }
             }
             match self
-                .send_create(fleet, &instance, command, recorded.then_some(token))
+                .send_create(fleet, &instance, command, recorded.then_some(token), true)
                 .await
             {
                 Ok(v) => return Ok(v),
-                // The host had no room after all: its counts were behind. Try the next.
-                Err(e) if e.code == "LimitExceeded" => {
-                    tracing::debug!(instance.id = %instance, error = %e.message, "host refused a session for capacity");
+                // The host had no room after all (its counts were behind), is reserved or
+                // draining, or its stream is gone: nothing was made there; try the next.
+                Err(e) if NEXT_HOST.contains(&e.code) => {
+                    tracing::debug!(instance.id = %instance, code = e.code, error = %e.message, "host refused a session; trying the next");
                     if recorded {
                         let db = self.db().await?;
                         db.execute(
-                            "UPDATE idempotency SET instance_id = NULL, command = NULL WHERE token = $1",
-                            &[&token],
+                            "UPDATE idempotency SET instance_id = NULL, command = NULL
+                             WHERE token = $1 AND claimed_by = $2",
+                            &[&token, &me],
                         )
                         .await
                         .map_err(db_error("releasing an idempotency token"))?;
@@ -236,28 +265,24 @@ impl ControlApi {
                     last = Some(e);
                 }
                 Err(e) => {
+                    // FailedOperation: the outcome is unknown (the host may have made it): the
+                    // token stays with the host and command, so a retry gets that session.
+                    // Anything else was refused for a reason a retry meets again.
                     if recorded && e.code != "FailedOperation" {
-                        // Refused for a reason a retry would meet again: let it try afresh.
-                        let db = self.db().await?;
-                        let _ = db
-                            .execute("DELETE FROM idempotency WHERE token = $1", &[&token])
-                            .await;
+                        self.release_token(token).await;
                     }
                     return Err(e);
                 }
             }
         }
         if recorded {
-            let db = self.db().await?;
-            let _ = db
-                .execute("DELETE FROM idempotency WHERE token = $1", &[&token])
-                .await;
+            self.release_token(token).await;
         }
         Err(match last {
             Some(e) => CapiError::new(
                 "LimitExceeded",
                 format!(
-                    "no host of fleet {fleet} has a free server process ({})",
+                    "no host of fleet {fleet} could take the session (last: {})",
                     e.message
                 ),
             ),
@@ -270,74 +295,131 @@ impl ControlApi {
         })
     }
 
+    /// Lets `token` be tried afresh.
+    async fn release_token(&self, token: &str) {
+        let released = async {
+            let db = self.db().await?;
+            db.execute(
+                "DELETE FROM idempotency WHERE token = $1 AND claimed_by = $2 AND gss_id IS NULL",
+                &[&token, &self.hub.replica()],
+            )
+            .await
+            .map_err(db_error("releasing an idempotency token"))
+        };
+        if let Err(e) = released.await {
+            tracing::warn!(error = %e.message, "cannot release an idempotency token; it is taken over once stale");
+        }
+    }
+
     /// The host for the next session of `fleet`: among those connected, not lost, reserved or
     /// draining, with a free process, the highest weight, then the fullest (pack before
     /// spreading, so idle hosts can be scaled in). The free count is taken at once, so two
-    /// replicas never count the same process.
+    /// replicas never count the same process; a host locked by a concurrent write is skipped,
+    /// and waited for only when no other has room.
     pub(crate) async fn pick(
         &self,
         fleet: &str,
         tried: &[String],
     ) -> Result<Option<String>, CapiError> {
         let db = self.db().await?;
-        let row = db
-            .query_opt(
-                "UPDATE instances SET in_flight = in_flight + 1, in_flight_at = now()
-                 WHERE instance_id = (
-                    SELECT instance_id FROM instances
-                    WHERE fleet_id = $1 AND connected AND NOT lost AND NOT reserved
-                      AND NOT draining AND idle > in_flight AND NOT (instance_id = ANY($2))
-                    ORDER BY weight DESC, idle - in_flight ASC, instance_id
-                    LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING instance_id",
-                &[&fleet, &tried],
-            )
-            .await
-            .map_err(db_error("choosing a host"))?;
-        Ok(row.map(|r| r.get(0)))
+        for lock in ["FOR UPDATE SKIP LOCKED", "FOR UPDATE"] {
+            let row = db
+                .query_opt(
+                    &format!(
+                        "UPDATE instances SET in_flight = in_flight + 1, in_flight_at = now()
+                         WHERE instance_id = (
+                            SELECT instance_id FROM instances
+                            WHERE fleet_id = $1 AND connected AND NOT lost AND NOT reserved
+                              AND NOT draining AND idle > in_flight AND NOT (instance_id = ANY($2))
+                            ORDER BY weight DESC, idle - in_flight ASC, instance_id
+                            LIMIT 1 {lock})
+                           AND idle > in_flight
+                         RETURNING instance_id"
+                    ),
+                    &[&fleet, &tried],
+                )
+                .await
+                .map_err(db_error("choosing a host"))?;
+            if let Some(r) = row {
+                return Ok(Some(r.get(0)));
+            }
+        }
+        Ok(None)
     }
 
-    /// Sends a create to `instance` (which counts it in flight) and stores what it made.
+    /// Takes back a create counted in flight on `instance` that was never sent.
+    async fn uncount(&self, instance: &str) {
+        if let Ok(db) = self.db().await {
+            let _ = db
+                .execute(
+                    "UPDATE instances SET in_flight = greatest(in_flight - 1, 0) WHERE instance_id = $1",
+                    &[&instance],
+                )
+                .await;
+        }
+    }
+
+    /// Sends a create to `instance` and stores what it made; `counted`: [`Self::pick`]
+    /// counted it in flight there. Once the host answered, a failure to record the session is
+    /// `FailedOperation` (the session exists; a retry with the token gets it).
     async fn send_create(
         &self,
         fleet: &str,
         instance: &str,
         command: up::CreateGameServerSession,
         token: Option<&str>,
+        counted: bool,
     ) -> Result<Value, CapiError> {
         let result = self
             .command(instance, Kind::CreateGameServerSession(command))
             .await;
-        let mut db = self.db().await?;
-        let tx = db
-            .transaction()
-            .await
-            .map_err(db_error("starting to record a session"))?;
         let gss = result.as_ref().ok().map(|v| text(v, "GameServerSessionId"));
-        // A session the host's snapshot already showed is not counted twice.
-        tx.execute(
-            "UPDATE instances SET in_flight = greatest(in_flight - 1, 0),
-                idle = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN idle ELSE greatest(idle - 1, 0) END,
-                busy = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN busy ELSE busy || $2::text END
-             WHERE instance_id = $1",
-            &[&instance, &gss],
-        )
-        .await
-        .map_err(db_error("counting a created session"))?;
-        if let Ok(session) = &result {
-            store::insert_sessions(&tx, fleet, instance, std::slice::from_ref(session))
+        let recorded = async {
+            let mut db = self.db().await?;
+            let tx = db
+                .transaction()
                 .await
-                .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
-            if let (Some(token), Some(gss)) = (token, &gss) {
-                tx.execute(
-                    "UPDATE idempotency SET gss_id = $2 WHERE token = $1",
-                    &[&token, gss],
-                )
-                .await
-                .map_err(db_error("recording an idempotent session"))?;
+                .map_err(db_error("starting to record a session"))?;
+            if let Ok(session) = &result {
+                store::insert_sessions(&tx, fleet, instance, std::slice::from_ref(session))
+                    .await
+                    .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+                if let (Some(token), Some(gss)) = (token, &gss) {
+                    tx.execute(
+                        "UPDATE idempotency SET gss_id = $2 WHERE token = $1",
+                        &[&token, gss],
+                    )
+                    .await
+                    .map_err(db_error("recording an idempotent session"))?;
+                }
+            }
+            // Last, so the host's row is locked only briefly. A session the host's snapshot
+            // already showed is not counted twice.
+            tx.execute(
+                "UPDATE instances SET in_flight = CASE WHEN $3 THEN greatest(in_flight - 1, 0) ELSE in_flight END,
+                    idle = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN idle ELSE greatest(idle - 1, 0) END,
+                    busy = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN busy ELSE busy || $2::text END
+                 WHERE instance_id = $1",
+                &[&instance, &gss, &counted],
+            )
+            .await
+            .map_err(db_error("counting a created session"))?;
+            tx.commit().await.map_err(db_error("recording a session"))
+        };
+        if let Err(e) = recorded.await {
+            if counted {
+                self.uncount(instance).await;
+            }
+            if result.is_ok() {
+                return Err(CapiError::new(
+                    "FailedOperation",
+                    format!(
+                        "the session was created on instance {instance} but could not be recorded ({}); retry with the same IdempotencyToken",
+                        e.message
+                    ),
+                ));
             }
         }
-        tx.commit().await.map_err(db_error("recording a session"))?;
         result
     }
 
