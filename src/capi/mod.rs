@@ -123,39 +123,7 @@ impl Capi {
     }
 
     async fn dispatch(&self, header_action: Option<&str>, body: &[u8]) -> Result<Value, CapiError> {
-        let body = if header_action.is_some() && body.iter().all(u8::is_ascii_whitespace) {
-            b"{}".as_slice()
-        } else {
-            body
-        };
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            CapiError::new(
-                "InvalidParameter",
-                format!("the request body is not valid JSON: {e}"),
-            )
-        })?;
-        let Value::Object(mut map) = value else {
-            return Err(CapiError::new(
-                "InvalidParameter",
-                "the request body must be a JSON object of the action's parameters",
-            ));
-        };
-        let action = match (header_action, map.get("Action")) {
-            (Some(h), None) => {
-                map.insert("Action".into(), Value::String(h.to_string()));
-                h.to_string()
-            }
-            (Some(h), Some(Value::String(b))) if b == h => h.to_string(),
-            (Some(h), Some(b)) => {
-                return Err(CapiError::value(
-                    "Action",
-                    format!("the body's Action {b} is not X-TC-Action {h:?}"),
-                ));
-            }
-            (None, Some(Value::String(a))) => a.clone(),
-            (None, Some(other)) => return Err(CapiError::type_of("Action", "a string", other)),
-            (None, None) => return Err(CapiError::missing("Action")),
-        };
+        let (action, map) = request(header_action, body)?;
         match action.as_str() {
             "CreateGameServerSession" => self.create_session(map).await,
             "DescribeGameServerSessions" => self.describe_sessions(map).await,
@@ -585,6 +553,49 @@ pub(crate) fn session_update(map: Map<String, Value>) -> Result<SessionUpdate, C
         creation_policy: p.opt_str("PlayerSessionCreationPolicy", usize::MAX)?,
         protection: p.opt_str("ProtectionPolicy", usize::MAX)?,
     })
+}
+
+/// A request's action and parameters: the action from `X-TC-Action` (`header`, the Tencent
+/// Cloud API form, where an empty body means no parameters) or from the body's `Action` (GSE
+/// Local's form); both, when given, must agree.
+pub(crate) fn request(
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<(String, Map<String, Value>), CapiError> {
+    let body = if header.is_some() && body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        CapiError::new(
+            "InvalidParameter",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(CapiError::new(
+            "InvalidParameter",
+            "the request body must be a JSON object of the action's parameters",
+        ));
+    };
+    let action = match (header, map.get("Action")) {
+        (Some(h), None) => {
+            map.insert("Action".into(), Value::String(h.to_string()));
+            h.to_string()
+        }
+        (Some(h), Some(Value::String(b))) if b == h => h.to_string(),
+        (Some(h), Some(b)) => {
+            return Err(CapiError::value(
+                "Action",
+                format!("the body's Action {b} is not X-TC-Action {h:?}"),
+            ));
+        }
+        (None, Some(Value::String(a))) => a.clone(),
+        (None, Some(other)) => return Err(CapiError::type_of("Action", "a string", other)),
+        (None, None) => return Err(CapiError::missing("Action")),
+    };
+    Ok((action, map))
 }
 
 /// The actions this API serves.

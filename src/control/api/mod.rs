@@ -96,36 +96,7 @@ impl ControlApi {
     }
 
     async fn dispatch(&self, header: Option<&str>, body: &[u8]) -> Result<Value, CapiError> {
-        let body = if header.is_some() && body.iter().all(u8::is_ascii_whitespace) {
-            b"{}".as_slice()
-        } else {
-            body
-        };
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            CapiError::new(
-                "InvalidParameter",
-                format!("the request body is not valid JSON: {e}"),
-            )
-        })?;
-        let Value::Object(map) = value else {
-            return Err(CapiError::new(
-                "InvalidParameter",
-                "the request body must be a JSON object of the action's parameters",
-            ));
-        };
-        let action = match (header, map.get("Action")) {
-            (Some(h), None) => h.to_string(),
-            (Some(h), Some(Value::String(b))) if b == h => h.to_string(),
-            (Some(h), Some(b)) => {
-                return Err(CapiError::value(
-                    "Action",
-                    format!("the body's Action {b} is not X-TC-Action {h:?}"),
-                ));
-            }
-            (None, Some(Value::String(a))) => a.clone(),
-            (None, Some(other)) => return Err(CapiError::type_of("Action", "a string", other)),
-            (None, None) => return Err(CapiError::missing("Action")),
-        };
+        let (action, map) = crate::capi::request(header, body)?;
         match action.as_str() {
             "CreateGameServerSession" => self.create_session(map).await,
             "DescribeGameServerSessions" => self.describe_sessions(map, false).await,
