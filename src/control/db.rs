@@ -32,7 +32,7 @@ pub enum DbError {
     #[error("connecting to the database: {0}")]
     Connect(String),
     /// A statement failed.
-    #[error("{step}: {source}")]
+    #[error("{step}: {}", detail(source))]
     Query {
         /// What was being done.
         step: &'static str,
@@ -40,6 +40,14 @@ pub enum DbError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// PostgreSQL's own message (e.g. "deadlock detected"), which the error's Display leaves out.
+pub fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

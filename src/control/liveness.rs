@@ -83,15 +83,10 @@ async fn beat(
     )
     .await
     .map_err(DbError::query("beating"))?;
+    // Streams held by a replica that stopped beating are gone (a connected row is never Lost:
+    // it is seen as long as its replica beats, and Lost counts from here or the departure).
     db.execute(
-        "UPDATE instances SET last_seen = now() WHERE replica = $1 AND connected",
-        &[&me],
-    )
-    .await
-    .map_err(DbError::query("refreshing held instances"))?;
-    // Streams held by a replica that stopped beating are gone.
-    db.execute(
-        "UPDATE instances SET connected = false, replica = NULL, stream = NULL
+        "UPDATE instances SET connected = false, replica = NULL, stream = NULL, last_seen = now()
          WHERE connected AND (replica IS NULL OR replica NOT IN
             (SELECT replica FROM replicas WHERE heartbeat > now() - $1 * interval '1 millisecond'))",
         &[&dead_ms],
@@ -153,7 +148,7 @@ async fn prune(db: &deadpool_postgres::Object) -> Result<(), DbError> {
     db.execute(
         "DELETE FROM events WHERE (instance_id, epoch, sequence) IN (
             SELECT instance_id, epoch, sequence FROM events
-            WHERE time_ms < (extract(epoch FROM now()) * 1000 - $1 * 86400000)::bigint LIMIT 10000)",
+            WHERE time_ms < (extract(epoch FROM now()) * 1000 - $1::float8 * 86400000)::bigint LIMIT 10000)",
         &[&days],
     )
     .await
@@ -162,7 +157,7 @@ async fn prune(db: &deadpool_postgres::Object) -> Result<(), DbError> {
         "WITH gone AS (
             DELETE FROM sessions WHERE gss_id IN (
                 SELECT gss_id FROM sessions WHERE status IN ('TERMINATED', 'ERROR')
-                  AND updated_at < now() - $1 * interval '1 day' LIMIT 10000)
+                  AND updated_at < now() - $1::float8 * interval '1 day' LIMIT 10000)
             RETURNING gss_id)
          DELETE FROM players WHERE gss_id IN (SELECT gss_id FROM gone)",
         &[&days],
@@ -171,7 +166,7 @@ async fn prune(db: &deadpool_postgres::Object) -> Result<(), DbError> {
     .map_err(DbError::query("pruning old sessions"))?;
     db.execute(
         "DELETE FROM placements WHERE status <> 'PENDING'
-           AND ended_ms < (extract(epoch FROM now()) * 1000 - $1 * 86400000)::bigint",
+           AND ended_ms < (extract(epoch FROM now()) * 1000 - $1::float8 * 86400000)::bigint",
         &[&days],
     )
     .await

@@ -147,6 +147,8 @@ impl RelayService {
                 }
             }
         });
+        // A status equal to the last one written says nothing new.
+        let mut last_status: Option<up::InstanceStatus> = None;
         loop {
             let Some(first) = msg_rx.recv().await else {
                 break;
@@ -167,6 +169,11 @@ impl RelayService {
                 if taken < BATCH {
                     next = msg_rx.try_recv().ok();
                 }
+            }
+            if batch.status.is_some() && batch.status == last_status {
+                batch.status = None;
+            } else if batch.status.is_some() {
+                last_status = batch.status.clone();
             }
             if !batch.is_empty() {
                 let highest = loop {

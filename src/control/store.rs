@@ -30,8 +30,10 @@ pub async fn arrive(pool: &Pool, a: &Arrival) -> Result<Known, DbError> {
     let h = &a.hello;
     let db = pool.get().await?;
     db.execute(
-        "INSERT INTO fleets (fleet_id) VALUES ($1) ON CONFLICT DO NOTHING",
-        &[&h.fleet_id],
+        "INSERT INTO fleets (fleet_id, region) VALUES ($1, $2)
+         ON CONFLICT (fleet_id) DO UPDATE SET region = EXCLUDED.region
+         WHERE fleets.region <> EXCLUDED.region",
+        &[&h.fleet_id, &region(h)],
     )
     .await
     .map_err(DbError::query("recording the fleet of an arriving agent"))?;
@@ -150,11 +152,17 @@ pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u6
             codes.push(e.code.clone());
             bodies.push(event_json(e, &src.instance_id));
         }
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO events (instance_id, epoch, fleet_id, sequence, time_ms, code, body)
+                 SELECT $1, $2, $3, s, t, c, b
+                 FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::jsonb[]) AS u(s, t, c, b)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(DbError::query("preparing to store events"))?;
         tx.execute(
-            "INSERT INTO events (instance_id, epoch, fleet_id, sequence, time_ms, code, body)
-             SELECT $1, $2, $3, s, t, c, b
-             FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::jsonb[]) AS u(s, t, c, b)
-             ON CONFLICT DO NOTHING",
+            &insert,
             &[
                 &src.instance_id,
                 &epoch,
@@ -169,11 +177,14 @@ pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u6
         .map_err(DbError::query("storing events"))?;
         highest = batch.events.iter().map(|e| e.sequence).max();
     }
-    let current = tx
-        .query_opt(
+    let check = tx
+        .prepare_cached(
             "SELECT 1 FROM instances WHERE instance_id = $1 AND (stream IS NULL OR stream = $2)",
-            &[&src.instance_id, &src.stream],
         )
+        .await
+        .map_err(DbError::query("preparing the stream check"))?;
+    let current = tx
+        .query_opt(&check, &[&src.instance_id, &src.stream])
         .await
         .map_err(DbError::query("checking the instance's stream"))?
         .is_some();
@@ -205,7 +216,8 @@ pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u6
         };
         let acked = highest.map(|h| h as i64);
         // Last, so the row is locked (against the API's choice of host) only briefly.
-        tx.execute(
+        let update = tx
+            .prepare_cached(
             "UPDATE instances SET
                 last_seen = now(), connected = true, lost = false, replica = $8, stream = $9,
                 acked = CASE WHEN epoch = $2 THEN greatest(acked, coalesce($3, acked)) ELSE acked END,
@@ -216,6 +228,11 @@ pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u6
                 processes = coalesce($6, processes),
                 busy = coalesce($7, busy)
              WHERE instance_id = $1 AND (stream IS NULL OR stream = $9)",
+            )
+            .await
+            .map_err(DbError::query("preparing the instance update"))?;
+        tx.execute(
+            &update,
             &[
                 &src.instance_id,
                 &epoch,
@@ -316,8 +333,8 @@ async fn put_sessions(
         .collect();
     let statuses: Vec<String> = sessions.iter().map(|v| text(v, "Status")).collect();
     let created: Vec<i64> = sessions.iter().map(|v| millis(v, "CreationTime")).collect();
-    tx.execute(
-        if replace {
+    let put = tx
+        .prepare_cached(if replace {
             "INSERT INTO sessions (gss_id, fleet_id, instance_id, status, created_ms, body)
              SELECT i, $1, $2, s, c, b FROM unnest($3::text[], $4::text[], $5::bigint[], $6::jsonb[]) AS u(i, s, c, b)
              ON CONFLICT (gss_id) DO UPDATE SET status = EXCLUDED.status, body = EXCLUDED.body,
@@ -326,7 +343,11 @@ async fn put_sessions(
             "INSERT INTO sessions (gss_id, fleet_id, instance_id, status, created_ms, body)
              SELECT i, $1, $2, s, c, b FROM unnest($3::text[], $4::text[], $5::bigint[], $6::jsonb[]) AS u(i, s, c, b)
              ON CONFLICT (gss_id) DO NOTHING"
-        },
+        })
+        .await
+        .map_err(DbError::query("preparing to store game server sessions"))?;
+    tx.execute(
+        &put,
         &[&fleet, &instance, &ids, &statuses, &created, &sessions],
     )
     .await

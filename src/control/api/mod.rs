@@ -76,6 +76,8 @@ pub struct ControlApi {
     pub(super) placements: Arc<tokio::sync::Notify>,
     /// Hosts a build roll-out deploys to at once.
     pub(super) rollout_batch: usize,
+    /// Fleets known to exist (fleets are never deleted), so a call does not ask again.
+    known_fleets: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ControlApi {
@@ -92,6 +94,7 @@ impl ControlApi {
             hub,
             placements,
             rollout_batch,
+            known_fleets: Arc::default(),
         }
     }
 
@@ -154,12 +157,25 @@ impl ControlApi {
             (None, None) if required => return Err(CapiError::missing("FleetId")),
             (None, None) => return Ok(None),
         };
+        if self
+            .known_fleets
+            .lock()
+            .expect("fleet cache")
+            .contains(&fleet)
+        {
+            return Ok(Some(fleet));
+        }
         let db = self.db().await?;
         let known = db
             .query_opt("SELECT 1 FROM fleets WHERE fleet_id = $1", &[&fleet])
             .await
             .map_err(db_error("reading a fleet"))?;
-        if known.is_none() {
+        if known.is_some() {
+            self.known_fleets
+                .lock()
+                .expect("fleet cache")
+                .insert(fleet.clone());
+        } else {
             return Err(CapiError::new(
                 "ResourceNotFound",
                 format!("fleet {fleet} does not exist: no agent of it ever connected"),

@@ -57,7 +57,7 @@ impl ControlApi {
         .transpose()
     }
 
-    /// The regions the hosts of `fleets` announced.
+    /// The regions the hosts of `fleets` announced (fleets no host announced are left out).
     pub(crate) async fn regions(
         &self,
         fleets: &[String],
@@ -65,7 +65,7 @@ impl ControlApi {
         let db = self.db().await?;
         let rows = db
             .query(
-                "SELECT fleet_id, min(region) FROM instances WHERE fleet_id = ANY($1) GROUP BY fleet_id",
+                "SELECT fleet_id, region FROM fleets WHERE fleet_id = ANY($1)",
                 &[&fleets],
             )
             .await

@@ -19,6 +19,10 @@ use up::command::Kind;
 
 /// Hosts tried for one CreateGameServerSession before it is refused for capacity.
 const TRIES: usize = 3;
+/// How long a choice of host waits for rows other writes hold, when only they have room...
+const PICK_WAIT: Duration = Duration::from_millis(200);
+/// ...looking again this often.
+const PICK_RETRY: Duration = Duration::from_millis(1);
 /// A host's refusals that mean nothing was made there: the next host is tried.
 const NEXT_HOST: &[&str] = &["LimitExceeded", "OperationDenied", "ResourceUnavailable"];
 /// A retry with the token of a request still under way waits this long for it at most...
@@ -313,38 +317,58 @@ impl ControlApi {
 
     /// The host for the next session of `fleet`: among those connected, not lost, reserved or
     /// draining, with a free process, the highest weight, then the fullest (pack before
-    /// spreading, so idle hosts can be scaled in). The free count is taken at once, so two
-    /// replicas never count the same process; a host locked by a concurrent write is skipped,
-    /// and waited for only when no other has room.
+    /// spreading, so idle hosts can be scaled in), a host with a create already under way
+    /// after one without (concurrent creates spread over the fullest hosts instead of queueing
+    /// on one row). The free count is taken in the same statement, so two replicas never count
+    /// the same process. A host whose row a concurrent write holds is skipped, never waited on
+    /// (waiting could deadlock): when only such hosts have room, the choice is tried again
+    /// shortly.
     pub(crate) async fn pick(
         &self,
         fleet: &str,
         tried: &[String],
     ) -> Result<Option<String>, CapiError> {
         let db = self.db().await?;
-        for lock in ["FOR UPDATE SKIP LOCKED", "FOR UPDATE"] {
+        let choose = db
+            .prepare_cached(
+                "UPDATE instances SET in_flight = in_flight + 1, in_flight_at = now()
+                 WHERE instance_id = (
+                    SELECT instance_id FROM instances
+                    WHERE fleet_id = $1 AND connected AND NOT lost AND NOT reserved
+                      AND NOT draining AND idle > in_flight AND NOT (instance_id = ANY($2))
+                    ORDER BY weight DESC, (in_flight > 0), idle - in_flight, instance_id
+                    LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING instance_id",
+            )
+            .await
+            .map_err(db_error("preparing the choice of host"))?;
+        let any_room = db
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM instances
+                    WHERE fleet_id = $1 AND connected AND NOT lost AND NOT reserved
+                      AND NOT draining AND idle > in_flight AND NOT (instance_id = ANY($2)))",
+            )
+            .await
+            .map_err(db_error("preparing the choice of host"))?;
+        let deadline = tokio::time::Instant::now() + PICK_WAIT;
+        loop {
             let row = db
-                .query_opt(
-                    &format!(
-                        "UPDATE instances SET in_flight = in_flight + 1, in_flight_at = now()
-                         WHERE instance_id = (
-                            SELECT instance_id FROM instances
-                            WHERE fleet_id = $1 AND connected AND NOT lost AND NOT reserved
-                              AND NOT draining AND idle > in_flight AND NOT (instance_id = ANY($2))
-                            ORDER BY weight DESC, idle - in_flight ASC, instance_id
-                            LIMIT 1 {lock})
-                           AND idle > in_flight
-                         RETURNING instance_id"
-                    ),
-                    &[&fleet, &tried],
-                )
+                .query_opt(&choose, &[&fleet, &tried])
                 .await
                 .map_err(db_error("choosing a host"))?;
             if let Some(r) = row {
                 return Ok(Some(r.get(0)));
             }
+            let locked_with_room: bool = db
+                .query_one(&any_room, &[&fleet, &tried])
+                .await
+                .map_err(db_error("choosing a host"))?
+                .get(0);
+            if !locked_with_room || tokio::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(PICK_RETRY).await;
         }
-        Ok(None)
     }
 
     /// Takes back a create counted in flight on `instance` that was never sent.
@@ -395,15 +419,18 @@ impl ControlApi {
             }
             // Last, so the host's row is locked only briefly. A session the host's snapshot
             // already showed is not counted twice.
-            tx.execute(
-                "UPDATE instances SET in_flight = CASE WHEN $3 THEN greatest(in_flight - 1, 0) ELSE in_flight END,
-                    idle = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN idle ELSE greatest(idle - 1, 0) END,
-                    busy = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN busy ELSE busy || $2::text END
-                 WHERE instance_id = $1",
-                &[&instance, &gss, &counted],
-            )
-            .await
-            .map_err(db_error("counting a created session"))?;
+            let count = tx
+                .prepare_cached(
+                    "UPDATE instances SET in_flight = CASE WHEN $3 THEN greatest(in_flight - 1, 0) ELSE in_flight END,
+                        idle = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN idle ELSE greatest(idle - 1, 0) END,
+                        busy = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN busy ELSE busy || $2::text END
+                     WHERE instance_id = $1",
+                )
+                .await
+                .map_err(db_error("preparing to count a created session"))?;
+            tx.execute(&count, &[&instance, &gss, &counted])
+                .await
+                .map_err(db_error("counting a created session"))?;
             tx.commit().await.map_err(db_error("recording a session"))
         };
         if let Err(e) = recorded.await {

@@ -4,6 +4,8 @@
 -- Fleets are the fleet ids agents announce; what the API sets on them is kept here.
 CREATE TABLE fleets (
     fleet_id text PRIMARY KEY,
+    -- The region its hosts announce (the last to connect wins).
+    region text NOT NULL DEFAULT 'local',
     name text NOT NULL DEFAULT '',
     description text NOT NULL DEFAULT '',
     -- Tencent's RuntimeConfiguration JSON last set by UpdateRuntimeConfiguration, and how many
@@ -59,6 +61,11 @@ CREATE TABLE instances (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX instances_fleet ON instances (fleet_id);
+-- The hosts a session may go to, in the order they are chosen (see `pick`): the choice reads
+-- the first entry instead of sorting the fleet.
+CREATE INDEX instances_choice ON instances
+    (fleet_id, weight DESC, (in_flight > 0), (idle - in_flight), instance_id)
+    WHERE connected AND NOT lost AND NOT reserved AND NOT draining AND idle > in_flight;
 
 -- Every event every agent relayed, stored before it is acknowledged.
 CREATE TABLE events (
