@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::Hub;
@@ -26,6 +26,9 @@ const BUFFER: usize = 4096;
 /// How long a failed write waits before it is tried again (the agent resends what is not
 /// acknowledged anyway, but a stream is not dropped for one failed write).
 const WRITE_RETRY: Duration = Duration::from_millis(500);
+/// An unchanged status is still written this often: each write says again that the stream
+/// is live (a row another replica marked gone comes back).
+const STATUS_REFRESH: Duration = Duration::from_secs(15);
 
 /// The Relay service of one replica.
 #[derive(Clone)]
@@ -122,8 +125,6 @@ impl ControlPlane for RelayService {
     }
 }
 
-use tokio_stream::StreamExt;
-
 impl RelayService {
     /// Reads the stream until it ends: batches what arrives, writes each batch, then
     /// acknowledges its events. Returns why it ended.
@@ -147,8 +148,9 @@ impl RelayService {
                 }
             }
         });
-        // A status equal to the last one written says nothing new.
+        // A status equal to the last one written says nothing new, for a while.
         let mut last_status: Option<up::InstanceStatus> = None;
+        let mut last_write = tokio::time::Instant::now();
         loop {
             let Some(first) = msg_rx.recv().await else {
                 break;
@@ -170,12 +172,15 @@ impl RelayService {
                     next = msg_rx.try_recv().ok();
                 }
             }
-            if batch.status.is_some() && batch.status == last_status {
-                batch.status = None;
-            } else if batch.status.is_some() {
-                last_status = batch.status.clone();
+            if batch.status.is_some() {
+                if batch.status == last_status && last_write.elapsed() < STATUS_REFRESH {
+                    batch.status = None;
+                } else {
+                    last_status = batch.status;
+                }
             }
             if !batch.is_empty() {
+                last_write = tokio::time::Instant::now();
                 let highest = loop {
                     match store::write(&self.pool, src, &batch).await {
                         Ok(h) => break h,
