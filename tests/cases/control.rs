@@ -619,3 +619,46 @@ fn a_lost_host_can_be_removed_and_its_sessions_end() {
         "the host was removed"
     );
 }
+
+#[test]
+fn the_relay_over_tls_takes_only_agents_with_a_certificate_of_its_ca() {
+    let pg = Postgres::start();
+    let pki = crate::cases::upstream::Pki::new();
+    let control = Control::start(
+        &pg.url,
+        &format!(
+            "relay-tls: {{ cert-file: {}, key-file: {}, client-ca-file: {} }}\n",
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem")
+        ),
+    );
+    let endpoint = format!("https://localhost:{}", control.relay.port());
+    let agent_with = |instance: &str, client: &str| {
+        let yaml = host("fleet-s", instance, &[&control], 1).replace(
+            &format!("\"{}\"", control.relay_url()),
+            &format!("\"{endpoint}\", ca-file: {}{client}", pki.path("ca.pem")),
+        );
+        Agent::start(&yaml)
+    };
+    let _with_cert = agent_with(
+        "ins-s1",
+        &format!(
+            ", client-cert: {}, client-key: {}",
+            pki.path("client.pem"),
+            pki.path("client.key")
+        ),
+    );
+    let without = agent_with("ins-s2", "");
+    wait_idle(&pg, "ins-s1", 1);
+    wait_for("the agent without a certificate refused", || {
+        without
+            .stderr()
+            .contains("upstream connection lost")
+            .then_some(())
+    });
+    assert_eq!(
+        pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-s2'"),
+        "0"
+    );
+}

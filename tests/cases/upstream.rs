@@ -332,12 +332,13 @@ fn bad_credentials_are_reported_and_retried_with_backoff() {
 }
 
 /// A CA, a server certificate for localhost and a client certificate, as PEM files.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    /// A CA, a server certificate for `localhost` and a client certificate, as PEM files.
+    pub(crate) fn new() -> Self {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
         };
@@ -364,7 +365,7 @@ impl Pki {
         Self { dir }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
