@@ -14,6 +14,9 @@ use tokio_postgres::AsyncMessage;
 
 use crate::upstream_proto as up;
 
+/// How long an agent gets to answer a command an API call waits on.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(10);
+
 /// The channel a command's id is announced on.
 const COMMAND_CHANNEL: &str = "gse_command";
 /// The channel a result's command id is announced on.
@@ -123,7 +126,7 @@ impl Hub {
             .query(
                 "SELECT body FROM commands WHERE instance_id = $1 AND result IS NULL
                    AND created_at > now() - $2 * interval '1 millisecond' ORDER BY created_at",
-                &[&instance, &(super::api::COMMAND_LIMIT.as_millis() as f64)],
+                &[&instance, &(COMMAND_LIMIT.as_millis() as f64)],
             )
             .await
             .map_err(super::db::DbError::query("reading queued commands"))?;

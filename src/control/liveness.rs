@@ -128,7 +128,7 @@ async fn beat(
     db.execute(
         "UPDATE instances SET in_flight = 0
          WHERE in_flight > 0 AND in_flight_at < now() - $1 * interval '1 millisecond'",
-        &[&(2.0 * super::api::COMMAND_LIMIT.as_millis() as f64)],
+        &[&(2.0 * super::hub::COMMAND_LIMIT.as_millis() as f64)],
     )
     .await
     .map_err(DbError::query("clearing stale in-flight counts"))?;

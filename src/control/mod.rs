@@ -5,10 +5,11 @@
 //! - [`relay`]: the agents' streams; what they send is stored ([`store`]) before it is
 //!   acknowledged; commands reach the replica holding a stream through [`hub`].
 //! - [`api`]: the Tencent Cloud API, through the agent's door ([`crate::capi::serve_with`]).
-//! - [`placement`]: queues' placements; [`rollout`]: build roll-outs; [`sync`]: a returning
+//! - [`choice`]: where a placement may go (pure); [`placement`]: the worker that places them; [`rollout`]: build roll-outs; [`sync`]: a returning
 //!   host brought up to its fleet; [`liveness`]: heartbeats and Lost instances.
 
 pub mod api;
+pub mod choice;
 pub mod config;
 pub mod db;
 pub mod hub;

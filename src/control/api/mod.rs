@@ -8,13 +8,12 @@ mod queues;
 mod sessions;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
 
 use super::db::DbError;
-use super::hub::{Hub, HubError};
+use super::hub::{COMMAND_LIMIT, Hub, HubError};
 use crate::capi::params::Params;
 use crate::capi::{CapiError, Handler, envelope};
 use crate::upstream_proto as up;
@@ -22,9 +21,6 @@ use crate::upstream_proto as up;
 /// The region in the ARNs of what gse-control itself holds (fleets, aliases, queues); hosts
 /// announce their own regions for placement.
 pub const ARN_REGION: &str = "local";
-
-/// How long an agent gets to answer a command an API call waits on.
-pub const COMMAND_LIMIT: Duration = Duration::from_secs(10);
 
 /// The actions gse-control serves.
 pub const ACTIONS: &[&str] = &[

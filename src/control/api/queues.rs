@@ -9,7 +9,7 @@ use super::{ControlApi, db_error, params};
 use crate::capi::CapiError;
 use crate::capi::placements::{placement_request, view as placement_view};
 use crate::capi::queues::{queue_input, queue_params};
-use crate::control::placement::Candidate;
+use crate::control::choice::Candidate;
 use crate::fleet::NewPlayer;
 use crate::placement::{Placement, PlacementRequest, Status};
 use crate::queue::{DEFAULT_TIMEOUT_SECS, Destination, Queue, arn, destination};
