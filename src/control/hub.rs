@@ -160,6 +160,16 @@ impl Hub {
         }
     }
 
+    /// Whether the stream registered as `serial` is still `instance`'s stream here (a
+    /// reconnection, here or at another replica, replaces it).
+    pub fn holds(&self, instance: &str, serial: u64) -> bool {
+        self.streams
+            .lock()
+            .expect("hub lock")
+            .get(instance)
+            .is_some_and(|s| s.serial == serial)
+    }
+
     /// The instances whose streams this replica holds.
     pub fn held(&self) -> usize {
         self.streams.lock().expect("hub lock").len()

@@ -114,7 +114,7 @@ impl ControlPlane for RelayService {
                 hello.fleet_id.clone(),
                 hello.instance_id.clone(),
             ));
-            let ended = service.pump(&src, inbound, &tx).await;
+            let ended = service.pump(&src, serial, inbound, &tx).await;
             service.hub.detach(&src.instance_id, serial);
             if let Err(e) = store::depart(&service.pool, &src.instance_id, &stream).await {
                 tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot record a departed agent");
@@ -131,6 +131,7 @@ impl RelayService {
     async fn pump(
         &self,
         src: &Source,
+        serial: u64,
         mut inbound: Streaming<up::AgentMessage>,
         tx: &mpsc::Sender<up::ControlMessage>,
     ) -> String {
@@ -182,7 +183,8 @@ impl RelayService {
             if !batch.is_empty() {
                 last_write = tokio::time::Instant::now();
                 let highest = loop {
-                    match store::write(&self.pool, src, &batch).await {
+                    let current = self.hub.holds(&src.instance_id, serial);
+                    match store::write(&self.pool, src, &batch, current).await {
                         Ok(h) => break h,
                         Err(e) => {
                             tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot store what an agent sent; trying again");

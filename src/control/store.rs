@@ -133,7 +133,14 @@ pub struct Source {
 /// current one (a stream the agent left must not overwrite what its new one said); a live
 /// stream also says again that the instance is connected here, so a row another replica
 /// marked gone (after missing this one's heartbeat) comes back.
-pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u64>, DbError> {
+///
+/// `current`: the hub still holds this stream (the row's own stream guard backs it up).
+pub async fn write(
+    pool: &Pool,
+    src: &Source,
+    batch: &Batch,
+    current: bool,
+) -> Result<Option<u64>, DbError> {
     let mut db = pool.get().await?;
     let tx = db
         .transaction()
@@ -177,17 +184,6 @@ pub async fn write(pool: &Pool, src: &Source, batch: &Batch) -> Result<Option<u6
         .map_err(DbError::query("storing events"))?;
         highest = batch.events.iter().map(|e| e.sequence).max();
     }
-    let check = tx
-        .prepare_cached(
-            "SELECT 1 FROM instances WHERE instance_id = $1 AND (stream IS NULL OR stream = $2)",
-        )
-        .await
-        .map_err(DbError::query("preparing the stream check"))?;
-    let current = tx
-        .query_opt(&check, &[&src.instance_id, &src.stream])
-        .await
-        .map_err(DbError::query("checking the instance's stream"))?
-        .is_some();
     if current {
         for s in &batch.snapshots {
             apply_snapshot(&tx, src, s).await?;
