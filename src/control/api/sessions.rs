@@ -398,38 +398,42 @@ impl ControlApi {
             .command(instance, Kind::CreateGameServerSession(command))
             .await;
         let gss = result.as_ref().ok().map(|v| text(v, "GameServerSessionId"));
-        // One statement (atomic by itself): the session, its token, and the host's counts (a
-        // session the host's snapshot already showed is not counted twice).
-        let session = result.as_ref().ok();
         let recorded = async {
-            let db = self.db().await?;
-            let record = db
+            let mut db = self.db().await?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(db_error("starting to record a session"))?;
+            if let Ok(session) = &result {
+                store::insert_sessions(&tx, fleet, instance, std::slice::from_ref(session))
+                    .await
+                    .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+                if let (Some(token), Some(gss)) = (token, &gss) {
+                    tx.execute(
+                        "UPDATE idempotency SET gss_id = $2 WHERE token = $1",
+                        &[&token, gss],
+                    )
+                    .await
+                    .map_err(db_error("recording an idempotent session"))?;
+                }
+            }
+            // Last, as the relay's writes do (sessions, then the host's row: one lock order,
+            // so the two never deadlock; recording all of it in one statement did), and so the
+            // host's row is locked only briefly. A session the host's snapshot already showed
+            // is not counted twice.
+            let count = tx
                 .prepare_cached(
-                    "WITH s AS (
-                        INSERT INTO sessions (gss_id, fleet_id, instance_id, status, created_ms, body)
-                        SELECT $2, $4, $1, $5, $6, $7 WHERE $2::text IS NOT NULL
-                        ON CONFLICT (gss_id) DO NOTHING),
-                     t AS (
-                        UPDATE idempotency SET gss_id = $2
-                        WHERE token = $8::text AND $2::text IS NOT NULL)
-                     UPDATE instances SET
-                        in_flight = CASE WHEN $3 THEN greatest(in_flight - 1, 0) ELSE in_flight END,
+                    "UPDATE instances SET in_flight = CASE WHEN $3 THEN greatest(in_flight - 1, 0) ELSE in_flight END,
                         idle = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN idle ELSE greatest(idle - 1, 0) END,
                         busy = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN busy ELSE busy || $2::text END
                      WHERE instance_id = $1",
                 )
                 .await
-                .map_err(db_error("preparing to record a session"))?;
-            let status = session.map(|v| text(v, "Status"));
-            let created = session.map(|v| store::millis(v, "CreationTime"));
-            db.execute(
-                &record,
-                &[
-                    &instance, &gss, &counted, &fleet, &status, &created, &session, &token,
-                ],
-            )
-            .await
-            .map_err(db_error("recording a session"))
+                .map_err(db_error("preparing to count a created session"))?;
+            tx.execute(&count, &[&instance, &gss, &counted])
+                .await
+                .map_err(db_error("counting a created session"))?;
+            tx.commit().await.map_err(db_error("recording a session"))
         };
         if let Err(e) = recorded.await {
             if counted {
