@@ -170,11 +170,6 @@ impl Hub {
             .is_some_and(|s| s.serial == serial)
     }
 
-    /// The instances whose streams this replica holds.
-    pub fn held(&self) -> usize {
-        self.streams.lock().expect("hub lock").len()
-    }
-
     fn local(&self, instance: &str) -> Option<mpsc::Sender<up::ControlMessage>> {
         self.streams
             .lock()
