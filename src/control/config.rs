@@ -238,6 +238,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_is_valid() {
+        let text = include_str!("../../packaging/control.yaml");
+        let c = ControlConfig::parse(text, "packaging/control.yaml").unwrap();
+        assert_eq!(c.instance_lost_after.get(), Duration::from_secs(60));
+    }
+
+    #[test]
     fn defaults_fill_everything_but_the_database() {
         let c = ControlConfig::parse("database: postgres://gse@127.0.0.1:5432/gse\n", "c").unwrap();
         assert_eq!(c.api_listen, default_api_listen());
