@@ -34,7 +34,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "TB" => 1_000_000_000_000,
         other => {
             return Err(format!(
-                "unknown size unit {other:?} in {text:?}; use B, KiB, MiB, GiB or TiB"
+                "unknown size unit {other:?} in {text:?}; use B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)"
             ));
         }
     };

@@ -311,8 +311,9 @@ fn default_outbox_max() -> ByteSize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct LogPolicy {
-    /// A log file is rotated when it reaches this many bytes.
-    pub max_file_bytes: u64,
+    /// A log file is rotated when it reaches this size (bytes, or `10MiB`, `10MB`, … as
+    /// every size in the config).
+    pub max_file_bytes: ByteSize,
     /// Rotated files kept per process (`.1` … `.N`).
     pub keep_files: u32,
     /// Lines of output kept in memory and attached to crash events.
@@ -322,7 +323,7 @@ pub struct LogPolicy {
 impl Default for LogPolicy {
     fn default() -> Self {
         Self {
-            max_file_bytes: 10 * 1024 * 1024,
+            max_file_bytes: ByteSize(10 * 1024 * 1024),
             keep_files: 3,
             tail_lines: 20,
         }

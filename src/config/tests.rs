@@ -384,3 +384,22 @@ fn upstream_endpoint_takes_one_url_or_a_list() {
         "{err}"
     );
 }
+
+#[test]
+fn every_size_takes_the_same_units() {
+    for (text, bytes) in [
+        ("10MiB", 10u64 << 20),
+        ("10MB", 10_000_000),
+        ("1GiB", 1 << 30),
+        ("65536", 65_536),
+    ] {
+        let c = parse_ok(&format!(
+            "{MINIMAL}logs: {{ max-file-bytes: {text} }}\npackage: {{ max-bytes: {text} }}\n"
+        ));
+        assert_eq!(c.logs.max_file_bytes.get(), bytes, "{text}");
+        assert_eq!(c.package.max_bytes.get(), bytes, "{text}");
+    }
+    let p = problems(&format!("{MINIMAL}logs:\n  max-file-bytes: 1KiB\n"));
+    assert_eq!(p[0].key, "logs.max-file-bytes");
+    assert!(p[0].message.contains("4096"), "{}", p[0].message);
+}

@@ -198,10 +198,10 @@ impl Validator<'_> {
                 "must be longer than 0s",
             );
         }
-        if raw.logs.max_file_bytes < 4096 {
+        if raw.logs.max_file_bytes.get() < 4096 {
             self.problem(
                 &[Key("logs"), Key("max-file-bytes")],
-                "must be at least 4096",
+                "must be at least 4096 bytes (4KiB)",
             );
         }
         if raw.logs.keep_files > 100 {

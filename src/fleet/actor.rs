@@ -382,7 +382,7 @@ impl Actor {
             let spec = process::AdoptSpec {
                 process_id: r.process_id.clone(),
                 log_dir: log_dir.clone(),
-                max_log_bytes: self.cfg.logs.max_file_bytes,
+                max_log_bytes: self.cfg.logs.max_file_bytes.get(),
                 keep_logs: self.cfg.logs.keep_files,
                 tail_lines: self.cfg.logs.tail_lines,
             };
@@ -692,7 +692,7 @@ impl Actor {
             env,
             cwd: self.cfg.game_root.clone(),
             log_dir,
-            max_log_bytes: self.cfg.logs.max_file_bytes,
+            max_log_bytes: self.cfg.logs.max_file_bytes.get(),
             keep_logs: self.cfg.logs.keep_files,
             tail_lines: self.cfg.logs.tail_lines,
             user: self.user,
