@@ -33,6 +33,9 @@ const RELAY_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 /// Why the agent could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Another agent holds the data-dir, or its lock cannot be taken.
+    #[error(transparent)]
+    DataDir(#[from] crate::lock::LockError),
     /// A directory could not be created.
     #[error("cannot create directory {path}: {source}")]
     CreateDir {
@@ -121,6 +124,8 @@ struct Upstream {
 
 /// A built agent: directories exist, listeners are bound, nothing runs yet.
 pub struct Agent {
+    /// Held for the agent's life: one agent per data-dir.
+    _lock: crate::lock::DataDirLock,
     cfg: Arc<Config>,
     store: StateStore,
     restored: Option<(Fleet, Vec<Recorded>)>,
@@ -145,6 +150,7 @@ impl Agent {
     /// `run_as` if given.
     pub async fn build(cfg: Config, run_as: Option<RunAs>) -> Result<Self, AgentError> {
         create_dir(&cfg.data_dir)?;
+        let lock = crate::lock::acquire(&cfg.data_dir)?;
         create_dir(&cfg.data_dir.join("logs"))?;
         create_dir(&cfg.game_root)?;
         let bind = |what, addr| async move {
@@ -226,6 +232,7 @@ impl Agent {
         )
         .await;
         Ok(Self {
+            _lock: lock,
             cfg,
             store,
             restored,
@@ -330,7 +337,11 @@ impl Agent {
         let upstream = self.upstream;
         drop(bus);
         let own_bus = self.bus;
+        // Held until everything below has ended: no second agent starts on this data-dir while
+        // this one still writes to it.
+        let lock = self._lock;
         let done = tokio::spawn(async move {
+            let _lock = lock;
             let fleet_result = fleet_task.await;
             servers_stop.cancel();
             if let (Some(relay), Some(u)) = (relay, &upstream) {

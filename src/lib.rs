@@ -16,6 +16,7 @@ pub mod event;
 pub mod fleet;
 pub mod host;
 pub mod listen;
+pub mod lock;
 pub mod package;
 pub mod placement;
 pub mod process;

@@ -131,6 +131,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match load(Some(&config)) {
+            Ok(c) if gse_agent::lock::holder(&c.data_dir).is_some() => {
+                let holder = gse_agent::lock::holder(&c.data_dir).unwrap_or_default();
+                say!(
+                    "{}: data-dir {} is in use by a running gse-agent ({holder}): each agent needs its own data-dir",
+                    config.display(),
+                    c.data_dir.display()
+                );
+                ExitCode::from(EXIT_CONFIG)
+            }
             Ok(c) => {
                 out!(
                     "{}: ok ({} server process(es))",
@@ -181,6 +190,18 @@ fn main() -> ExitCode {
             };
             match run(cfg, config.is_none()) {
                 Ok(()) => ExitCode::SUCCESS,
+                // Another agent on this data-dir is a configuration mistake, like a bad key.
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<agent::AgentError>(),
+                        Some(agent::AgentError::DataDir(
+                            gse_agent::lock::LockError::InUse { .. }
+                        ))
+                    ) =>
+                {
+                    say!("gse-agent: {}", describe(&e));
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(e) => {
                     let text = describe(&e);
                     tracing::error!(error = %text, "gse-agent failed");

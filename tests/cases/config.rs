@@ -204,3 +204,33 @@ fn run_installs_the_configured_build_once_and_runs_it() {
     let installs = std::fs::read_to_string(agent.path("data/installs.txt")).unwrap();
     assert_eq!(installs.lines().count(), 1);
 }
+
+#[test]
+fn a_second_agent_on_one_data_dir_is_a_config_error() {
+    let agent =
+        crate::helper::Agent::start(&crate::helper::config(&crate::helper::entry("", 1), ""));
+    let config = agent.path("agent.yaml");
+    let second = std::process::Command::new(crate::helper::AGENT)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(64));
+    let said = String::from_utf8_lossy(&second.stderr);
+    let pid = agent.child.as_ref().unwrap().id().to_string();
+    assert!(said.contains("is in use by another gse-agent"), "{said}");
+    assert!(said.contains(&pid), "{said}");
+    let check = std::process::Command::new(crate::helper::AGENT)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("in use by a running gse-agent"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The first agent is untouched.
+    agent.wait_ready(1);
+}
