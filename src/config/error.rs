@@ -37,6 +37,22 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// A YAML syntax or type error in `file`, at serde's position (line 1 when it gives none).
+    pub fn yaml(file: &str, e: &serde_yaml::Error) -> Self {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        Self::Parse {
+            file: file.to_string(),
+            line,
+            column,
+            message: super::sections::without_position(&e.to_string()),
+        }
+    }
+}
+
 /// One broken rule, with the line of the offending key when it could be found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

@@ -25,16 +25,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError>
             // every malformed one is reported.
             let problems = sections::problems(text);
             if problems.is_empty() {
-                let (line, column) = e
-                    .location()
-                    .map(|l| (l.line(), l.column()))
-                    .unwrap_or((1, 1));
-                return Err(ConfigError::Parse {
-                    file: file.to_string(),
-                    line,
-                    column,
-                    message: sections::without_position(&e.to_string()),
-                });
+                return Err(ConfigError::yaml(file, &e));
             }
             return Err(ConfigError::Invalid {
                 file: file.to_string(),
@@ -455,18 +446,7 @@ impl Validator<'_> {
 /// UpdateRuntimeConfiguration carries it; LaunchPaths are resolved against `game_root`.
 pub fn parse_runtime(text: &str, game_root: &Path) -> Result<RuntimeConfiguration, ConfigError> {
     let file = "RuntimeConfiguration";
-    let raw: RawRuntime = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        ConfigError::Parse {
-            file: file.to_string(),
-            line,
-            column,
-            message: sections::without_position(&e.to_string()),
-        }
-    })?;
+    let raw: RawRuntime = serde_yaml::from_str(text).map_err(|e| ConfigError::yaml(file, &e))?;
     let mut v = Validator {
         text,
         problems: Vec::new(),

@@ -88,18 +88,8 @@ impl ControlConfig {
 
     /// Parses and checks the text of a control.yaml; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let cfg: ControlConfig = serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            ConfigError::Parse {
-                file: file.to_string(),
-                line,
-                column,
-                message: e.to_string(),
-            }
-        })?;
+        let cfg: ControlConfig =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::yaml(file, &e))?;
         let problems = cfg.problems(text);
         if problems.is_empty() {
             Ok(cfg)
