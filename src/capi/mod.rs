@@ -393,17 +393,7 @@ impl Capi {
     async fn update_runtime(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "RuntimeConfiguration"])?;
         self.check_fleet(&p, true).await?;
-        let rc = match p.raw("RuntimeConfiguration") {
-            Some(v @ Value::Object(_)) => v.to_string(),
-            Some(other) => {
-                return Err(CapiError::type_of(
-                    "RuntimeConfiguration",
-                    "an object",
-                    other,
-                ));
-            }
-            None => return Err(CapiError::missing("RuntimeConfiguration")),
-        };
+        let rc = p.object("RuntimeConfiguration")?.to_string();
         let cmd = Control::update_runtime(&rc, &self.cfg.game_root)
             .map_err(|e| CapiError::new(e.tencent_code(), e.to_string()))?;
         self.fleet.control(cmd).await?;

@@ -95,6 +95,15 @@ impl Params {
         }
     }
 
+    /// A required JSON object (e.g. `RuntimeConfiguration`).
+    pub fn object(&self, name: &str) -> Result<&Value, CapiError> {
+        match self.get(name) {
+            Some(v @ Value::Object(_)) => Ok(v),
+            Some(other) => Err(CapiError::type_of(name, "an object", other)),
+            None => Err(CapiError::missing(name)),
+        }
+    }
+
     /// The raw value.
     pub fn raw(&self, name: &str) -> Option<&Value> {
         self.get(name)

@@ -458,17 +458,7 @@ impl ControlApi {
     pub(super) async fn update_runtime(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = params(map, &["FleetId", "RuntimeConfiguration"])?;
         let fleet = self.fleet(&p, true).await?.expect("required");
-        let rc = match p.raw("RuntimeConfiguration") {
-            Some(v @ Value::Object(_)) => v.clone(),
-            Some(other) => {
-                return Err(CapiError::type_of(
-                    "RuntimeConfiguration",
-                    "an object",
-                    other,
-                ));
-            }
-            None => return Err(CapiError::missing("RuntimeConfiguration")),
-        };
+        let rc = p.object("RuntimeConfiguration")?.clone();
         let text = rc.to_string();
         crate::config::parse_runtime(&text, std::path::Path::new("/local/game"))
             .map_err(|e| CapiError::value("RuntimeConfiguration", format!("is refused: {e}")))?;
