@@ -89,6 +89,14 @@ pub struct Endpoints {
     pub replica: String,
 }
 
+/// Unix milliseconds now: the time placements and queues are stamped with.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ControlError> {
     std::fs::read(path).map_err(|source| ControlError::File {
         path: path.to_path_buf(),

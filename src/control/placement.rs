@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::api::ControlApi;
 use super::choice::choose;
+use super::now_ms;
 use crate::capi::CapiError;
 use crate::fleet::NewSession;
 use crate::placement::{PlacementRequest, Status};
@@ -34,13 +35,6 @@ struct Claimed {
     result: Value,
     started_ms: i64,
     deadline_ms: i64,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Moves PENDING placements on until the process ends; `wake` starts a pass at once.

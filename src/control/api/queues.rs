@@ -10,6 +10,7 @@ use crate::capi::CapiError;
 use crate::capi::placements::{placement_request, view as placement_view};
 use crate::capi::queues::{queue_input, queue_params};
 use crate::control::choice::Candidate;
+use crate::control::now_ms;
 use crate::fleet::NewPlayer;
 use crate::placement::{Placement, PlacementRequest, Status};
 use crate::queue::{DEFAULT_TIMEOUT_SECS, Destination, Queue, arn, destination};
@@ -455,11 +456,4 @@ fn names(p: &crate::capi::params::Params) -> Result<Option<Vec<String>>, CapiErr
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
