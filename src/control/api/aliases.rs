@@ -3,10 +3,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{ControlApi, db_error, params};
+use super::{ControlApi, db_error};
 use crate::alias::{Alias, AliasError, Routing};
 use crate::capi::CapiError;
 use crate::capi::aliases::{AliasListing, LIST_PARAMS, alias_input, view};
+use crate::capi::params::Params;
 
 fn invalid(e: AliasError) -> CapiError {
     match e {
@@ -65,7 +66,7 @@ impl ControlApi {
     }
 
     pub(super) async fn create_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["Name", "Description", "RoutingStrategy", "Tags"])?;
+        let p = Params::new(map, &["Name", "Description", "RoutingStrategy", "Tags"])?;
         let name = p.str("Name", 1024)?;
         let input = alias_input(&p, None)?;
         input.check().map_err(invalid)?;
@@ -86,7 +87,7 @@ impl ControlApi {
     }
 
     pub(super) async fn update_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["AliasId", "Name", "Description", "RoutingStrategy"])?;
+        let p = Params::new(map, &["AliasId", "Name", "Description", "RoutingStrategy"])?;
         let id = p.str("AliasId", 128)?;
         let input = alias_input(&p, Some(id.clone()))?;
         input.check().map_err(invalid)?;
@@ -105,13 +106,13 @@ impl ControlApi {
     }
 
     pub(super) async fn describe_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["AliasId"])?;
+        let p = Params::new(map, &["AliasId"])?;
         let alias = self.alias(&p.str("AliasId", 128)?).await?;
         Ok(json!({"Alias": view(super::ARN_REGION, &alias)}))
     }
 
     pub(super) async fn delete_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["AliasId"])?;
+        let p = Params::new(map, &["AliasId"])?;
         let id = p.str("AliasId", 128)?;
         let db = self.db().await?;
         let n = db
@@ -128,13 +129,13 @@ impl ControlApi {
     }
 
     pub(super) async fn resolve_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["AliasId"])?;
+        let p = Params::new(map, &["AliasId"])?;
         let id = p.str("AliasId", 128)?;
         Ok(json!({"FleetId": self.resolve(&id).await?}))
     }
 
     pub(super) async fn list_aliases(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, LIST_PARAMS)?;
+        let p = Params::new(map, LIST_PARAMS)?;
         let l = AliasListing::read(&p)?;
         let db = self.db().await?;
         let rows = db

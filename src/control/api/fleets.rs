@@ -4,8 +4,9 @@
 use serde_json::{Map, Value, json};
 use tokio_postgres::Row;
 
-use super::{ControlApi, db_error, params};
+use super::{ControlApi, db_error};
 use crate::capi::CapiError;
+use crate::capi::params::Params;
 use crate::upstream_proto as up;
 use up::command::Kind;
 
@@ -49,7 +50,7 @@ fn fleet_ids(p: &crate::capi::params::Params) -> Result<Option<Vec<String>>, Cap
 
 impl ControlApi {
     pub(super) async fn list_fleets(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["AssetId", "Offset", "Limit", "Filters"])?;
+        let p = Params::new(map, &["AssetId", "Offset", "Limit", "Filters"])?;
         p.opt_str("AssetId", 128)?;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100);
@@ -70,7 +71,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetIds", "Offset", "Limit"])?;
+        let p = Params::new(map, &["FleetIds", "Offset", "Limit"])?;
         let ids = fleet_ids(&p)?;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100);
@@ -116,7 +117,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId", "Name"])?;
+        let p = Params::new(map, &["FleetId", "Name"])?;
         let fleet = self.fleet(&p, true).await?.expect("required");
         let name = p.str("Name", 50)?;
         let db = self.db().await?;
@@ -135,7 +136,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(
+        let p = Params::new(
             map,
             &[
                 "FleetId",
@@ -203,7 +204,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId"])?;
+        let p = Params::new(map, &["FleetId"])?;
         let fleet = self.fleet(&p, true).await?.expect("required");
         let db = self.db().await?;
         let r = db
@@ -232,7 +233,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetIds"])?;
+        let p = Params::new(map, &["FleetIds"])?;
         let ids = fleet_ids(&p)?;
         let db = self.db().await?;
         let rows = db
@@ -271,7 +272,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId", "Limit", "Offset"])?;
+        let p = Params::new(map, &["FleetId", "Limit", "Offset"])?;
         let fleet = self.fleet(&p, false).await?;
         let limit = p.opt_int("Limit", 1, 1000)?.unwrap_or(100);
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
@@ -314,7 +315,7 @@ impl ControlApi {
         map: Map<String, Value>,
         extend: bool,
     ) -> Result<Value, CapiError> {
-        let p = params(
+        let p = Params::new(
             map,
             &["FleetId", "InstanceId", "Offset", "Limit", "IpAddress"],
         )?;
@@ -380,7 +381,7 @@ impl ControlApi {
     }
 
     pub(super) async fn set_reserved(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId", "InstanceId", "ReserveValue"])?;
+        let p = Params::new(map, &["FleetId", "InstanceId", "ReserveValue"])?;
         let instance = self.fleet_instance(&p).await?;
         let reserved = p.int("ReserveValue", 0, 1)? == 1;
         self.command(&instance, Kind::SetReserved(up::SetReserved { reserved }))
@@ -402,7 +403,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId", "InstanceId"])?;
+        let p = Params::new(map, &["FleetId", "InstanceId"])?;
         let instance = self.fleet_instance(&p).await?;
         let mut db = self.db().await?;
         let tx = db
@@ -440,7 +441,7 @@ impl ControlApi {
 
     /// SetServerWeight: hosts of higher weight get new sessions first.
     pub(super) async fn set_weight(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId", "InstanceId", "Weight"])?;
+        let p = Params::new(map, &["FleetId", "InstanceId", "Weight"])?;
         let instance = self.fleet_instance(&p).await?;
         let weight = p.int("Weight", 1, 10)? as i32;
         let db = self.db().await?;
@@ -456,7 +457,7 @@ impl ControlApi {
     /// UpdateRuntimeConfiguration: checked by the agent's rules, stored (a host that joins
     /// later gets it), and sent to every connected host of the fleet.
     pub(super) async fn update_runtime(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId", "RuntimeConfiguration"])?;
+        let p = Params::new(map, &["FleetId", "RuntimeConfiguration"])?;
         let fleet = self.fleet(&p, true).await?.expect("required");
         let rc = p.object("RuntimeConfiguration")?.clone();
         let text = rc.to_string();
@@ -501,7 +502,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["FleetId"])?;
+        let p = Params::new(map, &["FleetId"])?;
         let fleet = self.fleet(&p, true).await?.expect("required");
         let db = self.db().await?;
         let stored: Option<String> = db

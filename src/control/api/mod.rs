@@ -10,7 +10,7 @@ mod sessions;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::db::DbError;
 use super::hub::{COMMAND_LIMIT, Hub, HubError};
@@ -272,9 +272,4 @@ fn offset_of(token: Option<String>) -> Result<i64, CapiError> {
             CapiError::value("NextToken", format!("{t:?} is not a token this API gave"))
         }),
     }
-}
-
-/// The map without `Action` (Params refuses names it does not know).
-fn params(map: Map<String, Value>, known: &[&str]) -> Result<Params, CapiError> {
-    Params::new(map, known)
 }

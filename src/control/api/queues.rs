@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{ControlApi, db_error, params};
+use super::{ControlApi, db_error};
 use crate::capi::CapiError;
+use crate::capi::params::Params;
 use crate::capi::placements::{placement_request, view as placement_view};
 use crate::capi::queues::{queue_input, queue_params};
 use crate::control::choice::Candidate;
@@ -167,7 +168,7 @@ impl ControlApi {
         map: Map<String, Value>,
         create: bool,
     ) -> Result<Value, CapiError> {
-        let p = params(map, queue_params(create))?;
+        let p = Params::new(map, queue_params(create))?;
         let input = queue_input(&p, create)?;
         input
             .check()
@@ -222,7 +223,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["Names", "Limit", "Offset", "Filters"])?;
+        let p = Params::new(map, &["Names", "Limit", "Offset", "Filters"])?;
         let names = names(&p)?;
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100);
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
@@ -251,7 +252,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["Names"])?;
+        let p = Params::new(map, &["Names"])?;
         let names = names(&p)?;
         let db = self.db().await?;
         let rows = db
@@ -283,7 +284,7 @@ impl ControlApi {
     }
 
     pub(super) async fn delete_queue(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["Name"])?;
+        let p = Params::new(map, &["Name"])?;
         let name = p.str("Name", 128)?;
         let db = self.db().await?;
         let n = db
@@ -409,12 +410,12 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, &["PlacementId"])?;
+        let p = Params::new(map, &["PlacementId"])?;
         self.placement(&p.str("PlacementId", 48)?).await
     }
 
     pub(super) async fn stop_placement(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["PlacementId"])?;
+        let p = Params::new(map, &["PlacementId"])?;
         let id = p.str("PlacementId", 48)?;
         let db = self.db().await?;
         let row = db

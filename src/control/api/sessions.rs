@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{ControlApi, db_error, offset_of, params};
+use super::{ControlApi, db_error, offset_of};
 use crate::capi::CapiError;
+use crate::capi::params::Params;
 use crate::capi::search::{SEARCH_PARAMS, SearchRequest};
 use crate::capi::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
 use crate::control::store::{self, text};
@@ -92,7 +93,7 @@ enum Claim {
 
 impl ControlApi {
     pub(super) async fn create_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, CREATE_SESSION_PARAMS)?;
+        let p = Params::new(map, CREATE_SESSION_PARAMS)?;
         let fleet = self.fleet(&p, true).await?.expect("required");
         let req = new_session(&p)?;
         req.check()
@@ -490,7 +491,7 @@ impl ControlApi {
         map: Map<String, Value>,
         details: bool,
     ) -> Result<Value, CapiError> {
-        let p = params(
+        let p = Params::new(
             map,
             &[
                 "FleetId",
@@ -545,7 +546,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(map, SEARCH_PARAMS)?;
+        let p = Params::new(map, SEARCH_PARAMS)?;
         let fleet = self.fleet(&p, true).await?.expect("required");
         let search = SearchRequest::read(&p)?;
         let db = self.db().await?;
@@ -612,7 +613,7 @@ impl ControlApi {
         &self,
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
-        let p = params(
+        let p = Params::new(
             map,
             &[
                 "GameServerSessionId",
@@ -683,7 +684,7 @@ impl ControlApi {
     }
 
     pub(super) async fn end_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        let p = params(map, &["GameServerSessionId", "IpAddress", "Port"])?;
+        let p = Params::new(map, &["GameServerSessionId", "IpAddress", "Port"])?;
         let gss = match p.opt_str("GameServerSessionId", 256)? {
             Some(id) => id,
             None => {
