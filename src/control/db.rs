@@ -31,6 +31,9 @@ pub enum DbError {
     /// No connection could be had.
     #[error("connecting to the database: {0}")]
     Connect(String),
+    /// The replica's writer stopped (the replica is shutting down).
+    #[error("the replica's database writer stopped")]
+    Stopped,
     /// A statement failed.
     #[error("{step}: {}", detail(source))]
     Query {

@@ -19,6 +19,7 @@ pub mod relay;
 pub mod rollout;
 pub mod store;
 pub mod sync;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -161,7 +162,14 @@ pub async fn run(
     let background = tokio_util::task::TaskTracker::new();
     let listener_task = tokio::spawn(hub.clone().listen(cfg.database.clone()));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let api = api::ControlApi::new(pool.clone(), hub.clone(), wake.clone(), cfg.rollout_batch);
+    let writer = writer::Writer::start(pool.clone());
+    let api = api::ControlApi::new(
+        pool.clone(),
+        hub.clone(),
+        writer.clone(),
+        wake.clone(),
+        cfg.rollout_batch,
+    );
     let placement_task = tokio::spawn(placement::work(api.clone(), wake));
     let liveness_task = tokio::spawn(liveness::watch(
         beats,
@@ -187,6 +195,7 @@ pub async fn run(
     let relay = relay::RelayService {
         pool: pool.clone(),
         hub: hub.clone(),
+        writer,
         tokens,
     };
     let relay_stop = shutdown.clone();

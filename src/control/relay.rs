@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::hub::Hub;
 use super::store::{self, Arrival, Batch, Source};
 use super::sync;
+use super::writer::{Write, Writer};
 use crate::upstream_proto as up;
 use crate::upstream_proto::control_plane_server::ControlPlane;
 
@@ -37,6 +38,8 @@ pub struct RelayService {
     pub pool: Pool,
     /// Commands in and out.
     pub hub: Arc<Hub>,
+    /// Where batches are written.
+    pub writer: Writer,
     /// Accepted bearer tokens (`None`: tokens are not checked).
     pub tokens: Option<Arc<Vec<String>>>,
 }
@@ -149,15 +152,12 @@ impl RelayService {
                 }
             }
         });
-        // A status equal to the last one written says nothing new, for a while.
-        let mut last_status: Option<up::InstanceStatus> = None;
-        let mut last_write = tokio::time::Instant::now();
+        let mut status = StatusFilter::default();
         loop {
             let Some(first) = msg_rx.recv().await else {
                 break;
             };
             let mut batch = Batch::default();
-            let mut results = Vec::new();
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(m) = next.take() {
@@ -166,51 +166,97 @@ impl RelayService {
                     Some(up::agent_message::Body::Event(e)) => batch.events.push(e),
                     Some(up::agent_message::Body::Status(s)) => batch.status = Some(s),
                     Some(up::agent_message::Body::Snapshot(s)) => batch.snapshots.push(s),
-                    Some(up::agent_message::Body::Result(r)) => results.push(r),
+                    // A result is handed over at once, unless a snapshot or status came
+                    // before it: that is stored first, so a create's caller counts from the
+                    // host's latest word. Events wait for no result, nor a result for them.
+                    Some(up::agent_message::Body::Result(r)) => {
+                        if !batch.snapshots.is_empty() || batch.status.is_some() {
+                            let before = std::mem::take(&mut batch);
+                            if let Err(why) = self.store(src, serial, before, &mut status, tx).await
+                            {
+                                reader.abort();
+                                return why;
+                            }
+                        }
+                        self.hub.deliver(r).await;
+                    }
                     Some(up::agent_message::Body::Hello(_)) | None => {}
                 }
                 if taken < BATCH {
                     next = msg_rx.try_recv().ok();
                 }
             }
-            if batch.status.is_some() {
-                if batch.status == last_status && last_write.elapsed() < STATUS_REFRESH {
-                    batch.status = None;
-                } else {
-                    last_status = batch.status;
-                }
-            }
-            if !batch.is_empty() {
-                last_write = tokio::time::Instant::now();
-                let highest = loop {
-                    let current = self.hub.holds(&src.instance_id, serial);
-                    match store::write(&self.pool, src, &batch, current).await {
-                        Ok(h) => break h,
-                        Err(e) => {
-                            tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot store what an agent sent; trying again");
-                            if tx.is_closed() {
-                                reader.abort();
-                                return "the stream closed while the database failed".into();
-                            }
-                            tokio::time::sleep(WRITE_RETRY).await;
-                        }
-                    }
-                };
-                if let Some(h) = highest
-                    && tx.send(ack(h)).await.is_err()
-                {
-                    break;
-                }
-            }
-            // Results after the batch: a session a create produced is stored with its snapshot
-            // or by the caller, whichever comes first.
-            for r in results {
-                self.hub.deliver(r).await;
+            if let Err(why) = self.store(src, serial, batch, &mut status, tx).await {
+                reader.abort();
+                return why;
             }
         }
         match reader.await {
             Ok(why) => why,
             Err(_) => "the stream reader stopped".into(),
+        }
+    }
+
+    /// Writes `batch` (trying again while the database fails and the agent is still there),
+    /// then acknowledges its events; `Err` says why the stream is to end.
+    async fn store(
+        &self,
+        src: &Source,
+        serial: u64,
+        mut batch: Batch,
+        status: &mut StatusFilter,
+        tx: &mpsc::Sender<up::ControlMessage>,
+    ) -> Result<(), String> {
+        status.pass(&mut batch);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = Arc::new(batch);
+        let highest = loop {
+            let write = Write::Relay {
+                src: src.clone(),
+                batch: batch.clone(),
+                current: self.hub.holds(&src.instance_id, serial),
+            };
+            match self.writer.write(write).await {
+                Ok(h) => break h,
+                Err(e) => {
+                    tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot store what an agent sent; trying again");
+                    if tx.is_closed() {
+                        return Err("the stream closed while the database failed".into());
+                    }
+                    tokio::time::sleep(WRITE_RETRY).await;
+                }
+            }
+        };
+        match highest {
+            Some(h) if tx.send(ack(h)).await.is_err() => Err("the agent left".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Drops a status equal to the last one written, for a while: it says nothing new.
+#[derive(Default)]
+struct StatusFilter {
+    last: Option<up::InstanceStatus>,
+    written_at: Option<tokio::time::Instant>,
+}
+
+impl StatusFilter {
+    fn pass(&mut self, batch: &mut Batch) {
+        if batch.status.is_some() {
+            let fresh = self
+                .written_at
+                .is_some_and(|t| t.elapsed() < STATUS_REFRESH);
+            if batch.status == self.last && fresh {
+                batch.status = None;
+            } else {
+                self.last = batch.status;
+            }
+        }
+        if !batch.is_empty() {
+            self.written_at = Some(tokio::time::Instant::now());
         }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::db::DbError;
 use super::hub::{COMMAND_LIMIT, Hub, HubError};
+use super::writer::Writer;
 use crate::capi::params::Params;
 use crate::capi::{CapiError, Handler, envelope};
 use crate::upstream_proto as up;
@@ -68,6 +69,8 @@ pub const ACTIONS: &[&str] = &[
 pub struct ControlApi {
     pub(super) pool: Pool,
     pub(super) hub: Arc<Hub>,
+    /// Records what creates and joins made.
+    pub(super) writer: Writer,
     /// Wakes this replica's placement worker.
     pub(super) placements: Arc<tokio::sync::Notify>,
     /// Hosts a build roll-out deploys to at once.
@@ -77,17 +80,20 @@ pub struct ControlApi {
 }
 
 impl ControlApi {
-    /// An API over `pool`, sending commands through `hub`; `placements` wakes the placement
-    /// worker when a placement starts; build roll-outs deploy to `rollout_batch` hosts at once.
+    /// An API over `pool`, sending commands through `hub` and recording what they made
+    /// through `writer`; `placements` wakes the placement worker when a placement starts;
+    /// build roll-outs deploy to `rollout_batch` hosts at once.
     pub fn new(
         pool: Pool,
         hub: Arc<Hub>,
+        writer: Writer,
         placements: Arc<tokio::sync::Notify>,
         rollout_batch: usize,
     ) -> Self {
         Self {
             pool,
             hub,
+            writer,
             placements,
             rollout_batch,
             known_fleets: Arc::default(),

@@ -12,7 +12,8 @@ use crate::capi::CapiError;
 use crate::capi::params::Params;
 use crate::capi::search::{SEARCH_PARAMS, SearchRequest};
 use crate::capi::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
-use crate::control::store::{self, text};
+use crate::control::store;
+use crate::control::writer::Write;
 use crate::fleet::NewSession;
 use crate::search::Subject;
 use crate::upstream_proto as up;
@@ -398,45 +399,17 @@ impl ControlApi {
         let result = self
             .command(instance, Kind::CreateGameServerSession(command))
             .await;
-        let gss = result.as_ref().ok().map(|v| text(v, "GameServerSessionId"));
-        let recorded = async {
-            let mut db = self.db().await?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(db_error("starting to record a session"))?;
-            if let Ok(session) = &result {
-                store::insert_sessions(&tx, fleet, instance, std::slice::from_ref(session))
-                    .await
-                    .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
-                if let (Some(token), Some(gss)) = (token, &gss) {
-                    tx.execute(
-                        "UPDATE idempotency SET gss_id = $2 WHERE token = $1",
-                        &[&token, gss],
-                    )
-                    .await
-                    .map_err(db_error("recording an idempotent session"))?;
-                }
-            }
-            // Last, as the relay's writes do (sessions, then the host's row: one lock order,
-            // so the two never deadlock; recording all of it in one statement did), and so the
-            // host's row is locked only briefly. A session the host's snapshot already showed
-            // is not counted twice.
-            let count = tx
-                .prepare_cached(
-                    "UPDATE instances SET in_flight = CASE WHEN $3 THEN greatest(in_flight - 1, 0) ELSE in_flight END,
-                        idle = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN idle ELSE greatest(idle - 1, 0) END,
-                        busy = CASE WHEN $2::text IS NULL OR $2 = ANY(busy) THEN busy ELSE busy || $2::text END
-                     WHERE instance_id = $1",
-                )
-                .await
-                .map_err(db_error("preparing to count a created session"))?;
-            tx.execute(&count, &[&instance, &gss, &counted])
-                .await
-                .map_err(db_error("counting a created session"))?;
-            tx.commit().await.map_err(db_error("recording a session"))
-        };
-        if let Err(e) = recorded.await {
+        let recorded = self
+            .writer
+            .write(Write::Created {
+                fleet: fleet.to_string(),
+                instance: instance.to_string(),
+                session: result.as_ref().ok().cloned(),
+                token: token.map(str::to_string),
+                counted,
+            })
+            .await;
+        if let Err(e) = recorded {
             if counted {
                 self.uncount(instance).await;
             }
@@ -444,8 +417,7 @@ impl ControlApi {
                 return Err(CapiError::new(
                     "FailedOperation",
                     format!(
-                        "the session was created on instance {instance} but could not be recorded ({}); retry with the same IdempotencyToken",
-                        e.message
+                        "the session was created on instance {instance} but could not be recorded ({e}); retry with the same IdempotencyToken"
                     ),
                 ));
             }
@@ -602,8 +574,8 @@ impl ControlApi {
             )
             .await?;
         let list = joined.as_array().cloned().unwrap_or_default();
-        let db = self.db().await?;
-        store::insert_players(&db, &list)
+        self.writer
+            .write(Write::Players(list.clone()))
             .await
             .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
         Ok(list)
