@@ -162,7 +162,8 @@ pub async fn run(
     let background = tokio_util::task::TaskTracker::new();
     let listener_task = tokio::spawn(hub.clone().listen(cfg.database.clone()));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let writer = writer::Writer::start(pool.clone());
+    let activated = Arc::new(tokio::sync::Notify::new());
+    let writer = writer::Writer::start(pool.clone(), activated.clone());
     let api = api::ControlApi::new(
         pool.clone(),
         hub.clone(),
@@ -170,7 +171,7 @@ pub async fn run(
         wake.clone(),
         cfg.rollout_batch,
     );
-    let placement_task = tokio::spawn(placement::work(api.clone(), wake));
+    let placement_task = tokio::spawn(placement::work(api.clone(), wake, activated));
     let liveness_task = tokio::spawn(liveness::watch(
         beats,
         pool.clone(),

@@ -14,7 +14,7 @@ use crate::capi::CapiError;
 use crate::fleet::NewSession;
 use crate::placement::{PlacementRequest, Status};
 
-/// Placements one worker pass takes at most.
+/// Placements one worker moves on at once at most.
 const PASS: i64 = 64;
 /// How long a worker's claim on a placement lasts (another replica takes it after): longer
 /// than one advance can take (a create waiting on a token, a command, a join).
@@ -37,85 +37,100 @@ struct Claimed {
     deadline_ms: i64,
 }
 
-/// Moves PENDING placements on until the process ends; `wake` starts a pass at once.
-pub async fn work(api: ControlApi, wake: Arc<tokio::sync::Notify>) {
-    let mut busy = false;
+/// Moves PENDING placements on until the process ends. Each claimed placement moves on in a
+/// task of its own, so one waiting on a slow create holds up no other; new ones are claimed
+/// when `wake` says one started (or a claimed one finished), when `activated` says a session
+/// turned ACTIVE while some wait for that, and on a poll (another replica's placements, claims
+/// that ran out).
+pub async fn work(
+    api: ControlApi,
+    wake: Arc<tokio::sync::Notify>,
+    activated: Arc<tokio::sync::Notify>,
+) {
+    let mut running: tokio::task::JoinSet<Result<bool, CapiError>> = tokio::task::JoinSet::new();
+    // Some placement waits for its session to become ACTIVE.
+    let mut waiting = false;
     loop {
-        let poll = if busy { BUSY_POLL } else { IDLE_POLL };
+        let poll = if waiting { BUSY_POLL } else { IDLE_POLL };
         tokio::select! {
             () = wake.notified() => {}
+            () = activated.notified(), if waiting => {}
             () = tokio::time::sleep(poll) => {}
-        }
-        match pass(&api).await {
-            Ok(waiting) => busy = waiting,
-            Err(e) => {
-                tracing::warn!(error = %e.message, "placement pass failed");
-                busy = false;
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                match done {
+                    Ok(Ok(true)) => waiting = true,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e.message, "cannot move a placement on"),
+                    Err(e) => tracing::error!(error = %e, "a placement task failed"),
+                }
+                // A slot is free: take what waits, at once.
             }
+        }
+        let room = PASS - running.len() as i64;
+        if room <= 0 {
+            continue;
+        }
+        match claim(&api, room).await {
+            Ok(claimed) => {
+                // Every claimable one was taken (those waiting for ACTIVE among them): their
+                // tasks say again whether they wait.
+                if (claimed.len() as i64) < room {
+                    waiting = false;
+                }
+                for c in claimed {
+                    let api = api.clone();
+                    running.spawn(async move { advance(&api, c).await });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.message, "cannot claim placements"),
         }
     }
 }
 
-/// One pass over the placements no other replica holds; says whether any still waits for a
-/// session to become ACTIVE.
-async fn pass(api: &ControlApi) -> Result<bool, CapiError> {
+/// Claims at most `room` PENDING placements no other worker holds.
+async fn claim(api: &ControlApi, room: i64) -> Result<Vec<Claimed>, CapiError> {
     let me = api.hub.replica().to_string();
-    let claimed: Vec<Claimed> = {
-        let db = api.db().await?;
-        let rows = db
-            .query(
-                "UPDATE placements SET claimed_by = $1, claimed_until = now() + $2 * interval '1 millisecond'
-                 WHERE placement_id IN (
-                    SELECT placement_id FROM placements
-                    WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())
-                    ORDER BY started_ms LIMIT $3 FOR UPDATE SKIP LOCKED)
-                 RETURNING placement_id, queue_name, request, coalesce(result, '{}'::jsonb), started_ms, deadline_ms",
-                &[&me, &(CLAIM.as_millis() as f64), &PASS],
-            )
-            .await
-            .map_err(super::api::db_error("claiming placements"))?;
-        let mut claimed = Vec::new();
-        for r in &rows {
-            let id: String = r.get(0);
-            match serde_json::from_value(r.get(2)) {
-                Ok(request) => claimed.push(Claimed {
-                    id,
-                    queue: r.get(1),
-                    request,
-                    result: r.get(3),
-                    started_ms: r.get(4),
-                    deadline_ms: r.get(5),
-                }),
-                Err(e) => {
-                    db.execute(
-                        "UPDATE placements SET status = 'FAILED', result = $2, ended_ms = $3
-                         WHERE placement_id = $1 AND status = 'PENDING'",
-                        &[
-                            &id,
-                            &json!({"Reason": format!("the stored request does not decode: {e}")}),
-                            &now_ms(),
-                        ],
-                    )
-                    .await
-                    .map_err(super::api::db_error("failing an unreadable placement"))?;
-                }
+    let db = api.db().await?;
+    let rows = db
+        .query(
+            "UPDATE placements SET claimed_by = $1, claimed_until = now() + $2 * interval '1 millisecond'
+             WHERE placement_id IN (
+                SELECT placement_id FROM placements
+                WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())
+                ORDER BY started_ms LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING placement_id, queue_name, request, coalesce(result, '{}'::jsonb), started_ms, deadline_ms",
+            &[&me, &(CLAIM.as_millis() as f64), &room],
+        )
+        .await
+        .map_err(super::api::db_error("claiming placements"))?;
+    let mut claimed = Vec::new();
+    for r in &rows {
+        let id: String = r.get(0);
+        match serde_json::from_value(r.get(2)) {
+            Ok(request) => claimed.push(Claimed {
+                id,
+                queue: r.get(1),
+                request,
+                result: r.get(3),
+                started_ms: r.get(4),
+                deadline_ms: r.get(5),
+            }),
+            Err(e) => {
+                db.execute(
+                    "UPDATE placements SET status = 'FAILED', result = $2, ended_ms = $3
+                     WHERE placement_id = $1 AND status = 'PENDING'",
+                    &[
+                        &id,
+                        &json!({"Reason": format!("the stored request does not decode: {e}")}),
+                        &now_ms(),
+                    ],
+                )
+                .await
+                .map_err(super::api::db_error("failing an unreadable placement"))?;
             }
         }
-        claimed
-    };
-    if claimed.is_empty() {
-        return Ok(false);
     }
-    let outcomes =
-        futures_util::future::join_all(claimed.into_iter().map(|c| advance(api, c))).await;
-    let mut waiting = false;
-    for o in outcomes {
-        match o {
-            Ok(w) => waiting |= w,
-            Err(e) => tracing::warn!(error = %e.message, "cannot move a placement on"),
-        }
-    }
-    Ok(waiting)
+    Ok(claimed)
 }
 
 /// Moves one placement on; says whether it waits for its session to become ACTIVE.

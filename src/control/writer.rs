@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Pool, Transaction};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::db::DbError;
 use super::store::{Batch, Source, millis, text};
@@ -70,10 +70,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer on `pool`; it stops when the last handle is dropped.
-    pub fn start(pool: Pool) -> Self {
+    /// Starts the writer on `pool`; it stops when the last handle is dropped. `activated` is
+    /// told when a snapshot showing an ACTIVE session was stored (placements wait for that).
+    pub fn start(pool: Pool, activated: Arc<Notify>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, rx));
+        tokio::spawn(run(pool, rx, activated));
         Self { queue }
     }
 
@@ -89,11 +90,11 @@ impl Writer {
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued>) {
+async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued>, activated: Arc<Notify>) {
     let mut queued = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut queued, GROUP).await > 0 {
         let writes: Vec<&Write> = queued.iter().map(|q| &q.write).collect();
-        match commit(&pool, &writes).await {
+        match commit(&pool, &writes, &activated).await {
             Ok(highest) => {
                 for (q, h) in queued.drain(..).zip(highest) {
                     let _ = q.done.send(Ok(h));
@@ -104,7 +105,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued>) {
             Err(e @ DbError::Query { .. }) if queued.len() > 1 => {
                 tracing::debug!(error = %e, writes = queued.len(), "a group write failed; writing each alone");
                 for q in queued.drain(..) {
-                    let alone = commit(&pool, &[&q.write]).await.map(|h| h[0]);
+                    let alone = commit(&pool, &[&q.write], &activated).await.map(|h| h[0]);
                     let _ = q.done.send(alone);
                 }
             }
@@ -123,7 +124,11 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Queued>) {
 }
 
 /// Writes `writes` in one transaction; returns each one's highest stored event sequence.
-async fn commit(pool: &Pool, writes: &[&Write]) -> Result<Vec<Option<u64>>, DbError> {
+async fn commit(
+    pool: &Pool,
+    writes: &[&Write],
+    activated: &Notify,
+) -> Result<Vec<Option<u64>>, DbError> {
     let rows = Rows::of(writes);
     let mut db = pool.get().await?;
     let tx = db
@@ -134,6 +139,9 @@ async fn commit(pool: &Pool, writes: &[&Write]) -> Result<Vec<Option<u64>>, DbEr
     tx.commit()
         .await
         .map_err(DbError::query("committing a group write"))?;
+    if rows.activates() {
+        activated.notify_one();
+    }
     Ok(rows.highest)
 }
 
@@ -271,6 +279,14 @@ impl Rows {
             rows.highest.push(highest);
         }
         rows
+    }
+
+    /// Whether a snapshot reported an ACTIVE session.
+    fn activates(&self) -> bool {
+        self.reported
+            .rows
+            .iter()
+            .any(|(_, r)| r.body.get("Status").and_then(Value::as_str) == Some("ACTIVE"))
     }
 
     fn relay(&mut self, src: &Source, batch: &Batch, current: bool) -> Option<u64> {
@@ -777,6 +793,7 @@ mod tests {
         let rows = Rows::of(&[&first]);
         assert_eq!(rows.reported.rows.len(), 1);
         assert_eq!(rows.reported.rows[0].1.body["Status"], "ACTIVE");
+        assert!(rows.activates());
         let host = &rows.hosts["ins-a"];
         // One idle healthy process (the unhealthy one is not free), three in all.
         assert_eq!(host.idle, Some(1));
