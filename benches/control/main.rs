@@ -422,7 +422,7 @@ async fn drive(
     let active = db_count(&db, "SELECT count(*) FROM sessions WHERE status = 'ACTIVE'").await;
     let overbooked = db_count(
         &db,
-        "SELECT count(*) FROM instances WHERE cardinality(busy) > processes OR idle < 0 OR in_flight <> 0",
+        "SELECT count(*) FROM instances WHERE cardinality(busy_keys) > processes OR idle < 0 OR in_flight <> 0",
     )
     .await;
     let connected = db_count(&db, "SELECT count(*) FROM instances WHERE connected").await;

@@ -8,7 +8,15 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 /// The migrations, in order; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_busy_keys_and_hot_rows.sql"),
+];
+
+/// How often the tables every create rewrites are vacuumed (see [`vacuum`]).
+pub const VACUUM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Those tables.
+const HOT_TABLES: &str = "instances, placements, idempotency";
 
 /// The advisory lock key migrations hold ("gsectl" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0000_6773_6563_746c;
@@ -86,6 +94,30 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
         .create_timeout(Some(WAIT))
         .build()
         .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Vacuums the tables every create rewrites, every [`VACUUM_EVERY`], until the process ends.
+///
+/// Under a thousand creates a second each host's row is rewritten several times a second:
+/// the dead versions pile up far faster than autovacuum's one-minute round clears them, and
+/// every choice of host then reads through them. These tables are small (a row per host, per
+/// placement, per token), so a vacuum takes milliseconds; one that would wait on another
+/// replica's is skipped.
+pub async fn vacuum(pool: Pool) {
+    let mut every = tokio::time::interval(VACUUM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let done = async {
+            let db = pool.get().await?;
+            db.batch_execute(&format!("VACUUM (SKIP_LOCKED) {HOT_TABLES}"))
+                .await
+                .map_err(DbError::query("vacuuming the tables creates rewrite"))
+        };
+        if let Err(e) = done.await {
+            tracing::debug!(error = %e, "vacuum skipped");
+        }
+    }
 }
 
 /// Creates or migrates the schema; returns the version the database is at.

@@ -172,6 +172,7 @@ pub async fn run(
         cfg.rollout_batch,
     );
     let placement_task = tokio::spawn(placement::work(api.clone(), wake, activated));
+    let vacuum_task = tokio::spawn(db::vacuum(pool.clone()));
     let liveness_task = tokio::spawn(liveness::watch(
         beats,
         pool.clone(),
@@ -231,7 +232,7 @@ pub async fn run(
         Err(_) => Ok(Ok(())),
     };
     let api_result = api_task.await;
-    for t in [listener_task, placement_task, liveness_task] {
+    for t in [listener_task, placement_task, liveness_task, vacuum_task] {
         t.abort();
     }
     if let Err(e) = liveness::unregister(&pool, &replica).await {

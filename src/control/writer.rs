@@ -195,7 +195,8 @@ struct HostRow {
     status: Option<Value>,
     idle: Option<i32>,
     processes: Option<i32>,
-    busy: Option<Value>,
+    /// The keys of the sessions busy processes hold, as a PostgreSQL array literal.
+    busy: Option<String>,
     replica: String,
     stream: String,
 }
@@ -340,12 +341,11 @@ impl Rows {
                 .count() as i32
         });
         let busy = last.map(|s| {
-            Value::from(
+            keys(
                 s.processes
                     .iter()
                     .filter(|p| !p.game_server_session_id.is_empty())
-                    .map(|p| p.game_server_session_id.clone())
-                    .collect::<Vec<_>>(),
+                    .map(|p| p.game_server_session_id.as_str()),
             )
         });
         self.hosts.insert(
@@ -376,10 +376,10 @@ impl Rows {
         let hosts = HostColumns::of(&self.hosts);
         let count_ids: Vec<String> = self.counts.keys().cloned().collect();
         let uncount: Vec<i32> = self.counts.values().map(|c| c.0).collect();
-        let sessions_made: Vec<Value> = self
+        let sessions_made: Vec<String> = self
             .counts
             .values()
-            .map(|c| Value::from(c.1.clone()))
+            .map(|c| keys(c.1.iter().map(String::as_str)))
             .collect();
         let mut steps: Vec<Step<'_>> = Vec::new();
         macro_rules! step {
@@ -485,10 +485,9 @@ impl Rows {
                     reserved = coalesce((u.status ->> 'Reserved')::boolean, i.reserved),
                     idle = coalesce(u.idle, i.idle),
                     processes = coalesce(u.processes, i.processes),
-                    busy = CASE WHEN u.busy IS NULL THEN i.busy
-                           ELSE ARRAY(SELECT jsonb_array_elements_text(u.busy)) END
+                    busy_keys = coalesce(u.busy::bigint[], i.busy_keys)
                  FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::jsonb[], $5::int[],
-                             $6::int[], $7::jsonb[], $8::text[], $9::text[])
+                             $6::int[], $7::text[], $8::text[], $9::text[])
                       AS u(id, epoch, acked, status, idle, processes, busy, replica, stream)
                  WHERE i.instance_id = u.id AND (i.stream IS NULL OR i.stream = u.stream)",
                 &[
@@ -511,11 +510,11 @@ impl Rows {
                 "counting created sessions",
                 "UPDATE instances i SET
                     in_flight = greatest(i.in_flight - u.uncount, 0),
-                    idle = greatest(i.idle - (SELECT count(*) FROM jsonb_array_elements_text(u.made) AS m(g)
-                                              WHERE NOT (m.g = ANY(i.busy))), 0),
-                    busy = i.busy || ARRAY(SELECT m.g FROM jsonb_array_elements_text(u.made) AS m(g)
-                                           WHERE NOT (m.g = ANY(i.busy)))
-                 FROM unnest($1::text[], $2::int[], $3::jsonb[]) AS u(id, uncount, made)
+                    idle = greatest(i.idle - (SELECT count(*) FROM unnest(u.made::bigint[]) AS m(k)
+                                              WHERE NOT (m.k = ANY(i.busy_keys))), 0),
+                    busy_keys = i.busy_keys || ARRAY(SELECT m.k FROM unnest(u.made::bigint[]) AS m(k)
+                                                     WHERE NOT (m.k = ANY(i.busy_keys)))
+                 FROM unnest($1::text[], $2::int[], $3::text[]) AS u(id, uncount, made)
                  WHERE i.instance_id = u.id",
                 &[&count_ids, &uncount, &sessions_made]
             );
@@ -615,7 +614,7 @@ struct HostColumns {
     status: Vec<Option<Value>>,
     idle: Vec<Option<i32>>,
     processes: Vec<Option<i32>>,
-    busy: Vec<Option<Value>>,
+    busy: Vec<Option<String>>,
     replica: Vec<String>,
     stream: Vec<String>,
 }
@@ -635,6 +634,25 @@ impl HostColumns {
             stream: h().map(|r| r.stream.clone()).collect(),
         }
     }
+}
+
+/// A session's key among its host's busy ones: 64 bits of FNV-1a over its id (a collision
+/// between two sessions of one host, one in 2^64 per pair, would leave one free process
+/// uncounted until the host's next snapshot).
+fn session_key(gss: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in gss.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// Sessions' keys as a PostgreSQL array literal (`{1,-2}`): one text per host, as arrays of
+/// arrays of different lengths cannot be sent.
+fn keys<'a>(sessions: impl Iterator<Item = &'a str>) -> String {
+    let keys: Vec<String> = sessions.map(|g| session_key(g).to_string()).collect();
+    format!("{{{}}}", keys.join(","))
 }
 
 /// A snapshot's sessions or player sessions; one that is not JSON is skipped with a warning.
@@ -798,8 +816,20 @@ mod tests {
         // One idle healthy process (the unhealthy one is not free), three in all.
         assert_eq!(host.idle, Some(1));
         assert_eq!(host.processes, Some(3));
-        assert_eq!(host.busy, Some(json!(["g1"])));
+        assert_eq!(host.busy, Some(format!("{{{}}}", session_key("g1"))));
         assert!(rows.complete.is_empty());
+    }
+
+    #[test]
+    fn session_keys_are_stable_and_distinct() {
+        // FNV-1a's published value for "a": the key does not change between builds.
+        assert_eq!(session_key("a") as u64, 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(session_key("gss-1"), session_key("gss-2"));
+        assert_eq!(
+            keys(["a", "b"].into_iter()),
+            format!("{{{},{}}}", session_key("a"), session_key("b"))
+        );
+        assert_eq!(keys(std::iter::empty()), "{}");
     }
 
     #[test]
