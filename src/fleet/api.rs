@@ -287,8 +287,10 @@ pub struct FleetGauges {
     pub placements_pending: u64,
     /// Health checks that failed (unhealthy answer, error or timeout) since the agent started.
     pub health_check_failures: u64,
-    /// Every slot of the runtime configuration in force has been launched at least once.
-    pub launched: bool,
+    /// Processes the runtime configuration in force asks for (its slots).
+    pub slots: u64,
+    /// Of those slots, the ones with a live process.
+    pub slots_running: u64,
     /// The fleet is draining or shutting down: it launches nothing new.
     pub stopping: bool,
 }

@@ -131,11 +131,14 @@ async fn healthz(State(door): State<Arc<Door>>) -> Response {
     }
 }
 
-/// Ready: the SDK server accepts calls and every slot of the runtime configuration has been
-/// launched; the body says what is missing.
+/// Ready: the SDK server accepts calls, and every process the runtime configuration asks for
+/// is running (not draining, not stopping); the body says what is missing.
 async fn readyz(State(door): State<Arc<Door>>) -> Response {
     let gauges = fleet_gauges(&door.sources.fleet).await;
-    let (ready, body) = readiness(door.metrics.sdk_serving(), gauges.as_ref());
+    let (ready, body) = readiness(
+        door.metrics.sdk_serving(),
+        gauges.as_ref().map_err(String::as_str),
+    );
     let status = if ready {
         StatusCode::OK
     } else {
@@ -145,7 +148,7 @@ async fn readyz(State(door): State<Arc<Door>>) -> Response {
 }
 
 /// Whether the agent is ready, with a one-line reason per fact checked.
-pub(super) fn readiness(sdk_serving: bool, fleet: Result<&FleetGauges, &String>) -> (bool, String) {
+pub(super) fn readiness(sdk_serving: bool, fleet: Result<&FleetGauges, &str>) -> (bool, String) {
     let mut missing = Vec::new();
     let mut facts = Vec::new();
     if sdk_serving {
@@ -154,14 +157,29 @@ pub(super) fn readiness(sdk_serving: bool, fleet: Result<&FleetGauges, &String>)
         missing.push("the SDK server is not serving".to_string());
     }
     match fleet {
-        Err(e) => missing.push(e.clone()),
+        Err(e) => missing.push(e.to_string()),
         Ok(g) if g.stopping => missing.push("the fleet is draining or stopping".into()),
-        Ok(g) if !g.launched => missing.push("the fleet has not launched every process yet".into()),
+        Ok(g) if g.slots_running < g.slots => {
+            missing.push(format!(
+                "{} of {} processes the runtime configuration asks for are running",
+                g.slots_running, g.slots
+            ));
+            for e in &g.entries {
+                if let Some(d) = e.paused_for {
+                    missing.push(format!(
+                        "entry {} ({}) is paused for {} after a crash loop",
+                        e.number,
+                        e.launch_path,
+                        humantime::format_duration(Duration::from_secs(d.as_secs()))
+                    ));
+                }
+            }
+        }
         Ok(g) => {
             let active = g.processes.iter().filter(|p| p.phase == "ACTIVE").count();
             facts.push(format!(
-                "the fleet launched its processes ({} running, {active} ACTIVE)",
-                g.processes.len()
+                "the fleet runs every process it should ({} of {}, {active} ACTIVE)",
+                g.slots_running, g.slots
             ));
         }
     }

@@ -175,7 +175,12 @@ impl Fleet {
                 .collect(),
             placement_outcomes: self.placement_outcomes.clone(),
             health_check_failures: self.health_check_failures,
-            launched: self.slots.iter().all(|s| s.retiring || s.generation > 0),
+            slots: self.slots.iter().filter(|s| !s.retiring).count() as u64,
+            slots_running: self
+                .slots
+                .iter()
+                .filter(|s| !s.retiring && s.serial.is_some())
+                .count() as u64,
             stopping: self.shutting_down || self.draining,
             ..Default::default()
         };
