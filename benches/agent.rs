@@ -8,6 +8,8 @@
 //! - tencent-api: signed DescribeGameServerSessions calls on keep-alive connections.
 //! - placement: Start → FULFILLED of placements on free processes.
 //! - footprint: agent RSS and CPU while supervising 50 idle game processes.
+//! - metrics: the sysinfo sampler's cost per sample of 50 games (CPU time, in this process),
+//!   and the agent's CPU with 50 games, with metrics off and with them on and scraped every 5 s.
 //! - restart: time from a game's exit to its replacement's start (no backoff pending).
 //! - adopt: time from a new agent's start to 50 adopted games health-checked (after SIGKILL).
 //! - unpack: `gse-agent unpack` against Info-ZIP `unzip` on a 1 GiB build, and its peak memory.
@@ -353,6 +355,98 @@ fn bench_footprint() {
         proc_status(pid, "VmHWM:"),
         cpu,
         window
+    );
+}
+
+/// CPU time (user and system) this thread has used.
+fn thread_cpu() -> Duration {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+/// The agent's CPU use in % of a core over `window`, calling `during` every `every`.
+fn agent_cpu(r: &Running, window: Duration, every: Duration, mut during: impl FnMut()) -> f64 {
+    let pid = r.child.id();
+    let before = cpu_ticks(pid);
+    let start = Instant::now();
+    while start.elapsed() < window {
+        during();
+        std::thread::sleep(every.min(window.saturating_sub(start.elapsed())));
+    }
+    let ticks = cpu_ticks(pid) - before;
+    ticks as f64 / 100.0 / start.elapsed().as_secs_f64() * 100.0
+}
+
+fn bench_metrics() {
+    const GAMES: u32 = 50;
+    const QUIET: &str = "health-check: { interval: 60s, timeout: 10s, failure-threshold: 3 }";
+    let window = Duration::from_secs(30);
+    let scrape_every = Duration::from_secs(5);
+
+    // The sampler alone, on the agent's 50 games, in this process.
+    let off = start("", GAMES, QUIET);
+    let pids: Vec<u32> = ready_pids(&off, GAMES as usize)
+        .into_iter()
+        .map(|p| p as u32)
+        .collect();
+    let mut sampler = gse_agent::metrics::Sampler::new();
+    assert_eq!(sampler.sample(&pids).len(), pids.len());
+    let rounds = 200;
+    let (cpu0, wall0) = (thread_cpu(), Instant::now());
+    for _ in 0..rounds {
+        std::hint::black_box(sampler.sample(&pids));
+    }
+    let per_sample_cpu = (thread_cpu() - cpu0) / rounds;
+    let per_sample_wall = wall0.elapsed() / rounds;
+    let period = gse_agent::metrics::SAMPLE_PERIOD;
+    println!(
+        "metrics: sampler, {GAMES} games: {:?} CPU ({:?} wall) per sample; every {:?}: {:.4}% of a core",
+        per_sample_cpu,
+        per_sample_wall,
+        period,
+        per_sample_cpu.as_secs_f64() / period.as_secs_f64() * 100.0
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_off = agent_cpu(&off, window, window, || {});
+    drop(off);
+
+    // The agent with metrics on, scraped like a (busy) Prometheus would.
+    let on = start("", GAMES, &format!("{QUIET}\nmetrics-listen: 127.0.0.1:0"));
+    ready_pids(&on, GAMES as usize);
+    let endpoints: Value = serde_json::from_str(
+        &std::fs::read_to_string(on.dir.path().join("data/endpoints.json")).unwrap(),
+    )
+    .unwrap();
+    let addr = endpoints["MetricsAddress"].as_str().unwrap().to_string();
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    };
+    // Wait for a first sample of every game.
+    wait("a sample of every game", || {
+        (scrape()
+            .matches("gse_agent_process_resident_memory_bytes{")
+            .count()
+            >= GAMES as usize)
+            .then_some(())
+    });
+    let mut bytes = 0;
+    let cpu_on = agent_cpu(&on, window, scrape_every, || bytes = scrape().len());
+    println!(
+        "metrics: agent with {GAMES} idle games over {window:?}: {cpu_off:.2}% of a core with metrics off, \
+         {cpu_on:.2}% with metrics on (sampled every {period:?}, scraped every {scrape_every:?}, {bytes} bytes a scrape)"
     );
 }
 
@@ -954,6 +1048,7 @@ const BENCHES: &[(&str, fn())] = &[
     ("restart", bench_restart),
     ("adopt", bench_adopt),
     ("footprint", bench_footprint),
+    ("metrics", bench_metrics),
     ("unpack", bench_unpack),
     ("outbox", bench_outbox),
     ("backlog", bench_backlog),

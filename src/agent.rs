@@ -16,6 +16,7 @@ use crate::fleet::actor::{Persistence, Stops};
 use crate::fleet::state::{Recorded, RestoreError};
 use crate::fleet::{self, Fleet, FleetHandle};
 use crate::listen::Bounds;
+use crate::metrics;
 use crate::package::{self, Accounts, PackageError, RunAs};
 use crate::sdk;
 use crate::store::{
@@ -103,6 +104,9 @@ pub enum AgentError {
     /// The control API server failed.
     #[error(transparent)]
     Capi(#[from] capi::CapiServerError),
+    /// The metrics server failed.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsServerError),
 }
 
 /// The bound addresses, also written to `<data-dir>/endpoints.json` for tools and tests.
@@ -113,6 +117,8 @@ pub struct Endpoints {
     pub sdk_address: SocketAddr,
     /// The control API, if on.
     pub capi_address: Option<SocketAddr>,
+    /// `/metrics`, `/healthz` and `/readyz`, if on.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// The outbox, its writer thread and the command ledger, when a control plane is configured.
@@ -135,6 +141,7 @@ pub struct Agent {
     run_as: Option<RunAs>,
     sdk_listener: TcpListener,
     capi_listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     endpoints: Endpoints,
 }
 
@@ -181,12 +188,20 @@ impl Agent {
             Some(addr) => Some(bind("control API", addr).await?),
             None => None,
         };
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let endpoints = Endpoints {
             sdk_address: local(&sdk_listener, cfg.sdk_listen),
             capi_address: capi_listener
                 .as_ref()
                 .zip(cfg.capi_listen)
+                .map(|(l, a)| local(l, a)),
+            metrics_address: metrics_listener
+                .as_ref()
+                .zip(cfg.metrics_listen)
                 .map(|(l, a)| local(l, a)),
         };
         write_endpoints(&cfg.data_dir, &endpoints)?;
@@ -242,6 +257,7 @@ impl Agent {
             run_as,
             sdk_listener,
             capi_listener,
+            metrics_listener,
             endpoints,
         })
     }
@@ -278,6 +294,17 @@ impl Agent {
             writer: self.store.spawn_writer(self.stored),
             extra,
         };
+        // The servers outlive the fleet: ending processes still call the SDK.
+        let servers_stop = CancellationToken::new();
+        // Subscribed before the fleet starts: the metrics count every event.
+        let metrics = self.metrics_listener.as_ref().map(|_| {
+            let m = Arc::new(metrics::Metrics::new(self.upstream.is_some()));
+            tokio::spawn(
+                metrics::record_events(m.clone(), bus.subscribe(), servers_stop.clone())
+                    .instrument(tracing::info_span!("metrics")),
+            );
+            m
+        });
         let (fleet, fleet_task) = fleet::spawn_fleet(
             self.cfg.clone(),
             self.run_as.clone(),
@@ -286,8 +313,6 @@ impl Agent {
             persistence,
             stops,
         );
-        // The servers outlive the fleet: ending processes still call the SDK.
-        let servers_stop = CancellationToken::new();
         let sdk_task = tokio::spawn(
             sdk::serve(
                 self.sdk_listener,
@@ -303,6 +328,7 @@ impl Agent {
                         idle_after: None,
                     }
                     .within_open_files(crate::host::open_files_limit(), 2),
+                    metrics: metrics.clone(),
                 },
                 servers_stop.clone(),
             )
@@ -316,6 +342,22 @@ impl Agent {
                     servers_stop.clone(),
                 )
                 .instrument(tracing::info_span!("capi")),
+            )
+        });
+        let metrics_task = self.metrics_listener.zip(metrics).map(|(l, m)| {
+            tokio::spawn(
+                metrics::serve(
+                    l,
+                    m,
+                    metrics::Sources {
+                        fleet: fleet.clone(),
+                        outbox: self.upstream.as_ref().map(|u| u.outbox.clone()),
+                    },
+                    self.cfg.metrics_token_file.clone(),
+                    self.cfg.connections.clone(),
+                    servers_stop.clone(),
+                )
+                .instrument(tracing::info_span!("metrics")),
             )
         });
         let relay_stop = CancellationToken::new();
@@ -374,6 +416,11 @@ impl Agent {
                 r?;
             }
             if let Some(t) = capi_task
+                && let Ok(r) = t.await
+            {
+                r?;
+            }
+            if let Some(t) = metrics_task
                 && let Ok(r) = t.await
             {
                 r?;

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod host;
 pub mod listen;
 pub mod lock;
+pub mod metrics;
 pub mod package;
 pub mod placement;
 pub mod process;

@@ -399,6 +399,11 @@ pub struct Config {
     /// The Tencent Cloud API keys (`SecretId SecretKey` lines): when set, every control API
     /// request must be signed with one (TC3-HMAC-SHA256).
     pub capi_keys_file: Option<PathBuf>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` turns them off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A file holding one bearer token: when set, `/metrics` answers only requests with
+    /// `Authorization: Bearer <token>` (and `metrics-listen` may be a non-loopback address).
+    pub metrics_token_file: Option<PathBuf>,
     /// Bounds on client connections.
     pub connections: ConnectionLimits,
     /// Health checking.

@@ -45,6 +45,10 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) capi_keys_file: Option<PathBuf>,
     #[serde(default)]
+    pub(super) metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub(super) metrics_token_file: Option<PathBuf>,
+    #[serde(default)]
     pub(super) connections: ConnectionLimits,
     #[serde(default)]
     pub(super) health_check: HealthCheck,

@@ -24,12 +24,14 @@ pub fn problems(text: &str) -> Vec<Problem> {
         let check = match block.key.as_str() {
             "fleet-id" | "instance-id" | "region" | "dns-name" => check::<String>,
             "public-ip" => check::<IpAddr>,
-            "data-dir" | "game-root" | "build" | "capi-keys-file" => check::<PathBuf>,
+            "data-dir" | "game-root" | "build" | "capi-keys-file" | "metrics-token-file" => {
+                check::<PathBuf>
+            }
             "run-as" => check::<String>,
             "capi-allowed-hosts" => check::<Vec<String>>,
             "package" => check::<PackagePolicy>,
             "upstream" => check::<UpstreamConfig>,
-            "sdk-listen" | "capi-listen" => check::<SocketAddr>,
+            "sdk-listen" | "capi-listen" | "metrics-listen" => check::<SocketAddr>,
             "sdk-verify-callers" => check::<bool>,
             "connections" => check::<ConnectionLimits>,
             "health-check" => check::<HealthCheck>,

@@ -403,3 +403,58 @@ fn every_size_takes_the_same_units() {
     assert_eq!(p[0].key, "logs.max-file-bytes");
     assert!(p[0].message.contains("4096"), "{}", p[0].message);
 }
+
+#[test]
+fn metrics_listen_is_off_by_default_and_loopback_only_without_a_token() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!((c.metrics_listen, c.metrics_token_file), (None, None));
+    for addr in ["0.0.0.0:9100", "\"[::]:9100\""] {
+        let ps = problems(&format!(
+            "sdk-listen: 127.0.0.1:0\nmetrics-listen: {addr}\n{MINIMAL}"
+        ));
+        let p = ps
+            .iter()
+            .find(|p| p.key == "metrics-listen")
+            .unwrap_or_else(|| panic!("{addr} accepted: {ps:?}"));
+        assert_eq!(p.line, Some(2), "{p:?}");
+        assert!(
+            p.message.contains("not a loopback address"),
+            "{}",
+            p.message
+        );
+        assert!(p.message.contains("metrics-token-file"), "{}", p.message);
+    }
+    let c = parse_ok(&format!("metrics-listen: 127.0.0.1:9100\n{MINIMAL}"));
+    assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9100));
+    // With a token, any address; the file is read and named when it cannot be.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "0123456789abcdef0123\n").unwrap();
+    let yaml = format!("metrics-listen: 0.0.0.0:9100\nmetrics-token-file: token\n{MINIMAL}");
+    let c = parse(&yaml, "agent.yaml", dir.path()).unwrap();
+    assert_eq!(c.metrics_token_file, Some(dir.path().join("token")));
+    let err = parse(
+        &format!("metrics-listen: 0.0.0.0:9100\nmetrics-token-file: missing\n{MINIMAL}"),
+        "agent.yaml",
+        dir.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("agent.yaml:2: metrics-token-file"), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn metrics_listen_may_not_share_a_port_with_another_listener() {
+    let ps = problems(&format!(
+        "sdk-listen: 127.0.0.1:9100\nmetrics-listen: 127.0.0.1:9100\n{MINIMAL}"
+    ));
+    let p = ps
+        .iter()
+        .find(|p| p.key == "metrics-listen")
+        .unwrap_or_else(|| panic!("accepted: {ps:?}"));
+    assert!(p.message.contains("also sdk-listen"), "{}", p.message);
+    // Port 0 picks a free port for each.
+    parse_ok(&format!(
+        "sdk-listen: 127.0.0.1:0\nmetrics-listen: 127.0.0.1:0\n{MINIMAL}"
+    ));
+}

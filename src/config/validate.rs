@@ -231,6 +231,36 @@ impl Validator<'_> {
                 ),
             );
         }
+        let token_file = raw.metrics_token_file.as_ref().map(|t| abs(t));
+        if let Some(path) = &token_file
+            && let Err(e) = crate::metrics::token::read(path)
+        {
+            self.problem(&[Key("metrics-token-file")], e.to_string());
+        }
+        if let Some(addr) = raw.metrics_listen {
+            if !addr.ip().to_canonical().is_loopback() && token_file.is_none() {
+                self.problem(
+                    &[Key("metrics-listen")],
+                    format!(
+                        "{addr} is not a loopback address: without metrics-token-file /metrics \
+                         has no authentication, so it listens on 127.0.0.1 or [::1] only; set \
+                         metrics-token-file to require `Authorization: Bearer <token>` \
+                         (Prometheus: authorization.credentials_file)"
+                    ),
+                );
+            }
+            for (other, at) in [
+                ("sdk-listen", Some(raw.sdk_listen)),
+                ("capi-listen", raw.capi_listen),
+            ] {
+                if at == Some(addr) && addr.port() != 0 {
+                    self.problem(
+                        &[Key("metrics-listen")],
+                        format!("{addr} is also {other}: give each listener its own port"),
+                    );
+                }
+            }
+        }
         for host in &raw.capi_allowed_hosts {
             if host.is_empty()
                 || !host.bytes().all(|b| b.is_ascii_graphic())
@@ -317,6 +347,8 @@ impl Validator<'_> {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             capi_keys_file: keys_file,
+            metrics_listen: raw.metrics_listen,
+            metrics_token_file: token_file,
             connections: raw.connections.clone(),
             health_check: raw.health_check,
             timeouts: raw.timeouts,

@@ -269,6 +269,58 @@ pub struct HostState {
     pub sessions: Vec<SessionState>,
 }
 
+/// What the metrics read of the fleet in one step ([`Control::DescribeGauges`]): counts and
+/// ids, not copies of sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetGauges {
+    /// Every ServerProcesses entry the fleet holds (in force or retiring), by number.
+    pub entries: Vec<EntryGauge>,
+    /// Every live process, by process id.
+    pub processes: Vec<ProcessGauge>,
+    /// Game server sessions held, by status (GSE's name); finished ones are held for a while.
+    pub sessions: std::collections::BTreeMap<&'static str, u64>,
+    /// Player sessions held, by status (GSE's name).
+    pub players: std::collections::BTreeMap<&'static str, u64>,
+    /// Placements finished since the agent started, by outcome (GSE's name).
+    pub placement_outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// Placements pending now.
+    pub placements_pending: u64,
+    /// Health checks that failed (unhealthy answer, error or timeout) since the agent started.
+    pub health_check_failures: u64,
+    /// Processes the runtime configuration in force asks for (its slots).
+    pub slots: u64,
+    /// Of those slots, the ones with a live process.
+    pub slots_running: u64,
+    /// The fleet is draining or shutting down: it launches nothing new.
+    pub stopping: bool,
+}
+
+/// One ServerProcesses entry, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryGauge {
+    /// Its number in process ids (`proc-NUMBER-…`), never reused.
+    pub number: usize,
+    /// LaunchPath as written.
+    pub launch_path: String,
+    /// Parameters as written.
+    pub parameters: String,
+    /// How long its launches stay paused after a crash loop (`None`: not paused).
+    pub paused_for: Option<std::time::Duration>,
+}
+
+/// One live process, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessGauge {
+    /// Agent id.
+    pub process_id: String,
+    /// OS pid.
+    pub pid: u32,
+    /// The number of its entry ([`EntryGauge::number`]).
+    pub entry: usize,
+    /// LAUNCHING, ACTIVE, TERMINATING or ENDING.
+    pub phase: &'static str,
+}
+
 /// Parameters of a new game server session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewSession {
@@ -388,6 +440,8 @@ pub enum Control {
     /// The processes and the sessions of the scope with all their player sessions, read at
     /// once (the relay's snapshots for the control plane).
     DescribeHostState(HostStateScope),
+    /// Counts of processes, sessions, players and placements, read at once (the metrics).
+    DescribeGauges,
 }
 
 impl Control {
@@ -405,6 +459,7 @@ impl Control {
                 | Self::DescribeQueues(_)
                 | Self::DescribePlacement(_)
                 | Self::DescribeHostState(_)
+                | Self::DescribeGauges
         )
     }
 }
@@ -434,6 +489,8 @@ pub enum ControlReply {
     Placement(Box<crate::placement::Placement>),
     /// The processes, sessions and players of [`Control::DescribeHostState`].
     HostState(Box<HostState>),
+    /// The counts of [`Control::DescribeGauges`].
+    Gauges(Box<FleetGauges>),
     /// Done.
     Done,
 }

@@ -14,8 +14,8 @@ pub mod timers;
 
 pub use actor::{FleetHandle, spawn_fleet};
 pub use api::{
-    Control, ControlReply, Effect, FleetError, HostState, HostStateScope, InstanceCounters,
-    NewPlayer, NewSession, PlayerQuery, ProcessView, SdkCall, SdkReply, SessionQuery, SessionState,
-    SessionUpdate, StopReason, check_players,
+    Control, ControlReply, Effect, EntryGauge, FleetError, FleetGauges, HostState, HostStateScope,
+    InstanceCounters, NewPlayer, NewSession, PlayerQuery, ProcessGauge, ProcessView, SdkCall,
+    SdkReply, SessionQuery, SessionState, SessionUpdate, StopReason, check_players,
 };
 pub use state::Fleet;

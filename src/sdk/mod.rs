@@ -17,6 +17,7 @@ use tonic::{Extensions, Request, Response, Status};
 use crate::fleet::actor::HandleError;
 use crate::fleet::{FleetError, FleetHandle, PlayerQuery, SdkCall, SdkReply};
 use crate::listen::{Acceptor, Bounds, ConnInfo};
+use crate::metrics::{Metrics, SdkResult};
 use crate::proto::gse_grpc_sdk_service_server::{GseGrpcSdkService, GseGrpcSdkServiceServer};
 use crate::proto::{self, GseResponse, gse_response};
 use crate::session::PlayerStatus;
@@ -45,15 +46,19 @@ pub struct SdkService {
     verify_callers: bool,
     /// Refusals are logged at most this often per claimed pid.
     refusals: Arc<LogLimit<u32>>,
+    /// Where each call is counted and timed, when metrics are on.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What the SDK server does beyond answering calls.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct SdkOptions {
     /// Verify that each call comes from the process its `pid` metadata names.
     pub verify_callers: bool,
     /// Bounds on connections.
     pub bounds: Bounds,
+    /// Count and time each call here (metrics on), and say while the server serves.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Who is on the other end of an SDK connection, with the verdicts found for it.
@@ -71,6 +76,20 @@ impl SdkService {
             fleet,
             verify_callers,
             refusals: Arc::new(LogLimit::new(REFUSALS_LOGGED, REFUSAL_WINDOW)),
+            metrics: None,
+        }
+    }
+
+    /// Counts and times every call in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts one call that took since `start`.
+    fn count(&self, rpc: &'static str, result: SdkResult, start: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            m.sdk_call(rpc, result, start.elapsed());
         }
     }
 
@@ -133,18 +152,33 @@ impl SdkService {
     async fn respond(
         &self,
         (meta, ext): (&tonic::metadata::MetadataMap, &Extensions),
-        method: &str,
+        method: &'static str,
         call: SdkCall,
     ) -> Result<Response<GseResponse>, Status> {
+        let start = std::time::Instant::now();
         let caller = match Caller::from_metadata(meta) {
             Ok(c) => c,
-            Err(e) => return Ok(Response::new(error_400(e.to_string()))),
+            Err(e) => {
+                self.count(method, SdkResult::BadCaller, start);
+                return Ok(Response::new(error_400(e.to_string())));
+            }
         };
         if let Err(refusal) = self.verify(ext, caller.pid).await {
+            self.count(method, SdkResult::NotVerified, start);
             return Ok(Response::new(error_400(refusal)));
         }
         tracing::debug!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, "sdk call");
-        Ok(Response::new(match self.call(caller.clone(), call).await {
+        let result = self.call(caller.clone(), call).await;
+        self.count(
+            method,
+            if result.is_ok() {
+                SdkResult::Ok
+            } else {
+                SdkResult::Refused
+            },
+            start,
+        );
+        Ok(Response::new(match result {
             Ok(_) => GseResponse {
                 status: gse_response::Status::Ok as i32,
                 response_data: "SUCCESS".into(),
@@ -241,14 +275,32 @@ impl GseGrpcSdkService for SdkService {
         &self,
         request: Request<proto::DescribePlayerSessionsRequest>,
     ) -> Result<Response<proto::DescribePlayerSessionsResponse>, Status> {
+        const RPC: &str = "DescribePlayerSessions";
+        let start = std::time::Instant::now();
         let (meta, ext, r) = request.into_parts();
-        let caller =
-            Caller::from_metadata(&meta).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.verify(&ext, caller.pid)
-            .await
-            .map_err(Status::permission_denied)?;
-        let query = player_query(r).map_err(Status::invalid_argument)?;
-        match self.call(caller, SdkCall::DescribePlayers(query)).await {
+        let caller = Caller::from_metadata(&meta).map_err(|e| {
+            self.count(RPC, SdkResult::BadCaller, start);
+            Status::invalid_argument(e.to_string())
+        })?;
+        if let Err(e) = self.verify(&ext, caller.pid).await {
+            self.count(RPC, SdkResult::NotVerified, start);
+            return Err(Status::permission_denied(e));
+        }
+        let query = player_query(r).map_err(|e| {
+            self.count(RPC, SdkResult::Refused, start);
+            Status::invalid_argument(e)
+        })?;
+        let answer = self.call(caller, SdkCall::DescribePlayers(query)).await;
+        self.count(
+            RPC,
+            if answer.is_ok() {
+                SdkResult::Ok
+            } else {
+                SdkResult::Refused
+            },
+            start,
+        );
+        match answer {
             Ok(SdkReply::Players(page, next)) => {
                 Ok(Response::new(proto::DescribePlayerSessionsResponse {
                     next_token: next.unwrap_or_default(),
@@ -367,17 +419,27 @@ pub async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(sdk.addr = ?addr, sdk.verify_callers = options.verify_callers, connections.max = options.bounds.max_connections, "GSE SDK server listening");
     let incoming = Acceptor::<peer::Verdicts>::new(listener, "sdk", options.bounds).into_stream();
-    tonic::transport::Server::builder()
+    let metrics = options.metrics.clone();
+    if let Some(m) = &metrics {
+        m.set_sdk_serving(true);
+    }
+    let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(
-            GseGrpcSdkServiceServer::new(SdkService::new(fleet, options.verify_callers))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            GseGrpcSdkServiceServer::new(
+                SdkService::new(fleet, options.verify_callers).with_metrics(options.metrics),
+            )
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
-        .map_err(SdkServerError::Serve)
+        .map_err(SdkServerError::Serve);
+    if let Some(m) = &metrics {
+        m.set_sdk_serving(false);
+    }
+    served
 }
 
 #[cfg(test)]

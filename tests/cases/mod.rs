@@ -4,6 +4,7 @@ mod control;
 mod disk;
 mod escape;
 mod hardening;
+mod metrics;
 mod restart;
 mod sdk;
 mod sessions;

@@ -5,7 +5,8 @@ use tokio::time::Instant;
 use super::{Fleet, TerminateReason};
 use crate::event::{Event, EventCode};
 use crate::fleet::api::{
-    Control, ControlReply, FleetError, HostState, HostStateScope, ProcessView, SessionState,
+    Control, ControlReply, EntryGauge, FleetError, FleetGauges, HostState, HostStateScope,
+    ProcessGauge, ProcessView, SessionState,
 };
 
 impl Fleet {
@@ -59,6 +60,7 @@ impl Fleet {
                 Ok(ControlReply::HostState(Box::new(self.host_state(&scope))))
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
+            Control::DescribeGauges => Ok(ControlReply::Gauges(Box::new(self.gauges(now)))),
             Control::PutAlias(input) => self.put_alias(input),
             Control::PutQueue { input, create } => self.put_queue(input, create),
             Control::StartPlacement(request) => self.start_placement(*request, now),
@@ -156,6 +158,59 @@ impl Fleet {
             .collect();
         v.sort_by(|a, b| a.process_id.cmp(&b.process_id));
         v
+    }
+
+    /// The counts the metrics read ([`Control::DescribeGauges`]).
+    fn gauges(&self, now: Instant) -> FleetGauges {
+        let mut g = FleetGauges {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| EntryGauge {
+                    number: e.number,
+                    launch_path: e.spec.launch_path.clone(),
+                    parameters: e.spec.parameters.clone(),
+                    paused_for: e.breaker.paused_until.filter(|t| *t > now).map(|t| t - now),
+                })
+                .collect(),
+            placement_outcomes: self.placement_outcomes.clone(),
+            health_check_failures: self.health_check_failures,
+            slots: self.slots.iter().filter(|s| !s.retiring).count() as u64,
+            slots_running: self
+                .slots
+                .iter()
+                .filter(|s| !s.retiring && s.serial.is_some())
+                .count() as u64,
+            stopping: self.shutting_down || self.draining,
+            ..Default::default()
+        };
+        g.processes = self
+            .procs
+            .values()
+            .map(|p| ProcessGauge {
+                process_id: p.id.clone(),
+                pid: p.identity.pid,
+                entry: self.entries[self.slots[p.slot].entry].number,
+                phase: p.phase.as_str(),
+            })
+            .collect();
+        g.processes.sort_by(|a, b| a.process_id.cmp(&b.process_id));
+        for (_, s) in self.sessions.values() {
+            *g.sessions.entry(s.status.as_str()).or_default() += 1;
+        }
+        for p in self.players.values() {
+            *g.players.entry(p.status.as_str()).or_default() += 1;
+        }
+        g.placements_pending = self
+            .pending_placements
+            .iter()
+            .filter(|id| {
+                self.placements
+                    .get(*id)
+                    .is_some_and(|p| p.status == crate::placement::Status::Pending)
+            })
+            .count() as u64;
+        g
     }
 
     /// The processes, and the sessions of `scope` with their players.

@@ -176,6 +176,10 @@ pub struct Fleet {
     /// ...and those that may still be pending, in the same order (pruned as they finish):
     /// what every input looks at, so finished placements cost the SDK nothing.
     pending_placements: VecDeque<String>,
+    /// Placements finished since the agent started, by outcome (for the metrics).
+    placement_outcomes: BTreeMap<&'static str, u64>,
+    /// Health checks failed since the agent started (for the metrics).
+    health_check_failures: u64,
 }
 
 impl Fleet {
@@ -211,6 +215,8 @@ impl Fleet {
             placements: HashMap::new(),
             placement_order: VecDeque::new(),
             pending_placements: VecDeque::new(),
+            placement_outcomes: BTreeMap::new(),
+            health_check_failures: 0,
             file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),

@@ -114,6 +114,10 @@ impl Fleet {
             )));
         }
         p.status = Status::Cancelled;
+        *self
+            .placement_outcomes
+            .entry(Status::Cancelled.as_str())
+            .or_default() += 1;
         p.end = Some(wall);
         Ok(ControlReply::Placement(Box::new(p.clone())))
     }
@@ -134,6 +138,10 @@ impl Fleet {
             && p.status == Status::Pending
         {
             p.status = Status::TimedOut;
+            *self
+                .placement_outcomes
+                .entry(Status::TimedOut.as_str())
+                .or_default() += 1;
             p.end = Some(wall);
             p.reason = format!(
                 "no process took the session within the queue's timeout ({} s)",
@@ -190,6 +198,10 @@ impl Fleet {
                             let wall = self.clock.wall;
                             if let Some(p) = self.placements.get_mut(&id) {
                                 p.status = Status::Failed;
+                                *self
+                                    .placement_outcomes
+                                    .entry(Status::Failed.as_str())
+                                    .or_default() += 1;
                                 p.end = Some(wall);
                                 p.reason = e.to_string();
                             }
@@ -214,6 +226,10 @@ impl Fleet {
                                 match joined {
                                     Ok(list) => {
                                         p.status = Status::Fulfilled;
+                                        *self
+                                            .placement_outcomes
+                                            .entry(Status::Fulfilled.as_str())
+                                            .or_default() += 1;
                                         p.ip_address = ip;
                                         p.port = port;
                                         p.placed = list
@@ -223,6 +239,10 @@ impl Fleet {
                                     }
                                     Err(e) => {
                                         p.status = Status::Failed;
+                                        *self
+                                            .placement_outcomes
+                                            .entry(Status::Failed.as_str())
+                                            .or_default() += 1;
                                         p.reason = format!("the players could not be placed: {e}");
                                     }
                                 }

@@ -216,6 +216,7 @@ impl Fleet {
             }
         } else {
             p.health_failures += 1;
+            self.health_check_failures += 1;
             tracing::debug!(
                 process.pid = pid,
                 health.failures = p.health_failures,
