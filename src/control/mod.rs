@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::capi::ServeOptions;
+use crate::listen::{Acceptor, Bounds};
 use crate::upstream_proto::control_plane_server::ControlPlaneServer;
 use config::ControlConfig;
 
@@ -78,6 +79,18 @@ pub enum ControlError {
         message: String,
     },
 }
+
+/// What the relay listener allows: every agent the open-files limit leaves room for (less
+/// the descriptors the replica keeps for itself); a connection must start TLS or HTTP/2
+/// within 10 s; a live agent's stream stays however quiet it is (keepalive pings find dead
+/// ones). Accepted sockets send without delay (Nagle's algorithm held a command back until
+/// the agent acknowledged the last write: tens of milliseconds on every create).
+const RELAY_BOUNDS: Bounds = Bounds {
+    max_connections: usize::MAX,
+    first_bytes_within: std::time::Duration::from_secs(10),
+    first_bytes: 24,
+    idle_after: None,
+};
 
 /// Where a running replica listens (written to `--endpoints-file`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -207,7 +220,12 @@ pub async fn run(
                 ControlPlaneServer::new(relay).max_decoding_message_size(MAX_AGENT_MESSAGE),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(relay_listener),
+                Acceptor::<()>::new(
+                    relay_listener,
+                    "relay-listen",
+                    RELAY_BOUNDS.within_open_files(crate::host::open_files_limit(), 1),
+                )
+                .into_stream(),
                 async move { relay_stop.cancelled().await },
             ),
     );

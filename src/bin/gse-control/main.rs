@@ -91,6 +91,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: ControlConfig, endpoints_file: Option<PathBuf>) -> anyhow::Result<()> {
+    // Every agent holds a connection: by hand the soft limit is often 1,024.
+    match gse_agent::host::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
