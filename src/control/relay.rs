@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -139,10 +140,28 @@ impl RelayService {
         tx: &mpsc::Sender<up::ControlMessage>,
     ) -> String {
         let (msg_tx, mut msg_rx) = mpsc::channel::<up::AgentMessage>(BUFFER);
+        // Snapshots and statuses handed to the writer side and not yet stored: while there
+        // are none, a result goes to its caller straight from the stream (it must not wait
+        // for the events ahead of it); otherwise it queues behind them.
+        let unstored = Arc::new(AtomicUsize::new(0));
+        let hub = self.hub.clone();
+        let counted = unstored.clone();
         let reader = tokio::spawn(async move {
             loop {
                 match inbound.message().await {
+                    Ok(Some(up::AgentMessage {
+                        body: Some(up::agent_message::Body::Result(r)),
+                    })) if counted.load(Ordering::Acquire) == 0 => hub.deliver(r).await,
                     Ok(Some(m)) => {
+                        if matches!(
+                            m.body,
+                            Some(
+                                up::agent_message::Body::Snapshot(_)
+                                    | up::agent_message::Body::Status(_)
+                            )
+                        ) {
+                            counted.fetch_add(1, Ordering::AcqRel);
+                        }
                         if msg_tx.send(m).await.is_err() {
                             return "the writer stopped".to_string();
                         }
@@ -158,25 +177,33 @@ impl RelayService {
                 break;
             };
             let mut batch = Batch::default();
+            // Snapshots and statuses in `batch`.
+            let mut words = 0;
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(m) = next.take() {
                 taken += 1;
                 match m.body {
                     Some(up::agent_message::Body::Event(e)) => batch.events.push(e),
-                    Some(up::agent_message::Body::Status(s)) => batch.status = Some(s),
-                    Some(up::agent_message::Body::Snapshot(s)) => batch.snapshots.push(s),
-                    // A result is handed over at once, unless a snapshot or status came
-                    // before it: that is stored first, so a create's caller counts from the
-                    // host's latest word. Events wait for no result, nor a result for them.
+                    Some(up::agent_message::Body::Status(s)) => {
+                        batch.status = Some(s);
+                        words += 1;
+                    }
+                    Some(up::agent_message::Body::Snapshot(s)) => {
+                        batch.snapshots.push(s);
+                        words += 1;
+                    }
+                    // A result that came behind a snapshot or status is handed over once that
+                    // is stored, so a create's caller counts from the host's latest word.
                     Some(up::agent_message::Body::Result(r)) => {
-                        if !batch.snapshots.is_empty() || batch.status.is_some() {
+                        if words > 0 {
                             let before = std::mem::take(&mut batch);
                             if let Err(why) = self.store(src, serial, before, &mut status, tx).await
                             {
                                 reader.abort();
                                 return why;
                             }
+                            unstored.fetch_sub(std::mem::take(&mut words), Ordering::AcqRel);
                         }
                         self.hub.deliver(r).await;
                     }
@@ -190,6 +217,7 @@ impl RelayService {
                 reader.abort();
                 return why;
             }
+            unstored.fetch_sub(words, Ordering::AcqRel);
         }
         match reader.await {
             Ok(why) => why,
