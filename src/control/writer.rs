@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Pool;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -130,15 +130,14 @@ async fn commit(
     activated: &Notify,
 ) -> Result<Vec<Option<u64>>, DbError> {
     let rows = Rows::of(writes);
-    let mut db = pool.get().await?;
-    let tx = db
-        .transaction()
-        .await
-        .map_err(DbError::query("starting a group write"))?;
-    rows.send(&tx).await?;
-    tx.commit()
-        .await
-        .map_err(DbError::query("committing a group write"))?;
+    let db = pool.get().await?;
+    if let Err(e) = rows.send(&db).await {
+        // Whatever was sent ended with COMMIT, which ends a failed transaction as a rollback;
+        // this is for a step that failed before anything was sent, so the connection goes
+        // back to the pool outside any transaction.
+        let _ = db.batch_execute("ROLLBACK").await;
+        return Err(e);
+    }
     if rows.activates() {
         activated.notify_one();
     }
@@ -364,9 +363,11 @@ impl Rows {
         highest
     }
 
-    /// Sends every statement, one after another without waiting for answers, in the lock
-    /// order; the first failure is the error.
-    async fn send(&self, tx: &Transaction<'_>) -> Result<(), DbError> {
+    /// Sends BEGIN, every statement in the lock order, and COMMIT, one after another without
+    /// waiting for answers: one round trip for the whole group. The first failure is the
+    /// error (the statements after it fail as part of an aborted transaction, and its COMMIT
+    /// rolls it back).
+    async fn send(&self, tx: &deadpool_postgres::Client) -> Result<(), DbError> {
         type Step<'a> = Pin<Box<dyn Future<Output = Result<u64, DbError>> + Send + 'a>>;
         let reported = SessionColumns::of(&self.reported);
         let made = SessionColumns::of(&self.made);
@@ -383,6 +384,9 @@ impl Rows {
             .collect();
         let mut steps: Vec<Step<'_>> = Vec::new();
         macro_rules! step {
+            ($what:literal, $sql:expr) => {
+                step!($what, $sql, &[])
+            };
             ($what:literal, $sql:expr, $params:expr) => {{
                 let statement = tx
                     .prepare_cached($sql)
@@ -395,6 +399,7 @@ impl Rows {
                 }));
             }};
         }
+        step!("starting a group write", "BEGIN");
         let ev = &self.events;
         if !ev.sequence.is_empty() {
             step!(
@@ -519,6 +524,7 @@ impl Rows {
                 &[&count_ids, &uncount, &sessions_made]
             );
         }
+        step!("committing a group write", "COMMIT");
         futures_util::future::try_join_all(steps).await?;
         Ok(())
     }

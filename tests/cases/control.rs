@@ -662,3 +662,50 @@ fn the_relay_over_tls_takes_only_agents_with_a_certificate_of_its_ca() {
         "0"
     );
 }
+
+/// The group writer against a real PostgreSQL: a write the database refuses (jsonb cannot hold
+/// a NUL) fails alone, whatever group it was taken in; the writes beside it are stored, and
+/// the writer goes on with a clean connection.
+#[test]
+fn a_write_the_database_refuses_fails_alone() {
+    use gse_agent::control::{db, writer};
+    let pg = Postgres::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pool = db::pool(&pg.url, 4).unwrap();
+        db::migrate(&pool).await.unwrap();
+        let w = writer::Writer::start(pool, std::sync::Arc::default());
+        let player = |id: &str, data: &str| {
+            json!({"PlayerSessionId": id, "GameServerSessionId": "gss-1", "PlayerId": "p",
+                   "Status": "RESERVED", "PlayerData": data})
+        };
+        // Queued together, so the writer most likely takes them in one group.
+        let (good, bad, also_good) = tokio::join!(
+            w.write(writer::Write::Players(vec![player("ps-1", "fine")])),
+            w.write(writer::Write::Players(vec![player(
+                "ps-2",
+                "nul \u{0} here"
+            )])),
+            w.write(writer::Write::Players(vec![player("ps-3", "fine too")])),
+        );
+        good.unwrap();
+        also_good.unwrap();
+        let e = bad.expect_err("jsonb refuses a NUL").to_string();
+        assert!(
+            e.contains("storing the player sessions joins reserved"),
+            "{e}"
+        );
+        w.write(writer::Write::Players(vec![player("ps-4", "after")]))
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        pg.scalar(
+            "SELECT string_agg(player_session_id, ',' ORDER BY player_session_id) FROM players"
+        ),
+        "ps-1,ps-3,ps-4"
+    );
+}
