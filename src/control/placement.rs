@@ -58,7 +58,12 @@ pub async fn work(
             () = tokio::time::sleep(poll) => {}
             Some(done) = running.join_next(), if !running.is_empty() => {
                 match done {
-                    Ok(Ok(true)) => waiting = true,
+                    // Released to wait for its session: looked at again when a session turns
+                    // ACTIVE or on the poll (taking it back at once would spin on it).
+                    Ok(Ok(true)) => {
+                        waiting = true;
+                        continue;
+                    }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e.message, "cannot move a placement on"),
                     Err(e) => tracing::error!(error = %e, "a placement task failed"),
