@@ -111,7 +111,7 @@ fn type_errors_and_unknown_keys_point_at_their_lines_all_at_once() {
         "{text}"
     );
     assert!(
-        text.contains("a.yaml:4: health-check: unknown field `intervall`"),
+        text.contains("a.yaml:4: health-check.intervall: unknown field `intervall`"),
         "{text}"
     );
     assert!(
@@ -444,7 +444,7 @@ fn metrics_listen_is_off_by_default_and_loopback_only_without_a_token() {
 }
 
 #[test]
-fn metrics_listen_may_not_share_a_port_with_another_listener() {
+fn no_two_listeners_share_a_port() {
     let ps = problems(&format!(
         "sdk-listen: 127.0.0.1:9100\nmetrics-listen: 127.0.0.1:9100\n{MINIMAL}"
     ));
@@ -452,7 +452,27 @@ fn metrics_listen_may_not_share_a_port_with_another_listener() {
         .iter()
         .find(|p| p.key == "metrics-listen")
         .unwrap_or_else(|| panic!("accepted: {ps:?}"));
-    assert!(p.message.contains("also sdk-listen"), "{}", p.message);
+    assert!(p.message.contains("overlaps sdk-listen"), "{}", p.message);
+    // The capi beside the SDK, and an unspecified address over a specific one.
+    let ps = problems(&format!(
+        "sdk-listen: 127.0.0.1:5758\ncapi-listen: 127.0.0.1:5758\n{MINIMAL}"
+    ));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "capi-listen" && p.line == Some(2)),
+        "{ps:?}"
+    );
+    let ps = problems(&format!(
+        "capi-keys-file: /dev/null\nsdk-listen: 127.0.0.1:7000\ncapi-listen: 0.0.0.0:7000\n{MINIMAL}"
+    ));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "capi-listen" && p.message.contains("overlaps sdk-listen")),
+        "{ps:?}"
+    );
+    parse_ok(&format!(
+        "sdk-listen: 127.0.0.1:7000\ncapi-listen: 127.0.0.2:7000\n{MINIMAL}"
+    ));
     // Port 0 picks a free port for each.
     parse_ok(&format!(
         "sdk-listen: 127.0.0.1:0\nmetrics-listen: 127.0.0.1:0\n{MINIMAL}"

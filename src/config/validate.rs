@@ -78,6 +78,31 @@ impl Validator<'_> {
         });
     }
 
+    /// Two listeners on one port would fail the second bind at start: said here instead,
+    /// against the later key. An unspecified address overlaps every address of its family's
+    /// port; port 0 (any free port) never clashes.
+    fn distinct_listeners(&mut self, listeners: &[(&'static str, Option<std::net::SocketAddr>)]) {
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let Some(addr) = addr.filter(|a| a.port() != 0) else {
+                continue;
+            };
+            let clash = listeners[..i].iter().find(|(_, other)| {
+                other.is_some_and(|o| {
+                    o.port() == addr.port()
+                        && (o.ip() == addr.ip()
+                            || o.ip().is_unspecified()
+                            || addr.ip().is_unspecified())
+                })
+            });
+            if let Some((other, Some(at))) = clash {
+                self.problem(
+                    &[Key(key)],
+                    format!("{addr} overlaps {other} ({at}): give each listener its own port"),
+                );
+            }
+        }
+    }
+
     fn positive(&mut self, path: &[Segment], d: HumanDuration) {
         if d.get().is_zero() {
             self.problem(path, "must be longer than zero");
@@ -237,30 +262,25 @@ impl Validator<'_> {
         {
             self.problem(&[Key("metrics-token-file")], e.to_string());
         }
-        if let Some(addr) = raw.metrics_listen {
-            if !addr.ip().to_canonical().is_loopback() && token_file.is_none() {
-                self.problem(
-                    &[Key("metrics-listen")],
-                    format!(
-                        "{addr} is not a loopback address: without metrics-token-file /metrics \
+        if let Some(addr) = raw.metrics_listen
+            && !addr.ip().to_canonical().is_loopback()
+            && token_file.is_none()
+        {
+            self.problem(
+                &[Key("metrics-listen")],
+                format!(
+                    "{addr} is not a loopback address: without metrics-token-file /metrics \
                          has no authentication, so it listens on 127.0.0.1 or [::1] only; set \
                          metrics-token-file to require `Authorization: Bearer <token>` \
                          (Prometheus: authorization.credentials_file)"
-                    ),
-                );
-            }
-            for (other, at) in [
-                ("sdk-listen", Some(raw.sdk_listen)),
-                ("capi-listen", raw.capi_listen),
-            ] {
-                if at == Some(addr) && addr.port() != 0 {
-                    self.problem(
-                        &[Key("metrics-listen")],
-                        format!("{addr} is also {other}: give each listener its own port"),
-                    );
-                }
-            }
+                ),
+            );
         }
+        self.distinct_listeners(&[
+            ("sdk-listen", Some(raw.sdk_listen)),
+            ("capi-listen", raw.capi_listen),
+            ("metrics-listen", raw.metrics_listen),
+        ]);
         for host in &raw.capi_allowed_hosts {
             if host.is_empty()
                 || !host.bytes().all(|b| b.is_ascii_graphic())
