@@ -130,16 +130,7 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match load(Some(&config)) {
-            Ok(c) if gse_agent::lock::holder(&c.data_dir).is_some() => {
-                let holder = gse_agent::lock::holder(&c.data_dir).unwrap_or_default();
-                say!(
-                    "{}: data-dir {} is in use by a running gse-agent ({holder}): each agent needs its own data-dir",
-                    config.display(),
-                    c.data_dir.display()
-                );
-                ExitCode::from(EXIT_CONFIG)
-            }
+        Command::CheckConfig { config } => match config::read_for_host(&config) {
             Ok(c) => {
                 out!(
                     "{}: ok ({} server process(es))",
@@ -181,7 +172,11 @@ fn main() -> ExitCode {
         }
         Command::Run { config, log_format } => {
             telemetry::init(log_format);
-            let cfg = match load(config.as_deref()) {
+            let loaded = match config.as_deref() {
+                Some(path) => config::read_for_host(path),
+                None => load(None),
+            };
+            let cfg = match loaded {
                 Ok(c) => c,
                 Err(e) => {
                     say!("{e}");

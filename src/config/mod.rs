@@ -1,13 +1,15 @@
 //! `agent.yaml`: read, parse, validate.
 //!
 //! Three steps, as the house style asks: [`read`] does the I/O, [`parse`] turns text into a
-//! [`Config`] and reports *every* semantic problem at once with its line. Agent settings are
+//! [`Config`] and reports *every* semantic problem at once with its line; [`read_for_host`]
+//! (for `run` and `check-config`) adds what the host must provide. Agent settings are
 //! kebab-case; `runtime-configuration` keeps Tencent's PascalCase names so the JSON of a GSE
 //! `DescribeRuntimeConfiguration` pastes in.
 
 mod bytes;
 mod duration;
 mod error;
+mod host;
 mod launch_path;
 pub mod locate;
 mod model;
@@ -18,6 +20,7 @@ mod validate;
 pub use bytes::ByteSize;
 pub use duration::HumanDuration;
 pub use error::{ConfigError, Problem};
+pub use host::read_for_host;
 pub use launch_path::resolve_launch_path;
 pub use model::*;
 use raw::*;

@@ -218,7 +218,7 @@ fn a_second_agent_on_one_data_dir_is_a_config_error() {
     assert_eq!(second.status.code(), Some(64));
     let said = String::from_utf8_lossy(&second.stderr);
     let pid = agent.child.as_ref().unwrap().id().to_string();
-    assert!(said.contains("is in use by another gse-agent"), "{said}");
+    assert!(said.contains("in use by a running gse-agent"), "{said}");
     assert!(said.contains(&pid), "{said}");
     let check = std::process::Command::new(crate::helper::AGENT)
         .arg("check-config")
@@ -233,4 +233,49 @@ fn a_second_agent_on_one_data_dir_is_a_config_error() {
     );
     // The first agent is untouched.
     agent.wait_ready(1);
+}
+
+/// What the host must provide is checked by check-config and run alike, before anything
+/// starts: a build that is not there and two listeners on one port are config errors (exit 64,
+/// every one with its line), not a failed start (exit 1).
+#[test]
+fn a_missing_build_and_a_port_used_twice_fail_check_config_and_run_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        "fleet-id: fleet-a
+data-dir: ./data
+build: ./builds/v1.zip
+sdk-listen: 127.0.0.1:47001
+capi-listen: 127.0.0.1:47001
+runtime-configuration:
+  ServerProcesses:
+    - { LaunchPath: /local/game/server, ConcurrentExecutions: 1 }
+",
+    )
+    .unwrap();
+    for args in [&["check-config"][..], &["run", "--config"][..]] {
+        let out = Command::new(AGENT).args(args).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("agent.yaml:5: capi-listen: 127.0.0.1:47001 overlaps sdk-listen"),
+            "{args:?}: {err}"
+        );
+        // Only once the file is valid are the host's parts looked at.
+        assert!(!err.contains("builds/v1.zip"), "{args:?}: {err}");
+    }
+    let fixed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("capi-listen: 127.0.0.1:47001", "capi-listen: 127.0.0.1:0");
+    std::fs::write(&path, fixed).unwrap();
+    for args in [&["check-config"][..], &["run", "--config"][..]] {
+        let out = Command::new(AGENT).args(args).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("agent.yaml:3: build:"), "{args:?}: {err}");
+        assert!(err.contains("builds/v1.zip"), "{args:?}: {err}");
+        assert!(!dir.path().join("data").exists(), "nothing was started");
+    }
 }
