@@ -143,12 +143,12 @@ impl Fleet {
             EventCode::ServerProcessEnded => format!("process ended ({})", info.describe()),
             EventCode::ServerProcessCrashed => format!("process crashed ({})", info.describe()),
             EventCode::ServerProcessProcessReadyTimeout => format!(
-                "no ProcessReady within {}; killed ({})",
+                "no ProcessReady within {}, so the agent stopped it (then: {})",
                 humantime::format_duration(self.cfg.timeouts.process_ready.get()),
                 info.describe()
             ),
             EventCode::ServerProcessProcessExitTimeout => format!(
-                "did not exit within {} of ProcessEnding; killed ({})",
+                "did not exit within {} of ProcessEnding, so the agent stopped it (then: {})",
                 humantime::format_duration(self.cfg.timeouts.process_exit.get()),
                 info.describe()
             ),
