@@ -94,9 +94,15 @@ enum Command {
         /// Without --config: how many processes to run.
         #[arg(long, default_value_t = 1, conflicts_with = "config")]
         concurrent_executions: u32,
-        /// Also write a machine-readable JSON report here.
+        /// Also write a machine-readable JSON report here (and, when install.sh fails, its
+        /// whole log beside it as REPORT.install.log).
         #[arg(long)]
         json: Option<PathBuf>,
+        /// With --config: every timing from it. Without this flag the agent's own waits (health
+        /// check interval, stop grace, session protection) are short; the game's deadlines
+        /// (ProcessReady, health answers, exit) are the config's either way.
+        #[arg(long, requires = "config")]
+        config_timings: bool,
     },
 }
 
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
             parameters,
             concurrent_executions,
             json,
+            config_timings,
         } => {
             let opts = validate::Options {
                 build,
@@ -167,6 +174,12 @@ fn main() -> ExitCode {
                 launch_path,
                 parameters,
                 concurrent_executions,
+                config_timings,
+                keep_install_log: json.as_ref().map(|j| {
+                    let mut name = j.clone().into_os_string();
+                    name.push(".install.log");
+                    PathBuf::from(name)
+                }),
             };
             run_validate(opts, json)
         }

@@ -55,6 +55,12 @@ pub struct Options {
     pub parameters: String,
     /// Without a config: how many processes.
     pub concurrent_executions: u32,
+    /// With a config: use its health-check, timeouts and protection instead of the short
+    /// validation timings (a production config's 60 s health interval makes a run minutes long).
+    pub config_timings: bool,
+    /// Where to copy install.sh's whole log when it fails (the temporary root it was written in
+    /// is removed); `None`: only its last lines are reported.
+    pub keep_install_log: Option<PathBuf>,
 }
 
 /// Why validate could not run at all (as opposed to the build failing).
@@ -86,19 +92,41 @@ fn yaml_quote(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
+/// The validation defaults with one ServerProcesses entry.
+fn defaults_with(
+    launch_path: &str,
+    parameters: &str,
+    count: u32,
+    root: &Path,
+) -> Result<Config, ValidateError> {
+    let text = format!(
+        "{DEFAULTS}runtime-configuration:\n  ServerProcesses:\n    - LaunchPath: {}\n      Parameters: {}\n      ConcurrentExecutions: {}\n  GameServerSessionActivationTimeoutSeconds: 30\n",
+        yaml_quote(launch_path),
+        yaml_quote(parameters),
+        count
+    );
+    Ok(config::parse(&text, "<validate defaults>", root)?)
+}
+
 /// The configuration of the run, relocated into `root`.
 pub fn config_for(opts: &Options, root: &Path) -> Result<Config, ValidateError> {
     let cfg = match (&opts.config, &opts.launch_path) {
-        (Some(path), _) => config::read(path)?,
-        (None, Some(lp)) => {
-            let text = format!(
-                "{DEFAULTS}runtime-configuration:\n  ServerProcesses:\n    - LaunchPath: {}\n      Parameters: {}\n      ConcurrentExecutions: {}\n  GameServerSessionActivationTimeoutSeconds: 30\n",
-                yaml_quote(lp),
-                yaml_quote(&opts.parameters),
-                opts.concurrent_executions
-            );
-            config::parse(&text, "<validate defaults>", root)?
+        (Some(path), _) => {
+            let mut cfg = config::read(path)?;
+            if !opts.config_timings {
+                // The agent's own waits are made short; the deadlines the game must meet
+                // (ProcessReady, a health answer, exit after ProcessEnding, a player's
+                // acceptance) stay the config's, so validation is never stricter than the host.
+                let short = defaults_with("/local/game/server", "", 1, root)?;
+                let (hc, t) = (&mut cfg.health_check, &mut cfg.timeouts);
+                hc.interval = hc.interval.min(short.health_check.interval);
+                t.stop_grace = t.stop_grace.min(short.timeouts.stop_grace);
+                t.shutdown = t.shutdown.min(short.timeouts.shutdown);
+                cfg.protection = short.protection;
+            }
+            cfg
         }
+        (None, Some(lp)) => defaults_with(lp, &opts.parameters, opts.concurrent_executions, root)?,
         (None, None) => return Err(ValidateError::NoLaunchConfig),
     };
     let mut cfg = cfg
@@ -138,6 +166,8 @@ struct Run<'a> {
     started: Instant,
     interrupted: CancellationToken,
     was_interrupted: bool,
+    /// Said below the table.
+    notes: Vec<String>,
 }
 
 /// A step's failure: a sentence, the event that caused it (if any), and output lines (of
@@ -198,6 +228,7 @@ impl Run<'_> {
         }
         Report {
             build: build.display().to_string(),
+            notes: std::mem::take(&mut self.notes),
             passed: self.steps.iter().all(|s| s.status != Status::Failed) && !self.was_interrupted,
             interrupted: self.was_interrupted,
             duration_millis: self.started.elapsed().as_millis() as u64,
@@ -228,6 +259,7 @@ pub async fn validate(
         started: Instant::now(),
         interrupted,
         was_interrupted: false,
+        notes: vec![timings_note(opts, &cfg)],
     };
     let plan = crate::package::Plan::for_config(&cfg, opts.build.clone());
 
@@ -278,7 +310,11 @@ pub async fn validate(
             script.note.unwrap_or_else(|| "install.sh succeeded".into()),
         )),
         Ok(None) => Ok((Status::Skipped, "no install.sh in the package".into())),
-        Err(e) => Err(install_failure(e)),
+        Err(e) => Err(install_failure(
+            e,
+            opts.keep_install_log.as_deref(),
+            &mut run.notes,
+        )),
     };
     if !run.record("install", t0, r) {
         return Ok(run.report(&opts.build));
@@ -371,18 +407,62 @@ pub async fn validate(
     Ok(run.report(&opts.build))
 }
 
-fn install_failure(e: PackageError) -> Failure {
-    let tail = match &e {
-        PackageError::Install(s) => s
-            .tail()
-            .map(|t| t.lines().map(str::to_string).collect())
-            .unwrap_or_default(),
-        _ => Vec::new(),
+/// install.sh failed: what it did, its last lines, and its whole log copied to `keep` (the
+/// temporary root it was written in is about to go).
+fn install_failure(e: PackageError, keep: Option<&Path>, notes: &mut Vec<String>) -> Failure {
+    use crate::package::ScriptError;
+    let (detail, log, tail) = match &e {
+        PackageError::Install(ScriptError::Failed { status, log, tail }) => (
+            format!("install.sh failed ({status})"),
+            Some(log),
+            tail.as_str(),
+        ),
+        PackageError::Install(ScriptError::Timeout { timeout, log, tail }) => (
+            format!(
+                "install.sh did not finish within {} (package.install-timeout) and was killed",
+                humantime::format_duration(*timeout)
+            ),
+            Some(log),
+            tail.as_str(),
+        ),
+        _ => (e.to_string(), None, ""),
     };
-    Failure {
-        tail,
-        ..Failure::from(e.to_string())
+    if let (Some(log), Some(keep)) = (log, keep) {
+        match std::fs::copy(log, keep) {
+            Ok(_) => notes.push(format!("install.sh's whole log: {}", keep.display())),
+            Err(e) => notes.push(format!(
+                "install.sh's log could not be kept at {}: {e}",
+                keep.display()
+            )),
+        }
+    } else if log.is_some() {
+        notes.push(
+            "only the last lines of install.sh's output are shown; --json REPORT keeps its whole log next to the report"
+                .into(),
+        );
     }
+    Failure {
+        tail: tail.lines().map(str::to_string).collect(),
+        ..Failure::from(detail)
+    }
+}
+
+/// What the timings of the run were, and how to change them.
+fn timings_note(opts: &Options, cfg: &Config) -> String {
+    let hc = &cfg.health_check;
+    let which = match (&opts.config, opts.config_timings) {
+        (Some(_), false) => {
+            "short waits of the agent's own, the game's deadlines from the config (--config-timings: every timing from the config)"
+        }
+        (Some(_), true) => "every timing from the config",
+        (None, _) => "validation timings",
+    };
+    format!(
+        "timings: {which}: health checks every {}, each answered within {}; ProcessReady within {}",
+        humantime::format_duration(hc.interval.get()),
+        humantime::format_duration(hc.timeout.get()),
+        humantime::format_duration(cfg.timeouts.process_ready.get()),
+    )
 }
 
 /// Failure events that end any step.

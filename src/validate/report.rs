@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::event::Event;
+use crate::event::{Event, EventCode};
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,6 +53,9 @@ pub struct Step {
     /// The last lines of the failing process's output (or install.sh's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub output_tail: Vec<String>,
+    /// What to do about a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
 }
 
 impl Step {
@@ -72,6 +75,7 @@ impl Step {
             exit_code: None,
             signal: None,
             output_tail: Vec::new(),
+            advice: None,
         }
     }
 
@@ -83,6 +87,7 @@ impl Step {
         event: Option<&Event>,
     ) -> Self {
         let mut s = Self::new(name, Status::Failed, millis, detail);
+        s.advice = advice(name, event.map(|e| e.event_code)).map(str::to_string);
         if let Some(e) = event {
             s.event_code = Some(e.event_code.as_str().to_string());
             if let Some(x) = &e.exit {
@@ -109,6 +114,50 @@ pub struct Report {
     pub duration_millis: u64,
     /// The steps, in order (all of them, `not-run` after a failure).
     pub steps: Vec<Step>,
+    /// How the run was made (its timings) and where its evidence is kept.
+    pub notes: Vec<String>,
+}
+
+/// What to do about a failed step: the cause is its detail, the evidence its exit and output.
+pub fn advice(step: &str, event: Option<EventCode>) -> Option<&'static str> {
+    use EventCode::*;
+    Some(match (step, event) {
+        ("interrupted", _) => return None,
+        (_, Some(ServerProcessInvalidPath)) => {
+            "LaunchPath must name an executable file inside the build (under /local/game/): check the path and the file's execute bit in the package"
+        }
+        (_, Some(ServerProcessProcessReadyTimeout)) => {
+            "call ProcessReady (with the client and gRPC ports) once the server listens; it must reach the SDK at GSE_SDK_ADDRESS (127.0.0.1:5758 by default) within timeouts.process-ready"
+        }
+        (_, Some(ServerProcessCrashed | ServerProcessCrashLoop)) => {
+            "the server exits by itself: unpack the build (gse-agent unpack BUILD DIR), run the LaunchPath there with the same Parameters and read its output"
+        }
+        (_, Some(ServerProcessUnhealthy | ServerProcessTerminatedUnhealthy)) => {
+            "answer OnHealthCheck with healthStatus true within health-check.timeout, on the gRPC port given in ProcessReady"
+        }
+        (_, Some(ServerProcessProcessExitTimeout | ServerProcessForceTerminated)) => {
+            "on OnProcessTerminate call ProcessEnding, then exit within timeouts.process-exit"
+        }
+        (_, Some(GameSessionActivationTimeout | GameSessionError)) => {
+            "call ActivateGameServerSession once OnStartGameServerSession arrived, within GameServerSessionActivationTimeoutSeconds"
+        }
+        ("unpack", _) => {
+            "the package breaks a rule named above: rebuild it; gse-agent unpack BUILD DIR applies the same rules"
+        }
+        ("install", _) => {
+            "make install.sh exit 0: it runs with /bin/sh in the build's root (as root on game hosts); its output is above"
+        }
+        ("run-as", _) => {
+            "gse.yaml names a user or group this host lacks: create it, or remove User from gse.yaml"
+        }
+        ("player-session", _) => {
+            "call AcceptPlayerSession with the player session id the client was given"
+        }
+        ("terminate" | "stop", _) => {
+            "on OnProcessTerminate call ProcessEnding, then exit within timeouts.process-exit"
+        }
+        _ => return None,
+    })
 }
 
 impl Report {
@@ -140,7 +189,16 @@ impl Report {
                 for line in &s.output_tail {
                     out.push_str(&format!("{:<36}| {line}\n", ""));
                 }
+                if let Some(advice) = &s.advice {
+                    out.push_str(&format!("{:<36}→ {advice}\n", ""));
+                }
             }
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+        }
+        for note in &self.notes {
+            out.push_str(&format!("{note}\n"));
         }
         let verdict = match (self.passed, self.interrupted) {
             (_, true) => "INTERRUPTED",
@@ -152,5 +210,43 @@ impl Report {
             self.duration_millis as f64 / 1000.0
         ));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_the_run_can_meet_says_what_to_do() {
+        for step in [
+            "unpack",
+            "install",
+            "run-as",
+            "player-session",
+            "terminate",
+            "stop",
+        ] {
+            assert!(advice(step, None).is_some(), "{step}");
+        }
+        for code in [
+            EventCode::ServerProcessInvalidPath,
+            EventCode::ServerProcessProcessReadyTimeout,
+            EventCode::ServerProcessCrashed,
+            EventCode::ServerProcessCrashLoop,
+            EventCode::ServerProcessUnhealthy,
+            EventCode::ServerProcessTerminatedUnhealthy,
+            EventCode::ServerProcessProcessExitTimeout,
+            EventCode::ServerProcessForceTerminated,
+            EventCode::GameSessionActivationTimeout,
+            EventCode::GameSessionError,
+        ] {
+            assert!(advice("launch", Some(code)).is_some(), "{code:?}");
+        }
+        // The event says more than the step it failed.
+        assert_eq!(
+            advice("process-ready", Some(EventCode::ServerProcessCrashed)),
+            advice("launch", Some(EventCode::ServerProcessCrashed))
+        );
     }
 }

@@ -241,6 +241,81 @@ fn a_failing_install_script_fails_at_install_with_its_output() {
         .map(|l| l.as_str().unwrap())
         .collect();
     assert!(tail.contains(&"yum: command not found"), "{tail:?}");
+    // Cause, evidence, what to do; and no pointer into the removed temporary root: the whole
+    // log is kept beside the report instead.
+    let detail = s["detail"].as_str().unwrap();
+    assert!(!detail.contains("gse-validate-"), "{detail}");
+    assert!(
+        s["advice"].as_str().unwrap().contains("install.sh exit 0"),
+        "{s}"
+    );
+    let kept = b.dir.path().join("report.json.install.log");
+    let log = std::fs::read_to_string(&kept).unwrap();
+    assert!(
+        log.contains("fetching deps") && log.contains("yum: command not found"),
+        "{log}"
+    );
+    assert!(
+        report["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains(&kept.display().to_string())),
+        "{report}"
+    );
+}
+
+/// A production config's 60 s health interval and long stop grace do not make validate slow:
+/// the agent's own waits are short unless --config-timings says otherwise; the deadlines the
+/// game must meet stay the config's.
+#[test]
+fn a_production_config_validates_with_short_waits_unless_asked_not_to() {
+    let b = Build::new("");
+    let production = CONFIG
+        .replace("interval: 100ms", "interval: 60s")
+        .replace("stop-grace: 200ms", "stop-grace: 30s");
+    std::fs::write(b.dir.path().join("agent.yaml"), production).unwrap();
+    let (code, report, table) = b.validate();
+    assert_eq!(code, Some(0), "{table}");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("health checks every 1s"), "{notes}");
+    assert!(
+        notes.contains("ProcessReady within 2s"),
+        "the game's deadline is kept: {notes}"
+    );
+    // With --config-timings the config's interval applies (a build that never gets ready
+    // fails at its 2 s deadline, before any health check is due).
+    let b = Build::new("--no-ready");
+    let production = CONFIG.replace("interval: 100ms", "interval: 60s");
+    std::fs::write(b.dir.path().join("agent.yaml"), production).unwrap();
+    let report_path = b.dir.path().join("report.json");
+    let out = Command::new(AGENT)
+        .arg("validate")
+        .arg(b.build())
+        .arg("--config")
+        .arg(b.dir.path().join("agent.yaml"))
+        .arg("--config-timings")
+        .arg("--json")
+        .arg(&report_path)
+        .env("TMPDIR", b.dir.path().join("tmp"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("every timing from the config") && notes.contains("every 1m"),
+        "{notes}"
+    );
+    let s = step(&report, "process-ready");
+    let detail = s["detail"].as_str().unwrap();
+    assert!(detail.contains("so the agent stopped it"), "{detail}");
+    assert!(
+        s["advice"].as_str().unwrap().contains("call ProcessReady"),
+        "{s}"
+    );
+    b.assert_clean();
 }
 
 #[test]
