@@ -239,6 +239,11 @@ fn readyz_is_503_while_a_process_the_configuration_asks_for_does_not_run() {
         ),
         "{text}"
     );
+    // Reported once, but every retry is counted.
+    wait_for("a second failed launch counted", || {
+        let text = scrape(addr);
+        (value(&text, r#"gse_agent_entry_launch_failures_total{entry="1"}"#)? >= 2.0).then_some(())
+    });
 }
 
 #[test]
