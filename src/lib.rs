@@ -25,6 +25,7 @@ pub mod queue;
 pub mod sdk;
 pub mod search;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod tc3;

@@ -104,6 +104,32 @@ enum Command {
         #[arg(long, requires = "config")]
         config_timings: bool,
     },
+    /// Show the running agent at a glance: each process (state, pid, uptime, CPU, memory,
+    /// session, players, restarts, last exit), each entry (what runs against what should,
+    /// failed launches, crash-loop pause) and the last events. Exit 0; 1 if the agent cannot
+    /// be reached; 64 on bad usage or config.
+    Status {
+        /// agent.yaml of the running agent: endpoints.json in its data-dir gives the control
+        /// API address, and its capi-keys-file signs the request [default:
+        /// /etc/gse-agent/agent.yaml if it exists, else the sample config's ./gse-data].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Ask the control API at this address (host:port) instead of reading endpoints.json.
+        #[arg(long, value_name = "ADDR")]
+        capi: Option<std::net::SocketAddr>,
+        /// Print the agent's DescribeAgentStatus answer as JSON, for scripts (one line per
+        /// redraw with --watch).
+        #[arg(long)]
+        json: bool,
+        /// Redraw every SECONDS (plain seconds or a duration such as 500ms; 2 when given
+        /// without a value) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+              value_parser = gse_agent::status::parse_interval)]
+        watch: Option<std::time::Duration>,
+        /// How many of the last events to show.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        events: u32,
+    },
 }
 
 /// The error and its causes, each said once: the module errors already name their cause in
@@ -134,7 +160,15 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `status` promises 64 for bad usage (clap's own code, 2, is validate's "could not run").
+        Err(e) if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("status") => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::CheckConfig { config } => match config::read_for_host(&config) {
             Ok(c) => {
@@ -183,6 +217,13 @@ fn main() -> ExitCode {
             };
             run_validate(opts, json)
         }
+        Command::Status {
+            config,
+            capi,
+            json,
+            watch,
+            events,
+        } => run_status(config.as_deref(), capi, json, watch, events),
         Command::Run { config, log_format } => {
             telemetry::init(log_format);
             let loaded = match config.as_deref() {
@@ -332,6 +373,109 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
         (true, _) => ExitCode::SUCCESS,
         (false, _) => ExitCode::from(validate::EXIT_FAILED),
     }
+}
+
+/// `gse-agent status`: one answer, or one per interval until Ctrl-C.
+fn run_status(
+    config: Option<&Path>,
+    capi: Option<std::net::SocketAddr>,
+    json: bool,
+    watch: Option<std::time::Duration>,
+    events: u32,
+) -> ExitCode {
+    use gse_agent::status;
+    use std::io::IsTerminal;
+    let target = match status::resolve(capi, config) {
+        Ok(t) => t,
+        Err(e) => {
+            say!("gse-agent status: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            say!("gse-agent status: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let show = |answer: &serde_json::Value| -> Result<String, String> {
+        if json {
+            let text = if watch.is_some() {
+                serde_json::to_string(answer)
+            } else {
+                serde_json::to_string_pretty(answer)
+            };
+            text.map(|t| t + "\n").map_err(|e| e.to_string())
+        } else {
+            status::table::render(answer, std::time::SystemTime::now())
+        }
+    };
+    runtime.block_on(async {
+        let Some(every) = watch else {
+            return match status::fetch(&target, events).await {
+                Ok(answer) => match show(&answer) {
+                    Ok(text) => {
+                        // A closed stdout (`| head`) costs the text, not a panic.
+                        let _ = write_out(&text);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        say!("gse-agent status: the agent at {} answered what this status cannot show: {e}", target.addr);
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    say!("gse-agent status: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            };
+        };
+        // Redraw in place on a terminal; a pipe gets one frame after another.
+        let clear = !json && std::io::stdout().is_terminal();
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        loop {
+            let frame = match status::fetch(&target, events).await.map_err(|e| e.to_string()).and_then(|a| {
+                show(&a).map_err(|e| format!("the agent at {} answered what this status cannot show: {e}", target.addr))
+            }) {
+                Ok(frame) => Some(frame),
+                // The agent may be restarting: say so and keep watching. On a screen the
+                // message takes the frame's place; a pipe's stdout stays frames only.
+                Err(e) if clear => Some(format!("gse-agent status: {e}\n")),
+                Err(e) => {
+                    say!("gse-agent status: {e}");
+                    None
+                }
+            };
+            let text = match (frame, clear, json) {
+                (None, ..) => String::new(),
+                (Some(frame), true, _) => format!("\x1b[H\x1b[2J{frame}"),
+                (Some(frame), false, true) => frame,
+                // A pipe: frames one after another, a blank line apart.
+                (Some(frame), false, false) => frame + "\n",
+            };
+            if write_out(&text).is_err() {
+                // Nobody reads any more (`| head`): done.
+                return ExitCode::SUCCESS;
+            }
+            tokio::select! {
+                _ = &mut interrupted => return ExitCode::SUCCESS,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    })
+}
+
+/// Writes `text` to stdout and flushes it; an error (a closed pipe) is returned, not a panic.
+fn write_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {

@@ -97,7 +97,7 @@ impl Capi {
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         p.opt_int("Limit", 1, 100)?;
         let c = self.counters().await?;
-        let instance = view::instance(&c, &self.cfg)["Instance"].clone();
+        let instance = view::instance(&c, &self.cfg, false)["Instance"].clone();
         let shown = if offset == 0 { vec![instance] } else { vec![] };
         Ok(json!({"Instances": shown, "TotalCount": 1}))
     }

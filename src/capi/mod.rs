@@ -25,8 +25,8 @@ use crate::config::Config;
 use crate::event::EventBus;
 use crate::fleet::actor::HandleError;
 use crate::fleet::{
-    Control, ControlReply, FleetHandle, NewPlayer, NewSession, PlayerQuery, SessionQuery,
-    SessionUpdate,
+    Control, ControlReply, FleetHandle, FleetStatus, NewPlayer, NewSession, PlayerQuery,
+    SessionQuery, SessionUpdate,
 };
 use crate::session::{GssStatus, PlayerStatus};
 use crate::telemetry::{LogLimit, clip};
@@ -157,8 +157,11 @@ impl Capi {
             "DescribeFleetAttributes" => self.describe_fleet_attributes(map),
             "DescribeFleetEvents" => self.describe_events(map, false).await,
             "DescribeAgentEvents" => self.describe_events(map, true).await,
-            "DescribeInstancesExtend" => self.describe_instance(map).await,
+            // The Tencent form answers in exactly the SDK's model; GSE Local's form adds the
+            // agent's counts.
+            "DescribeInstancesExtend" => self.describe_instance(map, header_action.is_none()).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
+            "DescribeAgentStatus" => self.describe_agent_status(map).await,
             other if unsupported::instead(other).is_some() => Err(CapiError::new(
                 "UnsupportedOperation",
                 format!(
@@ -423,26 +426,72 @@ impl Capi {
         }))
     }
 
-    async fn describe_instance(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+    async fn describe_instance(
+        &self,
+        map: Map<String, Value>,
+        extra: bool,
+    ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "Offset", "Limit", "IpAddress"])?;
         self.check_fleet(&p, false).await?;
         match self.fleet.control(Control::DescribeInstance).await? {
             ControlReply::Instance(c) => Ok(json!({
-                "Instances": [view::instance(&c, &self.cfg)],
+                "Instances": [view::instance(&c, &self.cfg, extra)],
                 "TotalCount": 1,
             })),
             other => Err(unexpected(&other)),
         }
     }
 
-    async fn describe_processes(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
-        Params::new(map, &[])?;
-        match self.fleet.control(Control::DescribeProcesses).await? {
-            ControlReply::Processes(list) => Ok(json!({
-                "ServerProcesses": list.iter().map(view::process).collect::<Vec<_>>(),
-            })),
+    async fn status(&self) -> Result<FleetStatus, CapiError> {
+        match self.fleet.control(Control::DescribeStatus).await? {
+            ControlReply::Status(s) => Ok(*s),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// DescribeServerProcesses (extension): every process, and every ServerProcesses entry
+    /// with what it should run, what runs, its failed launches and its crash-loop pause (a
+    /// paused entry has no process to show it on).
+    async fn describe_processes(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        Params::new(map, &[])?;
+        let s = self.status().await?;
+        Ok(json!({
+            "ServerProcesses": s.processes.iter().map(|p| view::process(p, None)).collect::<Vec<_>>(),
+            "Entries": s.entries.iter().map(view::entry).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// DescribeAgentStatus (extension): what `gse-agent status` shows, read in one call: the
+    /// instance's counts, every process with its CPU time and resident memory (read from
+    /// `/proc` now, for these pids only), the entries, and the last `Limit` events (default
+    /// 10, with the agent's details).
+    async fn describe_agent_status(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+        let p = Params::new(map, &["Limit"])?;
+        let limit = p.opt_int("Limit", 0, 1000)?.unwrap_or(10) as usize;
+        let s = self.status().await?;
+        let pids: Vec<u32> = s.processes.iter().map(|p| p.pid).collect();
+        // Blocking /proc reads of a few files per process: off the async workers.
+        let usage =
+            tokio::task::spawn_blocking(move || crate::metrics::Sampler::new().sample(&pids))
+                .await
+                .map_err(|e| {
+                    CapiError::new(
+                        "InternalError",
+                        format!("sampling the processes failed: {e}"),
+                    )
+                })?;
+        let (_, total) = self.bus.recent(0, 0);
+        let (events, _) = self.bus.recent(total.saturating_sub(limit), limit);
+        Ok(json!({
+            "Instance": view::instance(&s.counters, &self.cfg, true),
+            "ServerProcesses": s
+                .processes
+                .iter()
+                .map(|p| view::process(p, Some(usage.iter().find(|u| u.pid == p.pid))))
+                .collect::<Vec<_>>(),
+            "Entries": s.entries.iter().map(view::entry).collect::<Vec<_>>(),
+            "Events": events.iter().map(|e| view::event(e, &self.cfg.fleet_id)).collect::<Vec<_>>(),
+        }))
     }
 }
 
@@ -624,6 +673,7 @@ pub const ACTIONS: &[&str] = &[
     "DescribeFleetAttributes",
     "DescribeServerProcesses",
     "DescribeAgentEvents",
+    "DescribeAgentStatus",
 ];
 
 fn unexpected(reply: &ControlReply) -> CapiError {

@@ -4,7 +4,8 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::event::{Event, format_time};
-use crate::fleet::{InstanceCounters, ProcessView};
+use crate::fleet::{EntryView, InstanceCounters, LastExit, ProcessView};
+use crate::metrics::Usage;
 use crate::session::{GameSession, PlayerSession};
 
 /// A `GameServerSession`.
@@ -81,9 +82,10 @@ pub fn event(e: &Event, fleet_id: &str) -> Value {
     v
 }
 
-/// An agent process (extension).
-pub fn process(p: &ProcessView) -> Value {
-    json!({
+/// An agent process (extension); with `usage` (DescribeAgentStatus), its sampled CPU time and
+/// resident memory (null when it could not be read).
+pub fn process(p: &ProcessView, usage: Option<Option<&Usage>>) -> Value {
+    let mut v = json!({
         "ProcessId": p.process_id,
         "Pid": p.pid,
         "LaunchPath": p.launch_path,
@@ -95,15 +97,53 @@ pub fn process(p: &ProcessView) -> Value {
         "GameServerSessionId": p.game_server_session_id,
         "Restarts": p.restarts,
         "LogPathsToUpload": p.log_paths,
+        "EntryNumber": p.entry,
+        "StartTime": format_time(p.started_at),
+        "CurrentPlayerSessionCount": p.current_players,
+        "LastExit": p.last_exit.as_ref().map(last_exit),
+    });
+    if let (Some(usage), Value::Object(o)) = (usage, &mut v) {
+        o.insert("CpuSeconds".into(), json!(usage.map(|u| u.cpu_seconds)));
+        o.insert("RssBytes".into(), json!(usage.map(|u| u.rss_bytes)));
+    }
+    v
+}
+
+/// How a slot's last process ended (extension).
+pub fn last_exit(x: &LastExit) -> Value {
+    json!({
+        "ProcessId": x.process_id,
+        "EventCode": x.event_code,
+        "Reason": x.reason,
+        "Time": format_time(x.at),
+    })
+}
+
+/// One ServerProcesses entry: what should run, what runs, failed launches and the crash-loop
+/// pause (extension).
+pub fn entry(e: &EntryView) -> Value {
+    json!({
+        "EntryNumber": e.number,
+        "LaunchPath": e.launch_path,
+        "Parameters": e.parameters,
+        "DesiredProcessCnt": e.desired,
+        "ProcessCnt": e.running,
+        "LaunchFailureCnt": e.launch_failures,
+        "LastLaunchError": e.last_launch_error,
+        "PausedUntil": e.paused_until.map(format_time),
+        "LastExit": e.last_exit.as_ref().map(last_exit),
     })
 }
 
 /// DescribeInstancesExtend's `InstanceExtend`, its `Instance` nested as the SDK's model has it.
 /// The agent knows one address of its host (`public-ip`, else 127.0.0.1): it is both
-/// `IpAddress` and `PrivateIpAddress`.
-pub fn instance(c: &InstanceCounters, cfg: &Config) -> Value {
+/// `IpAddress` and `PrivateIpAddress`. With `extra` (GSE Local's `POST /capi` form, which no
+/// Tencent SDK model reads), the agent's own counts follow Tencent's fields: what runs
+/// (`ProcessCnt`) against what should (`DesiredProcessCnt`), failed launches and paused
+/// entries.
+pub fn instance(c: &InstanceCounters, cfg: &Config, extra: bool) -> Value {
     let ip = cfg.client_ip();
-    json!({
+    let mut v = json!({
         "Instance": {
             "FleetId": cfg.fleet_id,
             "InstanceId": cfg.instance_id,
@@ -124,5 +164,12 @@ pub fn instance(c: &InstanceCounters, cfg: &Config) -> Value {
         "MaxGameSessionCnt": c.max_game_session_cnt,
         "PlayerSessionCnt": c.player_session_cnt,
         "MaxPlayerSessionCnt": c.max_player_session_cnt,
-    })
+    });
+    if let (true, Value::Object(o)) = (extra, &mut v) {
+        o.insert("ProcessCnt".into(), json!(c.process_cnt));
+        o.insert("DesiredProcessCnt".into(), json!(c.desired_process_cnt));
+        o.insert("LaunchFailureCnt".into(), json!(c.launch_failure_cnt));
+        o.insert("PausedEntryCnt".into(), json!(c.paused_entry_cnt));
+    }
+    v
 }

@@ -105,6 +105,54 @@ pub struct ProcessView {
     pub restarts: u64,
     /// logPathsToUpload from ProcessReady.
     pub log_paths: Vec<String>,
+    /// The number of its ServerProcesses entry ([`EntryView::number`]).
+    pub entry: usize,
+    /// When it was started (wall clock).
+    pub started_at: std::time::SystemTime,
+    /// Players of the session it hosts (RESERVED or ACTIVE; 0 without a session).
+    pub current_players: i32,
+    /// How the previous process of its slot ended (`None`: this is the slot's first, or the
+    /// agent restarted since).
+    pub last_exit: Option<LastExit>,
+}
+
+/// How a slot's last process ended, or why its last launch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastExit {
+    /// The process that ended (or could not start).
+    pub process_id: String,
+    /// The exit's GSE event code (e.g. `SERVER_PROCESS_CRASHED`).
+    pub event_code: &'static str,
+    /// What happened: the exit (code or signal) and the last line of output, or the launch
+    /// error.
+    pub reason: String,
+    /// When (wall clock).
+    pub at: std::time::SystemTime,
+}
+
+/// One ServerProcesses entry: what should run, what runs, and why not (agent extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView {
+    /// Its number in process ids (`proc-NUMBER-…`), never reused.
+    pub number: usize,
+    /// LaunchPath as written.
+    pub launch_path: String,
+    /// Parameters as written.
+    pub parameters: String,
+    /// Processes it should run now (its ConcurrentExecutions; 0 once retired, draining or
+    /// shutting down).
+    pub desired: u32,
+    /// Its live processes (any phase).
+    pub running: u32,
+    /// Launches that failed (launch path missing or not executable, or the spawn failed)
+    /// since the agent started.
+    pub launch_failures: u64,
+    /// The error of its last failed launch, until a launch succeeds.
+    pub last_launch_error: Option<String>,
+    /// While its launches are paused after a crash loop: when they resume (wall clock).
+    pub paused_until: Option<std::time::SystemTime>,
+    /// The latest exit (or failed launch) of any of its slots.
+    pub last_exit: Option<LastExit>,
 }
 
 /// The counters of GSE's DescribeInstancesExtend.
@@ -128,6 +176,15 @@ pub struct InstanceCounters {
     pub reserved: bool,
     /// SetServerWeight's weight (1–10; 0 until set): a control plane's placement preference.
     pub weight: u8,
+    /// Live processes in any phase (launching and ending ones too).
+    pub process_cnt: u32,
+    /// Processes that should run now: the runtime configuration's, 0 while draining or
+    /// shutting down.
+    pub desired_process_cnt: u32,
+    /// Launches that failed since the agent started.
+    pub launch_failure_cnt: u64,
+    /// Entries whose launches are paused after a crash loop.
+    pub paused_entry_cnt: u32,
 }
 
 /// A call on `GseGrpcSdkService`, by the process with the metadata pid.
@@ -269,6 +326,17 @@ pub struct HostState {
     pub sessions: Vec<SessionState>,
 }
 
+/// What [`Control::DescribeStatus`] reads in one step.
+#[derive(Debug, Clone)]
+pub struct FleetStatus {
+    /// Every live process, by process id.
+    pub processes: Vec<ProcessView>,
+    /// Every entry in force or retiring, by number.
+    pub entries: Vec<EntryView>,
+    /// DescribeInstancesExtend's counters.
+    pub counters: InstanceCounters,
+}
+
 /// What the metrics read of the fleet in one step ([`Control::DescribeGauges`]): counts and
 /// ids, not copies of sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -306,6 +374,8 @@ pub struct EntryGauge {
     pub parameters: String,
     /// How long its launches stay paused after a crash loop (`None`: not paused).
     pub paused_for: Option<std::time::Duration>,
+    /// Launches that failed since the agent started.
+    pub launch_failures: u64,
 }
 
 /// One live process, for the metrics.
@@ -387,6 +457,9 @@ pub enum Control {
     },
     /// The processes (agent extension).
     DescribeProcesses,
+    /// The processes, the entries and the counters, read at once (DescribeServerProcesses'
+    /// entries and DescribeAgentStatus, agent extensions).
+    DescribeStatus,
     /// DescribeInstancesExtend counters.
     DescribeInstance,
     /// DescribeRuntimeConfiguration: the runtime configuration in force.
@@ -452,6 +525,7 @@ impl Control {
             Self::DescribeSessions(_)
                 | Self::DescribePlayers(_)
                 | Self::DescribeProcesses
+                | Self::DescribeStatus
                 | Self::DescribeInstance
                 | Self::DescribeRuntime
                 | Self::DescribeAlias(_)
@@ -491,6 +565,8 @@ pub enum ControlReply {
     HostState(Box<HostState>),
     /// The counts of [`Control::DescribeGauges`].
     Gauges(Box<FleetGauges>),
+    /// The view of [`Control::DescribeStatus`].
+    Status(Box<FleetStatus>),
     /// Done.
     Done,
 }

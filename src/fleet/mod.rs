@@ -14,8 +14,9 @@ pub mod timers;
 
 pub use actor::{FleetHandle, spawn_fleet};
 pub use api::{
-    Control, ControlReply, Effect, EntryGauge, FleetError, FleetGauges, HostState, HostStateScope,
-    InstanceCounters, NewPlayer, NewSession, PlayerQuery, ProcessGauge, ProcessView, SdkCall,
-    SdkReply, SessionQuery, SessionState, SessionUpdate, StopReason, check_players,
+    Control, ControlReply, Effect, EntryGauge, EntryView, FleetError, FleetGauges, FleetStatus,
+    HostState, HostStateScope, InstanceCounters, LastExit, NewPlayer, NewSession, PlayerQuery,
+    ProcessGauge, ProcessView, SdkCall, SdkReply, SessionQuery, SessionState, SessionUpdate,
+    StopReason, check_players,
 };
 pub use state::Fleet;

@@ -139,6 +139,7 @@ pub struct Metrics {
     processes: Family<PhaseLabels, Gauge>,
     entry_info: Family<EntryInfoLabels, Gauge>,
     entry_paused: Family<EntryLabels, FloatGauge>,
+    launch_failures: Family<EntryLabels, Counter>,
     sessions: Family<StatusLabels, Gauge>,
     players: Family<StatusLabels, Gauge>,
     placements_pending: Gauge,
@@ -177,6 +178,7 @@ impl Metrics {
             processes: Family::default(),
             entry_info: Family::default(),
             entry_paused: Family::default(),
+            launch_failures: Family::default(),
             sessions: Family::default(),
             players: Family::default(),
             placements_pending: Gauge::default(),
@@ -215,6 +217,11 @@ impl Metrics {
             "entry_paused_seconds",
             "Seconds until a crash-looping entry launches again (0: not paused)",
             m.entry_paused.clone(),
+        );
+        r.register(
+            "entry_launch_failures",
+            "Launches of an entry that failed (launch path missing or not executable, spawn error), retried with the restart backoff",
+            m.launch_failures.clone(),
         );
         r.register(
             "game_server_sessions",
@@ -393,6 +400,7 @@ impl Metrics {
         self.processes.clear();
         self.entry_info.clear();
         self.entry_paused.clear();
+        self.launch_failures.clear();
         self.sessions.clear();
         self.players.clear();
         let Some(g) = g else {
@@ -408,8 +416,14 @@ impl Metrics {
                 })
                 .set(1);
             self.entry_paused
-                .get_or_create(&EntryLabels { entry })
+                .get_or_create(&EntryLabels {
+                    entry: entry.clone(),
+                })
                 .set(e.paused_for.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+            // Cleared above: the family holds the fleet's count, whatever it held before.
+            self.launch_failures
+                .get_or_create(&EntryLabels { entry })
+                .inc_by(e.launch_failures);
         }
         for ((entry, phase), n) in process_counts(g) {
             self.processes

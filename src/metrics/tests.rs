@@ -23,6 +23,7 @@ fn fleet() -> FleetGauges {
             launch_path: "/local/game/server".into(),
             parameters: "--mode \"duel\"".into(),
             paused_for: None,
+            launch_failures: 0,
         }],
         processes: vec![
             ProcessGauge {
@@ -97,14 +98,24 @@ fn fleet_counts_become_series_and_zero_phases_stay_listed() {
     assert!(!text.contains("upstream"), "{text}");
     assert!(text.ends_with("# EOF\n"));
     // A counter read from the state goes up to the state's total, never down.
+    assert_eq!(
+        v("gse_agent_entry_launch_failures_total{entry=\"0\"}"),
+        Some(0.0)
+    );
     let mut later = fleet();
     later.health_check_failures = 6;
+    later.entries[0].launch_failures = 7;
     later.sessions.clear();
     m.observe_fleet(Some(&later));
     let text = m.encode();
     assert_eq!(
         value(&text, "gse_agent_health_check_failures_total"),
         Some(6.0)
+    );
+    assert_eq!(
+        value(&text, "gse_agent_entry_launch_failures_total{entry=\"0\"}"),
+        Some(7.0),
+        "the entry's count, not added to the last one"
     );
     assert_eq!(
         value(&text, "gse_agent_game_server_sessions{status=\"ACTIVE\"}"),

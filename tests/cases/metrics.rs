@@ -74,21 +74,17 @@ fn metrics_move_with_sessions_sdk_calls_and_a_killed_game() {
         Some(2.0),
         "{text}"
     );
-    assert!(
-        value(
-            &text,
-            r#"gse_agent_sdk_calls_total{rpc="ProcessReady",result="ok"}"#
-        )
-        .is_some_and(|n| n >= 2.0),
-        "{text}"
+    // A call is counted once answered, and ProcessReady is answered only once saved: the
+    // process shows ACTIVE a moment before its call is counted.
+    wait_value(
+        addr,
+        r#"gse_agent_sdk_calls_total{rpc="ProcessReady",result="ok"}"#,
+        |n| n >= 2.0,
     );
-    assert!(
-        value(
-            &text,
-            r#"gse_agent_sdk_call_duration_seconds_count{rpc="ProcessReady"}"#
-        )
-        .is_some_and(|n| n >= 2.0),
-        "{text}"
+    wait_value(
+        addr,
+        r#"gse_agent_sdk_call_duration_seconds_count{rpc="ProcessReady"}"#,
+        |n| n >= 2.0,
     );
     assert_eq!(
         value(&text, r#"gse_agent_game_server_sessions{status="ACTIVE"}"#),
@@ -239,6 +235,11 @@ fn readyz_is_503_while_a_process_the_configuration_asks_for_does_not_run() {
         ),
         "{text}"
     );
+    // Reported once, but every retry is counted.
+    wait_for("a second failed launch counted", || {
+        let text = scrape(addr);
+        (value(&text, r#"gse_agent_entry_launch_failures_total{entry="1"}"#)? >= 2.0).then_some(())
+    });
 }
 
 #[test]

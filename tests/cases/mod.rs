@@ -8,6 +8,7 @@ mod metrics;
 mod restart;
 mod sdk;
 mod sessions;
+mod status;
 mod supervision;
 mod tencent_api;
 mod upstream;

@@ -5,8 +5,8 @@ use tokio::time::Instant;
 use super::{Fleet, TerminateReason};
 use crate::event::{Event, EventCode};
 use crate::fleet::api::{
-    Control, ControlReply, EntryGauge, FleetError, FleetGauges, HostState, HostStateScope,
-    ProcessGauge, ProcessView, SessionState,
+    Control, ControlReply, EntryGauge, EntryView, FleetError, FleetGauges, FleetStatus, HostState,
+    HostStateScope, ProcessGauge, ProcessView, SessionState,
 };
 
 impl Fleet {
@@ -56,6 +56,11 @@ impl Fleet {
                 Ok(ControlReply::Done)
             }
             Control::DescribeProcesses => Ok(ControlReply::Processes(self.process_views())),
+            Control::DescribeStatus => Ok(ControlReply::Status(Box::new(FleetStatus {
+                processes: self.process_views(),
+                entries: self.entry_views(now),
+                counters: self.counters(),
+            }))),
             Control::DescribeHostState(scope) => {
                 Ok(ControlReply::HostState(Box::new(self.host_state(&scope))))
             }
@@ -154,9 +159,59 @@ impl Fleet {
                 game_server_session_id: p.session.clone(),
                 restarts: self.slots[p.slot].generation - 1,
                 log_paths: p.log_paths.clone(),
+                entry: self.entries[self.slots[p.slot].entry].number,
+                started_at: self.clock.to_wall(p.started),
+                current_players: p
+                    .session
+                    .as_ref()
+                    .and_then(|id| self.sessions.get(id))
+                    .filter(|(_, s)| !s.status.is_final())
+                    .map(|(_, s)| s.current_players)
+                    .unwrap_or(0),
+                last_exit: self.slots[p.slot].last_exit.clone(),
             })
             .collect();
         v.sort_by(|a, b| a.process_id.cmp(&b.process_id));
+        v
+    }
+
+    /// Every entry: what it should run, what runs, its failed launches and its pause.
+    fn entry_views(&self, now: Instant) -> Vec<EntryView> {
+        let stopping = self.draining || self.shutting_down;
+        let mut v: Vec<EntryView> = self
+            .entries
+            .iter()
+            .map(|e| EntryView {
+                number: e.number,
+                launch_path: e.spec.launch_path.clone(),
+                parameters: e.spec.parameters.clone(),
+                desired: 0,
+                running: 0,
+                launch_failures: e.launch_failures,
+                last_launch_error: e.last_launch_error.clone(),
+                paused_until: e
+                    .breaker
+                    .paused_until
+                    .filter(|t| *t > now)
+                    .map(|t| self.clock.to_wall(t)),
+                last_exit: None,
+            })
+            .collect();
+        for s in &self.slots {
+            let view = &mut v[s.entry];
+            if !s.retiring && !stopping {
+                view.desired += 1;
+            }
+            if s.serial.is_some() {
+                view.running += 1;
+            }
+            if let Some(x) = &s.last_exit
+                && view.last_exit.as_ref().is_none_or(|old| old.at <= x.at)
+            {
+                view.last_exit = Some(x.clone());
+            }
+        }
+        v.sort_by_key(|e| e.number);
         v
     }
 
@@ -171,6 +226,7 @@ impl Fleet {
                     launch_path: e.spec.launch_path.clone(),
                     parameters: e.spec.parameters.clone(),
                     paused_for: e.breaker.paused_until.filter(|t| *t > now).map(|t| t - now),
+                    launch_failures: e.launch_failures,
                 })
                 .collect(),
             placement_outcomes: self.placement_outcomes.clone(),

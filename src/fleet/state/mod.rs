@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::api::{Effect, InstanceCounters, StopReason};
+use super::api::{Effect, InstanceCounters, LastExit, StopReason};
 use super::clock::{Clock, Ids};
 use super::restart::Breaker;
 use super::timers::{Timer, Timers};
@@ -103,6 +103,9 @@ struct Slot {
     /// From an older runtime configuration: never relaunched; its process is retired as soon
     /// as it hosts no session.
     retiring: bool,
+    /// How its last process ended or its last launch failed (not saved: an agent restart
+    /// starts without it).
+    last_exit: Option<LastExit>,
 }
 
 /// Where a slot's next process is; exactly one launch is ever under way per slot.
@@ -125,6 +128,10 @@ struct Entry {
     breaker: Breaker,
     /// An invalid launch path was reported and has not launched since: do not repeat it.
     invalid_path_reported: bool,
+    /// Launches that failed since the agent started (counted, not saved).
+    launch_failures: u64,
+    /// The error of its last failed launch, until one succeeds.
+    last_launch_error: Option<String>,
 }
 
 /// The fleet. See the module docs.
@@ -401,11 +408,21 @@ impl Fleet {
 
     /// DescribeInstancesExtend's counters.
     pub fn counters(&self) -> InstanceCounters {
+        let max_game_session_cnt = self.slots.iter().filter(|s| !s.retiring).count() as u32;
+        let stopping = self.draining || self.shutting_down;
         let mut c = InstanceCounters {
-            max_game_session_cnt: self.slots.iter().filter(|s| !s.retiring).count() as u32,
+            max_game_session_cnt,
             draining: self.draining,
             reserved: self.reserved,
             weight: self.weight,
+            process_cnt: self.procs.len() as u32,
+            desired_process_cnt: if stopping { 0 } else { max_game_session_cnt },
+            launch_failure_cnt: self.entries.iter().map(|e| e.launch_failures).sum(),
+            paused_entry_cnt: self
+                .entries
+                .iter()
+                .filter(|e| e.breaker.is_paused(self.clock.now))
+                .count() as u32,
             ..Default::default()
         };
         for p in self.procs.values() {

@@ -362,6 +362,7 @@ impl Fleet {
                 launch: LaunchState::Idle,
                 failures: s.failures,
                 retiring: s.retiring,
+                last_exit: None,
             })
             .collect();
         if let Some(bad) = fleet.slots.iter().find(|s| s.entry >= fleet.entries.len()) {

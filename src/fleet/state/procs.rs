@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{Fleet, LaunchState, Phase, Proc, TerminateReason};
 use crate::event::{Change, Event, EventCode, ExitDetails};
-use crate::fleet::api::{Effect, StopReason};
+use crate::fleet::api::{Effect, LastExit, StopReason};
 use crate::fleet::timers::Timer;
 use crate::process::{ExitInfo, Identity};
 use crate::session::{GssInput, GssStatus, unix_seconds};
@@ -62,6 +62,7 @@ impl Fleet {
         s.serial = Some(serial);
         let entry = s.entry;
         self.entries[entry].invalid_path_reported = false;
+        self.entries[entry].last_launch_error = None;
         self.timers.add(ready_by, Timer::ReadyTimeout { serial });
         let launch_path = self.entries[entry].spec.launch_path.clone();
         self.emit(
@@ -162,6 +163,23 @@ impl Fleet {
                 .process(&p.id, Some(pid))
                 .exit(details),
         );
+        let last_line = info
+            .output_tail
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| !l.is_empty());
+        self.slots[p.slot].last_exit = Some(LastExit {
+            process_id: p.id.clone(),
+            event_code: code.as_str(),
+            reason: match last_line {
+                Some(line) if code != EventCode::ServerProcessEnded => {
+                    format!("{}; last output: {line}", info.describe())
+                }
+                _ => info.describe(),
+            },
+            at: self.clock.to_wall(now),
+        });
         let clean = code == EventCode::ServerProcessEnded;
         if let Some(gss_id) = &p.session {
             let reason = if clean {

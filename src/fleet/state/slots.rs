@@ -6,8 +6,9 @@ use tokio::time::Instant;
 
 use super::{Entry, Fleet, LOG_GENERATIONS_KEPT, LaunchState, Slot, TerminateReason};
 use crate::config::RuntimeConfiguration;
-use crate::event::{Event, EventCode};
+use crate::event::{Change, Event, EventCode};
 use crate::fleet::api::Effect;
+use crate::fleet::api::LastExit;
 use crate::fleet::restart::backoff;
 use crate::fleet::timers::Timer;
 
@@ -33,6 +34,7 @@ impl Fleet {
                     launch: LaunchState::Idle,
                     failures: 0,
                     retiring: false,
+                    last_exit: None,
                 });
             }
         }
@@ -186,7 +188,9 @@ impl Fleet {
     }
 
     /// The launch of `slot` failed; `invalid_path` when the LaunchPath is missing or not
-    /// executable (reported once, retried at the slowest pace).
+    /// executable. Either way the failure is counted on its entry and the slot is retried with
+    /// the restart backoff (a deploy may bring the file), through the crash-loop breaker; an
+    /// invalid path is reported once per entry until a launch succeeds.
     pub fn spawn_failed(
         &mut self,
         slot: usize,
@@ -202,13 +206,24 @@ impl Fleet {
         } else {
             EventCode::ServerProcessPullFailed
         };
-        if !(invalid_path && self.entries[entry].invalid_path_reported) {
-            self.emit(Event::new(code, message).process(&process_id, None));
-        }
+        let e = &mut self.entries[entry];
+        e.launch_failures += 1;
+        e.last_launch_error = Some(message.clone());
+        let repeat = invalid_path && e.invalid_path_reported;
         if invalid_path {
-            self.entries[entry].invalid_path_reported = true;
-            // A missing file does not appear by retrying hot: wait the longest backoff.
-            self.slots[slot].failures = self.slots[slot].failures.max(u32::MAX / 2);
+            e.invalid_path_reported = true;
+        }
+        self.slots[slot].last_exit = Some(LastExit {
+            process_id: process_id.clone(),
+            event_code: code.as_str(),
+            reason: message.clone(),
+            at: self.clock.to_wall(now),
+        });
+        if !repeat {
+            self.emit(Event::new(code, message).process(&process_id, None));
+        } else {
+            // Not an event (one per entry is enough), but the counts changed.
+            self.changed(Change::Processes);
         }
         self.after_failure(slot, now, Duration::ZERO);
     }

@@ -418,50 +418,133 @@ async fn a_few_slots_failing_repeatedly_among_many_trip_the_breaker_once() {
     assert_eq!(h.pids().len(), 47, "the failing slots are paused");
 }
 
-#[tokio::test(start_paused = true)]
-async fn invalid_launch_path_is_reported_once_and_not_retried_hot() {
-    let cfg = config::parse(CONFIG, "test.yaml", Path::new("/srv")).unwrap();
-    let mut fleet = Fleet::new(Arc::new(cfg));
-    fleet.start();
-    let now = Instant::now();
-    let launches: Vec<_> = fleet
-        .take_effects()
-        .into_iter()
+/// The launches among `effects`: (slot, serial, process id).
+fn launches(effects: &[Effect]) -> Vec<(usize, u64, String)> {
+    effects
+        .iter()
         .filter_map(|e| match e {
             Effect::Launch {
                 slot,
                 serial,
                 process_id,
                 ..
-            } => Some((slot, serial, process_id)),
+            } => Some((*slot, *serial, process_id.clone())),
             _ => None,
         })
-        .collect();
-    for (slot, _, id) in launches.into_iter().take(2) {
-        fleet.spawn_failed(slot, id, true, "launch path /x does not exist".into(), now);
+        .collect()
+}
+
+fn status(fleet: &mut Fleet, now: Instant) -> crate::fleet::api::FleetStatus {
+    match fleet.control(Control::DescribeStatus, now) {
+        Ok(ControlReply::Status(s)) => *s,
+        other => panic!("{other:?}"),
     }
-    let effects = fleet.take_effects();
-    let reported = effects
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_launch_path_is_retried_with_the_backoff_counted_and_paused() {
+    let cfg = config::parse(CONFIG, "test.yaml", Path::new("/srv")).unwrap();
+    let mut fleet = Fleet::new(Arc::new(cfg));
+    let t0 = Instant::now();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    fleet.set_clock(Clock { now: t0, wall });
+    fleet.start();
+    let first = launches(&fleet.take_effects());
+    // Entry b (slot 2) starts; entry a's file is missing (slots 0 and 1).
+    let (b_slot, b_serial, b_id) = first.iter().find(|l| l.0 == 2).cloned().unwrap();
+    fleet.spawned(b_slot, b_serial, b_id, identity(500), t0);
+    let missing = "launch path /srv/game/a does not exist";
+    let fail = |fleet: &mut Fleet, launches: Vec<(usize, u64, String)>, now| {
+        for (slot, _, id) in launches.into_iter().filter(|l| l.0 < 2) {
+            fleet.spawn_failed(slot, id, true, missing.into(), now);
+        }
+        fleet.take_effects()
+    };
+    // The first relaunch is immediate, as for a crash...
+    let effects = fail(&mut fleet, first, t0);
+    let invalid = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Emit(ev) if ev.event_code == EventCode::ServerProcessInvalidPath))
+            .count()
+    };
+    assert_eq!(invalid(&effects), 1, "two slots of one entry: one event");
+    let again = launches(&effects);
+    assert_eq!(again.len(), 2, "{effects:?}");
+    // ...the second failure of each slot waits the backoff, and 4 repeated failures trip the
+    // breaker: the entry pauses for the cool-down.
+    let effects = fail(&mut fleet, again, t0);
+    assert_eq!(
+        invalid(&effects),
+        0,
+        "reported once until a launch succeeds"
+    );
+    assert!(launches(&effects).is_empty(), "{effects:?}");
+    assert!(effects.iter().any(
+        |e| matches!(e, Effect::Emit(ev) if ev.event_code == EventCode::ServerProcessCrashLoop)
+    ));
+    let s = status(&mut fleet, t0);
+    assert_eq!(s.counters.launch_failure_cnt, 4);
+    assert_eq!(s.counters.process_cnt, 1);
+    assert_eq!(s.counters.desired_process_cnt, 3);
+    assert_eq!(s.counters.paused_entry_cnt, 1);
+    let a = &s.entries[0];
+    assert_eq!((a.desired, a.running, a.launch_failures), (2, 0, 4));
+    assert_eq!(a.last_launch_error.as_deref(), Some(missing));
+    assert_eq!(a.paused_until, Some(wall + Duration::from_secs(100)));
+    let last = a.last_exit.as_ref().unwrap();
+    assert_eq!(last.event_code, "SERVER_PROCESS_INVALID_PATH");
+    assert_eq!(last.reason, missing);
+    assert_eq!(s.entries[1].paused_until, None);
+    // The backoff's timer comes and goes: the pause holds the launches...
+    fleet.tick(t0 + Duration::from_secs(99));
+    assert!(launches(&fleet.take_effects()).is_empty());
+    // ...until it ends; then the file is there and the launches succeed.
+    fleet.tick(t0 + Duration::from_secs(100));
+    let relaunched = launches(&fleet.take_effects());
+    assert_eq!(relaunched.len(), 2, "both slots launch after the cool-down");
+    let now = t0 + Duration::from_secs(100);
+    for (i, (slot, serial, id)) in relaunched.into_iter().enumerate() {
+        fleet.spawned(slot, serial, id, identity(600 + i as u32), now);
+    }
+    let s = status(&mut fleet, now);
+    let a = &s.entries[0];
+    assert_eq!((a.running, a.launch_failures), (2, 4), "the count stays");
+    assert_eq!(a.last_launch_error, None);
+    assert_eq!(a.paused_until, None);
+    assert_eq!(s.counters.paused_entry_cnt, 0);
+    assert_eq!(s.counters.process_cnt, 3);
+    // Each process knows why its slot's last launch failed.
+    let p = s.processes.iter().find(|p| p.entry == 0).unwrap();
+    assert_eq!(
+        p.last_exit.as_ref().map(|x| x.event_code),
+        Some("SERVER_PROCESS_INVALID_PATH")
+    );
+    assert_eq!(p.started_at, wall + Duration::from_secs(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_is_remembered_with_its_last_line_of_output() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    let serial = h.fleet.serial_of(pid).unwrap();
+    let info = ExitInfo::from_status(
+        Ok(std::os::unix::process::ExitStatusExt::from_raw(3 << 8)),
+        false,
+        vec!["loading map".into(), "fatal: no map".into(), "".into()],
+    );
+    h.fleet.exited(serial, info, h.now);
+    h.settle();
+    let s = status(&mut h.fleet, h.now);
+    let replaced = s
+        .processes
         .iter()
-        .filter(|e| matches!(e, Effect::Emit(ev) if ev.event_code == EventCode::ServerProcessInvalidPath))
-        .count();
-    assert_eq!(reported, 1, "two slots of one entry: one event");
-    assert!(!effects.iter().any(|e| matches!(e, Effect::Launch { .. })));
-    fleet.tick(now + Duration::from_secs(7));
-    assert!(
-        !fleet
-            .take_effects()
-            .iter()
-            .any(|e| matches!(e, Effect::Launch { .. }))
-    );
-    fleet.tick(now + Duration::from_secs(8));
-    assert!(
-        fleet
-            .take_effects()
-            .iter()
-            .any(|e| matches!(e, Effect::Launch { .. })),
-        "retried at max-backoff"
-    );
+        .find(|p| p.last_exit.is_some())
+        .expect("the relaunched process carries its slot's last exit");
+    let x = replaced.last_exit.as_ref().unwrap();
+    assert_eq!(x.event_code, "SERVER_PROCESS_CRASHED");
+    assert_eq!(x.reason, "exit code 3; last output: fatal: no map");
+    assert_eq!(replaced.restarts, 1);
 }
 
 #[tokio::test(start_paused = true)]
