@@ -145,17 +145,21 @@ fn metrics_move_with_sessions_sdk_calls_and_a_killed_game() {
         .as_str()
         .unwrap()
         .to_string();
-    let text = wait_for("a sample of the surviving game", || {
-        let text = scrape(addr);
-        value(
+    // A sample taken before the kill still lists the victim: wait for one taken after it.
+    let text = wait_for(
+        "a sample of the surviving game without the killed one",
+        || {
+            let text = scrape(addr);
+            value(
             &text,
             &format!(
                 r#"gse_agent_process_resident_memory_bytes{{process_id="{survivor}",entry="0"}}"#
             ),
         )
-        .filter(|rss| *rss > 0.0)
+        .filter(|rss| *rss > 0.0 && !text.contains(&format!("process_id=\"{victim_id}\"")))
         .map(|_| text)
-    });
+        },
+    );
     assert!(
         value(
             &text,
