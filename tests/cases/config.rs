@@ -279,3 +279,44 @@ runtime-configuration:
         assert!(!dir.path().join("data").exists(), "nothing was started");
     }
 }
+
+/// Two fleets on one host, one agent each (its own data-dir and SDK port): every game reaches
+/// its own agent through GSE_SDK_ADDRESS, and each fleet's sessions run on its own games.
+#[test]
+fn two_fleets_on_one_host_each_run_on_their_own_agent() {
+    let yaml = |fleet: &str| {
+        crate::helper::config(&crate::helper::entry("", 2), "")
+            .replace("fleet-id: fleet-test", &format!("fleet-id: {fleet}"))
+    };
+    let a = crate::helper::Agent::start(&yaml("fleet-a"));
+    let b = crate::helper::Agent::start(&yaml("fleet-b"));
+    assert_ne!(a.sdk, b.sdk);
+    let ready_a = a.wait_ready(2);
+    let ready_b = b.wait_ready(2);
+    let pids = |ready: &[serde_json::Value]| -> Vec<u64> {
+        ready.iter().map(|p| p["Pid"].as_u64().unwrap()).collect()
+    };
+    let (pids_a, pids_b) = (pids(&ready_a), pids(&ready_b));
+    assert!(
+        pids_a.iter().all(|p| !pids_b.contains(p)),
+        "{pids_a:?} {pids_b:?}"
+    );
+    for (agent, fleet, own) in [(&a, "fleet-a", &pids_a), (&b, "fleet-b", &pids_b)] {
+        let session = agent.ok(serde_json::json!({
+            "Action": "CreateGameServerSession",
+            "FleetId": fleet,
+            "MaximumPlayerSessionCount": 2,
+        }))["GameServerSession"]
+            .clone();
+        let id = session["GameServerSessionId"].as_str().unwrap().to_string();
+        assert!(id.contains(&format!("/{fleet}/")), "{id}");
+        agent.wait_session_status(&id, "ACTIVE");
+        // Activated by one of this agent's own games.
+        let host = agent
+            .processes()
+            .into_iter()
+            .find(|p| p["GameServerSessionId"] == id.as_str())
+            .unwrap_or_else(|| panic!("no process of {fleet} hosts {id}"));
+        assert!(own.contains(&host["Pid"].as_u64().unwrap()), "{host}");
+    }
+}
