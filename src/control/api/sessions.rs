@@ -23,8 +23,11 @@ use up::command::Kind;
 const TRIES: usize = 3;
 /// How long a choice of host waits for rows other writes hold, when only they have room...
 const PICK_WAIT: Duration = Duration::from_millis(200);
-/// ...looking again this often.
+/// ...looking again after this, doubled each time up to [`PICK_RETRY_MAX`] (on a few hosts
+/// under load, a fixed short retry had every waiting create spin on the database)...
 const PICK_RETRY: Duration = Duration::from_millis(1);
+/// ...and at most this.
+const PICK_RETRY_MAX: Duration = Duration::from_millis(16);
 /// A host's refusals that mean nothing was made there: the next host is tried.
 const NEXT_HOST: &[&str] = &["LimitExceeded", "OperationDenied", "ResourceUnavailable"];
 /// A retry with the token of a request still under way waits this long for it at most...
@@ -353,6 +356,7 @@ impl ControlApi {
             .await
             .map_err(db_error("preparing the choice of host"))?;
         let deadline = tokio::time::Instant::now() + PICK_WAIT;
+        let mut retry = PICK_RETRY;
         loop {
             let row = db
                 .query_opt(&choose, &[&fleet, &tried])
@@ -369,7 +373,8 @@ impl ControlApi {
             if !locked_with_room || tokio::time::Instant::now() > deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(PICK_RETRY).await;
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(PICK_RETRY_MAX);
         }
     }
 
