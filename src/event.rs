@@ -456,7 +456,7 @@ fn log(e: &Event) {
                 psess.id = e.player_session_id.as_deref(),
                 exit.code = exit_code,
                 exit.signal = signal,
-                log.path = log_file,
+                output.path = log_file,
                 "{}",
                 message
             )

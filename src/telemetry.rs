@@ -201,7 +201,7 @@ mod tests {
             ("psess.id", "PSESS_ID"),
             ("event.code", "EVENT_CODE"),
             ("exit.code", "EXIT_CODE"),
-            ("log.path", "LOG_PATH"),
+            ("output.path", "OUTPUT_PATH"),
             ("sdk.verify_callers", "SDK_VERIFY_CALLERS"),
             ("message", "MESSAGE"),
             ("_trusted", "TRUSTED"),

@@ -184,7 +184,7 @@ impl LogFiles {
                 {
                     Ok(f) => self.files[i] = Some(f),
                     Err(e) => {
-                        tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot open log for rotation; not rotated");
+                        tracing::debug!(output.path = %self.paths[i].display(), error = %e, "cannot open log for rotation; not rotated");
                         self.unopenable[i] = true;
                         continue;
                     }
@@ -201,12 +201,12 @@ impl LogFiles {
                 match rotate(&self.paths[i], file, len, self.max_bytes, self.keep) {
                     Ok(None) => {}
                     Ok(Some((dropped, errno))) => {
-                        tracing::warn!(log.path = %self.paths[i].display(), log.dropped = dropped, error = %errno.desc(), "cannot keep rotated output: the disk refuses writes; the live file was truncated");
+                        tracing::warn!(output.path = %self.paths[i].display(), output.dropped = dropped, error = %errno.desc(), "cannot keep rotated output: the disk refuses writes; the live file was truncated");
                         self.losses[i].bytes += dropped;
                         self.losses[i].error = Some(errno);
                     }
                     Err(e) => {
-                        tracing::warn!(log.path = %self.paths[i].display(), error = %e, "cannot rotate log");
+                        tracing::warn!(output.path = %self.paths[i].display(), error = %e, "cannot rotate log");
                     }
                 }
             }
@@ -227,9 +227,9 @@ impl LogFiles {
                     .map_or(0, |d| d.as_secs());
                 if now >= FULL_SAID.load(Ordering::Relaxed) + 60 {
                     FULL_SAID.store(now, Ordering::Relaxed);
-                    tracing::warn!(log.path = %self.paths[0].display(), "the disk holding the games' output is full: their writes fail");
+                    tracing::warn!(output.path = %self.paths[0].display(), "the disk holding the games' output is full: their writes fail");
                 } else {
-                    tracing::debug!(log.path = %self.paths[0].display(), "the disk holding the game's output is full");
+                    tracing::debug!(output.path = %self.paths[0].display(), "the disk holding the game's output is full");
                 }
                 self.full_since = Some(Instant::now());
             }
@@ -271,11 +271,11 @@ impl LogFiles {
                 .and_then(|mut f| f.write_all(text.as_bytes()));
             match written {
                 Ok(()) => {
-                    tracing::info!(log.path = %self.paths[i].display(), log.dropped = self.losses[i].bytes, "said in the log that output was lost to a disk fault");
+                    tracing::info!(output.path = %self.paths[i].display(), output.dropped = self.losses[i].bytes, "said in the log that output was lost to a disk fault");
                     self.losses[i] = Loss::default();
                 }
                 Err(e) => {
-                    tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot say the output loss yet");
+                    tracing::debug!(output.path = %self.paths[i].display(), error = %e, "cannot say the output loss yet");
                 }
             }
         }

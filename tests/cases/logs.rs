@@ -60,6 +60,8 @@ fn a_crash_line_names_the_exit_the_last_output_line_and_the_log_file() {
         "process crashed (exit code 3)".to_string(),
         format!("last output: {last:?}"),
         format!("log: {file}"),
+        // A field, too (a `log.` prefix would be hidden: tracing-log reserves it).
+        format!("output.path={file:?}"),
     ] {
         assert!(line.contains(&part), "{part:?} in {line:?}");
     }
@@ -167,7 +169,7 @@ fn under_systemd_log_lines_are_journald_entries_with_their_fields() {
     assert_eq!(get(&journald_field("process.id")), process);
     assert_eq!(get(&journald_field("process.pid")), pid);
     assert_eq!(get(&journald_field("exit.code")), "3");
-    assert_eq!(get(&journald_field("log.path")), file);
+    assert_eq!(get(&journald_field("output.path")), file);
     assert_eq!(get("PRIORITY"), "4", "a crash is a warning");
     assert_eq!(get("SYSLOG_IDENTIFIER"), "gse-agent");
     let message = get("MESSAGE");
