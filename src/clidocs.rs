@@ -1,7 +1,7 @@
 //! Man pages and shell completions, generated from a binary's own clap definition so they can
 //! never drift from its options. `gse-agent generate-docs DIR` and `gse-control generate-docs
 //! DIR` ([`hook`], checked before clap parses the command line, so it is in no man page and no
-//! completion) call [`write`]; `.ci/package` runs them before `cargo deb` packs the files.
+//! completion) call [`write()`]; `.ci/package` runs them before `cargo deb` packs the files.
 //!
 //! Layout under `DIR`: `man/<bin>.1` and `man/<bin>-<subcommand>.1` (roff, uncompressed;
 //! `cargo deb` gzips them), `completions/<bin>.bash`, `completions/_<bin>` (zsh) and
