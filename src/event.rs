@@ -181,6 +181,9 @@ pub struct ExitDetails {
     /// The last lines of stdout and stderr.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub output_tail: Vec<String>,
+    /// The game's output file to open for more: the one the last line came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
 }
 
 /// One lifecycle change.
@@ -394,10 +397,36 @@ impl EventBus {
     }
 }
 
+/// The log line's message: the event's, and for a process that did not end cleanly the last
+/// line of its output and the file to open, so the line alone says what to look at
+/// (`journalctl` shows only the message unless asked for fields).
+fn log_message(e: &Event) -> std::borrow::Cow<'_, str> {
+    let Some(exit) = &e.exit else {
+        return e.message.as_str().into();
+    };
+    if e.event_code == EventCode::ServerProcessEnded {
+        return e.message.as_str().into();
+    }
+    let mut text = e.message.clone();
+    match exit.output_tail.last() {
+        Some(last) => text.push_str(&format!(
+            "; last output: {:?}",
+            crate::telemetry::clip(last)
+        )),
+        None => text.push_str("; no output"),
+    }
+    if let Some(file) = &exit.log_file {
+        text.push_str(&format!("; log: {file}"));
+    }
+    text.into()
+}
+
 fn log(e: &Event) {
     let code = e.event_code.as_str();
     let exit_code = e.exit.as_ref().and_then(|x| x.exit_code);
     let signal = e.exit.as_ref().and_then(|x| x.signal.as_deref());
+    let log_file = e.exit.as_ref().and_then(|x| x.log_file.as_deref());
+    let message = log_message(e);
     let level_warn = matches!(
         e.event_code,
         EventCode::ServerProcessCrashed
@@ -427,8 +456,9 @@ fn log(e: &Event) {
                 psess.id = e.player_session_id.as_deref(),
                 exit.code = exit_code,
                 exit.signal = signal,
+                output.path = log_file,
                 "{}",
-                e.message
+                message
             )
         };
     }
@@ -442,6 +472,47 @@ fn log(e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exit_event(code: EventCode, tail: &[&str]) -> Event {
+        Event::new(code, "process crashed (exit code 2)").exit(ExitDetails {
+            exit_code: Some(2),
+            signal: None,
+            core_dumped: false,
+            likely_oom_kill: false,
+            run_millis: 5,
+            ready_millis: None,
+            output_tail: tail.iter().map(|l| l.to_string()).collect(),
+            log_file: Some("/data/logs/proc-0-1-1.stderr.log".into()),
+        })
+    }
+
+    #[test]
+    fn a_crash_line_names_the_exit_the_last_output_line_and_the_log_file() {
+        let e = exit_event(
+            EventCode::ServerProcessCrashed,
+            &["loading", "panic: \"boom\""],
+        );
+        assert_eq!(
+            log_message(&e),
+            r#"process crashed (exit code 2); last output: "panic: \"boom\""; log: /data/logs/proc-0-1-1.stderr.log"#
+        );
+        let silent = exit_event(EventCode::ServerProcessCrashed, &[]);
+        assert_eq!(
+            log_message(&silent),
+            "process crashed (exit code 2); no output; log: /data/logs/proc-0-1-1.stderr.log"
+        );
+        let long = "x".repeat(10_000);
+        let e = exit_event(EventCode::ServerProcessCrashed, &[&long]);
+        assert!(log_message(&e).len() < 400, "a game's long line is cut");
+    }
+
+    #[test]
+    fn clean_ends_and_other_events_keep_their_message() {
+        let ended = exit_event(EventCode::ServerProcessEnded, &["bye"]);
+        assert_eq!(log_message(&ended), "process crashed (exit code 2)");
+        let started = Event::new(EventCode::AgentStarted, "supervising 2");
+        assert_eq!(log_message(&started), "supervising 2");
+    }
 
     #[test]
     fn names_are_screaming_snake_case_and_serialized_as_written() {

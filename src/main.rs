@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use gse_agent::agent::{self, Agent};
 use gse_agent::config::{self, Config, ConfigError};
 use gse_agent::fleet::actor::Stops;
@@ -160,6 +160,9 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = gse_agent::clidocs::hook(Cli::command) {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // `status` promises 64 for bad usage (clap's own code, 2, is validate's "could not run").

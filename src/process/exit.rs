@@ -18,6 +18,8 @@ pub struct ExitInfo {
     pub killed_by_agent: bool,
     /// The last lines of output.
     pub output_tail: Vec<String>,
+    /// The output file to open for more (the one the last line of the tail came from).
+    pub log_file: Option<std::path::PathBuf>,
     /// The exit status was observed (the agent was the parent). False for a process adopted
     /// after an agent restart: init reaped it, so code and signal are unknown.
     pub status_known: bool,
@@ -32,6 +34,7 @@ impl Default for ExitInfo {
             core_dumped: false,
             killed_by_agent: false,
             output_tail: Vec::new(),
+            log_file: None,
             status_known: true,
         }
     }
@@ -54,6 +57,7 @@ impl ExitInfo {
             core_dumped,
             killed_by_agent,
             output_tail,
+            log_file: None,
             status_known: true,
         }
     }

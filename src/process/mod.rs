@@ -532,12 +532,20 @@ impl Supervised {
             let _ = r.await;
         }
         let (paths, tail_lines) = (self.spare.paths().clone(), self.tail_lines);
+        let fallback = paths[0].clone();
         let tail = tokio::task::spawn_blocking(move || output::tail(&paths, tail_lines))
             .await
-            .unwrap_or_default();
-        match status {
-            Some(status) => ExitInfo::from_status(status, killed_by_agent, tail),
-            None => ExitInfo::status_unknown(killed_by_agent, tail),
+            .unwrap_or(output::Tail {
+                lines: Vec::new(),
+                file: fallback,
+            });
+        let info = match status {
+            Some(status) => ExitInfo::from_status(status, killed_by_agent, tail.lines),
+            None => ExitInfo::status_unknown(killed_by_agent, tail.lines),
+        };
+        ExitInfo {
+            log_file: Some(tail.file),
+            ..info
         }
     }
 }

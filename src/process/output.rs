@@ -184,7 +184,7 @@ impl LogFiles {
                 {
                     Ok(f) => self.files[i] = Some(f),
                     Err(e) => {
-                        tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot open log for rotation; not rotated");
+                        tracing::debug!(output.path = %self.paths[i].display(), error = %e, "cannot open log for rotation; not rotated");
                         self.unopenable[i] = true;
                         continue;
                     }
@@ -201,12 +201,12 @@ impl LogFiles {
                 match rotate(&self.paths[i], file, len, self.max_bytes, self.keep) {
                     Ok(None) => {}
                     Ok(Some((dropped, errno))) => {
-                        tracing::warn!(log.path = %self.paths[i].display(), log.dropped = dropped, error = %errno.desc(), "cannot keep rotated output: the disk refuses writes; the live file was truncated");
+                        tracing::warn!(output.path = %self.paths[i].display(), output.dropped = dropped, error = %errno.desc(), "cannot keep rotated output: the disk refuses writes; the live file was truncated");
                         self.losses[i].bytes += dropped;
                         self.losses[i].error = Some(errno);
                     }
                     Err(e) => {
-                        tracing::warn!(log.path = %self.paths[i].display(), error = %e, "cannot rotate log");
+                        tracing::warn!(output.path = %self.paths[i].display(), error = %e, "cannot rotate log");
                     }
                 }
             }
@@ -227,9 +227,9 @@ impl LogFiles {
                     .map_or(0, |d| d.as_secs());
                 if now >= FULL_SAID.load(Ordering::Relaxed) + 60 {
                     FULL_SAID.store(now, Ordering::Relaxed);
-                    tracing::warn!(log.path = %self.paths[0].display(), "the disk holding the games' output is full: their writes fail");
+                    tracing::warn!(output.path = %self.paths[0].display(), "the disk holding the games' output is full: their writes fail");
                 } else {
-                    tracing::debug!(log.path = %self.paths[0].display(), "the disk holding the game's output is full");
+                    tracing::debug!(output.path = %self.paths[0].display(), "the disk holding the game's output is full");
                 }
                 self.full_since = Some(Instant::now());
             }
@@ -271,11 +271,11 @@ impl LogFiles {
                 .and_then(|mut f| f.write_all(text.as_bytes()));
             match written {
                 Ok(()) => {
-                    tracing::info!(log.path = %self.paths[i].display(), log.dropped = self.losses[i].bytes, "said in the log that output was lost to a disk fault");
+                    tracing::info!(output.path = %self.paths[i].display(), output.dropped = self.losses[i].bytes, "said in the log that output was lost to a disk fault");
                     self.losses[i] = Loss::default();
                 }
                 Err(e) => {
-                    tracing::debug!(log.path = %self.paths[i].display(), error = %e, "cannot say the output loss yet");
+                    tracing::debug!(output.path = %self.paths[i].display(), error = %e, "cannot say the output loss yet");
                 }
             }
         }
@@ -368,26 +368,37 @@ fn copy_range(
     Ok(())
 }
 
-/// The last `n` lines of the process's output: stdout's, then stderr's (their relative order
-/// is unknown), at most `n` in all. Reads at most [`TAIL_BYTES`] of each file (plus of its
-/// `.1` when the live file was just truncated). Blocking.
-pub(crate) fn tail(paths: &[PathBuf; 2], n: usize) -> Vec<String> {
-    if n == 0 {
-        return Vec::new();
-    }
+/// The end of a process's output, for its exit report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tail {
+    /// The last lines: stdout's, then stderr's (their relative order is unknown).
+    pub lines: Vec<String>,
+    /// The file to open for more: the one the last line came from (stderr's when it wrote
+    /// anything in the tail, else stdout's).
+    pub file: PathBuf,
+}
+
+/// The last `n` lines of the process's output (`paths`: stdout's and stderr's files), at most
+/// `n` in all. Reads at most [`TAIL_BYTES`] of each file (plus of its `.1` when the live file
+/// was just truncated). Blocking.
+pub(crate) fn tail(paths: &[PathBuf; 2], n: usize) -> Tail {
     let mut out = Vec::new();
-    for path in paths {
+    let mut file = paths[0].clone();
+    for path in paths.iter().filter(|_| n > 0) {
         let mut lines = tail_of_file(path, n);
         if lines.len() < n {
             let mut older = tail_of_file(&numbered(path, 1), n - lines.len());
             older.append(&mut lines);
             lines = older;
         }
+        if !lines.is_empty() {
+            file = path.clone();
+        }
         out.extend(lines);
     }
     let extra = out.len().saturating_sub(n);
     out.drain(..extra);
-    out
+    Tail { lines: out, file }
 }
 
 /// The last `n` lines of one file (a missing file has none).
@@ -611,10 +622,31 @@ mod tests {
         std::fs::write(dir.path().join("o.log.1"), "o1\no2\n").unwrap();
         std::fs::write(&err, "e1\r\n").unwrap();
         assert_eq!(
-            tail(&[out.clone(), err.clone()], 4),
+            tail(&[out.clone(), err.clone()], 4).lines,
             ["o2", "o3", "o4", "e1"]
         );
-        assert_eq!(tail(&[out, err], 2), ["o4", "e1"]);
+        let two = tail(&[out.clone(), err.clone()], 2);
+        assert_eq!(two.lines, ["o4", "e1"]);
+        assert_eq!(two.file, err, "the last line is stderr's");
+    }
+
+    #[test]
+    fn the_tail_names_the_file_its_last_line_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.log");
+        let err = dir.path().join("e.log");
+        std::fs::write(&out, "o1\n").unwrap();
+        let only_stdout = tail(&[out.clone(), err.clone()], 5);
+        assert_eq!(
+            (only_stdout.lines, only_stdout.file),
+            (vec!["o1".into()], out.clone())
+        );
+        std::fs::write(&out, "").unwrap();
+        let silent = tail(&[out.clone(), err.clone()], 5);
+        assert!(silent.lines.is_empty());
+        assert_eq!(silent.file, out, "no output: stdout's file is named");
+        std::fs::write(&err, "boom\n").unwrap();
+        assert_eq!(tail(&[out, err.clone()], 5).file, err);
     }
 
     #[test]
@@ -623,12 +655,12 @@ mod tests {
         let out = dir.path().join("o.log");
         let big: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&out, big).unwrap();
-        let lines = tail(&[out, dir.path().join("none")], 2);
+        let lines = tail(&[out, dir.path().join("none")], 2).lines;
         assert_eq!(lines, ["line 99998", "line 99999"]);
         let long = dir.path().join("long.log");
         std::fs::write(&long, "x".repeat(10_000)).unwrap();
         assert_eq!(
-            tail(&[long, dir.path().join("none")], 1)[0].len(),
+            tail(&[long, dir.path().join("none")], 1).lines[0].len(),
             MAX_TAIL_LINE
         );
     }

@@ -4,6 +4,7 @@ mod control;
 mod disk;
 mod escape;
 mod hardening;
+mod logs;
 mod metrics;
 mod restart;
 mod sdk;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use gse_agent::control::{self, config::ControlConfig};
 use gse_agent::telemetry::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
@@ -18,6 +18,7 @@ const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
 #[command(
+    name = "gse-control",
     version,
     about = "Fleet control plane for gse-agent hosts: the Tencent Cloud GSE API across every host, state in PostgreSQL"
 )]
@@ -54,6 +55,9 @@ fn say(text: &str) {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = gse_agent::clidocs::hook(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match ControlConfig::read(&config) {

@@ -139,6 +139,7 @@ impl Fleet {
             } else {
                 info.output_tail.clone()
             },
+            log_file: info.log_file.as_ref().map(|f| f.display().to_string()),
         };
         let message = match code {
             EventCode::ServerProcessEnded => format!("process ended ({})", info.describe()),
