@@ -26,6 +26,9 @@ const NO_ROOM_BACKOFF: Duration = Duration::from_millis(200);
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How often it looks while placements wait for a session to become ACTIVE.
 const BUSY_POLL: Duration = Duration::from_millis(10);
+/// How long a placement's task keeps it while its session activates, before releasing it to
+/// the worker's polls (well within [`CLAIM`]).
+const HOLD_FOR_ACTIVE: Duration = Duration::from_secs(5);
 
 /// One claimed placement.
 struct Claimed {
@@ -83,8 +86,8 @@ pub async fn work(
                     waiting = false;
                 }
                 for c in claimed {
-                    let api = api.clone();
-                    running.spawn(async move { advance(&api, c).await });
+                    let (api, activated) = (api.clone(), activated.clone());
+                    running.spawn(async move { advance(&api, c, &activated).await });
                 }
             }
             Err(e) => tracing::warn!(error = %e.message, "cannot claim placements"),
@@ -138,18 +141,57 @@ async fn claim(api: &ControlApi, room: i64) -> Result<Vec<Claimed>, CapiError> {
     Ok(claimed)
 }
 
-/// Moves one placement on; says whether it waits for its session to become ACTIVE.
-async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
+/// Where one step left a placement.
+enum Moved {
+    /// Its session was created and is not ACTIVE yet.
+    WaitsForActive,
+    /// It ended, or was released to be looked at again later.
+    Done,
+}
+
+/// Moves one placement on, keeping it while its new session activates (usually tens of
+/// milliseconds: woken by `activated`, else looking every [`BUSY_POLL`]) for up to
+/// [`HOLD_FOR_ACTIVE`]; then it is released and the worker comes back to it. Says whether it
+/// was released to wait for its session.
+async fn advance(
+    api: &ControlApi,
+    mut c: Claimed,
+    activated: &tokio::sync::Notify,
+) -> Result<bool, CapiError> {
+    let hold_until = tokio::time::Instant::now() + HOLD_FOR_ACTIVE;
+    loop {
+        // Registered before the session is read, so an activation stored in between is seen.
+        let woken = activated.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match step(api, &mut c).await? {
+            Moved::Done => return Ok(false),
+            Moved::WaitsForActive if tokio::time::Instant::now() >= hold_until => {
+                release(api, &c, Duration::ZERO).await?;
+                return Ok(true);
+            }
+            Moved::WaitsForActive => {
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep(BUSY_POLL) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One step of a placement: its session's state if it has one, else a create.
+async fn step(api: &ControlApi, c: &mut Claimed) -> Result<Moved, CapiError> {
     let now = now_ms();
     if now > c.deadline_ms {
         finish(
             api,
-            &c,
+            c,
             Status::TimedOut,
             json!({"Reason": "the queue's timeout passed"}),
         )
         .await?;
-        return Ok(false);
+        return Ok(Moved::Done);
     }
     if let Some(gss) = c
         .result
@@ -160,8 +202,7 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
         let session = api.session_json(&gss).await?;
         match session.get("Status").and_then(Value::as_str) {
             Some("ACTIVATING") => {
-                release(api, &c, Duration::ZERO).await?;
-                return Ok(true);
+                return Ok(Moved::WaitsForActive);
             }
             Some("ACTIVE") => {
                 let players = c.request.new_players();
@@ -188,33 +229,33 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
                                     .collect::<Vec<_>>())
                                 .unwrap_or_default()
                         );
-                        finish(api, &c, Status::Fulfilled, result).await?;
+                        finish(api, c, Status::Fulfilled, result).await?;
                     }
                     Err(e) => {
                         result["Reason"] =
                             json!(format!("the players could not be placed: {}", e.message));
-                        finish(api, &c, Status::Failed, result).await?;
+                        finish(api, c, Status::Failed, result).await?;
                     }
                 }
-                return Ok(false);
+                return Ok(Moved::Done);
             }
             // It failed to activate: try another process.
             _ => {
                 let attempt = c.result.get("Attempt").and_then(Value::as_i64).unwrap_or(0) + 1;
                 c.result = json!({"Attempt": attempt});
-                save_result(api, &c).await?;
+                save_result(api, c).await?;
             }
         }
     }
     let Some(queue) = api.queue(&c.queue).await? else {
         finish(
             api,
-            &c,
+            c,
             Status::Failed,
             json!({"Reason": format!("queue {} was deleted", c.queue)}),
         )
         .await?;
-        return Ok(false);
+        return Ok(Moved::Done);
     };
     let (candidates, first_exists) = api.candidates(&queue.destinations).await?;
     let elapsed = ((now - c.started_ms).max(0) / 1000) as u64;
@@ -249,19 +290,18 @@ async fn advance(api: &ControlApi, mut c: Claimed) -> Result<bool, CapiError> {
                 let mut result = json!({"Attempt": attempt});
                 result["GameServerSessionId"] = session["GameServerSessionId"].clone();
                 c.result = result;
-                save_result(api, &c).await?;
-                release(api, &c, Duration::ZERO).await?;
-                return Ok(true);
+                save_result(api, c).await?;
+                return Ok(Moved::WaitsForActive);
             }
             Err(e) if e.code == "LimitExceeded" => continue,
             Err(e) => {
-                finish(api, &c, Status::Failed, json!({"Reason": e.message})).await?;
-                return Ok(false);
+                finish(api, c, Status::Failed, json!({"Reason": e.message})).await?;
+                return Ok(Moved::Done);
             }
         }
     }
-    release(api, &c, NO_ROOM_BACKOFF).await?;
-    Ok(false)
+    release(api, c, NO_ROOM_BACKOFF).await?;
+    Ok(Moved::Done)
 }
 
 /// The session id suffix and idempotency token of a placement's attempt: the placement id

@@ -71,7 +71,8 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer on `pool`; it stops when the last handle is dropped. `activated` is
-    /// told when a snapshot showing an ACTIVE session was stored (placements wait for that).
+    /// told (every waiter, and one permit kept) when a snapshot showing an ACTIVE session was
+    /// stored: placements wait for that.
     pub fn start(pool: Pool, activated: Arc<Notify>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(pool, rx, activated));
@@ -139,6 +140,8 @@ async fn commit(
         return Err(e);
     }
     if rows.activates() {
+        // Every placement waiting on its session looks; the worker too, when it next waits.
+        activated.notify_waiters();
         activated.notify_one();
     }
     Ok(rows.highest)
