@@ -160,6 +160,9 @@ struct Rows {
     reported: Keyed<SessionRow>,
     /// Sessions a create made (stored unless a snapshot did).
     made: Keyed<SessionRow>,
+    /// Sessions a GAME_SESSION_ACTIVATED event reported ACTIVE (the snapshot that says so
+    /// comes up to 20 ms later, and placements wait for it).
+    activated: Vec<String>,
     /// Player sessions a snapshot reported, by id.
     players_reported: Keyed<Value>,
     /// Player sessions a join returned.
@@ -284,12 +287,14 @@ impl Rows {
         rows
     }
 
-    /// Whether a snapshot reported an ACTIVE session.
+    /// Whether an event or a snapshot reported an ACTIVE session.
     fn activates(&self) -> bool {
-        self.reported
-            .rows
-            .iter()
-            .any(|(_, r)| r.body.get("Status").and_then(Value::as_str) == Some("ACTIVE"))
+        !self.activated.is_empty()
+            || self
+                .reported
+                .rows
+                .iter()
+                .any(|(_, r)| r.body.get("Status").and_then(Value::as_str) == Some("ACTIVE"))
     }
 
     fn relay(&mut self, src: &Source, batch: &Batch, current: bool) -> Option<u64> {
@@ -303,6 +308,9 @@ impl Rows {
             ev.time.push(e.time_unix_ms);
             ev.code.push(e.code.clone());
             ev.body.push(event_json(e, &src.instance_id));
+            if e.code == "GAME_SESSION_ACTIVATED" && !e.game_server_session_id.is_empty() {
+                self.activated.push(e.game_server_session_id.clone());
+            }
         }
         let highest = batch.events.iter().map(|e| e.sequence).max();
         if !current {
@@ -451,6 +459,16 @@ impl Rows {
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])
                  ON CONFLICT (gss_id) DO NOTHING",
                 &made.params()
+            );
+        }
+        if !self.activated.is_empty() {
+            // Only from ACTIVATING: an activation never revives a session that ended.
+            step!(
+                "recording activated sessions",
+                "UPDATE sessions SET status = 'ACTIVE',
+                    body = jsonb_set(body, '{Status}', '\"ACTIVE\"'), updated_at = now()
+                 WHERE gss_id = ANY($1) AND status = 'ACTIVATING'",
+                &[&self.activated]
             );
         }
         if !players_reported.ids.is_empty() {
@@ -791,6 +809,7 @@ mod tests {
         };
         let rows = Rows::of(&[&a, &made, &stale]);
         assert_eq!(rows.highest, vec![Some(5), None, Some(9)]);
+        assert!(!rows.activates());
         assert_eq!(rows.events.sequence, vec![3, 5, 4, 9]);
         // A stream the hub no longer holds stores its events and nothing of the host.
         assert_eq!(rows.hosts.keys().collect::<Vec<_>>(), vec!["ins-a"]);
@@ -827,6 +846,24 @@ mod tests {
         assert_eq!(host.processes, Some(3));
         assert_eq!(host.busy, Some(format!("{{{}}}", session_key("g1"))));
         assert!(rows.complete.is_empty());
+    }
+
+    #[test]
+    fn an_activation_event_marks_its_session_active() {
+        let mut activated = event(4);
+        activated.code = "GAME_SESSION_ACTIVATED".into();
+        activated.game_server_session_id = "g1".into();
+        let w = Write::Relay {
+            src: src("ins-a", "s1"),
+            batch: Arc::new(Batch {
+                events: vec![event(3), activated],
+                ..Default::default()
+            }),
+            current: true,
+        };
+        let rows = Rows::of(&[&w]);
+        assert_eq!(rows.activated, vec!["g1".to_string()]);
+        assert!(rows.activates());
     }
 
     #[test]
