@@ -318,3 +318,46 @@ impl<M: Memo> tonic::transport::server::Connected for Guarded<M> {
         self.info.clone()
     }
 }
+
+/// Serves `app` over HTTP/1 on every connection `acceptor` hands out until `shutdown`, then
+/// lets open connections finish for up to `drain`; a request head must arrive within
+/// `header_timeout` and fit `max_head` bytes. Returns how many connections were still open
+/// when `drain` ran out (0: all finished).
+pub async fn serve_http1(
+    mut acceptor: Acceptor<()>,
+    app: axum::Router,
+    header_timeout: Duration,
+    max_head: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+    drain: Duration,
+) -> usize {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_head);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let conn = tokio::select! {
+            conn = acceptor.accept() => conn,
+            _ = shutdown.cancelled() => break,
+        };
+        let served = http.serve_connection(
+            hyper_util::rt::TokioIo::new(conn),
+            hyper_util::service::TowerToHyperService::new(app.clone()),
+        );
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut served = std::pin::pin!(served);
+            tokio::select! {
+                _ = served.as_mut() => return,
+                _ = stop.cancelled() => served.as_mut().graceful_shutdown(),
+            }
+            let _ = served.await;
+        });
+    }
+    connections.close();
+    match tokio::time::timeout(drain, connections.wait()).await {
+        Ok(()) => 0,
+        Err(_) => connections.len(),
+    }
+}

@@ -230,40 +230,20 @@ pub async fn serve_with<H: Handler>(
         .fallback(not_served)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(door);
-    let mut acceptor =
-        Acceptor::<()>::new(listener, options.name, bounds).with_refusal(OVER_CAPACITY);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.get())
-        .max_buf_size(MAX_HEAD_BYTES);
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let conn = tokio::select! {
-            conn = acceptor.accept() => conn,
-            _ = shutdown.cancelled() => break,
-        };
-        let served = http.serve_connection(
-            hyper_util::rt::TokioIo::new(conn),
-            hyper_util::service::TowerToHyperService::new(app.clone()),
-        );
-        let stop = shutdown.clone();
-        connections.spawn(async move {
-            let mut served = std::pin::pin!(served);
-            tokio::select! {
-                _ = served.as_mut() => return,
-                _ = stop.cancelled() => served.as_mut().graceful_shutdown(),
-            }
-            let _ = served.await;
-        });
-    }
-    connections.close();
-    if tokio::time::timeout(DRAIN, connections.wait())
-        .await
-        .is_err()
-    {
+    let acceptor = Acceptor::<()>::new(listener, options.name, bounds).with_refusal(OVER_CAPACITY);
+    let open = crate::listen::serve_http1(
+        acceptor,
+        app,
+        limits.header_timeout.get(),
+        MAX_HEAD_BYTES,
+        shutdown,
+        DRAIN,
+    )
+    .await;
+    if open > 0 {
         tracing::warn!(
             api = options.name,
-            connections = connections.len(),
+            connections = open,
             "API connections still open at stop"
         );
     }

@@ -236,33 +236,16 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .with_state(door);
-    let mut acceptor = Acceptor::<()>::new(listener, "metrics", bounds).with_refusal(OVER_CAPACITY);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.get())
-        .max_buf_size(16 << 10);
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let conn = tokio::select! {
-            conn = acceptor.accept() => conn,
-            _ = shutdown.cancelled() => break,
-        };
-        let served = http.serve_connection(
-            hyper_util::rt::TokioIo::new(conn),
-            hyper_util::service::TowerToHyperService::new(app.clone()),
-        );
-        let stop = shutdown.clone();
-        connections.spawn(async move {
-            let mut served = std::pin::pin!(served);
-            tokio::select! {
-                _ = served.as_mut() => return,
-                _ = stop.cancelled() => served.as_mut().graceful_shutdown(),
-            }
-            let _ = served.await;
-        });
-    }
-    connections.close();
-    let _ = tokio::time::timeout(DRAIN, connections.wait()).await;
+    let acceptor = Acceptor::<()>::new(listener, "metrics", bounds).with_refusal(OVER_CAPACITY);
+    crate::listen::serve_http1(
+        acceptor,
+        app,
+        limits.header_timeout.get(),
+        16 << 10,
+        shutdown.clone(),
+        DRAIN,
+    )
+    .await;
     let _ = sampler.await;
     Ok(())
 }
