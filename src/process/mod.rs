@@ -180,15 +180,31 @@ pub struct ProcessHandle {
     /// Who the process is (its pid is also its process group id), to be recorded for
     /// adoption after an agent restart.
     pub identity: Identity,
-    stop: mpsc::UnboundedSender<Duration>,
+    orders: mpsc::UnboundedSender<Order>,
     detached: Arc<AtomicBool>,
+}
+
+/// What the supervising task is asked to do: the one place that signals the process.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    /// SIGTERM (and SIGCONT, so a stopped game can act on it) to the group now, SIGKILL after
+    /// the grace.
+    Stop(Duration),
+    /// One signal, to the process alone or to its whole group.
+    Signal { signal: Signal, group: bool },
 }
 
 impl ProcessHandle {
     /// SIGTERM to the group now, SIGKILL after `grace` (a later, shorter grace wins). A no-op
     /// once the exit was reported: the task, the only thing that signals, is gone then.
     pub fn stop(&self, grace: Duration) {
-        let _ = self.stop.send(grace);
+        let _ = self.orders.send(Order::Stop(grace));
+    }
+
+    /// Sends `signal` to the process alone (`group` false, as the kernel sends a crash signal)
+    /// or to its whole group. A no-op once the exit was reported, like [`Self::stop`].
+    pub fn signal(&self, signal: Signal, group: bool) {
+        let _ = self.orders.send(Order::Signal { signal, group });
     }
 
     /// From now on, dropping the supervising task (runtime shutdown) leaves the process
@@ -308,10 +324,10 @@ fn launch_with(
     let tag = Tag::from_env(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map(|t| t.with_launch(launch_id));
     let logs = LogFiles::new(paths, spec.max_log_bytes, spec.keep_logs);
-    let stop = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
+    let orders = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
     Ok(ProcessHandle {
         identity,
-        stop,
+        orders,
         detached,
     })
 }
@@ -426,11 +442,11 @@ fn adopt_with(
     let proc = Proc::adopted(pid, pidfd, identity.start_ticks).detachable(detached.clone());
     let paths = ["stdout", "stderr"].map(|s| log_path(&spec.log_dir, &spec.process_id, s));
     let logs = LogFiles::new(paths, spec.max_log_bytes, spec.keep_logs);
-    let stop = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
+    let orders = supervise(proc, logs, spec.tail_lines, tag, &spec.process_id, on_exit);
     tracing::info!(process.pid = pid, process.id = %spec.process_id, "adopted a running process");
     Ok(ProcessHandle {
         identity: identity.clone(),
-        stop,
+        orders,
         detached,
     })
 }
@@ -443,8 +459,8 @@ fn supervise(
     tag: Option<Tag>,
     process_id: &str,
     on_exit: impl FnOnce(u32, ExitInfo) + Send + 'static,
-) -> mpsc::UnboundedSender<Duration> {
-    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+) -> mpsc::UnboundedSender<Order> {
+    let (orders_tx, orders_rx) = mpsc::unbounded_channel();
     let pid = proc.pid();
     let span = tracing::info_span!("process", process.id = %process_id, process.pid = pid);
     let task = Supervised {
@@ -456,7 +472,7 @@ fn supervise(
     tokio::spawn(
         async move {
             let start_ticks = task.proc.start_ticks();
-            let info = task.run(stop_rx).await;
+            let info = task.run(orders_rx).await;
             tracing::debug!(exit = %info.describe(), "process ended");
             // Counted before the exit is reported, so whoever waits for every exit and then
             // for `settle` misses no sweep.
@@ -478,7 +494,7 @@ fn supervise(
         }
         .instrument(span),
     );
-    stop_tx
+    orders_tx
 }
 
 struct Supervised {
@@ -492,7 +508,7 @@ struct Supervised {
 }
 
 impl Supervised {
-    async fn run(mut self, mut stop_rx: mpsc::UnboundedReceiver<Duration>) -> ExitInfo {
+    async fn run(mut self, mut orders: mpsc::UnboundedReceiver<Order>) -> ExitInfo {
         let mut kill_at: Option<Instant> = None;
         let mut killed_by_agent = false;
         let mut check = tokio::time::interval(output::CHECK_EVERY);
@@ -501,11 +517,17 @@ impl Supervised {
         loop {
             tokio::select! {
                 () = self.proc.exited() => break,
-                Some(grace) = stop_rx.recv() => {
-                    self.proc.signal_group(Signal::SIGTERM);
-                    let at = Instant::now() + grace;
-                    kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
-                }
+                Some(order) = orders.recv() => match order {
+                    Order::Stop(grace) => {
+                        self.proc.signal_group(Signal::SIGTERM);
+                        // A stopped (hung) game acts on SIGTERM only once continued.
+                        self.proc.signal_group(Signal::SIGCONT);
+                        let at = Instant::now() + grace;
+                        kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+                    }
+                    Order::Signal { signal, group: true } => self.proc.signal_group(signal),
+                    Order::Signal { signal, group: false } => self.proc.signal_leader(signal),
+                },
                 () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                     self.proc.signal_group(Signal::SIGKILL);
                     killed_by_agent = true;

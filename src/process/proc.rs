@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
@@ -180,16 +180,28 @@ impl Proc {
 
     /// Sends `signal` to the process group the process leads. A gone group is success.
     pub fn signal_group(&self, signal: Signal) {
+        self.send(signal, true);
+    }
+
+    /// Sends `signal` to the process alone (not the rest of its group), as the kernel sends a
+    /// crash signal. A gone process is success.
+    pub fn signal_leader(&self, signal: Signal) {
+        self.send(signal, false);
+    }
+
+    fn send(&self, signal: Signal, group: bool) {
         if self.done {
             return;
         }
+        let what = if group { "process group" } else { "process" };
         if let Some(fd) = self.fd() {
-            match sys::pidfd_send_signal(fd, Some(signal), PIDFD_SIGNAL_PROCESS_GROUP) {
+            let flags = if group { PIDFD_SIGNAL_PROCESS_GROUP } else { 0 };
+            match sys::pidfd_send_signal(fd, Some(signal), flags) {
                 Ok(()) => return,
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {} // kernel < 6.9
+                Err(e) if group && e.raw_os_error() == Some(libc::EINVAL) => {} // kernel < 6.9
                 Err(e) => {
-                    tracing::warn!(process.pid = self.pid, signal = signal.as_str(), error = %e, "cannot signal process group");
+                    tracing::warn!(process.pid = self.pid, signal = signal.as_str(), error = %e, "cannot signal {what}");
                     return;
                 }
             }
@@ -203,10 +215,15 @@ impl Proc {
         if raw <= 1 {
             return;
         }
-        match killpg(Pid::from_raw(raw), signal) {
+        let sent = if group {
+            killpg(Pid::from_raw(raw), signal)
+        } else {
+            kill(Pid::from_raw(raw), signal)
+        };
+        match sent {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => {
-                tracing::warn!(process.pid = self.pid, signal = signal.as_str(), error = %e, "cannot signal process group");
+                tracing::warn!(process.pid = self.pid, signal = signal.as_str(), error = %e, "cannot signal {what}");
             }
         }
     }
