@@ -92,6 +92,18 @@ pub enum EventCode {
     UpstreamConnected,
     /// Agent: the connection to the control plane was lost or refused.
     UpstreamDisconnected,
+    /// Crash rehearsal: a signal was sent to a process.
+    ChaosProcessKilled,
+    /// Crash rehearsal: a process group was stopped (SIGSTOP) for a while.
+    ChaosProcessHung,
+    /// Crash rehearsal: a process's next health checks fail.
+    ChaosHealthChecksFailing,
+    /// Crash rehearsal: the next OnStartGameServerSession calls are delayed.
+    ChaosSessionStartDelayed,
+    /// Crash rehearsal: the next OnStartGameServerSession calls fail.
+    ChaosSessionStartFailing,
+    /// Crash rehearsal: the link to the control plane was cut for a while.
+    ChaosUpstreamCut,
 }
 
 /// The one list of wire names: `as_str` (a match, so a missing code does not compile) and
@@ -157,6 +169,12 @@ names! {
     UpstreamEventsLost => "UPSTREAM_EVENTS_LOST",
     UpstreamConnected => "UPSTREAM_CONNECTED",
     UpstreamDisconnected => "UPSTREAM_DISCONNECTED",
+    ChaosProcessKilled => "CHAOS_PROCESS_KILLED",
+    ChaosProcessHung => "CHAOS_PROCESS_HUNG",
+    ChaosHealthChecksFailing => "CHAOS_HEALTH_CHECKS_FAILING",
+    ChaosSessionStartDelayed => "CHAOS_SESSION_START_DELAYED",
+    ChaosSessionStartFailing => "CHAOS_SESSION_START_FAILING",
+    ChaosUpstreamCut => "CHAOS_UPSTREAM_CUT",
 }
 
 /// How a process ended, as far as the OS says.

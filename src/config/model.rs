@@ -418,6 +418,9 @@ pub struct Config {
     pub logs: LogPolicy,
     /// Extra environment variables for every game process.
     pub environment: BTreeMap<String, String>,
+    /// Crash rehearsal may inject faults into the live fleet (`chaos: enabled`; off by
+    /// default, and never for a host that serves players).
+    pub chaos: bool,
     /// What to run.
     pub runtime: RuntimeConfiguration,
 }

@@ -62,7 +62,19 @@ pub(super) struct RawConfig {
     pub(super) logs: LogPolicy,
     #[serde(default)]
     pub(super) environment: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) chaos: Switch,
     pub(super) runtime_configuration: RawRuntime,
+}
+
+/// An on/off setting written as a word (`chaos: enabled`), so that turning on something risky
+/// reads as meant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Switch {
+    Enabled,
+    #[default]
+    Disabled,
 }
 
 pub(super) fn default_instance_id() -> String {

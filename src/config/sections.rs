@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime,
-    RestartPolicy, Timeouts, UpstreamConfig,
+    RestartPolicy, Switch, Timeouts, UpstreamConfig,
 };
 
 /// Keys a config must have.
@@ -45,6 +45,7 @@ const SECTIONS: &[(&str, Check)] = &[
     ("restart", check::<RestartPolicy>),
     ("logs", check::<LogPolicy>),
     ("environment", check::<BTreeMap<String, String>>),
+    ("chaos", check::<Switch>),
     ("runtime-configuration", check::<RawRuntime>),
 ];
 

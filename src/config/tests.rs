@@ -478,3 +478,18 @@ fn no_two_listeners_share_a_port() {
         "sdk-listen: 127.0.0.1:0\nmetrics-listen: 127.0.0.1:0\n{MINIMAL}"
     ));
 }
+
+#[test]
+fn crash_rehearsal_is_off_unless_the_config_says_enabled_in_words() {
+    assert!(!parse_ok(MINIMAL).chaos);
+    assert!(parse_ok(&format!("chaos: enabled\n{MINIMAL}")).chaos);
+    assert!(!parse_ok(&format!("chaos: disabled\n{MINIMAL}")).chaos);
+    let p = problems(&format!("chaos: true\n{MINIMAL}"));
+    let p = p.iter().find(|p| p.key == "chaos").expect("chaos is named");
+    assert_eq!(p.line, Some(1), "{p:?}");
+    assert!(
+        p.message.contains("enabled") && p.message.contains("disabled"),
+        "{}",
+        p.message
+    );
+}

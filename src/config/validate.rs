@@ -380,6 +380,7 @@ impl Validator<'_> {
             restart: raw.restart,
             logs: raw.logs,
             environment: raw.environment,
+            chaos: raw.chaos == Switch::Enabled,
             runtime,
         }
     }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
+use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply, StartFault};
 use super::clock::Clock;
 use super::state::{Fleet, Recorded};
 use crate::config::Config;
@@ -534,6 +534,21 @@ impl Actor {
                     h.stop(grace);
                 }
             }
+            Effect::Signal {
+                serial,
+                signal,
+                group,
+            } => {
+                if let Some(h) = self.handles.get(&serial) {
+                    tracing::info!(
+                        process.serial = serial,
+                        signal = signal.as_str(),
+                        group,
+                        "crash rehearsal: signalling"
+                    );
+                    h.signal(signal, group);
+                }
+            }
             Effect::HealthCheck { serial, grpc_port } => {
                 let mut client = self.client(serial, grpc_port);
                 let limit = self.cfg.health_check.timeout.get();
@@ -568,6 +583,7 @@ impl Actor {
                 serial,
                 grpc_port,
                 session,
+                fault,
             } => {
                 let mut client = self.client(serial, grpc_port);
                 let limit = self.cfg.runtime.activation_timeout + START_CALL_SLACK;
@@ -577,6 +593,21 @@ impl Actor {
                     tracing::info_span!("start_session", gss.id = %gss_id, process.serial = serial);
                 tokio::spawn(
                     async move {
+                        match fault {
+                            Some(StartFault::Fail) => {
+                                let _ = tx.send(Report::StartResult {
+                                    serial,
+                                    gss_id,
+                                    result: Err("failed by crash rehearsal (the game was not called)".into()),
+                                });
+                                return;
+                            }
+                            Some(StartFault::Delay(d)) => {
+                                tracing::info!(delay = %humantime::format_duration(d), "crash rehearsal: delaying OnStartGameServerSession");
+                                tokio::time::sleep(d).await;
+                            }
+                            None => {}
+                        }
                         let req = proto::StartGameServerSessionRequest {
                             game_server_session: Some(session),
                         };

@@ -44,6 +44,8 @@ pub enum Effect {
         grpc_port: u16,
         /// The session.
         session: proto::GameServerSession,
+        /// A fault crash rehearsal armed for this call ([`Fault::SessionStart`]).
+        fault: Option<StartFault>,
     },
     /// Call OnProcessTerminate.
     Terminate {
@@ -53,6 +55,16 @@ pub enum Effect {
         grpc_port: u16,
         /// Unix seconds; 0 = no deadline.
         termination_time: i64,
+    },
+    /// Send a signal to the process alone (`group` false) or to its whole group (crash
+    /// rehearsal).
+    Signal {
+        /// The process's launch serial.
+        serial: u64,
+        /// The signal.
+        signal: nix::sys::signal::Signal,
+        /// To the whole process group.
+        group: bool,
     },
     /// Forget the callback client of an exited process.
     Forget {
@@ -515,7 +527,72 @@ pub enum Control {
     DescribeHostState(HostStateScope),
     /// Counts of processes, sessions, players and placements, read at once (the metrics).
     DescribeGauges,
+    /// Crash rehearsal: inject a fault into the live fleet (refused unless `chaos: enabled`).
+    InjectFault(Fault),
 }
+
+/// A fault crash rehearsal injects (`chaos: enabled` only). Each is one event with its own
+/// code when injected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Send `signal` to the process alone, as the kernel sends a crash signal; its exit is then
+    /// handled as any crash.
+    Kill {
+        /// Which process.
+        target: FaultTarget,
+        /// The signal (not SIGSTOP or SIGCONT: see [`Fault::Hang`]).
+        signal: nix::sys::signal::Signal,
+    },
+    /// Stop the whole process group (SIGSTOP) and continue it (SIGCONT) after `duration`.
+    Hang {
+        /// Which process.
+        target: FaultTarget,
+        /// How long it stays stopped.
+        duration: Duration,
+    },
+    /// The process's next `count` health checks fail without the game being asked.
+    FailHealthChecks {
+        /// Which process.
+        target: FaultTarget,
+        /// How many.
+        count: u32,
+    },
+    /// The next `count` OnStartGameServerSession calls, to `process` or to any process, are
+    /// delayed or fail.
+    SessionStart {
+        /// Only calls to this process (by process id); `None`: to any.
+        process: Option<String>,
+        /// How many calls.
+        count: u32,
+        /// What happens to them.
+        fault: StartFault,
+    },
+}
+
+/// The process a [`Fault`] is aimed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultTarget {
+    /// By its process id.
+    Process(String),
+    /// The process hosting this game server session.
+    Session(String),
+}
+
+/// What happens to an OnStartGameServerSession call crash rehearsal armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFault {
+    /// The call is made this much later (the activation timeout still runs).
+    Delay(Duration),
+    /// The call is not made; the agent takes it as failed, as if the game had answered with an
+    /// error.
+    Fail,
+}
+
+/// The longest a process may be hung, an OnStartGameServerSession delayed, or the upstream
+/// link cut by crash rehearsal.
+pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(3600);
+/// The most health checks or session starts one fault affects.
+pub const MAX_FAULT_COUNT: u32 = 1000;
 
 impl Control {
     /// Only reads the fleet (nothing to save afterwards).
@@ -567,6 +644,13 @@ pub enum ControlReply {
     Gauges(Box<FleetGauges>),
     /// The view of [`Control::DescribeStatus`].
     Status(Box<FleetStatus>),
+    /// A fault was injected ([`Control::InjectFault`]) into this process, if it names one.
+    Injected {
+        /// Its process id.
+        process_id: Option<String>,
+        /// Its OS pid.
+        pid: Option<u32>,
+    },
     /// Done.
     Done,
 }

@@ -53,6 +53,11 @@ pub enum Timer {
         /// PlacementId.
         id: String,
     },
+    /// The end of a hang crash rehearsal injected: continue the process.
+    FaultHangEnd {
+        /// The process's launch serial.
+        serial: u64,
+    },
 }
 
 /// Timers ordered by deadline, ties by insertion.

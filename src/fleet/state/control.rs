@@ -66,6 +66,7 @@ impl Fleet {
             }
             Control::DescribeInstance => Ok(ControlReply::Instance(self.counters())),
             Control::DescribeGauges => Ok(ControlReply::Gauges(Box::new(self.gauges(now)))),
+            Control::InjectFault(fault) => self.inject(fault, now),
             Control::PutAlias(input) => self.put_alias(input),
             Control::PutQueue { input, create } => self.put_queue(input, create),
             Control::StartPlacement(request) => self.start_placement(*request, now),

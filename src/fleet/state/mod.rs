@@ -89,6 +89,8 @@ struct Proc {
     /// Why it was sent OnProcessTerminate, kept when it then calls ProcessEnding.
     told_to_terminate: Option<TerminateReason>,
     stop: Option<StopReason>,
+    /// Faults crash rehearsal injected into it.
+    faults: chaos::ProcFaults,
 }
 
 #[derive(Debug)]
@@ -187,6 +189,8 @@ pub struct Fleet {
     placement_outcomes: BTreeMap<&'static str, u64>,
     /// Health checks failed since the agent started (for the metrics).
     health_check_failures: u64,
+    /// OnStartGameServerSession faults crash rehearsal armed, oldest first.
+    start_faults: Vec<chaos::ArmedStartFault>,
 }
 
 impl Fleet {
@@ -224,6 +228,7 @@ impl Fleet {
             pending_placements: VecDeque::new(),
             placement_outcomes: BTreeMap::new(),
             health_check_failures: 0,
+            start_faults: Vec::new(),
             file_runtime_changed: false,
             clock: Clock::read(),
             ids: Ids::default(),
@@ -350,9 +355,13 @@ impl Fleet {
                 {
                     p.health_in_flight = true;
                     let grpc_port = p.grpc_port;
-                    self.effects.push(Effect::HealthCheck { serial, grpc_port });
+                    match self.injected_health_failure(serial) {
+                        Some(detail) => self.health_result(serial, false, &detail, now),
+                        None => self.effects.push(Effect::HealthCheck { serial, grpc_port }),
+                    }
                 }
             }
+            Timer::FaultHangEnd { serial } => self.end_hang(serial),
             Timer::TerminateDeadline { serial } => {
                 if let Some(Phase::Terminating(reason)) = self.procs.get(&serial).map(|p| p.phase) {
                     self.stop(serial, reason.stop_reason());
@@ -449,6 +458,7 @@ impl Fleet {
 }
 
 mod aliases;
+mod chaos;
 mod control;
 mod persist;
 mod placements;

@@ -434,6 +434,8 @@ impl Fleet {
                     custom: r.custom,
                     told_to_terminate: r.told_to_terminate,
                     stop: r.stop,
+                    // Crash rehearsal's faults are not saved: a restart ends them.
+                    faults: super::chaos::ProcFaults::default(),
                 },
             );
         }

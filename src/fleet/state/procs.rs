@@ -95,6 +95,7 @@ impl Fleet {
                 custom: (0, 0),
                 told_to_terminate: None,
                 stop: None,
+                faults: super::chaos::ProcFaults::default(),
             },
         );
         if self.shutting_down {
@@ -122,6 +123,7 @@ impl Fleet {
             self.by_pid.remove(&pid);
         }
         self.effects.push(Effect::Forget { serial });
+        self.forget_faults(serial);
         let code = classify(&p);
         let ran = now.saturating_duration_since(p.started);
         let details = ExitDetails {
@@ -129,7 +131,8 @@ impl Fleet {
             signal: info.signal_name(),
             core_dumped: info.core_dumped,
             likely_oom_kill: info.signal == Some(nix::sys::signal::Signal::SIGKILL as i32)
-                && !info.killed_by_agent,
+                && !info.killed_by_agent
+                && p.faults.signal != Some(nix::sys::signal::Signal::SIGKILL),
             run_millis: ran.as_millis() as u64,
             ready_millis: p
                 .ready_at
@@ -143,7 +146,13 @@ impl Fleet {
         };
         let message = match code {
             EventCode::ServerProcessEnded => format!("process ended ({})", info.describe()),
-            EventCode::ServerProcessCrashed => format!("process crashed ({})", info.describe()),
+            EventCode::ServerProcessCrashed => match p.faults.signal {
+                Some(sent) if info.signal == Some(sent as i32) => format!(
+                    "process crashed ({}, sent by crash rehearsal)",
+                    info.describe()
+                ),
+                _ => format!("process crashed ({})", info.describe()),
+            },
             EventCode::ServerProcessProcessReadyTimeout => format!(
                 "no ProcessReady within {}, so the agent stopped it (then: {})",
                 humantime::format_duration(self.cfg.timeouts.process_ready.get()),

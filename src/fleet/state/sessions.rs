@@ -236,10 +236,12 @@ impl Fleet {
             .session(&id)
             .process(&process_id, Some(pid)),
         );
+        let fault = self.take_start_fault(serial);
         self.effects.push(Effect::StartSession {
             serial,
             grpc_port,
             session: session.to_proto(),
+            fault,
         });
         Ok(session)
     }

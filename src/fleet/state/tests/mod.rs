@@ -14,6 +14,8 @@ use crate::fleet::clock::Clock;
 use crate::process::ExitInfo;
 use crate::session::PlayerStatus;
 
+mod chaos;
+
 const CONFIG: &str = "
 fleet-id: fleet-test
 health-check: { interval: 1s, timeout: 500ms, failure-threshold: 2 }
@@ -41,7 +43,12 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let cfg = config::parse(CONFIG, "test.yaml", Path::new("/srv")).unwrap();
+        Self::with_config(CONFIG)
+    }
+
+    /// A harness over `yaml` instead of [`CONFIG`].
+    fn with_config(yaml: &str) -> Self {
+        let cfg = config::parse(yaml, "test.yaml", Path::new("/srv")).unwrap();
         let mut fleet = Fleet::new(Arc::new(cfg));
         fleet.start();
         let mut h = Self {
