@@ -334,11 +334,14 @@ impl Agent {
             )
             .instrument(tracing::info_span!("sdk")),
         );
+        // Crash rehearsal's switch on the upstream link: the control API cuts, the relay obeys.
+        let link_cut = upstream::cut::LinkCut::default();
         let capi_task = self.capi_listener.map(|l| {
             tokio::spawn(
                 capi::serve(
                     l,
-                    Capi::new(fleet.clone(), bus.clone(), self.cfg.clone()),
+                    Capi::new(fleet.clone(), bus.clone(), self.cfg.clone())
+                        .with_link_cut(self.upstream.as_ref().map(|_| link_cut.clone())),
                     servers_stop.clone(),
                 )
                 .instrument(tracing::info_span!("capi")),
@@ -370,6 +373,7 @@ impl Agent {
                     u.ledger.clone(),
                     fleet.clone(),
                     bus.clone(),
+                    link_cut,
                     relay_stop.clone(),
                 )
                 .instrument(tracing::info_span!("upstream")),

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod alias;
 pub mod capi;
+pub mod chaos;
 pub mod clidocs;
 pub mod config;
 pub mod control;

@@ -130,6 +130,20 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
         events: u32,
     },
+    /// Crash rehearsal: inject a fault into the running agent's live fleet (kill, hang, fail
+    /// health checks, delay or fail session starts, cut the upstream link). The agent refuses
+    /// unless its agent.yaml says `chaos: enabled`. Each fault is one event with its own code.
+    /// Exit 0 when injected; 1 if the agent cannot be reached or refuses; 64 on bad usage.
+    Chaos {
+        /// agent.yaml of the running agent (found as `status` finds it).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Ask the control API at this address (host:port) instead of reading endpoints.json.
+        #[arg(long, value_name = "ADDR", global = true)]
+        capi: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        fault: gse_agent::chaos::FaultArgs,
+    },
 }
 
 /// The error and its causes, each said once: the module errors already name their cause in
@@ -165,8 +179,12 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // `status` promises 64 for bad usage (clap's own code, 2, is validate's "could not run").
-        Err(e) if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("status") => {
+        // `status` and `chaos` promise 64 for bad usage (clap's own code, 2, is validate's
+        // "could not run").
+        Err(e)
+            if e.use_stderr()
+                && matches!(std::env::args().nth(1).as_deref(), Some("status" | "chaos")) =>
+        {
             let _ = e.print();
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -227,6 +245,11 @@ fn main() -> ExitCode {
             watch,
             events,
         } => run_status(config.as_deref(), capi, json, watch, events),
+        Command::Chaos {
+            config,
+            capi,
+            fault,
+        } => run_chaos(config.as_deref(), capi, &fault),
         Command::Run { config, log_format } => {
             telemetry::init(log_format);
             let loaded = match config.as_deref() {
@@ -375,6 +398,42 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
         (_, true) => ExitCode::from(validate::EXIT_INTERRUPTED),
         (true, _) => ExitCode::SUCCESS,
         (false, _) => ExitCode::from(validate::EXIT_FAILED),
+    }
+}
+
+/// `gse-agent chaos`: one `InjectFault` request.
+fn run_chaos(
+    config: Option<&Path>,
+    capi: Option<std::net::SocketAddr>,
+    fault: &gse_agent::chaos::FaultArgs,
+) -> ExitCode {
+    use gse_agent::status;
+    let target = match status::resolve(capi, config) {
+        Ok(t) => t,
+        Err(e) => {
+            say!("gse-agent chaos: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            say!("gse-agent chaos: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(status::call(&target, "InjectFault", fault.params())) {
+        Ok(answer) => {
+            out!("{}", gse_agent::chaos::describe(&answer));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say!("gse-agent chaos: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

@@ -81,10 +81,12 @@ pub enum StatusError {
         message: String,
     },
     /// The agent answered with an error.
-    #[error("the agent at {addr} refused DescribeAgentStatus: {code}: {message}{hint}")]
+    #[error("the agent at {addr} refused {action}: {code}: {message}{hint}")]
     Refused {
         /// The address asked.
         addr: SocketAddr,
+        /// The action asked for.
+        action: String,
         /// Tencent's error code.
         code: String,
         /// The agent's message.
@@ -93,12 +95,12 @@ pub enum StatusError {
         hint: &'static str,
     },
     /// The answer is not a DescribeAgentStatus response.
-    #[error(
-        "the agent at {addr} answered something that is not a DescribeAgentStatus response: {message}"
-    )]
+    #[error("the agent at {addr} answered something that is not a {action} response: {message}")]
     BadAnswer {
         /// The address asked.
         addr: SocketAddr,
+        /// The action asked for.
+        action: String,
         /// What is wrong.
         message: String,
     },
@@ -199,6 +201,21 @@ pub fn capi_address(text: &str) -> Result<Option<SocketAddr>, String> {
 /// Asks the agent for `DescribeAgentStatus` with its last `events` events; returns the
 /// `Response` object (without `RequestId`).
 pub async fn fetch(target: &Target, events: u32) -> Result<Value, StatusError> {
+    let r = call(target, "DescribeAgentStatus", json!({ "Limit": events })).await?;
+    if r.get("ServerProcesses").is_none() {
+        return Err(StatusError::BadAnswer {
+            addr: target.addr,
+            action: "DescribeAgentStatus".into(),
+            message: "no `ServerProcesses`".into(),
+        });
+    }
+    Ok(r)
+}
+
+/// Sends one action with its parameters (a JSON object) to the agent's control API, signed
+/// when the target has a key; returns the `Response` object (without `RequestId`), or the
+/// agent's refusal as [`StatusError::Refused`].
+pub async fn call(target: &Target, action: &str, params: Value) -> Result<Value, StatusError> {
     let unreachable = |message: String| StatusError::Unreachable {
         addr: target.addr,
         origin: target.origin.clone(),
@@ -212,25 +229,26 @@ pub async fn fetch(target: &Target, events: u32) -> Result<Value, StatusError> {
     let host = target.addr.to_string();
     let request = match &target.key {
         Some((id, secret)) => {
-            let body = json!({ "Limit": events }).to_string();
+            let body = params.to_string();
             let timestamp = crate::tc3::now_unix();
             let mut r = client.post(format!("http://{host}/"));
-            for (name, value) in crate::tc3::signed_headers(
-                id,
-                secret,
-                &host,
-                "DescribeAgentStatus",
-                body.as_bytes(),
-                timestamp,
-            ) {
+            for (name, value) in
+                crate::tc3::signed_headers(id, secret, &host, action, body.as_bytes(), timestamp)
+            {
                 r = r.header(name, value);
             }
             r.body(body)
         }
-        None => client
-            .post(format!("http://{host}/capi"))
-            .header("Content-Type", "application/json")
-            .body(json!({ "Action": "DescribeAgentStatus", "Limit": events }).to_string()),
+        None => {
+            let mut body = params;
+            if let Value::Object(o) = &mut body {
+                o.insert("Action".into(), Value::String(action.into()));
+            }
+            client
+                .post(format!("http://{host}/capi"))
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+        }
     };
     let response = request
         .send()
@@ -242,6 +260,7 @@ pub async fn fetch(target: &Target, events: u32) -> Result<Value, StatusError> {
         .map_err(|e| unreachable(error_chain(&e)))?;
     let bad = |message: String| StatusError::BadAnswer {
         addr: target.addr,
+        action: action.to_string(),
         message,
     };
     let v: Value = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
@@ -259,15 +278,13 @@ pub async fn fetch(target: &Target, events: u32) -> Result<Value, StatusError> {
         };
         return Err(StatusError::Refused {
             addr: target.addr,
+            action: action.to_string(),
             code,
             message: e["Message"].as_str().unwrap_or_default().to_string(),
             hint,
         });
     }
     r.remove("RequestId");
-    if !r.contains_key("ServerProcesses") {
-        return Err(bad("no `ServerProcesses`".into()));
-    }
     Ok(Value::Object(r))
 }
 

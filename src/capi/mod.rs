@@ -5,6 +5,7 @@
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
 pub(crate) mod aliases;
+pub mod chaos;
 mod guard;
 mod host;
 pub(crate) mod params;
@@ -102,12 +103,24 @@ pub struct Capi {
     fleet: FleetHandle,
     bus: EventBus,
     cfg: Arc<Config>,
+    /// The upstream link's switch for crash rehearsal (`None`: no upstream).
+    link_cut: Option<crate::upstream::cut::LinkCut>,
 }
 
 impl Capi {
     /// A control API over `fleet`.
     pub fn new(fleet: FleetHandle, bus: EventBus, cfg: Arc<Config>) -> Self {
-        Self { fleet, bus, cfg }
+        Self {
+            fleet,
+            bus,
+            cfg,
+            link_cut: None,
+        }
+    }
+
+    /// With the switch crash rehearsal cuts the upstream link with (`None`: no upstream).
+    pub fn with_link_cut(self, link_cut: Option<crate::upstream::cut::LinkCut>) -> Self {
+        Self { link_cut, ..self }
     }
 
     /// Handles one GSE Local request (`POST /capi`: the action in the body's `Action`) and
@@ -162,6 +175,7 @@ impl Capi {
             "DescribeInstancesExtend" => self.describe_instance(map, header_action.is_none()).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
             "DescribeAgentStatus" => self.describe_agent_status(map).await,
+            "InjectFault" => self.inject_fault(map).await,
             other if unsupported::instead(other).is_some() => Err(CapiError::new(
                 "UnsupportedOperation",
                 format!(
@@ -674,6 +688,7 @@ pub const ACTIONS: &[&str] = &[
     "DescribeServerProcesses",
     "DescribeAgentEvents",
     "DescribeAgentStatus",
+    "InjectFault",
 ];
 
 fn unexpected(reply: &ControlReply) -> CapiError {

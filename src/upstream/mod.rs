@@ -4,6 +4,7 @@
 
 pub mod book;
 pub mod commands;
+pub mod cut;
 pub mod ledger;
 pub mod outbox;
 pub mod relay;

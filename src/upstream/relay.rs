@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::book::{Begin, CommandBook};
 use super::commands;
+use super::cut::LinkCut;
 use super::ledger::Ledger;
 use super::outbox::{Outbox, unix_ms};
 use super::snapshot;
@@ -90,6 +91,12 @@ pub enum RelayError {
         /// Its limit.
         limit: Duration,
     },
+    /// Crash rehearsal cut the link (`chaos: enabled`).
+    #[error("crash rehearsal cut the link to the control plane for {}", humantime::format_duration(*remaining))]
+    Cut {
+        /// How long the cut lasts from when the connection was dropped.
+        remaining: Duration,
+    },
     /// The outbox file was corrupt and replaced: its new epoch needs a new Hello.
     #[error("the outbox was replaced (epoch {old} → {new}); reconnecting under the new epoch")]
     NewEpoch {
@@ -141,7 +148,9 @@ async fn channel(cfg: &UpstreamConfig, url: &str) -> Result<Channel, RelayError>
 /// failed or lost connection moves on to the next (replicas of one control plane). A jittered
 /// backoff separates every two attempts; it doubles after each full lap of failures (with one
 /// endpoint: after each failure), up to `reconnect-max`, and starts again from
-/// `reconnect-initial` once a connection has lived longer than that.
+/// `reconnect-initial` once a connection has lived longer than that. While `cut` is in force
+/// (crash rehearsal), the link stays down.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: UpstreamConfig,
     agent: Arc<Config>,
@@ -149,6 +158,7 @@ pub async fn run(
     ledger: Ledger,
     fleet: FleetHandle,
     bus: EventBus,
+    cut: LinkCut,
     shutdown: CancellationToken,
 ) {
     let mut rotation = Rotation::new(
@@ -160,6 +170,11 @@ pub async fn run(
     let book = CommandBook::new(ledger.clone());
     let _prune = AbortOnDrop(tokio::spawn(prune_ledger(ledger)));
     loop {
+        // A link cut by crash rehearsal stays down until the cut is over.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = cut.over() => {}
+        }
         let index = rotation.current();
         // Validation guarantees at least one endpoint.
         let url = cfg.endpoints.get(index).map(String::as_str).unwrap_or("");
@@ -167,6 +182,9 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
+            until = cut.started() => Err(RelayError::Cut {
+                remaining: until.saturating_duration_since(tokio::time::Instant::now()),
+            }),
             r = session(&cfg, url, &agent, &outbox, &fleet, &bus, &book, &shutdown, &mut connected_before) => r,
         };
         if shutdown.is_cancelled() {
@@ -190,6 +208,10 @@ pub async fn run(
                     Err(e) => e.to_string(),
                 },
             ));
+        }
+        if matches!(result, Err(RelayError::Cut { .. })) {
+            // Not the endpoint's fault: dial the same one again once the cut is over.
+            continue;
         }
         let delay = jitter(rotation.ended(started.elapsed()));
         tokio::select! {

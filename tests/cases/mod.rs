@@ -1,4 +1,5 @@
 mod capi;
+mod chaos;
 mod config;
 mod control;
 mod disk;
