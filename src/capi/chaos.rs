@@ -16,7 +16,9 @@ use serde_json::{Map, Value, json};
 use super::params::Params;
 use super::{Capi, CapiError, unexpected};
 use crate::event::{Event, EventCode};
-use crate::fleet::api::{Fault, FaultTarget, MAX_FAULT_COUNT, MAX_FAULT_DURATION, StartFault};
+use crate::fleet::api::{
+    CHAOS_OFF, Fault, FaultTarget, MAX_FAULT_COUNT, MAX_FAULT_DURATION, StartFault,
+};
 use crate::fleet::{Control, ControlReply};
 
 /// The faults `InjectFault` knows.
@@ -43,10 +45,7 @@ impl Capi {
         let p = Params::new(map, PARAMS)?;
         let name = p.str("Fault", 64)?;
         if !self.cfg.chaos {
-            return Err(CapiError::new(
-                "OperationDenied",
-                "crash rehearsal is off on this agent: set `chaos: enabled` in agent.yaml (never on a host that serves players)",
-            ));
+            return Err(CapiError::new("OperationDenied", CHAOS_OFF));
         }
         let fault = match name.as_str() {
             "KillProcess" => Fault::Kill {

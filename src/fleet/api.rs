@@ -588,6 +588,9 @@ pub enum StartFault {
     Fail,
 }
 
+/// Why a fault is refused when the config does not say `chaos: enabled`.
+pub const CHAOS_OFF: &str = "crash rehearsal is off on this agent: set `chaos: enabled` in agent.yaml (never on a host that serves players)";
+
 /// The longest a process may be hung, an OnStartGameServerSession delayed, or the upstream
 /// link cut by crash rehearsal.
 pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(3600);

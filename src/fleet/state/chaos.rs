@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use super::Fleet;
 use crate::event::{Event, EventCode};
 use crate::fleet::api::{
-    ControlReply, Fault, FaultTarget, FleetError, MAX_FAULT_COUNT, MAX_FAULT_DURATION, StartFault,
+    CHAOS_OFF, ControlReply, Fault, FaultTarget, FleetError, MAX_FAULT_COUNT, MAX_FAULT_DURATION,
+    StartFault,
 };
 use crate::fleet::timers::Timer;
 
@@ -44,9 +45,7 @@ impl Fleet {
         now: Instant,
     ) -> Result<ControlReply, FleetError> {
         if !self.cfg.chaos {
-            return Err(FleetError::Denied(
-                "crash rehearsal is off on this agent: set `chaos: enabled` in agent.yaml (never on a host that serves players)".into(),
-            ));
+            return Err(FleetError::Denied(CHAOS_OFF.into()));
         }
         match fault {
             Fault::Kill { target, signal } => {
