@@ -355,8 +355,35 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // An agent SIGKILLed on purpose leaves its games for the next one to adopt; a test
+        // that does not start one must not leave them running on the machine.
+        kill_games_under(self.dir.path());
         if std::thread::panicking() {
             eprintln!("---- agent log ----\n{}", self.stderr());
+        }
+    }
+}
+
+/// SIGKILLs the process group of every game whose `GSE_GAME_ROOT` lies under `dir`.
+pub fn kill_games_under(dir: &std::path::Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let prefix = format!("GSE_GAME_ROOT={}", dir.display());
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        let ours = environ
+            .split(|b| *b == 0)
+            .any(|var| var.starts_with(prefix.as_bytes()));
+        if ours {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
