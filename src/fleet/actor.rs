@@ -157,7 +157,7 @@ pub fn spawn_fleet(
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (fleet, recorded) = match persistence.restored {
         Some((fleet, recorded)) => (fleet, recorded),
-        None => (Fleet::new(cfg.clone()), Vec::new()),
+        None => (Fleet::new(cfg.clone(), Clock::read()), Vec::new()),
     };
     let actor = Actor {
         fleet,

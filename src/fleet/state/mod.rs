@@ -194,8 +194,8 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A fleet for `cfg`, with nothing launched yet; call [`Fleet::start`].
-    pub fn new(cfg: Arc<Config>) -> Self {
+    /// A fleet for `cfg` as of `clock`, with nothing launched yet; call [`Fleet::start`].
+    pub fn new(cfg: Arc<Config>, clock: Clock) -> Self {
         let runtime = cfg.runtime.clone();
         let mut fleet = Self {
             max_activations: runtime.max_concurrent_activations,
@@ -230,7 +230,7 @@ impl Fleet {
             health_check_failures: 0,
             start_faults: Vec::new(),
             file_runtime_changed: false,
-            clock: Clock::read(),
+            clock,
             ids: Ids::default(),
         };
         fleet.add_entries(&runtime);

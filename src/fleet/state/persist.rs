@@ -331,7 +331,7 @@ impl Fleet {
                 instance_id: meta.instance_id,
             });
         }
-        let mut fleet = Fleet::new(cfg.clone());
+        let mut fleet = Fleet::new(cfg.clone(), clocks);
         let entries = meta.entries.len();
         fleet.entries = meta
             .entries

@@ -49,7 +49,7 @@ impl Harness {
     /// A harness over `yaml` instead of [`CONFIG`].
     fn with_config(yaml: &str) -> Self {
         let cfg = config::parse(yaml, "test.yaml", Path::new("/srv")).unwrap();
-        let mut fleet = Fleet::new(Arc::new(cfg));
+        let mut fleet = Fleet::new(Arc::new(cfg), Clock::read());
         fleet.start();
         let mut h = Self {
             fleet,
@@ -336,7 +336,7 @@ fn fifty_slots() -> Harness {
             "",
         );
     let cfg = config::parse(&yaml, "test.yaml", Path::new("/srv")).unwrap();
-    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet = Fleet::new(Arc::new(cfg), Clock::read());
     h.fleet.start();
     h.events.clear();
     h.settle();
@@ -451,7 +451,7 @@ fn status(fleet: &mut Fleet, now: Instant) -> crate::fleet::api::FleetStatus {
 #[tokio::test(start_paused = true)]
 async fn a_missing_launch_path_is_retried_with_the_backoff_counted_and_paused() {
     let cfg = config::parse(CONFIG, "test.yaml", Path::new("/srv")).unwrap();
-    let mut fleet = Fleet::new(Arc::new(cfg));
+    let mut fleet = Fleet::new(Arc::new(cfg), Clock::read());
     let t0 = Instant::now();
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     fleet.set_clock(Clock { now: t0, wall });
@@ -1120,7 +1120,7 @@ async fn an_unhealthy_process_under_full_protection_still_gets_a_deadline() {
     );
     let cfg = config::parse(&text, "test.yaml", Path::new("/srv")).unwrap();
     let mut h = Harness::new();
-    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet = Fleet::new(Arc::new(cfg), Clock::read());
     h.fleet.start();
     h.settle();
     let pid = h.pids()[0];
@@ -1661,7 +1661,7 @@ async fn processes_gone_at_a_restart_do_not_trip_the_crash_loop_breaker() {
         Path::new("/srv"),
     )
     .unwrap();
-    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet = Fleet::new(Arc::new(cfg), Clock::read());
     h.fleet.start();
     h.settle();
     let recorded = restart(&mut h);
@@ -1760,7 +1760,7 @@ async fn sessions_carry_the_configured_region_and_address() {
         "region: ap-shanghai\npublic-ip: 203.0.113.7\ndns-name: game-1.example.com\n{CONFIG}"
     );
     let cfg = config::parse(&yaml, "test.yaml", Path::new("/srv")).unwrap();
-    h.fleet = Fleet::new(Arc::new(cfg));
+    h.fleet = Fleet::new(Arc::new(cfg), Clock::read());
     h.fleet.start();
     h.settle();
     let pid = h.pids()[0];
