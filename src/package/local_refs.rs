@@ -75,10 +75,7 @@ impl Found {
             .collect::<Vec<_>>()
             .join(", ");
         if self.total > self.references.len() {
-            s.push_str(&format!(
-                " and {} more",
-                self.total - self.references.len()
-            ));
+            s.push_str(&format!(" and {} more", self.total - self.references.len()));
         }
         s
     }
@@ -156,7 +153,7 @@ impl Outlook {
             return None;
         }
         Some(if self.broken == 0 {
-            "these work here because the agent runs as root; on a host where it does not, they need game-root: /local/game".into()
+            "these work here because the agent runs as root; an agent that is not root would leave them to the host's /local/game".into()
         } else {
             format!(
                 "{} of these will not reach the build here; ways out: {WAYS_OUT}",
@@ -316,7 +313,10 @@ mod tests {
             lines_naming(script),
             [
                 (1, "#!/local/game/bin/sh".to_string()),
-                (4, "ln -s /usr/bin/java /local/game/java # GSE style".to_string())
+                (
+                    4,
+                    "ln -s /usr/bin/java /local/game/java # GSE style".to_string()
+                )
             ]
         );
     }
@@ -341,7 +341,11 @@ mod tests {
             "set -e\nln -s /usr/bin/node /local/game/node\n",
         )
         .unwrap();
-        std::fs::write(build.join("start.sh"), "#!/bin/sh\nexec /local/game/bin/server\n").unwrap();
+        std::fs::write(
+            build.join("start.sh"),
+            "#!/bin/sh\nexec /local/game/bin/server\n",
+        )
+        .unwrap();
         std::fs::write(build.join("server"), b"\x7fELF /local/game/in/a/binary").unwrap();
         symlink("/local/game/bin/real", build.join("linked")).unwrap();
         symlink("/usr/bin/node", build.join("node")).unwrap();
@@ -382,6 +386,10 @@ mod tests {
         let found = scan(dir.path(), &[], Path::new("/srv/g"));
         assert_eq!(found.references.len(), MAX_REFERENCES);
         assert_eq!(found.total, MAX_REFERENCES + 3);
-        assert!(found.places().ends_with(" and 3 more"), "{}", found.places());
+        assert!(
+            found.places().ends_with(" and 3 more"),
+            "{}",
+            found.places()
+        );
     }
 }

@@ -126,7 +126,8 @@ pub async fn run_install_script(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    let confined = local_game::confine(&mut cmd, Some(root), None).map_err(ScriptError::LocalGame)?;
+    let confined =
+        local_game::confine(&mut cmd, Some(root), None).map_err(ScriptError::LocalGame)?;
     tracing::info!(package.root = %root.display(), install.log = %log.display(), local_game.private = confined, "running install.sh");
     // Its own process group, watched through a pidfd. If this future is dropped (Ctrl-C, agent
     // stop), dropping the child kills the whole group: nothing the script started survives.

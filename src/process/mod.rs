@@ -293,10 +293,12 @@ fn launch_with(
     // Marks this launch's descendants apart from any other game's (see `escape`).
     let launch_id = uuid::Uuid::new_v4().to_string();
     cmd.env(escape::LAUNCH_ID_VAR, &launch_id);
-    let confined = local_game::confine(&mut cmd, spec.local_game.as_deref(), spec.user)
-        .map_err(|source| SpawnError::LocalGame {
-            path: spec.program.clone(),
-            source,
+    let confined =
+        local_game::confine(&mut cmd, spec.local_game.as_deref(), spec.user).map_err(|source| {
+            SpawnError::LocalGame {
+                path: spec.program.clone(),
+                source,
+            }
         })?;
     let spawned = spawn_own(&mut cmd, watch).map_err(|e| match &spec.local_game {
         Some(root) if confined => local_game::spawn_context(e, root),

@@ -74,7 +74,10 @@ fn the_child_mounts_first_and_drops_to_the_user_last() {
 fn without_a_user_nothing_is_switched_and_a_non_root_parent_keeps_its_groups() {
     let k = Recording::default();
     enter(&k, &Plan::new(Path::new("/g"), None).unwrap()).unwrap();
-    assert_eq!(k.calls(), ["unshare", "private", r#"bind "/g" "/local/game""#]);
+    assert_eq!(
+        k.calls(),
+        ["unshare", "private", r#"bind "/g" "/local/game""#]
+    );
     let k = Recording::default();
     enter(&k, &Plan::new(Path::new("/g"), Some((7, 8))).unwrap()).unwrap();
     assert_eq!(k.calls()[3..], ["gid 8", "uid 7"]);
