@@ -10,53 +10,41 @@ use sha2::{Digest, Sha256};
 
 const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
 
-/// The cached `node_modules` of the test game, made (under a lock shared by concurrent tests)
-/// when missing.
+/// The cached `node_modules` of the test game (see [`super::cached_dir`]), named by the lock
+/// file's hash so a changed lock file installs afresh.
 pub fn node_modules() -> PathBuf {
-    let lock_file = Path::new(NODE_DIR).join("package-lock.json");
-    let lock_text = std::fs::read(&lock_file).expect("tests/node/package-lock.json");
+    let lock_text = std::fs::read(Path::new(NODE_DIR).join("package-lock.json"))
+        .expect("tests/node/package-lock.json");
     let hash: String = Sha256::digest(&lock_text)
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let cache = root.join(format!("node-game-{hash}"));
-    let modules = cache.join("node_modules");
-    let ready = cache.join(".installed");
-    std::fs::create_dir_all(&root).unwrap();
-    let lock = std::fs::File::create(root.join("node-game.lock")).unwrap();
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the node_modules cache");
-    if ready.exists() {
-        return modules;
-    }
-    let _ = std::fs::remove_dir_all(&cache);
-    std::fs::create_dir_all(&cache).unwrap();
-    for f in ["package.json", "package-lock.json"] {
-        std::fs::copy(Path::new(NODE_DIR).join(f), cache.join(f)).unwrap();
-    }
-    // Exactly the lock file's versions; no install scripts (none is needed).
-    let out = Command::new("npm")
-        .args([
-            "ci",
-            "--ignore-scripts",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-        ])
-        .current_dir(&cache)
-        .output()
-        .unwrap_or_else(|e| panic!("npm ci: {e} (.ci/run installs Debian's nodejs and npm)"));
-    assert!(
-        out.status.success(),
-        "npm ci failed (the npm registry must be reachable):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(&ready, hash).unwrap();
-    modules
+    let cache = super::cached_dir(&format!("node-game-{hash}"), |cache| {
+        std::fs::create_dir_all(cache).unwrap();
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(Path::new(NODE_DIR).join(f), cache.join(f)).unwrap();
+        }
+        // Exactly the lock file's versions; no install scripts (none is needed).
+        let out = Command::new("npm")
+            .args([
+                "ci",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ])
+            .current_dir(cache)
+            .output()
+            .unwrap_or_else(|e| panic!("npm ci: {e} (.ci/run installs Debian's nodejs and npm)"));
+        assert!(
+            out.status.success(),
+            "npm ci failed (the npm registry must be reachable):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    cache.join("node_modules")
 }
 
 /// Writes the Node.js game's build into the empty directory `build`: `game_server.js`, the
