@@ -377,6 +377,47 @@ mod tests {
     }
 
     #[test]
+    fn what_the_references_mean_depends_on_the_host_and_the_game_root() {
+        use crate::process::local_game::LocalGameError;
+        use nix::errno::Errno;
+        let r = |file: &str| Reference {
+            file: file.into(),
+            line: Some(2),
+            text: "x /local/game/y".into(),
+        };
+        let found = Found {
+            references: vec![r("install.sh"), r("start.sh")],
+            total: 2,
+        };
+        let elsewhere = Path::new("/srv/gse/game");
+        let private = Outlook::new(found.clone(), &Support::Private, elsewhere);
+        assert_eq!((private.seen, private.broken), (Seen::Private, 0));
+        assert!(private.verdict().unwrap().contains("work here"));
+        let host = || Support::Host(LocalGameError::Unshare(Errno::EPERM));
+        let fallback = Outlook::new(found.clone(), &host(), elsewhere);
+        assert_eq!((fallback.seen, fallback.broken), (Seen::Host, 2));
+        assert!(fallback.reason.as_deref().unwrap().contains("not root"));
+        let v = fallback.verdict().unwrap();
+        assert!(
+            v.starts_with(
+                "2 of these will not reach the build here; ways out: run gse-agent as root"
+            ),
+            "{v}"
+        );
+        assert!(v.contains("game-root: /local/game"), "{v}");
+        // With game-root /local/game the games see their build; install.sh still does not.
+        let at_root = Outlook::new(found, &host(), Path::new(GSE_GAME_ROOT));
+        assert_eq!((at_root.seen, at_root.broken), (Seen::GameRoot, 1));
+        assert!(
+            at_root
+                .headline()
+                .contains("install.sh sees the live build")
+        );
+        let none = Outlook::new(Found::default(), &host(), elsewhere);
+        assert_eq!(none.verdict(), None);
+    }
+
+    #[test]
     fn the_list_is_capped_and_says_how_many_more() {
         let dir = tempfile::tempdir().unwrap();
         let script: String = (0..MAX_REFERENCES + 3)
