@@ -523,17 +523,58 @@ pub async fn install_build(
     match &cfg.build {
         Some(build) => {
             let plan = package::Plan::for_config(cfg, build.clone());
-            Ok(package::install(&plan, accounts).await?.run_as)
+            let announce = |b: &package::Unpacked| announce_local_game(cfg, &b.dir);
+            Ok(package::install_with(&plan, accounts, announce)
+                .await?
+                .run_as)
         }
-        None => match &cfg.run_as {
-            Some(spec) => {
-                create_dir(&cfg.game_root)?;
-                Ok(Some(
-                    package::account::set_up(accounts, spec, &cfg.game_root)
-                        .map_err(PackageError::from)?,
-                ))
-            }
-            None => Ok(None),
-        },
+        None => {
+            announce_local_game(cfg, &cfg.game_root);
+            set_up_run_as(cfg, accounts)
+        }
+    }
+}
+
+/// Says once, at start, what install.sh and the games see at `/local/game` (probing it, see
+/// [`crate::process::local_game`]) and which lines of `build` (the build about to be installed,
+/// or the game root) name it: a warning with the ways out when some of them will not reach
+/// the build on this host.
+pub fn announce_local_game(cfg: &Config, build: &Path) {
+    use crate::package::local_refs::{self, Outlook};
+    let found = local_refs::scan(build, &cfg.runtime.server_processes, &cfg.game_root);
+    let outlook = Outlook::new(found, crate::process::local_game::support(), &cfg.game_root);
+    let places = outlook.found.places();
+    match outlook.verdict() {
+        Some(verdict) if outlook.broken > 0 => tracing::warn!(
+            local_game.references = %places,
+            "{}; /local/game is named at {places}: {verdict}",
+            outlook.headline()
+        ),
+        Some(verdict) => tracing::info!(
+            local_game.references = %places,
+            "{}; /local/game is named at {places}: {verdict}",
+            outlook.headline()
+        ),
+        None => tracing::info!(
+            "{}; no install.sh line or launch path names /local/game",
+            outlook.headline()
+        ),
+    }
+}
+
+/// Without a build: the run-as user of the configuration, given the game root.
+fn set_up_run_as(
+    cfg: &Config,
+    accounts: &(dyn Accounts + Sync),
+) -> Result<Option<RunAs>, AgentError> {
+    match &cfg.run_as {
+        Some(spec) => {
+            create_dir(&cfg.game_root)?;
+            Ok(Some(
+                package::account::set_up(accounts, spec, &cfg.game_root)
+                    .map_err(PackageError::from)?,
+            ))
+        }
+        None => Ok(None),
     }
 }

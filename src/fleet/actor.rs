@@ -727,6 +727,7 @@ impl Actor {
             keep_logs: self.cfg.logs.keep_files,
             tail_lines: self.cfg.logs.tail_lines,
             user: self.user,
+            local_game: Some(self.cfg.game_root.clone()),
         };
         let keep_logs = self.cfg.logs.keep_files;
         let on_exit = self.on_exit(serial);

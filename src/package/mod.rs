@@ -9,6 +9,7 @@
 
 pub mod account;
 mod copy;
+pub mod local_refs;
 pub mod script;
 pub mod unzip;
 
@@ -416,7 +417,18 @@ pub async fn install(
     plan: &Plan,
     accounts: &(dyn Accounts + Sync),
 ) -> Result<Installed, PackageError> {
+    install_with(plan, accounts, |_| {}).await
+}
+
+/// [`install`], calling `unpacked` with the build once it is on disk, before install.sh runs
+/// (the agent's start reads it there, see [`local_refs`]).
+pub async fn install_with(
+    plan: &Plan,
+    accounts: &(dyn Accounts + Sync),
+    unpacked: impl FnOnce(&Unpacked),
+) -> Result<Installed, PackageError> {
     let build = unpack(plan).await?;
+    unpacked(&build);
     let script = install_script(plan, &build).await?;
     let run_as = run_as(plan, &build, accounts)?;
     activate(plan, &build)?;

@@ -1,10 +1,11 @@
 //! `install.sh`: run once per build, before anything launches, with a timeout and its output
-//! in a log file.
+//! in a log file, seeing its build at `/local/game` when the agent can.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::process::local_game::{self, LocalGameError};
 use crate::process::spawn_child_group;
 
 /// Lines of install.sh output shown in an error.
@@ -30,6 +31,9 @@ pub enum ScriptError {
     /// It could not be started.
     #[error("cannot start install.sh: {0}")]
     Spawn(#[source] std::io::Error),
+    /// Its private `/local/game` could not be prepared.
+    #[error("cannot give install.sh its /local/game: {0}")]
+    LocalGame(#[source] LocalGameError),
     /// It failed.
     #[error("install.sh failed ({status}); see {log}; last output:\n{tail}")]
     Failed {
@@ -74,7 +78,8 @@ pub struct ScriptRun {
 }
 
 /// Runs `<root>/install.sh` if it exists, with `root` as working directory and `env` as its
-/// whole environment; `Ok(None)` when there is none.
+/// whole environment; `Ok(None)` when there is none. When the agent can, it sees `root` at
+/// `/local/game` as GSE ran it (see [`local_game`]).
 pub async fn run_install_script(
     root: &Path,
     log: &Path,
@@ -121,10 +126,18 @@ pub async fn run_install_script(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    tracing::info!(package.root = %root.display(), install.log = %log.display(), "running install.sh");
+    let confined =
+        local_game::confine(&mut cmd, Some(root), None).map_err(ScriptError::LocalGame)?;
+    tracing::info!(package.root = %root.display(), install.log = %log.display(), local_game.private = confined, "running install.sh");
     // Its own process group, watched through a pidfd. If this future is dropped (Ctrl-C, agent
     // stop), dropping the child kills the whole group: nothing the script started survives.
-    let mut child = spawn_child_group(&mut cmd).map_err(ScriptError::Spawn)?;
+    let mut child = spawn_child_group(&mut cmd).map_err(|e| {
+        ScriptError::Spawn(if confined {
+            local_game::spawn_context(e, root)
+        } else {
+            e
+        })
+    })?;
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         // `wait` killed what was left of the group before reaping the script.
         Ok(status) => status.map_err(ScriptError::Spawn)?,

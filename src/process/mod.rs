@@ -24,6 +24,7 @@ mod escape;
 mod exit;
 mod group;
 mod identity;
+pub mod local_game;
 mod output;
 mod proc;
 pub mod reaper;
@@ -82,6 +83,15 @@ pub enum SpawnError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// Its private `/local/game` could not be prepared.
+    #[error("cannot give {path} its /local/game: {source}")]
+    LocalGame {
+        /// The program.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: local_game::LocalGameError,
     },
     /// The just-started process could not be identified (`/proc/<pid>/stat`).
     #[error("cannot identify the started process {pid}: {source}")]
@@ -157,6 +167,9 @@ pub struct LaunchSpec {
     pub tail_lines: usize,
     /// Run as this uid and gid instead of the agent's.
     pub user: Option<(u32, u32)>,
+    /// The build it sees at `/local/game`, in a private mount namespace, when the agent can
+    /// (see [`local_game`]); `None`: the host's file system as it is.
+    pub local_game: Option<PathBuf>,
 }
 
 /// What a new agent needs to supervise a game a previous agent started.
@@ -296,10 +309,18 @@ fn launch_with(
     // Marks this launch's descendants apart from any other game's (see `escape`).
     let launch_id = uuid::Uuid::new_v4().to_string();
     cmd.env(escape::LAUNCH_ID_VAR, &launch_id);
-    if let Some((uid, gid)) = spec.user {
-        cmd.uid(uid).gid(gid);
-    }
-    let (pid, pidfd) = spawn_own(&mut cmd, watch).map_err(|source| match source.kind() {
+    let confined =
+        local_game::confine(&mut cmd, spec.local_game.as_deref(), spec.user).map_err(|source| {
+            SpawnError::LocalGame {
+                path: spec.program.clone(),
+                source,
+            }
+        })?;
+    let spawned = spawn_own(&mut cmd, watch).map_err(|e| match &spec.local_game {
+        Some(root) if confined => local_game::spawn_context(e, root),
+        _ => e,
+    });
+    let (pid, pidfd) = spawned.map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
             SpawnError::InvalidPath {
                 path: spec.program.clone(),

@@ -23,6 +23,7 @@ fn spec(dir: &Path, script: &str) -> LaunchSpec {
         keep_logs: 1,
         tail_lines: 5,
         user: None,
+        local_game: None,
     }
 }
 

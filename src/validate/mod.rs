@@ -20,7 +20,9 @@ use crate::agent::{Agent, AgentError};
 use crate::config::{self, Config, ConfigError};
 use crate::event::{Event, EventCode};
 use crate::fleet::{Control, ControlReply, NewPlayer, NewSession};
+use crate::package::local_refs::{self, Outlook};
 use crate::package::{self, Accounts, PackageError};
+use crate::process::local_game;
 
 pub use report::{Report, Status, Step};
 
@@ -168,6 +170,8 @@ struct Run<'a> {
     was_interrupted: bool,
     /// Said below the table.
     notes: Vec<String>,
+    /// What the build's `/local/game` references mean here (once unpacked).
+    local_game: Option<Outlook>,
 }
 
 /// A step's failure: a sentence, the event that caused it (if any), and output lines (of
@@ -229,6 +233,7 @@ impl Run<'_> {
         Report {
             build: build.display().to_string(),
             notes: std::mem::take(&mut self.notes),
+            local_game: self.local_game.take(),
             passed: self.steps.iter().all(|s| s.status != Status::Failed) && !self.was_interrupted,
             interrupted: self.was_interrupted,
             duration_millis: self.started.elapsed().as_millis() as u64,
@@ -260,6 +265,7 @@ pub async fn validate(
         interrupted,
         was_interrupted: false,
         notes: vec![timings_note(opts, &cfg)],
+        local_game: None,
     };
     let plan = crate::package::Plan::for_config(&cfg, opts.build.clone());
 
@@ -283,6 +289,9 @@ pub async fn validate(
                 u.stats.bytes as f64 / 1048576.0
             );
             run.record("unpack", t0, Ok((Status::Passed, d)));
+            // Read before install.sh runs: a studio learns of them also when it fails.
+            let found = local_refs::scan(&u.dir, &cfg.runtime.server_processes, &cfg.game_root);
+            run.local_game = Some(Outlook::new(found, local_game::support(), &cfg.game_root));
             u
         }
         Err(e) => {

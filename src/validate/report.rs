@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::event::{Event, EventCode};
+use crate::package::local_refs::Outlook;
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -116,6 +117,10 @@ pub struct Report {
     pub steps: Vec<Step>,
     /// How the run was made (its timings) and where its evidence is kept.
     pub notes: Vec<String>,
+    /// What install.sh and the games see at `/local/game` here, and the build's absolute
+    /// references to it (`None` when the build could not be unpacked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_game: Option<Outlook>,
 }
 
 /// What to do about a failed step: the cause is its detail, the evidence its exit and output.
@@ -192,6 +197,22 @@ impl Report {
                 if let Some(advice) = &s.advice {
                     out.push_str(&format!("{:<36}→ {advice}\n", ""));
                 }
+            }
+        }
+        if let Some(o) = &self.local_game {
+            out.push_str(&format!("\n/local/game: {}\n", o.headline()));
+            for r in &o.found.references {
+                out.push_str(&format!("  {:<32} {}\n", r.place(), r.text));
+            }
+            if o.found.total > o.found.references.len() {
+                out.push_str(&format!(
+                    "  … and {} more\n",
+                    o.found.total - o.found.references.len()
+                ));
+            }
+            match o.verdict() {
+                Some(v) => out.push_str(&format!("  → {v}\n")),
+                None => out.push_str("  no install.sh line or launch path names /local/game\n"),
             }
         }
         if !self.notes.is_empty() {

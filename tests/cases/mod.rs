@@ -5,6 +5,7 @@ mod control;
 mod disk;
 mod escape;
 mod hardening;
+mod local_game;
 mod logs;
 mod metrics;
 mod restart;

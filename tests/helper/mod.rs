@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 pub mod control;
 pub mod control_plane;
+pub mod node;
 pub mod postgres;
 pub mod tencent;
 
@@ -19,6 +20,27 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_gse-agent");
 pub const FAKE_SERVER: &str = env!("CARGO_BIN_EXE_gse-fake-server");
+
+/// `target/tmp/<name>`, made once by `make` (under a lock shared by concurrent tests) and
+/// reused by later tests and runs while the `.installed` marker `make`'s success leaves in it
+/// exists; an unfinished attempt is started over.
+pub fn cached_dir(name: &str, make: impl FnOnce(&std::path::Path)) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = root.join(name);
+    let ready = dir.join(".installed");
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join(format!("{name}.lock"))).unwrap();
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap_or_else(|e| panic!("lock {}: {e}", dir.display()));
+    if ready.exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    make(&dir);
+    std::fs::write(&ready, "").unwrap();
+    dir
+}
 
 /// Polls `f` until it returns `Some`, or panics with `what` after [`DEADLINE`].
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -10,48 +10,36 @@ use serde_json::{Value, json};
 /// The SDK version the tests pin (it still carries every GSE model).
 pub const SDK_VERSION: &str = "3.0.1416";
 
-/// The virtual environment's python, made (under a lock shared by concurrent tests) when
-/// missing.
+/// The virtual environment's python, made once (see [`super::cached_dir`]).
 pub fn python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let venv = root.join(format!("tencent-sdk-{SDK_VERSION}"));
-    let python = venv.join("bin/python");
-    let ready = venv.join(".installed");
-    std::fs::create_dir_all(&root).unwrap();
-    let lock = std::fs::File::create(root.join("tencent-sdk.lock")).unwrap();
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the SDK's environment");
-    if ready.exists() {
-        return python;
-    }
-    let run = |cmd: &mut Command, what: &str| {
-        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed (.ci/run installs python3-venv; PyPI must be reachable):\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+    let venv = super::cached_dir(&format!("tencent-sdk-{SDK_VERSION}"), |venv| {
+        let run = |cmd: &mut Command, what: &str| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} failed (.ci/run installs python3-venv; PyPI must be reachable):\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(venv),
+            "python3 -m venv",
         );
-    };
-    run(
-        Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        "python3 -m venv",
-    );
-    run(
-        Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            &format!("tencentcloud-sdk-python-common=={SDK_VERSION}"),
-            &format!("tencentcloud-sdk-python-gse=={SDK_VERSION}"),
-        ]),
-        "pip install tencentcloud-sdk-python-gse",
-    );
-    std::fs::write(&ready, SDK_VERSION).unwrap();
-    python
+        run(
+            Command::new(venv.join("bin/python")).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("tencentcloud-sdk-python-common=={SDK_VERSION}"),
+                &format!("tencentcloud-sdk-python-gse=={SDK_VERSION}"),
+            ]),
+            "pip install tencentcloud-sdk-python-gse",
+        );
+    });
+    venv.join("bin/python")
 }
 
 /// One SDK client: an endpoint and a key.
