@@ -345,6 +345,10 @@ impl validate::Ui for TerminalUi {
 
 fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
     use std::io::IsTerminal;
+    // install.sh and the game must not inherit what validate's caller left open.
+    if let Err(e) = gse_agent::host::keep_inherited_fds_from_children() {
+        say!("gse-agent validate: the build's processes may inherit open descriptors: {e}");
+    }
     if std::env::var_os("RUST_LOG").is_some() {
         telemetry::init(LogFormat::Text);
     }
@@ -578,6 +582,11 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             }
         });
         gse_agent::host::return_freed_memory();
+        match gse_agent::host::keep_inherited_fds_from_children() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(descriptors = n, "inherited descriptors kept from the games"),
+            Err(e) => tracing::warn!(error = %e, "games may inherit descriptors the agent inherited"),
+        }
         match gse_agent::host::raise_open_files_limit() {
             Ok(limit) => tracing::debug!(limit, "open files"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),

@@ -228,6 +228,12 @@ impl ProcessHandle {
     }
 }
 
+/// Sets close-on-exec on the descriptor `fd` (see [`crate::host::keep_inherited_fds_from_children`]);
+/// `Ok(false)` when it was set already or `fd` is not open.
+pub fn mark_close_on_exec(fd: std::os::fd::RawFd) -> std::io::Result<bool> {
+    sys::set_cloexec(fd)
+}
+
 /// Waits until the sweeps for escaped descendants of ended games have finished (call once, at
 /// the end: sweeps started later are not waited for). They run
 /// after each exit is reported, on the blocking pool; an agent that exits right after its last

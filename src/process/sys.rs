@@ -34,6 +34,28 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets close-on-exec on `fd`; `false` when it was set already or `fd` is not open.
+pub(crate) fn set_cloexec(fd: std::os::fd::RawFd) -> io::Result<bool> {
+    // SAFETY: F_GETFD and F_SETFD read and write the descriptor's flags only; an fd that is
+    // not open fails with EBADF and changes nothing.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EBADF) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Ok(false);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 /// `pidfd_send_signal(fd, sig, NULL, flags)`; `None` sends no signal (an existence check).
 pub(crate) fn pidfd_send_signal(
     fd: BorrowedFd<'_>,

@@ -261,3 +261,34 @@ fn oversized_capi_request(addr: std::net::SocketAddr, len: usize) -> String {
     let _ = sender.join();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Whether the process `pid` holds a descriptor open on `path`.
+fn holds_open(pid: u32, path: &std::path::Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+}
+
+#[test]
+fn games_do_not_inherit_what_the_agent_inherited() {
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let path = marker.path().canonicalize().unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    // Without close-on-exec, as a lock or a pipe of whoever starts the agent often is.
+    let inherited = nix::unistd::dup(&file).unwrap();
+    let agent = Agent::start(&config(&entry("", 1), ""));
+    let game = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
+    let agent_pid = agent.child.as_ref().unwrap().id();
+    assert!(
+        holds_open(agent_pid, &path),
+        "the agent inherits it (the premise)"
+    );
+    assert!(
+        !holds_open(game, &path),
+        "the game {game} inherited the agent's descriptor on {}",
+        path.display()
+    );
+    drop(inherited);
+}
