@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime,
+    ArchivePolicy, ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime,
     RestartPolicy, Timeouts, UpstreamConfig,
 };
 
@@ -44,6 +44,7 @@ const SECTIONS: &[(&str, Check)] = &[
     ("protection", check::<RawProtection>),
     ("restart", check::<RestartPolicy>),
     ("logs", check::<LogPolicy>),
+    ("log-archives", check::<ArchivePolicy>),
     ("environment", check::<BTreeMap<String, String>>),
     ("runtime-configuration", check::<RawRuntime>),
 ];
