@@ -3,6 +3,7 @@ mod config;
 mod control;
 mod disk;
 mod escape;
+mod game_logs;
 mod hardening;
 mod logs;
 mod metrics;
