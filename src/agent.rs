@@ -318,7 +318,11 @@ impl Agent {
         });
         let (log_jobs, log_links, archiver) = self.log_archives;
         // Ends once the fleet (its only feeder) has ended and what it queued is written.
-        let archiver = tokio::spawn(archiver.run().instrument(tracing::info_span!("log_archives")));
+        let archiver = tokio::spawn(
+            archiver
+                .run()
+                .instrument(tracing::info_span!("log_archives")),
+        );
         let (fleet, fleet_task) = fleet::spawn_fleet(
             self.cfg.clone(),
             self.run_as.clone(),

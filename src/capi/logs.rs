@@ -65,7 +65,10 @@ impl Capi {
         map: Map<String, Value>,
         host: &str,
     ) -> Result<Value, CapiError> {
-        let p = Params::new(map, &["FleetId", "InstanceId", "ServerIp", "Offset", "Size"])?;
+        let p = Params::new(
+            map,
+            &["FleetId", "InstanceId", "ServerIp", "Offset", "Size"],
+        )?;
         self.check_fleet(&p, true).await?;
         if let Some(instance) = p.opt_str("InstanceId", 128)?
             && instance != self.cfg.instance_id

@@ -30,7 +30,9 @@ pub fn resolve_launch_path(launch_path: &str, game_root: &Path) -> Result<PathBu
 /// `<game-root>/x` → `x` (empty for the root itself); `None` for any other path. Lexical: `..`
 /// is the caller's to refuse or resolve.
 pub fn within_game_root<'a>(path: &'a Path, game_root: &Path) -> Option<&'a Path> {
-    path.strip_prefix(GSE_GAME_ROOT)
-        .ok()
-        .or_else(|| path.strip_prefix(game_root).ok().filter(|_| path.is_absolute()))
+    path.strip_prefix(GSE_GAME_ROOT).ok().or_else(|| {
+        path.strip_prefix(game_root)
+            .ok()
+            .filter(|_| path.is_absolute())
+    })
 }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ArchivePolicy, ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime,
-    RestartPolicy, Timeouts, UpstreamConfig,
+    ArchivePolicy, ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection,
+    RawRuntime, RestartPolicy, Timeouts, UpstreamConfig,
 };
 
 /// Keys a config must have.

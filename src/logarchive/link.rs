@@ -167,16 +167,36 @@ mod tests {
             Err(LinkError::Expired(at)) if at == "1970-01-01T00:16:40Z"
         ));
         // Another archive, a later expiry, another key: forged.
-        assert_eq!(s.check("proc-0-0-2.zip", Some(q), 0), Err(LinkError::Forged));
+        assert_eq!(
+            s.check("proc-0-0-2.zip", Some(q), 0),
+            Err(LinkError::Forged)
+        );
         let later = q.replace("Expires=1000", "Expires=9999");
-        assert_eq!(s.check("proc-0-0-1.zip", Some(&later), 0), Err(LinkError::Forged));
+        assert_eq!(
+            s.check("proc-0-0-1.zip", Some(&later), 0),
+            Err(LinkError::Forged)
+        );
         let other = Signer::with_key([8; 32]);
-        assert_eq!(other.check("proc-0-0-1.zip", Some(q), 0), Err(LinkError::Forged));
+        assert_eq!(
+            other.check("proc-0-0-1.zip", Some(q), 0),
+            Err(LinkError::Forged)
+        );
         // A forged link that is also expired says forged.
-        assert_eq!(other.check("proc-0-0-1.zip", Some(q), 5000), Err(LinkError::Forged));
-        for bad in [None, Some(""), Some("Expires=1000"), Some("Expires=x&Signature=00")] {
+        assert_eq!(
+            other.check("proc-0-0-1.zip", Some(q), 5000),
+            Err(LinkError::Forged)
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("Expires=1000"),
+            Some("Expires=x&Signature=00"),
+        ] {
             assert!(
-                matches!(s.check("proc-0-0-1.zip", bad, 0), Err(LinkError::Malformed(_))),
+                matches!(
+                    s.check("proc-0-0-1.zip", bad, 0),
+                    Err(LinkError::Malformed(_))
+                ),
                 "{bad:?}"
             );
         }

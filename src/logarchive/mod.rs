@@ -11,9 +11,9 @@
 //!
 //! - [`plan`]: the pure decisions (where a path lies in the build, bounds, the manifest).
 //! - [`walk`]: opening beneath the build without following a link out of it.
-//! - [`write`]: one archive, written whole or not at all.
+//! - `write`: one archive, written whole or not at all.
 //! - [`link`]: the pre-signed links and the agent's key.
-//! - [`serve`]: `GET /game-logs/<archive>` for the holder of a valid link.
+//! - `serve`: `GET /game-logs/<archive>` for the holder of a valid link ([`router`]).
 
 pub mod link;
 pub mod plan;
@@ -202,11 +202,14 @@ pub struct LogJobs {
 impl LogJobs {
     /// Queues the archive of an ended process (skipped, and logged, if the queue is full).
     pub fn submit(&self, job: Job) {
-        if let Err(e) = self.tx.try_send(job) {
-            let job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
-            };
-            tracing::warn!(process.id = %job.process_id, "log archive skipped: {QUEUE} archives are waiting to be written");
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                tracing::warn!(process.id = %job.process_id, "log archive skipped: {QUEUE} archives are waiting to be written");
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                tracing::warn!(process.id = %job.process_id, "log archive skipped: the archiver has stopped");
+            }
         }
     }
 }
@@ -419,7 +422,12 @@ impl Archiver {
             })
             .collect();
         let p = &self.settings.policy;
-        let gone = plan::to_remove(&kept, SystemTime::now(), p.max_total_bytes.get(), p.max_age.get());
+        let gone = plan::to_remove(
+            &kept,
+            SystemTime::now(),
+            p.max_total_bytes.get(),
+            p.max_age.get(),
+        );
         if gone.is_empty() {
             return;
         }

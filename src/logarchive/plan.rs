@@ -64,9 +64,7 @@ impl Budget {
     /// Decides how much of a file of `len` bytes goes in, and counts it.
     pub fn take(&mut self, len: u64) -> Take {
         if self.entries == 0 {
-            return Take::Skip(
-                "the archive holds log-archives.max-entries files already: skipped",
-            );
+            return Take::Skip("the archive holds log-archives.max-entries files already: skipped");
         }
         if self.bytes == 0 && len > 0 {
             return Take::Skip(
@@ -101,9 +99,7 @@ pub fn to_remove(kept: &[Kept], now: SystemTime, max_total: u64, max_age: Durati
     let mut total: u64 = kept.iter().map(|k| k.bytes).sum();
     let mut out = Vec::new();
     for k in kept {
-        let old = now
-            .duration_since(k.written)
-            .is_ok_and(|age| age > max_age);
+        let old = now.duration_since(k.written).is_ok_and(|age| age > max_age);
         if old || total > max_total {
             total -= k.bytes;
             out.push(k.name.clone());
@@ -262,7 +258,10 @@ mod tests {
             ..Default::default()
         };
         let text = serde_json::to_string(&m).unwrap();
-        assert!(text.contains("\"GameServerSessionIds\":[\"gss-1\"]"), "{text}");
+        assert!(
+            text.contains("\"GameServerSessionIds\":[\"gss-1\"]"),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), m);
     }
 }

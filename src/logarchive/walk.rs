@@ -93,12 +93,18 @@ impl Beneath {
         while let Some(name) = pending.pop_front() {
             if name == ".." {
                 if stack.pop().is_none() {
-                    return Err("a symbolic link on the way climbs out of the build: not followed".into());
+                    return Err(
+                        "a symbolic link on the way climbs out of the build: not followed".into(),
+                    );
                 }
                 continue;
             }
             let here = |stack: &[(OsString, OwnedFd)]| -> PathBuf {
-                stack.iter().map(|(n, _)| n.as_os_str()).chain([name.as_os_str()]).collect()
+                stack
+                    .iter()
+                    .map(|(n, _)| n.as_os_str())
+                    .chain([name.as_os_str()])
+                    .collect()
             };
             let dir = stack.last().map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
             let kind = match stat_kind(dir, &name) {
@@ -107,7 +113,11 @@ impl Beneath {
                     return Err(format!("{} does not exist", here(&stack).display()));
                 }
                 Err(e) => {
-                    return Err(format!("{} cannot be read: {}", here(&stack).display(), e.desc()));
+                    return Err(format!(
+                        "{} cannot be read: {}",
+                        here(&stack).display(),
+                        e.desc()
+                    ));
                 }
             };
             match kind {
@@ -117,7 +127,11 @@ impl Beneath {
                         return Err(format!("more than {MAX_LINKS} symbolic links on the way"));
                     }
                     let target = readlinkat(dir, name.as_os_str()).map_err(|e| {
-                        format!("the link {} cannot be read: {}", here(&stack).display(), e.desc())
+                        format!(
+                            "the link {} cannot be read: {}",
+                            here(&stack).display(),
+                            e.desc()
+                        )
                     })?;
                     let target = PathBuf::from(target);
                     let rest: Vec<OsString> = if target.is_absolute() {
@@ -181,7 +195,12 @@ pub fn walk(dir: &OwnedFd, at: &Path, visit: &mut dyn FnMut(Item) -> bool) -> bo
 fn walk_at(dir: &OwnedFd, at: &Path, depth: usize, visit: &mut dyn FnMut(Item) -> bool) -> bool {
     let names = match list(dir) {
         Ok(names) => names,
-        Err(e) => return visit(Item::Skipped(at.to_path_buf(), format!("the folder cannot be listed: {e}"))),
+        Err(e) => {
+            return visit(Item::Skipped(
+                at.to_path_buf(),
+                format!("the folder cannot be listed: {e}"),
+            ));
+        }
     };
     for name in names {
         let path = at.join(&name);
@@ -216,7 +235,10 @@ fn walk_at(dir: &OwnedFd, at: &Path, depth: usize, visit: &mut dyn FnMut(Item) -
             }
             Ok(other) => Item::Skipped(
                 path,
-                format!("{}: only regular files and folders are archived", kind_name(other)),
+                format!(
+                    "{}: only regular files and folders are archived",
+                    kind_name(other)
+                ),
             ),
         };
         if !visit(item) {
@@ -256,7 +278,11 @@ fn open_file(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OpenFile, String> {
     let fd = openat(
         dir,
         name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| e.desc().to_string())?;
@@ -276,10 +302,9 @@ fn open_file(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OpenFile, String> {
 /// The names in a folder, sorted (read through the descriptor, so the folder is the one
 /// opened beneath the root).
 fn list(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
-    let mut names: Vec<OsString> =
-        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
+    let mut names: Vec<OsString> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
     names.sort();
     Ok(names)
 }

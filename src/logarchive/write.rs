@@ -36,7 +36,9 @@ pub fn archive(s: &Settings, job: &Job, now: SystemTime) -> Result<Archive, Arch
         .tempfile_in(&s.dir)
         .map_err(write_err)?;
     let mut out = Out {
-        zip: ZipWriter::new(BufWriter::new(tmp.as_file().try_clone().map_err(write_err)?)),
+        zip: ZipWriter::new(BufWriter::new(
+            tmp.as_file().try_clone().map_err(write_err)?,
+        )),
         budget: Budget {
             bytes: s.policy.max_bytes.get(),
             entries: s.policy.max_entries,
@@ -130,7 +132,11 @@ impl Out {
                 }
             };
             let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-            self.add(format!("output/{file_name}"), path.display().to_string(), file)?;
+            self.add(
+                format!("output/{file_name}"),
+                path.display().to_string(),
+                file,
+            )?;
         }
         Ok(())
     }
@@ -141,7 +147,10 @@ impl Out {
         for log_path in log_paths {
             let found = plan::resolve(log_path, &s.game_root).and_then(|rel| match &beneath {
                 Ok(b) => b.find(&rel),
-                Err(e) => Err(format!("the build ({}) cannot be opened: {e}", s.game_root.display())),
+                Err(e) => Err(format!(
+                    "the build ({}) cannot be opened: {e}",
+                    s.game_root.display()
+                )),
             });
             match found {
                 Err(reason) => {
@@ -241,10 +250,8 @@ impl Out {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    note.truncated = Some(format!(
-                        "reading stopped after {} bytes: {e}",
-                        note.bytes
-                    ));
+                    note.truncated =
+                        Some(format!("reading stopped after {} bytes: {e}", note.bytes));
                     break;
                 }
             }
@@ -284,19 +291,20 @@ fn now_secs(t: SystemTime) -> i64 {
 
 /// A Unix time as a zip time (UTC; zip's own 1980 epoch for anything it cannot hold).
 fn zip_time(unix: i64) -> zip::DateTime {
+    civil(unix).unwrap_or_default()
+}
+
+fn civil(unix: i64) -> Option<zip::DateTime> {
     let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
     let text = humantime::format_rfc3339_seconds(t).to_string();
     let num = |r: std::ops::Range<usize>| text.get(r).and_then(|s| s.parse::<u16>().ok());
-    (|| {
-        zip::DateTime::from_date_and_time(
-            num(0..4)?,
-            num(5..7)? as u8,
-            num(8..10)? as u8,
-            num(11..13)? as u8,
-            num(14..16)? as u8,
-            num(17..19)? as u8,
-        )
-        .ok()
-    })()
-    .unwrap_or_default()
+    zip::DateTime::from_date_and_time(
+        num(0..4)?,
+        num(5..7)? as u8,
+        num(8..10)? as u8,
+        num(11..13)? as u8,
+        num(14..16)? as u8,
+        num(17..19)? as u8,
+    )
+    .ok()
 }

@@ -247,7 +247,11 @@ pub fn output_files(log_dir: &Path, process_id: &str, keep: u32) -> Vec<PathBuf>
     let mut files = Vec::new();
     for stream in ["stdout", "stderr"] {
         let live = log_path(log_dir, process_id, stream);
-        files.extend((1..=u64::from(keep)).rev().map(|n| output::numbered(&live, n)));
+        files.extend(
+            (1..=u64::from(keep))
+                .rev()
+                .map(|n| output::numbered(&live, n)),
+        );
         files.push(live);
     }
     files

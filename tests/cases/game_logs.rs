@@ -87,7 +87,8 @@ fn path_of(url: &str) -> &str {
 /// Waits until GetGameServerSessionLogUrl gives a link for `gss`; returns it.
 fn session_link(agent: &Agent, gss: &str) -> String {
     wait_for("the session's log archive", || {
-        let r = agent.ok(json!({"Action": "GetGameServerSessionLogUrl", "GameServerSessionId": gss}));
+        let r =
+            agent.ok(json!({"Action": "GetGameServerSessionLogUrl", "GameServerSessionId": gss}));
         r["PreSignedUrl"].as_str().map(str::to_string)
     })
 }
@@ -120,15 +121,26 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
         json!({"GameServerSessionId": gss}),
     );
     let url = answer["PreSignedUrl"].as_str().unwrap().to_string();
-    assert_eq!(path_of(&url), format!("/game-logs/{process_id}.zip"), "{url}");
+    assert_eq!(
+        path_of(&url),
+        format!("/game-logs/{process_id}.zip"),
+        "{url}"
+    );
     assert!(url.starts_with(&format!("http://{}/", agent.capi)), "{url}");
 
     let (status, head, body) = get(&url);
     assert_eq!(status, 200, "{head}\n{}", String::from_utf8_lossy(&body));
-    assert!(head.to_ascii_lowercase().contains("content-type: application/zip"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/zip"),
+        "{head}"
+    );
     let files = unzip(&body);
     // The relaunched game appends to the same file: this launch wrote the first line.
-    assert!(files["files/logs/game.log"].starts_with("the-game-wrote-this\n"), "{files:?}");
+    assert!(
+        files["files/logs/game.log"].starts_with("the-game-wrote-this\n"),
+        "{files:?}"
+    );
     assert!(
         files[&format!("output/{process_id}.stdout.log")].contains("said-on-stdout"),
         "{files:?}"
@@ -151,7 +163,10 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
     };
     assert!(reason("/etc/passwd").contains("outside the build"));
     assert!(reason("/local/game/escape").contains("symbolic link to /etc outside the build"));
-    assert!(!files.values().any(|t| t.contains("root:x:0:0")), "nothing outside is read");
+    assert!(
+        !files.values().any(|t| t.contains("root:x:0:0")),
+        "nothing outside is read"
+    );
     assert!(
         agent.stderr().contains("log path not archived"),
         "refusals are logged"
@@ -169,7 +184,11 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
         .map(|u| path_of(u.as_str().unwrap()))
         .collect();
     assert!(paths.contains(&path_of(&url)), "{listed}");
-    assert_eq!(listed["Total"].as_u64().unwrap() as usize, paths.len(), "{listed}");
+    assert_eq!(
+        listed["Total"].as_u64().unwrap() as usize,
+        paths.len(),
+        "{listed}"
+    );
     assert_eq!(listed["HasNext"], false);
     let events = client.ok(
         "DescribeFleetEvents",
@@ -192,7 +211,10 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
         .iter()
         .find(|e| e["EventCode"] == "SERVER_PROCESS_STARTED")
         .unwrap();
-    assert_eq!(started["PreSignedLogUrl"], "", "only a process's end has logs");
+    assert_eq!(
+        started["PreSignedLogUrl"], "",
+        "only a process's end has logs"
+    );
 
     // A changed link, one signed with another key, and an expired one are refused.
     let forged = if url.ends_with('0') {
@@ -214,7 +236,11 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
     let now = gse_agent::tc3::now_unix();
     let (status, _, body) = get(&ours.link(&base, &name, now - 10));
     assert_eq!(status, 403);
-    assert!(String::from_utf8_lossy(&body).contains("expired"), "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let stranger = gse_agent::logarchive::Signer::with_key([1; 32]);
     let (status, _, _) = get(&stranger.link(&base, &name, now + 600));
     assert_eq!(status, 403);
@@ -276,8 +302,15 @@ fn a_huge_file_is_cut_to_the_archives_bound_and_links_out_of_the_build_are_refus
         agent
             .events()
             .into_iter()
-            .find(|e| e["ProcessId"] == process_id.as_str() && e["EventCode"] == "SERVER_PROCESS_CRASHED")
-            .and_then(|e| e["PreSignedLogUrl"].as_str().filter(|u| !u.is_empty()).map(str::to_string))
+            .find(|e| {
+                e["ProcessId"] == process_id.as_str() && e["EventCode"] == "SERVER_PROCESS_CRASHED"
+            })
+            .and_then(|e| {
+                e["PreSignedLogUrl"]
+                    .as_str()
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+            })
     });
     let (status, _, body) = get(&url);
     assert_eq!(status, 200);
@@ -287,8 +320,16 @@ fn a_huge_file_is_cut_to_the_archives_bound_and_links_out_of_the_build_are_refus
         .filter(|(n, _)| *n != "MANIFEST.json")
         .map(|(_, t)| t.len())
         .sum();
-    assert_eq!(total, 64 << 10, "the files fill the bound exactly: {:?}", files.keys());
-    assert!(files["files/big.log"].ends_with("\nthe last line\n"), "its end is kept");
+    assert_eq!(
+        total,
+        64 << 10,
+        "the files fill the bound exactly: {:?}",
+        files.keys()
+    );
+    assert!(
+        files["files/big.log"].ends_with("\nthe last line\n"),
+        "its end is kept"
+    );
     assert_eq!(files["files/logs/a.log"], "a\n");
     let manifest: Value = serde_json::from_str(&files["MANIFEST.json"]).unwrap();
     let big = manifest["Files"]
@@ -298,10 +339,16 @@ fn a_huge_file_is_cut_to_the_archives_bound_and_links_out_of_the_build_are_refus
         .find(|f| f["Name"] == "files/big.log")
         .unwrap();
     assert_eq!(big["SourceBytes"], (1 << 20) + 15);
-    assert!(big["Truncated"].as_str().unwrap().contains("max-bytes"), "{big}");
+    assert!(
+        big["Truncated"].as_str().unwrap().contains("max-bytes"),
+        "{big}"
+    );
     let skipped = manifest["Skipped"].to_string();
     assert!(skipped.contains("climbs out of the build"), "{skipped}");
-    assert!(skipped.contains("links inside a folder are not followed"), "{skipped}");
+    assert!(
+        skipped.contains("links inside a folder are not followed"),
+        "{skipped}"
+    );
     assert!(!files.values().any(|t| t == "secret"));
 }
 
@@ -317,7 +364,10 @@ restart: { initial-backoff: 20ms, max-backoff: 50ms, reset-after: 1h, crash-loop
     );
     agent.wait_event("SERVER_PROCESS_CRASH_LOOP");
     let crashes = agent.wait_events("SERVER_PROCESS_CRASHED", 12);
-    let last = crashes.last().unwrap()["ProcessId"].as_str().unwrap().to_string();
+    let last = crashes.last().unwrap()["ProcessId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let generation = |id: &str| -> u64 { id.rsplit('-').next().unwrap().parse().unwrap() };
     let size = |id: &String| {
         std::fs::metadata(agent.path(&format!("data/log-archives/{id}.zip")))
@@ -357,8 +407,12 @@ restart: { initial-backoff: 1h, max-backoff: 1h, reset-after: 1h, crash-loop-max
         .as_str()
         .unwrap()
         .to_string();
-    wait_for("the archive written", || archives(&agent).contains(&first).then_some(()));
-    wait_for("the archive aged out", || (!archives(&agent).contains(&first)).then_some(()));
+    wait_for("the archive written", || {
+        archives(&agent).contains(&first).then_some(())
+    });
+    wait_for("the archive aged out", || {
+        (!archives(&agent).contains(&first)).then_some(())
+    });
     let link = agent.ok(json!({
         "Action": "GetGameServerInstanceLogUrl", "FleetId": "fleet-test", "InstanceId": "ins-test"
     }));
