@@ -421,3 +421,29 @@ restart: { initial-backoff: 1h, max-backoff: 1h, reset-after: 1h, crash-loop-max
         "{link}"
     );
 }
+
+#[test]
+fn a_session_whose_process_still_runs_has_no_log_url_yet() {
+    let agent = signed_agent("--accept-players", "", |_| {});
+    agent.wait_ready(1);
+    let gss = agent.create_session(2)["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    agent.wait_session_status(&gss, "ACTIVE");
+    let answer = sdk(&agent).ok(
+        "GetGameServerSessionLogUrl",
+        json!({"GameServerSessionId": gss}),
+    );
+    assert_eq!(answer["PreSignedUrl"], Value::Null, "{answer}");
+    let listed = agent.ok(json!({
+        "Action": "GetGameServerInstanceLogUrl", "FleetId": "fleet-test", "InstanceId": "ins-test"
+    }));
+    assert_eq!(listed["PresignedUrls"], json!([]), "{listed}");
+    assert_eq!(listed["Total"], 0);
+    let message = agent.err(
+        json!({"Action": "GetGameServerInstanceLogUrl", "FleetId": "fleet-test", "InstanceId": "ins-other"}),
+        "ResourceNotFound",
+    );
+    assert!(message.contains("ins-other"), "{message}");
+}
