@@ -107,6 +107,9 @@ pub enum AgentError {
     /// The metrics server failed.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsServerError),
+    /// The game log archive folder or its link key cannot be used.
+    #[error(transparent)]
+    LogArchive(#[from] crate::logarchive::ArchiveError),
 }
 
 /// The bound addresses, also written to `<data-dir>/endpoints.json` for tools and tests.
@@ -143,6 +146,12 @@ pub struct Agent {
     capi_listener: Option<TcpListener>,
     metrics_listener: Option<TcpListener>,
     endpoints: Endpoints,
+    /// Game logs archived as processes end.
+    log_archives: (
+        crate::logarchive::LogJobs,
+        crate::logarchive::LogLinks,
+        crate::logarchive::Archiver,
+    ),
 }
 
 fn create_dir(path: &Path) -> Result<(), AgentError> {
@@ -160,6 +169,7 @@ impl Agent {
         let lock = crate::lock::acquire(&cfg.data_dir)?;
         create_dir(&cfg.data_dir.join("logs"))?;
         create_dir(&cfg.game_root)?;
+        let log_archives = crate::logarchive::open(&cfg)?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -259,6 +269,7 @@ impl Agent {
             capi_listener,
             metrics_listener,
             endpoints,
+            log_archives,
         })
     }
 
@@ -305,12 +316,20 @@ impl Agent {
             );
             m
         });
+        let (log_jobs, log_links, archiver) = self.log_archives;
+        // Ends once the fleet (its only feeder) has ended and what it queued is written.
+        let archiver = tokio::spawn(
+            archiver
+                .run()
+                .instrument(tracing::info_span!("log_archives")),
+        );
         let (fleet, fleet_task) = fleet::spawn_fleet(
             self.cfg.clone(),
             self.run_as.clone(),
             self.endpoints.sdk_address,
             bus.clone(),
             persistence,
+            log_jobs,
             stops,
         );
         let sdk_task = tokio::spawn(
@@ -340,7 +359,7 @@ impl Agent {
             tokio::spawn(
                 capi::serve(
                     l,
-                    Capi::new(fleet.clone(), bus.clone(), self.cfg.clone())
+                    Capi::new(fleet.clone(), bus.clone(), self.cfg.clone(), log_links)
                         .with_link_cut(self.upstream.as_ref().map(|_| link_cut.clone())),
                     servers_stop.clone(),
                 )
@@ -389,6 +408,7 @@ impl Agent {
         let done = tokio::spawn(async move {
             let _lock = lock;
             let fleet_result = fleet_task.await;
+            let _ = archiver.await;
             servers_stop.cancel();
             if let (Some(relay), Some(u)) = (relay, &upstream) {
                 // Give the relay a moment to deliver the last events (they stay in the outbox

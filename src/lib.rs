@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod host;
 pub mod listen;
 pub mod lock;
+pub mod logarchive;
 pub mod metrics;
 pub mod package;
 pub mod placement;

@@ -8,6 +8,7 @@ pub(crate) mod aliases;
 pub mod chaos;
 mod guard;
 mod host;
+mod logs;
 pub(crate) mod params;
 pub(crate) mod placements;
 pub(crate) mod queues;
@@ -103,17 +104,24 @@ pub struct Capi {
     fleet: FleetHandle,
     bus: EventBus,
     cfg: Arc<Config>,
+    logs: crate::logarchive::LogLinks,
     /// The upstream link's switch for crash rehearsal (`None`: no upstream).
     link_cut: Option<crate::upstream::cut::LinkCut>,
 }
 
 impl Capi {
-    /// A control API over `fleet`.
-    pub fn new(fleet: FleetHandle, bus: EventBus, cfg: Arc<Config>) -> Self {
+    /// A control API over `fleet`, handing out links to the game log archives of `logs`.
+    pub fn new(
+        fleet: FleetHandle,
+        bus: EventBus,
+        cfg: Arc<Config>,
+        logs: crate::logarchive::LogLinks,
+    ) -> Self {
         Self {
             fleet,
             bus,
             cfg,
+            logs,
             link_cut: None,
         }
     }
@@ -126,16 +134,31 @@ impl Capi {
     /// Handles one GSE Local request (`POST /capi`: the action in the body's `Action`) and
     /// returns the response body.
     pub async fn handle(&self, body: &[u8]) -> Value {
-        envelope(self.dispatch(None, body).await)
+        envelope(self.dispatch(None, body, &self.own_host()).await)
     }
 
     /// Handles one Tencent Cloud API request (`POST /`: the action in `X-TC-Action`, the
     /// parameters in the body) and returns the response body.
     pub async fn handle_action(&self, action: &str, body: &[u8]) -> Value {
-        envelope(self.dispatch(Some(action), body).await)
+        envelope(self.dispatch(Some(action), body, &self.own_host()).await)
     }
 
-    async fn dispatch(&self, header_action: Option<&str>, body: &[u8]) -> Result<Value, CapiError> {
+    /// The host links name when the request did not say which it was sent to: the
+    /// configured listen address.
+    pub(crate) fn own_host(&self) -> String {
+        self.cfg
+            .capi_listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    /// Answers one request; `host` is where it was sent (links in the answer point there).
+    pub(crate) async fn dispatch(
+        &self,
+        header_action: Option<&str>,
+        body: &[u8],
+        host: &str,
+    ) -> Result<Value, CapiError> {
         let (action, map) = request(header_action, body)?;
         match action.as_str() {
             "CreateGameServerSession" => self.create_session(map).await,
@@ -168,13 +191,15 @@ impl Capi {
             "DescribeFleetUtilization" => self.describe_utilization(map).await,
             "ListFleets" => self.list_fleets(map),
             "DescribeFleetAttributes" => self.describe_fleet_attributes(map),
-            "DescribeFleetEvents" => self.describe_events(map, false).await,
-            "DescribeAgentEvents" => self.describe_events(map, true).await,
+            "DescribeFleetEvents" => self.describe_events(map, false, host).await,
+            "DescribeAgentEvents" => self.describe_events(map, true, host).await,
+            "GetGameServerSessionLogUrl" => self.session_log_url(map, host).await,
+            "GetGameServerInstanceLogUrl" => self.instance_log_url(map, host).await,
             // The Tencent form answers in exactly the SDK's model; GSE Local's form adds the
             // agent's counts.
             "DescribeInstancesExtend" => self.describe_instance(map, header_action.is_none()).await,
             "DescribeServerProcesses" => self.describe_processes(map).await,
-            "DescribeAgentStatus" => self.describe_agent_status(map).await,
+            "DescribeAgentStatus" => self.describe_agent_status(map, host).await,
             "InjectFault" => self.inject_fault(map).await,
             other if unsupported::instead(other).is_some() => Err(CapiError::new(
                 "UnsupportedOperation",
@@ -423,6 +448,7 @@ impl Capi {
         &self,
         map: Map<String, Value>,
         agent: bool,
+        host: &str,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetId", "Limit", "Offset"])?;
         self.check_fleet(&p, false).await?;
@@ -434,8 +460,12 @@ impl Capi {
         } else {
             view::fleet_event
         };
+        let log_url = self.event_log_urls(host);
         Ok(json!({
-            "Events": events.iter().map(|e| view(e, &self.cfg.fleet_id)).collect::<Vec<_>>(),
+            "Events": events
+                .iter()
+                .map(|e| view(e, &self.cfg.fleet_id, &log_url(e)))
+                .collect::<Vec<_>>(),
             "TotalCount": total,
         }))
     }
@@ -479,7 +509,11 @@ impl Capi {
     /// instance's counts, every process with its CPU time and resident memory (read from
     /// `/proc` now, for these pids only), the entries, and the last `Limit` events (default
     /// 10, with the agent's details).
-    async fn describe_agent_status(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
+    async fn describe_agent_status(
+        &self,
+        map: Map<String, Value>,
+        host: &str,
+    ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["Limit"])?;
         let limit = p.opt_int("Limit", 0, 1000)?.unwrap_or(10) as usize;
         let s = self.status().await?;
@@ -496,6 +530,7 @@ impl Capi {
                 })?;
         let (_, total) = self.bus.recent(0, 0);
         let (events, _) = self.bus.recent(total.saturating_sub(limit), limit);
+        let log_url = self.event_log_urls(host);
         Ok(json!({
             "Instance": view::instance(&s.counters, &self.cfg, true),
             "ServerProcesses": s
@@ -504,7 +539,10 @@ impl Capi {
                 .map(|p| view::process(p, Some(usage.iter().find(|u| u.pid == p.pid))))
                 .collect::<Vec<_>>(),
             "Entries": s.entries.iter().map(view::entry).collect::<Vec<_>>(),
-            "Events": events.iter().map(|e| view::event(e, &self.cfg.fleet_id)).collect::<Vec<_>>(),
+            "Events": events
+                .iter()
+                .map(|e| view::event(e, &self.cfg.fleet_id, &log_url(e)))
+                .collect::<Vec<_>>(),
         }))
     }
 }
@@ -689,6 +727,8 @@ pub const ACTIONS: &[&str] = &[
     "DescribeAgentEvents",
     "DescribeAgentStatus",
     "InjectFault",
+    "GetGameServerSessionLogUrl",
+    "GetGameServerInstanceLogUrl",
 ];
 
 fn unexpected(reply: &ControlReply) -> CapiError {

@@ -31,14 +31,27 @@ pub trait Handler: Clone + Send + Sync + 'static {
         action: Option<&str>,
         body: &[u8],
     ) -> impl std::future::Future<Output = Value> + Send;
+
+    /// Answers one request sent to `host` (its `Host` header, else the listener's address):
+    /// for handlers whose answers link back to this listener.
+    fn answer_at(
+        &self,
+        action: Option<&str>,
+        body: &[u8],
+        host: &str,
+    ) -> impl std::future::Future<Output = Value> + Send {
+        let _ = host;
+        self.answer(action, body)
+    }
 }
 
 impl Handler for Capi {
     async fn answer(&self, action: Option<&str>, body: &[u8]) -> Value {
-        match action {
-            Some(action) => self.handle_action(action, body).await,
-            None => self.handle(body).await,
-        }
+        self.answer_at(action, body, &self.own_host()).await
+    }
+
+    async fn answer_at(&self, action: Option<&str>, body: &[u8], host: &str) -> Value {
+        super::envelope(self.dispatch(action, body, host).await)
     }
 }
 
@@ -70,6 +83,8 @@ struct Door<H> {
     handler: H,
     guard: Guard,
     keys: Option<tc3::keys::KeyFile>,
+    /// The listener's address, the host of requests without `Host`.
+    bound: std::net::SocketAddr,
 }
 
 /// Which form a request takes.
@@ -126,8 +141,10 @@ impl<H: Handler> Door<H> {
                 return envelope(Err(CapiError::new(e.code(), e.to_string())));
             }
         }
+        let bound = self.bound.to_string();
+        let host = header(headers, "host").unwrap_or(&bound);
         match form {
-            Form::Local => self.handler.answer(None, &body).await,
+            Form::Local => self.handler.answer_at(None, &body, host).await,
             Form::Tencent => {
                 let Some(action) = header(headers, "x-tc-action") else {
                     return envelope(Err(CapiError::missing("X-TC-Action")));
@@ -140,7 +157,7 @@ impl<H: Handler> Door<H> {
                         format!("{version:?} is not GSE's API version {}", tc3::API_VERSION),
                     )));
                 }
-                self.handler.answer(Some(action), &body).await
+                self.handler.answer_at(Some(action), &body, host).await
             }
         }
     }
@@ -186,7 +203,9 @@ pub async fn serve(
         allowed_hosts: capi.cfg.capi_allowed_hosts.clone(),
         limits: capi.cfg.connections.clone(),
     };
-    serve_with(listener, capi, options, shutdown).await
+    // Log links are their own authority: served beside the API, outside its door.
+    let links = crate::logarchive::router(capi.logs.clone());
+    serve_routes(listener, capi, options, links, shutdown).await
 }
 
 /// Serves a Tencent Cloud API on an already-bound listener until `shutdown`: HTTP/1.1, within
@@ -197,6 +216,18 @@ pub async fn serve_with<H: Handler>(
     listener: TcpListener,
     handler: H,
     options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), CapiServerError> {
+    serve_routes(listener, handler, options, Router::new(), shutdown).await
+}
+
+/// [`serve_with`], with `extra` routes served beside the API on the same listener, without
+/// its door (they check their own requests).
+async fn serve_routes<H: Handler>(
+    listener: TcpListener,
+    handler: H,
+    options: ServeOptions,
+    extra: Router,
     shutdown: CancellationToken,
 ) -> Result<(), CapiServerError> {
     let bound = listener.local_addr().map_err(CapiServerError::Serve)?;
@@ -223,13 +254,15 @@ pub async fn serve_with<H: Handler>(
             guard
         },
         keys,
+        bound,
     });
     let app = Router::new()
         .route("/", post(api::<H>).fallback(not_served))
         .route("/capi", post(api::<H>).fallback(not_served))
+        .with_state(door)
+        .merge(extra)
         .fallback(not_served)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(door);
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     let acceptor = Acceptor::<()>::new(listener, options.name, bounds).with_refusal(OVER_CAPACITY);
     let open = crate::listen::serve_http1(
         acceptor,

@@ -51,9 +51,6 @@ pub fn instead(action: &str) -> Option<&'static str> {
         "GetInstanceAccess" => {
             "log in to the host with your own access (SSH); the agent hands out no credentials"
         }
-        "GetGameServerInstanceLogUrl" | "GetGameServerSessionLogUrl" => {
-            "game output is kept on the host under data-dir/logs (one file per stream and launch; the process id is in DescribeAgentEvents)"
-        }
         _ => return None,
     })
 }

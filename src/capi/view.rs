@@ -54,9 +54,9 @@ pub fn player(p: &PlayerSession) -> Value {
 }
 
 /// DescribeFleetEvents' `Event`: the SDK model's fields only (the agent's details are in
-/// [`event`], for DescribeAgentEvents).
-pub fn fleet_event(e: &Event, fleet_id: &str) -> Value {
-    let full = event(e, fleet_id);
+/// [`event`], for DescribeAgentEvents). `log_url` is its `PreSignedLogUrl` (empty: none).
+pub fn fleet_event(e: &Event, fleet_id: &str, log_url: &str) -> Value {
+    let full = event(e, fleet_id, log_url);
     let mut out = serde_json::Map::new();
     for key in [
         "EventCode",
@@ -71,13 +71,14 @@ pub fn fleet_event(e: &Event, fleet_id: &str) -> Value {
     Value::Object(out)
 }
 
-/// An event with everything the agent knows (DescribeAgentEvents, an extension).
-pub fn event(e: &Event, fleet_id: &str) -> Value {
+/// An event with everything the agent knows (DescribeAgentEvents, an extension); `log_url`
+/// is its `PreSignedLogUrl` (empty: none).
+pub fn event(e: &Event, fleet_id: &str, log_url: &str) -> Value {
     let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut v {
         o.insert("EventId".into(), json!(format!("event-{}", e.sequence)));
         o.insert("ResourceId".into(), json!(fleet_id));
-        o.insert("PreSignedLogUrl".into(), json!(""));
+        o.insert("PreSignedLogUrl".into(), json!(log_url));
     }
     v
 }

@@ -14,19 +14,25 @@ pub fn resolve_launch_path(launch_path: &str, game_root: &Path) -> Result<PathBu
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(format!("{launch_path:?} contains '..'"));
     }
-    if let Ok(rest) = path.strip_prefix(GSE_GAME_ROOT) {
-        if rest.as_os_str().is_empty() {
-            return Err(format!(
-                "{launch_path:?} names the game root, not a file in it"
-            ));
-        }
-        return Ok(game_root.join(rest));
+    match within_game_root(path, game_root) {
+        Some(rest) if rest.as_os_str().is_empty() => Err(format!(
+            "{launch_path:?} names the game root, not a file in it"
+        )),
+        Some(rest) => Ok(game_root.join(rest)),
+        None => Err(format!(
+            "{launch_path:?} is outside the game root: LaunchPath must start with {GSE_GAME_ROOT}/ (mapped to {})",
+            game_root.display()
+        )),
     }
-    if path.is_absolute() && path.starts_with(game_root) {
-        return Ok(path.to_path_buf());
-    }
-    Err(format!(
-        "{launch_path:?} is outside the game root: LaunchPath must start with {GSE_GAME_ROOT}/ (mapped to {})",
-        game_root.display()
-    ))
+}
+
+/// The part of an absolute GSE path inside the game root: `/local/game/x` and
+/// `<game-root>/x` → `x` (empty for the root itself); `None` for any other path. Lexical: `..`
+/// is the caller's to refuse or resolve.
+pub fn within_game_root<'a>(path: &'a Path, game_root: &Path) -> Option<&'a Path> {
+    path.strip_prefix(GSE_GAME_ROOT).ok().or_else(|| {
+        path.strip_prefix(game_root)
+            .ok()
+            .filter(|_| path.is_absolute())
+    })
 }

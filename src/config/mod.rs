@@ -21,7 +21,7 @@ pub use bytes::ByteSize;
 pub use duration::HumanDuration;
 pub use error::{ConfigError, Problem};
 pub use host::read_for_host;
-pub use launch_path::resolve_launch_path;
+pub use launch_path::{resolve_launch_path, within_game_root};
 pub use model::*;
 use raw::*;
 pub use validate::{parse, parse_runtime, read};

@@ -330,6 +330,41 @@ impl Default for LogPolicy {
     }
 }
 
+/// Game logs kept when a process ends (`log-archives`): what it named in logPathsToUpload and
+/// the agent's capture of its output, one zip per launch in `data-dir/log-archives`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ArchivePolicy {
+    /// Bytes of files one archive holds (before compression): a file past it keeps its end and
+    /// the ones after it are skipped, each with the reason in the archive's `MANIFEST.json`.
+    pub max_bytes: ByteSize,
+    /// Files one archive holds; the rest are skipped with the reason.
+    pub max_entries: usize,
+    /// Bytes every archive together may take on disk: the oldest are removed first.
+    pub max_total_bytes: ByteSize,
+    /// Archives older than this are removed.
+    pub max_age: HumanDuration,
+    /// How long a log link (GetGameServerSessionLogUrl, …) stays valid.
+    pub url_expiry: HumanDuration,
+    /// The scheme, host and port log links start with (e.g. `https://gse.internal:8443` for a
+    /// TLS proxy in front of the control API); `None`: `http://` and the `Host` the request
+    /// was sent to.
+    pub url_base: Option<String>,
+}
+
+impl Default for ArchivePolicy {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize(100 << 20),
+            max_entries: 10_000,
+            max_total_bytes: ByteSize(2 << 30),
+            max_age: Duration::from_secs(7 * 24 * 3600).into(),
+            url_expiry: Duration::from_secs(3600).into(),
+            url_base: None,
+        }
+    }
+}
+
 /// One `ServerProcesses` entry, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct ProcessSpec {
@@ -416,6 +451,8 @@ pub struct Config {
     pub restart: RestartPolicy,
     /// Output capture.
     pub logs: LogPolicy,
+    /// Game logs archived when a process ends.
+    pub log_archives: ArchivePolicy,
     /// Extra environment variables for every game process.
     pub environment: BTreeMap<String, String>,
     /// Crash rehearsal may inject faults into the live fleet (`chaos: enabled`; off by

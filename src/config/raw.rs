@@ -61,6 +61,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) logs: LogPolicy,
     #[serde(default)]
+    pub(super) log_archives: ArchivePolicy,
+    #[serde(default)]
     pub(super) environment: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) chaos: Switch,

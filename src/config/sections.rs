@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection, RawRuntime,
-    RestartPolicy, Switch, Timeouts, UpstreamConfig,
+    ArchivePolicy, ConnectionLimits, HealthCheck, LogPolicy, PackagePolicy, Problem, RawProtection,
+    RawRuntime, RestartPolicy, Switch, Timeouts, UpstreamConfig,
 };
 
 /// Keys a config must have.
@@ -44,6 +44,7 @@ const SECTIONS: &[(&str, Check)] = &[
     ("protection", check::<RawProtection>),
     ("restart", check::<RestartPolicy>),
     ("logs", check::<LogPolicy>),
+    ("log-archives", check::<ArchivePolicy>),
     ("environment", check::<BTreeMap<String, String>>),
     ("chaos", check::<Switch>),
     ("runtime-configuration", check::<RawRuntime>),

@@ -493,3 +493,48 @@ fn crash_rehearsal_is_off_unless_the_config_says_enabled_in_words() {
         p.message
     );
 }
+
+#[test]
+fn log_archives_have_sane_defaults_and_their_bounds_are_checked() {
+    let c = parse_ok(MINIMAL);
+    let a = &c.log_archives;
+    assert_eq!(a.max_bytes.get(), 100 << 20);
+    assert_eq!(a.max_total_bytes.get(), 2 << 30);
+    assert_eq!(a.max_age.get(), Duration::from_secs(7 * 86_400));
+    assert_eq!(a.url_expiry.get(), Duration::from_secs(3600));
+    assert_eq!(a.url_base, None);
+    let c = parse_ok(&format!(
+        "{MINIMAL}log-archives: {{ max-bytes: 1MiB, max-total-bytes: 1MiB, max-age: 1d, url-base: \"https://gse.internal:8443\" }}\n"
+    ));
+    assert_eq!(c.log_archives.max_age.get(), Duration::from_secs(86_400));
+    let p = problems(&format!(
+        "{MINIMAL}log-archives: {{ max-bytes: 1GiB, max-total-bytes: 10MiB, max-entries: 0, max-age: 0s, url-expiry: 8d, url-base: gse.internal }}\n"
+    ));
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "log-archives.max-total-bytes",
+            "log-archives.max-entries",
+            "log-archives.max-age",
+            "log-archives.url-expiry",
+            "log-archives.url-base",
+        ],
+        "{p:?}"
+    );
+    assert!(
+        p[0].message.contains("one archive would not fit"),
+        "{}",
+        p[0].message
+    );
+    assert!(p[4].message.contains("http://"), "{}", p[4].message);
+    for base in ["https://gse.internal:8443/logs", "http://", "http://a b"] {
+        let p = problems(&format!(
+            "{MINIMAL}log-archives: {{ url-base: \"{base}\" }}\n"
+        ));
+        assert_eq!(p[0].key, "log-archives.url-base", "{base}");
+    }
+    // A typo in the section is reported on its line with the nearest key.
+    let p = problems(&format!("{MINIMAL}log-archives: {{ max-byte: 1MiB }}\n"));
+    assert_eq!(p[0].key, "log-archives.max-byte", "{p:?}");
+}

@@ -109,6 +109,34 @@ impl Validator<'_> {
         }
     }
 
+    fn log_archives(&mut self, a: &ArchivePolicy) {
+        let key = |k| [Key("log-archives"), Key(k)];
+        if a.max_bytes.get() < 4096 {
+            self.problem(&key("max-bytes"), "must be at least 4096 bytes (4KiB)");
+        }
+        if a.max_total_bytes.get() < a.max_bytes.get() {
+            self.problem(
+                &key("max-total-bytes"),
+                format!(
+                    "is smaller than max-bytes ({} bytes): one archive would not fit",
+                    a.max_bytes.get()
+                ),
+            );
+        }
+        if a.max_entries == 0 || a.max_entries > 1_000_000 {
+            self.problem(&key("max-entries"), "must be 1 to 1000000");
+        }
+        self.positive(&key("max-age"), a.max_age);
+        if a.url_expiry.get() < Duration::from_secs(1) || a.url_expiry.get() > MAX_URL_EXPIRY {
+            self.problem(&key("url-expiry"), "must be 1s to 7 days");
+        }
+        if let Some(base) = &a.url_base
+            && let Err(why) = check_url_base(base)
+        {
+            self.problem(&key("url-base"), why);
+        }
+    }
+
     fn validate(&mut self, raw: RawConfig, base: &Path) -> Config {
         let fleet_ok = raw
             .fleet_id
@@ -226,6 +254,7 @@ impl Validator<'_> {
         if raw.logs.tail_lines > 1000 {
             self.problem(&[Key("logs"), Key("tail-lines")], "must be at most 1000");
         }
+        self.log_archives(&raw.log_archives);
         for name in raw.environment.keys() {
             if name.is_empty() || name.contains(['=', '\0']) || name.starts_with("GSE_") {
                 self.problem(
@@ -379,6 +408,7 @@ impl Validator<'_> {
             },
             restart: raw.restart,
             logs: raw.logs,
+            log_archives: raw.log_archives,
             environment: raw.environment,
             chaos: raw.chaos == Switch::Enabled,
             runtime,
@@ -545,4 +575,28 @@ fn dns_name_problem(name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The longest `log-archives.url-expiry`: a link is a bearer credential.
+const MAX_URL_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `log-archives.url-base`: `http://` or `https://`, a host (and port), nothing after it.
+fn check_url_base(base: &str) -> Result<(), String> {
+    let Some(authority) = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"))
+    else {
+        return Err(format!(
+            "{base:?} must start with http:// or https:// (e.g. https://gse.internal:8443)"
+        ));
+    };
+    if authority.is_empty()
+        || !authority.bytes().all(|b| b.is_ascii_graphic())
+        || authority.contains(['/', '?', '#', '@'])
+    {
+        return Err(format!(
+            "{base:?} must be a scheme and a host with an optional port, nothing else (e.g. https://gse.internal:8443)"
+        ));
+    }
+    Ok(())
 }

@@ -151,6 +151,7 @@ pub fn spawn_fleet(
     sdk_addr: SocketAddr,
     bus: EventBus,
     persistence: Persistence,
+    log_jobs: crate::logarchive::LogJobs,
     stops: Stops,
 ) -> (FleetHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
@@ -178,6 +179,7 @@ pub fn spawn_fleet(
             saving: Vec::new(),
             writer_gone: false,
         },
+        log_jobs,
     };
     let span = tracing::info_span!("fleet");
     let task = tokio::spawn(actor.run(rx, report_rx, recorded, stops).instrument(span));
@@ -203,6 +205,8 @@ struct Actor {
     clients: HashMap<u64, Client>,
     report_tx: mpsc::UnboundedSender<Report>,
     store: Store,
+    /// Where ended processes' logs are archived.
+    log_jobs: crate::logarchive::LogJobs,
 }
 
 /// The actor's side of saving: a snapshot is offered only when the writer is idle, so the
@@ -654,6 +658,7 @@ impl Actor {
             Effect::Forget { serial } => {
                 self.clients.remove(&serial);
             }
+            Effect::ArchiveLogs(job) => self.log_jobs.submit(*job),
             Effect::Emit(event) => self.bus.emit(*event),
             Effect::Changed(change) => self.bus.changed(change),
         }
@@ -773,16 +778,8 @@ struct EarlyCall {
 
 /// Removes the log files (live and rotated) of an old process.
 fn remove_logs(log_dir: &std::path::Path, process_id: &str, keep_files: u32) {
-    for stream in ["stdout", "stderr"] {
-        let path = process::log_path(log_dir, process_id, stream);
-        for n in 0..=keep_files {
-            let p = if n == 0 {
-                path.clone()
-            } else {
-                format!("{}.{n}", path.display()).into()
-            };
-            let _ = std::fs::remove_file(p);
-        }
+    for path in process::output_files(log_dir, process_id, keep_files) {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -71,6 +71,9 @@ pub enum Effect {
         /// The process's launch serial.
         serial: u64,
     },
+    /// Archive what an ended process named in logPathsToUpload, with its output (off the
+    /// actor: [`crate::logarchive`]).
+    ArchiveLogs(Box<crate::logarchive::Job>),
     /// Publish on the event bus.
     Emit(Box<Event>),
     /// Tell the readers that mirror the state of a change no event reports.

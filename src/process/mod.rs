@@ -276,6 +276,22 @@ pub fn log_path(log_dir: &Path, process_id: &str, stream: &str) -> PathBuf {
     log_dir.join(format!("{process_id}.{stream}.log"))
 }
 
+/// Every output file one process may have: per stream (stdout, then stderr), its rotated
+/// copies oldest first (`.keep` … `.1`), then the live file.
+pub fn output_files(log_dir: &Path, process_id: &str, keep: u32) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for stream in ["stdout", "stderr"] {
+        let live = log_path(log_dir, process_id, stream);
+        files.extend(
+            (1..=u64::from(keep))
+                .rev()
+                .map(|n| output::numbered(&live, n)),
+        );
+        files.push(live);
+    }
+    files
+}
+
 /// Starts a process and its supervising task; `on_exit` runs once, after the process (and its
 /// group) is gone and reaped. Must be called inside the tokio runtime.
 ///

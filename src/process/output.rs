@@ -283,7 +283,7 @@ impl LogFiles {
 }
 
 /// `path.n`
-fn numbered(path: &Path, n: u64) -> PathBuf {
+pub(crate) fn numbered(path: &Path, n: u64) -> PathBuf {
     PathBuf::from(format!("{}.{n}", path.display()))
 }
 

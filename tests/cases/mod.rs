@@ -4,6 +4,7 @@ mod config;
 mod control;
 mod disk;
 mod escape;
+mod game_logs;
 mod hardening;
 mod local_game;
 mod logs;

@@ -99,6 +99,10 @@ struct Args {
     /// logPathsToUpload to report in ProcessReady.
     #[arg(long)]
     log_path: Vec<String>,
+    /// Write a log file of the game's own at start: `PATH=TEXT` appends TEXT and a newline to
+    /// PATH (relative to the working directory, the game root; folders are made).
+    #[arg(long, value_parser = parse_write_file)]
+    write_file: Vec<(std::path::PathBuf, String)>,
     /// Append `start <unix-ns>` at start and `exit <unix-ns>` just before a crash to this file
     /// (used by the restart-latency benchmark).
     #[arg(long)]
@@ -116,6 +120,13 @@ struct Args {
     /// Internal: the grandchild starts its own session first.
     #[arg(long, hide = true)]
     setsid: bool,
+}
+
+fn parse_write_file(s: &str) -> Result<(std::path::PathBuf, String), String> {
+    let (path, text) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not PATH=TEXT"))?;
+    Ok((path.into(), text.to_string()))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -534,6 +545,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(text) = &args.say {
         println!("{text}");
         eprintln!("{text}");
+    }
+    for (path, text) in &args.write_file {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())?;
     }
     if args.spew_bytes > 0 {
         let line = "spew spew spew spew spew spew spew spew spew spew spew spew spew spew spew\n";

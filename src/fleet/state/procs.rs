@@ -173,6 +173,7 @@ impl Fleet {
                 .process(&p.id, Some(pid))
                 .exit(details),
         );
+        self.archive_logs(&p, code, now);
         let last_line = info
             .output_tail
             .iter()
@@ -219,6 +220,27 @@ impl Fleet {
             self.slots[slot].failures = 0;
             self.schedule_launch(slot, now, Duration::ZERO);
         }
+    }
+
+    /// Asks for the archive of the ended process `p`: the paths it named, the sessions it
+    /// hosted (those the fleet still holds), how and when it ended.
+    fn archive_logs(&mut self, p: &Proc, code: EventCode, now: Instant) {
+        let mut hosted: Vec<(u64, &String)> = self
+            .sessions
+            .iter()
+            .filter(|(_, (_, s))| s.process_id == p.id)
+            .map(|(id, (order, _))| (*order, id))
+            .collect();
+        hosted.sort();
+        let job = crate::logarchive::Job {
+            process_id: p.id.clone(),
+            log_paths: p.log_paths.clone(),
+            sessions: hosted.into_iter().map(|(_, id)| id.clone()).collect(),
+            event_code: code.as_str(),
+            started_at: self.clock.to_wall(p.started),
+            ended_at: self.clock.to_wall(now),
+        };
+        self.effects.push(Effect::ArchiveLogs(Box::new(job)));
     }
 
     /// A health check of the process launched as `serial` finished.

@@ -1881,3 +1881,57 @@ async fn host_state_reads_processes_sessions_and_their_players_at_once() {
     assert_eq!(some.sessions[0].session.id, second.id);
     assert!(Control::DescribeHostState(HostStateScope::All).is_query());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_exit_asks_for_the_archive_of_what_the_process_named_and_the_sessions_it_hosted() {
+    let mut h = Harness::new();
+    let pid = h.pids()[0];
+    let id = h.proc(pid).id.clone();
+    let log_paths = vec!["/local/game/logs/game.log".to_string(), "logs".to_string()];
+    h.sdk(
+        pid,
+        SdkCall::ProcessReady {
+            client_port: 7000,
+            grpc_port: 9000,
+            log_paths: log_paths.clone(),
+        },
+    )
+    .unwrap();
+    let first = h.activated(pid, 4);
+    h.sdk(
+        pid,
+        SdkCall::TerminateSession {
+            gss_id: first.id.clone(),
+        },
+    )
+    .unwrap();
+    let second = h.activated(pid, 4);
+    h.advance(Duration::from_secs(3));
+    let effects = h.exit(pid, 0);
+    let jobs: Vec<&crate::logarchive::Job> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ArchiveLogs(j) => Some(&**j),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(jobs.len(), 1, "{effects:?}");
+    let j = jobs[0];
+    assert_eq!(j.process_id, id);
+    assert_eq!(j.log_paths, log_paths);
+    assert_eq!(j.sessions, [first.id, second.id]);
+    assert_eq!(j.event_code, "SERVER_PROCESS_CRASHED");
+    assert_eq!(
+        j.ended_at.duration_since(j.started_at).unwrap(),
+        Duration::from_secs(3)
+    );
+    // A process that never called ProcessReady is archived too (its output), naming nothing.
+    let other = h.pids()[0];
+    let effects = h.exit(other, 1);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ArchiveLogs(j) if j.log_paths.is_empty() && j.sessions.is_empty())),
+        "{effects:?}"
+    );
+}
