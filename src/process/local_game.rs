@@ -120,6 +120,35 @@ pub fn needs_namespace(root: &Path) -> bool {
     root != Path::new(GSE_GAME_ROOT)
 }
 
+/// Whether a child whose build is `root` starts in a private namespace with it at
+/// `/local/game` (what [`confine`] will do).
+pub fn will_confine(root: Option<&Path>) -> bool {
+    root.is_some_and(needs_namespace) && matches!(support(), Support::Private)
+}
+
+/// Where a child that [`will_confine`] to `root` finds `path` (a host path in its build), as
+/// a host path: a link whose target is an absolute path under `/local/game` (as install.sh
+/// makes them: `ln -s /local/game/bin/server /local/game/server`) leads into `root` there, not
+/// into the host's `/local/game`. Links of the last component are followed one at a time, at
+/// most 40 as the kernel does; the path reached is returned for the caller's check to judge.
+pub fn seen_at(path: &Path, root: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&p) else {
+            return p;
+        };
+        let next = match p.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+        p = match next.strip_prefix(GSE_GAME_ROOT) {
+            Ok(rest) => root.join(rest),
+            Err(_) => next,
+        };
+    }
+    p
+}
+
 /// Sets `cmd` up to see `root` at `/local/game` (when [`needs_namespace`] and [`support`] say
 /// so) and to run as `user`; returns whether it will get a private namespace. Call before the
 /// spawn: everything the child needs is prepared here.
@@ -129,8 +158,7 @@ pub fn confine(
     root: Option<&Path>,
     user: Option<(u32, u32)>,
 ) -> Result<bool, LocalGameError> {
-    let root = root.filter(|r| needs_namespace(r));
-    let (Some(root), Support::Private) = (root, support()) else {
+    let (Some(root), true) = (root, will_confine(root)) else {
         if let Some((uid, gid)) = user {
             cmd.uid(uid).gid(gid);
         }

@@ -311,7 +311,14 @@ fn launch_with(
     watch: Watch,
     on_exit: impl FnOnce(u32, ExitInfo) + Send + 'static,
 ) -> Result<ProcessHandle, SpawnError> {
-    check_executable(&spec.program)?;
+    // A confined game finds its launch path in its namespace, where links into /local/game
+    // lead into its build.
+    match spec.local_game.as_deref() {
+        Some(root) if local_game::will_confine(Some(root)) => {
+            check_executable(&local_game::seen_at(&spec.program, root))?
+        }
+        _ => check_executable(&spec.program)?,
+    }
     let paths = ["stdout", "stderr"].map(|s| log_path(&spec.log_dir, &spec.process_id, s));
     let open = |path: &PathBuf| {
         open_for_child(path).map_err(|source| SpawnError::OpenLog {

@@ -375,7 +375,13 @@ pub async fn validate(
     let mut checked = Vec::new();
     let mut bad = None;
     for spec in &cfg.runtime.server_processes {
-        match launch_path::check(&spec.program) {
+        // As the game will find it (see `process::launch`).
+        let program = if local_game::will_confine(Some(&cfg.game_root)) {
+            local_game::seen_at(&spec.program, &cfg.game_root)
+        } else {
+            spec.program.clone()
+        };
+        match launch_path::check(&program) {
             Ok(what) => checked.push(format!("{}: {what}", spec.launch_path)),
             Err(why) => {
                 bad = Some(format!("{}: {why}", spec.launch_path));

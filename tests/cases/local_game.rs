@@ -46,11 +46,16 @@ exec /local/game/server \"$@\"
 
 /// A zip build written for GSE: `install.sh` and `start.sh` above.
 fn gse_zip(path: &Path) {
+    gse_zip_installing(path, "");
+}
+
+/// [`gse_zip`], its install.sh ending with `more`.
+fn gse_zip_installing(path: &Path, more: &str) {
     use std::io::Write;
     let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
     w.start_file("install.sh", opts).unwrap();
-    w.write_all(INSTALL_SH.replace("{server}", FAKE_SERVER).as_bytes())
+    w.write_all((INSTALL_SH.replace("{server}", FAKE_SERVER) + more).as_bytes())
         .unwrap();
     w.start_file("start.sh", opts).unwrap();
     w.write_all(START_SH.as_bytes()).unwrap();
@@ -378,5 +383,24 @@ fn a_node_js_game_passes_validate_and_runs() {
     assert_eq!(agent.count("SERVER_PROCESS_ENDING"), 1);
     assert_eq!(agent.count("SERVER_PROCESS_CRASHED"), 0, "{ended}");
     assert!(stdout_of(&agent, &ready[0]).contains("ending"));
+    host_untouched();
+}
+
+/// install.sh links the launch path to another file of the build through /local/game: the
+/// link leads nowhere on the host, but into the build where the game runs, and the agent's own
+/// checks of the launch path follow it there.
+#[test]
+fn a_launch_path_linked_through_local_game_is_checked_where_the_game_finds_it() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("build.zip");
+    gse_zip_installing(&zip, "ln -s /local/game/start.sh /local/game/launch\n");
+    write_validate_config(dir.path(), "/local/game/launch", "");
+    let (code, report, table) = validate(Path::new(AGENT), dir.path(), &zip, None);
+    assert_eq!(code, Some(0), "{table}");
+    let steps = report["steps"].to_string();
+    assert!(steps.contains("script for /bin/sh"), "{steps}");
     host_untouched();
 }

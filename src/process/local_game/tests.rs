@@ -160,3 +160,30 @@ fn a_confined_child_sees_its_root_at_local_game() {
     let mut cmd = Command::new("/bin/true");
     assert!(!confine(&mut cmd, Some(Path::new(GSE_GAME_ROOT)), None).unwrap());
 }
+
+#[test]
+fn a_link_into_local_game_is_followed_into_the_childs_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/server"), "").unwrap();
+    let link =
+        |name: &str, target: &str| std::os::unix::fs::symlink(target, root.join(name)).unwrap();
+    // As install.sh makes them for a GSE build.
+    link("server", "/local/game/bin/server");
+    link("again", "server");
+    link("env", "/usr/bin/env");
+    link("loop", "loop");
+    assert_eq!(seen_at(&root.join("server"), root), root.join("bin/server"));
+    assert_eq!(seen_at(&root.join("again"), root), root.join("bin/server"));
+    assert_eq!(
+        seen_at(&root.join("env"), root),
+        PathBuf::from("/usr/bin/env")
+    );
+    assert_eq!(
+        seen_at(&root.join("bin/server"), root),
+        root.join("bin/server")
+    );
+    // A loop ends where the kernel gives up; the caller's check says what is wrong there.
+    assert_eq!(seen_at(&root.join("loop"), root), root.join("loop"));
+}
