@@ -69,6 +69,8 @@ enum Report {
         serial: u64,
         process_id: String,
         result: Result<ProcessHandle, process::SpawnError>,
+        /// The build the game root led to at the launch (what the process runs in).
+        build: Option<std::path::PathBuf>,
     },
 }
 
@@ -170,6 +172,7 @@ pub fn spawn_fleet(
         launching: HashMap::new(),
         early_calls: Vec::new(),
         clients: HashMap::new(),
+        builds: HashMap::new(),
         report_tx,
         store: Store {
             writer: persistence.writer,
@@ -203,6 +206,8 @@ struct Actor {
     early_calls: Vec<EarlyCall>,
     /// Callback clients by launch serial.
     clients: HashMap<u64, Client>,
+    /// The build each live process runs in, by launch serial (for its log archive).
+    builds: HashMap<u64, std::path::PathBuf>,
     report_tx: mpsc::UnboundedSender<Report>,
     store: Store,
     /// Where ended processes' logs are archived.
@@ -476,10 +481,14 @@ impl Actor {
                 serial,
                 process_id,
                 result,
+                build,
             } => {
                 let early_exit = self.launching.remove(&serial).flatten();
                 match result {
                     Ok(handle) => {
+                        if let Some(build) = build {
+                            self.builds.insert(serial, build);
+                        }
                         let identity = handle.identity.clone();
                         self.handles.insert(serial, handle);
                         self.fleet.spawned(slot, serial, process_id, identity, now);
@@ -658,7 +667,10 @@ impl Actor {
             Effect::Forget { serial } => {
                 self.clients.remove(&serial);
             }
-            Effect::ArchiveLogs(job) => self.log_jobs.submit(*job),
+            Effect::ArchiveLogs { serial, mut job } => {
+                job.build = self.builds.remove(&serial);
+                self.log_jobs.submit(*job);
+            }
             Effect::Emit(event) => self.bus.emit(*event),
             Effect::Changed(change) => self.bus.changed(change),
         }
@@ -750,12 +762,16 @@ impl Actor {
                     source: std::io::Error::other("the launch panicked"),
                 })
             });
+            // Read as close to the spawn as can be: a DeployBuild moves the link, not the
+            // process.
+            let build = std::fs::canonicalize(&launch.cwd).ok();
             // The actor ends only once no launch is under way, so this is received.
             let _ = tx.send(Report::Launched {
                 slot,
                 serial,
                 process_id,
                 result,
+                build,
             });
             // Not on the way to the new process.
             if let Some(old) = retire_logs_of {

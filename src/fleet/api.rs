@@ -73,7 +73,12 @@ pub enum Effect {
     },
     /// Archive what an ended process named in logPathsToUpload, with its output (off the
     /// actor: [`crate::logarchive`]).
-    ArchiveLogs(Box<crate::logarchive::Job>),
+    ArchiveLogs {
+        /// The process's launch serial (the actor adds the build it ran in).
+        serial: u64,
+        /// What to archive.
+        job: Box<crate::logarchive::Job>,
+    },
     /// Publish on the event bus.
     Emit(Box<Event>),
     /// Tell the readers that mirror the state of a change no event reports.

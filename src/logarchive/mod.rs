@@ -57,6 +57,9 @@ pub struct Job {
     pub started_at: SystemTime,
     /// When it ended (wall clock).
     pub ended_at: SystemTime,
+    /// The build it ran in (its game root as resolved when it started), which a later
+    /// DeployBuild does not change; `None`: where the game root leads now.
+    pub build: Option<PathBuf>,
 }
 
 /// Why the archive folder cannot be used or an archive could not be written.

@@ -46,7 +46,7 @@ fn links_inside_the_build_are_followed_and_links_out_of_it_never() {
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .unwrap();
-    let beneath = Beneath::open(&root).unwrap();
+    let beneath = Beneath::open(&root, None).unwrap();
     assert_eq!(
         find(&beneath, "logs/game.log"),
         Ok(("logs/game.log".into(), false))
@@ -82,7 +82,7 @@ fn links_inside_the_build_are_followed_and_links_out_of_it_never() {
 fn a_folder_is_walked_sorted_without_following_its_links() {
     let (_dir, root) = build();
     symlink("/etc/passwd", root.join("logs/passwd")).unwrap();
-    let beneath = Beneath::open(&root).unwrap();
+    let beneath = Beneath::open(&root, None).unwrap();
     let Ok((at, Found::Dir(fd))) = beneath.find(Path::new("logs")) else {
         panic!("logs is a folder");
     };
@@ -127,6 +127,7 @@ fn job(log_paths: &[&str]) -> Job {
         event_code: "SERVER_PROCESS_CRASHED",
         started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         ended_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100),
+        build: None,
     }
 }
 
@@ -264,4 +265,27 @@ fn archive_names_are_plain() {
     ] {
         assert!(!is_archive_name(bad), "{bad}");
     }
+}
+
+#[test]
+fn a_process_logs_are_found_in_the_build_it_ran_in_after_a_deploy_moved_the_game_root() {
+    let (dir, root) = build();
+    // A DeployBuild: the game root now leads to another build, without the old logs folder.
+    let old = dir.path().join("build");
+    std::fs::create_dir_all(dir.path().join("new")).unwrap();
+    std::fs::remove_file(&root).unwrap();
+    symlink(dir.path().join("new"), &root).unwrap();
+    let now = Beneath::open(&root, None).unwrap();
+    assert!(
+        find(&now, "logs/game.log")
+            .unwrap_err()
+            .contains("does not exist")
+    );
+    let then = Beneath::open(&root, Some(&old)).unwrap();
+    assert_eq!(
+        find(&then, "logs/game.log"),
+        Ok(("logs/game.log".into(), false))
+    );
+    // Its folders too.
+    assert_eq!(find(&then, "logs/old"), Ok(("logs/old".into(), true)));
 }

@@ -66,10 +66,11 @@ pub enum Item {
 }
 
 impl Beneath {
-    /// Opens the build's root, `game_root` (a link to the build, as the agent makes it, is
-    /// followed: the agent made it).
-    pub fn open(game_root: &Path) -> std::io::Result<Self> {
-        let real_root = std::fs::canonicalize(game_root)?;
+    /// Opens the build's root: `build` (the one a process ran in), else where `game_root` (a
+    /// link to the build, as the agent makes it, followed: the agent made it) leads now. Link
+    /// targets may name the build by `/local/game`, `game_root` or its own path.
+    pub fn open(game_root: &Path, build: Option<&Path>) -> std::io::Result<Self> {
+        let real_root = std::fs::canonicalize(build.unwrap_or(game_root))?;
         let root = openat(
             nix::fcntl::AT_FDCWD,
             &real_root,

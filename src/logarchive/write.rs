@@ -59,7 +59,7 @@ pub fn archive(s: &Settings, job: &Job, now: SystemTime) -> Result<Archive, Arch
         process_id: job.process_id.clone(),
     };
     out.capture(s).map_err(write_err)?;
-    out.named(s, &job.log_paths).map_err(write_err)?;
+    out.named(s, job).map_err(write_err)?;
     let Out {
         mut zip, manifest, ..
     } = out;
@@ -141,10 +141,10 @@ impl Out {
         Ok(())
     }
 
-    /// Every path the game named, resolved beneath the build.
-    fn named(&mut self, s: &Settings, log_paths: &[String]) -> std::io::Result<()> {
-        let beneath = Beneath::open(&s.game_root);
-        for log_path in log_paths {
+    /// Every path the game named, resolved beneath the build it ran in.
+    fn named(&mut self, s: &Settings, job: &Job) -> std::io::Result<()> {
+        let beneath = Beneath::open(&s.game_root, job.build.as_deref());
+        for log_path in &job.log_paths {
             let found = plan::resolve(log_path, &s.game_root).and_then(|rel| match &beneath {
                 Ok(b) => b.find(&rel),
                 Err(e) => Err(format!(

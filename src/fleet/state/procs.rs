@@ -239,8 +239,12 @@ impl Fleet {
             event_code: code.as_str(),
             started_at: self.clock.to_wall(p.started),
             ended_at: self.clock.to_wall(now),
+            build: None,
         };
-        self.effects.push(Effect::ArchiveLogs(Box::new(job)));
+        self.effects.push(Effect::ArchiveLogs {
+            serial: p.serial,
+            job: Box::new(job),
+        });
     }
 
     /// A health check of the process launched as `serial` finished.

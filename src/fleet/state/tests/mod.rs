@@ -1911,7 +1911,7 @@ async fn an_exit_asks_for_the_archive_of_what_the_process_named_and_the_sessions
     let jobs: Vec<&crate::logarchive::Job> = effects
         .iter()
         .filter_map(|e| match e {
-            Effect::ArchiveLogs(j) => Some(&**j),
+            Effect::ArchiveLogs { job, .. } => Some(&**job),
             _ => None,
         })
         .collect();
@@ -1931,7 +1931,7 @@ async fn an_exit_asks_for_the_archive_of_what_the_process_named_and_the_sessions
     assert!(
         effects
             .iter()
-            .any(|e| matches!(e, Effect::ArchiveLogs(j) if j.log_paths.is_empty() && j.sessions.is_empty())),
+            .any(|e| matches!(e, Effect::ArchiveLogs { job: j, .. } if j.log_paths.is_empty() && j.sessions.is_empty())),
         "{effects:?}"
     );
 }
