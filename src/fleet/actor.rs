@@ -378,6 +378,12 @@ impl Actor {
         ));
         self.touch();
         self.save(Instant::now(), true);
+        // A rehearsed hang is not saved: the next agent would never continue the group.
+        for serial in self.fleet.hung() {
+            if let Some(h) = self.handles.get(&serial) {
+                h.signal_group_now(nix::sys::signal::Signal::SIGCONT);
+            }
+        }
         for (_, handle) in self.handles.drain() {
             handle.detach();
         }

@@ -220,6 +220,17 @@ impl ProcessHandle {
         let _ = self.orders.send(Order::Signal { signal, group });
     }
 
+    /// Sends `signal` to the process group at once, from the caller rather than through the
+    /// supervising task, which may not run again (an agent about to leave its games to the
+    /// next one). The process is not reaped while its handle lives, so its pid is still its.
+    pub fn signal_group_now(&self, signal: Signal) {
+        if let Ok(pid) = i32::try_from(self.identity.pid)
+            && pid > 1
+        {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
     /// From now on, dropping the supervising task (runtime shutdown) leaves the process
     /// running instead of killing its group. For an agent that exits on purpose, leaving the
     /// game to its successor. Stops already requested still happen while the task runs.

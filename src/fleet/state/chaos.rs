@@ -4,7 +4,9 @@
 //! answered as failed without asking the game, an OnStartGameServerSession delayed or not
 //! made. What follows (the exit, the unhealthy verdict, the failed activation) goes through the
 //! same transitions as a real fault, so a rehearsal tests the handling a real crash gets. Each
-//! fault is one event with its own code; faults are not saved (an agent restart ends them).
+//! fault is one event with its own code. Faults are not saved: an agent that stops continues
+//! the groups it hung (even when it leaves them running for the next agent), and armed
+//! failures end with it.
 
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub(super) struct ProcFaults {
     pub(super) failing_checks: u32,
     /// The signal crash rehearsal sent it, told apart from a real crash in its exit event.
     pub(super) signal: Option<Signal>,
+    /// It is hung (its group stopped) until then; a later hang extends it.
+    pub(super) hung_until: Option<Instant>,
 }
 
 /// OnStartGameServerSession calls a [`Fault::SessionStart`] still affects.
@@ -79,13 +83,16 @@ impl Fleet {
             Fault::Hang { target, duration } => {
                 check_duration(duration)?;
                 let (serial, id, pid) = self.fault_target(&target)?;
+                let until = now + duration;
+                if let Some(p) = self.procs.get_mut(&serial) {
+                    p.faults.hung_until = Some(p.faults.hung_until.map_or(until, |t| t.max(until)));
+                }
                 self.effects.push(crate::fleet::api::Effect::Signal {
                     serial,
                     signal: Signal::SIGSTOP,
                     group: true,
                 });
-                self.timers
-                    .add(now + duration, Timer::FaultHangEnd { serial });
+                self.timers.add(until, Timer::FaultHangEnd { serial });
                 self.emit(
                     Event::new(
                         EventCode::ChaosProcessHung,
@@ -228,15 +235,29 @@ impl Fleet {
         Some(fault)
     }
 
-    /// A hang's time is up: continue the process if it still runs.
-    pub(super) fn end_hang(&mut self, serial: u64) {
-        if self.procs.contains_key(&serial) {
+    /// A hang's time is up: continue the process if it still runs and no later hang holds it.
+    pub(super) fn end_hang(&mut self, serial: u64, now: Instant) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if p.faults.hung_until.is_some_and(|t| t <= now) {
+            p.faults.hung_until = None;
             self.effects.push(crate::fleet::api::Effect::Signal {
                 serial,
                 signal: Signal::SIGCONT,
                 group: true,
             });
         }
+    }
+
+    /// The processes crash rehearsal holds hung now (an agent leaving them to the next one
+    /// continues them first).
+    pub fn hung(&self) -> Vec<u64> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.faults.hung_until.is_some())
+            .map(|(serial, _)| *serial)
+            .collect()
     }
 
     /// Forgets the faults armed for a process that ended.

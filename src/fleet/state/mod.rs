@@ -361,7 +361,7 @@ impl Fleet {
                     }
                 }
             }
-            Timer::FaultHangEnd { serial } => self.end_hang(serial),
+            Timer::FaultHangEnd { serial } => self.end_hang(serial, now),
             Timer::TerminateDeadline { serial } => {
                 if let Some(Phase::Terminating(reason)) = self.procs.get(&serial).map(|p| p.phase) {
                     self.stop(serial, reason.stop_reason());

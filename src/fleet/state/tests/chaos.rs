@@ -340,3 +340,29 @@ async fn a_session_start_fault_for_one_process_goes_to_its_calls_only_and_ends_w
     h.exit(pids[1], 0);
     assert!(h.fleet.start_faults.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_longer_hang_made_meanwhile_holds_the_group_until_its_own_end() {
+    let mut h = rehearsal();
+    let pid = h.pids()[0];
+    let serial = h.s(pid);
+    for secs in [2, 10] {
+        let target = process(&h, pid);
+        inject(
+            &mut h,
+            Fault::Hang {
+                target,
+                duration: Duration::from_secs(secs),
+            },
+        )
+        .unwrap();
+    }
+    h.settle();
+    assert_eq!(h.fleet.hung(), vec![serial]);
+    assert!(signals(&h.advance(Duration::from_secs(2))).is_empty());
+    assert_eq!(
+        signals(&h.advance(Duration::from_secs(8))),
+        vec![(serial, Signal::SIGCONT, true)]
+    );
+    assert!(h.fleet.hung().is_empty());
+}
