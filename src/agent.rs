@@ -30,6 +30,9 @@ use crate::upstream::outbox::{Outbox, OutboxError, unix_ms};
 const EVENT_HISTORY: usize = 10_000;
 /// How long the relay may take to deliver the last events at shutdown.
 const RELAY_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the log archives still queued at shutdown may take (the games' shutdown has had
+/// its own bound; this keeps the whole stop inside the unit's TimeoutStopSec).
+const ARCHIVE_DRAIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Why the agent could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -408,7 +411,17 @@ impl Agent {
         let done = tokio::spawn(async move {
             let _lock = lock;
             let fleet_result = fleet_task.await;
-            let _ = archiver.await;
+            let mut archiver = archiver;
+            if tokio::time::timeout(ARCHIVE_DRAIN, &mut archiver)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "log archives still queued after {}: not written (those games' output stays in logs/)",
+                    humantime::format_duration(ARCHIVE_DRAIN)
+                );
+                archiver.abort();
+            }
             servers_stop.cancel();
             if let (Some(relay), Some(u)) = (relay, &upstream) {
                 // Give the relay a moment to deliver the last events (they stay in the outbox

@@ -5,7 +5,7 @@
 //! and nobody without the key can make or change one.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use hmac::{KeyInit, Mac};
@@ -63,25 +63,29 @@ impl Signer {
             path: path.to_path_buf(),
             why,
         };
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut file) => {
-                let mut key = [0u8; 32];
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut r| r.read_exact(&mut key))
-                    .map_err(|e| fail(format!("cannot read /dev/urandom: {e}")))?;
-                file.write_all(format!("{}\n", hex(&key)).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| {
-                        let _ = std::fs::remove_file(path);
-                        fail(format!("cannot write it: {e}"))
-                    })?;
-                Ok(Self { key })
-            }
+        // An empty file is what a crash between creating and writing the key left (an agent
+        // of the version that wrote it in place): made again.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(path);
+        }
+        // Written whole under a temporary name, then linked into place: a crash leaves no key
+        // or the whole key, and a second agent racing for it gets the first one's.
+        let made = (|| {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".tmp-log-url.key")
+                .permissions(std::fs::Permissions::from_mode(0o600))
+                .tempfile_in(dir)?;
+            let mut key = [0u8; 32];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+            tmp.write_all(format!("{}\n", hex(&key)).as_bytes())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist_noclobber(path).map_err(|e| e.error)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok::<_, std::io::Error>(key)
+        })();
+        match made {
+            Ok(key) => Ok(Self { key }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
                 if meta.permissions().mode() & 0o077 != 0 {
@@ -226,5 +230,16 @@ mod tests {
         std::fs::write(&path, "short\n").unwrap();
         let e = Signer::load_or_create(&path).unwrap_err().to_string();
         assert!(e.contains("64 hex digits"), "{e}");
+        // What a crash between creating and writing it would leave: a new key is made.
+        std::fs::write(&path, "").unwrap();
+        let c = Signer::load_or_create(&path).unwrap();
+        assert_ne!(c.key, a.key);
+        assert_eq!(Signer::load_or_create(&path).unwrap().key, c.key);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["log-url.key"], "no temporary file is left");
     }
 }

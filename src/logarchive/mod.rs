@@ -343,7 +343,7 @@ fn scan(dir: &Path) -> Result<Index, ArchiveError> {
             }
         };
         index.insert(Archive {
-            process_id: name.trim_end_matches(".zip").to_string(),
+            process_id: name.strip_suffix(".zip").unwrap_or(&name).to_string(),
             name,
             bytes: meta.len(),
             written: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),

@@ -289,3 +289,13 @@ fn a_process_logs_are_found_in_the_build_it_ran_in_after_a_deploy_moved_the_game
     // Its folders too.
     assert_eq!(find(&then, "logs/old"), Ok(("logs/old".into(), true)));
 }
+
+#[test]
+fn any_file_time_a_game_sets_becomes_a_zip_time() {
+    use super::write::zip_time;
+    assert_eq!(zip_time(i64::MAX), zip::DateTime::default());
+    assert_eq!(zip_time(-5), zip::DateTime::default());
+    assert_eq!(zip_time(253_402_300_800), zip::DateTime::default());
+    let t = zip_time(1_700_000_000);
+    assert_eq!((t.year(), t.month(), t.day()), (2023, 11, 14));
+}

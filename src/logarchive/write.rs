@@ -290,12 +290,17 @@ fn now_secs(t: SystemTime) -> i64 {
 }
 
 /// A Unix time as a zip time (UTC; zip's own 1980 epoch for anything it cannot hold).
-fn zip_time(unix: i64) -> zip::DateTime {
+pub(super) fn zip_time(unix: i64) -> zip::DateTime {
     civil(unix).unwrap_or_default()
 }
 
 fn civil(unix: i64) -> Option<zip::DateTime> {
-    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    // A game may set any mtime: outside what a zip time holds (1980 to 2107) it is zip's own
+    // epoch, before formatting (which cannot write years past 9999).
+    if !(315_532_800..=4_354_819_199).contains(&unix) {
+        return None;
+    }
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(unix as u64);
     let text = humantime::format_rfc3339_seconds(t).to_string();
     let num = |r: std::ops::Range<usize>| text.get(r).and_then(|s| s.parse::<u16>().ok());
     zip::DateTime::from_date_and_time(
