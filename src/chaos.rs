@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::fleet::api::{MAX_FAULT_COUNT, MAX_FAULT_DURATION};
+
 /// One fault to inject.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum FaultArgs {
@@ -25,7 +27,7 @@ pub enum FaultArgs {
         /// Which process.
         #[command(flatten)]
         target: TargetArgs,
-        /// How long: seconds (30, 0.5) or a duration (500ms, 2m); at most 1h.
+        /// How long: seconds (30, 0.5) or a duration (500ms, 2m); at most an hour.
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         duration: Duration,
     },
@@ -35,9 +37,10 @@ pub enum FaultArgs {
         /// Which process.
         #[command(flatten)]
         target: TargetArgs,
-        /// How many health checks fail.
-        #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
-        count: u32,
+        /// How many health checks fail [default: the agent's health-check.failure-threshold,
+        /// enough to end it as unhealthy].
+        #[arg(long, short = 'n', value_parser = parse_count)]
+        count: Option<u32>,
     },
     /// Delay the next OnStartGameServerSession calls, to one process or to any; the activation
     /// timeout still runs (event CHAOS_SESSION_START_DELAYED).
@@ -45,11 +48,11 @@ pub enum FaultArgs {
         /// Only calls to this process (its id, `proc-…`).
         #[arg(long, value_name = "PROCESS_ID")]
         process: Option<String>,
-        /// How long: seconds or a duration; at most 1h.
+        /// How long: seconds or a duration; at most an hour.
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         duration: Duration,
         /// How many calls.
-        #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        #[arg(long, short = 'n', default_value_t = 1, value_parser = parse_count)]
         count: u32,
     },
     /// Fail the next OnStartGameServerSession calls, to one process or to any, without calling
@@ -59,13 +62,13 @@ pub enum FaultArgs {
         #[arg(long, value_name = "PROCESS_ID")]
         process: Option<String>,
         /// How many calls.
-        #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        #[arg(long, short = 'n', default_value_t = 1, value_parser = parse_count)]
         count: u32,
     },
     /// Cut the link to the control plane for a while; events wait in the outbox and are
     /// delivered once it is back (event CHAOS_UPSTREAM_CUT).
     CutUpstream {
-        /// How long: seconds or a duration; at most 1h.
+        /// How long: seconds or a duration; at most an hour.
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         duration: Duration,
     },
@@ -111,7 +114,9 @@ impl FaultArgs {
             }
             Self::FailHealthChecks { target: t, count } => {
                 p["Fault"] = json!("FailHealthChecks");
-                p["Count"] = json!(count);
+                if let Some(n) = count {
+                    p["Count"] = json!(n);
+                }
                 target(&mut p, t);
             }
             Self::DelaySessionStart {
@@ -153,21 +158,32 @@ pub fn describe(answer: &Value) -> String {
 }
 
 /// A fault's duration: plain seconds (`30`, `0.5`) or a duration (`500ms`, `2m`); more than
-/// zero and at most an hour.
+/// zero and at most [`MAX_FAULT_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match s.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 3600.0 => {
-            Duration::from_secs_f64(secs)
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
         }
-        Ok(_) => return Err(format!("{s:?} is not more than 0 and at most 3600 seconds")),
+        Ok(_) => return Err(format!("{s:?} is not a number of seconds")),
         Err(_) => humantime::parse_duration(s).map_err(|e| {
             format!("{s:?} is neither seconds (30, 0.5) nor a duration (500ms, 2m): {e}")
         })?,
     };
-    if d.is_zero() || d > crate::fleet::api::MAX_FAULT_DURATION {
-        return Err(format!("{s:?} is not more than 0 and at most 1h"));
+    if d.is_zero() || d > MAX_FAULT_DURATION {
+        return Err(format!(
+            "{s:?} is not more than zero and at most {}",
+            humantime::format_duration(MAX_FAULT_DURATION)
+        ));
     }
     Ok(d)
+}
+
+/// A fault's count: 1 to [`MAX_FAULT_COUNT`].
+pub fn parse_count(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=MAX_FAULT_COUNT).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a count from 1 to {MAX_FAULT_COUNT}")),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! Parameters: `Fault` (one of [`FAULTS`]); the target, `ServerProcessId` or
 //! `GameServerSessionId` (the process hosting it); `Signal` (KillProcess; default SIGKILL),
 //! `DurationSeconds` (HangProcess, DelayGameServerSessionStart, CutUpstream), `Count`
-//! (FailHealthChecks, DelayGameServerSessionStart, FailGameServerSessionStart; default 1).
+//! (FailHealthChecks, default `health-check.failure-threshold`; DelayGameServerSessionStart and
+//! FailGameServerSessionStart, default 1).
 //! The answer names the process the fault went to and the code of the event it made.
 
 use std::str::FromStr;
@@ -61,7 +62,10 @@ impl Capi {
             },
             "FailHealthChecks" => Fault::FailHealthChecks {
                 target: target(&p)?,
-                count: count(&p)?,
+                // By default as many as end it as unhealthy.
+                count: p
+                    .opt_int("Count", 1, i64::from(MAX_FAULT_COUNT))?
+                    .map(|n| n as u32),
             },
             "DelayGameServerSessionStart" | "FailGameServerSessionStart" => {
                 if p.raw("GameServerSessionId").is_some() {
@@ -88,13 +92,16 @@ impl Capi {
                 ));
             }
         };
-        let code = event_code(&fault);
         match self.fleet.control(Control::InjectFault(fault)).await? {
-            ControlReply::Injected { process_id, pid } => Ok(json!({
+            ControlReply::Injected {
+                process_id,
+                pid,
+                event_code,
+            } => Ok(json!({
                 "Fault": name,
                 "ServerProcessId": process_id,
                 "Pid": pid,
-                "EventCode": code.as_str(),
+                "EventCode": event_code.as_str(),
             })),
             other => Err(unexpected(&other)),
         }
@@ -123,23 +130,6 @@ impl Capi {
             "Pid": null,
             "EventCode": EventCode::ChaosUpstreamCut.as_str(),
         }))
-    }
-}
-
-/// The event a fault makes when injected.
-fn event_code(fault: &Fault) -> EventCode {
-    match fault {
-        Fault::Kill { .. } => EventCode::ChaosProcessKilled,
-        Fault::Hang { .. } => EventCode::ChaosProcessHung,
-        Fault::FailHealthChecks { .. } => EventCode::ChaosHealthChecksFailing,
-        Fault::SessionStart {
-            fault: StartFault::Delay(_),
-            ..
-        } => EventCode::ChaosSessionStartDelayed,
-        Fault::SessionStart {
-            fault: StartFault::Fail,
-            ..
-        } => EventCode::ChaosSessionStartFailing,
     }
 }
 

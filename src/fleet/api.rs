@@ -548,7 +548,7 @@ pub enum Fault {
     Kill {
         /// Which process.
         target: FaultTarget,
-        /// The signal (not SIGSTOP or SIGCONT: see [`Fault::Hang`]).
+        /// The signal (not one that stops or continues a process: see [`Fault::Hang`]).
         signal: nix::sys::signal::Signal,
     },
     /// Stop the whole process group (SIGSTOP) and continue it (SIGCONT) after `duration`.
@@ -562,8 +562,8 @@ pub enum Fault {
     FailHealthChecks {
         /// Which process.
         target: FaultTarget,
-        /// How many.
-        count: u32,
+        /// How many; `None`: `health-check.failure-threshold`, enough to end it as unhealthy.
+        count: Option<u32>,
     },
     /// The next `count` OnStartGameServerSession calls, to `process` or to any process, are
     /// delayed or fail.
@@ -661,6 +661,8 @@ pub enum ControlReply {
         process_id: Option<String>,
         /// Its OS pid.
         pid: Option<u32>,
+        /// The event the fault made.
+        event_code: crate::event::EventCode,
     },
     /// Done.
     Done,

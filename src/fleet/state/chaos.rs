@@ -53,7 +53,14 @@ impl Fleet {
         }
         match fault {
             Fault::Kill { target, signal } => {
-                if matches!(signal, Signal::SIGSTOP | Signal::SIGCONT | Signal::SIGTSTP) {
+                if matches!(
+                    signal,
+                    Signal::SIGSTOP
+                        | Signal::SIGCONT
+                        | Signal::SIGTSTP
+                        | Signal::SIGTTIN
+                        | Signal::SIGTTOU
+                ) {
                     return Err(FleetError::Invalid {
                         param: "Signal",
                         message: format!(
@@ -78,7 +85,7 @@ impl Fleet {
                     )
                     .process(&id, Some(pid)),
                 );
-                Ok(injected(id, pid))
+                Ok(injected(id, pid, EventCode::ChaosProcessKilled))
             }
             Fault::Hang { target, duration } => {
                 check_duration(duration)?;
@@ -103,9 +110,10 @@ impl Fleet {
                     )
                     .process(&id, Some(pid)),
                 );
-                Ok(injected(id, pid))
+                Ok(injected(id, pid, EventCode::ChaosProcessHung))
             }
             Fault::FailHealthChecks { target, count } => {
+                let count = count.unwrap_or(self.cfg.health_check.failure_threshold);
                 check_count(count)?;
                 let (serial, id, pid) = self.fault_target(&target)?;
                 if let Some(p) = self.procs.get_mut(&serial) {
@@ -121,7 +129,7 @@ impl Fleet {
                     )
                     .process(&id, Some(pid)),
                 );
-                Ok(injected(id, pid))
+                Ok(injected(id, pid, EventCode::ChaosHealthChecksFailing))
             }
             Fault::SessionStart {
                 process,
@@ -166,10 +174,11 @@ impl Fleet {
                 }
                 self.emit(event);
                 Ok(match target {
-                    Some((_, id, pid)) => injected(id, pid),
+                    Some((_, id, pid)) => injected(id, pid, code),
                     None => ControlReply::Injected {
                         process_id: None,
                         pid: None,
+                        event_code: code,
                     },
                 })
             }
@@ -266,10 +275,11 @@ impl Fleet {
     }
 }
 
-fn injected(process_id: String, pid: u32) -> ControlReply {
+fn injected(process_id: String, pid: u32, event_code: EventCode) -> ControlReply {
     ControlReply::Injected {
         process_id: Some(process_id),
         pid: Some(pid),
+        event_code,
     }
 }
 
@@ -278,7 +288,7 @@ fn check_duration(d: Duration) -> Result<(), FleetError> {
         return Err(FleetError::Invalid {
             param: "DurationSeconds",
             message: format!(
-                "{} is not between 1ms and {}",
+                "{} is not more than zero and at most {}",
                 humantime::format_duration(d),
                 humantime::format_duration(MAX_FAULT_DURATION)
             ),

@@ -193,10 +193,17 @@ async fn failed_health_checks_are_not_asked_of_the_game_and_end_it_as_unhealthy(
     let pid = h.pids()[0];
     h.ready(pid);
     let target = process(&h, pid);
-    inject(&mut h, Fault::FailHealthChecks { target, count: 2 }).unwrap();
+    inject(
+        &mut h,
+        Fault::FailHealthChecks {
+            target,
+            count: None,
+        },
+    )
+    .unwrap();
     h.settle();
     assert_eq!(h.count(EventCode::ChaosHealthChecksFailing), 1);
-    // Threshold 2: two injected failures end it; the game is never asked meanwhile.
+    // By default as many as the threshold (2): they end it; the game is never asked meanwhile.
     let first = h.advance(Duration::from_secs(1));
     let second = h.advance(Duration::from_secs(1));
     for effects in [&first, &second] {
@@ -230,7 +237,14 @@ async fn one_failed_health_check_then_the_game_is_asked_again() {
     let pid = h.pids()[0];
     h.ready(pid);
     let target = process(&h, pid);
-    inject(&mut h, Fault::FailHealthChecks { target, count: 1 }).unwrap();
+    inject(
+        &mut h,
+        Fault::FailHealthChecks {
+            target,
+            count: Some(1),
+        },
+    )
+    .unwrap();
     h.settle();
     let first = h.advance(Duration::from_secs(1));
     assert!(
