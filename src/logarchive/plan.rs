@@ -133,9 +133,15 @@ pub struct Manifest {
     pub log_paths_to_upload: Vec<String>,
     /// What the archive holds.
     pub files: Vec<FileNote>,
-    /// What it does not, with the reason.
+    /// What it does not, with the reason (the first [`MAX_SKIP_NOTES`])...
     pub skipped: Vec<SkipNote>,
+    /// ...and how many more were not archived, counted but not listed.
+    pub skipped_more: u64,
 }
+
+/// Refusals listed in a manifest at most: a game that names a folder of millions of links or
+/// FIFOs gets a bounded manifest (and a bounded walk: see `write`).
+pub const MAX_SKIP_NOTES: usize = 1000;
 
 /// One file in the archive.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

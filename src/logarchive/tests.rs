@@ -299,3 +299,39 @@ fn any_file_time_a_game_sets_becomes_a_zip_time() {
     let t = zip_time(1_700_000_000);
     assert_eq!((t.year(), t.month(), t.day()), (2023, 11, 14));
 }
+
+#[test]
+fn a_folder_of_thousands_of_refusals_and_a_path_named_twice_keep_the_manifest_bounded() {
+    let (dir, root) = build();
+    let s = settings(dir.path(), &root, 64 << 10);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    std::fs::create_dir_all(&s.log_dir).unwrap();
+    for stream in ["stdout", "stderr"] {
+        std::fs::write(s.log_dir.join(format!("proc-0-0-1.{stream}.log")), "").unwrap();
+    }
+    std::fs::create_dir(root.join("fifos")).unwrap();
+    let n = plan::MAX_SKIP_NOTES + 200;
+    for i in 0..n {
+        nix::unistd::mkfifo(
+            &root.join(format!("fifos/{i:05}")),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+    }
+    let j = job(&["fifos", "fifos", "logs/game.log", "logs/game.log"]);
+    let a = write::archive(&s, &j, SystemTime::now()).unwrap();
+    let m = read_manifest(&s.dir.join(&a.name)).unwrap();
+    assert_eq!(m.skipped.len(), plan::MAX_SKIP_NOTES);
+    assert_eq!(
+        m.skipped_more as usize,
+        n - plan::MAX_SKIP_NOTES,
+        "named twice, walked once"
+    );
+    assert_eq!(
+        m.files
+            .iter()
+            .filter(|f| f.name == "files/logs/game.log")
+            .count(),
+        1
+    );
+}

@@ -144,7 +144,14 @@ impl Out {
     /// Every path the game named, resolved beneath the build it ran in.
     fn named(&mut self, s: &Settings, job: &Job) -> std::io::Result<()> {
         let beneath = Beneath::open(&s.game_root, job.build.as_deref());
+        // Items a walk may meet, archived or not: files past the budget and refusals cost a
+        // look each, so they are bounded too.
+        let mut looks = s.policy.max_entries.saturating_add(plan::MAX_SKIP_NOTES);
+        let mut seen = HashSet::new();
         for log_path in &job.log_paths {
+            if !seen.insert(log_path.as_str()) {
+                continue;
+            }
             let found = plan::resolve(log_path, &s.game_root).and_then(|rel| match &beneath {
                 Ok(b) => b.find(&rel),
                 Err(e) => Err(format!(
@@ -163,13 +170,25 @@ impl Out {
                 Ok((at, Found::Dir(dir))) => {
                     let mut failed = None;
                     let mut visit = |item: Item| -> bool {
-                        if self.budget.entries == 0 {
+                        let full = if self.budget.entries == 0 {
+                            Some("log-archives.max-entries files already")
+                        } else if self.budget.bytes == 0 {
+                            Some("log-archives.max-bytes of files already")
+                        } else if looks == 0 {
+                            Some(
+                                "as many paths looked at as it may (max-entries and 1,000 refusals)",
+                            )
+                        } else {
+                            None
+                        };
+                        if let Some(full) = full {
                             self.skip(
                                 format!("{log_path} ({})", at.display()),
-                                "the rest of the folder: the archive holds log-archives.max-entries files already".into(),
+                                format!("the rest of the folder: the archive holds {full}"),
                             );
                             return false;
                         }
+                        looks -= 1;
                         match item {
                             Item::File(path, file) => {
                                 let source = shown(log_path, &at, &path);
@@ -195,7 +214,11 @@ impl Out {
     }
 
     fn skip(&mut self, path: String, reason: String) {
-        self.manifest.skipped.push(SkipNote { path, reason });
+        if self.manifest.skipped.len() < plan::MAX_SKIP_NOTES {
+            self.manifest.skipped.push(SkipNote { path, reason });
+        } else {
+            self.manifest.skipped_more += 1;
+        }
     }
 
     /// Adds one file within the budget: all of it, its end, or nothing (with the reason).
