@@ -3,8 +3,10 @@
 //! work only where the build is seen at `/local/game` (GSE; this agent as root, see
 //! [`crate::process::local_game`]), so `validate` and the agent's start name them.
 //!
-//! Only files inside the build are read (never through a link), each at most
-//! [`MAX_SCAN_BYTES`]; binaries are not searched.
+//! Only regular files the build names are read (a file that is itself a link is not: its
+//! target is reported instead, and the open refuses one swapped in meanwhile), each at most
+//! [`MAX_SCAN_BYTES`]; binaries are not searched. The build is the studio's own, unpacked by
+//! the agent's rules, so its folders are not links out.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -212,18 +214,22 @@ fn scan_launch(build: &Path, rel: &Path) -> Vec<Reference> {
 /// The lines of the regular file `build/rel` that name `/local/game` (none for a binary, a
 /// link or a missing file).
 fn scan_script(build: &Path, rel: &Path) -> Vec<Reference> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = build.join(rel);
-    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    // Not through a link, and what was opened is what is judged (no swap between a look and
+    // the open): O_NOFOLLOW for the file itself, then the open file's own metadata.
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    else {
         return Vec::new();
     };
-    if !meta.is_file() {
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
         return Vec::new();
     }
     let mut text = Vec::new();
-    if std::fs::File::open(&path)
-        .and_then(|f| f.take(MAX_SCAN_BYTES).read_to_end(&mut text))
-        .is_err()
-    {
+    if file.take(MAX_SCAN_BYTES).read_to_end(&mut text).is_err() {
         return Vec::new();
     }
     // install.sh is run with /bin/sh even without a #! line; other files only as scripts.
