@@ -102,10 +102,26 @@ pub enum ArchiveError {
     },
 }
 
+/// The file name of the archive of the launch `process_id` started at `started_at`:
+/// `proc-0-1-3.1764126000123.zip`. The start time (Unix milliseconds) keeps names unique when
+/// process ids start over (a data-dir whose saved state was lost keeps its archives), so a
+/// link given out never leads to another launch's logs.
+pub fn archive_name(process_id: &str, started_at: SystemTime) -> String {
+    let ms = started_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{process_id}.{ms}.zip")
+}
+
+/// The process id an archive's file name starts with.
+fn process_of(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
 /// One archive in the folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archive {
-    /// Its file name (`proc-0-1-3.zip`).
+    /// Its file name ([`archive_name`]).
     pub name: String,
     /// The process whose logs it holds.
     pub process_id: String,
@@ -124,9 +140,13 @@ pub struct Index {
 }
 
 impl Index {
-    /// The archive of the process `process_id`.
+    /// The archive of the process `process_id` (the latest, should process ids have started
+    /// over).
     pub fn by_process(&self, process_id: &str) -> Option<&Archive> {
-        self.archives.iter().find(|a| a.process_id == process_id)
+        self.archives
+            .iter()
+            .rev()
+            .find(|a| a.process_id == process_id)
     }
 
     /// The archive of the process that hosted the session `gss_id` (the latest, should two
@@ -343,7 +363,7 @@ fn scan(dir: &Path) -> Result<Index, ArchiveError> {
             }
         };
         index.insert(Archive {
-            process_id: name.strip_suffix(".zip").unwrap_or(&name).to_string(),
+            process_id: process_of(&name).to_string(),
             name,
             bytes: meta.len(),
             written: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),

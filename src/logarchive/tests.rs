@@ -167,7 +167,7 @@ fn an_archive_holds_the_output_and_the_named_files_within_its_bounds() {
         "missing.log",
     ]);
     let a = write::archive(&s, &j, SystemTime::now()).unwrap();
-    assert_eq!(a.name, "proc-0-0-1.zip");
+    assert_eq!(a.name, "proc-0-0-1.1700000000000.zip");
     assert_eq!(a.sessions, ["gss-a", "gss-b"]);
     let path = s.dir.join(&a.name);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), a.bytes);
@@ -230,7 +230,10 @@ fn an_archive_holds_the_output_and_the_named_files_within_its_bounds() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(left, [std::ffi::OsString::from("proc-0-0-1.zip")]);
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("proc-0-0-1.1700000000000.zip")]
+    );
 }
 
 #[test]
@@ -255,6 +258,15 @@ fn the_folder_is_read_back_and_interrupted_writes_are_removed() {
 #[test]
 fn archive_names_are_plain() {
     assert!(is_archive_name("proc-0-1-3.zip"));
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_126_000_123);
+    let name = archive_name("proc-0-1-3", at);
+    assert_eq!(name, "proc-0-1-3.1764126000123.zip");
+    assert!(is_archive_name(&name));
+    // A process id that started over names another launch's archive differently.
+    assert_ne!(
+        name,
+        archive_name("proc-0-1-3", at + Duration::from_millis(1))
+    );
     for bad in [
         "../x.zip",
         ".tmp-1.zip",

@@ -24,7 +24,7 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// Writes the archive of `job` into the folder; returns it as the index holds it.
 pub fn archive(s: &Settings, job: &Job, now: SystemTime) -> Result<Archive, ArchiveError> {
-    let name = format!("{}.zip", job.process_id);
+    let name = super::archive_name(&job.process_id, job.started_at);
     let dest = s.dir.join(&name);
     let write_err = |source: std::io::Error| ArchiveError::Write {
         path: dest.clone(),

@@ -2,7 +2,7 @@
 //! archive is fetched through the links the Tencent Cloud API hands out (by Tencent's own
 //! SDK), within bounds, refusing what lies outside the build.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -121,9 +121,13 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
         json!({"GameServerSessionId": gss}),
     );
     let url = answer["PreSignedUrl"].as_str().unwrap().to_string();
-    assert_eq!(
-        path_of(&url),
-        format!("/game-logs/{process_id}.zip"),
+    // The archive of that launch: its process id and start time name it.
+    let name = path_of(&url)
+        .strip_prefix("/game-logs/")
+        .unwrap_or_else(|| panic!("{url}"))
+        .to_string();
+    assert!(
+        name.starts_with(&format!("{process_id}.")) && name.ends_with(".zip"),
         "{url}"
     );
     assert!(url.starts_with(&format!("http://{}/", agent.capi)), "{url}");
@@ -232,7 +236,6 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
         .collect();
     let ours = gse_agent::logarchive::Signer::with_key(key.try_into().unwrap());
     let base = format!("http://{}", agent.capi);
-    let name = format!("{process_id}.zip");
     let now = gse_agent::tc3::now_unix();
     let (status, _, body) = get(&ours.link(&base, &name, now - 10));
     assert_eq!(status, 403);
@@ -262,17 +265,20 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
 const CRASHING: &str = "
 restart: { initial-backoff: 50ms, max-backoff: 100ms, reset-after: 1h, crash-loop-max: 1000, crash-loop-window: 1m, crash-loop-cool-down: 1h }";
 
-/// The archives in the folder, by process id.
-fn archives(agent: &Agent) -> BTreeSet<String> {
+/// The archives in the folder: their file names by process id.
+fn archives(agent: &Agent) -> BTreeMap<String, String> {
     std::fs::read_dir(agent.path("data/log-archives"))
         .map(|d| {
             d.flatten()
                 .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
+                    let name = e.file_name().to_str()?.to_string();
+                    let process_id = name
                         .strip_suffix(".zip")
-                        .filter(|n| !n.starts_with('.'))
-                        .map(str::to_string)
+                        .filter(|n| !n.starts_with('.'))?
+                        .split('.')
+                        .next()?
+                        .to_string();
+                    Some((process_id, name))
                 })
                 .collect()
         })
@@ -369,8 +375,8 @@ restart: { initial-backoff: 20ms, max-backoff: 50ms, reset-after: 1h, crash-loop
         .unwrap()
         .to_string();
     let generation = |id: &str| -> u64 { id.rsplit('-').next().unwrap().parse().unwrap() };
-    let size = |id: &String| {
-        std::fs::metadata(agent.path(&format!("data/log-archives/{id}.zip")))
+    let size = |name: &String| {
+        std::fs::metadata(agent.path(&format!("data/log-archives/{name}")))
             .map(|m| m.len())
             .unwrap_or(0)
     };
@@ -378,11 +384,11 @@ restart: { initial-backoff: 20ms, max-backoff: 50ms, reset-after: 1h, crash-loop
     // moment: wait for the last archive and the bound kept.
     let kept = wait_for("the last crash archived within the bound", || {
         let kept = archives(&agent);
-        let bytes: u64 = kept.iter().map(size).sum();
-        (kept.contains(&last) && bytes <= 8 << 10).then_some(kept)
+        let bytes: u64 = kept.values().map(size).sum();
+        (kept.contains_key(&last) && bytes <= 8 << 10).then_some(kept)
     });
     // What is kept is the newest: a run of launches ending with the latest archived.
-    let mut gens: Vec<u64> = kept.iter().map(|id| generation(id)).collect();
+    let mut gens: Vec<u64> = kept.keys().map(|id| generation(id)).collect();
     gens.sort();
     assert!(gens[0] > 1, "the first archives are gone: {kept:?}");
     assert!(gens.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
@@ -408,10 +414,10 @@ restart: { initial-backoff: 1h, max-backoff: 1h, reset-after: 1h, crash-loop-max
         .unwrap()
         .to_string();
     wait_for("the archive written", || {
-        archives(&agent).contains(&first).then_some(())
+        archives(&agent).contains_key(&first).then_some(())
     });
     wait_for("the archive aged out", || {
-        (!archives(&agent).contains(&first)).then_some(())
+        (!archives(&agent).contains_key(&first)).then_some(())
     });
     let link = agent.ok(json!({
         "Action": "GetGameServerInstanceLogUrl", "FleetId": "fleet-test", "InstanceId": "ins-test"
