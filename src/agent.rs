@@ -172,7 +172,7 @@ impl Agent {
         let lock = crate::lock::acquire(&cfg.data_dir)?;
         create_dir(&cfg.data_dir.join("logs"))?;
         create_dir(&cfg.game_root)?;
-        let log_archives = crate::logarchive::open(&cfg)?;
+        let log_archives = crate::logarchive::open(&cfg, run_as.as_ref().map(|r| (r.uid, r.gid)))?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await

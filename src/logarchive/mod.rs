@@ -199,6 +199,9 @@ pub struct Settings {
     pub fleet_id: String,
     /// Written into each manifest.
     pub instance_id: String,
+    /// The uid and gid the games run as (`run-as`): what a game named is opened as that user,
+    /// so its archive holds only what the game itself could read. `None`: as the agent.
+    pub read_as: Option<(u32, u32)>,
 }
 
 impl Settings {
@@ -212,6 +215,7 @@ impl Settings {
             policy: cfg.log_archives.clone(),
             fleet_id: cfg.fleet_id.clone(),
             instance_id: cfg.instance_id.clone(),
+            read_as: None,
         }
     }
 }
@@ -306,10 +310,16 @@ pub struct Archiver {
 }
 
 /// Opens the archive folder of `cfg` (creating it and the link key if missing, removing what
-/// an interrupted write left, reading what is kept); returns the fleet's side, the readers'
-/// side and the task to run.
-pub fn open(cfg: &Config) -> Result<(LogJobs, LogLinks, Archiver), ArchiveError> {
-    let settings = Settings::of(cfg);
+/// an interrupted write left, reading what is kept), for games that run as `read_as` (uid,
+/// gid; `None`: as the agent); returns the fleet's side, the readers' side and the task to run.
+pub fn open(
+    cfg: &Config,
+    read_as: Option<(u32, u32)>,
+) -> Result<(LogJobs, LogLinks, Archiver), ArchiveError> {
+    let settings = Settings {
+        read_as,
+        ..Settings::of(cfg)
+    };
     std::fs::create_dir_all(&settings.dir).map_err(|source| ArchiveError::Folder {
         path: settings.dir.clone(),
         source,

@@ -116,6 +116,7 @@ fn settings(dir: &Path, root: &Path, max_bytes: u64) -> Settings {
         policy,
         fleet_id: "fleet-t".into(),
         instance_id: "ins-t".into(),
+        read_as: None,
     }
 }
 
@@ -345,5 +346,57 @@ fn a_folder_of_thousands_of_refusals_and_a_path_named_twice_keep_the_manifest_bo
             .filter(|f| f.name == "files/logs/game.log")
             .count(),
         1
+    );
+}
+
+#[test]
+fn what_the_game_could_not_read_itself_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching to the game's user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, root) = build();
+    // The game's user may walk to its build, as it does when it runs.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut s = settings(dir.path(), &root, 64 << 10);
+    s.read_as = Some((65534, 65534));
+    std::fs::create_dir_all(&s.dir).unwrap();
+    std::fs::create_dir_all(&s.log_dir).unwrap();
+    for stream in ["stdout", "stderr"] {
+        std::fs::write(s.log_dir.join(format!("proc-0-0-1.{stream}.log")), "").unwrap();
+    }
+    // install.sh (as root) left a secret in the build; the game names it and a hard link.
+    std::fs::write(root.join("secret.key"), "hunter2").unwrap();
+    std::fs::set_permissions(
+        root.join("secret.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::hard_link(root.join("secret.key"), root.join("logs/linked.key")).unwrap();
+    let j = job(&["secret.key", "logs/linked.key", "logs/game.log"]);
+    let a = write::archive(&s, &j, SystemTime::now()).unwrap();
+    let path = s.dir.join(&a.name);
+    let got = entries(&path);
+    assert!(
+        !got.iter().any(|(_, text)| text.contains("hunter2")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|(n, _)| n == "files/logs/game.log"),
+        "{got:?}"
+    );
+    let m = read_manifest(&path).unwrap();
+    for refused in ["secret.key", "logs/linked.key"] {
+        assert!(
+            m.skipped.iter().any(|n| n.path == refused),
+            "{refused}: {:?}",
+            m.skipped
+        );
+    }
+    // The thread is the agent again afterwards.
+    assert_eq!(
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0)).as_raw(),
+        0
     );
 }

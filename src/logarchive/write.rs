@@ -141,8 +141,10 @@ impl Out {
         Ok(())
     }
 
-    /// Every path the game named, resolved beneath the build it ran in.
+    /// Every path the game named, resolved beneath the build it ran in and opened as the
+    /// game's user.
     fn named(&mut self, s: &Settings, job: &Job) -> std::io::Result<()> {
+        let _as_the_game = ReadAs::enter(s.read_as);
         let beneath = Beneath::open(&s.game_root, job.build.as_deref());
         // Items a walk may meet, archived or not: files past the budget and refusals cost a
         // look each, so they are bounded too.
@@ -310,6 +312,31 @@ fn now_secs(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// This thread's file-system identity switched to the game's user while what the game named
+/// is opened (Linux's fsuid and fsgid are per thread), so the archive holds only what the
+/// game itself could read: a root-only file in its build, or a hard link to one, is refused
+/// by the kernel. Restored when dropped.
+struct ReadAs {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+}
+
+impl ReadAs {
+    fn enter(ids: Option<(u32, u32)>) -> Option<Self> {
+        let (uid, gid) = ids?;
+        let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+        let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        Some(Self { uid, gid })
+    }
+}
+
+impl Drop for ReadAs {
+    fn drop(&mut self) {
+        nix::unistd::setfsuid(self.uid);
+        nix::unistd::setfsgid(self.gid);
+    }
 }
 
 /// A Unix time as a zip time (UTC; zip's own 1980 epoch for anything it cannot hold).
