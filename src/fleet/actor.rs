@@ -753,6 +753,9 @@ impl Actor {
             local_game: Some(self.cfg.game_root.clone()),
         };
         let keep_logs = self.cfg.logs.keep_files;
+        // Behind the old process's archive, which takes its output first; removed here only
+        // when the archiver cannot take it.
+        let retire_logs_of = retire_logs_of.filter(|old| !self.log_jobs.retire(old.clone()));
         let on_exit = self.on_exit(serial);
         let tx = self.report_tx.clone();
         self.launching.insert(serial, None);
@@ -781,7 +784,7 @@ impl Actor {
             });
             // Not on the way to the new process.
             if let Some(old) = retire_logs_of {
-                remove_logs(&launch.log_dir, &old, keep_logs);
+                process::remove_output_files(&launch.log_dir, &old, keep_logs);
             }
         });
     }
@@ -796,13 +799,6 @@ struct EarlyCall {
     pid: u32,
     call: SdkCall,
     reply: oneshot::Sender<Result<SdkReply, FleetError>>,
-}
-
-/// Removes the log files (live and rotated) of an old process.
-fn remove_logs(log_dir: &std::path::Path, process_id: &str, keep_files: u32) {
-    for path in process::output_files(log_dir, process_id, keep_files) {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 fn gse_result(r: &proto::GseResponse) -> Result<(), String> {

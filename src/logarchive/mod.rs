@@ -223,21 +223,37 @@ impl Settings {
 /// The fleet's side: hands finished processes to the archiver, never waiting.
 #[derive(Debug)]
 pub struct LogJobs {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Work>,
+}
+
+/// What the archiver does, in the order it was asked.
+enum Work {
+    /// Write an archive.
+    Archive(Job),
+    /// Remove an old process's output files (the last launches of a slot keep theirs): after
+    /// its archive, which was asked for first, has taken them.
+    Retire(String),
 }
 
 impl LogJobs {
     /// Queues the archive of an ended process (skipped, and logged, if the queue is full).
     pub fn submit(&self, job: Job) {
-        match self.tx.try_send(job) {
+        match self.tx.try_send(Work::Archive(job)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => {
+            Err(mpsc::error::TrySendError::Full(Work::Archive(job))) => {
                 tracing::warn!(process.id = %job.process_id, "log archive skipped: {QUEUE} archives are waiting to be written");
             }
-            Err(mpsc::error::TrySendError::Closed(job)) => {
+            Err(mpsc::error::TrySendError::Closed(Work::Archive(job))) => {
                 tracing::warn!(process.id = %job.process_id, "log archive skipped: the archiver has stopped");
             }
+            Err(_) => {}
         }
+    }
+
+    /// Queues the removal of an old process's output files behind its archive; `false` when
+    /// the queue cannot take it (full, or the archiver stopped): the caller removes them.
+    pub fn retire(&self, process_id: String) -> bool {
+        self.tx.try_send(Work::Retire(process_id)).is_ok()
     }
 }
 
@@ -304,7 +320,7 @@ pub fn is_archive_name(name: &str) -> bool {
 /// The task that owns the folder: writes archives as processes end and keeps the bounds.
 pub struct Archiver {
     settings: Arc<Settings>,
-    jobs: mpsc::Receiver<Job>,
+    jobs: mpsc::Receiver<Work>,
     index: Index,
     publish: watch::Sender<Arc<Index>>,
 }
@@ -410,11 +426,20 @@ impl Archiver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                job = self.jobs.recv() => {
-                    let Some(job) = job else { break };
-                    self.write(job).await;
-                    self.prune().await;
-                }
+                work = self.jobs.recv() => match work {
+                    None => break,
+                    Some(Work::Archive(job)) => {
+                        self.write(job).await;
+                        self.prune().await;
+                    }
+                    Some(Work::Retire(process_id)) => {
+                        let s = self.settings.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            crate::process::remove_output_files(&s.log_dir, &process_id, s.keep_files)
+                        })
+                        .await;
+                    }
+                },
                 _ = tick.tick() => self.prune().await,
             }
         }

@@ -400,3 +400,34 @@ fn what_the_game_could_not_read_itself_is_refused() {
         0
     );
 }
+
+#[tokio::test]
+async fn an_old_process_output_is_removed_only_after_its_archive_took_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("game")).unwrap();
+    std::fs::create_dir_all(d.join("data/logs")).unwrap();
+    let yaml = "fleet-id: fleet-t\ndata-dir: data\ngame-root: game\nruntime-configuration:\n  ServerProcesses:\n    - { LaunchPath: /local/game/s, ConcurrentExecutions: 1 }\n";
+    let cfg = crate::config::parse(yaml, "agent.yaml", d).unwrap();
+    let live = d.join("data/logs/proc-0-0-1.stdout.log");
+    std::fs::write(&live, "said before it ended\n").unwrap();
+    let (jobs, _links, archiver) = open(&cfg, None).unwrap();
+    let task = tokio::spawn(archiver.run());
+    // As a crash loop asks: the archive at the exit, the removal at a later launch.
+    jobs.submit(job(&[]));
+    assert!(jobs.retire("proc-0-0-1".into()));
+    drop(jobs);
+    task.await.unwrap();
+    assert!(!live.exists(), "the output is removed");
+    let archive = std::fs::read_dir(d.join("data").join(FOLDER))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+        .expect("the archive is written");
+    let got = entries(&archive.path());
+    assert!(
+        got.iter()
+            .any(|(n, text)| n == "output/proc-0-0-1.stdout.log" && text.contains("said before")),
+        "{got:?}"
+    );
+}

@@ -303,6 +303,14 @@ pub fn output_files(log_dir: &Path, process_id: &str, keep: u32) -> Vec<PathBuf>
     files
 }
 
+/// Removes every output file of an old process ([`output_files`]); what is already gone is
+/// no error.
+pub fn remove_output_files(log_dir: &Path, process_id: &str, keep: u32) {
+    for path in output_files(log_dir, process_id, keep) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Starts a process and its supervising task; `on_exit` runs once, after the process (and its
 /// group) is gone and reaped. Must be called inside the tokio runtime.
 ///
