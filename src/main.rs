@@ -405,6 +405,28 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// What `status` and `chaos` need to ask the running agent: where it is (as
+/// [`gse_agent::status::resolve`] finds it) and a runtime to ask in; the exit code, said, when
+/// either cannot be had.
+fn agent_client(
+    command: &str,
+    capi: Option<std::net::SocketAddr>,
+    config: Option<&Path>,
+) -> Result<(gse_agent::status::Target, tokio::runtime::Runtime), ExitCode> {
+    let target = gse_agent::status::resolve(capi, config).map_err(|e| {
+        say!("gse-agent {command}: {e}");
+        ExitCode::from(e.exit_code())
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            say!("gse-agent {command}: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    Ok((target, runtime))
+}
+
 /// `gse-agent chaos`: one `InjectFault` request.
 fn run_chaos(
     config: Option<&Path>,
@@ -412,22 +434,9 @@ fn run_chaos(
     fault: &gse_agent::chaos::FaultArgs,
 ) -> ExitCode {
     use gse_agent::status;
-    let target = match status::resolve(capi, config) {
-        Ok(t) => t,
-        Err(e) => {
-            say!("gse-agent chaos: {e}");
-            return ExitCode::from(e.exit_code());
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            say!("gse-agent chaos: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (target, runtime) = match agent_client("chaos", capi, config) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     match runtime.block_on(status::call(&target, "InjectFault", fault.params())) {
         Ok(answer) => {
@@ -451,22 +460,9 @@ fn run_status(
 ) -> ExitCode {
     use gse_agent::status;
     use std::io::IsTerminal;
-    let target = match status::resolve(capi, config) {
-        Ok(t) => t,
-        Err(e) => {
-            say!("gse-agent status: {e}");
-            return ExitCode::from(e.exit_code());
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            say!("gse-agent status: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (target, runtime) = match agent_client("status", capi, config) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     let show = |answer: &serde_json::Value| -> Result<String, String> {
         if json {
