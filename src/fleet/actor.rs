@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply, StartFault};
+use super::api::{Control, ControlReply, Effect, FleetError, SdkCall, SdkReply};
 use super::clock::Clock;
 use super::state::{Fleet, Recorded};
 use crate::config::Config;
@@ -20,11 +20,8 @@ use crate::event::{Event, EventBus, EventCode};
 use crate::package::RunAs;
 use crate::process::{self, ExitInfo, LaunchSpec, ProcessHandle};
 use crate::proto::game_server_grpc_sdk_service_client::GameServerGrpcSdkServiceClient;
-use crate::proto::{self, gse_response};
 use crate::store::{EVENT_SEQUENCE_KEY, Records, StateWriter, value_record};
 
-/// How long OnProcessTerminate may take before it is given up (the deadline still applies).
-const TERMINATE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// OnStartGameServerSession may run this much past the activation timeout before it is
 /// abandoned (the activation timer has decided by then).
 const START_CALL_SLACK: Duration = Duration::from_secs(5);
@@ -32,6 +29,8 @@ const START_CALL_SLACK: Duration = Duration::from_secs(5);
 const REQUEST_BATCH: usize = 64;
 /// Requests queued for the actor before callers wait.
 const REQUEST_QUEUE: usize = 1024;
+
+mod callbacks;
 
 type Client = GameServerGrpcSdkServiceClient<Channel>;
 
@@ -569,26 +568,13 @@ impl Actor {
                 }
             }
             Effect::HealthCheck { serial, grpc_port } => {
-                let mut client = self.client(serial, grpc_port);
+                let client = self.client(serial, grpc_port);
                 let limit = self.cfg.health_check.timeout.get();
                 let tx = self.report_tx.clone();
                 let span = tracing::debug_span!("health_check", process.serial = serial);
                 tokio::spawn(
                     async move {
-                        let (healthy, detail) = match timeout(
-                            limit,
-                            client.on_health_check(proto::HealthCheckRequest {}),
-                        )
-                        .await
-                        {
-                            Ok(Ok(r)) if r.get_ref().health_status => (true, "healthy".into()),
-                            Ok(Ok(_)) => (false, "healthStatus false".into()),
-                            Ok(Err(status)) => (false, format!("rpc error: {}", status.message())),
-                            Err(_) => (
-                                false,
-                                format!("no answer within {}", humantime::format_duration(limit)),
-                            ),
-                        };
+                        let (healthy, detail) = callbacks::health_check(client, limit).await;
                         let _ = tx.send(Report::Health {
                             serial,
                             healthy,
@@ -604,7 +590,7 @@ impl Actor {
                 session,
                 fault,
             } => {
-                let mut client = self.client(serial, grpc_port);
+                let client = self.client(serial, grpc_port);
                 let limit = self.cfg.runtime.activation_timeout + START_CALL_SLACK;
                 let tx = self.report_tx.clone();
                 let gss_id = session.game_server_session_id.clone();
@@ -612,36 +598,16 @@ impl Actor {
                     tracing::info_span!("start_session", gss.id = %gss_id, process.serial = serial);
                 tokio::spawn(
                     async move {
-                        match fault {
-                            Some(StartFault::Fail) => {
-                                let _ = tx.send(Report::StartResult {
-                                    serial,
-                                    gss_id,
-                                    result: Err("failed by crash rehearsal (the game was not called)".into()),
-                                });
-                                return;
-                            }
-                            Some(StartFault::Delay(d)) => {
-                                tracing::info!(delay = %humantime::format_duration(d), "crash rehearsal: delaying OnStartGameServerSession");
-                                tokio::time::sleep(d).await;
-                            }
-                            None => {}
+                        // No answer in time: the activation timer decides.
+                        if let Some(result) =
+                            callbacks::start_session(client, limit, session, fault).await
+                        {
+                            let _ = tx.send(Report::StartResult {
+                                serial,
+                                gss_id,
+                                result,
+                            });
                         }
-                        let req = proto::StartGameServerSessionRequest {
-                            game_server_session: Some(session),
-                        };
-                        let result =
-                            match timeout(limit, client.on_start_game_server_session(req)).await {
-                                Ok(Ok(r)) => gse_result(r.get_ref()),
-                                Ok(Err(status)) => Err(format!("rpc error: {}", status.message())),
-                                // The activation timer decides; a slow answer is no refusal.
-                                Err(_) => return,
-                            };
-                        let _ = tx.send(Report::StartResult {
-                            serial,
-                            gss_id,
-                            result,
-                        });
                     }
                     .instrument(span),
                 );
@@ -651,24 +617,11 @@ impl Actor {
                 grpc_port,
                 termination_time,
             } => {
-                let mut client = self.client(serial, grpc_port);
+                let client = self.client(serial, grpc_port);
                 let span = tracing::info_span!("process_terminate", process.serial = serial);
-                tokio::spawn(async move {
-                    let req = proto::ProcessTerminateRequest { termination_time };
-                    match timeout(TERMINATE_CALL_TIMEOUT, client.on_process_terminate(req)).await {
-                        Ok(Ok(r)) => {
-                            if let Err(e) = gse_result(r.get_ref()) {
-                                tracing::warn!(error = %e, "OnProcessTerminate answered with an error");
-                            }
-                        }
-                        Ok(Err(status)) => {
-                            tracing::warn!(error = %status.message(), "OnProcessTerminate failed")
-                        }
-                        Err(_) => {
-                            tracing::warn!("OnProcessTerminate did not answer")
-                        }
-                    }
-                }.instrument(span));
+                tokio::spawn(
+                    callbacks::process_terminate(client, termination_time).instrument(span),
+                );
             }
             Effect::Forget { serial } => {
                 self.clients.remove(&serial);
@@ -799,18 +752,4 @@ struct EarlyCall {
     pid: u32,
     call: SdkCall,
     reply: oneshot::Sender<Result<SdkReply, FleetError>>,
-}
-
-fn gse_result(r: &proto::GseResponse) -> Result<(), String> {
-    if r.status == gse_response::Status::Ok as i32 {
-        Ok(())
-    } else {
-        Err(format!(
-            "status {}: {}",
-            gse_response::Status::try_from(r.status)
-                .map(|s| s.as_str_name())
-                .unwrap_or("unknown"),
-            r.error_message
-        ))
-    }
 }
