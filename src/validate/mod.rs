@@ -9,6 +9,7 @@
 
 mod launch_path;
 mod report;
+mod run_config;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentError};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::event::{Event, EventCode};
 use crate::fleet::{Control, ControlReply, NewPlayer, NewSession};
 use crate::package::local_refs::{self, Outlook};
@@ -25,6 +26,8 @@ use crate::package::{self, Accounts, PackageError};
 use crate::process::local_game;
 
 pub use report::{Report, Status, Step};
+pub use run_config::config_for;
+use run_config::timings_note;
 
 /// Exit code: the build failed validation.
 pub const EXIT_FAILED: u8 = 1;
@@ -32,14 +35,6 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_CANNOT_RUN: u8 = 2;
 /// Exit code: interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// Short timings suited to a validation run, used without `--config`.
-const DEFAULTS: &str = "
-fleet-id: fleet-validate
-health-check: { interval: 1s, timeout: 2s, failure-threshold: 3 }
-timeouts: { process-ready: 60s, process-exit: 10s, player-reservation: 60s, stop-grace: 2s, shutdown: 10s }
-protection: { policy: NoProtection, no-protection-grace: 15s }
-";
 
 /// Health checks every process must pass.
 const HEALTH_CHECKS: u64 = 2;
@@ -88,55 +83,6 @@ pub enum ValidateError {
     /// The relocated LaunchPath is invalid.
     #[error("{0}")]
     LaunchPath(String),
-}
-
-fn yaml_quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
-}
-
-/// The validation defaults with one ServerProcesses entry.
-fn defaults_with(
-    launch_path: &str,
-    parameters: &str,
-    count: u32,
-    root: &Path,
-) -> Result<Config, ValidateError> {
-    let text = format!(
-        "{DEFAULTS}runtime-configuration:\n  ServerProcesses:\n    - LaunchPath: {}\n      Parameters: {}\n      ConcurrentExecutions: {}\n  GameServerSessionActivationTimeoutSeconds: 30\n",
-        yaml_quote(launch_path),
-        yaml_quote(parameters),
-        count
-    );
-    Ok(config::parse(&text, "<validate defaults>", root)?)
-}
-
-/// The configuration of the run, relocated into `root`.
-pub fn config_for(opts: &Options, root: &Path) -> Result<Config, ValidateError> {
-    let cfg = match (&opts.config, &opts.launch_path) {
-        (Some(path), _) => {
-            let mut cfg = config::read(path)?;
-            if !opts.config_timings {
-                // The agent's own waits are made short; the deadlines the game must meet
-                // (ProcessReady, a health answer, exit after ProcessEnding, a player's
-                // acceptance) stay the config's, so validation is never stricter than the host.
-                let short = defaults_with("/local/game/server", "", 1, root)?;
-                let (hc, t) = (&mut cfg.health_check, &mut cfg.timeouts);
-                hc.interval = hc.interval.min(short.health_check.interval);
-                t.stop_grace = t.stop_grace.min(short.timeouts.stop_grace);
-                t.shutdown = t.shutdown.min(short.timeouts.shutdown);
-                cfg.protection = short.protection;
-            }
-            cfg
-        }
-        (None, Some(lp)) => defaults_with(lp, &opts.parameters, opts.concurrent_executions, root)?,
-        (None, None) => return Err(ValidateError::NoLaunchConfig),
-    };
-    let mut cfg = cfg
-        .relocated(root.join("data"), root.join("game"))
-        .map_err(ValidateError::LaunchPath)?;
-    cfg.sdk_listen = "127.0.0.1:0".parse().expect("a valid address");
-    cfg.capi_listen = None;
-    Ok(cfg)
 }
 
 /// Live progress on a terminal.
@@ -460,24 +406,6 @@ fn install_failure(e: PackageError, keep: Option<&Path>, notes: &mut Vec<String>
         tail: tail.lines().map(str::to_string).collect(),
         ..Failure::from(detail)
     }
-}
-
-/// What the timings of the run were, and how to change them.
-fn timings_note(opts: &Options, cfg: &Config) -> String {
-    let hc = &cfg.health_check;
-    let which = match (&opts.config, opts.config_timings) {
-        (Some(_), false) => {
-            "short waits of the agent's own, the game's deadlines from the config (--config-timings: every timing from the config)"
-        }
-        (Some(_), true) => "every timing from the config",
-        (None, _) => "validation timings",
-    };
-    format!(
-        "timings: {which}: health checks every {}, each answered within {}; ProcessReady within {}",
-        humantime::format_duration(hc.interval.get()),
-        humantime::format_duration(hc.timeout.get()),
-        humantime::format_duration(cfg.timeouts.process_ready.get()),
-    )
 }
 
 /// Failure events that end any step.
