@@ -3,13 +3,14 @@
 //! the upstream link; each fault is one event with its own code, and what follows is handled
 //! as the real fault would be.
 
-use std::process::{Command, Output, Stdio};
+use std::ffi::OsStr;
+use std::process::Output;
 
 use serde_json::{Value, json};
 
 use crate::cases::upstream::upstream_yaml;
 use crate::helper::control_plane::ControlPlaneFake;
-use crate::helper::{AGENT, Agent, config, entry, wait_for};
+use crate::helper::{Agent, agent_command, config, entry, succeeded, text, wait_for};
 
 const TIMINGS: &str = "
 health-check: { interval: 100ms, timeout: 500ms, failure-threshold: 3 }
@@ -22,31 +23,15 @@ fn rehearsal_yaml(count: u32) -> String {
 
 /// `gse-agent chaos --config <agent's yaml> ARGS`.
 fn chaos(agent: &Agent, args: &[&str]) -> Output {
-    Command::new(AGENT)
-        .arg("chaos")
-        .arg("--config")
-        .arg(agent.path("agent.yaml"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run gse-agent chaos")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    let config = agent.path("agent.yaml");
+    let mut all = vec![OsStr::new("--config"), config.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    agent_command("chaos", &all)
 }
 
 /// Runs `gse-agent chaos`, which must succeed; returns its line.
 fn chaos_ok(agent: &Agent, args: &[&str]) -> String {
-    let out = chaos(agent, args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    succeeded(&chaos(agent, args))
 }
 
 /// The state letter of /proc/<pid>/stat (`T` while stopped).

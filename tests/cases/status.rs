@@ -1,6 +1,7 @@
 //! Launch failures are retried, counted and shown; `gse-agent status` reads the running agent
 //! (table and JSON) and says clearly when there is none.
 
+use std::ffi::OsStr;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +9,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::helper::{AGENT, Agent, FAKE_SERVER, config, entry, wait_for};
+use crate::helper::{
+    AGENT, Agent, FAKE_SERVER, agent_command, config, entry, succeeded, text, wait_for,
+};
 
 /// Fast backoff; a crash loop needs 4 repeated failures and then pauses for an hour.
 const FAST: &str = "
@@ -18,16 +21,8 @@ restart: { initial-backoff: 50ms, max-backoff: 200ms, reset-after: 1m, crash-loo
 
 /// `gse-agent status` with `args`.
 fn status(args: &[&str]) -> Output {
-    Command::new(AGENT)
-        .arg("status")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run gse-agent status")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    agent_command("status", &args)
 }
 
 /// `status --config` of this agent, which must succeed; returns stdout.
@@ -35,15 +30,7 @@ fn status_of(agent: &Agent, extra: &[&str]) -> String {
     let config = agent.path("agent.yaml");
     let mut args = vec!["--config", config.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let out = status(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    succeeded(&status(&args))
 }
 
 fn instance(agent: &Agent) -> Value {

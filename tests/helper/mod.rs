@@ -582,3 +582,30 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
+
+/// `gse-agent SUBCOMMAND ARGS…` run to its end, stdin closed.
+pub fn agent_command(subcommand: &str, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(AGENT)
+        .arg(subcommand)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run gse-agent {subcommand}: {e}"))
+}
+
+/// Text of a command's output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The stdout of a command that must have exited 0 (both streams shown if it did not).
+pub fn succeeded(out: &std::process::Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
