@@ -103,12 +103,15 @@ struct CallLabels {
 pub enum SdkResult {
     /// Answered with success.
     Ok,
-    /// The fleet refused it (ERROR_400 with a reason).
+    /// The fleet refused it (a non-OK gRPC status with the reason).
     Refused,
     /// The `pid` metadata was missing or malformed.
     BadCaller,
     /// The connection does not belong to the process it names.
     NotVerified,
+    /// The agent could not verify the caller (its host lacks `sock_diag` or `/proc`): the
+    /// agent's own fault, refused all the same.
+    Unverifiable,
 }
 
 impl SdkResult {
@@ -118,6 +121,7 @@ impl SdkResult {
             Self::Refused => "refused",
             Self::BadCaller => "bad_caller",
             Self::NotVerified => "not_verified",
+            Self::Unverifiable => "unverifiable",
         }
     }
 }

@@ -40,6 +40,22 @@ pub enum PeerError {
     /// No such socket: the client is gone, or it is not on this host.
     #[error("the kernel knows no client socket for this connection")]
     NotFound,
+    /// `/proc` could not be read, so nothing can say which process holds the socket.
+    #[error("cannot read {path}: {source}")]
+    Proc {
+        /// What could not be read.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl PeerError {
+    /// Whether the agent itself could not look (the host lacks `sock_diag` or `/proc`), as
+    /// opposed to a definite answer about the caller.
+    pub fn is_agents_fault(&self) -> bool {
+        !matches!(self, Self::NotFound)
+    }
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -49,33 +65,86 @@ const NLMSG_HDRLEN: usize = 16;
 /// `inet_diag_sockid`: ports, two 16-byte addresses, interface, cookie.
 const SOCKID_LEN: usize = 48;
 
-/// `inet_diag_sockid` of the socket whose local end is `src` and remote end is `dst`.
-fn sock_id(src: SocketAddr, dst: SocketAddr) -> [u8; SOCKID_LEN] {
-    fn addr(ip: IpAddr) -> [u8; 16] {
+/// The one form an address is compared in: a v4-mapped IPv6 address is the IPv4 address.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The socket family a lookup asks the kernel in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `AF_INET`: IPv4 addresses.
+    V4,
+    /// `AF_INET6`: IPv6 addresses, IPv4 ones v4-mapped.
+    V6,
+}
+
+impl Family {
+    fn raw(self) -> u8 {
+        (match self {
+            Self::V4 => libc::AF_INET,
+            Self::V6 => libc::AF_INET6,
+        }) as u8
+    }
+
+    /// The 16 address bytes of `ip` in this family's `inet_diag_sockid` form.
+    fn addr_bytes(self, ip: IpAddr) -> [u8; 16] {
         let mut out = [0u8; 16];
-        match ip {
-            IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
-            IpAddr::V6(v6) => out = v6.octets(),
+        match (self, ip.to_canonical()) {
+            (Self::V4, IpAddr::V4(v4)) => out[..4].copy_from_slice(&v4.octets()),
+            (Self::V6, IpAddr::V4(v4)) => out = v4.to_ipv6_mapped().octets(),
+            (_, IpAddr::V6(v6)) => out = v6.octets(),
         }
         out
     }
+
+    /// The families a connection between `a` and `b` (canonical) may be held in: an IPv4
+    /// connection by an `AF_INET` socket or a dual-stack `AF_INET6` one; an IPv6 one only
+    /// by `AF_INET6`.
+    fn candidates(a: SocketAddr, b: SocketAddr) -> &'static [Family] {
+        if a.is_ipv4() && b.is_ipv4() {
+            &[Self::V4, Self::V6]
+        } else {
+            &[Self::V6]
+        }
+    }
+}
+
+/// `inet_diag_sockid` of the socket whose local end is `src` and remote end is `dst`, in
+/// `family`'s address form.
+fn sock_id(family: Family, src: SocketAddr, dst: SocketAddr) -> [u8; SOCKID_LEN] {
     let mut id = [0u8; SOCKID_LEN];
     id[0..2].copy_from_slice(&src.port().to_be_bytes());
     id[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    id[4..20].copy_from_slice(&addr(src.ip()));
-    id[20..36].copy_from_slice(&addr(dst.ip()));
+    id[4..20].copy_from_slice(&family.addr_bytes(src.ip()));
+    id[20..36].copy_from_slice(&family.addr_bytes(dst.ip()));
     // Interface 0 (any); cookie INET_DIAG_NOCOOKIE: look the socket up by its addresses.
     id[40..48].fill(0xff);
     id
 }
 
-/// The `SOCK_DIAG_BY_FAMILY` request for the one TCP socket from `src` to `dst`.
-fn request(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    let family = if src.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    } as u8;
+/// The ends a `inet_diag_sockid` of `family` names, canonical.
+fn ends_of(family: u8, id: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    let port = |at: usize| Some(u16::from_be_bytes(id.get(at..at + 2)?.try_into().ok()?));
+    let ip = |at: usize| -> Option<IpAddr> {
+        let bytes: [u8; 16] = id.get(at..at + 16)?.try_into().ok()?;
+        if family == Family::V4.raw() {
+            let v4: [u8; 4] = bytes[..4].try_into().ok()?;
+            Some(IpAddr::from(v4))
+        } else if family == Family::V6.raw() {
+            Some(IpAddr::from(bytes).to_canonical())
+        } else {
+            None
+        }
+    };
+    Some((
+        SocketAddr::new(ip(4)?, port(0)?),
+        SocketAddr::new(ip(20)?, port(2)?),
+    ))
+}
+
+/// The `SOCK_DIAG_BY_FAMILY` request for the one TCP socket of `family` from `src` to `dst`.
+fn request(family: Family, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let len = NLMSG_HDRLEN + 8 + SOCKID_LEN;
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -84,9 +153,9 @@ fn request(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-    msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    msg.extend_from_slice(&[family.raw(), libc::IPPROTO_TCP as u8, 0, 0]);
     msg.extend_from_slice(&u32::MAX.to_ne_bytes()); // every TCP state
-    msg.extend_from_slice(&sock_id(src, dst));
+    msg.extend_from_slice(&sock_id(family, src, dst));
     msg
 }
 
@@ -101,8 +170,9 @@ const TCP_ESTABLISHED: u8 = 1;
 /// the socket id, expires, rqueue and wqueue) or a netlink error. The socket must be the
 /// connected one asked for: the kernel's lookup falls back to a listening socket on the same
 /// port when no connected one matches (a client on another host using a game's port as its
-/// source port would otherwise be taken for the game).
-fn parse_answer(buf: &[u8], asked: &[u8; SOCKID_LEN]) -> Result<ClientSocket, PeerError> {
+/// source port would otherwise be taken for the game). `asked` is the pair of canonical
+/// ends (local, remote); the answer's ends are compared in that form, whatever its family.
+fn parse_answer(buf: &[u8], asked: (SocketAddr, SocketAddr)) -> Result<ClientSocket, PeerError> {
     let len = u32_at(buf, 0).ok_or(PeerError::Answer("short header"))? as usize;
     let kind = buf
         .get(4..6)
@@ -132,7 +202,13 @@ fn parse_answer(buf: &[u8], asked: &[u8; SOCKID_LEN]) -> Result<ClientSocket, Pe
                 return Err(PeerError::NotFound);
             }
             // Ports and addresses as asked (the cookie is the kernel's own).
-            if body.get(4..4 + 36) != Some(&asked[..36]) {
+            let family = *body
+                .first()
+                .ok_or(PeerError::Answer("short inet_diag_msg"))?;
+            let id = body
+                .get(4..4 + SOCKID_LEN)
+                .ok_or(PeerError::Answer("short inet_diag_msg"))?;
+            if ends_of(family, id) != Some(asked) {
                 return Err(PeerError::NotFound);
             }
             let at = 4 + SOCKID_LEN + 12;
@@ -151,8 +227,11 @@ fn parse_answer(buf: &[u8], asked: &[u8; SOCKID_LEN]) -> Result<ClientSocket, Pe
 }
 
 /// The socket on this host whose local end is `client` and remote end is `server`: the client
-/// end of a connection a server accepted from `client` on `server`.
+/// end of a connection a server accepted from `client` on `server`. Either may be v4-mapped;
+/// an IPv4 connection is looked for among `AF_INET` sockets, then among dual-stack
+/// `AF_INET6` ones.
 pub fn client_socket(client: SocketAddr, server: SocketAddr) -> Result<ClientSocket, PeerError> {
+    let (client, server) = (canonical(client), canonical(server));
     let diag = |step| move |source| PeerError::Diag { step, source };
     let fd = socket(
         AddressFamily::Netlink,
@@ -161,29 +240,48 @@ pub fn client_socket(client: SocketAddr, server: SocketAddr) -> Result<ClientSoc
         SockProtocol::NetlinkSockDiag,
     )
     .map_err(diag("socket"))?;
-    let asked = sock_id(client, server);
-    sendto(
-        fd.as_raw_fd(),
-        &request(client, server),
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .map_err(diag("send"))?;
-    // The kernel answers within the send: the reply is already queued.
-    let mut buf = [0u8; 512];
-    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).map_err(diag("receive"))?;
-    parse_answer(&buf[..n], &asked)
+    let mut last = PeerError::NotFound;
+    for &family in Family::candidates(client, server) {
+        sendto(
+            fd.as_raw_fd(),
+            &request(family, client, server),
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )
+        .map_err(diag("send"))?;
+        // The kernel answers within the send: the reply is already queued.
+        let mut buf = [0u8; 512];
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).map_err(diag("receive"))?;
+        match parse_answer(&buf[..n], (client, server)) {
+            Err(PeerError::NotFound) => {}
+            // A kernel without IPv6 has no AF_INET6 table to look in: that family holds none.
+            Err(PeerError::Diag { source, .. })
+                if family == Family::V6 && source == nix::Error::EAFNOSUPPORT => {}
+            Err(e) => last = e,
+            found => return found,
+        }
+    }
+    Err(last)
 }
 
-/// Whether process `pid` holds the socket `inode` (any of its descriptors).
-pub fn holds_socket(pid: u32, inode: u64) -> bool {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
+/// Whether process `pid` holds the socket `inode` (any of its descriptors). A process that
+/// is gone holds nothing; a `/proc` this agent cannot read is its own fault.
+pub fn holds_socket(pid: u32, inode: u64) -> Result<bool, PeerError> {
+    let path = format!("/proc/{pid}/fd");
+    let dir = match std::fs::read_dir(&path) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && proc_mounted() => return Ok(false),
+        Err(source) => return Err(PeerError::Proc { path, source }),
     };
     let target = format!("socket:[{inode}]");
-    dir.flatten().any(|fd| {
+    Ok(dir.flatten().any(|fd| {
         std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
-    })
+    }))
+}
+
+/// Whether `/proc` is there to say who holds what (this process always has an entry).
+fn proc_mounted() -> bool {
+    std::path::Path::new("/proc/self/fd").is_dir()
 }
 
 /// The owner uid of process `pid`.
@@ -202,14 +300,21 @@ fn group_member_holding(pgid: u32, uid: u32, inode: u64) -> Option<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| uid_of(*pid) == Some(uid))
         .filter(|pid| crate::process::process_group(*pid) == Some(pgid))
-        .find(|pid| holds_socket(*pid, inode))
+        .find(|pid| holds_socket(*pid, inode).unwrap_or(false))
 }
 
 /// Whether the connection from `client` to `server` belongs to process `pid`: held by it, or
 /// by a process of its group with its uid (a game's helper speaking for it).
 pub fn verify(client: SocketAddr, server: SocketAddr, pid: u32) -> Verdict {
-    let socket = client_socket(client, server).map_err(|e| Refusal::Unverifiable(Arc::new(e)))?;
-    if holds_socket(pid, socket.inode) {
+    let refusal = |e: PeerError| {
+        if e.is_agents_fault() {
+            Refusal::Unverifiable(Arc::new(e))
+        } else {
+            Refusal::NoLocalClient
+        }
+    };
+    let socket = client_socket(client, server).map_err(refusal)?;
+    if holds_socket(pid, socket.inode).map_err(refusal)? {
         return Ok(());
     }
     let same_uid = uid_of(pid) == Some(socket.uid);
@@ -232,8 +337,16 @@ pub enum Refusal {
         "metadata \"pid\" is {0}, but this connection is not held by that process or its process group: a game must send its own process id"
     )]
     NotTheCaller(u32),
-    /// The kernel could not say who holds the connection.
-    #[error("cannot verify the caller: {0} (sdk-verify-callers: false turns verification off)")]
+    /// No socket on this host holds the client end: the caller is on another host, or gone.
+    #[error(
+        "no process on this host holds the client end of this connection: the SDK serves only the host's own games"
+    )]
+    NoLocalClient,
+    /// The agent could not look (its host lacks `sock_diag` or `/proc`): its own fault, not
+    /// the caller's. Calls are still refused (fail closed).
+    #[error(
+        "the agent cannot verify SDK callers on this host, its own fault and not the game's: {0}; it needs the kernel's sock_diag for TCP (module tcp_diag: `modprobe tcp_diag`) and a readable /proc, or sdk-verify-callers: false in agent.yaml"
+    )]
     Unverifiable(#[source] Arc<PeerError>),
 }
 
@@ -277,7 +390,7 @@ mod tests {
         let (_accepted, peer) = listener.accept().unwrap();
         let socket = client_socket(peer, server).expect("sock_diag answers");
         assert_eq!(socket.uid, nix::unistd::getuid().as_raw());
-        assert!(holds_socket(std::process::id(), socket.inode));
+        assert!(holds_socket(std::process::id(), socket.inode).unwrap());
         verify(peer, server, std::process::id()).expect("the test holds its own connection");
         // A process of another group does not hold it; one of this group speaks for it.
         use std::os::unix::process::CommandExt;
@@ -321,6 +434,122 @@ mod tests {
         ));
     }
 
+    /// One connection in every shape a gRPC stack makes: the client's socket family and
+    /// address, the server's listening address, and the peer address the server then sees.
+    fn connection(listen: &str, connect_to: impl Fn(u16) -> String) -> Option<Connection> {
+        let listener = TcpListener::bind(listen).ok()?;
+        let server = listener.local_addr().unwrap();
+        let client = TcpStream::connect(connect_to(server.port())).ok()?;
+        let (accepted, peer) = listener.accept().unwrap();
+        Some(Connection {
+            server: accepted.local_addr().unwrap(),
+            peer,
+            _ends: (client, accepted),
+        })
+    }
+
+    struct Connection {
+        /// The server's end, as the server sees it.
+        server: SocketAddr,
+        /// The client's end, as the server sees it.
+        peer: SocketAddr,
+        _ends: (TcpStream, TcpStream),
+    }
+
+    /// Checks that the connection is found as this process's, and that a stranger (another
+    /// process group) and a process of another uid in this group may not speak for it.
+    fn verified_for_its_holder_only(c: &Connection, shape: &str) {
+        let socket = client_socket(c.peer, c.server)
+            .unwrap_or_else(|e| panic!("{shape}: sock_diag finds the client socket: {e}"));
+        assert!(
+            holds_socket(std::process::id(), socket.inode).unwrap(),
+            "{shape}"
+        );
+        verify(c.peer, c.server, std::process::id())
+            .unwrap_or_else(|e| panic!("{shape}: the holder is verified: {e}"));
+        use std::os::unix::process::CommandExt;
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let verdict = verify(c.peer, c.server, stranger.id());
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        assert!(
+            matches!(verdict, Err(Refusal::NotTheCaller(p)) if p == stranger.id()),
+            "{shape}: a stranger claiming the holder's connection: {verdict:?}"
+        );
+    }
+
+    /// gRPC C-core, Java and .NET: a dual-stack AF_INET6 socket connected to
+    /// `::ffff:127.0.0.1`, to a server listening on 127.0.0.1 (the default `sdk-listen`).
+    #[test]
+    fn a_dual_stack_client_of_an_ipv4_server_is_found() {
+        let c = connection("127.0.0.1:0", |port| format!("[::ffff:127.0.0.1]:{port}"))
+            .expect("a dual-stack socket connects to a v4-mapped address");
+        assert!(c.peer.is_ipv4(), "the server sees an IPv4 peer: {}", c.peer);
+        verified_for_its_holder_only(&c, "AF_INET6 client, AF_INET server");
+    }
+
+    /// Go and Node.js: AF_INET clients, also to a dual-stack server on `[::]`, which sees them
+    /// as v4-mapped peers.
+    #[test]
+    fn ipv4_and_v4_mapped_peers_of_a_dual_stack_server_are_found() {
+        let Some(c) = connection("[::]:0", |port| format!("127.0.0.1:{port}")) else {
+            return; // a kernel without IPv6: no dual-stack server to test
+        };
+        assert!(
+            matches!(c.peer.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()),
+            "{}",
+            c.peer
+        );
+        verified_for_its_holder_only(&c, "AF_INET client, AF_INET6 [::] server");
+        let c = connection("[::]:0", |port| format!("[::ffff:127.0.0.1]:{port}")).unwrap();
+        verified_for_its_holder_only(&c, "AF_INET6 v4-mapped client, AF_INET6 [::] server");
+    }
+
+    /// `sdk-listen: "[::1]:5758"`: IPv6 on both ends.
+    #[test]
+    fn an_ipv6_connection_is_found() {
+        let Some(c) = connection("[::1]:0", |port| format!("[::1]:{port}")) else {
+            return; // no IPv6 loopback on this kernel
+        };
+        verified_for_its_holder_only(&c, "AF_INET6 ::1");
+    }
+
+    #[test]
+    fn addresses_compare_in_one_form() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5758".parse().unwrap();
+        assert_eq!(canonical(mapped), "127.0.0.1:5758".parse().unwrap());
+        let v6: SocketAddr = "[::1]:5758".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:5758".parse().unwrap(),
+        );
+        for family in [Family::V4, Family::V6] {
+            let id = sock_id(family, a, b);
+            assert_eq!(ends_of(family.raw(), &id), Some((a, b)), "{family:?}");
+        }
+        assert_eq!(Family::candidates(a, b), &[Family::V4, Family::V6]);
+        assert_eq!(Family::candidates(v6, v6), &[Family::V6]);
+    }
+
+    #[test]
+    fn only_a_lookup_that_could_not_be_made_is_the_agents_fault() {
+        assert!(!PeerError::NotFound.is_agents_fault());
+        assert!(PeerError::Answer("short header").is_agents_fault());
+        let unreadable = PeerError::Proc {
+            path: "/proc/1/fd".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(unreadable.is_agents_fault());
+        let said = Refusal::Unverifiable(Arc::new(unreadable)).to_string();
+        assert!(said.contains("its own fault"), "{said}");
+        assert!(said.contains("sdk-verify-callers: false"), "{said}");
+    }
+
     #[test]
     fn a_socket_that_is_gone_is_not_found() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -342,7 +571,8 @@ mod tests {
             &[1, 0, 0, 0, 2, 0][..],
             &[40, 0, 0, 0, 99, 0, 0, 0][..],
         ] {
-            assert!(parse_answer(bad, &[0; SOCKID_LEN]).is_err(), "{bad:?}");
+            let nowhere = "127.0.0.1:1".parse().unwrap();
+            assert!(parse_answer(bad, (nowhere, nowhere)).is_err(), "{bad:?}");
         }
     }
 }
