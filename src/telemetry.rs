@@ -103,10 +103,15 @@ pub const MAX_LOGGED_BYTES: usize = 256;
 /// `value` cut to [`MAX_LOGGED_BYTES`] (at a character boundary), saying how much was cut: a
 /// caller's 4 MB field costs a few hundred bytes of log, not 4 MB per refusal.
 pub fn clip(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.len() <= MAX_LOGGED_BYTES {
+    clip_to(value, MAX_LOGGED_BYTES)
+}
+
+/// `value` cut to `max` bytes (at a character boundary), saying how much was cut.
+pub fn clip_to(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if value.len() <= max {
         return value.into();
     }
-    let mut end = MAX_LOGGED_BYTES;
+    let mut end = max;
     while !value.is_char_boundary(end) {
         end -= 1;
     }

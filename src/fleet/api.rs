@@ -612,8 +612,8 @@ pub enum FleetError {
     /// The pid is not a process this agent launched.
     #[error("pid {0} is not a server process launched by this agent")]
     UnknownPid(u32),
-    /// An id names nothing.
-    #[error("{kind} {id} does not exist")]
+    /// An id names nothing (a caller's id is cut to a few hundred bytes when said).
+    #[error("{kind} {} does not exist", crate::telemetry::clip(.id))]
     NotFound {
         /// What kind of resource.
         kind: &'static str,

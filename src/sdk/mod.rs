@@ -1,8 +1,12 @@
 //! The GSE SDK service (`GseGrpcSdkService`) that game processes call.
 //!
 //! Handlers hold no state: each identifies the caller by its `pid` metadata, sends one typed
-//! [`SdkCall`] to the fleet and turns the answer into a `GseResponse`. Refusals are
-//! `ERROR_400` with a message naming what was wrong, never a panic.
+//! [`SdkCall`] to the fleet and turns the answer into a `GseResponse`.
+//!
+//! A success is gRPC OK with `GseResponse{status: OK, responseData: "SUCCESS"}`. A refusal is a
+//! non-OK gRPC status whose message names what was wrong (see [`refusal`]), never a panic: GSE
+//! SDK copies whose `GseResponse` is an empty message read only the RPC's status, so a
+//! refusal carried in the body with gRPC OK would read as a success to them.
 
 mod caller;
 pub mod peer;
@@ -25,6 +29,9 @@ use crate::telemetry::{LogLimit, clip};
 
 pub use caller::{Caller, CallerError};
 
+/// The longest refusal message sent (gRPC C-core reads at most 8 KiB of metadata by default).
+pub const MAX_REFUSAL_BYTES: usize = 2048;
+
 /// Default and maximum page size of DescribePlayerSessions.
 pub const DEFAULT_PAGE: usize = 50;
 /// The largest `limit` accepted.
@@ -46,6 +53,8 @@ pub struct SdkService {
     verify_callers: bool,
     /// Refusals are logged at most this often per claimed pid.
     refusals: Arc<LogLimit<u32>>,
+    /// Whether the agent's own failure to verify callers has been logged (it is said once).
+    unverifiable_said: Arc<std::sync::atomic::AtomicBool>,
     /// Where each call is counted and timed, when metrics are on.
     metrics: Option<Arc<Metrics>>,
 }
@@ -76,6 +85,7 @@ impl SdkService {
             fleet,
             verify_callers,
             refusals: Arc::new(LogLimit::new(REFUSALS_LOGGED, REFUSAL_WINDOW)),
+            unverifiable_said: Arc::default(),
             metrics: None,
         }
     }
@@ -94,16 +104,19 @@ impl SdkService {
     }
 
     /// Whether the connection the call came on belongs to `pid`: asked of the kernel once per
-    /// connection and pid, and a refusal logged that once.
-    async fn verify(&self, ext: &Extensions, pid: u32) -> Result<(), String> {
+    /// connection and pid, and a refusal logged that once. When the agent itself cannot look,
+    /// the call is refused too (fail closed), and that is said once, as the agent's fault.
+    async fn verify(&self, ext: &Extensions, pid: u32) -> Result<(), peer::Refusal> {
         if !self.verify_callers {
             return Ok(());
         }
         let Some(conn) = ext.get::<SdkConn>() else {
-            return Err("cannot verify the caller: the connection's addresses are unknown".into());
+            return Err(peer::Refusal::Unverifiable(Arc::new(
+                peer::PeerError::Answer("the connection's addresses are unknown"),
+            )));
         };
         if let Some(verdict) = conn.memo.get(pid) {
-            return verdict.map_err(|e| e.to_string());
+            return verdict;
         }
         let (client, server) = (conn.peer, conn.local);
         // /proc reads: off the async workers.
@@ -118,21 +131,59 @@ impl SdkService {
                     }),
                 )))
             });
-        // A definite answer holds for the connection; a failure to ask is asked again.
-        if !matches!(verdict, Err(peer::Refusal::Unverifiable(_))) {
-            conn.memo.put(pid, verdict.clone());
+        match &verdict {
+            Ok(()) => conn.memo.put(pid, verdict.clone()),
+            // A failure to ask is asked again; said once, loudly, as the agent's own.
+            Err(e @ peer::Refusal::Unverifiable(_)) => {
+                if !self
+                    .unverifiable_said
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::error!(client.addr = %client, process.pid = pid, error = %e, "cannot verify SDK callers: every SDK call is refused until this host is fixed");
+                }
+            }
+            Err(e) => {
+                conn.memo.put(pid, verdict.clone());
+                if let Some(suppressed) = self.refusals.admit(pid, std::time::Instant::now()) {
+                    tracing::warn!(client.addr = %client, process.pid = pid, error = %e, refusals.suppressed = suppressed, "sdk connection refused: the caller is not the process it names");
+                }
+            }
         }
-        if let Err(e) = &verdict
-            && let Some(suppressed) = self.refusals.admit(pid, std::time::Instant::now())
-        {
-            tracing::warn!(client.addr = %client, process.pid = pid, error = %e, refusals.suppressed = suppressed, "sdk connection refused: the caller is not the process it names");
-        }
-        verdict.map_err(|e| e.to_string())
+        verdict
     }
 
-    async fn call(&self, caller: Caller, call: SdkCall) -> Result<SdkReply, String> {
+    /// Checks who calls: the `pid` metadata, then (when on) that the connection is that
+    /// process's. Counted as refused when not.
+    async fn caller(
+        &self,
+        (meta, ext): (&tonic::metadata::MetadataMap, &Extensions),
+        method: &'static str,
+        start: std::time::Instant,
+    ) -> Result<Caller, Status> {
+        let caller = Caller::from_metadata(meta).map_err(|e| {
+            self.count(method, SdkResult::BadCaller, start);
+            Status::invalid_argument(e.to_string())
+        })?;
+        if let Err(refusal) = self.verify(ext, caller.pid).await {
+            let (result, status) = match refusal {
+                peer::Refusal::Unverifiable(_) => (
+                    SdkResult::Unverifiable,
+                    Status::internal(refusal.to_string()),
+                ),
+                _ => (
+                    SdkResult::NotVerified,
+                    Status::permission_denied(refusal.to_string()),
+                ),
+            };
+            self.count(method, result, start);
+            return Err(status);
+        }
+        Ok(caller)
+    }
+
+    async fn call(&self, caller: &Caller, call: SdkCall) -> Result<SdkReply, HandleError> {
         let first = self.fleet.sdk(caller.pid, call.clone()).await;
-        let result = match first {
+        match first {
             // A helper process the game forked calls with its own pid: it is still in the
             // game's process group, which the game leads.
             Err(HandleError::Fleet(FleetError::UnknownPid(_))) => {
@@ -145,30 +196,18 @@ impl SdkService {
                 }
             }
             other => other,
-        };
-        result.map_err(|e| e.to_string())
+        }
     }
 
-    async fn respond(
+    /// Counts a call's outcome and logs a refusal (values cut, lines rate-limited per claimed
+    /// pid: the caller drives them).
+    fn outcome<T>(
         &self,
-        (meta, ext): (&tonic::metadata::MetadataMap, &Extensions),
+        caller: &Caller,
         method: &'static str,
-        call: SdkCall,
-    ) -> Result<Response<GseResponse>, Status> {
-        let start = std::time::Instant::now();
-        let caller = match Caller::from_metadata(meta) {
-            Ok(c) => c,
-            Err(e) => {
-                self.count(method, SdkResult::BadCaller, start);
-                return Ok(Response::new(error_400(e.to_string())));
-            }
-        };
-        if let Err(refusal) = self.verify(ext, caller.pid).await {
-            self.count(method, SdkResult::NotVerified, start);
-            return Ok(Response::new(error_400(refusal)));
-        }
-        tracing::debug!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, "sdk call");
-        let result = self.call(caller.clone(), call).await;
+        start: std::time::Instant,
+        result: Result<T, HandleError>,
+    ) -> Result<T, Status> {
         self.count(
             method,
             if result.is_ok() {
@@ -178,29 +217,49 @@ impl SdkService {
             },
             start,
         );
-        Ok(Response::new(match result {
-            Ok(_) => GseResponse {
-                status: gse_response::Status::Ok as i32,
-                response_data: "SUCCESS".into(),
-                error_message: String::new(),
-            },
-            Err(message) => {
-                // Caller-driven: values cut, lines rate-limited per claimed pid.
-                if let Some(suppressed) = self.refusals.admit(caller.pid, std::time::Instant::now())
-                {
-                    tracing::info!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, error = %clip(&message), refusals.suppressed = suppressed, "sdk call refused");
-                }
-                error_400(message)
+        result.map_err(|e| {
+            let message = e.to_string();
+            if let Some(suppressed) = self.refusals.admit(caller.pid, std::time::Instant::now()) {
+                tracing::info!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, error = %clip(&message), refusals.suppressed = suppressed, "sdk call refused");
             }
+            refusal(&e)
+        })
+    }
+
+    async fn respond(
+        &self,
+        parts: (&tonic::metadata::MetadataMap, &Extensions),
+        method: &'static str,
+        call: SdkCall,
+    ) -> Result<Response<GseResponse>, Status> {
+        let start = std::time::Instant::now();
+        let caller = self.caller(parts, method, start).await?;
+        tracing::debug!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, "sdk call");
+        let result = self.call(&caller, call).await;
+        self.outcome(&caller, method, start, result)?;
+        Ok(Response::new(GseResponse {
+            status: gse_response::Status::Ok as i32,
+            response_data: "SUCCESS".into(),
+            error_message: String::new(),
         }))
     }
 }
 
-fn error_400(message: String) -> GseResponse {
-    GseResponse {
-        status: gse_response::Status::Error400 as i32,
-        response_data: String::new(),
-        error_message: message,
+/// The gRPC status of a refused call, its message the reason: `NOT_FOUND` for an unknown
+/// process or resource, `INVALID_ARGUMENT` for a malformed parameter, `FAILED_PRECONDITION`
+/// for a call the current state does not allow, `RESOURCE_EXHAUSTED` for a limit reached, and
+/// `UNAVAILABLE` while the agent stops. The message travels in a header, so it is bounded
+/// ([`MAX_REFUSAL_BYTES`]): a caller's huge value cannot make the answer one no client reads.
+pub fn refusal(e: &HandleError) -> Status {
+    let message = crate::telemetry::clip_to(&e.to_string(), MAX_REFUSAL_BYTES).into_owned();
+    match e {
+        HandleError::Stopped => Status::unavailable(message),
+        HandleError::Fleet(f) => match f {
+            FleetError::UnknownPid(_) | FleetError::NotFound { .. } => Status::not_found(message),
+            FleetError::Invalid { .. } => Status::invalid_argument(message),
+            FleetError::Denied(_) => Status::failed_precondition(message),
+            FleetError::Limit(_) => Status::resource_exhausted(message),
+        },
     }
 }
 
@@ -278,39 +337,22 @@ impl GseGrpcSdkService for SdkService {
         const RPC: &str = "DescribePlayerSessions";
         let start = std::time::Instant::now();
         let (meta, ext, r) = request.into_parts();
-        let caller = Caller::from_metadata(&meta).map_err(|e| {
-            self.count(RPC, SdkResult::BadCaller, start);
-            Status::invalid_argument(e.to_string())
-        })?;
-        if let Err(e) = self.verify(&ext, caller.pid).await {
-            self.count(RPC, SdkResult::NotVerified, start);
-            return Err(Status::permission_denied(e));
-        }
+        let caller = self.caller((&meta, &ext), RPC, start).await?;
         let query = player_query(r).map_err(|e| {
             self.count(RPC, SdkResult::Refused, start);
             Status::invalid_argument(e)
         })?;
-        let answer = self.call(caller, SdkCall::DescribePlayers(query)).await;
-        self.count(
-            RPC,
-            if answer.is_ok() {
-                SdkResult::Ok
-            } else {
-                SdkResult::Refused
-            },
-            start,
-        );
-        match answer {
-            Ok(SdkReply::Players(page, next)) => {
+        let answer = self.call(&caller, SdkCall::DescribePlayers(query)).await;
+        match self.outcome(&caller, RPC, start, answer)? {
+            SdkReply::Players(page, next) => {
                 Ok(Response::new(proto::DescribePlayerSessionsResponse {
                     next_token: next.unwrap_or_default(),
                     player_sessions: page.iter().map(|p| p.to_proto()).collect(),
                 }))
             }
-            Ok(SdkReply::Done) => Err(Status::internal(
+            SdkReply::Done => Err(Status::internal(
                 "unexpected reply to DescribePlayerSessions",
             )),
-            Err(message) => Err(Status::invalid_argument(message)),
         }
     }
 

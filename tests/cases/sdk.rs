@@ -1,9 +1,12 @@
 //! The GSE SDK's refusals: calls made by the games themselves (on request, see
-//! [`crate::helper::GameCommands`]) and by a stranger that claims to be one.
+//! [`crate::helper::GameCommands`]) and by a stranger that claims to be one. A refusal is a
+//! non-OK gRPC status with the reason as its message (a game built on a GSE SDK copy whose
+//! `GseResponse` is empty reads nothing else).
 
 use gse_agent::proto::gse_grpc_sdk_service_client::GseGrpcSdkServiceClient;
 use gse_agent::proto::{self, GseResponse};
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::helper::{Agent, COMMANDS, config, entry};
 
@@ -41,16 +44,15 @@ impl Sdk {
         r
     }
 
-    fn ending(&mut self, pid: Option<&str>) -> GseResponse {
+    fn ending(&mut self, pid: Option<&str>) -> Result<GseResponse, Status> {
         let mut c = self.client.clone();
         self.rt
             .block_on(c.process_ending(Self::req(pid, proto::ProcessEndingRequest {})))
-            .unwrap()
-            .into_inner()
+            .map(tonic::Response::into_inner)
     }
 
     /// AcceptPlayerSession of player session `psess-none` in `gss_id`, as `pid`.
-    fn accept(&self, pid: &str, gss_id: &str) -> GseResponse {
+    fn accept(&self, pid: &str, gss_id: &str) -> Result<GseResponse, Status> {
         let mut c = self.client.clone();
         self.rt
             .block_on(c.accept_player_session(Self::req(
@@ -60,11 +62,10 @@ impl Sdk {
                     player_session_id: "psess-none".into(),
                 },
             )))
-            .unwrap()
-            .into_inner()
+            .map(tonic::Response::into_inner)
     }
 
-    fn ready(&mut self, pid: &str) -> GseResponse {
+    fn ready(&mut self, pid: &str) -> Result<GseResponse, Status> {
         let mut c = self.client.clone();
         let msg = proto::ProcessReadyRequest {
             log_paths_to_upload: vec![],
@@ -73,46 +74,55 @@ impl Sdk {
         };
         self.rt
             .block_on(c.process_ready(Self::req(Some(pid), msg)))
-            .unwrap()
-            .into_inner()
+            .map(tonic::Response::into_inner)
     }
 }
 
-fn assert_400(r: &GseResponse, needle: &str) {
-    assert_eq!(
-        r.status,
-        proto::gse_response::Status::Error400 as i32,
-        "{r:?}"
-    );
+fn assert_status(r: &Result<GseResponse, Status>, code: Code, needle: &str) {
+    let status = r.as_ref().expect_err("refused with a gRPC status");
+    assert_eq!(status.code(), code, "{status:?}");
     assert!(
-        r.error_message.contains(needle),
+        status.message().contains(needle),
         "{needle:?} not in {:?}",
-        r.error_message
+        status.message()
     );
 }
 
 #[test]
-fn calls_without_a_known_pid_are_refused_with_400() {
+fn calls_without_a_known_pid_are_refused() {
     let agent = Agent::start(&config(&entry("", 1), FAST));
     agent.wait_ready(1);
     let mut sdk = Sdk::new(&agent);
-    assert_400(&sdk.ending(None), "missing metadata \"pid\"");
-    assert_400(&sdk.ending(Some("abc")), "not a process id");
+    assert_status(
+        &sdk.ending(None),
+        Code::InvalidArgument,
+        "missing metadata \"pid\"",
+    );
+    assert_status(
+        &sdk.ending(Some("abc")),
+        Code::InvalidArgument,
+        "not a process id",
+    );
     // The test process is no child of the agent (nor are its parents).
-    assert_400(
+    assert_status(
         &sdk.ending(Some(&std::process::id().to_string())),
+        Code::NotFound,
         "is not a server process launched by this agent",
     );
 }
 
+/// A game's own call (through the fake server's command port) refused with a gRPC status.
 fn assert_refused(answer: &serde_json::Value, needle: &str) {
-    assert_eq!(answer["status"], 1, "{answer}");
+    assert!(
+        answer["grpc"].as_str().is_some_and(|code| code != "Ok"),
+        "{answer}"
+    );
     let message = answer["message"].as_str().unwrap_or_default();
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
 
 #[test]
-fn calls_illegal_in_the_current_state_are_refused_with_400() {
+fn calls_illegal_in_the_current_state_are_refused() {
     let agent = Agent::start(&config(&entry(COMMANDS, 1), FAST));
     let pid = agent.wait_ready(1)[0]["Pid"].as_u64().unwrap() as u32;
     let mut game = agent.game(pid);
@@ -179,10 +189,16 @@ fn no_stranger_or_neighbour_can_speak_for_a_game() {
     let mut sdk = Sdk::new(&agent);
     let loading_pid = loading.to_string();
     // The stranger claims the loading game's pid: its ProcessReady would win the next session.
-    assert_400(&sdk.ready(&loading_pid), "not held by that process");
-    assert_400(&sdk.ending(Some(&loading_pid)), "not held by that process");
-    assert_400(
+    let denied = Code::PermissionDenied;
+    assert_status(&sdk.ready(&loading_pid), denied, "not held by that process");
+    assert_status(
+        &sdk.ending(Some(&loading_pid)),
+        denied,
+        "not held by that process",
+    );
+    assert_status(
         &sdk.accept(&loading_pid, "gssess-x"),
+        denied,
         "not held by that process",
     );
     // The refusal is logged once for the connection, not per call.
@@ -218,7 +234,7 @@ fn no_stranger_or_neighbour_can_speak_for_a_game() {
         .to_string();
     let (mut a, mut b) = (agent.game(ready), agent.game(loading));
     let a_answer = a.call(&format!("terminate {id}"));
-    let (refused, host) = if a_answer["status"] == 1 {
+    let (refused, host) = if a_answer["grpc"].is_string() {
         (a_answer, loading)
     } else {
         (b.call(&format!("terminate {id}")), ready)
