@@ -31,7 +31,6 @@ pub mod reaper;
 mod sys;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -401,14 +400,19 @@ fn launch_with(
     })
 }
 
-/// Spawns `cmd` as the leader of a new process group, registered so the orphan reaper leaves
-/// it alone, with a pidfd (by `watch`; `None` without pidfds). The child is ours until
-/// reaped: dropping std's `Child` neither kills nor waits.
+/// Spawns `cmd` as the leader of a new session and process group, registered so the orphan
+/// reaper leaves it alone, with a pidfd (by `watch`; `None` without pidfds). The child is ours
+/// until reaped: dropping std's `Child` neither kills nor waits.
+///
+/// A session of its own: `setpgid` joins only a group of the caller's own session, so no
+/// process outside the game's session (a neighbour game, another user's process in the
+/// agent's session) can move into the game's group and speak for it through the SDK's group
+/// rule.
 pub(crate) fn spawn_own(
     cmd: &mut std::process::Command,
     watch: Watch,
 ) -> std::io::Result<(u32, Option<std::os::fd::OwnedFd>)> {
-    cmd.process_group(0);
+    sys::new_session_at_exec(cmd);
     let pid = children::spawn(cmd)?.id();
     let pidfd = match watch {
         Watch::Pidfd => open_pidfd_of_child(pid),

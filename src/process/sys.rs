@@ -1,6 +1,6 @@
 //! Raw Linux calls that nix 0.30 does not wrap: `pidfd_open`, `pidfd_send_signal` (with the
-//! process-group flag) and `waitid` on a pidfd or a pid. The only module of the crate that
-//! uses `unsafe`.
+//! process-group flag), `waitid` on a pidfd or a pid, and `setsid` between fork and exec. The
+//! only module of the crate that uses `unsafe`.
 
 #![allow(unsafe_code)]
 
@@ -16,6 +16,22 @@ use tokio::io::unix::AsyncFd;
 /// struct pid. The pidfd pins that struct pid, so the group cannot be confused with a later
 /// group that reuses the number.
 pub(crate) const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+
+/// Makes the child of `cmd` the leader of a new session (and so of a new process group)
+/// between fork and exec.
+pub(crate) fn new_session_at_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec; setsid is async-signal-safe,
+    // allocates nothing and touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// A pidfd for `pid` (which must be a thread-group leader).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {

@@ -185,9 +185,12 @@ impl SdkService {
         let first = self.fleet.sdk(caller.pid, call.clone()).await;
         match first {
             // A helper process the game forked calls with its own pid: it is still in the
-            // game's process group, which the game leads.
+            // game's process group, which the game leads, and has the game's uid (a process
+            // of another user in the group speaks for nobody).
             Err(HandleError::Fleet(FleetError::UnknownPid(_))) => {
-                match crate::process::process_group(caller.pid).filter(|g| *g != caller.pid) {
+                match crate::process::process_group(caller.pid)
+                    .filter(|g| *g != caller.pid && peer::same_owner(caller.pid, *g))
+                {
                     Some(group) => match self.fleet.sdk(group, call).await {
                         Err(HandleError::Fleet(FleetError::UnknownPid(_))) => first,
                         other => other,

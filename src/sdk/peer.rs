@@ -284,6 +284,11 @@ fn proc_mounted() -> bool {
     std::path::Path::new("/proc/self/fd").is_dir()
 }
 
+/// Whether processes `a` and `b` both exist and have one owner uid.
+pub fn same_owner(a: u32, b: u32) -> bool {
+    matches!((uid_of(a), uid_of(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// The owner uid of process `pid`.
 fn uid_of(pid: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;

@@ -164,6 +164,62 @@ fn a_helper_process_in_the_games_group_speaks_for_the_game() {
     );
 }
 
+/// Every game leads a session of its own, so no process outside it can `setpgid` into its
+/// group (a neighbour game, a process of another uid in the agent's session); and a process
+/// of another uid inside a game's group speaks for nobody.
+#[test]
+fn no_process_borrows_a_games_process_group() {
+    let agent = Agent::start(&config(&entry(COMMANDS, 2), FAST));
+    let ready = agent.wait_ready(2);
+    let (victim, neighbour) = (
+        ready[0]["Pid"].as_u64().unwrap() as u32,
+        ready[1]["Pid"].as_u64().unwrap() as u32,
+    );
+    let sid = |pid: u32| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32)));
+    assert_eq!(
+        sid(victim).unwrap().as_raw() as u32,
+        victim,
+        "its own session"
+    );
+    let answer = agent.game(neighbour).call(&format!("join-group {victim}"));
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("EPERM")),
+        "a neighbour game cannot join the game's group: {answer}"
+    );
+    // A process of another user, started in the agent's session as every test process is.
+    let mut stranger = std::process::Command::new("python3");
+    stranger.args([
+        "-c",
+        "import os, sys; os.setpgid(0, int(sys.argv[1]))",
+        &victim.to_string(),
+    ]);
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        stranger.uid(65534).gid(65534);
+    }
+    let out = stranger.output().expect("run python3");
+    assert!(
+        !out.status.success(),
+        "setpgid into the game's group succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PermissionError"), "{err}");
+    if nix::unistd::geteuid().is_root() {
+        // The game (root) forks a helper that runs as nobody: it is in the game's group, but
+        // not of the game's user, so the group rule does not map it to the game.
+        let answer = agent.game(victim).call("helper-ready 65534");
+        assert_refused(&answer, "is not a server process launched by this agent");
+    }
+    // The same-uid helper still speaks for the game (ProcessReady already made, so refused
+    // for that reason, not for being unknown).
+    assert_refused(
+        &agent.game(victim).call("helper-ready"),
+        "ProcessReady was already called",
+    );
+}
+
 /// Item 1 of the hardening issue: the `pid` metadata is a claim; the kernel says who holds
 /// the connection. A stranger (this test process) and a neighbour game cannot act for a game,
 /// not even for one still loading, and the refusals name no other game.

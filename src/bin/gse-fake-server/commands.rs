@@ -5,8 +5,11 @@
 //! Commands (a leading `as:PID ` claims another pid in the metadata):
 //! `ready CLIENT_PORT GRPC_PORT`, `activate GSS MAX_PLAYERS`, `accept GSS PLAYER_SESSION`,
 //! `policy GSS POLICY`, `custom CURRENT MAX`, `terminate GSS`, `ending`, `describe LIMIT`,
-//! `load ADDRESS CONNECTIONS IN_FLIGHT SECONDS` (see `load`), and `helper-ready`: a helper process in the game's process group calls ProcessReady with its
-//! own pid. Answers: `{"status": 0|1, "message": "..."}` for GseResponse calls,
+//! `load ADDRESS CONNECTIONS IN_FLIGHT SECONDS` (see `load`), `helper-ready [UID]`: a helper
+//! process in the game's process group (running as `UID` when given; the game must be root for
+//! that) calls ProcessReady with its own pid, and `join-group PGID`: the game tries to move
+//! itself into process group `PGID` (`setpgid`), answering `{"joined": true}` or
+//! `{"error": "..."}`. Answers: `{"status": 0|1, "message": "..."}` for GseResponse calls,
 //! `{"players": N}` for describe, `{"grpc": "CODE", "message": "..."}` when the call failed.
 
 use std::path::Path;
@@ -152,7 +155,24 @@ async fn run(game: &Game, line: &str) -> Value {
             Ok(r) => json!({"players": r.into_inner().player_sessions.len()}),
             Err(s) => json!({"grpc": format!("{:?}", s.code()), "message": s.message()}),
         },
-        "helper-ready" => helper_ready(&game.sdk_address).await,
+        "helper-ready" => {
+            let uid = match words.get(1).map(|u| u.parse::<u32>()) {
+                None => None,
+                Some(Ok(uid)) => Some(uid),
+                Some(Err(e)) => return json!({"error": format!("bad uid {:?}: {e}", arg(1))}),
+            };
+            helper_ready(&game.sdk_address, uid).await
+        }
+        "join-group" => match arg(1).parse::<i32>() {
+            Ok(pgid) => match nix::unistd::setpgid(
+                nix::unistd::Pid::from_raw(0),
+                nix::unistd::Pid::from_raw(pgid),
+            ) {
+                Ok(()) => json!({"joined": true}),
+                Err(e) => json!({"error": format!("setpgid(0, {pgid}): {e}")}),
+            },
+            Err(e) => json!({"error": format!("bad process group {:?}: {e}", arg(1))}),
+        },
         "load" => match crate::load::Load::parse(&words[1..]) {
             // Its own runtime on its own thread: the game's stays free to answer.
             Ok(load) => tokio::task::spawn_blocking(move || load.run())
@@ -164,18 +184,22 @@ async fn run(game: &Game, line: &str) -> Value {
     }
 }
 
-/// Runs a helper (this program, `--helper-ready`) in the game's process group and returns
-/// the answer it printed.
-async fn helper_ready(sdk_address: &std::net::SocketAddr) -> Value {
+/// Runs a helper (this program, `--helper-ready`) in the game's process group, as `uid` when
+/// given, and returns the answer it printed.
+async fn helper_ready(sdk_address: &std::net::SocketAddr, uid: Option<u32>) -> Value {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => return json!({"error": e.to_string()}),
     };
     let address = sdk_address.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(exe)
-            .args(["--helper-ready", "--sdk-address", &address])
-            .output()
+        let mut helper = std::process::Command::new(exe);
+        helper.args(["--helper-ready", "--sdk-address", &address]);
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            helper.uid(uid);
+        }
+        helper.output()
     })
     .await;
     match out.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
