@@ -199,7 +199,7 @@ impl Default for PackagePolicy {
         Self {
             max_bytes: ByteSize(10 << 30),
             max_entries: 200_000,
-            max_ratio: 1000,
+            max_ratio: 100,
             ratio_min_bytes: ByteSize(1 << 20),
             reserve_bytes: ByteSize(1 << 30),
             install_timeout: Duration::from_secs(600).into(),

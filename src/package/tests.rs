@@ -278,6 +278,35 @@ fn too_many_entries_are_refused_before_writing() {
     Case::new(&entries).refused_with(&limits, "the archive has 6 entries; the limit is 5");
 }
 
+/// Zeros compress about 1,032:1: a bomb is stopped within its first megabytes, as it streams,
+/// by the bytes written against the compressed bytes read for it so far, with the default
+/// limits' ratio and no total limit to help.
+#[test]
+fn a_zip_bomb_stops_within_its_first_megabytes() {
+    let zeros = vec![0u8; 64 << 20];
+    let c = Case::new(&[E::File("ok.txt", b"fine"), E::File("bomb.bin", &zeros)]);
+    let limits = Limits {
+        max_bytes: u64::MAX / 2,
+        max_ratio: 100,
+        ..LIMITS
+    };
+    let err = c.unpack(&limits).unwrap_err();
+    match &err {
+        UnzipError::Ratio {
+            entry,
+            written,
+            declared,
+            ..
+        } => {
+            assert_eq!(entry, "bomb.bin");
+            assert!(*written < 16 << 20, "stopped after {written} bytes: {err}");
+            assert!(*declared < 1 << 20, "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("zip bomb"), "{err}");
+}
+
 #[test]
 fn zip_bombs_stop_at_the_ratio_and_the_total() {
     let zeros = vec![0u8; 8 << 20];

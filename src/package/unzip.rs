@@ -6,6 +6,11 @@
 //! entries. The second writes: directories, then files (on up to two threads, each with its own
 //! file handle), then symlinks, then directory modes. Declared sizes are not trusted: the bytes
 //! actually written are counted against the total, the per-entry ratio and the disk reserve.
+//!
+//! The ratio is checked as the entry streams, against the compressed bytes read for it so far
+//! (read ahead included, so never overstated): a bomb that expands past the limit from its
+//! first megabytes stops there, not after it has written gigabytes. (Deflate tops out near
+//! 1,032:1; the read-ahead a ratio near the limit hides is why the default is 100:1.)
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -143,12 +148,18 @@ pub enum UnzipError {
         limit: u64,
     },
     /// A large entry expands suspiciously (zip bomb).
-    #[error("entry {entry:?}: expands more than {limit}× its compressed size ({compressed} bytes)")]
+    #[error(
+        "entry {entry:?}: expands more than {limit}× its compressed bytes ({written} bytes from {compressed} of its {declared} compressed bytes): a zip bomb"
+    )]
     Ratio {
         /// The entry.
         entry: String,
-        /// Its compressed size.
+        /// Bytes it had written when it was stopped.
+        written: u64,
+        /// Compressed bytes read for it by then.
         compressed: u64,
+        /// Its whole compressed size, as declared.
+        declared: u64,
         /// The limit.
         limit: u64,
     },
@@ -214,6 +225,21 @@ struct SharedReader {
 
 const READ_BUF: usize = 64 * 1024;
 
+thread_local! {
+    /// Bytes this thread's [`SharedReader`]s handed out: what a decompressor on this thread has
+    /// consumed of the archive (each extraction worker is one thread with one reader).
+    static CONSUMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The bytes this thread's readers have handed out so far (see [`CONSUMED`]).
+fn consumed() -> u64 {
+    CONSUMED.with(|c| c.get())
+}
+
+fn count_consumed(n: usize) {
+    CONSUMED.with(|c| c.set(c.get() + n as u64));
+}
+
 impl SharedReader {
     fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
@@ -248,6 +274,7 @@ impl Read for SharedReader {
             if out.len() >= READ_BUF {
                 let n = self.file.read_at(out, self.pos)?;
                 self.pos += n as u64;
+                count_consumed(n);
                 return Ok(n);
             }
             self.buf.resize(READ_BUF, 0);
@@ -262,6 +289,7 @@ impl Read for SharedReader {
         let n = out.len().min(self.buf.len() - at);
         out[..n].copy_from_slice(&self.buf[at..at + n]);
         self.pos += n as u64;
+        count_consumed(n);
         Ok(n)
     }
 }
@@ -680,11 +708,11 @@ impl Ctx<'_> {
                 path: path.clone(),
                 source,
             })?;
+        let consumed_before = consumed();
         let mut entry = zip.by_index(p.index).map_err(|e| data_error(&name, &e))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut entry_bytes: u64 = 0;
         let mut since_check: u64 = 0;
-        let ratio_cap = p.compressed.max(1).saturating_mul(self.limits.max_ratio);
         loop {
             let n = entry.read(&mut buf).map_err(|e| read_error(&name, e))?;
             if n == 0 {
@@ -700,10 +728,16 @@ impl Ctx<'_> {
                     limit: self.limits.max_bytes,
                 });
             }
-            if entry_bytes > self.limits.ratio_min_bytes && entry_bytes > ratio_cap {
+            // Against what was read for this entry so far, and never more than it declared.
+            let compressed = (consumed() - consumed_before).min(p.compressed).max(1);
+            if entry_bytes > self.limits.ratio_min_bytes
+                && entry_bytes > compressed.saturating_mul(self.limits.max_ratio)
+            {
                 return Err(UnzipError::Ratio {
                     entry: name.clone(),
-                    compressed: p.compressed,
+                    written: entry_bytes,
+                    compressed,
+                    declared: p.compressed,
                     limit: self.limits.max_ratio,
                 });
             }

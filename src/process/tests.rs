@@ -1,5 +1,6 @@
 //! Real processes: group kill, reaping, output files, adoption, the polling fallback.
 
+use std::os::unix::process::CommandExt;
 use std::sync::mpsc as std_mpsc;
 
 use nix::errno::Errno;

@@ -292,3 +292,40 @@ fn games_do_not_inherit_what_the_agent_inherited() {
     );
     drop(inherited);
 }
+
+/// A zip bomb (an entry of zeros, about 1,032:1) is stopped within its first megabytes by the
+/// real binary, named, and leaves no destination behind.
+#[test]
+fn a_zip_bomb_is_stopped_as_it_streams() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("bomb.zip");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .compression_level(Some(9));
+    w.start_file("server", opts).unwrap();
+    w.write_all(b"#!/bin/sh\n").unwrap();
+    w.start_file("data/zeros.pak", opts).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        w.write_all(&chunk).unwrap();
+    }
+    w.finish().unwrap();
+    let dest = dir.path().join("out");
+    let out = crate::helper::agent_command("unpack", &[zip_path.as_os_str(), dest.as_os_str()]);
+    let err = crate::helper::text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("\"data/zeros.pak\"") && err.contains("zip bomb"),
+        "{err}"
+    );
+    let written: u64 = err
+        .split(" bytes from ")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the bytes written are said: {err}"));
+    assert!(written < 16 << 20, "stopped after {written} bytes: {err}");
+    assert!(!dest.exists(), "nothing half-written at the destination");
+}
