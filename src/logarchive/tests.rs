@@ -431,3 +431,40 @@ async fn an_old_process_output_is_removed_only_after_its_archive_took_it() {
         "{got:?}"
     );
 }
+
+/// Names a game chose that an unzip could be hurt by (a backslash that climbs on Windows, an
+/// ESC sequence that reaches a terminal, a newline) are the unpacker's refusals too: skipped
+/// and said in the manifest, while their plain neighbours are archived.
+#[test]
+fn names_the_unpacker_would_refuse_are_skipped_and_said() {
+    let (dir, root) = build();
+    let s = settings(dir.path(), &root, 64 << 10);
+    std::fs::create_dir_all(&s.dir).unwrap();
+    std::fs::create_dir_all(&s.log_dir).unwrap();
+    std::fs::create_dir_all(root.join("hostile")).unwrap();
+    let hostile = [
+        "..\\..\\..\\x.txt",
+        "\u{1b}]0;owned\u{7}.log",
+        "two\nlines.log",
+    ];
+    for name in hostile {
+        std::fs::write(root.join("hostile").join(name), "bad\n").unwrap();
+    }
+    std::fs::write(root.join("hostile/plain.log"), "good\n").unwrap();
+    let a = write::archive(&s, &job(&["hostile"]), SystemTime::now()).unwrap();
+    let path = s.dir.join(&a.name);
+    let names: Vec<String> = entries(&path).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["files/hostile/plain.log", "MANIFEST.json"]);
+    let m = read_manifest(&path).unwrap();
+    for (name, rule) in hostile
+        .iter()
+        .zip(["backslash", "control character", "control character"])
+    {
+        let note = m
+            .skipped
+            .iter()
+            .find(|n| n.path.ends_with(name))
+            .unwrap_or_else(|| panic!("{name:?} is noted: {:?}", m.skipped));
+        assert!(note.reason.contains(rule), "{name:?}: {}", note.reason);
+    }
+}

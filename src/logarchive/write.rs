@@ -132,8 +132,9 @@ impl Out {
                 }
             };
             let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+            // The agent's own capture files, named by the process id it made: always safe.
             self.add(
-                format!("output/{file_name}"),
+                Ok(format!("output/{file_name}")),
                 path.display().to_string(),
                 file,
             )?;
@@ -224,7 +225,22 @@ impl Out {
     }
 
     /// Adds one file within the budget: all of it, its end, or nothing (with the reason).
-    fn add(&mut self, name: String, source: String, mut f: OpenFile) -> std::io::Result<()> {
+    fn add(
+        &mut self,
+        name: Result<String, &'static str>,
+        source: String,
+        mut f: OpenFile,
+    ) -> std::io::Result<()> {
+        let name = match name {
+            Ok(name) => name,
+            Err(rule) => {
+                self.skip(
+                    source,
+                    format!("its name is not one an archive may hold safely ({rule}): skipped"),
+                );
+                return Ok(());
+            }
+        };
         if !self.names.insert(name.clone()) {
             self.skip(source, format!("already in the archive as {name}"));
             return Ok(());
@@ -286,9 +302,15 @@ impl Out {
     }
 }
 
-/// A file's name in the archive: `files/` and where it lies in the build.
-fn entry_name(at: &Path) -> String {
-    format!("files/{}", at.display())
+/// A file's name in the archive: `files/` and where it lies in the build, if that is a name
+/// the build unpacker would accept ([`crate::package::unzip::safe_path`]): UTF-8, no control
+/// characters (an ESC sequence would reach the terminal of whoever lists the archive), no
+/// backslash (a separator on Windows, where `..\\` climbs out), nothing absolute or `..`.
+fn entry_name(at: &Path) -> Result<String, &'static str> {
+    let rel = at.to_str().ok_or("a name that is not UTF-8")?;
+    let name = format!("files/{rel}");
+    crate::package::unzip::safe_path(name.as_bytes(), &name)?;
+    Ok(name)
 }
 
 /// How a file under a named folder is shown in the manifest: the name the game gave, and
