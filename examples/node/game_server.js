@@ -1,10 +1,8 @@
-// A GSE game server in Node.js, written the way GSE's tutorials write one: @grpc/grpc-js and
-// @grpc/proto-loader with the GSE protos. It serves GameServerGrpcSdkService (OnHealthCheck,
-// OnStartGameServerSession, OnProcessTerminate) and calls the agent's GseGrpcSdkService
-// (ProcessReady, ActivateGameServerSession, ProcessEnding) with the `pid` and `requestId`
-// metadata on every call. Its build links the system's node to /local/game/node in install.sh
-// (LaunchPath /local/game/node, Parameters game_server.js). gse-agent's tests run it
-// (tests/cases/local_game.rs).
+// A GSE game server in Node.js, written the way GSE's Node.js tutorial wrote one:
+// @grpc/grpc-js and @grpc/proto-loader with the GSE protos. It serves GameServerGrpcSdkService
+// (OnHealthCheck, OnStartGameServerSession, OnProcessTerminate) on a port of its own and calls
+// the agent's GseGrpcSdkService with the `pid` and `requestId` metadata on every call.
+// The contract it follows is in ../README.md.
 'use strict';
 
 const crypto = require('crypto');
@@ -12,6 +10,7 @@ const fs = require('fs');
 const net = require('net');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
+const grpcVersion = require('@grpc/grpc-js/package.json').version;
 const protoLoader = require('@grpc/proto-loader');
 
 const protoDir = path.join(__dirname, 'proto');
@@ -35,12 +34,14 @@ function metadata() {
   return md;
 }
 
+// A call fails with an RPC error; with the documented GseResponse, also with a status that is
+// not OK (an SDK copy whose GseResponse is empty has no status: only the RPC error counts).
 function call(method, request) {
   return new Promise((resolve, reject) => {
     agent[method](request, metadata(), (err, response) => {
       if (err) {
-        reject(new Error(`${method}: ${err.message}`));
-      } else if (response.status !== 'OK') {
+        reject(new Error(`${method}: ${err.details || err.message}`));
+      } else if (response.status !== undefined && response.status !== 'OK') {
         reject(new Error(`${method}: ${response.status} ${response.errorMessage}`));
       } else {
         resolve(response);
@@ -67,41 +68,79 @@ function localGame() {
 }
 
 const OK = { status: 'OK', responseData: 'SUCCESS', errorMessage: '' };
+let session = null;
 
 const server = new grpc.Server();
 server.addService(sdk.GameServerGrpcSdkService.service, {
   OnHealthCheck(_call, callback) {
     callback(null, { healthStatus: true });
   },
-  OnStartGameServerSession(request, callback) {
-    const session = request.request.gameServerSession;
+  // Activate from inside the handler, before answering, as GSE's tutorials do.
+  async OnStartGameServerSession(request, callback) {
+    session = request.request.gameServerSession;
     log(`session: ${session.gameServerSessionId}`);
-    callback(null, OK);
-    call('ActivateGameServerSession', {
-      gameServerSessionId: session.gameServerSessionId,
-      maxPlayers: session.maxPlayers,
-    })
-      .then(() => log(`activated: ${session.gameServerSessionId}`))
-      .catch(fail);
+    try {
+      await call('ActivateGameServerSession', {
+        gameServerSessionId: session.gameServerSessionId,
+        maxPlayers: session.maxPlayers,
+      });
+      log(`activated: ${session.gameServerSessionId}`);
+      callback(null, OK);
+    } catch (err) {
+      callback(null, OK);
+      fail(err);
+    }
   },
-  OnProcessTerminate(request, callback) {
-    log(`terminate: by ${request.request.terminationTime}`);
+  // End the session, then the process, then exit once this answer is sent.
+  async OnProcessTerminate(request, callback) {
+    log(`terminate: ${request.request.terminationTime}`);
+    try {
+      if (session) {
+        await call('TerminateGameServerSession', {
+          gameServerSessionId: session.gameServerSessionId,
+        });
+        log(`session terminated: ${session.gameServerSessionId}`);
+      }
+      await call('ProcessEnding', {});
+      log('ending');
+    } catch (err) {
+      callback(null, OK);
+      fail(err);
+      return;
+    }
     callback(null, OK);
-    call('ProcessEnding', {})
-      .then(() => {
-        log('ending');
-        server.tryShutdown(() => process.exit(0));
-        players.close();
-      })
-      .catch(fail);
+    players.close();
+    server.tryShutdown(() => process.exit(0));
   },
 });
 
-// Players connect here and send their player session id; the game answers "welcome".
+// A player connects to the client port and sends its player session id and a newline.
 const players = net.createServer((socket) => {
-  socket.once('data', () => socket.end('welcome\n'));
+  let line = '';
+  socket.on('data', async (chunk) => {
+    line += chunk.toString();
+    const end = line.indexOf('\n');
+    if (end < 0) {
+      return;
+    }
+    socket.removeAllListeners('data');
+    const playerSessionId = line.slice(0, end).trim();
+    try {
+      await call('AcceptPlayerSession', {
+        gameServerSessionId: session ? session.gameServerSessionId : '',
+        playerSessionId,
+      });
+      log(`player accepted: ${playerSessionId}`);
+      socket.end(`welcome ${playerSessionId}\n`);
+    } catch (err) {
+      log(`player refused: ${playerSessionId}: ${err.message}`);
+      socket.end(`refused: ${err.message}\n`);
+    }
+  });
+  socket.on('error', () => {});
 });
 
+log(`node ${process.version} game on @grpc/grpc-js ${grpcVersion}, /local/game: ${localGame()}`);
 players.listen(0, '127.0.0.1', () => {
   const clientPort = players.address().port;
   server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, grpcPort) => {
@@ -109,7 +148,6 @@ players.listen(0, '127.0.0.1', () => {
       fail(err);
       return;
     }
-    log(`node ${process.version}, /local/game: ${localGame()}`);
     call('ProcessReady', { logPathsToUpload: [], clientPort, grpcPort })
       .then(() => log(`ready: clientPort ${clientPort}, grpcPort ${grpcPort}`))
       .catch(fail);

@@ -1,6 +1,7 @@
 mod capi;
 mod chaos;
 mod config;
+mod conformance;
 mod control;
 mod disk;
 mod escape;

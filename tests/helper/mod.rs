@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 pub mod control;
 pub mod control_plane;
+pub mod examples;
 pub mod node;
 pub mod postgres;
 pub mod tencent;
