@@ -156,10 +156,13 @@ fn bench_sdk() {
     });
     let mut game =
         std::io::BufReader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    // The agent's SDK port from a dual-stack AF_INET6 socket (`::ffff:127.0.0.1`), as gRPC
+    // C-core, Java and .NET games connect: its callers are verified through the other family.
+    let dual_stack = format!("[::ffff:127.0.0.1]:{}", r.sdk.rsplit_once(':').unwrap().1);
     for (connections, per_connection) in [(2, 8), (4, 16)] {
-        // The same client, in the game process, against both servers, in alternating rounds
+        // The same client, in the game process, against each server, in alternating rounds
         // (this machine's speed drifts): medians of five rounds each.
-        let (mut bare, mut agent) = (Vec::new(), Vec::new());
+        let (mut bare, mut agent, mut agent6) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..5 {
             bare.push(sdk_load(
                 &mut game,
@@ -168,6 +171,12 @@ fn bench_sdk() {
                 per_connection,
             ));
             agent.push(sdk_load(&mut game, &r.sdk, connections, per_connection));
+            agent6.push(sdk_load(
+                &mut game,
+                &dual_stack,
+                connections,
+                per_connection,
+            ));
         }
         let median = |runs: &mut Vec<Value>| {
             runs.sort_by(|a, b| {
@@ -179,25 +188,36 @@ fn bench_sdk() {
             runs[runs.len() / 2].clone()
         };
         // Paired: each round's agent against the bare server just before it.
-        let mut ratios: Vec<f64> = agent
-            .iter()
-            .zip(&bare)
-            .map(|(a, b)| a["calls_per_s"].as_f64().unwrap() / b["calls_per_s"].as_f64().unwrap())
-            .collect();
-        let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        ratios.sort_by(f64::total_cmp);
-        let (agent, bare) = (median(&mut agent), median(&mut bare));
+        let ratios = |agent: &[Value]| -> (f64, String) {
+            let mut ratios: Vec<f64> = agent
+                .iter()
+                .zip(&bare)
+                .map(|(a, b)| {
+                    a["calls_per_s"].as_f64().unwrap() / b["calls_per_s"].as_f64().unwrap()
+                })
+                .collect();
+            let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            ratios.sort_by(f64::total_cmp);
+            (ratios[ratios.len() / 2], per_round.join(" "))
+        };
+        let ((ratio, per_round), (ratio6, per_round6)) = (ratios(&agent), ratios(&agent6));
+        let (agent, agent6, bare) = (median(&mut agent), median(&mut agent6), median(&mut bare));
         println!(
-            "sdk: {} in flight: agent (callers verified) {:.0} calls/s, p50 {} µs, p99 {} µs | bare tonic server {:.0} calls/s, p50 {} µs, p99 {} µs | agent/bare {:.2} (medians of 5 alternating rounds; per round {})",
+            "sdk: {} in flight: agent (callers verified) AF_INET {:.0} calls/s, p50 {} µs, p99 {} µs | AF_INET6 dual-stack {:.0} calls/s, p50 {} µs, p99 {} µs | bare tonic server {:.0} calls/s, p50 {} µs, p99 {} µs | agent/bare {:.2} and {:.2} (medians of 5 alternating rounds; per round {} and {})",
             connections * per_connection,
             agent["calls_per_s"].as_f64().unwrap(),
             agent["p50_us"],
             agent["p99_us"],
+            agent6["calls_per_s"].as_f64().unwrap(),
+            agent6["p50_us"],
+            agent6["p99_us"],
             bare["calls_per_s"].as_f64().unwrap(),
             bare["p50_us"],
             bare["p99_us"],
-            ratios[ratios.len() / 2],
-            per_round.join(" "),
+            ratio,
+            ratio6,
+            per_round,
+            per_round6,
         );
     }
 }
