@@ -49,6 +49,15 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The record that the game root was given to its run-as user could not be written.
+    #[error("cannot record the game root's owner in {path}: {source}")]
+    RecordOwner {
+        /// The record.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for the {what}: {source}")]
     Bind {
@@ -595,19 +604,30 @@ pub fn announce_local_game(cfg: &Config, build: &Path) {
     }
 }
 
-/// Without a build: the run-as user of the configuration, given the game root.
+/// Without a build: the run-as user of the configuration, given the game root once (recorded
+/// in `data-dir/game-root.owner`: a later start, whose adopted games own the tree, changes
+/// nothing; a new user or game root is given it anew).
 fn set_up_run_as(
     cfg: &Config,
     accounts: &(dyn Accounts + Sync),
 ) -> Result<Option<RunAs>, AgentError> {
-    match &cfg.run_as {
-        Some(spec) => {
-            create_dir(&cfg.game_root)?;
-            Ok(Some(
-                package::account::set_up(accounts, spec, &cfg.game_root)
-                    .map_err(PackageError::from)?,
-            ))
-        }
-        None => Ok(None),
+    let Some(spec) = &cfg.run_as else {
+        return Ok(None);
+    };
+    create_dir(&cfg.game_root)?;
+    let user = package::account::set_up(accounts, spec).map_err(PackageError::from)?;
+    let record = cfg.data_dir.join("game-root.owner");
+    let given = format!("{}:{} {}\n", user.uid, user.gid, cfg.game_root.display());
+    if std::fs::read_to_string(&record).ok().as_deref() != Some(given.as_str()) {
+        package::account::give(accounts, &user, &cfg.game_root, None)
+            .map_err(PackageError::from)?;
+        let tmp = record.with_extension("owner.tmp");
+        std::fs::write(&tmp, &given)
+            .and_then(|()| std::fs::rename(&tmp, &record))
+            .map_err(|source| AgentError::RecordOwner {
+                path: record.clone(),
+                source,
+            })?;
     }
+    Ok(Some(user))
 }

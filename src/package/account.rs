@@ -1,10 +1,13 @@
 //! The run-as user: `gse.yaml`'s `User: user:group` (or the agent's `run-as`), created if
 //! missing, owning the build, running the games. OS calls sit behind [`Accounts`] so the logic
-//! is tested without root.
+//! is tested without root. The build is given to the user once, by [`give`], before any game
+//! of it runs ([`super::owner`] says how).
 
 use std::path::Path;
 
 use serde::Deserialize;
+
+use super::owner::{Given, Inodes};
 
 /// A user and group by name and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +83,14 @@ pub trait Accounts {
     fn create_group(&self, group: &str) -> Result<(), String>;
     /// Creates a system user with `group` as its primary group and no login shell.
     fn create_user(&self, user: &str, group: &str) -> Result<(), String>;
-    /// Changes the owner of everything under `root` (not following symlinks).
-    fn chown_tree(&self, root: &Path, uid: u32, gid: u32) -> std::io::Result<()>;
+    /// Gives everything under `root` to `uid:gid` ([`super::owner::give_tree`]).
+    fn give_tree(
+        &self,
+        root: &Path,
+        uid: u32,
+        gid: u32,
+        unpacked: Option<&Inodes>,
+    ) -> std::io::Result<Given>;
 }
 
 #[derive(Deserialize)]
@@ -121,8 +130,8 @@ pub fn parse_user_group(spec: &str) -> Result<(String, String), AccountError> {
     }
 }
 
-/// Creates the user and group if missing and gives them `root`.
-pub fn set_up(accounts: &dyn Accounts, spec: &str, root: &Path) -> Result<RunAs, AccountError> {
+/// Creates the user and group if missing. Nothing is handed over: see [`give`].
+pub fn set_up(accounts: &dyn Accounts, spec: &str) -> Result<RunAs, AccountError> {
     let (user, group) = parse_user_group(spec)?;
     let euid = accounts.euid();
     if euid != 0 {
@@ -175,20 +184,43 @@ pub fn set_up(accounts: &dyn Accounts, spec: &str, root: &Path) -> Result<RunAs,
                 })?
         }
     };
-    accounts
-        .chown_tree(root, uid, gid)
-        .map_err(|source| AccountError::Chown {
-            path: root.display().to_string(),
-            user: user.clone(),
-            group: group.clone(),
-            source,
-        })?;
     Ok(RunAs {
         user,
         group,
         uid,
         gid,
     })
+}
+
+/// Gives `root` to `run_as` (not a user the agent already is: nothing to change then). Called
+/// once per tree, before any game runs in it; `unpacked` tells install.sh's files apart.
+pub fn give(
+    accounts: &dyn Accounts,
+    run_as: &RunAs,
+    root: &Path,
+    unpacked: Option<&Inodes>,
+) -> Result<Given, AccountError> {
+    if accounts.euid() != 0 {
+        return Ok(Given::default());
+    }
+    let given = accounts
+        .give_tree(root, run_as.uid, run_as.gid, unpacked)
+        .map_err(|source| AccountError::Chown {
+            path: root.display().to_string(),
+            user: run_as.user.clone(),
+            group: run_as.group.clone(),
+            source,
+        })?;
+    tracing::info!(
+        path = %root.display(),
+        user = %run_as.user,
+        files.changed = given.changed,
+        files.linked = given.linked,
+        files.root_only = given.root_only,
+        files.moved = given.moved,
+        "build given to the run-as user"
+    );
+    Ok(given)
 }
 
 /// The real system: nix lookups, `groupadd`/`useradd`, `lchown`.
@@ -245,14 +277,14 @@ impl Accounts for System {
             ],
         )
     }
-    fn chown_tree(&self, root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-        std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
-        if std::fs::symlink_metadata(root)?.is_dir() {
-            for entry in std::fs::read_dir(root)? {
-                self.chown_tree(&entry?.path(), uid, gid)?;
-            }
-        }
-        Ok(())
+    fn give_tree(
+        &self,
+        root: &Path,
+        uid: u32,
+        gid: u32,
+        unpacked: Option<&Inodes>,
+    ) -> std::io::Result<Given> {
+        super::owner::give_tree(root, uid, gid, unpacked)
     }
 }
 
@@ -294,18 +326,25 @@ mod tests {
             self.users.borrow_mut().insert(u.into(), 901);
             Ok(())
         }
-        fn chown_tree(&self, root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        fn give_tree(
+            &self,
+            root: &Path,
+            uid: u32,
+            gid: u32,
+            _: Option<&Inodes>,
+        ) -> std::io::Result<Given> {
             self.calls
                 .borrow_mut()
                 .push(format!("chown {uid}:{gid} {}", root.display()));
-            Ok(())
+            Ok(Given::default())
         }
     }
 
     #[test]
     fn creates_missing_user_and_group_then_chowns() {
         let fake = Fake::default();
-        let r = set_up(&fake, "user_00:users", Path::new("/g")).unwrap();
+        let r = set_up(&fake, "user_00:users").unwrap();
+        give(&fake, &r, Path::new("/g"), None).unwrap();
         assert_eq!((r.uid, r.gid), (901, 900));
         assert_eq!(
             *fake.calls.borrow(),
@@ -322,7 +361,12 @@ mod tests {
         let fake = Fake::default();
         fake.users.borrow_mut().insert("game".into(), 1000);
         fake.groups.borrow_mut().insert("game".into(), 1000);
-        set_up(&fake, "game:game", Path::new("/g")).unwrap();
+        let r = set_up(&fake, "game:game").unwrap();
+        assert!(
+            fake.calls.borrow().is_empty(),
+            "nothing is handed over by set_up"
+        );
+        give(&fake, &r, Path::new("/g"), None).unwrap();
         assert_eq!(*fake.calls.borrow(), ["chown 1000:1000 /g"]);
     }
 
@@ -332,7 +376,7 @@ mod tests {
             euid: 1000,
             ..Default::default()
         };
-        let err = set_up(&fake, "user_00:users", Path::new("/g")).unwrap_err();
+        let err = set_up(&fake, "user_00:users").unwrap_err();
         assert_eq!(
             err.to_string(),
             "running games as user_00:users needs root, but gse-agent runs as uid 1000"

@@ -4,12 +4,15 @@
 //! Builds live in `<data-dir>/builds/<sha256>`; the game root is a symlink to the active one,
 //! replaced atomically. A build is unpacked into `builds/.staging-…` and renamed into place only
 //! when everything succeeded; on any failure the staging directory is removed and the previous
-//! build is untouched. `builds/<sha256>.installed` records that install.sh succeeded, so a
-//! restart with the same build neither unpacks nor installs again.
+//! build is untouched. `builds/<sha256>.installed` records that install.sh succeeded and the
+//! build was given to its run-as user, so a restart with the same build neither unpacks,
+//! installs nor hands anything over again: ownership is set once, after install.sh and before
+//! the first launch, never on a tree a running or adopted game owns ([`owner`]).
 
 pub mod account;
 mod copy;
 pub mod local_refs;
+pub mod owner;
 pub mod script;
 pub mod unzip;
 
@@ -83,6 +86,19 @@ pub struct Unpacked {
     pub fresh: bool,
     /// Entries and bytes written (zero when not fresh).
     pub stats: Stats,
+    /// What the unpack wrote, when fresh: tells install.sh's files apart when the build is
+    /// handed to its run-as user.
+    pub written: Option<Written>,
+}
+
+/// The inodes an unpack wrote (shown by their count).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Written(pub std::sync::Arc<owner::Inodes>);
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} inodes", self.0.len())
+    }
 }
 
 /// How a build was installed.
@@ -252,6 +268,7 @@ pub async fn unpack(plan: &Plan) -> Result<Unpacked, PackageError> {
             hash,
             fresh: false,
             stats: Stats::default(),
+            written: None,
         });
     }
     // An earlier attempt that did not finish: start over.
@@ -298,17 +315,25 @@ pub async fn unpack(plan: &Plan) -> Result<Unpacked, PackageError> {
         remove_tree(&staging);
         return Err(fs_err("move the unpacked build to", &dir)(e));
     }
+    let d = dir.clone();
+    let written = tokio::task::spawn_blocking(move || owner::inodes(&d))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(fs_err("list the unpacked build", &dir))?;
     tracing::info!(package.hash = %hash, package.entries = stats.entries, package.bytes = stats.bytes, "build unpacked");
     Ok(Unpacked {
         dir,
         hash,
         fresh: true,
         stats,
+        written: Some(Written(std::sync::Arc::new(written))),
     })
 }
 
-/// Runs install.sh of a fresh build (unless it succeeded before) and records success; on
-/// failure the unpacked build is removed so that the next attempt starts clean.
+/// Runs install.sh of a fresh build (unless the build was installed before); on failure the
+/// unpacked build is removed so that the next attempt starts clean. Success is recorded by
+/// [`mark_installed`] once the build is also given to its run-as user.
 pub async fn install_script(
     plan: &Plan,
     build: &Unpacked,
@@ -325,14 +350,7 @@ pub async fn install_script(
     env.retain(|(k, _)| k != "GSE_GAME_ROOT");
     env.push(("GSE_GAME_ROOT".into(), build.dir.display().to_string()));
     match script::run_install_script(&build.dir, &log, &env, plan.install_timeout).await {
-        Ok(run) => {
-            let note = run
-                .as_ref()
-                .and_then(|r| r.note.clone())
-                .unwrap_or_default();
-            std::fs::write(&done, note).map_err(fs_err("write", &done))?;
-            Ok(run)
-        }
+        Ok(run) => Ok(run),
         Err(e) => {
             remove_tree(&build.dir);
             Err(e.into())
@@ -340,7 +358,24 @@ pub async fn install_script(
     }
 }
 
-/// Sets up the run-as user (the agent's `run-as`, else gse.yaml's `User`) and gives it the build.
+/// Records that `build` is installed and handed over (with install.sh's note): later starts
+/// neither run install.sh nor change owners again.
+pub fn mark_installed(
+    plan: &Plan,
+    build: &Unpacked,
+    script: Option<&ScriptRun>,
+) -> Result<(), PackageError> {
+    let done = marker(&plan.data_dir.join("builds"), &build.hash);
+    if done.is_file() {
+        return Ok(());
+    }
+    let note = script.and_then(|r| r.note.clone()).unwrap_or_default();
+    std::fs::write(&done, note).map_err(fs_err("write", &done))
+}
+
+/// Sets up the run-as user (the agent's `run-as`, else gse.yaml's `User`) and, while the build
+/// is not yet installed (no game of it has run), gives it the build: once, never again at a
+/// later start, when adopted games own the tree.
 pub fn run_as(
     plan: &Plan,
     build: &Unpacked,
@@ -350,10 +385,15 @@ pub fn run_as(
         Some(s) => Some(s.clone()),
         None => account::gse_yaml_user(&build.dir)?,
     };
-    match spec {
-        None => Ok(None),
-        Some(spec) => Ok(Some(account::set_up(accounts, &spec, &build.dir)?)),
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let user = account::set_up(accounts, &spec)?;
+    if !marker(&plan.data_dir.join("builds"), &build.hash).is_file() {
+        let written = build.written.as_ref().map(|w| w.0.as_ref());
+        account::give(accounts, &user, &build.dir, written)?;
     }
+    Ok(Some(user))
 }
 
 /// Points the game root at `build` (an atomic rename of a new link over the old one) and
@@ -431,6 +471,7 @@ pub async fn install_with(
     unpacked(&build);
     let script = install_script(plan, &build).await?;
     let run_as = run_as(plan, &build, accounts)?;
+    mark_installed(plan, &build, script.as_ref())?;
     activate(plan, &build)?;
     Ok(Installed {
         build,

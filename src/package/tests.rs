@@ -408,8 +408,14 @@ impl Accounts for NoAccounts {
     fn create_user(&self, _: &str, _: &str) -> Result<(), String> {
         Err("not in tests".into())
     }
-    fn chown_tree(&self, _: &Path, _: u32, _: u32) -> std::io::Result<()> {
-        Ok(())
+    fn give_tree(
+        &self,
+        _: &Path,
+        _: u32,
+        _: u32,
+        _: Option<&owner::Inodes>,
+    ) -> std::io::Result<owner::Given> {
+        Ok(owner::Given::default())
     }
 }
 

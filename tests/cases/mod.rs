@@ -10,6 +10,7 @@ mod hardening;
 mod local_game;
 mod logs;
 mod metrics;
+mod ownership;
 mod restart;
 mod sdk;
 mod sessions;
