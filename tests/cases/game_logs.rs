@@ -453,3 +453,47 @@ fn a_session_whose_process_still_runs_has_no_log_url_yet() {
     );
     assert!(message.contains("ins-other"), "{message}");
 }
+
+/// A game names a folder whose files it named itself to hurt whoever unzips the archive (a
+/// backslash path that climbs on Windows, an ESC sequence for a terminal): they are skipped and
+/// said, the plain one beside them is archived.
+#[test]
+fn names_an_unzip_could_be_hurt_by_are_skipped_and_said() {
+    let agent = signed_agent("--log-path logs --crash-at after-ready", CRASHING, |game| {
+        std::fs::create_dir(game.join("logs")).unwrap();
+        std::fs::write(game.join("logs/plain.log"), "plain\n").unwrap();
+        std::fs::write(game.join("logs/..\\..\\..\\x.txt"), "climbs\n").unwrap();
+        std::fs::write(game.join("logs/\u{1b}[2J\u{1b}]0;owned\u{7}.log"), "esc\n").unwrap();
+    });
+    let crash = agent.wait_event("SERVER_PROCESS_CRASHED");
+    let process_id = crash["ProcessId"].as_str().unwrap().to_string();
+    let url = wait_for("the crash's log link", || {
+        agent
+            .events()
+            .into_iter()
+            .find(|e| {
+                e["ProcessId"] == process_id.as_str() && e["EventCode"] == "SERVER_PROCESS_CRASHED"
+            })
+            .and_then(|e| {
+                e["PreSignedLogUrl"]
+                    .as_str()
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+            })
+    });
+    let (status, _, body) = get(&url);
+    assert_eq!(status, 200);
+    let files = unzip(&body);
+    let names: Vec<&String> = files.keys().collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains('\\') && !n.chars().any(char::is_control)),
+        "{names:?}"
+    );
+    assert_eq!(files["files/logs/plain.log"], "plain\n");
+    let manifest: Value = serde_json::from_str(&files["MANIFEST.json"]).unwrap();
+    let skipped = manifest["Skipped"].to_string();
+    assert!(skipped.contains("backslash"), "{skipped}");
+    assert!(skipped.contains("control character"), "{skipped}");
+}
