@@ -49,7 +49,8 @@ pub struct ControlConfig {
     /// TLS for the relay listener.
     #[serde(default)]
     pub relay_tls: Option<RelayTls>,
-    /// Bearer tokens agents present, one per line (`#` comments and blank lines ignored).
+    /// The hosts' credentials: `TOKEN INSTANCE-ID [FLEET-ID]` per line, mode 600
+    /// ([`super::credentials`]).
     #[serde(default)]
     pub agent_tokens_file: Option<PathBuf>,
     /// An instance with no relay stream for this long is `Lost`: it gets no new sessions.
@@ -163,6 +164,15 @@ impl ControlConfig {
                 ),
             );
         }
+        if let Some(f) = &self.agent_tokens_file
+            && let Err(e) = super::credentials::Credentials::read(f)
+        {
+            problem(
+                &[Segment::Key("agent-tokens-file")],
+                "agent-tokens-file",
+                e.to_string(),
+            );
+        }
         let mut file = |path: &[Segment], key: &str, f: &Path| {
             if let Err(e) = std::fs::metadata(f) {
                 problem(path, key, format!("cannot read {}: {e}", f.display()));
@@ -170,9 +180,6 @@ impl ControlConfig {
         };
         if let Some(f) = &self.api_keys_file {
             file(&[Segment::Key("api-keys-file")], "api-keys-file", f);
-        }
-        if let Some(f) = &self.agent_tokens_file {
-            file(&[Segment::Key("agent-tokens-file")], "agent-tokens-file", f);
         }
         if let Some(tls) = &self.relay_tls {
             let mut each = vec![("cert-file", &tls.cert_file), ("key-file", &tls.key_file)];
@@ -204,16 +211,6 @@ impl ControlConfig {
         }
         out
     }
-}
-
-/// Reads the agents' bearer tokens: one per line, `#` comments and blank lines ignored.
-pub fn read_tokens(path: &Path) -> std::io::Result<Vec<String>> {
-    Ok(std::fs::read_to_string(path)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
 }
 
 #[cfg(test)]
@@ -283,15 +280,22 @@ mod tests {
             "database: postgres://h/d\nrelay-listen: 0.0.0.0:9443\nrelay-tls: {{cert-file: {f}, key-file: {f}}}\n"
         );
         assert_eq!(problems(&text)[0].key, "relay-listen");
-        let ok = format!("{text}agent-tokens-file: {f}\n");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "0123456789abcdef-a ins-a\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ok = format!("{text}agent-tokens-file: {}\n", tokens.display());
         ControlConfig::parse(&ok, "c").unwrap();
-    }
-
-    #[test]
-    fn tokens_skip_comments_and_blanks() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("tokens");
-        std::fs::write(&f, "# agents\n\n  abc \ndef\n").unwrap();
-        assert_eq!(read_tokens(&f).unwrap(), ["abc", "def"]);
+        // A shared token of old is named with its line and the way out.
+        std::fs::write(&tokens, "one-token-for-every-host\n").unwrap();
+        let bad = problems(&ok);
+        assert_eq!(bad[0].key, "agent-tokens-file");
+        assert!(
+            bad[0]
+                .message
+                .contains(":1: a token must name the one instance"),
+            "{}",
+            bad[0].message
+        );
     }
 }

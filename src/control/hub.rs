@@ -55,6 +55,9 @@ struct Stream {
     /// The stream's id, as the instance's row names it.
     id: String,
     tx: mpsc::Sender<up::ControlMessage>,
+    /// Cancelled when the stream is replaced (here or at another replica): its relay task
+    /// ends it, so the agent behind it reconnects instead of talking into the void.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 /// This replica's streams and the commands it waits on.
@@ -91,18 +94,24 @@ impl Hub {
         instance: &str,
         id: &str,
         tx: mpsc::Sender<up::ControlMessage>,
+        ended: tokio_util::sync::CancellationToken,
     ) -> u64 {
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.streams.lock().expect("hub lock").insert(
+        let replaced = self.streams.lock().expect("hub lock").insert(
             instance.to_string(),
             Stream {
                 serial,
                 id: id.to_string(),
                 tx: tx.clone(),
+                ended,
             },
         );
+        if let Some(old) = replaced {
+            tracing::info!(instance.id = %instance, "a new stream of the instance replaces its old one here, which is ended");
+            old.ended.cancel();
+        }
         if let Err(e) = self.announce_and_resend(instance, id, &tx).await {
             tracing::warn!(instance.id = %instance, error = %e, "cannot resend queued commands to a returning agent");
         }
@@ -146,9 +155,11 @@ impl Hub {
     /// Another replica took stream `id` of `instance`: an older one held here is dead.
     fn moved(&self, instance: &str, id: &str) {
         let mut streams = self.streams.lock().expect("hub lock");
-        if streams.get(instance).is_some_and(|s| s.id != id) {
-            streams.remove(instance);
-            tracing::info!(instance.id = %instance, "the agent reconnected elsewhere; its old stream here is dropped");
+        if streams.get(instance).is_some_and(|s| s.id != id)
+            && let Some(old) = streams.remove(instance)
+        {
+            old.ended.cancel();
+            tracing::info!(instance.id = %instance, "the agent reconnected elsewhere; its old stream here is ended");
         }
     }
 

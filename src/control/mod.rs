@@ -11,6 +11,7 @@
 pub mod api;
 pub mod choice;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod hub;
 pub mod liveness;
@@ -67,6 +68,9 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// agent-tokens-file cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
     /// The relay's TLS settings are unusable.
     #[error("relay-tls: {0}")]
     Tls(#[source] tonic::transport::Error),
@@ -132,12 +136,7 @@ pub async fn run(
     let replica = format!("replica-{}", uuid::Uuid::new_v4());
     tracing::info!(db.version = version, replica = %replica, "database ready");
     let tokens = match &cfg.agent_tokens_file {
-        Some(path) => Some(Arc::new(config::read_tokens(path).map_err(|source| {
-            ControlError::File {
-                path: path.clone(),
-                source,
-            }
-        })?)),
+        Some(path) => Some(Arc::new(credentials::TokenFile::open(path)?)),
         None => None,
     };
     let bind = |what, addr| async move {

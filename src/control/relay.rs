@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::credentials::{self, Credential, TokenFile};
 use super::hub::Hub;
 use super::store::{self, Arrival, Batch, Source};
 use super::sync;
@@ -41,8 +42,29 @@ pub struct RelayService {
     pub hub: Arc<Hub>,
     /// Where batches are written.
     pub writer: Writer,
-    /// Accepted bearer tokens (`None`: tokens are not checked).
-    pub tokens: Option<Arc<Vec<String>>>,
+    /// The hosts' credentials (`None`: tokens are not checked).
+    pub tokens: Option<Arc<TokenFile>>,
+}
+
+/// Why a stream was refused as speaking for a host it may not: said to the agent
+/// (`PERMISSION_DENIED`) and logged with the credential's name, never its secret.
+fn refuse(peer: &str, credential: &Credential, message: String) -> Status {
+    tracing::warn!(client.addr = %peer, credential = %credential.name, instance.id = %credential.instance, error = %message, "agent stream refused: it named a host its credential does not speak for");
+    Status::permission_denied(message)
+}
+
+/// The peer address of a relay request (plain or TLS), for logs.
+fn peer_of<T>(request: &Request<T>) -> String {
+    use crate::listen::ConnInfo;
+    let ext = request.extensions();
+    ext.get::<ConnInfo<()>>()
+        .map(|c| c.peer)
+        .or_else(|| {
+            ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo<()>>>()
+                .map(|t| t.get_ref().peer)
+        })
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<up::ControlMessage, Status>> + Send>>;
@@ -55,19 +77,28 @@ impl ControlPlane for RelayService {
         &self,
         request: Request<Streaming<up::AgentMessage>>,
     ) -> Result<Response<Out>, Status> {
-        if let Some(tokens) = &self.tokens {
-            let presented = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !tokens.iter().any(|t| constant_eq(t, presented)) {
-                return Err(Status::unauthenticated(
-                    "the agent's bearer token is not in agent-tokens-file",
-                ));
+        let peer = peer_of(&request);
+        let credential = match &self.tokens {
+            Some(tokens) => {
+                let presented = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("")
+                    .to_string();
+                match tokens.credentials().find(&presented) {
+                    Some(c) => Some((c.clone(), presented)),
+                    None => {
+                        tracing::warn!(client.addr = %peer, "agent stream refused: its bearer token is not in agent-tokens-file");
+                        return Err(Status::unauthenticated(
+                            "the agent's bearer token is not in agent-tokens-file",
+                        ));
+                    }
+                }
             }
-        }
+            None => None,
+        };
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_WITHIN, inbound.message()).await {
             Ok(Ok(Some(up::AgentMessage {
@@ -77,10 +108,19 @@ impl ControlPlane for RelayService {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
         };
-        if hello.instance_id.is_empty() || hello.fleet_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "Hello must name the fleet_id and instance_id",
-            ));
+        for (what, id) in [
+            ("instance_id", &hello.instance_id),
+            ("fleet_id", &hello.fleet_id),
+        ] {
+            if !credentials::valid_id(id) {
+                return Err(Status::invalid_argument(format!(
+                    "Hello's {what} must be 1 to {} letters, digits, '-', '_' or '.'",
+                    credentials::MAX_ID_CHARS
+                )));
+            }
+        }
+        if let Some((c, _)) = &credential {
+            self.check_claim(&peer, c, &hello).await?;
         }
         let stream = uuid::Uuid::new_v4().to_string();
         let known = store::arrive(
@@ -98,10 +138,19 @@ impl ControlPlane for RelayService {
         if known.acked > hello.last_acked_sequence {
             let _ = tx.try_send(ack(known.acked));
         }
+        let ended = tokio_util::sync::CancellationToken::new();
         let serial = self
             .hub
-            .attach(&hello.instance_id, &stream, tx.clone())
+            .attach(&hello.instance_id, &stream, tx.clone(), ended.clone())
             .await;
+        if let (Some(tokens), Some((c, presented))) = (&self.tokens, credential) {
+            tokio::spawn(watch_revocation(
+                tokens.clone(),
+                c,
+                presented,
+                ended.clone(),
+            ));
+        }
         tracing::info!(instance.id = %hello.instance_id, fleet.id = %hello.fleet_id, upstream.epoch = hello.epoch, upstream.acked = hello.last_acked_sequence, "agent connected");
         let service = self.clone();
         tokio::spawn(async move {
@@ -118,26 +167,98 @@ impl ControlPlane for RelayService {
                 hello.fleet_id.clone(),
                 hello.instance_id.clone(),
             ));
-            let ended = service.pump(&src, serial, inbound, &tx).await;
+            let why = service.pump(&src, serial, inbound, &tx, &ended).await;
+            ended.cancel();
             service.hub.detach(&src.instance_id, serial);
             if let Err(e) = store::depart(&service.pool, &src.instance_id, &stream).await {
                 tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot record a departed agent");
             }
-            tracing::info!(instance.id = %src.instance_id, reason = %ended, "agent disconnected");
+            tracing::info!(instance.id = %src.instance_id, reason = %why, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
     }
 }
 
+/// Ends a stream (through `ended`) once its credential is revoked or changed in the tokens
+/// file, or the stream has ended by itself.
+async fn watch_revocation(
+    tokens: Arc<TokenFile>,
+    credential: Credential,
+    presented: String,
+    ended: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = ended.cancelled() => return,
+            _ = tokio::time::sleep(credentials::RECHECK) => {}
+        }
+        if tokens.credentials().find(&presented) != Some(&credential) {
+            tracing::warn!(credential = %credential.name, instance.id = %credential.instance, "agent stream ended: its credential was revoked or changed");
+            ended.cancel();
+            return;
+        }
+    }
+}
+
 impl RelayService {
-    /// Reads the stream until it ends: batches what arrives, writes each batch, then
-    /// acknowledges its events. Returns why it ended.
+    /// A Hello may name only the credential's instance, and its fleet: the one the line
+    /// names, else the one the instance already has (a Hello does not move a host).
+    async fn check_claim(
+        &self,
+        peer: &str,
+        c: &Credential,
+        hello: &up::Hello,
+    ) -> Result<(), Status> {
+        if hello.instance_id != c.instance {
+            return Err(refuse(
+                peer,
+                c,
+                format!(
+                    "this credential ({}) speaks for instance {}, not {}",
+                    c.name, c.instance, hello.instance_id
+                ),
+            ));
+        }
+        match &c.fleet {
+            Some(f) if *f != hello.fleet_id => Err(refuse(
+                peer,
+                c,
+                format!(
+                    "instance {} is assigned to {f} ({}), not {}",
+                    c.instance, c.name, hello.fleet_id
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => match store::fleet_of(&self.pool, &c.instance).await {
+                Ok(Some(f)) if f != hello.fleet_id => Err(refuse(
+                    peer,
+                    c,
+                    format!(
+                        "instance {} is in {f}; a Hello cannot move it to {} (name the fleet on its line of agent-tokens-file to move it)",
+                        c.instance, hello.fleet_id
+                    ),
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read an arriving agent's fleet");
+                    Err(Status::unavailable(
+                        "the control plane's database cannot be read",
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Reads the stream until it ends or `ended` is cancelled (the stream was replaced or its
+    /// credential revoked): batches what arrives, writes each batch, then acknowledges its
+    /// events. Returns why it ended.
     async fn pump(
         &self,
         src: &Source,
         serial: u64,
         mut inbound: Streaming<up::AgentMessage>,
         tx: &mpsc::Sender<up::ControlMessage>,
+        ended: &tokio_util::sync::CancellationToken,
     ) -> String {
         let (msg_tx, mut msg_rx) = mpsc::channel::<up::AgentMessage>(BUFFER);
         // Snapshots and statuses handed to the writer side and not yet stored: while there
@@ -173,7 +294,14 @@ impl RelayService {
         });
         let mut status = StatusFilter::default();
         loop {
-            let Some(first) = msg_rx.recv().await else {
+            let first = tokio::select! {
+                m = msg_rx.recv() => m,
+                _ = ended.cancelled() => {
+                    reader.abort();
+                    return "the stream was replaced or its credential revoked".into();
+                }
+            };
+            let Some(first) = first else {
                 break;
             };
             let mut batch = Batch::default();
@@ -293,13 +421,4 @@ fn ack(sequence: u64) -> up::ControlMessage {
     up::ControlMessage {
         body: Some(up::control_message::Body::Ack(up::Ack { sequence })),
     }
-}
-
-/// Compares without stopping at the first difference, so timing says nothing of a token.
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }

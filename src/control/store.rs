@@ -72,6 +72,19 @@ pub async fn arrive(pool: &Pool, a: &Arrival) -> Result<Known, DbError> {
     })
 }
 
+/// The fleet `instance` is recorded in, if it is known.
+pub async fn fleet_of(pool: &Pool, instance: &str) -> Result<Option<String>, DbError> {
+    let db = pool.get().await?;
+    let row = db
+        .query_opt(
+            "SELECT fleet_id FROM instances WHERE instance_id = $1",
+            &[&instance],
+        )
+        .await
+        .map_err(DbError::query("reading an arriving agent's fleet"))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 fn region(h: &up::Hello) -> &str {
     if h.region.is_empty() {
         "local"

@@ -461,32 +461,47 @@ fn check_config_lists_every_problem_and_exits_64() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// A tokens file: one line per host, mode 600.
+fn write_tokens(path: &std::path::Path, lines: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, lines).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// An agent of `fleet`/`instance` presenting `token`.
+fn host_with_token(control: &Control, fleet: &str, instance: &str, token: &str) -> Agent {
+    let yaml = host(fleet, instance, &[control], 1).replace(
+        "reconnect-max: 300ms }",
+        "reconnect-max: 300ms, token-file: token }",
+    );
+    let token = token.to_string();
+    Agent::start_with(&yaml, move |game| {
+        std::fs::write(game.parent().unwrap().join("token"), token).unwrap();
+    })
+}
+
+fn connected(pg: &Postgres, instance: &str) -> bool {
+    pg.scalar(&format!(
+        "SELECT count(*) FROM instances WHERE instance_id = '{instance}' AND connected"
+    )) == "1"
+}
+
 #[test]
 fn agents_must_present_a_listed_token() {
     let pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "# hosts\nright-token\n").unwrap();
+    write_tokens(&tokens, "# hosts\nright-token-0123456789 ins-right\n");
     let control = Control::start(
         &pg.url,
         &format!("agent-tokens-file: {}\n", tokens.display()),
     );
-    let with_token = |instance: &str, token: &str| {
-        let yaml = host("fleet-t", instance, &[&control], 1).replace(
-            "reconnect-max: 300ms }",
-            "reconnect-max: 300ms, token-file: token }",
-        );
-        let token = token.to_string();
-        Agent::start_with(&yaml, move |game| {
-            std::fs::write(game.parent().unwrap().join("token"), token).unwrap();
-        })
-    };
-    let wrong = with_token("ins-wrong", "wrong-token");
-    let _right = with_token("ins-right", "right-token");
+    let wrong = host_with_token(&control, "fleet-t", "ins-wrong", "wrong-token-0123456789");
+    let _right = host_with_token(&control, "fleet-t", "ins-right", "right-token-0123456789");
     wait_for("the listed agent connected", || {
-        (pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-right' AND connected")
-            == "1")
-            .then_some(())
+        connected(&pg, "ins-right").then_some(())
     });
     wait_for("the unlisted agent refused", || {
         wrong
@@ -498,6 +513,116 @@ fn agents_must_present_a_listed_token() {
         pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-wrong'"),
         "0"
     );
+}
+
+/// Issue 26, item 1: a credential speaks for one instance. A host holding its own token that
+/// claims another host is refused and changes nothing of it; a Hello cannot move a host to
+/// another fleet; a revoked host is cut off within seconds while the others keep relaying.
+#[test]
+fn a_credential_speaks_for_its_own_instance_only() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(
+        &tokens,
+        "token-of-ins-a-0123456789 ins-a\ntoken-of-ins-b-0123456789 ins-b\ntoken-of-ins-x-0123456789 ins-x\n",
+    );
+    let control = Control::start(
+        &pg.url,
+        &format!("agent-tokens-file: {}\n", tokens.display()),
+    );
+    let _a = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-a-0123456789");
+    let b = host_with_token(&control, "fleet-f2", "ins-b", "token-of-ins-b-0123456789");
+    wait_idle(&pg, "ins-a", 1);
+    wait_idle(&pg, "ins-b", 1);
+    let sdk = control.sdk();
+    let gss = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the session ACTIVE", || {
+        (pg.scalar(&format!(
+            "SELECT status FROM sessions WHERE gss_id = '{gss}'"
+        )) == "ACTIVE")
+            .then_some(())
+    });
+    let alice = sdk.ok(
+        "JoinGameServerSession",
+        json!({"GameServerSessionId": gss, "PlayerId": "alice"}),
+    )["PlayerSession"]["PlayerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // ins-x's credential, claiming ins-a; ins-b's, claiming to be in fleet-f1.
+    let impostor = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-x-0123456789");
+    wait_for("the impostor refused", || {
+        impostor
+            .stderr()
+            .contains("speaks for instance ins-x, not ins-a")
+            .then_some(())
+    });
+    let mover = host_with_token(&control, "fleet-f1", "ins-b", "token-of-ins-b-0123456789");
+    wait_for("the move refused", || {
+        mover
+            .stderr()
+            .contains("instance ins-b is in fleet-f2; a Hello cannot move it to fleet-f1")
+            .then_some(())
+    });
+    drop(mover);
+    let log = control.stderr();
+    assert!(
+        log.contains("credential=agent-tokens-file:3"),
+        "named by its line"
+    );
+    assert!(!log.contains("token-of-ins-x"), "never its secret");
+    // ins-a is untouched: its session ACTIVE with alice, its stream its own, creates go to it.
+    assert_eq!(
+        pg.scalar(&format!(
+            "SELECT status FROM sessions WHERE gss_id = '{gss}'"
+        )),
+        "ACTIVE"
+    );
+    assert_eq!(
+        pg.scalar(&format!(
+            "SELECT status FROM players WHERE player_session_id = '{alice}'"
+        )),
+        "RESERVED"
+    );
+    assert_eq!(
+        pg.scalar("SELECT fleet_id FROM instances WHERE instance_id = 'ins-b'"),
+        "fleet-f2"
+    );
+    assert!(connected(&pg, "ins-a"));
+    sdk.ok(
+        "EndGameServerSessionAndProcess",
+        json!({"GameServerSessionId": gss}),
+    );
+    wait_idle(&pg, "ins-a", 1);
+    let again = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(host_of(&pg, &again), "ins-a");
+
+    // ins-b's line goes: its stream ends within seconds, ins-a keeps relaying.
+    write_tokens(&tokens, "token-of-ins-a-0123456789 ins-a\n");
+    wait_for("the revoked host cut off", || {
+        b.stderr()
+            .contains("not in agent-tokens-file")
+            .then_some(())
+    });
+    wait_for("its row not connected", || {
+        (!connected(&pg, "ins-b")).then_some(())
+    });
+    assert!(connected(&pg, "ins-a"));
+    drop(impostor);
 }
 
 #[test]
@@ -717,4 +842,132 @@ fn a_write_the_database_refuses_fails_alone() {
         ),
         "ps-1,ps-3,ps-4"
     );
+}
+
+/// A relay stream of our own, holding ins-evil's credential, as an attacker would write it:
+/// it says Hello as `instance` of `fleet`, sends `snapshot`, then an event, and returns once
+/// the event is acknowledged (so everything before it is stored).
+fn relay_as(
+    control: &Control,
+    token: &str,
+    fleet: &str,
+    instance: &str,
+    snapshot: gse_agent::upstream_proto::Snapshot,
+) {
+    use gse_agent::upstream_proto::{
+        self as up, agent_message::Body, control_plane_client::ControlPlaneClient,
+    };
+    use tokio_stream::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = ControlPlaneClient::connect(control.relay_url())
+            .await
+            .unwrap();
+        let messages = vec![
+            Body::Hello(up::Hello {
+                fleet_id: fleet.into(),
+                instance_id: instance.into(),
+                agent_version: "attacker".into(),
+                epoch: 1,
+                ..Default::default()
+            }),
+            Body::Snapshot(snapshot),
+            Body::Event(up::Event {
+                sequence: 1,
+                time_unix_ms: 1,
+                code: "SERVER_PROCESS_READY".into(),
+                ..Default::default()
+            }),
+        ];
+        let outbound = tokio_stream::iter(
+            messages
+                .into_iter()
+                .map(|b| up::AgentMessage { body: Some(b) }),
+        )
+        .chain(tokio_stream::pending());
+        let mut request = tonic::Request::new(outbound);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut inbound = client.relay(request).await.unwrap().into_inner();
+        loop {
+            let m = tokio::time::timeout(crate::helper::DEADLINE, inbound.message())
+                .await
+                .expect("an answer in time")
+                .unwrap()
+                .expect("the stream stays open");
+            if matches!(m.body, Some(up::control_message::Body::Ack(a)) if a.sequence >= 1) {
+                return;
+            }
+        }
+    });
+}
+
+/// Issue 26, item 3: a snapshot may create or change only its own host's sessions and their
+/// player sessions; one naming another host's session (with the attacker's address) changes
+/// nothing of it.
+#[test]
+fn a_snapshot_speaks_only_for_its_own_host() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(
+        &tokens,
+        "token-of-ins-a-0123456789 ins-a\ntoken-of-evil-0123456789 ins-evil\n",
+    );
+    let control = Control::start(
+        &pg.url,
+        &format!("agent-tokens-file: {}\n", tokens.display()),
+    );
+    let _a = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-a-0123456789");
+    wait_idle(&pg, "ins-a", 1);
+    let sdk = control.sdk();
+    let gss = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alice = sdk.ok(
+        "JoinGameServerSession",
+        json!({"GameServerSessionId": gss, "PlayerId": "alice"}),
+    )["PlayerSession"]["PlayerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session_json = json!({
+        "GameServerSessionId": gss, "FleetId": "fleet-f1", "IpAddress": "6.6.6.6",
+        "Port": 6666, "Status": "TERMINATED", "MaximumPlayerSessionCount": 2,
+    });
+    let player_json = json!({
+        "PlayerSessionId": alice, "GameServerSessionId": gss, "PlayerId": "alice",
+        "IpAddress": "6.6.6.6", "Port": 6666, "Status": "COMPLETED",
+    });
+    relay_as(
+        &control,
+        "token-of-evil-0123456789",
+        "fleet-f1",
+        "ins-evil",
+        gse_agent::upstream_proto::Snapshot {
+            complete: false,
+            processes: vec![],
+            game_server_sessions_json: vec![session_json.to_string()],
+            player_sessions_json: vec![player_json.to_string()],
+        },
+    );
+    assert_eq!(host_of(&pg, &gss), "ins-a");
+    let session = &sdk.ok(
+        "DescribeGameServerSessions",
+        json!({"GameServerSessionId": gss}),
+    )["GameServerSessions"][0];
+    assert_ne!(session["IpAddress"], "6.6.6.6", "{session}");
+    assert_ne!(session["Status"], "TERMINATED", "{session}");
+    let player =
+        &sdk.ok("DescribePlayerSessions", json!({"PlayerSessionId": alice}))["PlayerSessions"][0];
+    assert_ne!(player["IpAddress"], "6.6.6.6", "{player}");
+    assert_eq!(player["Status"], "RESERVED", "{player}");
 }

@@ -31,6 +31,9 @@ pub(super) struct Rows {
     activated: Vec<String>,
     /// Player sessions a snapshot reported, by id.
     players_reported: Keyed<Value>,
+    /// The instance whose snapshot reported each of them: a snapshot speaks only for the
+    /// player sessions of its own host's sessions.
+    reporters: HashMap<String, String>,
     /// Player sessions a join returned.
     players_joined: Keyed<Value>,
     /// IdempotencyToken → the session it made.
@@ -202,7 +205,9 @@ impl Rows {
                 );
             }
             for p in parse(src, "player session", &s.player_sessions_json) {
-                self.players_reported.put(text(&p, "PlayerSessionId"), p);
+                let id = text(&p, "PlayerSessionId");
+                self.reporters.insert(id.clone(), src.instance_id.clone());
+                self.players_reported.put(id, p);
             }
         }
         // The last snapshot's free processes, and the sessions its busy ones host (a created

@@ -24,6 +24,11 @@ impl Rows {
         let made = SessionColumns::of(&self.made);
         let players_reported = PlayerColumns::of(&self.players_reported);
         let players_joined = PlayerColumns::of(&self.players_joined);
+        let reporters: Vec<String> = players_reported
+            .ids
+            .iter()
+            .map(|id| self.reporters.get(id).cloned().unwrap_or_default())
+            .collect();
         let (tokens, token_gss): (Vec<String>, Vec<String>) = self.tokens.iter().cloned().unzip();
         let hosts = HostColumns::of(&self.hosts);
         let count_ids: Vec<String> = self.counts.keys().cloned().collect();
@@ -85,10 +90,14 @@ impl Rows {
         if !reported.ids.is_empty() {
             step!(
                 "storing the sessions snapshots reported",
+                // A snapshot speaks only for its own host: a session another instance (or
+                // fleet) holds is left as it is.
                 "INSERT INTO sessions (gss_id, fleet_id, instance_id, status, created_ms, body)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])
                  ON CONFLICT (gss_id) DO UPDATE SET status = EXCLUDED.status, body = EXCLUDED.body,
-                    instance_id = EXCLUDED.instance_id, updated_at = now()",
+                    updated_at = now()
+                 WHERE sessions.instance_id = EXCLUDED.instance_id
+                   AND sessions.fleet_id = EXCLUDED.fleet_id",
                 &reported.params()
             );
         }
@@ -114,10 +123,23 @@ impl Rows {
         if !players_reported.ids.is_empty() {
             step!(
                 "storing the player sessions snapshots reported",
+                // Only player sessions of the reporter's own sessions, never moved to another.
                 "INSERT INTO players (player_session_id, gss_id, player_id, status, created_ms, body)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])
-                 ON CONFLICT (player_session_id) DO UPDATE SET status = EXCLUDED.status, body = EXCLUDED.body",
-                &players_reported.params()
+                 SELECT u.p, u.g, u.pl, u.st, u.c, u.b
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[],
+                             $7::text[]) AS u(p, g, pl, st, c, b, inst)
+                 WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.gss_id = u.g AND s.instance_id = u.inst)
+                 ON CONFLICT (player_session_id) DO UPDATE SET status = EXCLUDED.status, body = EXCLUDED.body
+                 WHERE players.gss_id = EXCLUDED.gss_id",
+                &[
+                    &players_reported.ids,
+                    &players_reported.gss,
+                    &players_reported.players,
+                    &players_reported.statuses,
+                    &players_reported.created,
+                    &players_reported.bodies,
+                    &reporters,
+                ]
             );
         }
         if !players_joined.ids.is_empty() {
