@@ -686,7 +686,42 @@ pub(crate) fn request(
         (None, Some(other)) => return Err(CapiError::type_of("Action", "a string", other)),
         (None, None) => return Err(CapiError::missing("Action")),
     };
+    if let Some(at) = nul_at(&map, "") {
+        return Err(CapiError::new(
+            "InvalidParameter",
+            format!(
+                "the parameter `{at}` holds a NUL character (U+0000): no value may, since none can be stored"
+            ),
+        ));
+    }
     Ok((action, map))
+}
+
+/// The first parameter (as `Name`, `List.0.Key`) whose name or string value holds a NUL
+/// character, which PostgreSQL's text and JSON cannot store and no GSE field needs.
+fn nul_at(map: &Map<String, Value>, prefix: &str) -> Option<String> {
+    fn walk(v: &Value, path: String) -> Option<String> {
+        match v {
+            Value::String(s) if s.contains('\0') => Some(path),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, format!("{path}.{i}"))),
+            Value::Object(m) => nul_at(m, &path),
+            _ => None,
+        }
+    }
+    map.iter().find_map(|(k, v)| {
+        let path = if prefix.is_empty() {
+            clip(k).into_owned()
+        } else {
+            format!("{prefix}.{}", clip(k))
+        };
+        if k.contains('\0') {
+            return Some(path.replace('\0', "\\0"));
+        }
+        walk(v, path)
+    })
 }
 
 /// The actions this API serves.

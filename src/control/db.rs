@@ -53,6 +53,19 @@ pub enum DbError {
     },
 }
 
+impl DbError {
+    /// Whether the statement failed for the data it was given (SQLSTATE class 22: a NUL in
+    /// text, an invalid byte sequence, a value too long): the same write would fail forever.
+    pub fn is_bad_data(&self) -> bool {
+        match self {
+            Self::Query { source, .. } => source
+                .as_db_error()
+                .is_some_and(|db| db.code().code().starts_with("22")),
+            _ => false,
+        }
+    }
+}
+
 /// PostgreSQL's own message (e.g. "deadlock detected"), which the error's Display leaves out.
 pub fn detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

@@ -367,7 +367,8 @@ impl RelayService {
         if batch.is_empty() {
             return Ok(());
         }
-        let batch = Arc::new(batch);
+        let mut batch = Arc::new(batch);
+        let mut cleaned = false;
         let highest = loop {
             let write = Write::Relay {
                 src: src.clone(),
@@ -376,6 +377,18 @@ impl RelayService {
             };
             match self.writer.write(write).await {
                 Ok(h) => break h,
+                // A value PostgreSQL cannot store would fail this write forever and freeze the
+                // host's stream: it is stored with its NUL characters replaced instead.
+                Err(e) if e.is_bad_data() && !cleaned => {
+                    tracing::warn!(instance.id = %src.instance_id, error = %e, "an agent sent a value the database cannot store; it is stored with NUL characters replaced by U+FFFD");
+                    batch = Arc::new(batch.without_nul());
+                    cleaned = true;
+                }
+                // Still refused: said once and passed over, so the stream moves on.
+                Err(e) if e.is_bad_data() => {
+                    tracing::error!(instance.id = %src.instance_id, error = %e, events = batch.events.len(), snapshots = batch.snapshots.len(), "an agent's batch cannot be stored even with NUL characters replaced; it is passed over");
+                    break batch.events.iter().map(|e| e.sequence).max();
+                }
                 Err(e) => {
                     tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot store what an agent sent; trying again");
                     if tx.is_closed() {

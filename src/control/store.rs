@@ -122,6 +122,67 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.status.is_none() && self.snapshots.is_empty()
     }
+
+    /// This batch with every NUL character (which PostgreSQL's text and JSON cannot store,
+    /// and an older agent may still relay: a game's output tail, a player's data) replaced
+    /// by U+FFFD, in plain strings and in the JSON ones (`\u0000`).
+    pub fn without_nul(&self) -> Batch {
+        fn text(s: &str) -> String {
+            s.replace('\0', "\u{fffd}")
+        }
+        fn json(s: &str) -> String {
+            text(s).replace("\\u0000", "\\ufffd")
+        }
+        Batch {
+            events: self
+                .events
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    for f in [
+                        &mut e.code,
+                        &mut e.message,
+                        &mut e.process_id,
+                        &mut e.game_server_session_id,
+                        &mut e.player_session_id,
+                    ] {
+                        *f = text(f);
+                    }
+                    if let Some(x) = &mut e.exit {
+                        x.signal = text(&x.signal);
+                        for line in &mut x.output_tail {
+                            *line = text(line);
+                        }
+                    }
+                    e
+                })
+                .collect(),
+            status: self.status,
+            snapshots: self
+                .snapshots
+                .iter()
+                .map(|s| up::Snapshot {
+                    complete: s.complete,
+                    processes: s
+                        .processes
+                        .iter()
+                        .map(|p| up::ProcessState {
+                            process_id: text(&p.process_id),
+                            status: text(&p.status),
+                            game_server_session_id: text(&p.game_server_session_id),
+                            ..p.clone()
+                        })
+                        .collect(),
+                    game_server_sessions_json: s
+                        .game_server_sessions_json
+                        .iter()
+                        .map(|j| json(j))
+                        .collect(),
+                    player_sessions_json: s.player_sessions_json.iter().map(|j| json(j)).collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The instance a batch came from.

@@ -237,6 +237,12 @@ impl SdkService {
     ) -> Result<Response<GseResponse>, Status> {
         let start = std::time::Instant::now();
         let caller = self.caller(parts, method, start).await?;
+        if let Some(field) = nul_in(&call) {
+            self.count(method, SdkResult::Refused, start);
+            return Err(Status::invalid_argument(format!(
+                "{field} holds a NUL character (U+0000), which no GSE value may hold"
+            )));
+        }
         tracing::debug!(process.pid = caller.pid, request.id = %clip(&caller.request_id), rpc = method, "sdk call");
         let result = self.call(&caller, call).await;
         self.outcome(&caller, method, start, result)?;
@@ -245,6 +251,40 @@ impl SdkService {
             response_data: "SUCCESS".into(),
             error_message: String::new(),
         }))
+    }
+}
+
+/// The first field of `call` holding a NUL character: refused at the door, as the control
+/// API refuses one, since a control plane's database cannot store it.
+fn nul_in(call: &SdkCall) -> Option<&'static str> {
+    let nul = |s: &str| s.contains('\0');
+    match call {
+        SdkCall::ProcessReady { log_paths, .. } if log_paths.iter().any(|p| nul(p)) => {
+            Some("logPathsToUpload")
+        }
+        SdkCall::Activate { gss_id, .. }
+        | SdkCall::TerminateSession { gss_id }
+        | SdkCall::UpdatePolicy { gss_id, .. }
+            if nul(gss_id) =>
+        {
+            Some("gameServerSessionId")
+        }
+        SdkCall::AcceptPlayer {
+            gss_id,
+            player_session_id,
+        }
+        | SdkCall::RemovePlayer {
+            gss_id,
+            player_session_id,
+        } if nul(gss_id) || nul(player_session_id) => Some(if nul(gss_id) {
+            "gameServerSessionId"
+        } else {
+            "playerSessionId"
+        }),
+        SdkCall::UpdatePolicy { policy, .. } if nul(policy) => {
+            Some("newPlayerSessionCreationPolicy")
+        }
+        _ => None,
     }
 }
 
@@ -490,6 +530,25 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_in_any_string_is_named() {
+        let ready = SdkCall::ProcessReady {
+            client_port: 1,
+            grpc_port: 2,
+            log_paths: vec!["ok.log".into(), "bad\0.log".into()],
+        };
+        assert_eq!(nul_in(&ready), Some("logPathsToUpload"));
+        let accept = SdkCall::AcceptPlayer {
+            gss_id: "gssess-1".into(),
+            player_session_id: "psess-\0".into(),
+        };
+        assert_eq!(nul_in(&accept), Some("playerSessionId"));
+        let fine = SdkCall::TerminateSession {
+            gss_id: "gssess-1".into(),
+        };
+        assert_eq!(nul_in(&fine), None);
+    }
 
     #[test]
     fn describe_players_validation() {

@@ -971,3 +971,95 @@ fn a_snapshot_speaks_only_for_its_own_host() {
     assert_ne!(player["IpAddress"], "6.6.6.6", "{player}");
     assert_eq!(player["Status"], "RESERVED", "{player}");
 }
+
+/// Issue 26, item 2: a NUL character, which PostgreSQL cannot store, is refused at the door of
+/// both halves, naming the parameter; and a host fed one by an older agent (a game's output,
+/// a player's data relayed as it was) has it stored replaced, acknowledged, and keeps taking
+/// creates.
+#[test]
+fn no_value_a_player_sends_wedges_a_host() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(
+        &tokens,
+        "token-of-ins-a-0123456789 ins-a\ntoken-of-old-0123456789 ins-old\n",
+    );
+    let control = Control::start(
+        &pg.url,
+        &format!("agent-tokens-file: {}\n", tokens.display()),
+    );
+    let agent = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-a-0123456789");
+    wait_idle(&pg, "ins-a", 1);
+    let sdk = control.sdk();
+    let (code, message) = sdk.err(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2, "Name": "hi\u{0}"}),
+    );
+    assert_eq!(code, "InvalidParameter", "{message}");
+    assert!(
+        message.contains("`Name`") && message.contains("NUL"),
+        "{message}"
+    );
+    let gss = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, message) = sdk.err(
+        "JoinGameServerSession",
+        json!({"GameServerSessionId": gss, "PlayerId": "alice", "PlayerData": "hi\u{0}"}),
+    );
+    assert_eq!(code, "InvalidParameter", "{message}");
+    assert!(message.contains("`PlayerData`"), "{message}");
+    // The agent's own door says the same.
+    let said = agent.err(
+        json!({"Action": "JoinGameServerSession", "GameServerSessionId": gss, "PlayerId": "bob",
+               "PlayerData": "x\u{0}"}),
+        "InvalidParameter",
+    );
+    assert!(said.contains("`PlayerData`"), "{said}");
+
+    // An older agent relays a NUL in a session and its output: stored replaced, acknowledged.
+    let old_session = json!({
+        "GameServerSessionId": "qcs::gse:local::gameserversession/fleet-f1/gssess-old",
+        "FleetId": "fleet-f1", "Name": "nul\u{0}here", "Status": "ACTIVE",
+    });
+    relay_as(
+        &control,
+        "token-of-old-0123456789",
+        "fleet-f1",
+        "ins-old",
+        gse_agent::upstream_proto::Snapshot {
+            complete: true,
+            processes: vec![],
+            game_server_sessions_json: vec![old_session.to_string()],
+            player_sessions_json: vec![],
+        },
+    );
+    assert_eq!(
+        pg.scalar("SELECT body->>'Name' FROM sessions WHERE gss_id LIKE '%gssess-old'"),
+        "nul\u{fffd}here"
+    );
+    assert!(
+        control
+            .stderr()
+            .contains("stored with NUL characters replaced")
+    );
+    assert!(
+        !control.stderr().contains("trying again"),
+        "never retried as is"
+    );
+    // ins-a keeps taking creates.
+    sdk.ok(
+        "EndGameServerSessionAndProcess",
+        json!({"GameServerSessionId": gss}),
+    );
+    wait_idle(&pg, "ins-a", 1);
+    sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
+    );
+}

@@ -188,9 +188,10 @@ impl ControlApi {
 
     pub(crate) async fn db(&self) -> Result<deadpool_postgres::Object, CapiError> {
         self.pool.get().await.map_err(|e| {
+            tracing::error!(error = %e, "the database is unreachable");
             CapiError::new(
                 "InternalError",
-                format!("the control plane's database is unreachable: {e}"),
+                "the control plane's database is unreachable (the replica's log says why)",
             )
         })
     }
@@ -257,15 +258,40 @@ fn hub_error(e: HubError) -> CapiError {
         HubError::NotConnected(_) => CapiError::new("ResourceUnavailable", e.to_string()),
         HubError::Timeout { .. } => CapiError::new("FailedOperation", e.to_string()),
         // The command may have been queued for the host: its outcome is unknown.
-        HubError::Db(d) => CapiError::new("FailedOperation", d.to_string()),
+        HubError::Db(d) => {
+            tracing::error!(error = %d, "a command's database step failed");
+            CapiError::new(
+                "FailedOperation",
+                "the command's outcome is unknown: the control plane's database failed (the replica's log says why)",
+            )
+        }
     }
 }
 
-pub(crate) fn db_error(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CapiError {
+/// A failed write of the replica's writer as the caller sees it (the log keeps the text).
+pub(crate) fn write_error(step: &'static str) -> impl FnOnce(DbError) -> CapiError {
     move |e| {
+        tracing::error!(error = %e, "a database write failed");
         CapiError::new(
             "InternalError",
-            DbError::Query { step, source: e }.to_string(),
+            format!(
+                "the control plane's database failed while {step} (the replica's log says why)"
+            ),
+        )
+    }
+}
+
+/// A failed statement as the caller sees it: the step, never the database's own text (which
+/// may quote a caller's value or the schema); the log keeps that.
+pub(crate) fn db_error(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CapiError {
+    move |e| {
+        let e = DbError::Query { step, source: e };
+        tracing::error!(error = %e, "a database statement failed");
+        CapiError::new(
+            "InternalError",
+            format!(
+                "the control plane's database failed while {step} (the replica's log says why)"
+            ),
         )
     }
 }

@@ -415,6 +415,7 @@ impl ControlApi {
             })
             .await;
         if let Err(e) = recorded {
+            tracing::error!(instance.id = %instance, error = %e, "a created session could not be recorded");
             if counted {
                 self.uncount(instance).await;
             }
@@ -422,7 +423,7 @@ impl ControlApi {
                 return Err(CapiError::new(
                     "FailedOperation",
                     format!(
-                        "the session was created on instance {instance} but could not be recorded ({e}); retry with the same IdempotencyToken"
+                        "the session was created on instance {instance} but could not be recorded (the replica's log says why); retry with the same IdempotencyToken"
                     ),
                 ));
             }
@@ -582,7 +583,9 @@ impl ControlApi {
         self.writer
             .write(Write::Players(list.clone()))
             .await
-            .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+            .map_err(super::write_error(
+                "storing the player sessions a join reserved",
+            ))?;
         Ok(list)
     }
 
