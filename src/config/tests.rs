@@ -429,6 +429,12 @@ fn metrics_listen_is_off_by_default_and_loopback_only_without_a_token() {
     // With a token, any address; the file is read and named when it cannot be.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "0123456789abcdef0123\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let yaml = format!("metrics-listen: 0.0.0.0:9100\nmetrics-token-file: token\n{MINIMAL}");
     let c = parse(&yaml, "agent.yaml", dir.path()).unwrap();
     assert_eq!(c.metrics_token_file, Some(dir.path().join("token")));

@@ -285,6 +285,11 @@ impl Validator<'_> {
                 ),
             );
         }
+        if let Some(path) = raw.upstream.as_ref().and_then(|u| u.token_file.as_ref())
+            && let Err(e) = crate::metrics::token::read(&abs(path))
+        {
+            self.problem(&[Key("upstream"), Key("token-file")], e.to_string());
+        }
         let token_file = raw.metrics_token_file.as_ref().map(|t| abs(t));
         if let Some(path) = &token_file
             && let Err(e) = crate::metrics::token::read(path)

@@ -1,5 +1,5 @@
-//! The bearer token of `metrics-token-file`: one line, read at start, compared in constant
-//! time on every request.
+//! A bearer token file (`metrics-token-file`, `upstream.token-file`): one line, mode 600,
+//! read at start, compared in constant time on every request.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,16 @@ pub enum TokenError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// Its group or others may read it.
+    #[error(
+        "the token file {path} is readable by its group or others (mode {mode:o}): chmod 600 it"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
     },
     /// The file holds no usable token.
     #[error("{path}: {reason}")]
@@ -32,10 +42,19 @@ pub const MIN_TOKEN_BYTES: usize = 16;
 /// [`MIN_TOKEN_BYTES`] visible ASCII characters, nothing else (Prometheus sends the file's
 /// content the same way, trimmed).
 pub fn read(path: &Path) -> Result<String, TokenError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+    use std::os::unix::fs::MetadataExt;
+    let read = |source| TokenError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mode = std::fs::metadata(path).map_err(read)?.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Exposed {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
     parse(text.trim()).map_err(|reason| TokenError::Invalid {
         path: path.to_path_buf(),
         reason,
@@ -97,6 +116,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "0123456789abcdef\n").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("mode 644") && err.contains("chmod 600"),
+            "{err}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read(&path).unwrap(), "0123456789abcdef");
         let err = read(&dir.path().join("nope")).unwrap_err().to_string();
         assert!(err.contains("cannot read") && err.contains("nope"), "{err}");

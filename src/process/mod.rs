@@ -363,6 +363,8 @@ fn launch_with(
                 source,
             }
         })?;
+    // A game gains no privilege from anything it runs (a setuid helper, file capabilities).
+    sys::no_new_privs_at_exec(&mut cmd);
     let spawned = spawn_own(&mut cmd, watch).map_err(|e| match &spec.local_game {
         Some(root) if confined => local_game::spawn_context(e, root),
         _ => e,

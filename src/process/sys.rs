@@ -1,5 +1,5 @@
 //! Raw Linux calls that nix 0.30 does not wrap: `pidfd_open`, `pidfd_send_signal` (with the
-//! process-group flag), `waitid` on a pidfd or a pid, and `setsid` between fork and exec. The
+//! process-group flag), `waitid` on a pidfd or a pid, and `setsid` and `no_new_privs` between fork and exec. The
 //! only module of the crate that uses `unsafe`.
 
 #![allow(unsafe_code)]
@@ -26,6 +26,22 @@ pub(crate) fn new_session_at_exec(cmd: &mut std::process::Command) {
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sets `no_new_privs` in the child of `cmd` before exec: neither it nor anything it runs can
+/// gain privileges through a setuid or file-capability program.
+pub(crate) fn no_new_privs_at_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec; prctl is async-signal-safe and
+    // takes only integers.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -478,7 +478,7 @@ fn host_with_token(control: &Control, fleet: &str, instance: &str, token: &str) 
     );
     let token = token.to_string();
     Agent::start_with(&yaml, move |game| {
-        std::fs::write(game.parent().unwrap().join("token"), token).unwrap();
+        crate::helper::write_secret(&game.parent().unwrap().join("token"), &token);
     })
 }
 

@@ -254,7 +254,7 @@ fn a_metrics_token_guards_metrics_but_not_the_probes() {
             &entry("", 1),
             &format!("{FAST}\nmetrics-token-file: metrics.token"),
         ),
-        |game| std::fs::write(game.join("../metrics.token"), format!("{token}\n")).unwrap(),
+        |game| crate::helper::write_secret(&game.join("../metrics.token"), &format!("{token}\n")),
     );
     let addr = metrics_addr(&agent);
     let (status, body) = get(addr, "/metrics", "");

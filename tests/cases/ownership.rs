@@ -56,12 +56,13 @@ fn a_build_is_given_to_its_user_once_and_not_again_when_the_agent_restarts() {
         .uid
         .as_raw();
     assert_eq!(owner(&game.join("data/map.txt")), uid, "given at install");
-    assert_eq!(
-        ready[0]["Pid"]
-            .as_u64()
-            .map(|p| owner(&Path::new("/proc").join(p.to_string()))),
-        Some(uid)
-    );
+    let pid = ready[0]["Pid"].as_u64().unwrap();
+    assert_eq!(owner(&Path::new("/proc").join(pid.to_string())), uid);
+    // The game holds no capability and can gain no privilege.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for line in ["CapEff:\t0000000000000000", "NoNewPrivs:\t1"] {
+        assert!(status.contains(line), "{line:?} in {status}");
+    }
 
     // The game swaps its folder for a link to root's tree; root leaves a file in the build.
     std::fs::rename(game.join("data"), game.join("data.old")).unwrap();

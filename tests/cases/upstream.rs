@@ -310,10 +310,10 @@ fn commands_come_through_the_same_door_as_the_control_api() {
 
 #[test]
 fn bad_credentials_are_reported_and_retried_with_backoff() {
-    let cp = ControlPlaneFake::start(Some("right-token"), true);
+    let cp = ControlPlaneFake::start(Some("right-token-0123456789"), true);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "wrong-token\n").unwrap();
+    crate::helper::write_secret(&token, "wrong-token-0123456789\n");
     let extra = format!(", token-file: \"{}\"", token.display());
     let agent = Agent::start(&config(&entry("", 1), &upstream_yaml(&cp, &extra)));
     agent.wait_ready(1);
@@ -325,7 +325,7 @@ fn bad_credentials_are_reported_and_retried_with_backoff() {
     // Supervision and the SDK are unaffected.
     agent.create_session(1);
     // The right token (read at each attempt) gets in.
-    std::fs::write(&token, "right-token\n").unwrap();
+    crate::helper::write_secret(&token, "right-token-0123456789\n");
     cp.wait_event("AGENT_STARTED");
     let refused = cp.rec.lock().unwrap().refused;
     assert!(refused < 40, "retried with backoff, not spun: {refused}");

@@ -43,6 +43,13 @@ pub fn cached_dir(name: &str, make: impl FnOnce(&std::path::Path)) -> PathBuf {
     dir
 }
 
+/// Writes a secret (a token file) as it must be kept: mode 600.
+pub fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after [`DEADLINE`].
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
