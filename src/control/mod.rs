@@ -211,6 +211,7 @@ pub async fn run(
         hub: hub.clone(),
         writer,
         tokens,
+        waiting: Arc::default(),
     };
     let relay_stop = shutdown.clone();
     let relay_task = background.spawn(

@@ -22,6 +22,16 @@ use crate::upstream_proto::control_plane_server::ControlPlane;
 
 /// How long a new stream has to say Hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// Streams waiting to say Hello at most, from one address and in all: silent streams past them
+/// are refused before they hold any memory beyond their connection.
+const WAITING_PER_PEER: usize = 32;
+/// See [`WAITING_PER_PEER`].
+const WAITING_IN_ALL: usize = 1024;
+/// Sessions a snapshot may name beyond its host's processes: the finished ones an agent keeps.
+const SNAPSHOT_SESSIONS_BEYOND_PROCESSES: usize = crate::fleet::state::FINISHED_SESSIONS_KEPT;
+/// Player sessions a snapshot may name at most per session it names, beyond the finished ones
+/// an agent keeps.
+const SNAPSHOT_PLAYERS_PER_SESSION: usize = 1024;
 /// Messages taken from a stream per database write at most.
 const BATCH: usize = 1024;
 /// Messages buffered per stream between the network and the writer.
@@ -44,6 +54,66 @@ pub struct RelayService {
     pub writer: Writer,
     /// The hosts' credentials (`None`: tokens are not checked).
     pub tokens: Option<Arc<TokenFile>>,
+    /// Streams waiting for their Hello, by peer address.
+    pub waiting: Arc<Waiting>,
+}
+
+/// Streams that have not said Hello yet, counted by peer address (see [`WAITING_PER_PEER`]).
+#[derive(Debug, Default)]
+pub struct Waiting(std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>);
+
+/// One waiting stream's place; given back when dropped.
+struct WaitingPlace(Arc<Waiting>, std::net::IpAddr);
+
+impl Waiting {
+    /// A place for a stream from `ip`, or why there is none.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<WaitingPlace, Status> {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let from_peer = w.1.get(&ip).copied().unwrap_or(0);
+        if from_peer >= WAITING_PER_PEER || w.0 >= WAITING_IN_ALL {
+            return Err(Status::resource_exhausted(format!(
+                "too many relay streams are waiting to say Hello ({from_peer} from {ip}, {} in all; at most {WAITING_PER_PEER} and {WAITING_IN_ALL})",
+                w.0
+            )));
+        }
+        w.0 += 1;
+        *w.1.entry(ip).or_default() += 1;
+        Ok(WaitingPlace(self.clone(), ip))
+    }
+}
+
+impl Drop for WaitingPlace {
+    fn drop(&mut self) {
+        let mut w = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        w.0 = w.0.saturating_sub(1);
+        if let Some(n) = w.1.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                w.1.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Why a snapshot is more than its host could hold, if it is.
+fn oversized(s: &up::Snapshot) -> Option<String> {
+    let sessions = s.game_server_sessions_json.len();
+    let max_sessions = s.processes.len() + SNAPSHOT_SESSIONS_BEYOND_PROCESSES;
+    let max_players =
+        (sessions + 1) * SNAPSHOT_PLAYERS_PER_SESSION + crate::fleet::state::FINISHED_PLAYERS_KEPT;
+    if sessions > max_sessions {
+        Some(format!(
+            "a snapshot names {sessions} sessions; a host of {} processes keeps at most {max_sessions}",
+            s.processes.len()
+        ))
+    } else if s.player_sessions_json.len() > max_players {
+        Some(format!(
+            "a snapshot names {} player sessions; at most {max_players} for {sessions} sessions",
+            s.player_sessions_json.len()
+        ))
+    } else {
+        None
+    }
 }
 
 /// Why a stream was refused as speaking for a host it may not: said to the agent
@@ -78,6 +148,11 @@ impl ControlPlane for RelayService {
         request: Request<Streaming<up::AgentMessage>>,
     ) -> Result<Response<Out>, Status> {
         let peer = peer_of(&request);
+        let waiting = peer
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| self.waiting.admit(a.ip()))
+            .transpose()?;
         let credential = match &self.tokens {
             Some(tokens) => {
                 let presented = request
@@ -119,6 +194,7 @@ impl ControlPlane for RelayService {
                 )));
             }
         }
+        drop(waiting);
         if let Some((c, _)) = &credential {
             self.check_claim(&peer, c, &hello).await?;
         }
@@ -318,6 +394,11 @@ impl RelayService {
                         words += 1;
                     }
                     Some(up::agent_message::Body::Snapshot(s)) => {
+                        if let Some(why) = oversized(&s) {
+                            tracing::warn!(instance.id = %src.instance_id, reason = %why, "agent stream ended: a snapshot more than its host could hold");
+                            reader.abort();
+                            return why;
+                        }
                         batch.snapshots.push(s);
                         words += 1;
                     }
@@ -433,5 +514,52 @@ impl StatusFilter {
 fn ack(sequence: u64) -> up::ControlMessage {
     up::ControlMessage {
         body: Some(up::control_message::Body::Ack(up::Ack { sequence })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_streams_are_bounded_per_address_and_given_back() {
+        let waiting = Arc::new(Waiting::default());
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<_> = (0..WAITING_PER_PEER)
+            .map(|_| waiting.admit(a).unwrap())
+            .collect();
+        let refused = waiting.admit(a).err().expect("one more from a is refused");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("from 10.0.0.1"), "{refused:?}");
+        let other = waiting.admit(b).expect("another address still has room");
+        drop(held);
+        drop(other);
+        assert_eq!(waiting.0.lock().unwrap().0, 0);
+        assert!(waiting.0.lock().unwrap().1.is_empty());
+        waiting
+            .admit(a)
+            .expect("room again once they said Hello or left");
+    }
+
+    #[test]
+    fn a_snapshot_is_bounded_by_what_its_host_can_hold() {
+        let process = up::ProcessState::default();
+        let mut s = up::Snapshot {
+            complete: true,
+            processes: vec![process; 2],
+            game_server_sessions_json: vec!["{}".into(); 2 + SNAPSHOT_SESSIONS_BEYOND_PROCESSES],
+            player_sessions_json: vec![],
+        };
+        assert_eq!(oversized(&s), None);
+        s.game_server_sessions_json.push("{}".into());
+        assert!(oversized(&s).unwrap().contains("keeps at most"));
+        s.game_server_sessions_json.truncate(1);
+        s.player_sessions_json = vec![
+            "{}".into();
+            3 * SNAPSHOT_PLAYERS_PER_SESSION
+                + crate::fleet::state::FINISHED_PLAYERS_KEPT
+        ];
+        assert!(oversized(&s).unwrap().contains("player sessions"));
     }
 }

@@ -15,6 +15,7 @@ use crate::event::{Change, Event, EventCode};
 use crate::process::Identity;
 use crate::session::{GameSession, GssInput, GssStatus, PlayerInput, PlayerSession};
 pub use persist::{Recorded, RestoreError};
+pub use sessions::{FINISHED_PLAYERS_KEPT, FINISHED_SESSIONS_KEPT};
 
 /// Launches of one slot whose log files are kept.
 pub const LOG_GENERATIONS_KEPT: u64 = 5;
