@@ -135,7 +135,7 @@ pub fn open(path: &Path, cache_bytes: usize) -> Result<Database, DbFileError> {
             .create(path)
     })
     .map_err(corrupt)?;
-    opened.map_err(|e| match e {
+    let db = opened.map_err(|e| match e {
         DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
             DbFileError::InUse {
                 path: path.to_path_buf(),
@@ -154,7 +154,13 @@ pub fn open(path: &Path, cache_bytes: usize) -> Result<Database, DbFileError> {
             path: path.to_path_buf(),
             source,
         },
-    })
+    })?;
+    // Every session, player id and PlayerData is in it: for the agent's eyes only.
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot make the state file private (mode 600)");
+    }
+    Ok(db)
 }
 
 /// A write transaction that commits in two phases (see the module doc).
@@ -364,6 +370,16 @@ pub(crate) mod tests {
         txn.open_table(T)?.insert(key, value)?;
         txn.commit()?;
         Ok(())
+    }
+
+    #[test]
+    fn a_state_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(open(&path, 1 << 20).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]
