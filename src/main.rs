@@ -198,6 +198,18 @@ fn main() -> ExitCode {
                     config.display(),
                     c.total_processes()
                 );
+                if let Some(keys) = &c.capi_keys_file
+                    && let Ok((keys, policies)) = gse_agent::tc3::keys::read_all(keys)
+                {
+                    let mut full: Vec<&String> = keys
+                        .keys()
+                        .filter(|id| !policies.contains_key(*id))
+                        .collect();
+                    full.sort();
+                    for id in full {
+                        out!("{}: key {id} has no policy: full access", keys_path(&c));
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -634,4 +646,12 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
         tracing::info!("gse-agent stopped");
         anyhow::Ok(())
     })
+}
+
+/// The keys file of a config, for messages.
+fn keys_path(c: &config::Config) -> String {
+    c.capi_keys_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }

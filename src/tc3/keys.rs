@@ -1,11 +1,14 @@
-//! The keys file: `SecretId SecretKey` per line, `#` comments. It must be readable by its
-//! owner alone; it is read again when it changes, so keys rotate without a restart.
+//! The keys file: `SecretId SecretKey [POLICY]` per line, `#` comments. It must be readable by
+//! its owner alone; it is read again when it changes, so keys and their policies rotate without
+//! a restart. A key without a policy has full access.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::policy::Policy;
 
 /// Why the keys file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +49,17 @@ pub enum KeysError {
 /// SecretId → SecretKey.
 pub type Keys = HashMap<String, String>;
 
-/// Reads and checks the keys file.
+/// The policy of each SecretId that has one ([`super::policy`]); a key without one has full
+/// access.
+pub type Policies = HashMap<String, Arc<Policy>>;
+
+/// Reads and checks the keys file (its keys; see [`read_all`] for their policies too).
 pub fn read(path: &Path) -> Result<Keys, KeysError> {
+    read_all(path).map(|(keys, _)| keys)
+}
+
+/// Reads and checks the keys file: its keys and their policies.
+pub fn read_all(path: &Path) -> Result<(Keys, Policies), KeysError> {
     let meta = std::fs::metadata(path).map_err(|source| KeysError::Read {
         path: path.to_path_buf(),
         source,
@@ -66,22 +78,47 @@ pub fn read(path: &Path) -> Result<Keys, KeysError> {
     parse(path, &text)
 }
 
-fn parse(path: &Path, text: &str) -> Result<Keys, KeysError> {
+/// One key per line: `SecretId SecretKey [POLICY]`, where POLICY is `QcloudGSEFullAccess`,
+/// `QcloudGSEReadOnlyAccess` or a CAM policy's JSON on the rest of the line; `#` starts a
+/// comment (except inside a JSON policy).
+fn parse(path: &Path, text: &str) -> Result<(Keys, Policies), KeysError> {
     let mut keys = Keys::new();
+    let mut policies = Policies::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
-            continue;
-        }
         let bad = |message: &str| KeysError::Line {
             path: path.to_path_buf(),
             line: n + 1,
             message: message.to_string(),
         };
-        let mut words = line.split_whitespace();
-        let (Some(id), Some(key), None) = (words.next(), words.next(), words.next()) else {
-            return Err(bad("expected `SecretId SecretKey`"));
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let word = |s: &'_ str| -> (String, String) {
+            let s = s.trim_start();
+            let end = s.find(char::is_whitespace).unwrap_or(s.len());
+            (s[..end].to_string(), s[end..].trim().to_string())
         };
+        let (id, after_id) = word(line);
+        let (key, rest) = word(&after_id);
+        let (id, key, rest) = (id.as_str(), key.as_str(), rest.as_str());
+        let policy = if rest.starts_with('{') {
+            rest
+        } else {
+            rest.split('#').next().unwrap_or_default().trim()
+        };
+        if key.starts_with('#') || key.is_empty() {
+            return Err(bad("expected `SecretId SecretKey [POLICY]`"));
+        }
+        if !policy.is_empty() {
+            if policy.split_whitespace().count() > 1 && !policy.starts_with('{') {
+                return Err(bad(
+                    "expected `SecretId SecretKey [POLICY]`: a policy is QcloudGSEFullAccess, QcloudGSEReadOnlyAccess or CAM's JSON",
+                ));
+            }
+            let parsed = Policy::parse(policy).map_err(|e| bad(&e.to_string()))?;
+            policies.insert(id.to_string(), Arc::new(parsed));
+        }
         if keys.insert(id.to_string(), key.to_string()).is_some() {
             return Err(bad(&format!("SecretId {id} is listed twice")));
         }
@@ -89,7 +126,7 @@ fn parse(path: &Path, text: &str) -> Result<Keys, KeysError> {
     if keys.is_empty() {
         return Err(KeysError::Empty(path.to_path_buf()));
     }
-    Ok(keys)
+    Ok((keys, policies))
 }
 
 /// What identifies one version of the file.
@@ -127,34 +164,42 @@ struct State {
     stamp: Option<Stamp>,
     checked: Instant,
     keys: Arc<Keys>,
+    policies: Arc<Policies>,
 }
 
 impl KeyFile {
     /// Reads `path` (an error if it cannot be used now).
     pub fn open(path: &Path) -> Result<Self, KeysError> {
-        let keys = read(path)?;
+        let (keys, policies) = read_all(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             state: Mutex::new(State {
                 stamp: stamp(path),
                 checked: Instant::now(),
                 keys: Arc::new(keys),
+                policies: Arc::new(policies),
             }),
         })
     }
 
     /// The keys in force.
     pub fn keys(&self) -> Arc<Keys> {
+        self.current().0
+    }
+
+    /// The keys in force and their policies.
+    pub fn current(&self) -> (Arc<Keys>, Arc<Policies>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.checked.elapsed() >= RECHECK {
             state.checked = Instant::now();
             let now = stamp(&self.path);
             if now != state.stamp {
                 state.stamp = now;
-                match read(&self.path) {
-                    Ok(keys) => {
-                        tracing::info!(keys.file = %self.path.display(), keys = keys.len(), "API keys read again");
+                match read_all(&self.path) {
+                    Ok((keys, policies)) => {
+                        tracing::info!(keys.file = %self.path.display(), keys = keys.len(), policies = policies.len(), "API keys read again");
                         state.keys = Arc::new(keys);
+                        state.policies = Arc::new(policies);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "the changed keys file cannot be used; the keys read before stay in force");
@@ -162,7 +207,7 @@ impl KeyFile {
                 }
             }
         }
-        state.keys.clone()
+        (state.keys.clone(), state.policies.clone())
     }
 }
 
@@ -193,9 +238,22 @@ mod tests {
         .unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys["AKIDtwo"], "secret2");
+        let (_, policies) = read_all(&write(
+            dir.path(),
+            "AKIDro s1 QcloudGSEReadOnlyAccess # matchmaker\nAKIDjson s2 {\"version\":\"2.0\",\"statement\":[{\"effect\":\"allow\",\"action\":\"gse:*\",\"resource\":\"qcs::gse:::fleet/fleet-#1\"}]}\nAKIDall s3\n",
+            0o600,
+        ))
+        .unwrap();
+        assert_eq!(
+            policies.len(),
+            2,
+            "a key without a policy has none (full access)"
+        );
+        assert!(policies["AKIDro"].decide("CreateAlias", &[]).is_err());
         for (text, want) in [
             ("AKIDone\n", ":1: expected"),
-            ("a b\nx y z\n", ":2: expected"),
+            ("a b\nx y z\n", ":2: the policy is not a CAM policy"),
+            ("a b Qcloud\n", ":1: the policy is not a CAM policy"),
             ("a b\na c\n", "listed twice"),
             ("# nothing\n", "holds no key"),
         ] {

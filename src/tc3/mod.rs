@@ -5,6 +5,7 @@
 //! Shared by the agent's API and the control plane's.
 
 pub mod keys;
+pub mod policy;
 pub mod sign;
 
 use sign::Signed;

@@ -462,3 +462,63 @@ fn the_official_sdk_places_sessions_through_a_queue() {
     );
     assert_eq!(code, "OperationDenied", "a PlacementId is used once");
 }
+
+/// Issue 26, item 5: each key may carry a policy in CAM's own syntax. A read-only key reads and
+/// is refused a create; a key allowed everything on its fleet but denied the end of a session
+/// creates and is refused the end (deny wins) and any other fleet; a key without a policy does
+/// everything. The official SDK sees Tencent's `UnauthorizedOperation` naming the action.
+#[test]
+fn key_policies_allow_and_deny_as_cam_does() {
+    let policy = r#"{"version":"2.0","statement":[{"effect":"allow","action":["gse:*"],"resource":["qcs::gse:ap-guangzhou:uin/100001:fleet/fleet-t*"]},{"effect":"deny","action":"gse:EndGameServerSession*","resource":"*"}]}"#;
+    let mut agent = Agent::start_with(&config(&entry("--accept-players", 2), FAST), |game| {
+        use std::os::unix::fs::PermissionsExt;
+        let keys = game.parent().unwrap().join("keys");
+        std::fs::write(
+                &keys,
+                format!(
+                    "{ID} {KEY}\nAKIDreader reader-key QcloudGSEReadOnlyAccess\nAKIDmatcher matcher-key {policy}\n"
+                ),
+            )
+            .unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    });
+    agent.signing = Some((ID.into(), KEY.into()));
+    agent.wait_ready(2);
+    let reader = client(&agent, "AKIDreader", "reader-key");
+    reader.ok(
+        "DescribeGameServerSessions",
+        json!({"FleetId": "fleet-test"}),
+    );
+    let (code, message) = reader.err(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-test", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(code, "UnauthorizedOperation", "{message}");
+    assert!(
+        message.contains("gse:CreateGameServerSession") && message.contains("fleet/fleet-test"),
+        "{message}"
+    );
+    let matcher = client(&agent, "AKIDmatcher", "matcher-key");
+    let gss = matcher.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-test", "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _) = matcher.err(
+        "EndGameServerSessionAndProcess",
+        json!({"GameServerSessionId": gss}),
+    );
+    assert_eq!(code, "UnauthorizedOperation", "deny wins");
+    let (code, _) = matcher.err(
+        "DescribeGameServerSessions",
+        json!({"FleetId": "fleet-other"}),
+    );
+    assert_eq!(code, "UnauthorizedOperation", "another fleet");
+    // No policy: full access.
+    client(&agent, ID, KEY).ok(
+        "EndGameServerSessionAndProcess",
+        json!({"GameServerSessionId": gss}),
+    );
+}
