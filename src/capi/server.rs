@@ -142,8 +142,14 @@ impl<H: Handler> Door<H> {
                 Ok(id) => id,
                 Err(e) => return envelope(Err(CapiError::new(e.code(), e.to_string()))),
             };
+            // The action the handler will answer: the header's in Tencent's form (a body's
+            // Action must equal it), the body's in GSE Local's.
+            let action = match form {
+                Form::Tencent => header(headers, "x-tc-action"),
+                Form::Local => None,
+            };
             if let Some(policy) = policies.get(&secret_id)
-                && let Err(e) = permitted(policy, header(headers, "x-tc-action"), &body)
+                && let Err(e) = permitted(policy, action, &body)
             {
                 return envelope(Err(e));
             }
@@ -170,7 +176,7 @@ impl<H: Handler> Door<H> {
     }
 }
 
-/// Whether a key's `policy` allows the request: its action (the header's, else the body's) on
+/// Whether a key's `policy` allows the request: its action (`header_action`, else the body's) on
 /// the resources its parameters name; refused as Tencent's `UnauthorizedOperation`. A body the
 /// API would refuse anyway is left to it (its error says more).
 fn permitted(

@@ -516,6 +516,34 @@ fn key_policies_allow_and_deny_as_cam_does() {
         json!({"FleetId": "fleet-other"}),
     );
     assert_eq!(code, "UnauthorizedOperation", "another fleet");
+    // The GSE Local form answers the body's Action: a signed X-TC-Action naming an allowed
+    // one does not smuggle another past the policy.
+    let body = json!({"Action": "CreateGameServerSession", "FleetId": "fleet-test",
+                      "MaximumPlayerSessionCount": 2})
+    .to_string();
+    let (host, now) = (agent.capi.to_string(), gse_agent::tc3::now_unix());
+    let (ts, date) = (now.to_string(), gse_agent::tc3::sign::utc_date(now));
+    let signed = gse_agent::tc3::sign::Signed {
+        method: "POST",
+        uri: "/capi",
+        query: "",
+        headers: &[("content-type", "application/json"), ("host", &host)],
+        body: Some(body.as_bytes()),
+        timestamp: &ts,
+        date: &date,
+        service: "gse",
+    };
+    let headers = format!(
+        "Content-Type: application/json\r\nX-TC-Action: DescribeGameServerSessions\r\nX-TC-Timestamp: {ts}\r\nAuthorization: TC3-HMAC-SHA256 Credential=AKIDreader/{date}/gse/tc3_request, SignedHeaders=content-type;host, Signature={}\r\n",
+        signed.signature("reader-key")
+    );
+    let answer = raw_request(
+        agent.capi,
+        "POST /capi HTTP/1.1",
+        &format!("Host: {}\r\n{headers}", agent.capi),
+        &body,
+    );
+    assert_eq!(answer["Error"]["Code"], "UnauthorizedOperation", "{answer}");
     // No policy: full access.
     client(&agent, ID, KEY).ok(
         "EndGameServerSessionAndProcess",
