@@ -319,6 +319,11 @@ impl<M: Memo> tonic::transport::server::Connected for Guarded<M> {
     }
 }
 
+/// The client address of the connection a request came on (an extension every request served
+/// by [`serve_http1`] carries).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
 /// Serves `app` over HTTP/1 on every connection `acceptor` hands out until `shutdown`, then
 /// lets open connections finish for up to `drain`; a request head must arrive within
 /// `header_timeout` and fit `max_head` bytes. Returns how many connections were still open
@@ -341,9 +346,13 @@ pub async fn serve_http1(
             conn = acceptor.accept() => conn,
             _ = shutdown.cancelled() => break,
         };
+        // Handlers see who is on the other end (the API's audit records it).
+        let peer = tonic::transport::server::Connected::connect_info(&conn).peer;
         let served = http.serve_connection(
             hyper_util::rt::TokioIo::new(conn),
-            hyper_util::service::TowerToHyperService::new(app.clone()),
+            hyper_util::service::TowerToHyperService::new(
+                app.clone().layer(axum::Extension(Peer(peer))),
+            ),
         );
         let stop = shutdown.clone();
         connections.spawn(async move {

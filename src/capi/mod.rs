@@ -5,6 +5,7 @@
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
 pub(crate) mod aliases;
+pub mod audit;
 pub mod chaos;
 mod guard;
 mod host;

@@ -43,6 +43,12 @@ pub trait Handler: Clone + Send + Sync + 'static {
         let _ = host;
         self.answer(action, body)
     }
+
+    /// Keeps the record of a call that changed something (the door has logged it already).
+    fn audit(&self, record: super::audit::Record) -> impl std::future::Future<Output = ()> + Send {
+        let _ = record;
+        async {}
+    }
 }
 
 impl Handler for Capi {
@@ -107,6 +113,56 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 impl<H: Handler> Door<H> {
+    /// Answers, then records the call if it changed something.
+    async fn answer_audited(
+        &self,
+        form: Form,
+        method: &Method,
+        headers: &HeaderMap,
+        uri: &Uri,
+        body: Result<Bytes, BytesRejection>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Value {
+        let raw = body.as_ref().ok().cloned();
+        let mut secret_id = None;
+        let answer = self
+            .answer(form, method, headers, uri, body, &mut secret_id)
+            .await;
+        let body = raw.unwrap_or_default();
+        let action = match form {
+            Form::Tencent => header(headers, "x-tc-action").map(str::to_string),
+            Form::Local => None,
+        };
+        let params: serde_json::Map<String, Value> =
+            if action.as_deref().is_some_and(|a| !super::audit::changes(a)) {
+                serde_json::Map::new()
+            } else {
+                serde_json::from_slice(&body).unwrap_or_default()
+            };
+        let action = action.or_else(|| {
+            params
+                .get("Action")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        if let Some(action) = action.filter(|a| super::audit::changes(a)) {
+            let source = peer
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            let record = super::audit::Record::of(
+                secret_id.as_deref(),
+                &action,
+                &params,
+                &source,
+                answer.get("Response").unwrap_or(&answer),
+                crate::upstream::outbox::unix_ms(std::time::SystemTime::now()) as i64,
+            );
+            record.log();
+            self.handler.audit(record).await;
+        }
+        answer
+    }
+
     async fn answer(
         &self,
         form: Form,
@@ -114,6 +170,7 @@ impl<H: Handler> Door<H> {
         headers: &HeaderMap,
         uri: &Uri,
         body: Result<Bytes, BytesRejection>,
+        signed_by: &mut Option<String>,
     ) -> Value {
         let body = match body {
             Ok(body) => body,
@@ -142,6 +199,7 @@ impl<H: Handler> Door<H> {
                 Ok(id) => id,
                 Err(e) => return envelope(Err(CapiError::new(e.code(), e.to_string()))),
             };
+            *signed_by = Some(secret_id.clone());
             // The action the handler will answer: the header's in Tencent's form (a body's
             // Action must equal it), the body's in GSE Local's.
             let action = match form {
@@ -199,6 +257,7 @@ async fn api<H: Handler>(
     method: Method,
     headers: HeaderMap,
     uri: Uri,
+    peer: Option<axum::Extension<crate::listen::Peer>>,
     body: Result<Bytes, BytesRejection>,
 ) -> axum::Json<Value> {
     let form = if uri.path() == "/capi" {
@@ -206,7 +265,11 @@ async fn api<H: Handler>(
     } else {
         Form::Tencent
     };
-    axum::Json(door.answer(form, &method, &headers, &uri, body).await)
+    let peer = peer.map(|axum::Extension(p)| p.0);
+    axum::Json(
+        door.answer_audited(form, &method, &headers, &uri, body, peer)
+            .await,
+    )
 }
 
 /// Any other method or path: a Tencent envelope saying what is served.

@@ -11,6 +11,7 @@ use tokio_postgres::NoTls;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_busy_keys_and_hot_rows.sql"),
+    include_str!("migrations/0003_audit.sql"),
 ];
 
 /// How often the tables every create rewrites are vacuumed (see [`vacuum`]).

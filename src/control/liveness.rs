@@ -171,5 +171,12 @@ async fn prune(db: &deadpool_postgres::Object) -> Result<(), DbError> {
     )
     .await
     .map_err(DbError::query("pruning old placements"))?;
+    db.execute(
+        "DELETE FROM audit WHERE id IN (SELECT id FROM audit
+           WHERE time_ms < (extract(epoch FROM now()) * 1000 - $1::float8 * 86400000)::bigint LIMIT 10000)",
+        &[&days],
+    )
+    .await
+    .map_err(DbError::query("pruning old audit records"))?;
     Ok(())
 }

@@ -1063,3 +1063,71 @@ fn no_value_a_player_sends_wedges_a_host() {
         json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
     );
 }
+
+/// Issue 26, item 6: every call that changes something is recorded with the SecretId, action,
+/// resources, source address, outcome and RequestId, never a secret; reads are not. The
+/// records are read back through DescribeAuditRecords and `gse-control audit`.
+#[test]
+fn every_changing_call_is_audited_without_its_secret() {
+    let pg = Postgres::start();
+    let control = Control::start(&pg.url, "");
+    let _agent = Agent::start(&host("fleet-au", "ins-au1", &[&control], 1));
+    wait_idle(&pg, "ins-au1", 1);
+    let sdk = control.sdk();
+    let created = sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-au", "MaximumPlayerSessionCount": 2}),
+    );
+    let gss = created["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _) = sdk.err(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-nowhere", "MaximumPlayerSessionCount": 2}),
+    );
+    sdk.ok("DescribeGameServerSessions", json!({"FleetId": "fleet-au"}));
+    wait_for("two audit records", || {
+        (pg.scalar("SELECT count(*) FROM audit") == "2").then_some(())
+    });
+    let records = sdk.common("DescribeAuditRecords", json!({}))["AuditRecords"].clone();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 2, "reads are not audited: {records:?}");
+    let refused = &records[0];
+    assert_eq!(refused["Outcome"], code.as_str(), "{refused}");
+    let ok = &records[1];
+    assert_eq!(ok["Action"], "CreateGameServerSession");
+    assert_eq!(ok["Outcome"], "ok");
+    assert_eq!(ok["SecretId"], crate::helper::control::KEY.0);
+    assert_eq!(ok["RequestId"], created["RequestId"], "{ok} {created}");
+    assert!(
+        ok["Source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{ok}"
+    );
+    let resources = ok["Resources"].to_string();
+    assert!(
+        resources.contains("fleet/fleet-au") && resources.contains(&gss),
+        "{resources}"
+    );
+    let table = pg.scalar("SELECT string_agg(row_to_json(audit)::text, ' ') FROM audit");
+    assert!(
+        !table.contains(crate::helper::control::KEY.1),
+        "no SecretKey"
+    );
+    assert!(!table.contains("Signature"), "no signature");
+    let out = std::process::Command::new(crate::helper::control::CONTROL)
+        .args(["audit", "--config"])
+        .arg(control.dir.path().join("control.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("CreateGameServerSession") && text.contains("2 of 2 records"),
+        "{text}"
+    );
+}

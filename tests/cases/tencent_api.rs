@@ -549,4 +549,28 @@ fn key_policies_allow_and_deny_as_cam_does() {
         "EndGameServerSessionAndProcess",
         json!({"GameServerSessionId": gss}),
     );
+    // Each changing call, refused or not, is an audit line naming its key, never the secret.
+    let log = agent.stderr();
+    let audited: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("api call audited"))
+        .collect();
+    assert!(
+        audited.iter().any(|l| l.contains("secret.id=AKIDmatcher")
+            && l.contains("api.action=CreateGameServerSession")
+            && l.contains("api.outcome=ok")),
+        "{audited:?}"
+    );
+    assert!(
+        audited
+            .iter()
+            .any(|l| l.contains("api.outcome=UnauthorizedOperation")),
+        "{audited:?}"
+    );
+    assert!(
+        !audited
+            .iter()
+            .any(|l| l.contains("DescribeGameServerSessions"))
+    );
+    assert!(!log.contains("matcher-key") && !log.contains("reader-key"));
 }

@@ -46,6 +46,24 @@ enum Command {
         /// control.yaml.
         config: PathBuf,
     },
+    /// Print the audit trail, newest first: who changed what, from where, how it ended.
+    Audit {
+        /// control.yaml (its database is read).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only calls signed by this SecretId.
+        #[arg(long)]
+        secret_id: Option<String>,
+        /// Only this action.
+        #[arg(long)]
+        action: Option<String>,
+        /// How many records.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `eprintln!` that never panics.
@@ -70,6 +88,28 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Audit {
+            config,
+            secret_id,
+            action,
+            limit,
+            json,
+        } => {
+            let cfg = match ControlConfig::read(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    say(&e.to_string());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match audit(&cfg, secret_id.as_deref(), action.as_deref(), limit, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    say(&format!("gse-control audit: {e:#}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             config,
             endpoints_file,
@@ -131,6 +171,56 @@ fn run(cfg: ControlConfig, endpoints_file: Option<PathBuf>) -> anyhow::Result<()
         written?;
         result.map_err(anyhow::Error::from)
     })
+}
+
+/// Reads the audit table and prints it.
+fn audit(
+    cfg: &ControlConfig,
+    secret_id: Option<&str>,
+    action: Option<&str>,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (records, total) = runtime.block_on(async {
+        let pool = control::db::pool(&cfg.database, 1)?;
+        let db = pool.get().await.map_err(control::db::DbError::from)?;
+        control::api::audit::read(&db, secret_id, action, 0, limit)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the audit table: {}", control::db::detail(&e)))
+    })?;
+    let mut out = String::new();
+    for r in &records {
+        if json {
+            out.push_str(&format!("{r}\n"));
+        } else {
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            let resources: Vec<&str> = r["Resources"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{}  {}  {}  {}  from {}  {}  {}\n",
+                field("Time"),
+                field("SecretId"),
+                field("Action"),
+                field("Outcome"),
+                field("Source"),
+                field("RequestId"),
+                resources.join(",")
+            ));
+        }
+    }
+    if !json {
+        out.push_str(&format!("{} of {total} records\n", records.len()));
+    }
+    use std::io::Write as _;
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing to stdout")
 }
 
 /// Writes the endpoints whole (a reader never sees half a file).

@@ -3,6 +3,7 @@
 //! the host that has the session.
 
 mod aliases;
+pub mod audit;
 mod fleets;
 mod queues;
 mod sessions;
@@ -62,6 +63,7 @@ pub const ACTIONS: &[&str] = &[
     "DescribeGameServerSessionQueueStatistics",
     "DescribeFleetRollout",
     "RemoveInstance",
+    "DescribeAuditRecords",
 ];
 
 /// One replica's API.
@@ -140,6 +142,7 @@ impl ControlApi {
             "DescribeGameServerSessionQueueStatistics" => self.queue_statistics(map).await,
             "DescribeFleetRollout" => self.describe_rollout(map).await,
             "RemoveInstance" => self.remove_instance(map).await,
+            "DescribeAuditRecords" => self.describe_audit(map).await,
             other => Err(CapiError::new(
                 "InvalidAction",
                 format!(
@@ -219,6 +222,10 @@ impl ControlApi {
 impl Handler for ControlApi {
     async fn answer(&self, action: Option<&str>, body: &[u8]) -> Value {
         envelope(self.dispatch(action, body).await)
+    }
+
+    async fn audit(&self, record: crate::capi::audit::Record) {
+        audit::store(self.pool.clone(), self.hub.replica().to_string(), record);
     }
 }
 
