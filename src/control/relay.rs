@@ -123,6 +123,31 @@ fn refuse(peer: &str, credential: &Credential, message: String) -> Status {
     Status::permission_denied(message)
 }
 
+/// The names a relay request's client certificate gives its holder (its DNS subject
+/// alternative names and its subject's common name), if it presented one.
+fn certificate_names<T>(request: &Request<T>) -> Option<Vec<String>> {
+    use crate::listen::ConnInfo;
+    let certs = request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<ConnInfo<()>>>()?
+        .peer_certs()?;
+    let leaf = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_string());
+            }
+        }
+    }
+    Some(names)
+}
+
 /// The peer address of a relay request (plain or TLS), for logs.
 fn peer_of<T>(request: &Request<T>) -> String {
     use crate::listen::ConnInfo;
@@ -148,6 +173,7 @@ impl ControlPlane for RelayService {
         request: Request<Streaming<up::AgentMessage>>,
     ) -> Result<Response<Out>, Status> {
         let peer = peer_of(&request);
+        let certified = certificate_names(&request);
         let waiting = peer
             .parse::<std::net::SocketAddr>()
             .ok()
@@ -195,6 +221,21 @@ impl ControlPlane for RelayService {
             }
         }
         drop(waiting);
+        // A client certificate speaks for the instance it names, and no other.
+        if let Some(names) = &certified
+            && !names.iter().any(|n| *n == hello.instance_id)
+        {
+            tracing::warn!(client.addr = %peer, certificate.names = %names.join(","), instance.id = %hello.instance_id, "agent stream refused: its certificate does not name the instance it claims");
+            return Err(Status::permission_denied(format!(
+                "the client certificate names {} (its DNS subject alternative names and common name), not instance {}",
+                if names.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    names.join(", ")
+                },
+                hello.instance_id
+            )));
+        }
         if let Some((c, _)) = &credential {
             self.check_claim(&peer, c, &hello).await?;
         }

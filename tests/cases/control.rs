@@ -757,7 +757,7 @@ fn a_lost_host_can_be_removed_and_its_sessions_end() {
 #[test]
 fn the_relay_over_tls_takes_only_agents_with_a_certificate_of_its_ca() {
     let pg = Postgres::start();
-    let pki = crate::cases::upstream::Pki::new();
+    let pki = crate::cases::upstream::Pki::with_clients(&["ins-s1"]);
     let control = Control::start(
         &pg.url,
         &format!(
@@ -775,16 +775,30 @@ fn the_relay_over_tls_takes_only_agents_with_a_certificate_of_its_ca() {
         );
         Agent::start(&yaml)
     };
-    let _with_cert = agent_with(
-        "ins-s1",
-        &format!(
+    let cert_of = |name: &str| {
+        format!(
             ", client-cert: {}, client-key: {}",
-            pki.path("client.pem"),
-            pki.path("client.key")
-        ),
-    );
+            pki.path(&format!("{name}.pem")),
+            pki.path(&format!("{name}.key"))
+        )
+    };
+    let _with_cert = agent_with("ins-s1", &cert_of("client-ins-s1"));
     let without = agent_with("ins-s2", "");
+    // A certificate for one instance cannot claim another.
+    let other = agent_with("ins-s3", &cert_of("client-ins-s1"));
     wait_idle(&pg, "ins-s1", 1);
+    wait_for("the certificate of another instance refused", || {
+        other
+            .stderr()
+            .contains(
+                "ins-s1 (its DNS subject alternative names and common name), not instance ins-s3",
+            )
+            .then_some(())
+    });
+    assert_eq!(
+        pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-s3'"),
+        "0"
+    );
     wait_for("the agent without a certificate refused", || {
         without
             .stderr()

@@ -339,6 +339,12 @@ pub(crate) struct Pki {
 impl Pki {
     /// A CA, a server certificate for `localhost` and a client certificate, as PEM files.
     pub(crate) fn new() -> Self {
+        Self::with_clients(&[])
+    }
+
+    /// [`Pki::new`], and a client certificate `client-NAME.pem` (key `client-NAME.key`) for
+    /// each of `names`, named by it (its DNS subject alternative name).
+    pub(crate) fn with_clients(names: &[&str]) -> Self {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
         };
@@ -353,9 +359,14 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
         write("ca.pem", ca.pem());
-        for (name, san) in [("server", "localhost"), ("client", "agent")] {
+        let mut certs: Vec<(String, String)> = vec![
+            ("server".into(), "localhost".into()),
+            ("client".into(), "agent".into()),
+        ];
+        certs.extend(names.iter().map(|n| (format!("client-{n}"), n.to_string())));
+        for (name, san) in certs {
             let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(vec![san.to_string()])
+            let cert = CertificateParams::new(vec![san.clone()])
                 .unwrap()
                 .signed_by(&key, &ca)
                 .unwrap();
