@@ -198,12 +198,23 @@ pub const RECHECK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct TokenFile {
     path: PathBuf,
-    state: Mutex<(Option<(u64, u64, i64, i64)>, Instant, Arc<Credentials>)>,
+    state: Mutex<(Option<Stamp>, Instant, Arc<Credentials>)>,
 }
 
-fn stamp(path: &Path) -> Option<(u64, u64, i64, i64)> {
+/// What identifies one version of the file: its inode, length, change and modification times
+/// (a `chmod` changes only the change time).
+type Stamp = (u64, u64, i64, i64, i64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+    Some((
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 impl TokenFile {

@@ -212,6 +212,10 @@ pub async fn run(
         writer,
         tokens,
         waiting: Arc::default(),
+        certificates: cfg
+            .relay_tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some()),
     };
     let relay_stop = shutdown.clone();
     let relay_task = background.spawn(

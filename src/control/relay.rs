@@ -56,6 +56,9 @@ pub struct RelayService {
     pub tokens: Option<Arc<TokenFile>>,
     /// Streams waiting for their Hello, by peer address.
     pub waiting: Arc<Waiting>,
+    /// Whether agents must present a client certificate (`relay-tls.client-ca-file`): one that
+    /// cannot be read as naming an instance is refused.
+    pub certificates: bool,
 }
 
 /// Streams that have not said Hello yet, counted by peer address (see [`WAITING_PER_PEER`]).
@@ -98,13 +101,14 @@ impl Drop for WaitingPlace {
 /// Why a snapshot is more than its host could hold, if it is.
 fn oversized(s: &up::Snapshot) -> Option<String> {
     let sessions = s.game_server_sessions_json.len();
-    let max_sessions = s.processes.len() + SNAPSHOT_SESSIONS_BEYOND_PROCESSES;
+    // The processes are the snapshot's own word: no host runs more than GSE allows.
+    let processes = s.processes.len().min(crate::config::MAX_PROCESSES as usize);
+    let max_sessions = processes + SNAPSHOT_SESSIONS_BEYOND_PROCESSES;
     let max_players =
         (sessions + 1) * SNAPSHOT_PLAYERS_PER_SESSION + crate::fleet::state::FINISHED_PLAYERS_KEPT;
     if sessions > max_sessions {
         Some(format!(
-            "a snapshot names {sessions} sessions; a host of {} processes keeps at most {max_sessions}",
-            s.processes.len()
+            "a snapshot names {sessions} sessions; a host of {processes} processes keeps at most {max_sessions}"
         ))
     } else if s.player_sessions_json.len() > max_players {
         Some(format!(
@@ -221,9 +225,15 @@ impl ControlPlane for RelayService {
             }
         }
         drop(waiting);
+        if self.certificates && certified.is_none() {
+            tracing::warn!(client.addr = %peer, "agent stream refused: its client certificate names no instance that can be read");
+            return Err(Status::permission_denied(
+                "the client certificate cannot be read as naming an instance (name it as a DNS subject alternative name)",
+            ));
+        }
         // A client certificate speaks for the instance it names, and no other.
         if let Some(names) = &certified
-            && !names.iter().any(|n| *n == hello.instance_id)
+            && !names.contains(&hello.instance_id)
         {
             tracing::warn!(client.addr = %peer, certificate.names = %names.join(","), instance.id = %hello.instance_id, "agent stream refused: its certificate does not name the instance it claims");
             return Err(Status::permission_denied(format!(
@@ -238,6 +248,14 @@ impl ControlPlane for RelayService {
         }
         if let Some((c, _)) = &credential {
             self.check_claim(&peer, c, &hello).await?;
+        } else if certified.is_some() {
+            // A certificate pins no fleet: the instance keeps the one it has.
+            let c = Credential {
+                instance: hello.instance_id.clone(),
+                fleet: None,
+                name: "its client certificate".into(),
+            };
+            self.check_claim(&peer, &c, &hello).await?;
         }
         let stream = uuid::Uuid::new_v4().to_string();
         let known = store::arrive(
@@ -309,7 +327,11 @@ async fn watch_revocation(
             _ = ended.cancelled() => return,
             _ = tokio::time::sleep(credentials::RECHECK) => {}
         }
-        if tokens.credentials().find(&presented) != Some(&credential) {
+        let now = tokens.credentials();
+        let same = now
+            .find(&presented)
+            .is_some_and(|c| c.instance == credential.instance && c.fleet == credential.fleet);
+        if !same {
             tracing::warn!(credential = %credential.name, instance.id = %credential.instance, "agent stream ended: its credential was revoked or changed");
             ended.cancel();
             return;
@@ -595,6 +617,10 @@ mod tests {
         assert_eq!(oversized(&s), None);
         s.game_server_sessions_json.push("{}".into());
         assert!(oversized(&s).unwrap().contains("keeps at most"));
+        // Padding the processes does not lift the bound past what a host may run.
+        s.processes = vec![up::ProcessState::default(); 100_000];
+        s.game_server_sessions_json = vec!["{}".into(); 51 + SNAPSHOT_SESSIONS_BEYOND_PROCESSES];
+        assert!(oversized(&s).unwrap().contains("a host of 50 processes"));
         s.game_server_sessions_json.truncate(1);
         s.player_sessions_json = vec![
             "{}".into();

@@ -29,6 +29,8 @@ pub(super) struct Rows {
     /// Sessions a GAME_SESSION_ACTIVATED event reported ACTIVE (the snapshot that says so
     /// comes up to 20 ms later, and placements wait for it).
     activated: Vec<String>,
+    /// The instance whose event said so: a host activates only its own sessions.
+    activated_by: Vec<String>,
     /// Player sessions a snapshot reported, by id.
     players_reported: Keyed<Value>,
     /// The instance whose snapshot reported each of them: a snapshot speaks only for the
@@ -179,6 +181,7 @@ impl Rows {
             ev.body.push(event_json(e, &src.instance_id));
             if e.code == "GAME_SESSION_ACTIVATED" && !e.game_server_session_id.is_empty() {
                 self.activated.push(e.game_server_session_id.clone());
+                self.activated_by.push(src.instance_id.clone());
             }
         }
         let highest = batch.events.iter().map(|e| e.sequence).max();

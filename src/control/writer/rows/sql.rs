@@ -114,10 +114,13 @@ impl Rows {
             // Only from ACTIVATING: an activation never revives a session that ended.
             step!(
                 "recording activated sessions",
+                // By the session's own host only.
                 "UPDATE sessions SET status = 'ACTIVE',
                     body = jsonb_set(body, '{Status}', '\"ACTIVE\"'), updated_at = now()
-                 WHERE gss_id = ANY($1) AND status = 'ACTIVATING'",
-                &[&self.activated]
+                 FROM unnest($1::text[], $2::text[]) AS u(gss, inst)
+                 WHERE sessions.gss_id = u.gss AND sessions.instance_id = u.inst
+                   AND sessions.status = 'ACTIVATING'",
+                &[&self.activated, &self.activated_by]
             );
         }
         if !players_reported.ids.is_empty() {
