@@ -55,6 +55,8 @@ pub struct SdkService {
     refusals: Arc<LogLimit<u32>>,
     /// Whether the agent's own failure to verify callers has been logged (it is said once).
     unverifiable_said: Arc<std::sync::atomic::AtomicBool>,
+    /// What [`peer::self_check`] found, once: `Some` when this host cannot verify callers.
+    diag: Arc<tokio::sync::OnceCell<Option<Arc<peer::PeerError>>>>,
     /// Where each call is counted and timed, when metrics are on.
     metrics: Option<Arc<Metrics>>,
 }
@@ -86,6 +88,7 @@ impl SdkService {
             verify_callers,
             refusals: Arc::new(LogLimit::new(REFUSALS_LOGGED, REFUSAL_WINDOW)),
             unverifiable_said: Arc::default(),
+            diag: Arc::default(),
             metrics: None,
         }
     }
@@ -119,18 +122,31 @@ impl SdkService {
             return verdict;
         }
         let (client, server) = (conn.peer, conn.local);
-        // /proc reads: off the async workers.
-        let verdict = tokio::task::spawn_blocking(move || peer::verify(client, server, pid))
+        let broken = self
+            .diag
+            .get_or_init(|| async {
+                match tokio::task::spawn_blocking(peer::self_check).await {
+                    Ok(r) => r.err().map(Arc::new),
+                    Err(_) => Some(Arc::new(peer::PeerError::Answer("the self-check panicked"))),
+                }
+            })
             .await
-            .unwrap_or_else(|e| {
-                Err(peer::Refusal::Unverifiable(Arc::new(
-                    peer::PeerError::Answer(if e.is_panic() {
-                        "the check panicked"
-                    } else {
-                        "the check was cancelled"
-                    }),
-                )))
-            });
+            .clone();
+        // /proc reads: off the async workers.
+        let verdict = match broken {
+            Some(e) => Err(peer::Refusal::Unverifiable(e)),
+            None => tokio::task::spawn_blocking(move || peer::verify(client, server, pid))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(peer::Refusal::Unverifiable(Arc::new(
+                        peer::PeerError::Answer(if e.is_panic() {
+                            "the check panicked"
+                        } else {
+                            "the check was cancelled"
+                        }),
+                    )))
+                }),
+        };
         match &verdict {
             Ok(()) => conn.memo.put(pid, verdict.clone()),
             // A failure to ask is asked again; said once, loudly, as the agent's own.

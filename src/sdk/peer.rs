@@ -40,6 +40,15 @@ pub enum PeerError {
     /// No such socket: the client is gone, or it is not on this host.
     #[error("the kernel knows no client socket for this connection")]
     NotFound,
+    /// The kernel finds not even a connection of the agent's own: its `sock_diag` has no TCP
+    /// handler (it answers every lookup as it answers one for a socket that is not there).
+    #[error(
+        "the kernel's sock_diag finds not even the agent's own connection (no TCP handler: module tcp_diag)"
+    )]
+    NoTcpDiag,
+    /// The self-check could not make its connection.
+    #[error("cannot make a loopback connection to check sock_diag: {0}")]
+    SelfCheck(#[source] std::io::Error),
     /// `/proc` could not be read, so nothing can say which process holds the socket.
     #[error("cannot read {path}: {source}")]
     Proc {
@@ -256,12 +265,29 @@ pub fn client_socket(client: SocketAddr, server: SocketAddr) -> Result<ClientSoc
             Err(PeerError::NotFound) => {}
             // A kernel without IPv6 has no AF_INET6 table to look in: that family holds none.
             Err(PeerError::Diag { source, .. })
-                if family == Family::V6 && source == nix::Error::EAFNOSUPPORT => {}
+                if family == Family::V6
+                    && matches!(source, nix::Error::EAFNOSUPPORT | nix::Error::EINVAL) => {}
             Err(e) => last = e,
             found => return found,
         }
     }
     Err(last)
+}
+
+/// Whether this host's kernel can say who holds a connection: one of the agent's own is looked
+/// up. Without it a kernel lacking the TCP diag handler would make every game look like a
+/// stranger, since it answers ENOENT for every lookup.
+pub fn self_check() -> Result<(), PeerError> {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(PeerError::SelfCheck)?;
+    let server = listener.local_addr().map_err(PeerError::SelfCheck)?;
+    let _client = TcpStream::connect(server).map_err(PeerError::SelfCheck)?;
+    let (_accepted, peer) = listener.accept().map_err(PeerError::SelfCheck)?;
+    match client_socket(peer, server) {
+        Ok(socket) if holds_socket(std::process::id(), socket.inode)? => Ok(()),
+        Ok(_) | Err(PeerError::NotFound) => Err(PeerError::NoTcpDiag),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether process `pid` holds the socket `inode` (any of its descriptors). A process that
@@ -289,12 +315,17 @@ pub fn same_owner(a: u32, b: u32) -> bool {
     matches!((uid_of(a), uid_of(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// The owner uid of process `pid`.
+/// The real uid of process `pid` (from `/proc/PID/status`: the owner of `/proc/PID` is root
+/// for a process that is not dumpable).
 fn uid_of(pid: u32) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}"))
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
         .ok()
-        .map(|m| m.uid())
 }
 
 /// A process of group `pgid`, owned by `uid`, that holds socket `inode`.
@@ -553,6 +584,16 @@ mod tests {
         let said = Refusal::Unverifiable(Arc::new(unreadable)).to_string();
         assert!(said.contains("its own fault"), "{said}");
         assert!(said.contains("sdk-verify-callers: false"), "{said}");
+    }
+
+    #[test]
+    fn this_kernel_passes_the_self_check() {
+        self_check().expect("sock_diag finds the agent's own connection");
+        assert!(PeerError::NoTcpDiag.is_agents_fault());
+        assert_eq!(
+            uid_of(std::process::id()),
+            Some(nix::unistd::getuid().as_raw())
+        );
     }
 
     #[test]
