@@ -6,6 +6,9 @@
 
 use serde_json::{Map, Value};
 
+/// Resources kept per record at most (a request may name many fleets).
+pub const MAX_RESOURCES: usize = 32;
+
 /// One audited call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -65,6 +68,7 @@ impl Record {
             resources.push(id.clone());
         }
         resources.dedup();
+        resources.truncate(MAX_RESOURCES);
         let outcome = answer
             .pointer("/Error/Code")
             .and_then(Value::as_str)

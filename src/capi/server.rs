@@ -145,7 +145,10 @@ impl<H: Handler> Door<H> {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         });
-        if let Some(action) = action.filter(|a| super::audit::changes(a)) {
+        // A call a keyed API could not authenticate is no one's: not recorded (its refusal is
+        // the answer), so unsigned floods cannot fill the trail.
+        let anonymous = self.keys.is_some() && secret_id.is_none();
+        if let Some(action) = action.filter(|a| super::audit::changes(a) && !anonymous) {
             let source = peer
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "unknown".into());

@@ -389,9 +389,17 @@ pub fn run_as(
         return Ok(None);
     };
     let user = account::set_up(accounts, &spec)?;
-    if !marker(&plan.data_dir.join("builds"), &build.hash).is_file() {
+    // Given before (the record names the user), nothing changes; a build not yet installed,
+    // or now run as another user, is given (the walk follows no link, so it is safe even
+    // under running games).
+    let builds = plan.data_dir.join("builds");
+    let record = builds.join(format!("{}.owner", build.hash));
+    let owner = format!("{}:{}", user.uid, user.gid);
+    let installed = marker(&builds, &build.hash).is_file();
+    if !installed || std::fs::read_to_string(&record).ok().as_deref() != Some(owner.as_str()) {
         let written = build.written.as_ref().map(|w| w.0.as_ref());
         account::give(accounts, &user, &build.dir, written)?;
+        std::fs::write(&record, &owner).map_err(fs_err("write", &record))?;
     }
     Ok(Some(user))
 }
@@ -449,6 +457,7 @@ fn prune(builds: &Path, active: &str) {
     for (_, hash) in installed.into_iter().take(excess) {
         remove_tree(&builds.join(&hash));
         let _ = std::fs::remove_file(marker(builds, &hash));
+        let _ = std::fs::remove_file(builds.join(format!("{hash}.owner")));
     }
 }
 

@@ -100,7 +100,15 @@ fn parse(path: &Path, text: &str) -> Result<(Keys, Policies), KeysError> {
             (s[..end].to_string(), s[end..].trim().to_string())
         };
         let (id, after_id) = word(line);
-        let (key, rest) = word(&after_id);
+        let (key, mut rest) = word(&after_id);
+        // `id key#note`: the comment starts in the key's word, as it always has.
+        let key = match key.split_once('#') {
+            Some((key, _)) => {
+                rest = String::new();
+                key.to_string()
+            }
+            None => key,
+        };
         let (id, key, rest) = (id.as_str(), key.as_str(), rest.as_str());
         let policy = if rest.starts_with('{') {
             rest
@@ -136,6 +144,9 @@ struct Stamp {
     len: u64,
     mtime: i64,
     mtime_ns: i64,
+    /// A `chmod` changes only this.
+    ctime: i64,
+    ctime_ns: i64,
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
@@ -145,6 +156,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
         len: m.len(),
         mtime: m.mtime(),
         mtime_ns: m.mtime_nsec(),
+        ctime: m.ctime(),
+        ctime_ns: m.ctime_nsec(),
     })
 }
 
@@ -232,11 +245,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = read(&write(
             dir.path(),
-            "# studio backend\nAKIDone  secret1\n\nAKIDtwo secret2 # ci\n",
+            "# studio backend\nAKIDone  secret1\n\nAKIDtwo secret2 # ci\nAKIDthree secret3#note\n",
             0o600,
         ))
         .unwrap();
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys["AKIDthree"], "secret3");
         assert_eq!(keys["AKIDtwo"], "secret2");
         let (_, policies) = read_all(&write(
             dir.path(),

@@ -309,6 +309,23 @@ pub fn resources_of(action: &str, params: &serde_json::Map<String, Value>) -> Ve
         add("queue", params.get("Names"));
     }
     add("asset", params.get("AssetId"));
+    // Fleets named inside: an alias's routing, a queue's destinations.
+    add(
+        "fleet",
+        params.get("RoutingStrategy").and_then(|r| r.get("FleetId")),
+    );
+    if let Some(Value::Array(destinations)) = params.get("Destinations") {
+        for d in destinations {
+            if let Some(Value::String(arn)) = d.get("DestinationArn")
+                && let Some(fleet) = arn.split(['/', ':']).find(|p| p.starts_with("fleet-"))
+            {
+                out.push(Resource {
+                    kind: "fleet",
+                    id: fleet.to_string(),
+                });
+            }
+        }
+    }
     if let Some(Value::String(gss)) = params.get("GameServerSessionId")
         && let Some(fleet) = gss.split('/').find(|p| p.starts_with("fleet-"))
     {
@@ -425,6 +442,17 @@ mod tests {
                 fleet("fleet-a")
             ]
         );
+        let routed = serde_json::json!({
+            "Name": "q-1",
+            "RoutingStrategy": {"Type": "SIMPLE", "FleetId": "fleet-prod"},
+            "Destinations": [{"DestinationArn": "qcs::gse:local::fleet/fleet-b"}],
+        });
+        let named: Vec<String> =
+            resources_of("CreateGameServerSessionQueue", routed.as_object().unwrap())
+                .into_iter()
+                .map(|r| format!("{}/{}", r.kind, r.id))
+                .collect();
+        assert_eq!(named, ["queue/q-1", "fleet/fleet-prod", "fleet/fleet-b"]);
         let queue = serde_json::json!({"Name": "q-1"});
         assert_eq!(
             resources_of("DeleteGameServerSessionQueue", queue.as_object().unwrap())[0].kind,

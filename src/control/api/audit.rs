@@ -10,8 +10,19 @@ use crate::capi::CapiError;
 use crate::capi::audit::Record;
 use crate::capi::params::Params;
 
+/// Records being stored at most at once; past it a record is logged only.
+const STORING: usize = 64;
+
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Stores one record (off the request's path; a failure is logged, the call's answer stands).
 pub(super) fn store(pool: Pool, replica: String, r: Record) {
+    use std::sync::atomic::Ordering;
+    if IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= STORING {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(request.id = %r.request_id, "audit records arrive faster than the database takes them; this one is in the log only");
+        return;
+    }
     tokio::spawn(async move {
         let stored = async {
             let db = pool.get().await.map_err(|e| e.to_string())?;
@@ -35,6 +46,7 @@ pub(super) fn store(pool: Pool, replica: String, r: Record) {
         if let Err(e) = stored.await {
             tracing::warn!(request.id = %r.request_id, error = %e, "cannot store an audit record (the log line stands)");
         }
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
