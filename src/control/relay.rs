@@ -61,7 +61,8 @@ pub struct RelayService {
     pub certificates: bool,
 }
 
-/// Streams that have not said Hello yet, counted by peer address (see [`WAITING_PER_PEER`]).
+/// Streams that have not said Hello yet, counted by peer address (at most 32 per address and
+/// 1,024 in all).
 #[derive(Debug, Default)]
 pub struct Waiting(std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>);
 

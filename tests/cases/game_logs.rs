@@ -265,6 +265,26 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
 const CRASHING: &str = "
 restart: { initial-backoff: 50ms, max-backoff: 100ms, reset-after: 1h, crash-loop-max: 1000, crash-loop-window: 1m, crash-loop-cool-down: 1h }";
 
+/// The log link of the first crash, once its archive is written.
+fn crash_link(agent: &Agent) -> String {
+    let crash = agent.wait_event("SERVER_PROCESS_CRASHED");
+    let process_id = crash["ProcessId"].as_str().unwrap().to_string();
+    wait_for("the crash's log link", || {
+        agent
+            .events()
+            .into_iter()
+            .find(|e| {
+                e["ProcessId"] == process_id.as_str() && e["EventCode"] == "SERVER_PROCESS_CRASHED"
+            })
+            .and_then(|e| {
+                e["PreSignedLogUrl"]
+                    .as_str()
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+            })
+    })
+}
+
 /// The archives in the folder: their file names by process id.
 fn archives(agent: &Agent) -> BTreeMap<String, String> {
     std::fs::read_dir(agent.path("data/log-archives"))
@@ -302,22 +322,7 @@ fn a_huge_file_is_cut_to_the_archives_bound_and_links_out_of_the_build_are_refus
             std::os::unix::fs::symlink("../../secret", game.join("logs/b.log")).unwrap();
         },
     );
-    let crash = agent.wait_event("SERVER_PROCESS_CRASHED");
-    let process_id = crash["ProcessId"].as_str().unwrap().to_string();
-    let url = wait_for("the crash's log link", || {
-        agent
-            .events()
-            .into_iter()
-            .find(|e| {
-                e["ProcessId"] == process_id.as_str() && e["EventCode"] == "SERVER_PROCESS_CRASHED"
-            })
-            .and_then(|e| {
-                e["PreSignedLogUrl"]
-                    .as_str()
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_string)
-            })
-    });
+    let url = crash_link(&agent);
     let (status, _, body) = get(&url);
     assert_eq!(status, 200);
     let files = unzip(&body);
@@ -465,22 +470,7 @@ fn names_an_unzip_could_be_hurt_by_are_skipped_and_said() {
         std::fs::write(game.join("logs/..\\..\\..\\x.txt"), "climbs\n").unwrap();
         std::fs::write(game.join("logs/\u{1b}[2J\u{1b}]0;owned\u{7}.log"), "esc\n").unwrap();
     });
-    let crash = agent.wait_event("SERVER_PROCESS_CRASHED");
-    let process_id = crash["ProcessId"].as_str().unwrap().to_string();
-    let url = wait_for("the crash's log link", || {
-        agent
-            .events()
-            .into_iter()
-            .find(|e| {
-                e["ProcessId"] == process_id.as_str() && e["EventCode"] == "SERVER_PROCESS_CRASHED"
-            })
-            .and_then(|e| {
-                e["PreSignedLogUrl"]
-                    .as_str()
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_string)
-            })
-    });
+    let url = crash_link(&agent);
     let (status, _, body) = get(&url);
     assert_eq!(status, 200);
     let files = unzip(&body);
