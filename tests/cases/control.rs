@@ -858,15 +858,39 @@ fn a_write_the_database_refuses_fails_alone() {
     );
 }
 
-/// A relay stream of our own, holding ins-evil's credential, as an attacker would write it:
-/// it says Hello as `instance` of `fleet`, sends `snapshot`, then an event, and returns once
-/// the event is acknowledged (so everything before it is stored).
+/// A relay stream of our own, as an attacker would write it: it says Hello as `instance` of
+/// `fleet`, sends `snapshot`, then a SERVER_PROCESS_READY event, and returns once the event is
+/// acknowledged (so everything before it is stored).
 fn relay_as(
     control: &Control,
     token: &str,
     fleet: &str,
     instance: &str,
     snapshot: gse_agent::upstream_proto::Snapshot,
+) {
+    relay_event_as(
+        control,
+        token,
+        fleet,
+        instance,
+        snapshot,
+        gse_agent::upstream_proto::Event {
+            sequence: 1,
+            time_unix_ms: 1,
+            code: "SERVER_PROCESS_READY".into(),
+            ..Default::default()
+        },
+    )
+}
+
+/// [`relay_as`] with `event` (its sequence 1) after the snapshot.
+fn relay_event_as(
+    control: &Control,
+    token: &str,
+    fleet: &str,
+    instance: &str,
+    snapshot: gse_agent::upstream_proto::Snapshot,
+    event: gse_agent::upstream_proto::Event,
 ) {
     use gse_agent::upstream_proto::{
         self as up, agent_message::Body, control_plane_client::ControlPlaneClient,
@@ -889,12 +913,7 @@ fn relay_as(
                 ..Default::default()
             }),
             Body::Snapshot(snapshot),
-            Body::Event(up::Event {
-                sequence: 1,
-                time_unix_ms: 1,
-                code: "SERVER_PROCESS_READY".into(),
-                ..Default::default()
-            }),
+            Body::Event(event),
         ];
         let outbound = tokio_stream::iter(
             messages
@@ -1143,5 +1162,71 @@ fn every_changing_call_is_audited_without_its_secret() {
     assert!(
         text.contains("CreateGameServerSession") && text.contains("2 of 2 records"),
         "{text}"
+    );
+}
+
+/// An event speaks only for its own host too: GAME_SESSION_ACTIVATED from another host does not
+/// make a session ACTIVE that its own host has not activated.
+#[test]
+fn an_event_from_another_host_activates_nothing() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(
+        &tokens,
+        "token-of-ins-a-0123456789 ins-a\ntoken-of-evil-0123456789 ins-evil\n",
+    );
+    let control = Control::start(
+        &pg.url,
+        &format!("agent-tokens-file: {}\n", tokens.display()),
+    );
+    let yaml = host("fleet-f1", "ins-a", &[&control], 1)
+        .replace("--accept-players", "--skip-activation")
+        .replace(
+            "reconnect-max: 300ms }",
+            "reconnect-max: 300ms, token-file: token }",
+        );
+    let _a = Agent::start_with(&yaml, |game| {
+        crate::helper::write_secret(
+            &game.parent().unwrap().join("token"),
+            "token-of-ins-a-0123456789",
+        );
+    });
+    wait_idle(&pg, "ins-a", 1);
+    let gss = control.sdk().ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the session ACTIVATING", || {
+        (pg.scalar(&format!(
+            "SELECT status FROM sessions WHERE gss_id = '{gss}'"
+        )) == "ACTIVATING")
+            .then_some(())
+    });
+    relay_event_as(
+        &control,
+        "token-of-evil-0123456789",
+        "fleet-f1",
+        "ins-evil",
+        gse_agent::upstream_proto::Snapshot {
+            complete: true,
+            ..Default::default()
+        },
+        gse_agent::upstream_proto::Event {
+            sequence: 1,
+            time_unix_ms: 1,
+            code: "GAME_SESSION_ACTIVATED".into(),
+            game_server_session_id: gss.clone(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        pg.scalar(&format!(
+            "SELECT status FROM sessions WHERE gss_id = '{gss}'"
+        )),
+        "ACTIVATING"
     );
 }
