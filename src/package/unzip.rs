@@ -13,10 +13,10 @@
 //! 1,032:1; the read-ahead a ratio near the limit hides is why the default is 100:1.)
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -37,151 +37,6 @@ pub struct Limits {
     pub ratio_min_bytes: u64,
     /// Free space the target filesystem must keep.
     pub reserve_bytes: u64,
-}
-
-/// Why an archive was refused or could not be extracted. Each variant names the entry and the
-/// rule.
-#[derive(Debug, thiserror::Error)]
-pub enum UnzipError {
-    /// The archive file could not be opened.
-    #[error("cannot open {path}: {source}")]
-    Open {
-        /// The archive.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not a zip file, or its central directory is damaged or truncated.
-    #[error("{path} is not a readable zip archive: {message}")]
-    NotZip {
-        /// The archive.
-        path: PathBuf,
-        /// What the reader said.
-        message: String,
-    },
-    /// An entry's name breaks a rule.
-    #[error("entry {entry:?}: {rule}")]
-    UnsafeName {
-        /// The entry as named in the archive.
-        entry: String,
-        /// The rule it breaks.
-        rule: &'static str,
-    },
-    /// Two entries extract to the same path.
-    #[error("entry {entry:?}: duplicate of an earlier entry")]
-    Duplicate {
-        /// The later entry.
-        entry: String,
-    },
-    /// The central directory lists a name twice.
-    #[error("the archive lists an entry name more than once (duplicate entries)")]
-    DuplicateNames,
-    /// Encrypted entries are not supported.
-    #[error("entry {entry:?}: encrypted entries are not supported")]
-    Encrypted {
-        /// The entry.
-        entry: String,
-    },
-    /// A compression method other than stored or deflate.
-    #[error("entry {entry:?}: unsupported compression method {method} (only stored and deflate)")]
-    Unsupported {
-        /// The entry.
-        entry: String,
-        /// The method.
-        method: String,
-    },
-    /// A device node, FIFO or socket.
-    #[error("entry {entry:?}: {kind} entries are never created")]
-    Special {
-        /// The entry.
-        entry: String,
-        /// What it is.
-        kind: &'static str,
-    },
-    /// A symlink that leaves the root, or is absolute.
-    #[error("entry {entry:?}: symlink to {target:?} {rule}")]
-    Symlink {
-        /// The entry.
-        entry: String,
-        /// Its target.
-        target: String,
-        /// The rule it breaks.
-        rule: &'static str,
-    },
-    /// An entry would be written through a symlink the archive creates.
-    #[error("entry {entry:?}: would be written through the symlink {link:?}")]
-    ThroughSymlink {
-        /// The entry.
-        entry: String,
-        /// The symlink entry.
-        link: String,
-    },
-    /// The CRC of the data read does not match the archive's.
-    #[error("entry {entry:?}: CRC mismatch (the archive is corrupt)")]
-    Crc {
-        /// The entry.
-        entry: String,
-    },
-    /// The entry's data could not be read (truncated or corrupt).
-    #[error("entry {entry:?}: cannot read its data: {message}")]
-    Data {
-        /// The entry.
-        entry: String,
-        /// What failed.
-        message: String,
-    },
-    /// More entries than allowed.
-    #[error("the archive has {count} entries; the limit is {limit}")]
-    TooManyEntries {
-        /// Entries in the archive.
-        count: u64,
-        /// The limit.
-        limit: u64,
-    },
-    /// The total written would pass the limit.
-    #[error("entry {entry:?}: extraction passed the limit of {limit} bytes written")]
-    TooLarge {
-        /// The entry being written.
-        entry: String,
-        /// The limit.
-        limit: u64,
-    },
-    /// A large entry expands suspiciously (zip bomb).
-    #[error(
-        "entry {entry:?}: expands more than {limit}× its compressed bytes ({written} bytes from {compressed} of its {declared} compressed bytes): a zip bomb"
-    )]
-    Ratio {
-        /// The entry.
-        entry: String,
-        /// Bytes it had written when it was stopped.
-        written: u64,
-        /// Compressed bytes read for it by then.
-        compressed: u64,
-        /// Its whole compressed size, as declared.
-        declared: u64,
-        /// The limit.
-        limit: u64,
-    },
-    /// The filesystem would drop below the reserve.
-    #[error("entry {entry:?}: only {free} bytes free; {reserve} must stay free")]
-    DiskReserve {
-        /// The entry being written.
-        entry: String,
-        /// Free bytes.
-        free: u64,
-        /// The reserve.
-        reserve: u64,
-    },
-    /// Writing into the staging directory failed.
-    #[error("cannot write {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// What extraction wrote.
@@ -213,99 +68,6 @@ struct Planned {
     compressed: u64,
 }
 
-/// A file read at positions of its own: clones share the open file and the parsed central
-/// directory (through `ZipArchive`'s clone), each with its own position and small buffer.
-struct SharedReader {
-    file: std::sync::Arc<File>,
-    pos: u64,
-    len: u64,
-    buf: Vec<u8>,
-    buf_start: u64,
-}
-
-const READ_BUF: usize = 64 * 1024;
-
-thread_local! {
-    /// Bytes this thread's [`SharedReader`]s handed out: what a decompressor on this thread has
-    /// consumed of the archive (each extraction worker is one thread with one reader).
-    static CONSUMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// The bytes this thread's readers have handed out so far (see [`CONSUMED`]).
-fn consumed() -> u64 {
-    CONSUMED.with(|c| c.get())
-}
-
-fn count_consumed(n: usize) {
-    CONSUMED.with(|c| c.set(c.get() + n as u64));
-}
-
-impl SharedReader {
-    fn open(path: &Path) -> std::io::Result<Self> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
-        Ok(Self {
-            file: std::sync::Arc::new(file),
-            pos: 0,
-            len,
-            buf: Vec::new(),
-            buf_start: 0,
-        })
-    }
-}
-
-impl Clone for SharedReader {
-    fn clone(&self) -> Self {
-        Self {
-            file: self.file.clone(),
-            pos: self.pos,
-            len: self.len,
-            buf: Vec::new(),
-            buf_start: 0,
-        }
-    }
-}
-
-impl Read for SharedReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let end = self.buf_start + self.buf.len() as u64;
-        if self.pos < self.buf_start || self.pos >= end {
-            if out.len() >= READ_BUF {
-                let n = self.file.read_at(out, self.pos)?;
-                self.pos += n as u64;
-                count_consumed(n);
-                return Ok(n);
-            }
-            self.buf.resize(READ_BUF, 0);
-            let n = self.file.read_at(&mut self.buf, self.pos)?;
-            self.buf.truncate(n);
-            self.buf_start = self.pos;
-            if n == 0 {
-                return Ok(0);
-            }
-        }
-        let at = (self.pos - self.buf_start) as usize;
-        let n = out.len().min(self.buf.len() - at);
-        out[..n].copy_from_slice(&self.buf[at..at + n]);
-        self.pos += n as u64;
-        count_consumed(n);
-        Ok(n)
-    }
-}
-
-impl std::io::Seek for SharedReader {
-    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            std::io::SeekFrom::Start(p) => Some(p),
-            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
-            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| std::io::Error::other("seek before the start of the file"))?;
-        Ok(self.pos)
-    }
-}
-
 type Archive = ZipArchive<SharedReader>;
 
 /// The name of entry `index` and the path it extracts to (checked in the first pass).
@@ -324,71 +86,6 @@ fn entry_path(zip: &mut Archive, index: usize) -> Result<(String, PathBuf), Unzi
 }
 
 const S_IFMT: u32 = 0o170000;
-
-/// Checks an entry name and returns the relative path it extracts to.
-pub fn safe_path(raw: &[u8], name: &str) -> Result<PathBuf, &'static str> {
-    if raw.is_empty() || name.is_empty() {
-        return Err("empty name");
-    }
-    if raw.contains(&0) {
-        return Err("NUL byte in name");
-    }
-    if name.chars().any(|c| c.is_control()) {
-        return Err("control character in name");
-    }
-    if name.contains('\\') {
-        return Err("backslash in name (a Windows separator that can traverse)");
-    }
-    if name.starts_with('/') {
-        return Err("absolute path");
-    }
-    if name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic() {
-        return Err("drive-letter path");
-    }
-    let mut path = PathBuf::new();
-    for part in name.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return Err("'..' in path"),
-            p => path.push(p),
-        }
-    }
-    if path.as_os_str().is_empty() {
-        return Err("names the root itself");
-    }
-    Ok(path)
-}
-
-/// Whether a symlink at `link` (relative to the root) pointing to `target` stays inside the
-/// root whatever other links the build holds. The target may climb with leading `..` no higher
-/// than the root, and may not climb again after descending: a later `..` could undo a component
-/// that is itself a link (`b -> a/..` with `a -> .`) and walk out. Descending from a point inside
-/// the root stays inside, so by induction every link of the build resolves inside it.
-pub fn symlink_stays_inside(link: &Path, target: &str) -> Result<(), &'static str> {
-    if target.is_empty() {
-        return Err("is empty");
-    }
-    if target.starts_with('/') {
-        return Err("is absolute");
-    }
-    if target.contains(['\0', '\\']) {
-        return Err("has a NUL or backslash");
-    }
-    let mut depth = link.parent().map(|p| p.components().count()).unwrap_or(0);
-    let mut descended = false;
-    for c in Path::new(target).components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if descended => return Err("climbs with '..' after descending"),
-            Component::ParentDir => {
-                depth = depth.checked_sub(1).ok_or("leaves the build root")?;
-            }
-            Component::Normal(_) => descended = true,
-            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
-        }
-    }
-    Ok(())
-}
 
 /// Extracts `archive` into `dest`, which must be a new, empty directory.
 pub fn unpack(
@@ -765,48 +462,14 @@ impl Ctx<'_> {
     }
 }
 
+mod error;
+mod names;
+mod reader;
+
+pub use error::UnzipError;
+
+pub use names::{safe_path, symlink_stays_inside};
+use reader::{SharedReader, consumed};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        let ok = |n: &str| safe_path(n.as_bytes(), n);
-        assert_eq!(ok("a/b.txt").unwrap(), Path::new("a/b.txt"));
-        assert_eq!(ok("./a//b/").unwrap(), Path::new("a/b"));
-        for (name, rule) in [
-            ("/etc/passwd", "absolute path"),
-            ("a/../../x", "'..' in path"),
-            ("..", "'..' in path"),
-            ("a\\..\\x", "backslash"),
-            ("C:/x", "drive-letter path"),
-            ("a\u{1}b", "control character"),
-            ("a\nb", "control character"),
-            ("", "empty name"),
-            ("./", "names the root itself"),
-        ] {
-            let err = ok(name).unwrap_err();
-            assert!(err.starts_with(rule), "{name:?}: {err}");
-        }
-        assert_eq!(safe_path(b"a\0b", "a"), Err("NUL byte in name"));
-    }
-
-    #[test]
-    fn symlink_targets_must_stay_inside() {
-        let link = Path::new("bin/run");
-        assert!(symlink_stays_inside(link, "../lib/x").is_ok());
-        assert!(symlink_stays_inside(link, "./x").is_ok());
-        assert_eq!(
-            symlink_stays_inside(link, "../../x"),
-            Err("leaves the build root")
-        );
-        assert_eq!(
-            symlink_stays_inside(link, "/usr/bin/java"),
-            Err("is absolute")
-        );
-        assert_eq!(
-            symlink_stays_inside(Path::new("x"), ".."),
-            Err("leaves the build root")
-        );
-    }
-}
+mod tests;
