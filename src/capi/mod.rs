@@ -7,17 +7,23 @@
 pub(crate) mod aliases;
 pub mod audit;
 pub mod chaos;
+mod error;
 mod guard;
 mod host;
 mod logs;
 pub(crate) mod params;
 pub(crate) mod placements;
 pub(crate) mod queues;
+mod request;
+mod requests;
 pub(crate) mod search;
 mod server;
 mod unsupported;
 pub mod view;
 
+pub use error::CapiError;
+pub(crate) use request::request;
+pub(crate) use requests::{join_request, new_session, session_update};
 pub use server::{Handler, MAX_BODY_BYTES, ServeOptions, serve, serve_with};
 
 use std::sync::Arc;
@@ -26,14 +32,10 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Config;
 use crate::event::EventBus;
-use crate::fleet::actor::HandleError;
-use crate::fleet::{
-    Control, ControlReply, FleetHandle, FleetStatus, NewPlayer, NewSession, PlayerQuery,
-    SessionQuery, SessionUpdate,
-};
+use crate::fleet::{Control, ControlReply, FleetHandle, FleetStatus, PlayerQuery, SessionQuery};
 use crate::session::{GssStatus, PlayerStatus};
 use crate::telemetry::{LogLimit, clip};
-use params::{Params, key_value};
+use params::Params;
 
 /// Why the control API server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -44,59 +46,6 @@ pub enum CapiServerError {
     /// The keys file cannot be used.
     #[error(transparent)]
     Keys(#[from] crate::tc3::keys::KeysError),
-}
-
-/// A refused request: a Tencent Cloud error code and a message naming what was wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapiError {
-    /// E.g. `InvalidParameterValue`.
-    pub code: &'static str,
-    /// What was wrong.
-    pub message: String,
-}
-
-impl CapiError {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-    pub(crate) fn missing(name: &str) -> Self {
-        Self::new(
-            "MissingParameter",
-            format!("the parameter `{name}` is required"),
-        )
-    }
-    pub(crate) fn value(name: &str, why: impl std::fmt::Display) -> Self {
-        Self::new(
-            "InvalidParameterValue",
-            format!("the parameter `{name}` {why}"),
-        )
-    }
-    pub(crate) fn type_of(name: &str, want: &str, got: &Value) -> Self {
-        let kind = match got {
-            Value::Null => "null",
-            Value::Bool(_) => "a boolean",
-            Value::Number(_) => "a number",
-            Value::String(_) => "a string",
-            Value::Array(_) => "an array",
-            Value::Object(_) => "an object",
-        };
-        Self::new(
-            "InvalidParameter",
-            format!("the parameter `{name}` must be {want}, not {kind}"),
-        )
-    }
-}
-
-impl From<HandleError> for CapiError {
-    fn from(e: HandleError) -> Self {
-        match e {
-            HandleError::Stopped => Self::new("OperationDenied", "the agent is shutting down"),
-            HandleError::Fleet(f) => Self::new(f.tencent_code(), f.to_string()),
-        }
-    }
 }
 
 /// Shared by the handlers: the fleet door and what the views need.
@@ -561,170 +510,6 @@ pub(crate) const CREATE_SESSION_PARAMS: &[&str] = &[
     "Name",
 ];
 
-/// CreateGameServerSession's session parameters (everything but where it goes).
-pub(crate) fn new_session(p: &Params) -> Result<NewSession, CapiError> {
-    // JSON shapes are checked here; Tencent's limits where the command is handled
-    // (NewSession::check), for this door and the upstream one alike.
-    let max_players = p.int("MaximumPlayerSessionCount", 0, i64::from(i32::MAX))? as i32;
-    let mut game_properties = Vec::new();
-    for v in p
-        .opt_array("GameProperties", usize::MAX)?
-        .into_iter()
-        .flatten()
-    {
-        game_properties.push(key_value("GameProperties", v, usize::MAX, usize::MAX)?);
-    }
-    let text = |name| p.opt_str(name, usize::MAX);
-    Ok(NewSession {
-        max_players,
-        name: text("Name")?.unwrap_or_default(),
-        creator_id: text("CreatorId")?.unwrap_or_default(),
-        game_properties,
-        data: text("GameServerSessionData")?.unwrap_or_default(),
-        custom_id: text("GameServerSessionId")?,
-        idempotency_token: text("IdempotencyToken")?,
-    })
-}
-
-/// JoinGameServerSession(Batch)'s session and players.
-pub(crate) fn join_request(
-    map: Map<String, Value>,
-    batch: bool,
-) -> Result<(String, Vec<NewPlayer>), CapiError> {
-    Ok(if batch {
-        let p = Params::new(map, &["GameServerSessionId", "PlayerIds", "PlayerDataMap"])?;
-        let gss_id = p.str("GameServerSessionId", 256)?;
-        let ids = p
-            .opt_array("PlayerIds", usize::MAX)?
-            .ok_or_else(|| CapiError::missing("PlayerIds"))?;
-        let data = player_data_map(p.raw("PlayerDataMap"))?;
-        let mut players = Vec::new();
-        for (i, v) in ids.iter().enumerate() {
-            let Value::String(id) = v else {
-                return Err(CapiError::type_of(&format!("PlayerIds.{i}"), "a string", v));
-            };
-            players.push(NewPlayer {
-                player_id: id.clone(),
-                player_data: data
-                    .iter()
-                    .find(|(k, _)| k == id)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default(),
-            });
-        }
-        (gss_id, players)
-    } else {
-        let p = Params::new(map, &["GameServerSessionId", "PlayerId", "PlayerData"])?;
-        let gss_id = p.str("GameServerSessionId", 256)?;
-        let player = NewPlayer {
-            player_id: p.str("PlayerId", usize::MAX)?,
-            player_data: p.opt_str("PlayerData", usize::MAX)?.unwrap_or_default(),
-        };
-        (gss_id, vec![player])
-    })
-}
-
-/// UpdateGameServerSession's changes.
-pub(crate) fn session_update(map: Map<String, Value>) -> Result<SessionUpdate, CapiError> {
-    let p = Params::new(
-        map,
-        &[
-            "GameServerSessionId",
-            "MaximumPlayerSessionCount",
-            "Name",
-            "PlayerSessionCreationPolicy",
-            "ProtectionPolicy",
-        ],
-    )?;
-    Ok(SessionUpdate {
-        gss_id: p.str("GameServerSessionId", usize::MAX)?,
-        max_players: p
-            .opt_int("MaximumPlayerSessionCount", 0, i64::from(i32::MAX))?
-            .map(|n| n as i32),
-        name: p.opt_str("Name", usize::MAX)?,
-        creation_policy: p.opt_str("PlayerSessionCreationPolicy", usize::MAX)?,
-        protection: p.opt_str("ProtectionPolicy", usize::MAX)?,
-    })
-}
-
-/// A request's action and parameters: the action from `X-TC-Action` (`header`, the Tencent
-/// Cloud API form, where an empty body means no parameters) or from the body's `Action` (GSE
-/// Local's form); both, when given, must agree.
-pub(crate) fn request(
-    header: Option<&str>,
-    body: &[u8],
-) -> Result<(String, Map<String, Value>), CapiError> {
-    let body = if header.is_some() && body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        CapiError::new(
-            "InvalidParameter",
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(mut map) = value else {
-        return Err(CapiError::new(
-            "InvalidParameter",
-            "the request body must be a JSON object of the action's parameters",
-        ));
-    };
-    let action = match (header, map.get("Action")) {
-        (Some(h), None) => {
-            map.insert("Action".into(), Value::String(h.to_string()));
-            h.to_string()
-        }
-        (Some(h), Some(Value::String(b))) if b == h => h.to_string(),
-        (Some(h), Some(b)) => {
-            return Err(CapiError::value(
-                "Action",
-                format!("the body's Action {b} is not X-TC-Action {h:?}"),
-            ));
-        }
-        (None, Some(Value::String(a))) => a.clone(),
-        (None, Some(other)) => return Err(CapiError::type_of("Action", "a string", other)),
-        (None, None) => return Err(CapiError::missing("Action")),
-    };
-    if let Some(at) = nul_at(&map, "") {
-        return Err(CapiError::new(
-            "InvalidParameter",
-            format!(
-                "the parameter `{at}` holds a NUL character (U+0000): no value may, since none can be stored"
-            ),
-        ));
-    }
-    Ok((action, map))
-}
-
-/// The first parameter (as `Name`, `List.0.Key`) whose name or string value holds a NUL
-/// character, which PostgreSQL's text and JSON cannot store and no GSE field needs.
-fn nul_at(map: &Map<String, Value>, prefix: &str) -> Option<String> {
-    fn walk(v: &Value, path: String) -> Option<String> {
-        match v {
-            Value::String(s) if s.contains('\0') => Some(path),
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, item)| walk(item, format!("{path}.{i}"))),
-            Value::Object(m) => nul_at(m, &path),
-            _ => None,
-        }
-    }
-    map.iter().find_map(|(k, v)| {
-        let path = if prefix.is_empty() {
-            clip(k).into_owned()
-        } else {
-            format!("{prefix}.{}", clip(k))
-        };
-        if k.contains('\0') {
-            return Some(path.replace('\0', "\\0"));
-        }
-        walk(v, path)
-    })
-}
-
 /// The actions this API serves.
 pub const ACTIONS: &[&str] = &[
     "CreateGameServerSession",
@@ -769,36 +554,6 @@ pub const ACTIONS: &[&str] = &[
 
 fn unexpected(reply: &ControlReply) -> CapiError {
     CapiError::new("InternalError", format!("unexpected fleet reply {reply:?}"))
-}
-
-/// `PlayerDataMap`: Tencent's SDK models it as `{Key, Value}`; accept one such object, a list
-/// of them, or a plain `{"player": "data"}` map.
-fn player_data_map(v: Option<&Value>) -> Result<Vec<(String, String)>, CapiError> {
-    match v {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| key_value("PlayerDataMap", i, usize::MAX, usize::MAX))
-            .collect(),
-        Some(obj @ Value::Object(o)) if o.contains_key("Key") => Ok(vec![key_value(
-            "PlayerDataMap",
-            obj,
-            usize::MAX,
-            usize::MAX,
-        )?]),
-        Some(Value::Object(o)) => o
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                other => Err(CapiError::type_of(
-                    &format!("PlayerDataMap.{k}"),
-                    "a string",
-                    other,
-                )),
-            })
-            .collect(),
-        Some(other) => Err(CapiError::type_of("PlayerDataMap", "an object", other)),
-    }
 }
 
 /// The v3 envelope of a result: `{"Response": {..., "RequestId"}}`, a refusal as `Error`.
