@@ -470,6 +470,29 @@ fn write_tokens(path: &std::path::Path, lines: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// An `agent-tokens-file` in a folder of its own.
+struct Tokens {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Tokens {
+    fn new(lines: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        write_tokens(&path, lines);
+        Self { _dir: dir, path }
+    }
+}
+
+/// A replica that takes only the agents `tokens` lists.
+fn control_with(pg: &Postgres, tokens: &Tokens) -> Control {
+    Control::start(
+        &pg.url,
+        &format!("agent-tokens-file: {}\n", tokens.path.display()),
+    )
+}
+
 /// An agent of `fleet`/`instance` presenting `token`.
 fn host_with_token(control: &Control, fleet: &str, instance: &str, token: &str) -> Agent {
     let yaml = host(fleet, instance, &[control], 1).replace(
@@ -491,13 +514,8 @@ fn connected(pg: &Postgres, instance: &str) -> bool {
 #[test]
 fn agents_must_present_a_listed_token() {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    write_tokens(&tokens, "# hosts\nright-token-0123456789 ins-right\n");
-    let control = Control::start(
-        &pg.url,
-        &format!("agent-tokens-file: {}\n", tokens.display()),
-    );
+    let tokens = Tokens::new("# hosts\nright-token-0123456789 ins-right\n");
+    let control = control_with(&pg, &tokens);
     let wrong = host_with_token(&control, "fleet-t", "ins-wrong", "wrong-token-0123456789");
     let _right = host_with_token(&control, "fleet-t", "ins-right", "right-token-0123456789");
     wait_for("the listed agent connected", || {
@@ -521,16 +539,10 @@ fn agents_must_present_a_listed_token() {
 #[test]
 fn a_credential_speaks_for_its_own_instance_only() {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    write_tokens(
-        &tokens,
+    let tokens = Tokens::new(
         "token-of-ins-a-0123456789 ins-a\ntoken-of-ins-b-0123456789 ins-b\ntoken-of-ins-x-0123456789 ins-x\n",
     );
-    let control = Control::start(
-        &pg.url,
-        &format!("agent-tokens-file: {}\n", tokens.display()),
-    );
+    let control = control_with(&pg, &tokens);
     let _a = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-a-0123456789");
     let b = host_with_token(&control, "fleet-f2", "ins-b", "token-of-ins-b-0123456789");
     wait_idle(&pg, "ins-a", 1);
@@ -612,7 +624,7 @@ fn a_credential_speaks_for_its_own_instance_only() {
     assert_eq!(host_of(&pg, &again), "ins-a");
 
     // ins-b's line goes: its stream ends within seconds, ins-a keeps relaying.
-    write_tokens(&tokens, "token-of-ins-a-0123456789 ins-a\n");
+    write_tokens(&tokens.path, "token-of-ins-a-0123456789 ins-a\n");
     wait_for("the revoked host cut off", || {
         b.stderr()
             .contains("not in agent-tokens-file")
@@ -945,16 +957,9 @@ fn relay_event_as(
 #[test]
 fn a_snapshot_speaks_only_for_its_own_host() {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    write_tokens(
-        &tokens,
-        "token-of-ins-a-0123456789 ins-a\ntoken-of-evil-0123456789 ins-evil\n",
-    );
-    let control = Control::start(
-        &pg.url,
-        &format!("agent-tokens-file: {}\n", tokens.display()),
-    );
+    let tokens =
+        Tokens::new("token-of-ins-a-0123456789 ins-a\ntoken-of-evil-0123456789 ins-evil\n");
+    let control = control_with(&pg, &tokens);
     let _a = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-a-0123456789");
     wait_idle(&pg, "ins-a", 1);
     let sdk = control.sdk();
@@ -1012,16 +1017,8 @@ fn a_snapshot_speaks_only_for_its_own_host() {
 #[test]
 fn no_value_a_player_sends_wedges_a_host() {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    write_tokens(
-        &tokens,
-        "token-of-ins-a-0123456789 ins-a\ntoken-of-old-0123456789 ins-old\n",
-    );
-    let control = Control::start(
-        &pg.url,
-        &format!("agent-tokens-file: {}\n", tokens.display()),
-    );
+    let tokens = Tokens::new("token-of-ins-a-0123456789 ins-a\ntoken-of-old-0123456789 ins-old\n");
+    let control = control_with(&pg, &tokens);
     let agent = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-a-0123456789");
     wait_idle(&pg, "ins-a", 1);
     let sdk = control.sdk();
@@ -1170,16 +1167,9 @@ fn every_changing_call_is_audited_without_its_secret() {
 #[test]
 fn an_event_from_another_host_activates_nothing() {
     let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    write_tokens(
-        &tokens,
-        "token-of-ins-a-0123456789 ins-a\ntoken-of-evil-0123456789 ins-evil\n",
-    );
-    let control = Control::start(
-        &pg.url,
-        &format!("agent-tokens-file: {}\n", tokens.display()),
-    );
+    let tokens =
+        Tokens::new("token-of-ins-a-0123456789 ins-a\ntoken-of-evil-0123456789 ins-evil\n");
+    let control = control_with(&pg, &tokens);
     let yaml = host("fleet-f1", "ins-a", &[&control], 1)
         .replace("--accept-players", "--skip-activation")
         .replace(
