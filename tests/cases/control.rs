@@ -470,6 +470,28 @@ fn write_tokens(path: &std::path::Path, lines: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A session of 2 players on `fleet`, created through the official SDK: its id.
+fn create(sdk: &crate::helper::tencent::Client, fleet: &str) -> String {
+    sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": fleet, "MaximumPlayerSessionCount": 2}),
+    )["GameServerSession"]["GameServerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `player` joined to `gss` through the official SDK: the player session id.
+fn join(sdk: &crate::helper::tencent::Client, gss: &str, player: &str) -> String {
+    sdk.ok(
+        "JoinGameServerSession",
+        json!({"GameServerSessionId": gss, "PlayerId": player}),
+    )["PlayerSession"]["PlayerSessionId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// An `agent-tokens-file` in a folder of its own.
 struct Tokens {
     _dir: tempfile::TempDir,
@@ -548,26 +570,14 @@ fn a_credential_speaks_for_its_own_instance_only() {
     wait_idle(&pg, "ins-a", 1);
     wait_idle(&pg, "ins-b", 1);
     let sdk = control.sdk();
-    let gss = sdk.ok(
-        "CreateGameServerSession",
-        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
-    )["GameServerSession"]["GameServerSessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let gss = create(&sdk, "fleet-f1");
     wait_for("the session ACTIVE", || {
         (pg.scalar(&format!(
             "SELECT status FROM sessions WHERE gss_id = '{gss}'"
         )) == "ACTIVE")
             .then_some(())
     });
-    let alice = sdk.ok(
-        "JoinGameServerSession",
-        json!({"GameServerSessionId": gss, "PlayerId": "alice"}),
-    )["PlayerSession"]["PlayerSessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alice = join(&sdk, &gss, "alice");
 
     // ins-x's credential, claiming ins-a; ins-b's, claiming to be in fleet-f1.
     let impostor = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-x-0123456789");
@@ -614,13 +624,7 @@ fn a_credential_speaks_for_its_own_instance_only() {
         json!({"GameServerSessionId": gss}),
     );
     wait_idle(&pg, "ins-a", 1);
-    let again = sdk.ok(
-        "CreateGameServerSession",
-        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
-    )["GameServerSession"]["GameServerSessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let again = create(&sdk, "fleet-f1");
     assert_eq!(host_of(&pg, &again), "ins-a");
 
     // ins-b's line goes: its stream ends within seconds, ins-a keeps relaying.
@@ -963,20 +967,8 @@ fn a_snapshot_speaks_only_for_its_own_host() {
     let _a = host_with_token(&control, "fleet-f1", "ins-a", "token-of-ins-a-0123456789");
     wait_idle(&pg, "ins-a", 1);
     let sdk = control.sdk();
-    let gss = sdk.ok(
-        "CreateGameServerSession",
-        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
-    )["GameServerSession"]["GameServerSessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let alice = sdk.ok(
-        "JoinGameServerSession",
-        json!({"GameServerSessionId": gss, "PlayerId": "alice"}),
-    )["PlayerSession"]["PlayerSessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let gss = create(&sdk, "fleet-f1");
+    let alice = join(&sdk, &gss, "alice");
     let session_json = json!({
         "GameServerSessionId": gss, "FleetId": "fleet-f1", "IpAddress": "6.6.6.6",
         "Port": 6666, "Status": "TERMINATED", "MaximumPlayerSessionCount": 2,
@@ -1031,13 +1023,7 @@ fn no_value_a_player_sends_wedges_a_host() {
         message.contains("`Name`") && message.contains("NUL"),
         "{message}"
     );
-    let gss = sdk.ok(
-        "CreateGameServerSession",
-        json!({"FleetId": "fleet-f1", "MaximumPlayerSessionCount": 2}),
-    )["GameServerSession"]["GameServerSessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let gss = create(&sdk, "fleet-f1");
     let (code, message) = sdk.err(
         "JoinGameServerSession",
         json!({"GameServerSessionId": gss, "PlayerId": "alice", "PlayerData": "hi\u{0}"}),
