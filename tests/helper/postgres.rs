@@ -47,13 +47,8 @@ impl Postgres {
         } else {
             None
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Postgres {
-            url: format!("postgres://gse@127.0.0.1:{port}/postgres"),
+        let mut pg = Postgres {
+            url: String::new(),
             bin: bin_dir(),
             dir,
             owner,
@@ -72,23 +67,42 @@ impl Postgres {
                 "UTF8",
             ],
         );
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400",
-            pg.dir.path().display()
-        );
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &pg.data(),
-                "-o",
-                &options,
-                "-l",
-                &pg.dir.path().join("server.log").display().to_string(),
-                "-w",
-                "start",
-            ],
-        );
+        // A free port can be taken by a neighbour test between our look and the server's bind:
+        // then the server says so in its log and we try another.
+        for attempt in 1.. {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400",
+                pg.dir.path().display()
+            );
+            let log = pg.dir.path().join("server.log");
+            let _ = std::fs::remove_file(&log);
+            let started = pg.try_run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &pg.data(),
+                    "-o",
+                    &options,
+                    "-l",
+                    &log.display().to_string(),
+                    "-w",
+                    "start",
+                ],
+            );
+            match started {
+                Ok(()) => {
+                    pg.url = format!("postgres://gse@127.0.0.1:{port}/postgres");
+                    break;
+                }
+                Err(e) if attempt < 5 && e.contains("Address already in use") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
         pg
     }
 
@@ -106,18 +120,27 @@ impl Postgres {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
+        if let Err(e) = self.try_run(tool, args) {
+            panic!("{e}");
+        }
+    }
+
+    /// Runs one of the server's tools; on failure, what it and the server's log said.
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let out = self
             .command(&self.bin.join(tool))
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("{tool}: {e}"));
-        assert!(
-            out.status.success(),
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
             "{tool} failed:\n{}{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-        );
+        ))
     }
 
     /// Runs one SQL statement with psql; the rows, each a list of columns.
