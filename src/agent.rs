@@ -40,6 +40,9 @@ pub enum AgentError {
     /// Another agent holds the data-dir, or its lock cannot be taken.
     #[error(transparent)]
     DataDir(#[from] crate::lock::LockError),
+    /// The data-dir could not be created or closed.
+    #[error(transparent)]
+    Prepare(#[from] crate::data_dir::DataDirError),
     /// A directory could not be created.
     #[error("cannot create directory {path}: {source}")]
     CreateDir {
@@ -177,9 +180,8 @@ impl Agent {
     /// Creates the data directories and binds the listeners; game processes will run as
     /// `run_as` if given.
     pub async fn build(cfg: Config, run_as: Option<RunAs>) -> Result<Self, AgentError> {
-        create_dir(&cfg.data_dir)?;
+        crate::data_dir::prepare(&cfg.data_dir)?;
         let lock = crate::lock::acquire(&cfg.data_dir)?;
-        create_dir(&cfg.data_dir.join("logs"))?;
         create_dir(&cfg.game_root)?;
         let log_archives = crate::logarchive::open(&cfg, run_as.as_ref().map(|r| (r.uid, r.gid)))?;
         let bind = |what, addr| async move {
@@ -523,7 +525,7 @@ fn write_endpoints(data_dir: &Path, endpoints: &Endpoints) -> Result<(), AgentEr
     let path = data_dir.join("endpoints.json");
     let tmp = data_dir.join("endpoints.json.tmp");
     let text = serde_json::to_string_pretty(endpoints).expect("endpoints serialize");
-    std::fs::write(&tmp, text)
+    crate::data_dir::write_private(&tmp, text.as_bytes())
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|source| AgentError::WriteEndpoints { path, source })
 }
@@ -562,6 +564,7 @@ pub async fn install_build(
     cfg: &Config,
     accounts: &(dyn Accounts + Sync),
 ) -> Result<Option<RunAs>, AgentError> {
+    crate::data_dir::prepare(&cfg.data_dir)?;
     match &cfg.build {
         Some(build) => {
             let plan = package::Plan::for_config(cfg, build.clone());
@@ -604,18 +607,19 @@ pub fn announce_local_game(cfg: &Config, build: &Path) {
     }
 }
 
-/// Without a build: the run-as user of the configuration, given the game root once (recorded
+/// Without a build: the run-as user of the configuration (or the default one), given the game root once (recorded
 /// in `data-dir/game-root.owner`: a later start, whose adopted games own the tree, changes
 /// nothing; a new user or game root is given it anew).
 fn set_up_run_as(
     cfg: &Config,
     accounts: &(dyn Accounts + Sync),
 ) -> Result<Option<RunAs>, AgentError> {
-    let Some(spec) = &cfg.run_as else {
+    let Some(user) = package::account::choose(accounts, cfg.run_as.as_deref(), None)
+        .map_err(PackageError::from)?
+    else {
         return Ok(None);
     };
     create_dir(&cfg.game_root)?;
-    let user = package::account::set_up(accounts, spec).map_err(PackageError::from)?;
     let record = cfg.data_dir.join("game-root.owner");
     let given = format!("{}:{} {}\n", user.uid, user.gid, cfg.game_root.display());
     if std::fs::read_to_string(&record).ok().as_deref() != Some(given.as_str()) {

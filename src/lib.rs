@@ -13,6 +13,7 @@ pub mod chaos;
 pub mod clidocs;
 pub mod config;
 pub mod control;
+pub mod data_dir;
 pub mod dbfile;
 pub mod event;
 pub mod fleet;

@@ -415,7 +415,8 @@ pub struct Config {
     pub game_root: PathBuf,
     /// The build package (zip or directory) installed at start, if any.
     pub build: Option<PathBuf>,
-    /// `user:group` games run as (overrides the package's gse.yaml).
+    /// `user:group` games run as, or `root` (overrides the package's gse.yaml; unset, an agent
+    /// running as root runs them as [`crate::package::account::DEFAULT_RUN_AS`]).
     pub run_as: Option<String>,
     /// Build installation limits.
     pub package: PackagePolicy,

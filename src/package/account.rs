@@ -1,13 +1,18 @@
-//! The run-as user: `gse.yaml`'s `User: user:group` (or the agent's `run-as`), created if
-//! missing, owning the build, running the games. OS calls sit behind [`Accounts`] so the logic
-//! is tested without root. The build is given to the user once, by [`give`], before any game
-//! of it runs ([`super::owner`] says how).
+//! The run-as user: the agent's `run-as`, else `gse.yaml`'s `User: user:group`, else (for an
+//! agent running as root) [`DEFAULT_RUN_AS`]; created if missing, owning the build, running the
+//! games. No game runs as root unless `run-as: root` says so ([`choose`]). OS calls sit behind
+//! [`Accounts`] so the logic is tested without root. The build is given to the user once, by
+//! [`give`], before any game of it runs ([`super::owner`] says how).
 
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::owner::{Given, Inodes};
+
+/// Who games run as when neither `run-as` nor gse.yaml names anyone and the agent runs as
+/// root. The package's sysusers.d file creates it; the agent creates it when it is missing.
+pub const DEFAULT_RUN_AS: &str = "gse-game:gse-game";
 
 /// A user and group by name and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +39,9 @@ pub enum AccountError {
         message: String,
     },
     /// A `user:group` value is malformed.
-    #[error("run-as user {0:?} is not of the form user:group (letters, digits, '_', '-')")]
+    #[error(
+        "run-as user {0:?} is not of the form user:group (lower-case letters, digits, '_', '-') or root"
+    )]
     Malformed(String),
     /// A user switch needs root.
     #[error("running games as {user}:{group} needs root, but gse-agent runs as uid {uid}")]
@@ -113,8 +120,11 @@ pub fn gse_yaml_user(root: &Path) -> Result<Option<String>, AccountError> {
     Ok(parsed.user)
 }
 
-/// Splits and checks `user:group`.
+/// Splits and checks `user:group` (`root` alone is `root:root`).
 pub fn parse_user_group(spec: &str) -> Result<(String, String), AccountError> {
+    if spec == "root" {
+        return Ok(("root".into(), "root".into()));
+    }
     let valid = |s: &str| {
         !s.is_empty()
             && s.len() <= 32
@@ -150,37 +160,33 @@ pub fn set_up(accounts: &dyn Accounts, spec: &str) -> Result<RunAs, AccountError
             uid: euid,
         });
     }
+    // Another agent on the host may create the same account at the same moment: what counts
+    // is that it exists afterwards.
     let gid = match accounts.group_id(&group) {
         Some(gid) => gid,
         None => {
-            accounts
-                .create_group(&group)
-                .map_err(|message| AccountError::Create {
-                    what: format!("group {group}"),
-                    message,
-                })?;
+            let made = accounts.create_group(&group);
             accounts
                 .group_id(&group)
                 .ok_or_else(|| AccountError::Create {
                     what: format!("group {group}"),
-                    message: "it does not exist after groupadd".into(),
+                    message: made
+                        .err()
+                        .unwrap_or_else(|| "it does not exist after groupadd".into()),
                 })?
         }
     };
     let uid = match accounts.user_id(&user) {
         Some(uid) => uid,
         None => {
-            accounts
-                .create_user(&user, &group)
-                .map_err(|message| AccountError::Create {
-                    what: format!("user {user}"),
-                    message,
-                })?;
+            let made = accounts.create_user(&user, &group);
             accounts
                 .user_id(&user)
                 .ok_or_else(|| AccountError::Create {
                     what: format!("user {user}"),
-                    message: "it does not exist after useradd".into(),
+                    message: made
+                        .err()
+                        .unwrap_or_else(|| "it does not exist after useradd".into()),
                 })?
         }
     };
@@ -190,6 +196,52 @@ pub fn set_up(accounts: &dyn Accounts, spec: &str) -> Result<RunAs, AccountError
         uid,
         gid,
     })
+}
+
+/// Where the run-as user was named, for the start log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// The agent's `run-as`.
+    Config,
+    /// The build's gse.yaml `User`.
+    GseYaml,
+    /// Nobody: [`DEFAULT_RUN_AS`].
+    Default,
+}
+
+/// The user games run as: `configured` (the agent's `run-as`), else `gse_yaml` (the build's
+/// `User`), else, for an agent running as root, [`DEFAULT_RUN_AS`], set up by [`set_up`].
+/// `None`: the games run as the agent itself, which is either not root and asked for nobody,
+/// or root by the explicit choice of `run-as: root` (or a gse.yaml `User: root:root`), which
+/// is logged as a warning every start.
+pub fn choose(
+    accounts: &dyn Accounts,
+    configured: Option<&str>,
+    gse_yaml: Option<&str>,
+) -> Result<Option<RunAs>, AccountError> {
+    let (spec, named) = match (configured, gse_yaml) {
+        (Some(spec), _) => (spec, Named::Config),
+        (None, Some(spec)) => (spec, Named::GseYaml),
+        (None, None) if accounts.euid() == 0 => (DEFAULT_RUN_AS, Named::Default),
+        (None, None) => return Ok(None),
+    };
+    let user = set_up(accounts, spec)?;
+    if user.uid == 0 {
+        tracing::warn!(
+            run_as = spec,
+            named_by = ?named,
+            "games run as root, by choice: a game can read and change everything on this host"
+        );
+        return Ok(None);
+    }
+    tracing::info!(
+        run_as.user = %user.user,
+        run_as.group = %user.group,
+        process.uid = user.uid,
+        named_by = ?named,
+        "games run as an unprivileged user"
+    );
+    Ok(Some(user))
 }
 
 /// Gives `root` to `run_as` (not a user the agent already is: nothing to change then). Called
@@ -385,8 +437,119 @@ mod tests {
     }
 
     #[test]
+    fn nobody_named_is_the_default_user_for_root_and_the_agent_itself_otherwise() {
+        let root = Fake::default();
+        let r = choose(&root, None, None).unwrap().unwrap();
+        assert_eq!(
+            (r.user.as_str(), r.group.as_str()),
+            ("gse-game", "gse-game")
+        );
+        assert_eq!(
+            *root.calls.borrow(),
+            ["groupadd gse-game", "useradd gse-game gse-game"]
+        );
+        let user = Fake {
+            euid: 1000,
+            ..Default::default()
+        };
+        assert_eq!(choose(&user, None, None).unwrap(), None);
+        assert!(user.calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn the_config_wins_over_gse_yaml_and_root_is_only_a_choice() {
+        let fake = Fake::default();
+        fake.users.borrow_mut().insert("root".into(), 0);
+        fake.groups.borrow_mut().insert("root".into(), 0);
+        let r = choose(&fake, Some("game:game"), Some("other:other"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.user, "game");
+        let r = choose(&fake, None, Some("other:other")).unwrap().unwrap();
+        assert_eq!(r.user, "other");
+        assert_eq!(choose(&fake, Some("root"), Some("x:x")).unwrap(), None);
+        assert_eq!(choose(&fake, None, Some("root:root")).unwrap(), None);
+    }
+
+    #[test]
+    fn an_account_another_agent_created_meanwhile_is_used() {
+        struct Racing(Fake);
+        impl Accounts for Racing {
+            fn euid(&self) -> u32 {
+                0
+            }
+            fn egid(&self) -> u32 {
+                0
+            }
+            fn group_id(&self, g: &str) -> Option<u32> {
+                self.0.group_id(g)
+            }
+            fn user_id(&self, u: &str) -> Option<u32> {
+                self.0.user_id(u)
+            }
+            fn create_group(&self, g: &str) -> Result<(), String> {
+                self.0.create_group(g)?;
+                Err(format!("groupadd: group '{g}' already exists"))
+            }
+            fn create_user(&self, u: &str, g: &str) -> Result<(), String> {
+                self.0.create_user(u, g)?;
+                Err(format!("useradd: user '{u}' already exists"))
+            }
+            fn give_tree(
+                &self,
+                root: &Path,
+                uid: u32,
+                gid: u32,
+                unpacked: Option<&Inodes>,
+            ) -> std::io::Result<Given> {
+                self.0.give_tree(root, uid, gid, unpacked)
+            }
+        }
+        let r = set_up(&Racing(Fake::default()), "game:game").unwrap();
+        assert_eq!((r.uid, r.gid), (901, 900));
+        struct Failing;
+        impl Accounts for Failing {
+            fn euid(&self) -> u32 {
+                0
+            }
+            fn egid(&self) -> u32 {
+                0
+            }
+            fn group_id(&self, _: &str) -> Option<u32> {
+                None
+            }
+            fn user_id(&self, _: &str) -> Option<u32> {
+                None
+            }
+            fn create_group(&self, _: &str) -> Result<(), String> {
+                Err("groupadd: cannot lock /etc/group".into())
+            }
+            fn create_user(&self, _: &str, _: &str) -> Result<(), String> {
+                unreachable!()
+            }
+            fn give_tree(
+                &self,
+                _: &Path,
+                _: u32,
+                _: u32,
+                _: Option<&Inodes>,
+            ) -> std::io::Result<Given> {
+                unreachable!()
+            }
+        }
+        assert_eq!(
+            set_up(&Failing, "game:game").unwrap_err().to_string(),
+            "cannot create group game: groupadd: cannot lock /etc/group"
+        );
+    }
+
+    #[test]
     fn malformed_specs_are_refused() {
-        for bad in ["user", ":g", "u:", "Root:x", "a b:c", "u:g:h"] {
+        assert_eq!(
+            parse_user_group("root").unwrap(),
+            ("root".into(), "root".into())
+        );
+        for bad in ["user", ":g", "u:", "Root:x", "a b:c", "u:g:h", "Root"] {
             assert!(parse_user_group(bad).is_err(), "{bad}");
         }
     }

@@ -373,7 +373,8 @@ pub fn mark_installed(
     std::fs::write(&done, note).map_err(fs_err("write", &done))
 }
 
-/// Sets up the run-as user (the agent's `run-as`, else gse.yaml's `User`) and, while the build
+/// Sets up the run-as user ([`account::choose`]: the agent's `run-as`, else gse.yaml's `User`,
+/// else the default unprivileged user) and, while the build
 /// is not yet installed (no game of it has run), gives it the build: once, never again at a
 /// later start, when adopted games own the tree.
 pub fn run_as(
@@ -381,14 +382,13 @@ pub fn run_as(
     build: &Unpacked,
     accounts: &(dyn Accounts + Sync),
 ) -> Result<Option<RunAs>, PackageError> {
-    let spec = match &plan.run_as {
-        Some(s) => Some(s.clone()),
+    let gse_yaml = match &plan.run_as {
+        Some(_) => None,
         None => account::gse_yaml_user(&build.dir)?,
     };
-    let Some(spec) = spec else {
+    let Some(user) = account::choose(accounts, plan.run_as.as_deref(), gse_yaml.as_deref())? else {
         return Ok(None);
     };
-    let user = account::set_up(accounts, &spec)?;
     // Given before (the record names the user), nothing changes; a build not yet installed,
     // or now run as another user, is given (the walk follows no link, so it is safe even
     // under running games).

@@ -388,13 +388,14 @@ fn plan(dir: &Path, build: PathBuf) -> Plan {
     }
 }
 
+/// An agent that is not root and has no accounts to look up: the games run as itself.
 struct NoAccounts;
 impl Accounts for NoAccounts {
     fn euid(&self) -> u32 {
-        0
+        1000
     }
     fn egid(&self) -> u32 {
-        0
+        1000
     }
     fn group_id(&self, _: &str) -> Option<u32> {
         None

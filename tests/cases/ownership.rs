@@ -98,3 +98,97 @@ fn a_build_is_given_to_its_user_once_and_not_again_when_the_agent_restarts() {
         "the build is given once"
     );
 }
+
+/// The uid of a running process.
+fn uid_of(pid: u64) -> u32 {
+    owner(&Path::new("/proc").join(pid.to_string()))
+}
+
+#[test]
+fn a_game_under_the_default_config_is_unprivileged_and_reads_none_of_the_agents_secrets() {
+    use crate::helper::control_plane::ControlPlaneFake;
+    use crate::helper::{COMMANDS, entry, write_secret};
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the default game user needs a root agent (CI runs the tests as root)");
+        return;
+    }
+    let cp = ControlPlaneFake::start(Some("relay-token-0123456789"), true);
+    let yaml = |dir: &Path| {
+        config(
+            &entry(COMMANDS, 1),
+            &crate::cases::upstream::upstream_yaml(
+                &cp,
+                &format!(", token-file: \"{}\"", dir.join("token").display()),
+            ),
+        )
+    };
+    let mut agent = Agent::prepared("", |_| {});
+    std::fs::write(agent.path("agent.yaml"), yaml(agent.dir.path())).unwrap();
+    write_secret(&agent.path("token"), "relay-token-0123456789\n");
+    // Only the data-dir's own modes stand between the game and the agent's files.
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    agent.spawn();
+    cp.wait_event("AGENT_STARTED");
+    let ready = agent.wait_ready_answered(1);
+    let pid = ready[0]["Pid"].as_u64().unwrap();
+    let game_user = nix::unistd::User::from_name("gse-game")
+        .unwrap()
+        .expect("the agent creates the default game user when the package has not");
+    assert_eq!(uid_of(pid), game_user.uid.as_raw());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for line in ["CapEff:\t0000000000000000", "NoNewPrivs:\t1"] {
+        assert!(status.contains(line), "{line:?} in {status}");
+    }
+    let err = agent.stderr();
+    assert!(err.contains("games run as an unprivileged user"), "{err}");
+    let mut game = agent.game(pid as u32);
+    for secret in [
+        "data/state.redb",
+        "data/outbox.redb",
+        "data/endpoints.json",
+        "data/log-url.key",
+        "token",
+    ] {
+        let path = agent.path(secret);
+        if !path.exists() {
+            assert_ne!(
+                secret, "data/state.redb",
+                "the state file is where it is said to be"
+            );
+            continue;
+        }
+        let answer = game.call(&format!("read {}", path.display()));
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Permission denied")),
+            "the game read {secret}: {answer}"
+        );
+    }
+    let answer = game.call("read /local/game/server");
+    assert!(
+        answer["bytes"].as_u64().unwrap() > 0,
+        "its own build: {answer}"
+    );
+    let mode = |p: &str| {
+        std::fs::metadata(agent.path(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("data"), 0o711);
+    assert_eq!(mode("data/logs"), 0o700);
+
+    // Root only when asked for, and said so.
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit().success(), "{}", agent.stderr());
+    let root = yaml(agent.dir.path()).replace("fleet-id:", "run-as: root\nfleet-id:");
+    std::fs::write(agent.path("agent.yaml"), root).unwrap();
+    agent.spawn();
+    let ready = agent.wait_ready(1);
+    assert_eq!(uid_of(ready[0]["Pid"].as_u64().unwrap()), 0);
+    let err = agent.stderr();
+    assert!(err.contains("games run as root, by choice"), "{err}");
+}

@@ -169,7 +169,11 @@ fn a_helper_process_in_the_games_group_speaks_for_the_game() {
 /// of another uid inside a game's group speaks for nobody.
 #[test]
 fn no_process_borrows_a_games_process_group() {
-    let agent = Agent::start(&config(&entry(COMMANDS, 2), FAST));
+    // Root games, so that one can fork a helper of another user into its own group below.
+    let agent = Agent::start(&config(
+        &entry(COMMANDS, 2),
+        &format!("{FAST}\nrun-as: root"),
+    ));
     let ready = agent.wait_ready(2);
     let (victim, neighbour) = (
         ready[0]["Pid"].as_u64().unwrap() as u32,

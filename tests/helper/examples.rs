@@ -50,6 +50,9 @@ fn hash_tree(hash: &mut Sha256, dir: &Path) {
     }
 }
 
+/// Debian's python3 (`.ci/run` installs it with pip).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
 /// The built example `name` (`cpp`, `java`, `go`, `python`, `node`) against `protos`: a GSE
 /// build folder, made once by `examples/NAME/build.sh` (which needs the toolchain its README
 /// names; `.ci/run` installs them).
@@ -58,6 +61,10 @@ pub fn build(name: &str, protos: Protos) -> PathBuf {
     let mut hash = Sha256::new();
     hash_tree(&mut hash, &source);
     hash_tree(&mut hash, &protos.dir());
+    // The Python game runs on the system's interpreter, as on a game host: it runs as the
+    // unprivileged game user, who cannot reach one under root's home (pyenv's, say).
+    let python = (name == "python").then_some(SYSTEM_PYTHON);
+    hash.update(python.unwrap_or_default());
     let key: String = hash
         .finalize()
         .iter()
@@ -67,7 +74,11 @@ pub fn build(name: &str, protos: Protos) -> PathBuf {
     let cache = super::cached_dir(&format!("example-{name}-{key}"), |cache| {
         let dest = cache.join("build");
         std::fs::create_dir_all(&dest).unwrap();
-        let out = Command::new("bash")
+        let mut build = Command::new("bash");
+        if let Some(python) = python {
+            build.env("PYTHON", python);
+        }
+        let out = build
             .arg(source.join("build.sh"))
             .arg(&dest)
             .arg(protos.dir())

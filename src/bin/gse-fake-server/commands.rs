@@ -9,7 +9,8 @@
 //! process in the game's process group (running as `UID` when given; the game must be root for
 //! that) calls ProcessReady with its own pid, and `join-group PGID`: the game tries to move
 //! itself into process group `PGID` (`setpgid`), answering `{"joined": true}` or
-//! `{"error": "..."}`. Answers: `{"status": 0|1, "message": "..."}` for GseResponse calls,
+//! `{"error": "..."}`, and `read PATH`: the game tries to read a file, answering
+//! `{"bytes": N}` or `{"error": "..."}`. Answers: `{"status": 0|1, "message": "..."}` for GseResponse calls,
 //! `{"players": N}` for describe, `{"grpc": "CODE", "message": "..."}` when the call failed.
 
 use std::path::Path;
@@ -172,6 +173,10 @@ async fn run(game: &Game, line: &str) -> Value {
                 Err(e) => json!({"error": format!("setpgid(0, {pgid}): {e}")}),
             },
             Err(e) => json!({"error": format!("bad process group {:?}: {e}", arg(1))}),
+        },
+        "read" => match std::fs::read(words[1..].join(" ")) {
+            Ok(bytes) => json!({"bytes": bytes.len()}),
+            Err(e) => json!({"error": e.to_string()}),
         },
         "load" => match crate::load::Load::parse(&words[1..]) {
             // Its own runtime on its own thread: the game's stays free to answer.
