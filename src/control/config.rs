@@ -53,7 +53,9 @@ pub struct ControlConfig {
     /// ([`super::credentials`]).
     #[serde(default)]
     pub agent_tokens_file: Option<PathBuf>,
-    /// An instance with no relay stream for this long is `Lost`: it gets no new sessions.
+    /// An instance from which nothing was stored for this long is `Lost` (no relay stream) or
+    /// `Unresponsive` (a stream that delivers nothing): it gets no new sessions. Longer than the
+    /// agents' `upstream.status-interval` (10 s by default), which keeps a quiet host seen.
     #[serde(default = "default_lost_after")]
     pub instance_lost_after: HumanDuration,
     /// Hosts of a fleet a build roll-out deploys to at once.

@@ -1,6 +1,6 @@
 //! Who is alive: this replica's heartbeat, the instances whose streams it holds, instances
-//! with no stream for `instance-lost-after` (Lost: no new sessions), roll-outs whose replica
-//! stopped, and old bookkeeping.
+//! from which nothing was stored for `instance-lost-after` (Lost with no stream, Unresponsive
+//! with one: no new sessions either way), roll-outs whose replica stopped, and old bookkeeping.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,8 +83,8 @@ async fn beat(
     )
     .await
     .map_err(DbError::query("beating"))?;
-    // Streams held by a replica that stopped beating are gone (a connected row is never Lost:
-    // it is seen as long as its replica beats, and Lost counts from here or the departure).
+    // Streams held by a replica that stopped beating are gone (Lost counts from here or the
+    // departure).
     db.execute(
         "UPDATE instances SET connected = false, replica = NULL, stream = NULL, last_seen = now()
          WHERE connected AND (replica IS NULL OR replica NOT IN
@@ -93,17 +93,24 @@ async fn beat(
     )
     .await
     .map_err(DbError::query("releasing instances of stopped replicas"))?;
+    // Lost: no stream, or a stream that delivered nothing for as long (a hung agent, writes
+    // that keep failing): either way, no new sessions, until its next write clears it.
     let lost = db
         .query(
             "UPDATE instances SET lost = true
-             WHERE NOT lost AND NOT connected AND last_seen < now() - $1 * interval '1 millisecond'
-             RETURNING instance_id, fleet_id",
+             WHERE NOT lost AND last_seen < now() - $1 * interval '1 millisecond'
+             RETURNING instance_id, fleet_id, connected",
             &[&lost_ms],
         )
         .await
         .map_err(DbError::query("marking lost instances"))?;
     for r in &lost {
-        tracing::warn!(instance.id = %r.get::<_, String>(0), fleet.id = %r.get::<_, String>(1), "instance lost: no relay stream; it gets no new sessions until it returns");
+        let (instance, fleet) = (r.get::<_, String>(0), r.get::<_, String>(1));
+        if r.get::<_, bool>(2) {
+            tracing::warn!(instance.id = %instance, fleet.id = %fleet, lost_after = ?lost_after, "instance unresponsive: its relay stream is open but nothing from it was stored for instance-lost-after; it gets no new sessions until something is");
+        } else {
+            tracing::warn!(instance.id = %instance, fleet.id = %fleet, "instance lost: no relay stream; it gets no new sessions until it returns");
+        }
     }
     let orphans = db
         .query(

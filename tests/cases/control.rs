@@ -737,6 +737,49 @@ fn a_build_rolls_out_to_every_host_and_stops_at_a_failure() {
 }
 
 #[test]
+fn a_host_whose_stream_delivers_nothing_is_not_active_and_gets_no_sessions() {
+    use nix::sys::signal::{Signal, kill};
+    let pg = Postgres::start();
+    let control = Control::start(&pg.url, "instance-lost-after: 1s\n");
+    let agent = Agent::start(&host("fleet-u", "ins-u1", &[&control], 1));
+    wait_idle(&pg, "ins-u1", 1);
+    let sdk = control.sdk();
+    let status = || {
+        sdk.ok("DescribeInstances", json!({"FleetId": "fleet-u"}))["Instances"][0]["Status"].clone()
+    };
+    assert_eq!(status(), "Active");
+    // A hung agent: its stream stays open, nothing more comes down it.
+    let pid = nix::unistd::Pid::from_raw(agent.child.as_ref().unwrap().id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    wait_for("ins-u1 Unresponsive", || {
+        (status() == "Unresponsive").then_some(())
+    });
+    assert_eq!(
+        pg.scalar("SELECT connected FROM instances WHERE instance_id = 'ins-u1'"),
+        "t",
+        "the stream is still open"
+    );
+    let (code, message) = sdk.err(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-u", "MaximumPlayerSessionCount": 2}),
+    );
+    assert_eq!(code, "LimitExceeded", "{message}");
+    assert!(
+        control.stderr().contains("instance unresponsive"),
+        "{}",
+        control.stderr()
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+    wait_for("ins-u1 Active again", || {
+        (status() == "Active").then_some(())
+    });
+    sdk.ok(
+        "CreateGameServerSession",
+        json!({"FleetId": "fleet-u", "MaximumPlayerSessionCount": 2}),
+    );
+}
+
+#[test]
 fn a_lost_host_can_be_removed_and_its_sessions_end() {
     let pg = Postgres::start();
     let control = Control::start(&pg.url, "instance-lost-after: 1s\n");

@@ -25,7 +25,13 @@ fn instance(r: &Row) -> Value {
         "IpAddress": r.get::<_, String>("public_ip"),
         "DnsName": r.get::<_, String>("dns_name"),
         "OperatingSystem": "linux",
-        "Status": if lost { "Lost" } else if connected { "Active" } else { "Disconnected" },
+        "Status": match (connected, lost) {
+            (true, false) => "Active",
+            // Its stream is open but delivered nothing for instance-lost-after.
+            (true, true) => "Unresponsive",
+            (false, false) => "Disconnected",
+            (false, true) => "Lost",
+        },
         "Type": "",
         "CreateTime": humantime::format_rfc3339_seconds(created).to_string(),
         "Weight": r.get::<_, i32>("weight"),
