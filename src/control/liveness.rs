@@ -46,6 +46,10 @@ pub async fn unregister(pool: &Pool, replica: &str) -> Result<(), DbError> {
 /// Events, finished sessions and their players, and finished placements are kept this long.
 pub const RETAIN_DAYS: i32 = 7;
 
+/// An instance that only ever said Hello, and a fleet only such Hellos named, are kept this
+/// long after they were last seen.
+pub const HELLO_ONLY_KEPT_DAYS: i32 = 1;
+
 /// Beats every `lost_after / 4` (at most 5 s) until the process ends, on `beats` (connections
 /// of its own); roll-outs it takes over use `pool`.
 pub async fn watch(
@@ -171,6 +175,27 @@ async fn prune(db: &deadpool_postgres::Object) -> Result<(), DbError> {
     )
     .await
     .map_err(DbError::query("pruning old sessions"))?;
+    // What only ever said Hello: an instance that never sent its status (a real agent sends one
+    // at once and every status-interval) nor ran a session, gone for a day; then a fleet no API
+    // call set anything on, with no instance and no session left.
+    db.execute(
+        "DELETE FROM instances i WHERE NOT connected AND status = '{}'::jsonb
+            AND last_seen < now() - $1::float8 * interval '1 day'
+            AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.instance_id = i.instance_id)",
+        &[&f64::from(HELLO_ONLY_KEPT_DAYS)],
+    )
+    .await
+    .map_err(DbError::query("expiring instances that only said Hello"))?;
+    db.execute(
+        "DELETE FROM fleets f WHERE name = '' AND description = ''
+            AND runtime_configuration IS NULL AND build_location IS NULL
+            AND created_at < now() - $1::float8 * interval '1 day'
+            AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.fleet_id = f.fleet_id)
+            AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.fleet_id = f.fleet_id)",
+        &[&f64::from(HELLO_ONLY_KEPT_DAYS)],
+    )
+    .await
+    .map_err(DbError::query("expiring fleets only Hellos named"))?;
     db.execute(
         "DELETE FROM placements WHERE status <> 'PENDING'
            AND ended_ms < (extract(epoch FROM now()) * 1000 - $1::float8 * 86400000)::bigint",

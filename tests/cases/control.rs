@@ -998,6 +998,47 @@ fn relay_event_as(
     });
 }
 
+#[test]
+fn an_instance_that_only_said_hello_expires_and_a_real_host_stays() {
+    let pg = Postgres::start();
+    let tokens = Tokens::new(
+        "token-hello-only-0123456789 ins-h1 fleet-h\ntoken-real-host-0123456789 ins-r1 fleet-r\n",
+    );
+    let control = control_with(&pg, &tokens);
+    relay_as(
+        &control,
+        "token-hello-only-0123456789",
+        "fleet-h",
+        "ins-h1",
+        Default::default(),
+    );
+    let mut real = host_with_token(&control, "fleet-r", "ins-r1", "token-real-host-0123456789");
+    wait_idle(&pg, "ins-r1", 1);
+    real.kill9();
+    wait_for("both streams gone", || {
+        (!connected(&pg, "ins-h1") && !connected(&pg, "ins-r1")).then_some(())
+    });
+    // Two days pass.
+    pg.query(
+        "UPDATE instances SET last_seen = now() - interval '2 days';
+         UPDATE fleets SET created_at = now() - interval '2 days'",
+    );
+    wait_for("the Hello-only instance and its fleet expired", || {
+        (pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-h1'") == "0"
+            && pg.scalar("SELECT count(*) FROM fleets WHERE fleet_id = 'fleet-h'") == "0")
+            .then_some(())
+    });
+    assert_eq!(
+        pg.scalar("SELECT count(*) FROM instances WHERE instance_id = 'ins-r1'"),
+        "1",
+        "a host that ran is kept (it is Lost, for RemoveInstance)"
+    );
+    assert_eq!(
+        pg.scalar("SELECT count(*) FROM fleets WHERE fleet_id = 'fleet-r'"),
+        "1"
+    );
+}
+
 /// Issue 26, item 3: a snapshot may create or change only its own host's sessions and their
 /// player sessions; one naming another host's session (with the attacker's address) changes
 /// nothing of it.
