@@ -5,7 +5,8 @@
 //!
 //! Per agent count N (each on a fresh database and replica):
 //!
-//! 1. connect: N agents dial at once (at most 256 handshakes in flight), each sending Hello, a
+//! 1. connect: N agents dial at once (at most 256 handshakes in flight), each with its own
+//!    credential (`agent-tokens-file`: `TOKEN INSTANCE-ID FLEET-ID`), each sending Hello, a
 //!    complete snapshot (50 idle ACTIVE processes) and its status; the time until the database
 //!    shows all N connected with their snapshots stored; then 10 s idle (status every 10 s per
 //!    agent, as the real agent) for the idle CPU.
@@ -41,6 +42,7 @@
 //! - `agents N ...`: adds agent counts to the default 100 and 1000; `only N ...` replaces them.
 //! - `rate R` (1000), `creates C` (20000), `placements M` (500), `concurrency K` (64),
 //!   `ceiling C` (10000), `fill F` (30000): the phases' sizes.
+//! - `no-credentials`: no `agent-tokens-file` (an open relay, as before per-host credentials).
 //! - `pgss`: load pg_stat_statements (PostgreSQL restarts once, before gse-control starts) and
 //!   print the statements that cost the most per N; their mean times include lock waits.
 //!
@@ -107,6 +109,8 @@ struct Options {
     ceiling: usize,
     fill: usize,
     pgss: bool,
+    /// Each host with its own credential (`agent-tokens-file`); off: an open relay.
+    credentials: bool,
 }
 
 impl Options {
@@ -120,6 +124,7 @@ impl Options {
             ceiling: 10_000,
             fill: 30_000,
             pgss: false,
+            credentials: true,
         };
         let words: Vec<String> = std::env::args()
             .skip(1)
@@ -148,8 +153,9 @@ impl Options {
                 "ceiling" => o.ceiling = number(it.next(), "ceiling") as usize,
                 "fill" => o.fill = number(it.next(), "fill") as usize,
                 "pgss" => o.pgss = true,
+                "no-credentials" => o.credentials = false,
                 other => panic!(
-                    "unknown argument {other:?}: agents N.. | only N.. | rate R | creates C | placements M | concurrency K | ceiling C | fill F | pgss"
+                    "unknown argument {other:?}: agents N.. | only N.. | rate R | creates C | placements M | concurrency K | ceiling C | fill F | pgss | no-credentials"
                 ),
             }
         }
@@ -191,7 +197,7 @@ fn scenario(n: usize, o: &Options) -> Row {
     }
     log_lock_waits(&pg);
     let postmaster = postmaster_pid(&pg);
-    let control = Control::start(&pg.url);
+    let control = Control::start(&pg.url, o.credentials.then_some(n));
     let rss = RssSampler::start(control.pid());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

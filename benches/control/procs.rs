@@ -11,13 +11,26 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    pub(crate) fn start(database: &str) -> Control {
+    /// A replica on `database`; with `agents`, it takes only those simulated hosts, each with
+    /// its own credential for its own instance of the bench fleet (`agent-tokens-file`).
+    pub(crate) fn start(database: &str, agents: Option<usize>) -> Control {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("control.yaml"),
-            format!("database: {database}\napi-listen: 127.0.0.1:0\nrelay-listen: 127.0.0.1:0\n"),
-        )
-        .unwrap();
+        let mut yaml =
+            format!("database: {database}\napi-listen: 127.0.0.1:0\nrelay-listen: 127.0.0.1:0\n");
+        if let Some(agents) = agents {
+            let tokens = dir.path().join("agent-tokens");
+            let lines: String = (0..agents)
+                .map(|i| {
+                    let instance = format!("ins-{i}");
+                    format!("{} {instance} {FLEET}\n", host_token(&instance))
+                })
+                .collect();
+            std::fs::write(&tokens, lines).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+            yaml.push_str(&format!("agent-tokens-file: {}\n", tokens.display()));
+        }
+        std::fs::write(dir.path().join("control.yaml"), yaml).unwrap();
         let endpoints = dir.path().join("endpoints.json");
         let log = std::fs::File::create(dir.path().join("control.err")).unwrap();
         let child = Command::new(CONTROL)

@@ -74,6 +74,11 @@ pub(crate) fn failure(id: String, code: &str, text: String) -> up::CommandResult
     }
 }
 
+/// The relay token of the host `instance`.
+pub(crate) fn host_token(instance: &str) -> String {
+    format!("bench-token-{instance}-0123456789")
+}
+
 impl Host {
     pub(crate) fn new(index: usize, shared: Arc<Shared>) -> Host {
         let instance = format!("ins-{index}");
@@ -433,8 +438,16 @@ pub(crate) async fn run_agent(
         tx.send(host.hello()).await.unwrap();
         tx.send(host.complete_snapshot()).await.unwrap();
         tx.send(host.status()).await.unwrap();
+        // Each host its own credential, as agent-tokens-file lists them (procs::Control).
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", host_token(&host.instance))
+                .parse()
+                .unwrap(),
+        );
         let response = client
-            .relay(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .relay(request)
             .await
             .map_err(|e| format!("relay: {e}"))?;
         Ok::<_, String>((client, tx, response.into_inner()))
