@@ -412,7 +412,7 @@ fn bench_metrics() {
         .into_iter()
         .map(|p| p as u32)
         .collect();
-    let mut sampler = gse_agent::metrics::Sampler::new();
+    let mut sampler = gse_agent::agent::metrics::Sampler::new();
     assert_eq!(sampler.sample(&pids).len(), pids.len());
     let rounds = 200;
     let (cpu0, wall0) = (thread_cpu(), Instant::now());
@@ -421,7 +421,7 @@ fn bench_metrics() {
     }
     let per_sample_cpu = (thread_cpu() - cpu0) / rounds;
     let per_sample_wall = wall0.elapsed() / rounds;
-    let period = gse_agent::metrics::SAMPLE_PERIOD;
+    let period = gse_agent::agent::metrics::SAMPLE_PERIOD;
     println!(
         "metrics: sampler, {GAMES} games: {:?} CPU ({:?} wall) per sample; every {:?}: {:.4}% of a core",
         per_sample_cpu,
@@ -703,8 +703,8 @@ fn bench_unpack() {
 
 /// Events per second written through the outbox writer (group commit, durable).
 fn bench_outbox() {
-    use gse_agent::event::{Event, EventBus, EventCode};
-    use gse_agent::upstream::outbox::Outbox;
+    use gse_agent::agent::event::{Event, EventBus, EventCode};
+    use gse_agent::agent::upstream::outbox::Outbox;
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(&dir.path().join("outbox.redb"), u64::MAX).unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -738,8 +738,8 @@ fn bench_outbox() {
 /// A 10-minute outage at 1,000 events/s (600,000 events in the outbox) drained to a loopback
 /// control plane by the real agent.
 fn bench_backlog() {
-    use gse_agent::event::{Event, EventCode};
-    use gse_agent::upstream::outbox::Outbox;
+    use gse_agent::agent::event::{Event, EventCode};
+    use gse_agent::agent::upstream::outbox::Outbox;
     use gse_agent::upstream_proto as up;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -979,13 +979,13 @@ fn signed_load(
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(100_000);
                 while start.elapsed() < run_for {
-                    let headers = gse_agent::tc3::signed_headers(
+                    let headers = gse_agent::api::tc3::signed_headers(
                         id,
                         secret,
                         &host,
                         "DescribeGameServerSessions",
                         body.as_bytes(),
-                        gse_agent::tc3::now_unix(),
+                        gse_agent::api::tc3::now_unix(),
                     );
                     let t = Instant::now();
                     let mut request = client.post(format!("http://{host}/"));
@@ -1024,13 +1024,13 @@ fn signed_load(
 fn ready_pids_signed(r: &Running) {
     wait("ready processes (signed)", || {
         let body = r#"{"Action":"DescribeServerProcesses"}"#;
-        let headers: String = gse_agent::tc3::signed_headers(
+        let headers: String = gse_agent::api::tc3::signed_headers(
             "AKIDbench",
             "bench-secret",
             &r.capi,
             "DescribeServerProcesses",
             body.as_bytes(),
-            gse_agent::tc3::now_unix(),
+            gse_agent::api::tc3::now_unix(),
         )
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))

@@ -7,35 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod agent;
-pub mod alias;
-pub mod capi;
-pub mod chaos;
-pub mod clidocs;
-pub mod config;
+pub mod api;
+pub mod common;
 pub mod control;
-pub mod data_dir;
-pub mod dbfile;
-pub mod event;
-pub mod fleet;
-pub mod host;
-pub mod listen;
-pub mod lock;
-pub mod logarchive;
-pub mod metrics;
-pub mod package;
-pub mod placement;
-pub mod process;
-pub mod queue;
-pub mod sdk;
-pub mod search;
-pub mod session;
-pub mod status;
-pub mod store;
-pub mod systemd;
-pub mod tc3;
-pub mod telemetry;
-pub mod upstream;
-pub mod validate;
 
 /// Code generated from `proto/` (package `tencentcloud.gse.grpcsdk`).
 #[allow(missing_docs, clippy::all)]

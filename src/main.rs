@@ -8,12 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use gse_agent::agent::{self, Agent};
-use gse_agent::config::{self, Config, ConfigError};
-use gse_agent::fleet::actor::Stops;
-use gse_agent::systemd;
-use gse_agent::telemetry::{self, LogFormat};
-use gse_agent::validate;
+use gse_agent::agent::config::{self, Config, ConfigError};
+use gse_agent::agent::daemon::{self, Agent};
+use gse_agent::agent::fleet::actor::Stops;
+use gse_agent::agent::systemd;
+use gse_agent::agent::validate;
+use gse_agent::common::telemetry::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -124,7 +124,7 @@ enum Command {
         /// Redraw every SECONDS (plain seconds or a duration such as 500ms; 2 when given
         /// without a value) until Ctrl-C.
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
-              value_parser = gse_agent::status::parse_interval)]
+              value_parser = gse_agent::agent::status::parse_interval)]
         watch: Option<std::time::Duration>,
         /// How many of the last events to show.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -142,7 +142,7 @@ enum Command {
         #[arg(long, value_name = "ADDR", global = true)]
         capi: Option<std::net::SocketAddr>,
         #[command(subcommand)]
-        fault: gse_agent::chaos::FaultArgs,
+        fault: gse_agent::agent::chaos::FaultArgs,
     },
 }
 
@@ -174,7 +174,7 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = gse_agent::clidocs::hook(Cli::command) {
+    if let Some(code) = gse_agent::common::clidocs::hook(Cli::command) {
         return code;
     }
     let cli = match Cli::try_parse() {
@@ -199,7 +199,7 @@ fn main() -> ExitCode {
                     c.total_processes()
                 );
                 if let Some(keys) = &c.capi_keys_file
-                    && let Ok((keys, policies)) = gse_agent::tc3::keys::read_all(keys)
+                    && let Ok((keys, policies)) = gse_agent::api::tc3::keys::read_all(keys)
                 {
                     let mut full: Vec<&String> = keys
                         .keys()
@@ -280,9 +280,9 @@ fn main() -> ExitCode {
                 // Another agent on this data-dir is a configuration mistake, like a bad key.
                 Err(e)
                     if matches!(
-                        e.downcast_ref::<agent::AgentError>(),
-                        Some(agent::AgentError::DataDir(
-                            gse_agent::lock::LockError::InUse { .. }
+                        e.downcast_ref::<daemon::AgentError>(),
+                        Some(daemon::AgentError::DataDir(
+                            gse_agent::agent::lock::LockError::InUse { .. }
                         ))
                     ) =>
                 {
@@ -314,9 +314,9 @@ fn run_unpack(build: &Path, dest: &Path, config: Option<&Path>) -> ExitCode {
     }
     let limits = policy.limits();
     let result = if build.is_dir() {
-        gse_agent::package::copy_tree(build, dest, &limits, &|_, _, _| {})
+        gse_agent::agent::package::copy_tree(build, dest, &limits, &|_, _, _| {})
     } else {
-        gse_agent::package::unzip::unpack(build, dest, &limits, &|_, _, _| {})
+        gse_agent::agent::package::unzip::unpack(build, dest, &limits, &|_, _, _| {})
     };
     match result {
         Ok(stats) => {
@@ -358,7 +358,7 @@ impl validate::Ui for TerminalUi {
 fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
     use std::io::IsTerminal;
     // install.sh and the game must not inherit what validate's caller left open.
-    if let Err(e) = gse_agent::host::keep_inherited_fds_from_children() {
+    if let Err(e) = gse_agent::common::host::keep_inherited_fds_from_children() {
         say!("gse-agent validate: the build's processes may inherit open descriptors: {e}");
     }
     if std::env::var_os("RUST_LOG").is_some() {
@@ -393,7 +393,13 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
         let mut ui = TerminalUi {
             on_tty: std::io::stderr().is_terminal(),
         };
-        validate::validate(&opts, &gse_agent::package::System, interrupted, &mut ui).await
+        validate::validate(
+            &opts,
+            &gse_agent::agent::package::System,
+            interrupted,
+            &mut ui,
+        )
+        .await
     });
     let report = match result {
         Ok(r) => r,
@@ -418,14 +424,14 @@ fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
 }
 
 /// What `status` and `chaos` need to ask the running agent: where it is (as
-/// [`gse_agent::status::resolve`] finds it) and a runtime to ask in; the exit code, said, when
+/// [`gse_agent::agent::status::resolve`] finds it) and a runtime to ask in; the exit code, said, when
 /// either cannot be had.
 fn agent_client(
     command: &str,
     capi: Option<std::net::SocketAddr>,
     config: Option<&Path>,
-) -> Result<(gse_agent::status::Target, tokio::runtime::Runtime), ExitCode> {
-    let target = gse_agent::status::resolve(capi, config).map_err(|e| {
+) -> Result<(gse_agent::agent::status::Target, tokio::runtime::Runtime), ExitCode> {
+    let target = gse_agent::agent::status::resolve(capi, config).map_err(|e| {
         say!("gse-agent {command}: {e}");
         ExitCode::from(e.exit_code())
     })?;
@@ -443,16 +449,16 @@ fn agent_client(
 fn run_chaos(
     config: Option<&Path>,
     capi: Option<std::net::SocketAddr>,
-    fault: &gse_agent::chaos::FaultArgs,
+    fault: &gse_agent::agent::chaos::FaultArgs,
 ) -> ExitCode {
-    use gse_agent::status;
+    use gse_agent::agent::status;
     let (target, runtime) = match agent_client("chaos", capi, config) {
         Ok(found) => found,
         Err(code) => return code,
     };
     match runtime.block_on(status::call(&target, "InjectFault", fault.params())) {
         Ok(answer) => {
-            out!("{}", gse_agent::chaos::describe(&answer));
+            out!("{}", gse_agent::agent::chaos::describe(&answer));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -470,7 +476,7 @@ fn run_status(
     watch: Option<std::time::Duration>,
     events: u32,
 ) -> ExitCode {
-    use gse_agent::status;
+    use gse_agent::agent::status;
     use std::io::IsTerminal;
     let (target, runtime) = match agent_client("status", capi, config) {
         Ok(found) => found,
@@ -589,28 +595,28 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
                 }
             }
         });
-        gse_agent::host::return_freed_memory();
-        match gse_agent::host::keep_inherited_fds_from_children() {
+        gse_agent::common::host::return_freed_memory();
+        match gse_agent::common::host::keep_inherited_fds_from_children() {
             Ok(0) => {}
             Ok(n) => tracing::debug!(descriptors = n, "inherited descriptors kept from the games"),
             Err(e) => tracing::warn!(error = %e, "games may inherit descriptors the agent inherited"),
         }
-        match gse_agent::host::raise_open_files_limit() {
+        match gse_agent::common::host::raise_open_files_limit() {
             Ok(limit) => tracing::debug!(limit, "open files"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
         }
         // Before any child exists: descendants that lose their parent come to the agent, and
         // zombies that belong to no one the agent waits for are reaped.
-        if let Err(e) = gse_agent::process::reaper::start() {
+        if let Err(e) = gse_agent::agent::process::reaper::start() {
             tracing::warn!(error = %e, "orphans of games will not be reaped by the agent");
         }
         if sample {
-            agent::install_sample_build(&cfg)?;
+            daemon::install_sample_build(&cfg)?;
         }
         // A build can take minutes to unpack and install: a signal stops that too (dropping
         // the install kills install.sh's process group; the previous build stays live).
         let run_as = tokio::select! {
-            r = agent::install_build(&cfg, &gse_agent::package::System) => r?,
+            r = daemon::install_build(&cfg, &gse_agent::agent::package::System) => r?,
             () = shutdown.cancelled() => {
                 tracing::info!("stopped while installing the build");
                 return anyhow::Ok(());
@@ -640,7 +646,7 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
         agent.run(stops).await?;
         // The last games' escaped descendants are still being swept: let that finish before
         // the runtime goes away.
-        gse_agent::process::settle().await;
+        gse_agent::agent::process::settle().await;
         // Nothing listens any more.
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         tracing::info!("gse-agent stopped");

@@ -7,7 +7,7 @@
 //! policy's window. Latency goes before destination order; without latency data destination
 //! order decides.
 
-use crate::queue::LatencyPolicy;
+use crate::api::queue::LatencyPolicy;
 
 /// A destination as the choice sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct Candidate {
 pub fn choose(
     destinations: &[Candidate],
     policies: &[LatencyPolicy],
-    latencies: &[crate::placement::Latency],
+    latencies: &[crate::agent::placement::Latency],
     elapsed_secs: u64,
 ) -> Vec<String> {
     // A destination's latency: the worst of the players who reported its region.
@@ -71,7 +71,7 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Latency;
+    use crate::agent::placement::Latency;
 
     fn dest(fleet: &str, region: &str) -> Candidate {
         Candidate {

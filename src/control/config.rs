@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::locate::{Segment, locate};
-use crate::config::{ConfigError, HumanDuration, Problem};
+use crate::agent::config::locate::{Segment, locate};
+use crate::agent::config::{ConfigError, HumanDuration, Problem};
 
 /// The shortest and longest `instance-lost-after` accepted.
 const LOST_AFTER_RANGE: (Duration, Duration) =

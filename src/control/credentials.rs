@@ -134,7 +134,7 @@ impl Credentials {
                 {
                     return Err(err(format!(
                         "{what} {:?} is not 1 to {MAX_ID_CHARS} letters, digits, '-', '_' or '.'",
-                        crate::telemetry::clip(id)
+                        crate::common::telemetry::clip(id)
                     )));
                 }
             }

@@ -4,7 +4,7 @@
 //!
 //! - [`relay`]: the agents' streams; what they send is stored ([`store`]) before it is
 //!   acknowledged; commands reach the replica holding a stream through [`hub`].
-//! - [`api`]: the Tencent Cloud API, through the agent's door ([`crate::capi::serve_with`]).
+//! - [`api`]: the Tencent Cloud API, through the agent's door ([`crate::agent::capi::serve_with`]).
 //! - [`choice`]: where a placement may go (pure); [`placement`]: the worker that places them; [`rollout`]: build roll-outs; [`sync`]: a returning
 //!   host brought up to its fleet; [`liveness`]: heartbeats and Lost instances.
 
@@ -30,8 +30,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::capi::ServeOptions;
-use crate::listen::{Acceptor, Bounds};
+use crate::agent::capi::ServeOptions;
+use crate::common::listen::{Acceptor, Bounds};
 use crate::upstream_proto::control_plane_server::ControlPlaneServer;
 use config::ControlConfig;
 
@@ -227,20 +227,20 @@ pub async fn run(
                 Acceptor::<()>::new(
                     relay_listener,
                     "relay-listen",
-                    RELAY_BOUNDS.within_open_files(crate::host::open_files_limit(), 1),
+                    RELAY_BOUNDS.within_open_files(crate::common::host::open_files_limit(), 1),
                 )
                 .into_stream(),
                 async move { relay_stop.cancelled().await },
             ),
     );
-    let api_task = background.spawn(crate::capi::serve_with(
+    let api_task = background.spawn(crate::agent::capi::serve_with(
         api_listener,
         api,
         ServeOptions {
             name: "control-api",
             keys_file: cfg.api_keys_file.clone(),
             allowed_hosts: cfg.api_allowed_hosts.clone(),
-            limits: crate::config::ConnectionLimits::default(),
+            limits: crate::agent::config::ConnectionLimits::default(),
         },
         shutdown.clone(),
     ));

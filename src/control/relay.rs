@@ -65,7 +65,7 @@ fn refuse(peer: &str, credential: &Credential, message: String) -> Status {
 /// The names a relay request's client certificate gives its holder (its DNS subject
 /// alternative names and its subject's common name), if it presented one.
 fn certificate_names<T>(request: &Request<T>) -> Option<Vec<String>> {
-    use crate::listen::ConnInfo;
+    use crate::common::listen::ConnInfo;
     let certs = request
         .extensions()
         .get::<tonic::transport::server::TlsConnectInfo<ConnInfo<()>>>()?
@@ -89,7 +89,7 @@ fn certificate_names<T>(request: &Request<T>) -> Option<Vec<String>> {
 
 /// The peer address of a relay request (plain or TLS), for logs.
 fn peer_of<T>(request: &Request<T>) -> String {
-    use crate::listen::ConnInfo;
+    use crate::common::listen::ConnInfo;
     let ext = request.extensions();
     ext.get::<ConnInfo<()>>()
         .map(|c| c.peer)

@@ -703,7 +703,7 @@ fn a_build_rolls_out_to_every_host_and_stops_at_a_failure() {
     let sdk = control.sdk();
     // Extension actions and parameters go through the SDK's common client.
     let rollout = || sdk.common("DescribeFleetRollout", json!({"FleetId": "fleet-d"}));
-    let sha = gse_agent::package::content_hash(&v2).unwrap();
+    let sha = gse_agent::agent::package::content_hash(&v2).unwrap();
     sdk.common(
         "UpdateFleetAttributes",
         json!({"FleetId": "fleet-d", "BuildLocation": v2.display().to_string(), "BuildSha256": sha}),

@@ -181,7 +181,7 @@ fn restart_survives_a_damaged_outbox(
     pid: u32,
     old_epoch: u64,
 ) -> String {
-    let restarted_ms = gse_agent::upstream::outbox::unix_ms(std::time::SystemTime::now());
+    let restarted_ms = gse_agent::agent::upstream::outbox::unix_ms(std::time::SystemTime::now());
     agent.spawn();
     let adopted = agent.wait_event("SERVER_PROCESS_ADOPTED");
     assert_eq!(adopted["Pid"], pid, "{adopted}");
@@ -233,8 +233,8 @@ fn live_page(path: &Path, offsets: impl Iterator<Item = u64>) -> u64 {
         std::fs::copy(path, &copy).unwrap();
         scribble(&copy, *offset);
         matches!(
-            gse_agent::dbfile::open(&copy, 1 << 20),
-            Err(gse_agent::dbfile::DbFileError::Corrupt { .. })
+            gse_agent::agent::dbfile::open(&copy, 1 << 20),
+            Err(gse_agent::agent::dbfile::DbFileError::Corrupt { .. })
         )
     });
     std::fs::remove_file(&copy).unwrap();

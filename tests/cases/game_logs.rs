@@ -234,9 +234,9 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
         .step_by(2)
         .map(|i| u8::from_str_radix(&key_hex[i..i + 2], 16).unwrap())
         .collect();
-    let ours = gse_agent::logarchive::Signer::with_key(key.try_into().unwrap());
+    let ours = gse_agent::agent::logarchive::Signer::with_key(key.try_into().unwrap());
     let base = format!("http://{}", agent.capi);
-    let now = gse_agent::tc3::now_unix();
+    let now = gse_agent::api::tc3::now_unix();
     let (status, _, body) = get(&ours.link(&base, &name, now - 10));
     assert_eq!(status, 403);
     assert!(
@@ -244,7 +244,7 @@ fn a_games_own_log_and_its_output_are_fetched_through_the_sessions_log_url() {
         "{}",
         String::from_utf8_lossy(&body)
     );
-    let stranger = gse_agent::logarchive::Signer::with_key([1; 32]);
+    let stranger = gse_agent::agent::logarchive::Signer::with_key([1; 32]);
     let (status, _, _) = get(&stranger.link(&base, &name, now + 600));
     assert_eq!(status, 403);
     // The agent's own key, a link of its own making, is honoured.

@@ -165,7 +165,7 @@ fn under_systemd_log_lines_are_journald_entries_with_their_fields() {
             .unwrap_or_else(|| panic!("{k} in {entry:?}"))
     };
     // The mapping README documents: dots to underscores, upper case, no prefix.
-    use gse_agent::telemetry::journald_field;
+    use gse_agent::common::telemetry::journald_field;
     assert_eq!(get(&journald_field("process.id")), process);
     assert_eq!(get(&journald_field("process.pid")), pid);
     assert_eq!(get(&journald_field("exit.code")), "3");

@@ -260,7 +260,7 @@ fn a_recycled_pid_is_never_signalled() {
 /// Points the stored process record of `from` at the pid `to` (what pid reuse looks like to
 /// the next agent: same number, another process).
 fn rewrite_recorded_pid(store: &Path, from: u32, to: u32) {
-    let store = gse_agent::store::StateStore::open(store).unwrap();
+    let store = gse_agent::agent::store::StateStore::open(store).unwrap();
     let records = store.load().unwrap();
     let (key, value) = records
         .iter()

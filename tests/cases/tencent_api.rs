@@ -110,7 +110,7 @@ fn unsigned_wrongly_signed_and_stale_requests_are_refused_with_tencents_codes() 
     }
     // Signed ten minutes ago; the same request signed now passes: the refusal was the
     // clock, nothing else.
-    let now = gse_agent::tc3::now_unix();
+    let now = gse_agent::api::tc3::now_unix();
     let send = |at| {
         crate::helper::signed_request(agent.capi, ID, KEY, "DescribeGameServerSessions", body, at)
     };
@@ -521,9 +521,9 @@ fn key_policies_allow_and_deny_as_cam_does() {
     let body = json!({"Action": "CreateGameServerSession", "FleetId": "fleet-test",
                       "MaximumPlayerSessionCount": 2})
     .to_string();
-    let (host, now) = (agent.capi.to_string(), gse_agent::tc3::now_unix());
-    let (ts, date) = (now.to_string(), gse_agent::tc3::sign::utc_date(now));
-    let signed = gse_agent::tc3::sign::Signed {
+    let (host, now) = (agent.capi.to_string(), gse_agent::api::tc3::now_unix());
+    let (ts, date) = (now.to_string(), gse_agent::api::tc3::sign::utc_date(now));
+    let signed = gse_agent::api::tc3::sign::Signed {
         method: "POST",
         uri: "/capi",
         query: "",

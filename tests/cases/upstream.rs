@@ -542,7 +542,7 @@ fn deploy_build_installs_and_rolls_the_processes() {
     );
     let r = deploy("d1", "ftp://example.com/v2.zip".into(), "00".into());
     assert_eq!(r.error_code, "UnsupportedOperation");
-    let hash = gse_agent::package::content_hash(&v2).unwrap();
+    let hash = gse_agent::agent::package::content_hash(&v2).unwrap();
     let r = deploy("d2", format!("file://{}", v2.display()), hash.clone());
     assert!(r.ok, "{r:?}");
     let live = std::fs::read_link(agent.path("game")).unwrap();
@@ -564,7 +564,7 @@ fn deploy_build_installs_and_rolls_the_processes() {
         (false, "InvalidParameterValue"),
         "{r:?}"
     );
-    let v3_hash = gse_agent::package::content_hash(&v3).unwrap();
+    let v3_hash = gse_agent::agent::package::content_hash(&v3).unwrap();
     let r = deploy("d4", serve_once(std::fs::read(&v3).unwrap()), v3_hash);
     assert!(r.ok, "{r:?}");
     assert!(
@@ -760,7 +760,7 @@ fn held_deploy(cp: &ControlPlaneFake) -> (tempfile::TempDir, Agent, HeldServer, 
     let held = HeldServer::start(std::fs::read(&v2).unwrap());
     let deploy = up::command::Kind::DeployBuild(up::DeployBuild {
         location: held.url.clone(),
-        sha256: gse_agent::package::content_hash(&v2).unwrap(),
+        sha256: gse_agent::agent::package::content_hash(&v2).unwrap(),
     });
     (dir, agent, held, deploy)
 }

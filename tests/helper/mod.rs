@@ -235,7 +235,7 @@ impl Agent {
             key,
             &action.unwrap_or_default(),
             body,
-            gse_agent::tc3::now_unix(),
+            gse_agent::api::tc3::now_unix(),
         )
     }
 
@@ -504,7 +504,7 @@ pub fn signed_request(
 ) -> Value {
     let host = addr.to_string();
     let headers: String =
-        gse_agent::tc3::signed_headers(id, key, &host, action, body.as_bytes(), timestamp)
+        gse_agent::api::tc3::signed_headers(id, key, &host, action, body.as_bytes(), timestamp)
             .iter()
             .map(|(name, value)| format!("{name}: {value}\r\n"))
             .collect();

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use gse_agent::common::telemetry::{self, LogFormat};
 use gse_agent::control::{self, config::ControlConfig};
-use gse_agent::telemetry::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +73,7 @@ fn say(text: &str) {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = gse_agent::clidocs::hook(Cli::command) {
+    if let Some(code) = gse_agent::common::clidocs::hook(Cli::command) {
         return code;
     }
     let cli = Cli::parse();
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
 
 fn run(cfg: ControlConfig, endpoints_file: Option<PathBuf>) -> anyhow::Result<()> {
     // Every agent holds a connection: by hand the soft limit is often 1,024.
-    match gse_agent::host::raise_open_files_limit() {
+    match gse_agent::common::host::raise_open_files_limit() {
         Ok(limit) => tracing::debug!(limit, "open files"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }

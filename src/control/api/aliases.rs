@@ -4,10 +4,10 @@
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error};
-use crate::alias::{Alias, AliasError, Routing};
-use crate::capi::CapiError;
-use crate::capi::aliases::{AliasListing, LIST_PARAMS, alias_input, view};
-use crate::capi::params::Params;
+use crate::agent::capi::CapiError;
+use crate::agent::capi::aliases::{AliasListing, LIST_PARAMS, alias_input, view};
+use crate::agent::capi::params::Params;
+use crate::api::alias::{Alias, AliasError, Routing};
 
 fn invalid(e: AliasError) -> CapiError {
     match e {

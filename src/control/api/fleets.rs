@@ -5,8 +5,8 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::Row;
 
 use super::{ControlApi, db_error};
-use crate::capi::CapiError;
-use crate::capi::params::Params;
+use crate::agent::capi::CapiError;
+use crate::agent::capi::params::Params;
 use crate::upstream_proto as up;
 use up::command::Kind;
 
@@ -41,7 +41,7 @@ fn instance(r: &Row) -> Value {
 }
 
 /// `FleetIds`: a list of strings, at most 100.
-fn fleet_ids(p: &crate::capi::params::Params) -> Result<Option<Vec<String>>, CapiError> {
+fn fleet_ids(p: &crate::agent::capi::params::Params) -> Result<Option<Vec<String>>, CapiError> {
     let Some(list) = p.opt_array("FleetIds", 100)? else {
         return Ok(None);
     };
@@ -366,7 +366,10 @@ impl ControlApi {
     }
 
     /// `FleetId` and `InstanceId` of an instance of that fleet.
-    async fn fleet_instance(&self, p: &crate::capi::params::Params) -> Result<String, CapiError> {
+    async fn fleet_instance(
+        &self,
+        p: &crate::agent::capi::params::Params,
+    ) -> Result<String, CapiError> {
         let fleet = self.fleet(p, true).await?.expect("required");
         let instance = p.str("InstanceId", 128)?;
         let db = self.db().await?;
@@ -467,7 +470,7 @@ impl ControlApi {
         let fleet = self.fleet(&p, true).await?.expect("required");
         let rc = p.object("RuntimeConfiguration")?.clone();
         let text = rc.to_string();
-        crate::config::parse_runtime(&text, std::path::Path::new("/local/game"))
+        crate::agent::config::parse_runtime(&text, std::path::Path::new("/local/game"))
             .map_err(|e| CapiError::value("RuntimeConfiguration", format!("is refused: {e}")))?;
         let db = self.db().await?;
         db.execute(

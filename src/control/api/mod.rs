@@ -1,5 +1,5 @@
 //! The Tencent Cloud GSE API across every host: the same door, parameters, checks and JSON as
-//! the agent's control API ([`crate::capi`]), answered from PostgreSQL, with commands routed to
+//! the agent's control API ([`crate::agent::capi`]), answered from PostgreSQL, with commands routed to
 //! the host that has the session.
 
 mod aliases;
@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::db::DbError;
 use super::hub::{COMMAND_LIMIT, Hub, HubError};
 use super::writer::Writer;
-use crate::capi::params::Params;
-use crate::capi::{CapiError, Handler, envelope};
+use crate::agent::capi::params::Params;
+use crate::agent::capi::{CapiError, Handler, envelope};
 use crate::upstream_proto as up;
 
 /// The region in the ARNs of what gse-control itself holds (fleets, aliases, queues); hosts
@@ -103,7 +103,7 @@ impl ControlApi {
     }
 
     async fn dispatch(&self, header: Option<&str>, body: &[u8]) -> Result<Value, CapiError> {
-        let (action, map) = crate::capi::request(header, body)?;
+        let (action, map) = crate::agent::capi::request(header, body)?;
         match action.as_str() {
             "CreateGameServerSession" => self.create_session(map).await,
             "DescribeGameServerSessions" => self.describe_sessions(map, false).await,
@@ -224,7 +224,7 @@ impl Handler for ControlApi {
         envelope(self.dispatch(action, body).await)
     }
 
-    async fn audit(&self, record: crate::capi::audit::Record) {
+    async fn audit(&self, record: crate::agent::capi::audit::Record) {
         audit::store(self.pool.clone(), self.hub.replica().to_string(), record);
     }
 }

@@ -8,14 +8,14 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error, offset_of};
-use crate::capi::CapiError;
-use crate::capi::params::Params;
-use crate::capi::search::{SEARCH_PARAMS, SearchRequest};
-use crate::capi::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
+use crate::agent::capi::CapiError;
+use crate::agent::capi::params::Params;
+use crate::agent::capi::search::{SEARCH_PARAMS, SearchRequest};
+use crate::agent::capi::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
+use crate::agent::fleet::NewSession;
+use crate::api::search::Subject;
 use crate::control::store;
 use crate::control::writer::Write;
-use crate::fleet::NewSession;
-use crate::search::Subject;
 use crate::upstream_proto as up;
 use up::command::Kind;
 
@@ -547,7 +547,7 @@ impl ControlApi {
         batch: bool,
     ) -> Result<Value, CapiError> {
         let (gss, players) = join_request(map, batch)?;
-        crate::fleet::check_players(&players)
+        crate::agent::fleet::check_players(&players)
             .map_err(|e| CapiError::new(e.tencent_code(), e.to_string()))?;
         let list = self.join_on_host(gss, players).await?;
         if batch {
@@ -561,7 +561,7 @@ impl ControlApi {
     pub(super) async fn join_on_host(
         &self,
         gss: String,
-        players: Vec<crate::fleet::NewPlayer>,
+        players: Vec<crate::agent::fleet::NewPlayer>,
     ) -> Result<Vec<Value>, CapiError> {
         let instance = self.host_of(&gss).await?;
         let joined = self
@@ -622,8 +622,8 @@ impl ControlApi {
             ));
         }
         let limit = p
-            .opt_int("Limit", 1, crate::sdk::MAX_PAGE as i64)?
-            .unwrap_or(crate::sdk::DEFAULT_PAGE as i64);
+            .opt_int("Limit", 1, crate::agent::sdk::MAX_PAGE as i64)?
+            .unwrap_or(crate::agent::sdk::DEFAULT_PAGE as i64);
         let offset = offset_of(p.opt_str("NextToken", 64)?)?;
         let db = self.db().await?;
         let rows = db

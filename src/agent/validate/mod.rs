@@ -1,0 +1,736 @@
+//! `gse-agent validate BUILD`: run the real agent's steps on a build in a fresh temporary root
+//! and say whether it comes up, and why not.
+//!
+//! unpack → install.sh → run-as → launch-path checks → launch → ProcessReady → health checks →
+//! a game server session activated → a player session reserved → OnProcessTerminate answered by
+//! ProcessEnding and exit → the rest stopped cleanly. Each step has a deadline; the first
+//! failure ends the run. The temporary root and every process are cleaned up on every path,
+//! Ctrl-C included.
+
+mod launch_path;
+mod report;
+mod run_config;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::config::{Config, ConfigError};
+use crate::agent::daemon::{Agent, AgentError};
+use crate::agent::event::{Event, EventCode};
+use crate::agent::fleet::{Control, ControlReply, NewPlayer, NewSession};
+use crate::agent::package::local_refs::{self, Outlook};
+use crate::agent::package::{self, Accounts, PackageError};
+use crate::agent::process::local_game;
+
+pub use report::{Report, Status, Step};
+pub use run_config::config_for;
+use run_config::timings_note;
+
+/// Exit code: the build failed validation.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: validate itself could not run (bad arguments or config, no temp dir, no port).
+pub const EXIT_CANNOT_RUN: u8 = 2;
+/// Exit code: interrupted.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Health checks every process must pass.
+const HEALTH_CHECKS: u64 = 2;
+
+/// What to validate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The zip or directory.
+    pub build: PathBuf,
+    /// An agent.yaml whose runtime configuration and timings apply.
+    pub config: Option<PathBuf>,
+    /// Without a config: the LaunchPath to run.
+    pub launch_path: Option<String>,
+    /// Without a config: its Parameters.
+    pub parameters: String,
+    /// Without a config: how many processes.
+    pub concurrent_executions: u32,
+    /// With a config: use its health-check, timeouts and protection instead of the short
+    /// validation timings (a production config's 60 s health interval makes a run minutes long).
+    pub config_timings: bool,
+    /// Where to copy install.sh's whole log when it fails (the temporary root it was written in
+    /// is removed); `None`: only its last lines are reported.
+    pub keep_install_log: Option<PathBuf>,
+}
+
+/// Why validate could not run at all (as opposed to the build failing).
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// Neither `--config` nor `--launch-path` says what to launch.
+    #[error(
+        "validate needs the launch configuration: --config FILE (with runtime-configuration) or --launch-path /local/game/…"
+    )]
+    NoLaunchConfig,
+    /// The configuration is bad.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The build path does not exist.
+    #[error("the build {0} does not exist")]
+    NoBuild(PathBuf),
+    /// The temporary root could not be made.
+    #[error("cannot create a temporary root: {0}")]
+    TempDir(#[source] std::io::Error),
+    /// The agent could not start (e.g. no port).
+    #[error("cannot start the agent: {0}")]
+    Agent(#[from] AgentError),
+    /// The relocated LaunchPath is invalid.
+    #[error("{0}")]
+    LaunchPath(String),
+}
+
+/// Live progress on a terminal.
+pub trait Ui {
+    /// A step begins.
+    fn begin(&mut self, name: &'static str);
+    /// A step ended.
+    fn end(&mut self, step: &Step);
+}
+
+/// The steps, in order.
+pub const STEPS: &[&str] = &[
+    "unpack",
+    "install",
+    "run-as",
+    "launch-paths",
+    "launch",
+    "process-ready",
+    "health-checks",
+    "game-session",
+    "player-session",
+    "terminate",
+    "stop",
+];
+
+struct Run<'a> {
+    steps: Vec<Step>,
+    ui: &'a mut dyn Ui,
+    started: Instant,
+    interrupted: CancellationToken,
+    was_interrupted: bool,
+    /// Said below the table.
+    notes: Vec<String>,
+    /// What the build's `/local/game` references mean here (once unpacked).
+    local_game: Option<Outlook>,
+}
+
+/// A step's failure: a sentence, the event that caused it (if any), and output lines (of
+/// install.sh, when no event carries them).
+struct Failure {
+    detail: String,
+    event: Option<Box<Event>>,
+    tail: Vec<String>,
+}
+
+impl From<String> for Failure {
+    fn from(detail: String) -> Self {
+        Self {
+            detail,
+            event: None,
+            tail: Vec::new(),
+        }
+    }
+}
+
+impl Failure {
+    fn by(detail: impl Into<String>, event: &Event) -> Self {
+        Self {
+            detail: detail.into(),
+            event: Some(Box::new(event.clone())),
+            tail: Vec::new(),
+        }
+    }
+}
+
+impl Run<'_> {
+    fn record(
+        &mut self,
+        name: &'static str,
+        t0: Instant,
+        r: Result<(Status, String), Failure>,
+    ) -> bool {
+        let ms = t0.elapsed().as_millis() as u64;
+        let step = match r {
+            Ok((status, detail)) => Step::new(name, status, ms, detail),
+            Err(f) => {
+                let mut step = Step::failed(name, ms, f.detail, f.event.as_deref());
+                if step.output_tail.is_empty() {
+                    step.output_tail = f.tail;
+                }
+                step
+            }
+        };
+        self.ui.end(&step);
+        let ok = step.status != Status::Failed;
+        self.steps.push(step);
+        ok
+    }
+
+    fn report(mut self, build: &Path) -> Report {
+        for name in STEPS.iter().skip(self.steps.len()) {
+            self.steps.push(Step::new(name, Status::NotRun, 0, ""));
+        }
+        Report {
+            build: build.display().to_string(),
+            notes: std::mem::take(&mut self.notes),
+            local_game: self.local_game.take(),
+            passed: self.steps.iter().all(|s| s.status != Status::Failed) && !self.was_interrupted,
+            interrupted: self.was_interrupted,
+            duration_millis: self.started.elapsed().as_millis() as u64,
+            steps: self.steps,
+        }
+    }
+}
+
+/// Validates a build. `Err` only when validate could not run; a failing build is a report with
+/// `passed: false`.
+pub async fn validate(
+    opts: &Options,
+    accounts: &(dyn Accounts + Sync),
+    interrupted: CancellationToken,
+    ui: &mut dyn Ui,
+) -> Result<Report, ValidateError> {
+    if !opts.build.exists() {
+        return Err(ValidateError::NoBuild(opts.build.clone()));
+    }
+    let root = tempfile::Builder::new()
+        .prefix("gse-validate-")
+        .tempdir()
+        .map_err(ValidateError::TempDir)?;
+    let cfg = config_for(opts, root.path())?;
+    let mut run = Run {
+        steps: Vec::new(),
+        ui,
+        started: Instant::now(),
+        interrupted,
+        was_interrupted: false,
+        notes: vec![timings_note(opts, &cfg)],
+        local_game: None,
+    };
+    let plan = crate::agent::package::Plan::for_config(&cfg, opts.build.clone());
+
+    // unpack
+    run.ui.begin("unpack");
+    let t0 = Instant::now();
+    // Extraction runs on blocking threads and is bounded by the limits: it is let finish
+    // before the root is removed, even after Ctrl-C.
+    let unpacked = package::unpack(&plan).await;
+    if run.interrupted.is_cancelled() {
+        run.was_interrupted = true;
+        run.record("unpack", t0, Err(Failure::from("interrupted".to_string())));
+        package::remove_tree(root.path());
+        return Ok(run.report(&opts.build));
+    }
+    let unpacked = match unpacked {
+        Ok(u) => {
+            let d = format!(
+                "{} entries, {:.1} MiB",
+                u.stats.entries,
+                u.stats.bytes as f64 / 1048576.0
+            );
+            run.record("unpack", t0, Ok((Status::Passed, d)));
+            // Read before install.sh runs: a studio learns of them also when it fails.
+            let found = local_refs::scan(&u.dir, &cfg.runtime.server_processes, &cfg.game_root);
+            run.local_game = Some(Outlook::new(found, local_game::support(), &cfg.game_root));
+            u
+        }
+        Err(e) => {
+            run.record("unpack", t0, Err(Failure::from(e.to_string())));
+            return Ok(run.report(&opts.build));
+        }
+    };
+
+    // install.sh
+    run.ui.begin("install");
+    let t0 = Instant::now();
+    let script = tokio::select! {
+        r = package::install_script(&plan, &unpacked) => r,
+        () = run.interrupted.cancelled() => {
+            // Dropping the script's future kills its process group.
+            run.was_interrupted = true;
+            run.record("install", t0, Err(Failure::from("interrupted".to_string())));
+            package::remove_tree(root.path());
+            return Ok(run.report(&opts.build));
+        }
+    };
+    let r = match script {
+        Ok(Some(script)) => Ok((
+            Status::Passed,
+            script.note.unwrap_or_else(|| "install.sh succeeded".into()),
+        )),
+        Ok(None) => Ok((Status::Skipped, "no install.sh in the package".into())),
+        Err(e) => Err(install_failure(
+            e,
+            opts.keep_install_log.as_deref(),
+            &mut run.notes,
+        )),
+    };
+    if !run.record("install", t0, r) {
+        return Ok(run.report(&opts.build));
+    }
+
+    // run-as
+    run.ui.begin("run-as");
+    let t0 = Instant::now();
+    let (r, run_as) = match package::run_as(&plan, &unpacked, accounts) {
+        Ok(Some(r)) => (
+            Ok((
+                Status::Passed,
+                format!("games run as {}:{}", r.user, r.group),
+            )),
+            Some(r),
+        ),
+        Ok(None) => (
+            Ok((
+                Status::Skipped,
+                "no gse.yaml User; games run as the agent's user".into(),
+            )),
+            None,
+        ),
+        Err(PackageError::Account(e @ package::AccountError::NotRoot { .. })) => (
+            Ok((
+                Status::Skipped,
+                format!("{e}; run validate as root to check it"),
+            )),
+            None,
+        ),
+        Err(e) => (Err(Failure::from(e.to_string())), None),
+    };
+    if !run.record("run-as", t0, r) {
+        return Ok(run.report(&opts.build));
+    }
+    if let Err(e) = package::activate(&plan, &unpacked) {
+        run.ui.begin("launch-paths");
+        run.record(
+            "launch-paths",
+            Instant::now(),
+            Err(Failure::from(e.to_string())),
+        );
+        return Ok(run.report(&opts.build));
+    }
+
+    // launch paths
+    run.ui.begin("launch-paths");
+    let t0 = Instant::now();
+    let mut checked = Vec::new();
+    let mut bad = None;
+    for spec in &cfg.runtime.server_processes {
+        // As the game will find it (see `process::launch`).
+        let program = if local_game::will_confine(Some(&cfg.game_root)) {
+            local_game::seen_at(&spec.program, &cfg.game_root)
+        } else {
+            spec.program.clone()
+        };
+        match launch_path::check(&program) {
+            Ok(what) => checked.push(format!("{}: {what}", spec.launch_path)),
+            Err(why) => {
+                bad = Some(format!("{}: {why}", spec.launch_path));
+                break;
+            }
+        }
+    }
+    let r = match bad {
+        None => Ok((Status::Passed, checked.join("; "))),
+        Some(why) => Err(Failure::by(
+            why,
+            &Event::new(EventCode::ServerProcessInvalidPath, ""),
+        )),
+    };
+    if !run.record("launch-paths", t0, r) {
+        return Ok(run.report(&opts.build));
+    }
+
+    // The real agent, on the temporary root (the build was installed above, step by step).
+    let agent = Agent::build(cfg.clone(), run_as).await?;
+    let mut events = agent.bus().subscribe();
+    let stops = crate::agent::fleet::actor::Stops::default();
+    let (shutdown, force) = (stops.shutdown.clone(), stops.force.clone());
+    let running = agent.start(stops);
+    let fleet = running.fleet.clone();
+    let outcome = drive(&mut run, &cfg, &fleet, &mut events, &shutdown).await;
+    drop(fleet);
+    // Whatever happened, nothing outlives validate: stop gracefully if the run got that far,
+    // else at once.
+    if !shutdown.is_cancelled() || outcome.is_err() {
+        force.cancel();
+        shutdown.cancel();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(60), running.wait()).await;
+    // Read-only directories from the build would make TempDir's own removal fail silently.
+    package::remove_tree(root.path());
+    drop(root);
+    Ok(run.report(&opts.build))
+}
+
+/// install.sh failed: what it did, its last lines, and its whole log copied to `keep` (the
+/// temporary root it was written in is about to go).
+fn install_failure(e: PackageError, keep: Option<&Path>, notes: &mut Vec<String>) -> Failure {
+    use crate::agent::package::ScriptError;
+    let (detail, log, tail) = match &e {
+        PackageError::Install(ScriptError::Failed { status, log, tail }) => (
+            format!("install.sh failed ({status})"),
+            Some(log),
+            tail.as_str(),
+        ),
+        PackageError::Install(ScriptError::Timeout { timeout, log, tail }) => (
+            format!(
+                "install.sh did not finish within {} (package.install-timeout) and was killed",
+                humantime::format_duration(*timeout)
+            ),
+            Some(log),
+            tail.as_str(),
+        ),
+        _ => (e.to_string(), None, ""),
+    };
+    if let (Some(log), Some(keep)) = (log, keep) {
+        match std::fs::copy(log, keep) {
+            Ok(_) => notes.push(format!("install.sh's whole log: {}", keep.display())),
+            Err(e) => notes.push(format!(
+                "install.sh's log could not be kept at {}: {e}",
+                keep.display()
+            )),
+        }
+    } else if log.is_some() {
+        notes.push(
+            "only the last lines of install.sh's output are shown; --json REPORT keeps its whole log next to the report"
+                .into(),
+        );
+    }
+    Failure {
+        tail: tail.lines().map(str::to_string).collect(),
+        ..Failure::from(detail)
+    }
+}
+
+/// Failure events that end any step.
+fn fatal(e: &Event) -> bool {
+    matches!(
+        e.event_code,
+        EventCode::ServerProcessCrashed
+            | EventCode::ServerProcessInvalidPath
+            | EventCode::ServerProcessPullFailed
+            | EventCode::ServerProcessProcessReadyTimeout
+            | EventCode::ServerProcessUnhealthy
+            | EventCode::ServerProcessTerminatedUnhealthy
+            | EventCode::ServerProcessForceTerminated
+            | EventCode::ServerProcessProcessExitTimeout
+            | EventCode::ServerProcessCrashLoop
+            | EventCode::GameSessionActivationTimeout
+            | EventCode::GameSessionError
+    )
+}
+
+/// Interrupted by Ctrl-C.
+struct Interrupted;
+
+/// Waits for events until `f` decides, the deadline passes, or Ctrl-C.
+async fn wait_events(
+    run: &mut Run<'_>,
+    events: &mut broadcast::Receiver<Event>,
+    deadline: Duration,
+    what: &str,
+    mut f: impl FnMut(&Event) -> Option<Result<(), Failure>>,
+) -> Result<Result<(), Failure>, Interrupted> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        tokio::select! {
+            () = run.interrupted.cancelled() => {
+                run.was_interrupted = true;
+                return Err(Interrupted);
+            }
+            () = tokio::time::sleep_until(until) => {
+                return Ok(Err(Failure::from(format!("{what} did not happen within {}", humantime::format_duration(deadline)))));
+            }
+            e = events.recv() => match e {
+                Ok(e) => {
+                    if let Some(r) = f(&e) {
+                        return Ok(r);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Ok(Err(Failure::from("the agent stopped".to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn failed_by(e: &Event) -> Result<(), Failure> {
+    Err(Failure::by(e.message.clone(), e))
+}
+
+macro_rules! step {
+    ($run:expr, $name:expr, $body:expr) => {{
+        $run.ui.begin($name);
+        let t0 = Instant::now();
+        match $body {
+            Err(Interrupted) => {
+                $run.record($name, t0, Err(Failure::from("interrupted".to_string())));
+                return Err(Interrupted);
+            }
+            Ok(r) => {
+                if !$run.record($name, t0, r) {
+                    return Ok(());
+                }
+            }
+        }
+    }};
+}
+
+async fn drive(
+    run: &mut Run<'_>,
+    cfg: &Config,
+    fleet: &crate::agent::fleet::FleetHandle,
+    events: &mut broadcast::Receiver<Event>,
+    shutdown: &CancellationToken,
+) -> Result<(), Interrupted> {
+    let total = cfg.total_processes() as usize;
+    let t = &cfg.timeouts;
+
+    // launch
+    let mut started = 0;
+    step!(
+        run,
+        "launch",
+        wait_events(run, events, Duration::from_secs(30), "every launch", |e| {
+            if fatal(e) {
+                return Some(failed_by(e));
+            }
+            if e.event_code == EventCode::ServerProcessStarted {
+                started += 1;
+            }
+            (started == total).then_some(Ok(()))
+        })
+        .await
+        .map(|r| r.map(|()| (Status::Passed, format!("{total} process(es) started"))))
+    );
+
+    // ProcessReady
+    let mut ready = Vec::new();
+    step!(
+        run,
+        "process-ready",
+        wait_events(
+            run,
+            events,
+            t.process_ready.get() + Duration::from_secs(5),
+            "ProcessReady of every process",
+            |e| {
+                if fatal(e) {
+                    return Some(failed_by(e));
+                }
+                if e.event_code == EventCode::ServerProcessReady {
+                    ready.push(e.pid.unwrap_or_default());
+                }
+                (ready.len() == total).then_some(Ok(()))
+            }
+        )
+        .await
+        .map(|r| r.map(|()| (
+            Status::Passed,
+            format!("{total} process(es) called ProcessReady")
+        )))
+    );
+
+    // health checks
+    let hc = &cfg.health_check;
+    let rounds = (HEALTH_CHECKS as u32)
+        .saturating_add(hc.failure_threshold)
+        .saturating_add(1);
+    let budget = (hc.interval.get() + hc.timeout.get()).saturating_mul(rounds);
+    step!(
+        run,
+        "health-checks",
+        health_checks(run, fleet, events, budget).await
+    );
+
+    // game server session
+    let created = fleet
+        .control(Control::CreateSession(NewSession {
+            max_players: 4,
+            name: "gse-agent validate".into(),
+            ..Default::default()
+        }))
+        .await;
+    let (gss_id, host_pid) = match created {
+        Ok(ControlReply::Session(s)) => (s.id.clone(), s.pid),
+        other => {
+            run.ui.begin("game-session");
+            run.record(
+                "game-session",
+                Instant::now(),
+                Err(Failure::from(format!(
+                    "CreateGameServerSession failed: {other:?}"
+                ))),
+            );
+            return Ok(());
+        }
+    };
+    let activation = cfg.runtime.activation_timeout + Duration::from_secs(5);
+    let id = gss_id.clone();
+    step!(
+        run,
+        "game-session",
+        wait_events(run, events, activation, "ActivateGameServerSession", |e| {
+            if fatal(e) {
+                return Some(failed_by(e));
+            }
+            (e.event_code == EventCode::GameSessionActivated
+                && e.game_server_session_id.as_deref() == Some(id.as_str()))
+            .then_some(Ok(()))
+        })
+        .await
+        .map(|r| r.map(|()| (
+            Status::Passed,
+            "OnStartGameServerSession answered; session ACTIVE".into()
+        )))
+    );
+
+    // player session
+    run.ui.begin("player-session");
+    let t0 = Instant::now();
+    let joined = fleet
+        .control(Control::Join {
+            gss_id: gss_id.clone(),
+            players: vec![NewPlayer {
+                player_id: "validate-player".into(),
+                player_data: String::new(),
+            }],
+        })
+        .await;
+    let r = match joined {
+        Ok(ControlReply::Players(p, _))
+            if p.first()
+                .is_some_and(|p| p.status == crate::agent::session::PlayerStatus::Reserved) =>
+        {
+            Ok((
+                Status::Passed,
+                format!("player session {} RESERVED", p[0].id),
+            ))
+        }
+        other => Err(Failure::from(format!(
+            "JoinGameServerSession failed: {other:?}"
+        ))),
+    };
+    if !run.record("player-session", t0, r) {
+        return Ok(());
+    }
+
+    // OnProcessTerminate → ProcessEnding → exit
+    let _ = fleet
+        .control(Control::EndSessionAndProcess {
+            gss_id: gss_id.clone(),
+        })
+        .await;
+    let deadline = cfg
+        .protection
+        .no_protection_grace
+        .max(cfg.protection.time_limit.min(Duration::from_secs(60)))
+        + t.process_exit.get()
+        + t.stop_grace.get()
+        + Duration::from_secs(5);
+    let mut ending = false;
+    step!(run, "terminate", wait_events(run, events, deadline, "ProcessEnding and exit after OnProcessTerminate", |e| {
+        if e.pid != Some(host_pid) {
+            return fatal(e).then(|| failed_by(e));
+        }
+        match e.event_code {
+            EventCode::ServerProcessEnding => {
+                ending = true;
+                None
+            }
+            EventCode::ServerProcessEnded => Some(if ending {
+                Ok(())
+            } else {
+                Err(Failure::by("the process exited after OnProcessTerminate without calling ProcessEnding", e))
+            }),
+            EventCode::ServerProcessForceTerminated => Some(Err(Failure::by(
+                "the process ignored OnProcessTerminate and was killed at the deadline",
+                e,
+            ))),
+            _ if fatal(e) => Some(failed_by(e)),
+            _ => None,
+        }
+    }).await.map(|r| r.map(|()| (Status::Passed, "ProcessEnding called, process exited".into()))));
+
+    // stop the rest
+    shutdown.cancel();
+    let others: Vec<u32> = ready.iter().copied().filter(|p| *p != host_pid).collect();
+    let mut left = others.clone();
+    let deadline = t.shutdown.get() + t.stop_grace.get() + Duration::from_secs(5);
+    step!(
+        run,
+        "stop",
+        wait_events(run, events, deadline, "a clean end of every process", |e| {
+            let pid = e.pid?;
+            if !others.contains(&pid) {
+                return None;
+            }
+            match e.event_code {
+                EventCode::ServerProcessEnded => {
+                    left.retain(|p| *p != pid);
+                    left.is_empty().then_some(Ok(()))
+                }
+                EventCode::ServerProcessForceTerminated
+                | EventCode::ServerProcessProcessExitTimeout
+                | EventCode::ServerProcessCrashed => {
+                    Some(Err(Failure::by(format!("on shutdown: {}", e.message), e)))
+                }
+                _ => None,
+            }
+        })
+        .await
+        .map(|r| if others.is_empty() {
+            Ok((Status::Passed, "no other process".into()))
+        } else {
+            r.map(|()| {
+                (
+                    Status::Passed,
+                    format!("{} other process(es) ended cleanly", others.len()),
+                )
+            })
+        })
+    );
+    Ok(())
+}
+
+async fn health_checks(
+    run: &mut Run<'_>,
+    fleet: &crate::agent::fleet::FleetHandle,
+    events: &mut broadcast::Receiver<Event>,
+    budget: Duration,
+) -> Result<Result<(Status, String), Failure>, Interrupted> {
+    let until = tokio::time::Instant::now() + budget;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = run.interrupted.cancelled() => {
+                run.was_interrupted = true;
+                return Err(Interrupted);
+            }
+            () = tokio::time::sleep_until(until) => {
+                return Ok(Err(Failure::from(format!("not every process passed {HEALTH_CHECKS} health checks within {}", humantime::format_duration(budget)))));
+            }
+            e = events.recv() => {
+                if let Ok(e) = e && fatal(&e) {
+                    return Ok(failed_by(&e).map(|()| (Status::Passed, String::new())));
+                }
+            }
+            _ = poll.tick() => {
+                if let Ok(ControlReply::Processes(ps)) = fleet.control(Control::DescribeProcesses).await
+                    && !ps.is_empty()
+                    && ps.iter().all(|p| p.health_checks_passed >= HEALTH_CHECKS)
+                {
+                    return Ok(Ok((Status::Passed, format!("every process passed {HEALTH_CHECKS} OnHealthCheck calls"))));
+                }
+            }
+        }
+    }
+}
