@@ -1,8 +1,20 @@
-//! The Tencent Cloud API both halves serve, as far as it is shared so far: TC3 signatures and
-//! CAM key policies (`tc3`), the search grammar of SearchGameServerSessions (`search`), and the
-//! rules of aliases and queues (`alias`, `queue`). It imports neither half.
+//! The Tencent Cloud API both halves serve, as far as it is shared so far: the envelope and its
+//! errors (`envelope`, `error`), reading a request and its parameters (`request`, `params`),
+//! the browser guard (`guard`), the audit record (`audit`), TC3 signatures and CAM key
+//! policies (`tc3`), the search grammar of SearchGameServerSessions (`search`), and the rules
+//! of aliases and queues (`alias`, `queue`). It imports neither half.
 
 pub mod alias;
+pub mod audit;
+pub mod envelope;
+mod error;
+pub mod guard;
+pub mod params;
 pub mod queue;
+pub mod request;
 pub mod search;
 pub mod tc3;
+
+pub use envelope::envelope;
+pub use error::CapiError;
+pub use request::request;

@@ -3,11 +3,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::params::{Params, key_value};
 use super::{Capi, CapiError, unexpected};
 use crate::agent::event::format_time;
 use crate::agent::fleet::{Control, ControlReply};
 use crate::api::alias::{Alias, AliasInput, Routing, arn};
+use crate::api::params::{Params, key_value};
 
 /// An alias in the SDK's `Alias` model; its ARN names `region`.
 pub(crate) fn view(region: &str, a: &Alias) -> Value {

@@ -14,13 +14,13 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
-use super::params::Params;
 use super::{Capi, CapiError, unexpected};
 use crate::agent::event::{Event, EventCode};
 use crate::agent::fleet::api::{
     CHAOS_OFF, Fault, FaultTarget, MAX_FAULT_COUNT, MAX_FAULT_DURATION, StartFault,
 };
 use crate::agent::fleet::{Control, ControlReply};
+use crate::api::params::Params;
 
 /// The faults `InjectFault` knows.
 pub const FAULTS: &[&str] = &[

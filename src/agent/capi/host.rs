@@ -3,10 +3,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::params::Params;
 use super::{Capi, CapiError, unexpected, view};
 use crate::agent::config::ProtectionPolicy;
 use crate::agent::fleet::{Control, ControlReply, InstanceCounters};
+use crate::api::params::Params;
 
 /// GSE's name of a protection policy.
 pub fn policy_name(p: ProtectionPolicy) -> &'static str {

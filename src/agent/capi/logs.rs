@@ -7,10 +7,10 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
-use super::params::Params;
 use super::{Capi, CapiError, unexpected};
 use crate::agent::event::Event;
 use crate::agent::fleet::{Control, ControlReply, SessionQuery};
+use crate::api::params::Params;
 
 /// GetGameServerInstanceLogUrl's page size when `Size` is not given, and its largest.
 const DEFAULT_PAGE: i64 = 20;

@@ -5,24 +5,18 @@
 //! Tencent's codes; the HTTP status is 200 as in Tencent Cloud API v3.
 
 pub(crate) mod aliases;
-pub mod audit;
 pub mod chaos;
-mod error;
-mod guard;
 mod host;
 mod logs;
-pub(crate) mod params;
 pub(crate) mod placements;
 pub(crate) mod queues;
-mod request;
 mod requests;
 pub(crate) mod search;
 mod server;
 mod unsupported;
 pub mod view;
 
-pub use error::CapiError;
-pub(crate) use request::request;
+pub use crate::api::CapiError;
 pub(crate) use requests::{join_request, new_session, session_update};
 pub use server::{Handler, MAX_BODY_BYTES, ServeOptions, serve, serve_with};
 
@@ -32,12 +26,13 @@ use serde_json::{Map, Value, json};
 
 use crate::agent::config::Config;
 use crate::agent::event::EventBus;
+use crate::agent::fleet::actor::HandleError;
 use crate::agent::fleet::{
     Control, ControlReply, FleetHandle, FleetStatus, PlayerQuery, SessionQuery,
 };
 use crate::agent::session::{GssStatus, PlayerStatus};
-use crate::common::telemetry::{LogLimit, clip};
-use params::Params;
+use crate::api::params::Params;
+use crate::api::{envelope, request};
 
 /// Why the control API server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -559,27 +554,11 @@ fn unexpected(reply: &ControlReply) -> CapiError {
     CapiError::new("InternalError", format!("unexpected fleet reply {reply:?}"))
 }
 
-/// The v3 envelope of a result: `{"Response": {..., "RequestId"}}`, a refusal as `Error`.
-pub(crate) fn envelope(result: Result<Value, CapiError>) -> Value {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let mut response = match result {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => Map::new(),
-        Err(e) => {
-            // Caller-driven: the value is cut and the lines are rate-limited.
-            static REFUSALS: std::sync::LazyLock<LogLimit<()>> =
-                std::sync::LazyLock::new(|| LogLimit::new(20, std::time::Duration::from_secs(10)));
-            if let Some(suppressed) = REFUSALS.admit((), std::time::Instant::now()) {
-                tracing::info!(capi.code = e.code, error = %clip(&e.message), refusals.suppressed = suppressed, "control API request refused");
-            }
-            let mut o = Map::new();
-            o.insert(
-                "Error".into(),
-                json!({"Code": e.code, "Message": e.message}),
-            );
-            o
+impl From<HandleError> for CapiError {
+    fn from(e: HandleError) -> Self {
+        match e {
+            HandleError::Stopped => Self::new("OperationDenied", "the agent is shutting down"),
+            HandleError::Fleet(f) => Self::new(f.tencent_code(), f.to_string()),
         }
-    };
-    response.insert("RequestId".into(), json!(request_id));
-    json!({ "Response": response })
+    }
 }

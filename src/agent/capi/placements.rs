@@ -3,11 +3,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::params::{Params, key_value};
 use super::{Capi, CapiError, unexpected};
 use crate::agent::event::format_time;
 use crate::agent::fleet::{Control, ControlReply};
 use crate::agent::placement::{Latency, Placement, PlacementRequest, Status};
+use crate::api::params::{Params, key_value};
 
 /// A placement in the SDK's `GameServerSessionPlacement` model.
 pub(crate) fn view(p: &Placement) -> Value {

@@ -3,9 +3,9 @@
 
 use serde_json::{Map, Value, json};
 
-use super::params::{Params, key_value};
 use super::{Capi, CapiError, unexpected};
 use crate::agent::fleet::{Control, ControlReply};
+use crate::api::params::{Params, key_value};
 use crate::api::queue::{Destination, LatencyPolicy, Queue, QueueInput, arn, destination};
 
 /// A queue's fields as a request gives them (`create`: Tags are read too).

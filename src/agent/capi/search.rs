@@ -3,10 +3,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::params::Params;
 use super::{Capi, CapiError, unexpected, view};
 use crate::agent::fleet::{Control, ControlReply, SessionQuery};
 use crate::agent::session::{CreationPolicy, GameSession, GssStatus};
+use crate::api::params::Params;
 use crate::api::search::{self, Subject};
 
 /// Unix milliseconds of a time.

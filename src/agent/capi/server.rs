@@ -15,9 +15,10 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::guard::Guard;
-use super::{Capi, CapiError, CapiServerError, envelope};
+use super::{Capi, CapiError, CapiServerError};
 use crate::agent::config::ConnectionLimits;
+use crate::api::envelope;
+use crate::api::guard::Guard;
 use crate::api::tc3;
 use crate::common::listen::{Acceptor, Bounds};
 
@@ -45,7 +46,10 @@ pub trait Handler: Clone + Send + Sync + 'static {
     }
 
     /// Keeps the record of a call that changed something (the door has logged it already).
-    fn audit(&self, record: super::audit::Record) -> impl std::future::Future<Output = ()> + Send {
+    fn audit(
+        &self,
+        record: crate::api::audit::Record,
+    ) -> impl std::future::Future<Output = ()> + Send {
         let _ = record;
         async {}
     }
@@ -57,7 +61,7 @@ impl Handler for Capi {
     }
 
     async fn answer_at(&self, action: Option<&str>, body: &[u8], host: &str) -> Value {
-        super::envelope(self.dispatch(action, body, host).await)
+        crate::api::envelope(self.dispatch(action, body, host).await)
     }
 }
 
@@ -133,12 +137,14 @@ impl<H: Handler> Door<H> {
             Form::Tencent => header(headers, "x-tc-action").map(str::to_string),
             Form::Local => None,
         };
-        let params: serde_json::Map<String, Value> =
-            if action.as_deref().is_some_and(|a| !super::audit::changes(a)) {
-                serde_json::Map::new()
-            } else {
-                serde_json::from_slice(&body).unwrap_or_default()
-            };
+        let params: serde_json::Map<String, Value> = if action
+            .as_deref()
+            .is_some_and(|a| !crate::api::audit::changes(a))
+        {
+            serde_json::Map::new()
+        } else {
+            serde_json::from_slice(&body).unwrap_or_default()
+        };
         let action = action.or_else(|| {
             params
                 .get("Action")
@@ -148,11 +154,11 @@ impl<H: Handler> Door<H> {
         // A call a keyed API could not authenticate is no one's: not recorded (its refusal is
         // the answer), so unsigned floods cannot fill the trail.
         let anonymous = self.keys.is_some() && secret_id.is_none();
-        if let Some(action) = action.filter(|a| super::audit::changes(a) && !anonymous) {
+        if let Some(action) = action.filter(|a| crate::api::audit::changes(a) && !anonymous) {
             let source = peer
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "unknown".into());
-            let record = super::audit::Record::of(
+            let record = crate::api::audit::Record::of(
                 secret_id.as_deref(),
                 &action,
                 &params,

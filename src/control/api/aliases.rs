@@ -4,10 +4,10 @@
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error};
-use crate::agent::capi::CapiError;
 use crate::agent::capi::aliases::{AliasListing, LIST_PARAMS, alias_input, view};
-use crate::agent::capi::params::Params;
+use crate::api::CapiError;
 use crate::api::alias::{Alias, AliasError, Routing};
+use crate::api::params::Params;
 
 fn invalid(e: AliasError) -> CapiError {
     match e {

@@ -1,4 +1,4 @@
-//! gse-control's audit trail: every changing call's record ([`crate::agent::capi::audit`]) kept in
+//! gse-control's audit trail: every changing call's record ([`crate::api::audit`]) kept in
 //! the `audit` table as long as events, and read back by the `DescribeAuditRecords`
 //! extension action (and `gse-control audit`).
 
@@ -6,9 +6,9 @@ use deadpool_postgres::Pool;
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error};
-use crate::agent::capi::CapiError;
-use crate::agent::capi::audit::Record;
-use crate::agent::capi::params::Params;
+use crate::api::CapiError;
+use crate::api::audit::Record;
+use crate::api::params::Params;
 
 /// Records being stored at most at once; past it a record is logged only.
 const STORING: usize = 64;

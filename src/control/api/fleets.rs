@@ -5,8 +5,8 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::Row;
 
 use super::{ControlApi, db_error};
-use crate::agent::capi::CapiError;
-use crate::agent::capi::params::Params;
+use crate::api::CapiError;
+use crate::api::params::Params;
 use crate::upstream_proto as up;
 use up::command::Kind;
 
@@ -41,7 +41,7 @@ fn instance(r: &Row) -> Value {
 }
 
 /// `FleetIds`: a list of strings, at most 100.
-fn fleet_ids(p: &crate::agent::capi::params::Params) -> Result<Option<Vec<String>>, CapiError> {
+fn fleet_ids(p: &crate::api::params::Params) -> Result<Option<Vec<String>>, CapiError> {
     let Some(list) = p.opt_array("FleetIds", 100)? else {
         return Ok(None);
     };
@@ -366,10 +366,7 @@ impl ControlApi {
     }
 
     /// `FleetId` and `InstanceId` of an instance of that fleet.
-    async fn fleet_instance(
-        &self,
-        p: &crate::agent::capi::params::Params,
-    ) -> Result<String, CapiError> {
+    async fn fleet_instance(&self, p: &crate::api::params::Params) -> Result<String, CapiError> {
         let fleet = self.fleet(p, true).await?.expect("required");
         let instance = p.str("InstanceId", 128)?;
         let db = self.db().await?;

@@ -16,8 +16,9 @@ use serde_json::Value;
 use super::db::DbError;
 use super::hub::{COMMAND_LIMIT, Hub, HubError};
 use super::writer::Writer;
-use crate::agent::capi::params::Params;
-use crate::agent::capi::{CapiError, Handler, envelope};
+use crate::agent::capi::Handler;
+use crate::api::params::Params;
+use crate::api::{CapiError, envelope};
 use crate::upstream_proto as up;
 
 /// The region in the ARNs of what gse-control itself holds (fleets, aliases, queues); hosts
@@ -103,7 +104,7 @@ impl ControlApi {
     }
 
     async fn dispatch(&self, header: Option<&str>, body: &[u8]) -> Result<Value, CapiError> {
-        let (action, map) = crate::agent::capi::request(header, body)?;
+        let (action, map) = crate::api::request(header, body)?;
         match action.as_str() {
             "CreateGameServerSession" => self.create_session(map).await,
             "DescribeGameServerSessions" => self.describe_sessions(map, false).await,
@@ -224,7 +225,7 @@ impl Handler for ControlApi {
         envelope(self.dispatch(action, body).await)
     }
 
-    async fn audit(&self, record: crate::agent::capi::audit::Record) {
+    async fn audit(&self, record: crate::api::audit::Record) {
         audit::store(self.pool.clone(), self.hub.replica().to_string(), record);
     }
 }

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error};
-use crate::agent::capi::CapiError;
-use crate::agent::capi::params::Params;
 use crate::agent::capi::placements::{placement_request, view as placement_view};
 use crate::agent::capi::queues::{queue_input, queue_params};
 use crate::agent::fleet::NewPlayer;
 use crate::agent::placement::{Placement, PlacementRequest, Status};
+use crate::api::CapiError;
+use crate::api::params::Params;
 use crate::api::queue::{DEFAULT_TIMEOUT_SECS, Destination, Queue, arn, destination};
 use crate::control::choice::Candidate;
 use crate::control::now_ms;
@@ -446,7 +446,7 @@ impl ControlApi {
 }
 
 /// `Names`: a list of strings, at most 100.
-fn names(p: &crate::agent::capi::params::Params) -> Result<Option<Vec<String>>, CapiError> {
+fn names(p: &crate::api::params::Params) -> Result<Option<Vec<String>>, CapiError> {
     let Some(list) = p.opt_array("Names", 100)? else {
         return Ok(None);
     };

@@ -2,7 +2,7 @@
 //! the SecretId that signed it (never the key or the signature), the action, the resources it
 //! named, the caller's address, how it ended and its RequestId. The door writes each record as
 //! a structured log line (`audit=true`, journald fields on the agent); gse-control also keeps
-//! them in its database ([`super::Handler::audit`]).
+//! them in its database (its door's `Handler::audit`).
 
 use serde_json::{Map, Value};
 

@@ -9,7 +9,7 @@ use crate::common::telemetry::clip;
 /// A request's action and parameters: the action from `X-TC-Action` (`header`, the Tencent
 /// Cloud API form, where an empty body means no parameters) or from the body's `Action` (GSE
 /// Local's form); both, when given, must agree.
-pub(crate) fn request(
+pub fn request(
     header: Option<&str>,
     body: &[u8],
 ) -> Result<(String, Map<String, Value>), CapiError> {

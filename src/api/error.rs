@@ -2,8 +2,6 @@
 
 use serde_json::Value;
 
-use crate::agent::fleet::actor::HandleError;
-
 /// A refused request: a Tencent Cloud error code and a message naming what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapiError {
@@ -14,25 +12,29 @@ pub struct CapiError {
 }
 
 impl CapiError {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+    /// A refusal with `code` and `message`.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
         }
     }
-    pub(crate) fn missing(name: &str) -> Self {
+    /// `MissingParameter`: the parameter `name` is required.
+    pub fn missing(name: &str) -> Self {
         Self::new(
             "MissingParameter",
             format!("the parameter `{name}` is required"),
         )
     }
-    pub(crate) fn value(name: &str, why: impl std::fmt::Display) -> Self {
+    /// `InvalidParameterValue`: the parameter `name` and why its value is refused.
+    pub fn value(name: &str, why: impl std::fmt::Display) -> Self {
         Self::new(
             "InvalidParameterValue",
             format!("the parameter `{name}` {why}"),
         )
     }
-    pub(crate) fn type_of(name: &str, want: &str, got: &Value) -> Self {
+    /// `InvalidParameter`: the parameter `name` must be `want`, not what `got` is.
+    pub fn type_of(name: &str, want: &str, got: &Value) -> Self {
         let kind = match got {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",
@@ -45,14 +47,5 @@ impl CapiError {
             "InvalidParameter",
             format!("the parameter `{name}` must be {want}, not {kind}"),
         )
-    }
-}
-
-impl From<HandleError> for CapiError {
-    fn from(e: HandleError) -> Self {
-        match e {
-            HandleError::Stopped => Self::new("OperationDenied", "the agent is shutting down"),
-            HandleError::Fleet(f) => Self::new(f.tencent_code(), f.to_string()),
-        }
     }
 }
