@@ -358,7 +358,7 @@ impl validate::Ui for TerminalUi {
 fn run_validate(opts: validate::Options, json: Option<PathBuf>) -> ExitCode {
     use std::io::IsTerminal;
     // install.sh and the game must not inherit what validate's caller left open.
-    if let Err(e) = gse_agent::common::host::keep_inherited_fds_from_children() {
+    if let Err(e) = gse_agent::agent::process::keep_inherited_fds_from_children() {
         say!("gse-agent validate: the build's processes may inherit open descriptors: {e}");
     }
     if std::env::var_os("RUST_LOG").is_some() {
@@ -596,7 +596,7 @@ fn run(cfg: Config, sample: bool) -> anyhow::Result<()> {
             }
         });
         gse_agent::common::host::return_freed_memory();
-        match gse_agent::common::host::keep_inherited_fds_from_children() {
+        match gse_agent::agent::process::keep_inherited_fds_from_children() {
             Ok(0) => {}
             Ok(n) => tracing::debug!(descriptors = n, "inherited descriptors kept from the games"),
             Err(e) => tracing::warn!(error = %e, "games may inherit descriptors the agent inherited"),

@@ -7,6 +7,7 @@ mod disk;
 mod escape;
 mod game_logs;
 mod hardening;
+mod layout;
 mod local_game;
 mod logs;
 mod metrics;

@@ -24,6 +24,7 @@ mod escape;
 mod exit;
 mod group;
 mod identity;
+mod inherited;
 pub mod local_game;
 mod output;
 mod proc;
@@ -48,6 +49,7 @@ pub use escape::{kill_remains, kill_strays};
 pub use exit::ExitInfo;
 pub use group::{ChildGroup, spawn_child_group};
 pub use identity::{Identity, IdentityError, process_group};
+pub use inherited::keep_inherited_fds_from_children;
 pub use output::open_for_child;
 
 use escape::Tag;
@@ -236,12 +238,6 @@ impl ProcessHandle {
     pub fn detach(&self) {
         self.detached.store(true, Ordering::SeqCst);
     }
-}
-
-/// Sets close-on-exec on the descriptor `fd` (see [`crate::common::host::keep_inherited_fds_from_children`]);
-/// `Ok(false)` when it was set already or `fd` is not open.
-pub fn mark_close_on_exec(fd: std::os::fd::RawFd) -> std::io::Result<bool> {
-    sys::set_cloexec(fd)
 }
 
 /// Waits until the sweeps for escaped descendants of ended games have finished (call once, at
