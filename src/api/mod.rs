@@ -9,6 +9,7 @@ pub mod audit;
 pub mod envelope;
 mod error;
 pub mod guard;
+pub mod limits;
 pub mod params;
 pub mod queue;
 pub mod request;

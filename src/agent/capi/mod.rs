@@ -306,8 +306,8 @@ impl Capi {
             },
             next_token: p.opt_str("NextToken", 1024)?,
             limit: p
-                .opt_int("Limit", 1, crate::agent::sdk::MAX_PAGE as i64)?
-                .unwrap_or(crate::agent::sdk::DEFAULT_PAGE as i64) as usize,
+                .opt_int("Limit", 1, crate::api::limits::MAX_PAGE as i64)?
+                .unwrap_or(crate::api::limits::DEFAULT_PAGE as i64) as usize,
         };
         if q.gss_id.is_none() && q.player_id.is_none() && q.player_session_id.is_none() {
             return Err(CapiError::missing(

@@ -28,8 +28,6 @@ pub use validate::{parse, parse_runtime, read};
 
 /// GSE's mount point for the unpacked build; LaunchPaths under it map to `game-root`.
 pub const GSE_GAME_ROOT: &str = "/local/game";
-/// GSE's limit on the sum of `ConcurrentExecutions` over all entries.
-pub const MAX_PROCESSES: u32 = 50;
 
 /// The embedded sample configuration used by `gse-agent run` without `--config`.
 pub const SAMPLE_CONFIG: &str = include_str!("sample.yaml");

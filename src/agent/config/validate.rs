@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::locate::Segment::{self, Index, Key};
 use super::*;
+use crate::api::limits::MAX_PROCESSES;
 
 /// Reads and parses a config file; relative paths in it are resolved against its directory.
 pub fn read(path: &Path) -> Result<Config, ConfigError> {

@@ -11,6 +11,7 @@
 mod caller;
 pub mod peer;
 
+use crate::api::limits::{DEFAULT_PAGE, MAX_PAGE};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,11 +32,6 @@ pub use caller::{Caller, CallerError};
 
 /// The longest refusal message sent (gRPC C-core reads at most 8 KiB of metadata by default).
 pub const MAX_REFUSAL_BYTES: usize = 2048;
-
-/// Default and maximum page size of DescribePlayerSessions.
-pub const DEFAULT_PAGE: usize = 50;
-/// The largest `limit` accepted.
-pub const MAX_PAGE: usize = 1024;
 
 /// Why the SDK server stopped.
 #[derive(Debug, thiserror::Error)]

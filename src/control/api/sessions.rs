@@ -622,8 +622,8 @@ impl ControlApi {
             ));
         }
         let limit = p
-            .opt_int("Limit", 1, crate::agent::sdk::MAX_PAGE as i64)?
-            .unwrap_or(crate::agent::sdk::DEFAULT_PAGE as i64);
+            .opt_int("Limit", 1, crate::api::limits::MAX_PAGE as i64)?
+            .unwrap_or(crate::api::limits::DEFAULT_PAGE as i64);
         let offset = offset_of(p.opt_str("NextToken", 64)?)?;
         let db = self.db().await?;
         let rows = db

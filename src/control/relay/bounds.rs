@@ -14,7 +14,7 @@ pub(super) const WAITING_PER_PEER: usize = 32;
 pub(super) const WAITING_IN_ALL: usize = 1024;
 /// Sessions a snapshot may name beyond its host's processes: the finished ones an agent keeps.
 pub(super) const SNAPSHOT_SESSIONS_BEYOND_PROCESSES: usize =
-    crate::agent::fleet::state::FINISHED_SESSIONS_KEPT;
+    crate::api::limits::FINISHED_SESSIONS_KEPT;
 /// Player sessions a snapshot may name at most per session it names, beyond the finished ones
 /// an agent keeps.
 pub(super) const SNAPSHOT_PLAYERS_PER_SESSION: usize = 1024;
@@ -63,10 +63,10 @@ pub(super) fn oversized(s: &up::Snapshot) -> Option<String> {
     let processes = s
         .processes
         .len()
-        .min(crate::agent::config::MAX_PROCESSES as usize);
+        .min(crate::api::limits::MAX_PROCESSES as usize);
     let max_sessions = processes + SNAPSHOT_SESSIONS_BEYOND_PROCESSES;
-    let max_players = (sessions + 1) * SNAPSHOT_PLAYERS_PER_SESSION
-        + crate::agent::fleet::state::FINISHED_PLAYERS_KEPT;
+    let max_players =
+        (sessions + 1) * SNAPSHOT_PLAYERS_PER_SESSION + crate::api::limits::FINISHED_PLAYERS_KEPT;
     if sessions > max_sessions {
         Some(format!(
             "a snapshot names {sessions} sessions; a host of {processes} processes keeps at most {max_sessions}"
@@ -126,7 +126,7 @@ mod tests {
         s.player_sessions_json = vec![
             "{}".into();
             3 * SNAPSHOT_PLAYERS_PER_SESSION
-                + crate::agent::fleet::state::FINISHED_PLAYERS_KEPT
+                + crate::api::limits::FINISHED_PLAYERS_KEPT
         ];
         assert!(oversized(&s).unwrap().contains("player sessions"));
     }

@@ -15,7 +15,6 @@ use crate::agent::event::{Change, Event, EventCode};
 use crate::agent::process::Identity;
 use crate::agent::session::{GameSession, GssInput, GssStatus, PlayerInput, PlayerSession};
 pub use persist::{Recorded, RestoreError};
-pub use sessions::{FINISHED_PLAYERS_KEPT, FINISHED_SESSIONS_KEPT};
 
 /// Launches of one slot whose log files are kept.
 pub const LOG_GENERATIONS_KEPT: u64 = 5;

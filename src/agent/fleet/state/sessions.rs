@@ -1,6 +1,7 @@
 //! Game server sessions and player sessions in the fleet: placement, activation, joins,
 //! transitions and listings.
 
+use crate::api::limits::{FINISHED_PLAYERS_KEPT, FINISHED_SESSIONS_KEPT};
 use tokio::time::Instant;
 
 use super::{Fleet, Phase};
@@ -12,11 +13,6 @@ use crate::agent::fleet::timers::Timer;
 use crate::agent::session::{
     CreationPolicy, GameSession, GssInput, GssStatus, PlayerInput, PlayerSession, PlayerStatus,
 };
-
-/// Finished game server sessions kept for Describe calls before the oldest are forgotten.
-pub const FINISHED_SESSIONS_KEPT: usize = 1000;
-/// Finished player sessions kept per live game server session (a long match sees many).
-pub const FINISHED_PLAYERS_KEPT: usize = 1000;
 
 impl Fleet {
     /// Moves a session and emits the matching event.

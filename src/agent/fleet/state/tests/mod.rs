@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::sessions::FINISHED_PLAYERS_KEPT;
 use super::*;
 use crate::agent::config;
 use crate::agent::fleet::api::{
@@ -13,6 +12,7 @@ use crate::agent::fleet::api::{
 use crate::agent::fleet::clock::Clock;
 use crate::agent::process::ExitInfo;
 use crate::agent::session::PlayerStatus;
+use crate::api::limits::FINISHED_PLAYERS_KEPT;
 
 mod chaos;
 mod outputs;
