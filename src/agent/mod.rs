@@ -14,7 +14,6 @@ pub mod lock;
 pub mod logarchive;
 pub mod metrics;
 pub mod package;
-pub mod placement;
 pub mod process;
 pub mod sdk;
 pub mod session;

@@ -11,9 +11,11 @@ mod error;
 pub mod guard;
 pub mod limits;
 pub mod params;
+pub mod placement;
 pub mod queue;
 pub mod request;
 pub mod search;
+pub mod sessions;
 pub mod tc3;
 
 pub use envelope::envelope;

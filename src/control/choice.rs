@@ -22,7 +22,7 @@ pub struct Candidate {
 pub fn choose(
     destinations: &[Candidate],
     policies: &[LatencyPolicy],
-    latencies: &[crate::agent::placement::Latency],
+    latencies: &[crate::api::placement::Latency],
     elapsed_secs: u64,
 ) -> Vec<String> {
     // A destination's latency: the worst of the players who reported its region.
@@ -71,7 +71,7 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::placement::Latency;
+    use crate::api::placement::Latency;
 
     fn dest(fleet: &str, region: &str) -> Candidate {
         Candidate {

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use super::api::ControlApi;
 use super::choice::choose;
 use super::now_ms;
-use crate::agent::fleet::NewSession;
-use crate::agent::placement::{PlacementRequest, Status};
 use crate::api::CapiError;
+use crate::api::placement::{PlacementRequest, Status};
+use crate::api::sessions::NewSession;
 
 /// Placements one worker moves on at once at most.
 const PASS: i64 = 64;

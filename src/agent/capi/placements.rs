@@ -6,8 +6,8 @@ use serde_json::{Map, Value, json};
 use super::{Capi, CapiError, unexpected};
 use crate::agent::event::format_time;
 use crate::agent::fleet::{Control, ControlReply};
-use crate::agent::placement::{Latency, Placement, PlacementRequest, Status};
 use crate::api::params::{Params, key_value};
+use crate::api::placement::{Latency, Placement, PlacementRequest, Status};
 
 /// A placement in the SDK's `GameServerSessionPlacement` model.
 pub(crate) fn view(p: &Placement) -> Value {

@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use super::CapiError;
-use crate::agent::fleet::{NewPlayer, NewSession, SessionUpdate};
 use crate::api::params::{Params, key_value};
+use crate::api::sessions::{NewPlayer, NewSession, SessionUpdate};
 
 /// CreateGameServerSession's session parameters (everything but where it goes).
 pub(crate) fn new_session(p: &Params) -> Result<NewSession, CapiError> {

@@ -15,8 +15,7 @@ pub mod timers;
 pub use actor::{FleetHandle, spawn_fleet};
 pub use api::{
     Control, ControlReply, Effect, EntryGauge, EntryView, FleetError, FleetGauges, FleetStatus,
-    HostState, HostStateScope, InstanceCounters, LastExit, NewPlayer, NewSession, PlayerQuery,
-    ProcessGauge, ProcessView, SdkCall, SdkReply, SessionQuery, SessionState, SessionUpdate,
-    StopReason, check_players,
+    HostState, HostStateScope, InstanceCounters, LastExit, PlayerQuery, ProcessGauge, ProcessView,
+    SdkCall, SdkReply, SessionQuery, SessionState, StopReason,
 };
 pub use state::Fleet;

@@ -5,10 +5,9 @@ use super::failure;
 use crate::agent::capi::view;
 use crate::agent::config::Config;
 use crate::agent::fleet::actor::HandleError;
-use crate::agent::fleet::{
-    Control, ControlReply, FleetError, FleetHandle, NewPlayer, NewSession, SessionUpdate,
-};
+use crate::agent::fleet::{Control, ControlReply, FleetError, FleetHandle};
 use crate::agent::package;
+use crate::api::sessions::{NewPlayer, NewSession, SessionUpdate};
 use crate::upstream_proto as up;
 use up::command::Kind;
 

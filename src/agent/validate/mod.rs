@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::config::{Config, ConfigError};
 use crate::agent::daemon::{Agent, AgentError};
 use crate::agent::event::{Event, EventCode};
-use crate::agent::fleet::{Control, ControlReply, NewPlayer, NewSession};
+use crate::agent::fleet::{Control, ControlReply};
 use crate::agent::package::local_refs::{self, Outlook};
 use crate::agent::package::{self, Accounts, PackageError};
 use crate::agent::process::local_game;
+use crate::api::sessions::{NewPlayer, NewSession};
 
 pub use report::{Report, Status, Step};
 pub use run_config::config_for;

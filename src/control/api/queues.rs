@@ -8,11 +8,11 @@ use serde_json::{Map, Value, json};
 use super::{ControlApi, db_error};
 use crate::agent::capi::placements::{placement_request, view as placement_view};
 use crate::agent::capi::queues::{queue_input, queue_params};
-use crate::agent::fleet::NewPlayer;
-use crate::agent::placement::{Placement, PlacementRequest, Status};
 use crate::api::CapiError;
 use crate::api::params::Params;
+use crate::api::placement::{Placement, PlacementRequest, Status};
 use crate::api::queue::{DEFAULT_TIMEOUT_SECS, Destination, Queue, arn, destination};
+use crate::api::sessions::NewPlayer;
 use crate::control::choice::Candidate;
 use crate::control::now_ms;
 

@@ -10,10 +10,10 @@ use serde_json::{Map, Value, json};
 use super::{ControlApi, db_error, offset_of};
 use crate::agent::capi::search::{SEARCH_PARAMS, SearchRequest};
 use crate::agent::capi::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
-use crate::agent::fleet::NewSession;
 use crate::api::CapiError;
 use crate::api::params::Params;
 use crate::api::search::Subject;
+use crate::api::sessions::NewSession;
 use crate::control::store;
 use crate::control::writer::Write;
 use crate::upstream_proto as up;
@@ -100,8 +100,7 @@ impl ControlApi {
         let p = Params::new(map, CREATE_SESSION_PARAMS)?;
         let fleet = self.fleet(&p, true).await?.expect("required");
         let req = new_session(&p)?;
-        req.check()
-            .map_err(|e| CapiError::new(e.tencent_code(), e.to_string()))?;
+        req.check()?;
         let session = self
             .create_in(&fleet, &req, req.idempotency_token.clone())
             .await?;
@@ -547,8 +546,7 @@ impl ControlApi {
         batch: bool,
     ) -> Result<Value, CapiError> {
         let (gss, players) = join_request(map, batch)?;
-        crate::agent::fleet::check_players(&players)
-            .map_err(|e| CapiError::new(e.tencent_code(), e.to_string()))?;
+        crate::api::sessions::check_players(&players)?;
         let list = self.join_on_host(gss, players).await?;
         if batch {
             Ok(json!({"PlayerSessions": list}))
@@ -561,7 +559,7 @@ impl ControlApi {
     pub(super) async fn join_on_host(
         &self,
         gss: String,
-        players: Vec<crate::agent::fleet::NewPlayer>,
+        players: Vec<crate::api::sessions::NewPlayer>,
     ) -> Result<Vec<Value>, CapiError> {
         let instance = self.host_of(&gss).await?;
         let joined = self

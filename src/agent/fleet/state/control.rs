@@ -31,7 +31,7 @@ impl Fleet {
             }
             Control::DescribeSessions(q) => self.describe_sessions(&q),
             Control::Join { gss_id, players } => {
-                crate::agent::fleet::api::check_players(&players)?;
+                crate::api::sessions::check_players(&players)?;
                 Ok(ControlReply::Players(
                     self.join(&gss_id, players, now)?,
                     None,
@@ -264,7 +264,7 @@ impl Fleet {
             .filter(|id| {
                 self.placements
                     .get(*id)
-                    .is_some_and(|p| p.status == crate::agent::placement::Status::Pending)
+                    .is_some_and(|p| p.status == crate::api::placement::Status::Pending)
             })
             .count() as u64;
         g

@@ -179,7 +179,7 @@ pub struct Fleet {
     /// Game server session queues by name.
     queues: BTreeMap<String, crate::api::queue::Queue>,
     /// Placements by PlacementId...
-    placements: HashMap<String, crate::agent::placement::Placement>,
+    placements: HashMap<String, crate::api::placement::Placement>,
     /// ...in the order they started (served and forgotten in this order)...
     placement_order: VecDeque<String>,
     /// ...and those that may still be pending, in the same order (pruned as they finish):

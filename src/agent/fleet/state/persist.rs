@@ -508,16 +508,16 @@ impl Fleet {
             }
         }
         for (key, bytes) in with_prefix(records, PLACEMENT) {
-            if let Some(p) = parse_or_skip::<crate::agent::placement::Placement>(key, bytes) {
+            if let Some(p) = parse_or_skip::<crate::api::placement::Placement>(key, bytes) {
                 let id = p.request.id.clone();
-                if p.status == crate::agent::placement::Status::Pending {
+                if p.status == crate::api::placement::Status::Pending {
                     fleet.timers.add(
                         clocks.to_instant(p.deadline),
                         Timer::PlacementTimeout { id: id.clone() },
                     );
                 }
                 fleet.placement_order.push_back(id.clone());
-                if p.status == crate::agent::placement::Status::Pending {
+                if p.status == crate::api::placement::Status::Pending {
                     fleet.pending_placements.push_back(id.clone());
                 }
                 fleet.placements.insert(id, p);

@@ -6,11 +6,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Fleet;
-use crate::agent::fleet::api::{ControlReply, FleetError, NewSession};
+use crate::agent::fleet::api::{ControlReply, FleetError};
 use crate::agent::fleet::timers::Timer;
-use crate::agent::placement::{FINISHED_KEPT, MAX_PENDING, Placement, PlacementRequest, Status};
 use crate::agent::session::GssStatus;
+use crate::api::placement::{FINISHED_KEPT, MAX_PENDING, Placement, PlacementRequest, Status};
 use crate::api::queue::{Destination, destination};
+use crate::api::sessions::NewSession;
 
 impl Fleet {
     /// Whether a destination ARN routes to this host's fleet.

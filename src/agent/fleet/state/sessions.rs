@@ -6,13 +6,12 @@ use tokio::time::Instant;
 
 use super::{Fleet, Phase};
 use crate::agent::event::{Change, Event, EventCode};
-use crate::agent::fleet::api::{
-    ControlReply, Effect, FleetError, NewPlayer, NewSession, PlayerQuery, SessionQuery,
-};
+use crate::agent::fleet::api::{ControlReply, Effect, FleetError, PlayerQuery, SessionQuery};
 use crate::agent::fleet::timers::Timer;
 use crate::agent::session::{
     CreationPolicy, GameSession, GssInput, GssStatus, PlayerInput, PlayerSession, PlayerStatus,
 };
+use crate::api::sessions::{NewPlayer, NewSession};
 
 impl Fleet {
     /// Moves a session and emits the matching event.
@@ -245,7 +244,7 @@ impl Fleet {
     /// UpdateGameServerSession.
     pub(super) fn update_session(
         &mut self,
-        u: crate::agent::fleet::api::SessionUpdate,
+        u: crate::api::sessions::SessionUpdate,
     ) -> Result<GameSession, FleetError> {
         let s = self.find_session(&u.gss_id)?;
         if s.status.is_final() {

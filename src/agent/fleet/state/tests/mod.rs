@@ -6,13 +6,13 @@ use std::time::SystemTime;
 use super::*;
 use crate::agent::config;
 use crate::agent::fleet::api::{
-    Control, ControlReply, FleetError, HostStateScope, NewPlayer, NewSession, PlayerQuery, SdkCall,
-    SdkReply, SessionUpdate,
+    Control, ControlReply, FleetError, HostStateScope, PlayerQuery, SdkCall, SdkReply,
 };
 use crate::agent::fleet::clock::Clock;
 use crate::agent::process::ExitInfo;
 use crate::agent::session::PlayerStatus;
 use crate::api::limits::FINISHED_PLAYERS_KEPT;
+use crate::api::sessions::{NewPlayer, NewSession, SessionUpdate};
 
 mod chaos;
 mod outputs;

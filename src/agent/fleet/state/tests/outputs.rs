@@ -6,7 +6,7 @@ use super::*;
 /// unreserved; one through a queue this host does not serve fails at once.
 #[tokio::test(start_paused = true)]
 async fn a_placement_waits_out_a_reservation_and_fails_when_nothing_here_serves_it() {
-    use crate::agent::placement::{PlacementRequest, Status};
+    use crate::api::placement::{PlacementRequest, Status};
     use crate::api::queue::QueueInput;
     let mut h = Harness::new();
     for pid in h.pids() {

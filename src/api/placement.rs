@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::fleet::NewPlayer;
+use crate::api::sessions::NewPlayer;
 
 /// Finished placements kept for Describe at most (pending ones are all kept).
 pub const FINISHED_KEPT: usize = 1000;
