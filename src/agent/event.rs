@@ -289,11 +289,6 @@ pub enum Change {
     Processes,
 }
 
-/// ISO 8601 UTC with seconds, as Tencent Cloud API writes times.
-pub fn format_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
 }

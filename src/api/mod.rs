@@ -14,9 +14,11 @@ pub mod params;
 pub mod placement;
 pub mod queue;
 pub mod request;
+pub mod requests;
 pub mod search;
 pub mod sessions;
 pub mod tc3;
+pub mod time;
 
 pub use envelope::envelope;
 pub use error::CapiError;

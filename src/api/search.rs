@@ -481,5 +481,7 @@ impl Sort {
     }
 }
 
+pub mod request;
+
 #[cfg(test)]
 mod tests;

@@ -10,14 +10,12 @@ mod host;
 mod logs;
 pub(crate) mod placements;
 pub(crate) mod queues;
-mod requests;
 pub(crate) mod search;
 mod server;
 mod unsupported;
 pub mod view;
 
 pub use crate::api::CapiError;
-pub(crate) use requests::{join_request, new_session, session_update};
 pub use server::{Handler, MAX_BODY_BYTES, ServeOptions, serve, serve_with};
 
 use std::sync::Arc;
@@ -32,6 +30,7 @@ use crate::agent::fleet::{
 };
 use crate::agent::session::{GssStatus, PlayerStatus};
 use crate::api::params::Params;
+use crate::api::requests::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
 use crate::api::{envelope, request};
 
 /// Why the control API server stopped.
@@ -494,19 +493,6 @@ impl Capi {
         }))
     }
 }
-
-/// The parameters CreateGameServerSession names, as MaximumPlayerSessionCount … Name.
-pub(crate) const CREATE_SESSION_PARAMS: &[&str] = &[
-    "MaximumPlayerSessionCount",
-    "FleetId",
-    "AliasId",
-    "CreatorId",
-    "GameProperties",
-    "GameServerSessionData",
-    "GameServerSessionId",
-    "IdempotencyToken",
-    "Name",
-];
 
 /// The actions this API serves.
 pub const ACTIONS: &[&str] = &[

@@ -3,10 +3,11 @@
 use serde_json::{Value, json};
 
 use crate::agent::config::Config;
-use crate::agent::event::{Event, format_time};
+use crate::agent::event::Event;
 use crate::agent::fleet::{EntryView, InstanceCounters, LastExit, ProcessView};
 use crate::agent::metrics::Usage;
 use crate::agent::session::{GameSession, PlayerSession};
+use crate::api::time::format_time;
 
 /// A `GameServerSession`.
 pub fn session(s: &GameSession) -> Value {

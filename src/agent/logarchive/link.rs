@@ -145,7 +145,7 @@ impl Signer {
             .map_err(|_| LinkError::Forged)?;
         if now > expires {
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires.max(0) as u64);
-            return Err(LinkError::Expired(crate::agent::event::format_time(at)));
+            return Err(LinkError::Expired(crate::api::time::format_time(at)));
         }
         Ok(())
     }

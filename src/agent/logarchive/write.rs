@@ -15,7 +15,7 @@ use zip::{CompressionMethod, ZipWriter};
 use super::plan::{self, Budget, FileNote, Manifest, SkipNote, Take};
 use super::walk::{self, Beneath, Found, Item, OpenFile};
 use super::{Archive, ArchiveError, Job, Settings};
-use crate::agent::event::format_time;
+use crate::api::time::format_time;
 
 /// The manifest's name in every archive.
 pub const MANIFEST: &str = "MANIFEST.json";

@@ -4,8 +4,8 @@
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error};
-use crate::agent::capi::aliases::{AliasListing, LIST_PARAMS, alias_input, view};
 use crate::api::CapiError;
+use crate::api::alias::wire::{AliasListing, LIST_PARAMS, alias_input, view};
 use crate::api::alias::{Alias, AliasError, Routing};
 use crate::api::params::Params;
 

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error};
-use crate::agent::capi::placements::{placement_request, view as placement_view};
-use crate::agent::capi::queues::{queue_input, queue_params};
 use crate::api::CapiError;
 use crate::api::params::Params;
+use crate::api::placement::wire::{placement_request, view as placement_view};
 use crate::api::placement::{Placement, PlacementRequest, Status};
+use crate::api::queue::wire::{queue_input, queue_params};
 use crate::api::queue::{DEFAULT_TIMEOUT_SECS, Destination, Queue, arn, destination};
 use crate::api::sessions::NewPlayer;
 use crate::control::choice::Candidate;

@@ -8,11 +8,11 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error, offset_of};
-use crate::agent::capi::search::{SEARCH_PARAMS, SearchRequest};
-use crate::agent::capi::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
 use crate::api::CapiError;
 use crate::api::params::Params;
+use crate::api::requests::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
 use crate::api::search::Subject;
+use crate::api::search::request::{SEARCH_PARAMS, SearchRequest};
 use crate::api::sessions::NewSession;
 use crate::control::store;
 use crate::control::writer::Write;

@@ -1,6 +1,8 @@
 //! Game server session queues: where a placement may put a session (fleet or alias ARNs, in
 //! order of preference), how long it may wait, and the players' latency policies.
 
+pub mod wire;
+
 use serde::{Deserialize, Serialize};
 
 /// Queues kept at most.

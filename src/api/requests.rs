@@ -7,8 +7,21 @@ use super::CapiError;
 use crate::api::params::{Params, key_value};
 use crate::api::sessions::{NewPlayer, NewSession, SessionUpdate};
 
+/// The parameters CreateGameServerSession names, as MaximumPlayerSessionCount … Name.
+pub const CREATE_SESSION_PARAMS: &[&str] = &[
+    "MaximumPlayerSessionCount",
+    "FleetId",
+    "AliasId",
+    "CreatorId",
+    "GameProperties",
+    "GameServerSessionData",
+    "GameServerSessionId",
+    "IdempotencyToken",
+    "Name",
+];
+
 /// CreateGameServerSession's session parameters (everything but where it goes).
-pub(crate) fn new_session(p: &Params) -> Result<NewSession, CapiError> {
+pub fn new_session(p: &Params) -> Result<NewSession, CapiError> {
     // JSON shapes are checked here; Tencent's limits where the command is handled
     // (NewSession::check), for this door and the upstream one alike.
     let max_players = p.int("MaximumPlayerSessionCount", 0, i64::from(i32::MAX))? as i32;
@@ -33,7 +46,7 @@ pub(crate) fn new_session(p: &Params) -> Result<NewSession, CapiError> {
 }
 
 /// JoinGameServerSession(Batch)'s session and players.
-pub(crate) fn join_request(
+pub fn join_request(
     map: Map<String, Value>,
     batch: bool,
 ) -> Result<(String, Vec<NewPlayer>), CapiError> {
@@ -71,7 +84,7 @@ pub(crate) fn join_request(
 }
 
 /// UpdateGameServerSession's changes.
-pub(crate) fn session_update(map: Map<String, Value>) -> Result<SessionUpdate, CapiError> {
+pub fn session_update(map: Map<String, Value>) -> Result<SessionUpdate, CapiError> {
     let p = Params::new(
         map,
         &[

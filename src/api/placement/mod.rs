@@ -1,6 +1,8 @@
 //! Game server session placements: a request to start a session through a queue, served when
 //! a healthy idle process of a destination this host serves can take it.
 
+pub mod wire;
+
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};

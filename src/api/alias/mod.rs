@@ -1,6 +1,8 @@
 //! Aliases: a stable name for a fleet that a backend creates sessions through, so the fleet
 //! behind it can be swapped (SIMPLE routing) or closed with a message (TERMINAL routing).
 
+pub mod wire;
+
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
