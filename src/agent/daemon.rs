@@ -23,7 +23,8 @@ use crate::agent::store::{
 };
 use crate::agent::upstream;
 use crate::agent::upstream::ledger::{Ledger, LedgerError};
-use crate::agent::upstream::outbox::{Outbox, OutboxError, unix_ms};
+use crate::agent::upstream::outbox::{Outbox, OutboxError};
+use crate::api::time::now_ms;
 use crate::common::listen::Bounds;
 
 /// Events kept in memory for DescribeFleetEvents.
@@ -118,7 +119,7 @@ pub enum AgentError {
     Sdk(#[from] sdk::SdkServerError),
     /// The control API server failed.
     #[error(transparent)]
-    Capi(#[from] capi::CapiServerError),
+    Capi(#[from] crate::api::server::ServeError),
     /// The metrics server failed.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsServerError),
@@ -244,7 +245,7 @@ impl Agent {
                 // Numbered on before the writer starts: it may emit at once (a corrupt outbox).
                 let bus = continue_events(EventBus::with_sink(EVENT_HISTORY, tx));
                 let writer = outbox.clone().spawn_writer(rx, bus.without_sink());
-                let ledger = Ledger::open(outbox.file(), unix_ms(std::time::SystemTime::now()))?;
+                let ledger = Ledger::open(outbox.file(), now_ms())?;
                 (
                     bus,
                     Some(Upstream {

@@ -104,10 +104,6 @@ fn read_all(db: &Database) -> Result<Records, redb::Error> {
     Ok(read_table(db)?.unwrap_or_default())
 }
 
-fn now_ms() -> u64 {
-    crate::agent::upstream::outbox::unix_ms(std::time::SystemTime::now())
-}
-
 impl StateStore {
     /// Opens (or creates) the state file at `path`. A corrupt one is moved aside and replaced
     /// by an empty one (logged as an error); only a file that cannot be opened at all (another
@@ -149,7 +145,9 @@ impl StateStore {
 
     /// Moves the corrupt file aside and opens a fresh one; returns where the old one went.
     fn replace(&self) -> Result<PathBuf, StoreError> {
-        self.file.replace(now_ms()).map_err(StoreError::Open)
+        self.file
+            .replace(crate::api::time::now_ms())
+            .map_err(StoreError::Open)
     }
 
     /// Every stored record (empty on a first start).

@@ -16,6 +16,7 @@ pub mod queue;
 pub mod request;
 pub mod requests;
 pub mod search;
+pub mod server;
 pub mod sessions;
 pub mod tc3;
 pub mod time;

@@ -1,8 +1,21 @@
-//! How the Tencent Cloud API writes times.
+//! How the Tencent Cloud API writes times, and Unix milliseconds, the one way both halves
+//! stamp a time as a number.
 
 use std::time::SystemTime;
 
 /// ISO 8601 UTC with seconds, as Tencent Cloud API writes times.
 pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Unix milliseconds of `t` (0 before 1970).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
 }

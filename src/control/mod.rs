@@ -4,7 +4,7 @@
 //!
 //! - [`relay`]: the agents' streams; what they send is stored ([`store`]) before it is
 //!   acknowledged; commands reach the replica holding a stream through [`hub`].
-//! - [`api`]: the Tencent Cloud API, through the agent's door ([`crate::agent::capi::serve_with`]).
+//! - [`api`]: the Tencent Cloud API, through the shared door ([`crate::api::server::serve_with`]).
 //! - [`choice`]: where a placement may go (pure); [`placement`]: the worker that places them; [`rollout`]: build roll-outs; [`sync`]: a returning
 //!   host brought up to its fleet; [`liveness`]: heartbeats and Lost instances.
 
@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::agent::capi::ServeOptions;
+use crate::api::server::{ConnectionBounds, ServeOptions};
 use crate::common::listen::{Acceptor, Bounds};
 use crate::upstream_proto::control_plane_server::ControlPlaneServer;
 use config::ControlConfig;
@@ -109,10 +109,7 @@ pub struct Endpoints {
 
 /// Unix milliseconds now: the time placements and queues are stamped with.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::api::time::now_ms() as i64
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ControlError> {
@@ -233,14 +230,14 @@ pub async fn run(
                 async move { relay_stop.cancelled().await },
             ),
     );
-    let api_task = background.spawn(crate::agent::capi::serve_with(
+    let api_task = background.spawn(crate::api::server::serve_with(
         api_listener,
         api,
         ServeOptions {
             name: "control-api",
             keys_file: cfg.api_keys_file.clone(),
             allowed_hosts: cfg.api_allowed_hosts.clone(),
-            limits: crate::agent::config::ConnectionLimits::default(),
+            limits: ConnectionBounds::default(),
         },
         shutdown.clone(),
     ));

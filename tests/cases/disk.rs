@@ -181,7 +181,7 @@ fn restart_survives_a_damaged_outbox(
     pid: u32,
     old_epoch: u64,
 ) -> String {
-    let restarted_ms = gse_agent::agent::upstream::outbox::unix_ms(std::time::SystemTime::now());
+    let restarted_ms = gse_agent::api::time::unix_ms(std::time::SystemTime::now());
     agent.spawn();
     let adopted = agent.wait_event("SERVER_PROCESS_ADOPTED");
     assert_eq!(adopted["Pid"], pid, "{adopted}");

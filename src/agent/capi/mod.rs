@@ -11,12 +11,12 @@ mod logs;
 pub(crate) mod placements;
 pub(crate) mod queues;
 pub(crate) mod search;
-mod server;
+mod serve;
 mod unsupported;
 pub mod view;
 
 pub use crate::api::CapiError;
-pub use server::{Handler, MAX_BODY_BYTES, ServeOptions, serve, serve_with};
+pub use serve::serve;
 
 use std::sync::Arc;
 
@@ -32,17 +32,6 @@ use crate::agent::session::{GssStatus, PlayerStatus};
 use crate::api::params::Params;
 use crate::api::requests::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
 use crate::api::{envelope, request};
-
-/// Why the control API server stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum CapiServerError {
-    /// Serving failed.
-    #[error("control API server failed: {0}")]
-    Serve(#[source] std::io::Error),
-    /// The keys file cannot be used.
-    #[error(transparent)]
-    Keys(#[from] crate::api::tc3::keys::KeysError),
-}
 
 /// Shared by the handlers: the fleet door and what the views need.
 #[derive(Clone)]

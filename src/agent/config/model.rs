@@ -76,11 +76,13 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
+        // The control API's are the shared door's.
+        let api = crate::api::server::ConnectionBounds::default();
         Self {
             sdk_max: 4096,
-            capi_max: 256,
-            header_timeout: Duration::from_secs(10).into(),
-            idle_timeout: Duration::from_secs(60).into(),
+            capi_max: api.max_connections,
+            header_timeout: api.header_timeout.into(),
+            idle_timeout: api.idle_timeout.into(),
         }
     }
 }

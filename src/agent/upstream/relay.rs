@@ -23,8 +23,9 @@ use super::book::{Begin, CommandBook};
 use super::commands;
 use super::cut::LinkCut;
 use super::ledger::Ledger;
-use super::outbox::{Outbox, unix_ms};
+use super::outbox::Outbox;
 use super::snapshot;
+use crate::api::time::now_ms;
 use std::sync::Arc;
 
 use crate::agent::config::{Config, UpstreamConfig};
@@ -556,10 +557,6 @@ async fn apply_once(book: &CommandBook, fleet: &FleetHandle, agent: &Config, c: 
     if let Err(e) = tokio::task::spawn_blocking(move || b.finish(result, now_ms())).await {
         tracing::error!(command.id = %id, error = %e, "cannot record or send a command result");
     }
-}
-
-fn now_ms() -> u64 {
-    unix_ms(std::time::SystemTime::now())
 }
 
 /// Prunes the command ledger now and every [`PRUNE_EVERY`], off the command path.

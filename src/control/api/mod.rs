@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::db::DbError;
 use super::hub::{COMMAND_LIMIT, Hub, HubError};
 use super::writer::Writer;
-use crate::agent::capi::Handler;
 use crate::api::params::Params;
+use crate::api::server::Handler;
 use crate::api::{CapiError, envelope};
 use crate::upstream_proto as up;
 

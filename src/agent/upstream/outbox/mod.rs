@@ -25,6 +25,7 @@
 //! in the kept file: they are never resent under the new epoch, where the control plane could
 //! not tell them from new ones.
 
+use crate::api::time::unix_ms;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -126,13 +127,6 @@ pub struct Outbox {
     committed: watch::Sender<u64>,
     /// Events the writer must store first (the corruption found at open).
     notices: Arc<Mutex<Vec<Event>>>,
-}
-
-/// Unix milliseconds of `t` (0 before 1970).
-pub fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The wire form of an event with its sequence.

@@ -15,15 +15,13 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Capi, CapiError, CapiServerError};
-use crate::agent::config::ConnectionLimits;
+use super::CapiError;
 use crate::api::envelope;
 use crate::api::guard::Guard;
 use crate::api::tc3;
 use crate::common::listen::{Acceptor, Bounds};
 
-/// What answers a request once it passed the door: the agent's fleet ([`Capi`]) or the fleet
-/// control plane. It gets the action (from `X-TC-Action`, or `None` for GSE Local's `POST
+/// What answers a request once it passed the door: the agent's fleet or gse-control. It gets the action (from `X-TC-Action`, or `None` for GSE Local's `POST
 /// /capi`, where the body names it) and the body, and returns the whole response envelope.
 pub trait Handler: Clone + Send + Sync + 'static {
     /// Answers one request.
@@ -55,16 +53,6 @@ pub trait Handler: Clone + Send + Sync + 'static {
     }
 }
 
-impl Handler for Capi {
-    async fn answer(&self, action: Option<&str>, body: &[u8]) -> Value {
-        self.answer_at(action, body, &self.own_host()).await
-    }
-
-    async fn answer_at(&self, action: Option<&str>, body: &[u8], host: &str) -> Value {
-        crate::api::envelope(self.dispatch(action, body, host).await)
-    }
-}
-
 /// How one API listener is run.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -75,7 +63,40 @@ pub struct ServeOptions {
     /// Extra `Host` values accepted (behind a proxy).
     pub allowed_hosts: Vec<String>,
     /// Connection bounds and timeouts.
-    pub limits: ConnectionLimits,
+    pub limits: ConnectionBounds,
+}
+
+/// Bounds on one API listener's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionBounds {
+    /// Live connections at most (lowered to fit the open-files limit).
+    pub max_connections: usize,
+    /// A request's head must arrive within this (also how long a new connection may stay
+    /// silent).
+    pub header_timeout: std::time::Duration,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for ConnectionBounds {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why an API listener stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Serving failed.
+    #[error("control API server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The keys file cannot be used.
+    #[error(transparent)]
+    Keys(#[from] super::tc3::keys::KeysError),
 }
 
 /// Sent to a connection over the cap before it is closed.
@@ -164,7 +185,7 @@ impl<H: Handler> Door<H> {
                 &params,
                 &source,
                 answer.get("Response").unwrap_or(&answer),
-                crate::agent::upstream::outbox::unix_ms(std::time::SystemTime::now()) as i64,
+                crate::api::time::now_ms() as i64,
             );
             record.log();
             self.handler.audit(record).await;
@@ -292,24 +313,6 @@ async fn not_served(method: Method, uri: Uri) -> axum::Json<Value> {
     ))))
 }
 
-/// Serves the agent's control API on an already-bound listener until `shutdown`, as
-/// agent.yaml configures it (`capi-keys-file`, `capi-allowed-hosts`, `connections`).
-pub async fn serve(
-    listener: TcpListener,
-    capi: Capi,
-    shutdown: CancellationToken,
-) -> Result<(), CapiServerError> {
-    let options = ServeOptions {
-        name: "capi",
-        keys_file: capi.cfg.capi_keys_file.clone(),
-        allowed_hosts: capi.cfg.capi_allowed_hosts.clone(),
-        limits: capi.cfg.connections.clone(),
-    };
-    // Log links are their own authority: served beside the API, outside its door.
-    let links = crate::agent::logarchive::router(capi.logs.clone());
-    serve_routes(listener, capi, options, links, shutdown).await
-}
-
 /// Serves a Tencent Cloud API on an already-bound listener until `shutdown`: HTTP/1.1, within
 /// `options.limits` (a request's head must arrive within the header timeout, which also closes
 /// idle keep-alive connections), every request checked by the guard and, with a keys file, by
@@ -319,31 +322,31 @@ pub async fn serve_with<H: Handler>(
     handler: H,
     options: ServeOptions,
     shutdown: CancellationToken,
-) -> Result<(), CapiServerError> {
+) -> Result<(), ServeError> {
     serve_routes(listener, handler, options, Router::new(), shutdown).await
 }
 
 /// [`serve_with`], with `extra` routes served beside the API on the same listener, without
 /// its door (they check their own requests).
-async fn serve_routes<H: Handler>(
+pub async fn serve_routes<H: Handler>(
     listener: TcpListener,
     handler: H,
     options: ServeOptions,
     extra: Router,
     shutdown: CancellationToken,
-) -> Result<(), CapiServerError> {
-    let bound = listener.local_addr().map_err(CapiServerError::Serve)?;
+) -> Result<(), ServeError> {
+    let bound = listener.local_addr().map_err(ServeError::Serve)?;
     let limits = options.limits.clone();
     let bounds = Bounds {
-        max_connections: limits.capi_max,
-        first_bytes_within: limits.header_timeout.get(),
+        max_connections: limits.max_connections,
+        first_bytes_within: limits.header_timeout,
         // hyper's header timeout covers the rest of the head.
         first_bytes: 1,
-        idle_after: Some(limits.idle_timeout.get()),
+        idle_after: Some(limits.idle_timeout),
     }
     .within_open_files(crate::common::host::open_files_limit(), 4);
     let keys = match &options.keys_file {
-        Some(path) => Some(tc3::keys::KeyFile::open(path).map_err(CapiServerError::Keys)?),
+        Some(path) => Some(tc3::keys::KeyFile::open(path).map_err(ServeError::Keys)?),
         None => None,
     };
     tracing::info!(api = options.name, api.addr = %bound, api.signed = keys.is_some(), connections.max = bounds.max_connections, "API listening");
@@ -369,7 +372,7 @@ async fn serve_routes<H: Handler>(
     let open = crate::common::listen::serve_http1(
         acceptor,
         app,
-        limits.header_timeout.get(),
+        limits.header_timeout,
         MAX_HEAD_BYTES,
         shutdown,
         DRAIN,
