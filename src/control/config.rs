@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::agent::config::locate::{Segment, locate};
-use crate::agent::config::{ConfigError, HumanDuration, Problem};
+use crate::common::config::locate::{Segment, locate};
+use crate::common::config::{ConfigError, HumanDuration, Problem};
 
 /// The shortest and longest `instance-lost-after` accepted.
 const LOST_AFTER_RANGE: (Duration, Duration) =

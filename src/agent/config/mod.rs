@@ -6,20 +6,15 @@
 //! kebab-case; `runtime-configuration` keeps Tencent's PascalCase names so the JSON of a GSE
 //! `DescribeRuntimeConfiguration` pastes in.
 
-mod bytes;
-mod duration;
-mod error;
 mod host;
 mod launch_path;
-pub mod locate;
 mod model;
 mod raw;
 mod sections;
 mod validate;
 
-pub use bytes::ByteSize;
-pub use duration::HumanDuration;
-pub use error::{ConfigError, Problem};
+// The vocabulary every config file is read with.
+pub use crate::common::config::{ByteSize, ConfigError, HumanDuration, Problem, locate};
 pub use host::read_for_host;
 pub use launch_path::{resolve_launch_path, within_game_root};
 pub use model::*;

@@ -140,7 +140,7 @@ fn field_problems(block: &Block, check: Check) -> Vec<Problem> {
 
 /// serde's message without its position and the section's name (the problem names both).
 fn message_of(e: &serde_yaml::Error, section: &str) -> String {
-    let message = without_position(&e.to_string());
+    let message = crate::common::config::without_position(&e.to_string());
     message
         .strip_prefix(&format!("{section}: "))
         .or_else(|| message.strip_prefix(&format!("{section}.")))
@@ -200,20 +200,6 @@ fn distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-/// serde_yaml ends messages with ` at line L column C`; the caller reports its own line.
-pub fn without_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i)
-            if message[i + 9..]
-                .split(" column ")
-                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
-        {
-            message[..i].to_string()
-        }
-        _ => message.to_string(),
-    }
 }
 
 fn check<T: DeserializeOwned>(text: &str) -> Result<(), serde_yaml::Error> {

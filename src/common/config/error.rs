@@ -48,7 +48,7 @@ impl ConfigError {
             file: file.to_string(),
             line,
             column,
-            message: super::sections::without_position(&e.to_string()),
+            message: without_position(&e.to_string()),
         }
     }
 }
@@ -78,5 +78,19 @@ impl fmt::Display for ProblemList<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// serde_yaml ends messages with ` at line L column C`; the caller reports its own line.
+pub fn without_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i)
+            if message[i + 9..]
+                .split(" column ")
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            message[..i].to_string()
+        }
+        _ => message.to_string(),
     }
 }
