@@ -6,14 +6,14 @@ use serde_json::json;
 use crate::helper::tencent::Client;
 use crate::helper::{Agent, config, entry, raw_request};
 
-const ID: &str = "AKIDstudiobackend";
-const KEY: &str = "studio-secret-key";
+pub(crate) const ID: &str = "AKIDstudiobackend";
+pub(crate) const KEY: &str = "studio-secret-key";
 
 const FAST: &str = "capi-keys-file: keys
 health-check: { interval: 1h, timeout: 1s, failure-threshold: 3 }
 timeouts: { process-exit: 1s, stop-grace: 200ms, shutdown: 1s }";
 
-fn signed_agent(processes: u32) -> Agent {
+pub(crate) fn signed_agent(processes: u32) -> Agent {
     // Players get a port of their own per game.
     let mut agent = Agent::start_with(
         &config(&entry("--accept-players", processes), FAST),
@@ -28,7 +28,7 @@ fn signed_agent(processes: u32) -> Agent {
     agent
 }
 
-fn client(agent: &Agent, secret_id: &str, secret_key: &str) -> Client {
+pub(crate) fn client(agent: &Agent, secret_id: &str, secret_key: &str) -> Client {
     Client {
         endpoint: agent.capi.to_string(),
         secret_id: secret_id.into(),

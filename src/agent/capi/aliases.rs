@@ -38,10 +38,6 @@ impl Capi {
 
     pub(super) async fn create_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = Params::new(map, &["Name", "Description", "RoutingStrategy", "Tags"])?;
-        p.str("Name", 1024)?;
-        if p.raw("RoutingStrategy").is_none() {
-            return Err(CapiError::missing("RoutingStrategy"));
-        }
         let input = alias_input(&p, None)?;
         self.put_alias(input).await
     }

@@ -586,12 +586,38 @@ pub enum FleetError {
         /// Why.
         message: String,
     },
+    /// A rule of the API refused it, with the code GSE gave (an alias or queue put).
+    #[error("{message}")]
+    Rule {
+        /// The Tencent Cloud API error code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
     /// The current state does not allow it.
     #[error("{0}")]
     Denied(String),
     /// A limit is reached.
     #[error("{0}")]
     Limit(String),
+}
+
+impl From<crate::api::alias::AliasError> for FleetError {
+    fn from(e: crate::api::alias::AliasError) -> Self {
+        Self::Rule {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::api::queue::PutError> for FleetError {
+    fn from(e: crate::api::queue::PutError) -> Self {
+        Self::Rule {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
 }
 
 impl From<crate::api::sessions::Invalid> for FleetError {
@@ -611,6 +637,7 @@ impl FleetError {
             Self::Invalid { .. } => "InvalidParameterValue",
             Self::Denied(_) => "OperationDenied",
             Self::Limit(_) => "LimitExceeded",
+            Self::Rule { code, .. } => code,
             Self::UnknownPid(_) => "InternalError",
         }
     }

@@ -312,7 +312,7 @@ pub fn refusal(e: &HandleError) -> Status {
         HandleError::Fleet(f) => match f {
             FleetError::UnknownPid(_) | FleetError::NotFound { .. } => Status::not_found(message),
             FleetError::Invalid { .. } => Status::invalid_argument(message),
-            FleetError::Denied(_) => Status::failed_precondition(message),
+            FleetError::Denied(_) | FleetError::Rule { .. } => Status::failed_precondition(message),
             FleetError::Limit(_) => Status::resource_exhausted(message),
         },
     }

@@ -70,6 +70,80 @@ pub enum AliasError {
         /// What is wrong.
         message: String,
     },
+    /// A new alias lacks a required parameter.
+    #[error("the parameter `{0}` is required")]
+    Missing(&'static str),
+    /// The alias an update names does not exist.
+    #[error("alias {0} does not exist")]
+    NotFound(String),
+    /// There are [`MAX_ALIASES`] already.
+    #[error("at most {MAX_ALIASES} aliases; delete one first")]
+    Full,
+}
+
+impl AliasError {
+    /// The Tencent Cloud API error code GSE answered it with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "InvalidParameterValue",
+            Self::Missing(_) => "MissingParameter",
+            Self::NotFound(_) => "ResourceNotFound",
+            Self::Full => "LimitExceeded",
+        }
+    }
+}
+
+impl From<AliasError> for crate::api::CapiError {
+    fn from(e: AliasError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+/// CreateAlias (`input.id` is `None`) or UpdateAlias, as both halves apply it: `existing` is
+/// the alias stored under `input.id`, `count` how many there are; a new alias gets `new_id()`
+/// and both times are `now`.
+pub fn put(
+    existing: Option<Alias>,
+    count: usize,
+    input: AliasInput,
+    new_id: impl FnOnce() -> String,
+    now: SystemTime,
+) -> Result<Alias, AliasError> {
+    input.check()?;
+    match input.id {
+        Some(id) => {
+            let mut a = existing.ok_or(AliasError::NotFound(id))?;
+            if let Some(name) = input.name {
+                a.name = name;
+            }
+            if let Some(d) = input.description {
+                a.description = d;
+            }
+            if let Some(r) = input.routing {
+                a.routing = r;
+            }
+            a.updated = now;
+            Ok(a)
+        }
+        None => {
+            if count >= MAX_ALIASES {
+                return Err(AliasError::Full);
+            }
+            let name = input.name.ok_or(AliasError::Missing("Name"))?;
+            let routing = input
+                .routing
+                .ok_or(AliasError::Missing("RoutingStrategy"))?;
+            Ok(Alias {
+                id: new_id(),
+                name,
+                description: input.description.unwrap_or_default(),
+                routing,
+                tags: input.tags,
+                created: now,
+                updated: now,
+            })
+        }
+    }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> AliasError {
@@ -133,4 +207,50 @@ impl AliasInput {
 /// The Tencent resource name of an alias on this host, in its `region`.
 pub fn arn(region: &str, id: &str) -> String {
     format!("qcs::gse:{region}:uin/0:alias/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(name: Option<&str>) -> AliasInput {
+        AliasInput {
+            name: name.map(str::to_string),
+            routing: Some(Routing::Simple {
+                fleet_id: "fleet-a".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_put_is_refused_with_the_code_gse_gave() {
+        let now = SystemTime::UNIX_EPOCH;
+        let made = put(None, 0, new(Some("a")), || "alias-1".into(), now).unwrap();
+        assert_eq!((made.id.as_str(), made.name.as_str()), ("alias-1", "a"));
+        let full = put(None, MAX_ALIASES, new(Some("b")), || "alias-2".into(), now).unwrap_err();
+        assert_eq!(full.code(), "LimitExceeded");
+        let unnamed = put(None, 1, new(None), || "alias-3".into(), now).unwrap_err();
+        assert_eq!(unnamed.code(), "MissingParameter");
+        let gone = AliasInput {
+            id: Some("alias-9".into()),
+            ..Default::default()
+        };
+        let e = put(None, 1, gone, String::new, now).unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("ResourceNotFound", "alias alias-9 does not exist")
+        );
+        let later = now + std::time::Duration::from_secs(5);
+        let renamed = AliasInput {
+            id: Some("alias-1".into()),
+            name: Some("b".into()),
+            ..Default::default()
+        };
+        let updated = put(Some(made), 1, renamed, String::new, later).unwrap();
+        assert_eq!(
+            (updated.name.as_str(), updated.updated, updated.created),
+            ("b", later, now)
+        );
+    }
 }

@@ -125,6 +125,84 @@ impl QueueInput {
     }
 }
 
+/// Why CreateGameServerSessionQueue or UpdateGameServerSessionQueue is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PutError {
+    /// A field breaks its rule.
+    #[error("invalid {param}: {message}")]
+    Invalid {
+        /// Which one.
+        param: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A create names a queue that exists.
+    #[error("queue {0} already exists")]
+    Exists(String),
+    /// An update names a queue that does not exist.
+    #[error("queue {0} does not exist")]
+    NotFound(String),
+    /// There are [`MAX_QUEUES`] already.
+    #[error("at most {MAX_QUEUES} queues; delete one first")]
+    Full,
+}
+
+impl PutError {
+    /// The Tencent Cloud API error code GSE answered it with (a name that is taken is
+    /// `ResourceInUse`, "the resource is occupied").
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "InvalidParameterValue",
+            Self::Exists(_) => "ResourceInUse",
+            Self::NotFound(_) => "ResourceNotFound",
+            Self::Full => "LimitExceeded",
+        }
+    }
+}
+
+impl From<PutError> for crate::api::CapiError {
+    fn from(e: PutError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+/// The queue a create (`create`) or an update makes of `input`, as both halves apply it:
+/// `existing` is the queue stored under its name, `count` how many there are.
+pub fn put(
+    existing: Option<Queue>,
+    count: usize,
+    input: QueueInput,
+    create: bool,
+) -> Result<Queue, PutError> {
+    input
+        .check()
+        .map_err(|(param, message)| PutError::Invalid { param, message })?;
+    match (existing, create) {
+        (Some(_), true) => Err(PutError::Exists(input.name)),
+        (None, false) => Err(PutError::NotFound(input.name)),
+        (None, true) if count >= MAX_QUEUES => Err(PutError::Full),
+        (None, true) => Ok(Queue {
+            name: input.name,
+            timeout_secs: input.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+            destinations: input.destinations.unwrap_or_default(),
+            latency_policies: input.latency_policies.unwrap_or_default(),
+            tags: input.tags,
+        }),
+        (Some(mut q), false) => {
+            if let Some(t) = input.timeout_secs {
+                q.timeout_secs = t;
+            }
+            if let Some(d) = input.destinations {
+                q.destinations = d;
+            }
+            if let Some(p) = input.latency_policies {
+                q.latency_policies = p;
+            }
+            Ok(q)
+        }
+    }
+}
+
 /// The Tencent resource name of a queue on this host, in its `region`.
 pub fn arn(region: &str, name: &str) -> String {
     format!("qcs::gse:{region}:uin/0:gameserversessionqueue/{name}")
@@ -133,6 +211,41 @@ pub fn arn(region: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn input(name: &str) -> QueueInput {
+        QueueInput {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_put_is_refused_with_the_code_gse_gave() {
+        let made = put(None, 0, input("q1"), true).unwrap();
+        assert_eq!(made.timeout_secs, DEFAULT_TIMEOUT_SECS);
+        let again = put(Some(made.clone()), 1, input("q1"), true).unwrap_err();
+        assert_eq!(
+            (again.code(), again.to_string().as_str()),
+            ("ResourceInUse", "queue q1 already exists")
+        );
+        let full = put(None, MAX_QUEUES, input("q2"), true).unwrap_err();
+        assert_eq!(full.code(), "LimitExceeded");
+        let missing = put(None, 1, input("q3"), false).unwrap_err();
+        assert_eq!(missing.code(), "ResourceNotFound");
+        let bad = put(None, 0, input("no spaces"), true).unwrap_err();
+        assert_eq!(bad.code(), "InvalidParameterValue");
+        let changed = put(
+            Some(made),
+            1,
+            QueueInput {
+                timeout_secs: Some(9),
+                ..input("q1")
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(changed.timeout_secs, 9);
+    }
 
     #[test]
     fn destination_arns() {

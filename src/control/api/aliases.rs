@@ -6,14 +6,8 @@ use serde_json::{Map, Value, json};
 use super::{ControlApi, db_error};
 use crate::api::CapiError;
 use crate::api::alias::wire::{AliasListing, LIST_PARAMS, alias_input, view};
-use crate::api::alias::{Alias, AliasError, Routing};
+use crate::api::alias::{Alias, Routing};
 use crate::api::params::Params;
-
-fn invalid(e: AliasError) -> CapiError {
-    match e {
-        AliasError::Invalid { field, message } => CapiError::value(field, message),
-    }
-}
 
 fn decode(v: Value) -> Result<Alias, CapiError> {
     serde_json::from_value(v).map_err(|e| {
@@ -65,24 +59,27 @@ impl ControlApi {
         Ok(json!({"Alias": view(super::ARN_REGION, a)}))
     }
 
+    /// How many aliases are stored (the limit counts them).
+    async fn alias_count(&self) -> Result<usize, CapiError> {
+        let db = self.db().await?;
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM aliases", &[])
+            .await
+            .map_err(db_error("counting aliases"))?
+            .get(0);
+        Ok(n as usize)
+    }
+
     pub(super) async fn create_alias(&self, map: Map<String, Value>) -> Result<Value, CapiError> {
         let p = Params::new(map, &["Name", "Description", "RoutingStrategy", "Tags"])?;
-        let name = p.str("Name", 1024)?;
         let input = alias_input(&p, None)?;
-        input.check().map_err(invalid)?;
-        let routing = input
-            .routing
-            .ok_or_else(|| CapiError::missing("RoutingStrategy"))?;
-        let now = std::time::SystemTime::now();
-        let alias = Alias {
-            id: format!("alias-{}", uuid::Uuid::new_v4()),
-            name,
-            description: input.description.unwrap_or_default(),
-            routing,
-            tags: input.tags,
-            created: now,
-            updated: now,
-        };
+        let alias = crate::api::alias::put(
+            None,
+            self.alias_count().await?,
+            input,
+            || format!("alias-{}", uuid::Uuid::new_v4()),
+            std::time::SystemTime::now(),
+        )?;
         self.store_alias(&alias).await
     }
 
@@ -90,18 +87,15 @@ impl ControlApi {
         let p = Params::new(map, &["AliasId", "Name", "Description", "RoutingStrategy"])?;
         let id = p.str("AliasId", 128)?;
         let input = alias_input(&p, Some(id.clone()))?;
-        input.check().map_err(invalid)?;
-        let mut alias = self.alias(&id).await?;
-        if let Some(name) = input.name {
-            alias.name = name;
-        }
-        if let Some(d) = input.description {
-            alias.description = d;
-        }
-        if let Some(r) = input.routing {
-            alias.routing = r;
-        }
-        alias.updated = std::time::SystemTime::now();
+        let existing = Some(self.alias(&id).await?);
+        let alias = crate::api::alias::put(
+            existing,
+            0,
+            input,
+            // An update keeps its id: no new one is made.
+            String::new,
+            std::time::SystemTime::now(),
+        )?;
         self.store_alias(&alias).await
     }
 

@@ -11,7 +11,7 @@ use crate::api::params::Params;
 use crate::api::placement::wire::{placement_request, view as placement_view};
 use crate::api::placement::{Placement, PlacementRequest, Status};
 use crate::api::queue::wire::{queue_input, queue_params};
-use crate::api::queue::{DEFAULT_TIMEOUT_SECS, Destination, Queue, arn, destination};
+use crate::api::queue::{Destination, Queue, arn, destination};
 use crate::api::sessions::NewPlayer;
 use crate::control::choice::Candidate;
 use crate::control::now_ms;
@@ -170,42 +170,15 @@ impl ControlApi {
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, queue_params(create))?;
         let input = queue_input(&p, create)?;
-        input
-            .check()
-            .map_err(|(param, message)| CapiError::value(param, message))?;
-        let queue = match self.queue(&input.name).await? {
-            Some(_) if create => {
-                return Err(CapiError::new(
-                    "ResourceInUse",
-                    format!("queue {} already exists", input.name),
-                ));
-            }
-            None if !create => {
-                return Err(CapiError::new(
-                    "ResourceNotFound",
-                    format!("queue {} does not exist", input.name),
-                ));
-            }
-            Some(mut q) => {
-                if let Some(t) = input.timeout_secs {
-                    q.timeout_secs = t;
-                }
-                if let Some(d) = input.destinations {
-                    q.destinations = d;
-                }
-                if let Some(l) = input.latency_policies {
-                    q.latency_policies = l;
-                }
-                q
-            }
-            None => Queue {
-                name: input.name,
-                timeout_secs: input.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
-                destinations: input.destinations.unwrap_or_default(),
-                latency_policies: input.latency_policies.unwrap_or_default(),
-                tags: input.tags,
-            },
-        };
+        let existing = self.queue(&input.name).await?;
+        let count: i64 = self
+            .db()
+            .await?
+            .query_one("SELECT count(*) FROM queues", &[])
+            .await
+            .map_err(db_error("counting queues"))?
+            .get(0);
+        let queue = crate::api::queue::put(existing, count as usize, input, create)?;
         let body = serde_json::to_value(&queue)
             .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
         let db = self.db().await?;

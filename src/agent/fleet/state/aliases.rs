@@ -2,57 +2,24 @@
 
 use super::Fleet;
 use crate::agent::fleet::api::{ControlReply, FleetError};
-use crate::api::alias::{Alias, AliasInput, MAX_ALIASES, Routing};
+use crate::api::alias::{Alias, AliasInput, Routing};
 
 impl Fleet {
+    /// CreateAlias or UpdateAlias, by the API's rule ([`crate::api::alias::put`]).
     pub(super) fn put_alias(&mut self, input: AliasInput) -> Result<ControlReply, FleetError> {
-        input.check().map_err(|e| match e {
-            crate::api::alias::AliasError::Invalid { field, message } => FleetError::Invalid {
-                param: field,
-                message,
-            },
-        })?;
-        let wall = self.clock.wall;
-        let alias = match &input.id {
-            Some(id) => {
-                let a = self.alias_mut(id)?;
-                if let Some(name) = input.name {
-                    a.name = name;
-                }
-                if let Some(d) = input.description {
-                    a.description = d;
-                }
-                if let Some(r) = input.routing {
-                    a.routing = r;
-                }
-                a.updated = wall;
-                a.clone()
-            }
-            None => {
-                if self.aliases.len() >= MAX_ALIASES {
-                    return Err(FleetError::Limit(format!(
-                        "at most {MAX_ALIASES} aliases; delete one first"
-                    )));
-                }
-                let (Some(name), Some(routing)) = (input.name, input.routing) else {
-                    return Err(FleetError::Invalid {
-                        param: "Name",
-                        message: "Name and RoutingStrategy are required".into(),
-                    });
-                };
-                let alias = Alias {
-                    id: format!("alias-{}", self.ids.next_uuid()),
-                    name,
-                    description: input.description.unwrap_or_default(),
-                    routing,
-                    tags: input.tags,
-                    created: wall,
-                    updated: wall,
-                };
-                self.aliases.insert(alias.id.clone(), alias.clone());
-                alias
-            }
-        };
+        let existing = input
+            .id
+            .as_ref()
+            .and_then(|id| self.aliases.get(id).cloned());
+        let ids = &mut self.ids;
+        let alias = crate::api::alias::put(
+            existing,
+            self.aliases.len(),
+            input,
+            || format!("alias-{}", ids.next_uuid()),
+            self.clock.wall,
+        )?;
+        self.aliases.insert(alias.id.clone(), alias.clone());
         Ok(ControlReply::Alias(Box::new(alias)))
     }
 
