@@ -15,6 +15,7 @@ pub mod placement;
 pub mod queue;
 pub mod request;
 pub mod requests;
+pub mod runtime;
 pub mod search;
 pub mod server;
 pub mod sessions;

@@ -7,22 +7,23 @@
 //! `DescribeRuntimeConfiguration` pastes in.
 
 mod host;
-mod launch_path;
 mod model;
 mod raw;
 mod sections;
 mod validate;
 
 // The vocabulary every config file is read with.
+use crate::api::runtime::RawRuntime;
 pub use crate::common::config::{ByteSize, ConfigError, HumanDuration, Problem, locate};
 pub use host::read_for_host;
-pub use launch_path::{resolve_launch_path, within_game_root};
 pub use model::*;
 use raw::*;
-pub use validate::{parse, parse_runtime, read};
-
-/// GSE's mount point for the unpacked build; LaunchPaths under it map to `game-root`.
-pub const GSE_GAME_ROOT: &str = "/local/game";
+pub use validate::{parse, read};
+// GSE's RuntimeConfiguration is the API's: the agent reads it in agent.yaml as it is.
+pub use crate::api::runtime::{
+    GSE_GAME_ROOT, ProcessSpec, RuntimeConfiguration, parse as parse_runtime, resolve_launch_path,
+    within_game_root,
+};
 
 /// The embedded sample configuration used by `gse-agent run` without `--config`.
 pub const SAMPLE_CONFIG: &str = include_str!("sample.yaml");

@@ -367,32 +367,6 @@ impl Default for ArchivePolicy {
     }
 }
 
-/// One `ServerProcesses` entry, resolved.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
-pub struct ProcessSpec {
-    /// As written (GSE form, e.g. `/local/game/server`).
-    pub launch_path: String,
-    /// The executable on this host.
-    pub program: PathBuf,
-    /// `Parameters` as written.
-    pub parameters: String,
-    /// `Parameters` split like a shell does.
-    pub args: Vec<String>,
-    /// Processes of this entry on this host.
-    pub concurrent_executions: u32,
-}
-
-/// The fleet's runtime configuration, validated.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
-pub struct RuntimeConfiguration {
-    /// The launch entries.
-    pub server_processes: Vec<ProcessSpec>,
-    /// Sessions that may be ACTIVATING at once on this host.
-    pub max_concurrent_activations: u32,
-    /// ACTIVATING longer than this raises GAME_SESSION_ACTIVATION_TIMEOUT.
-    pub activation_timeout: Duration,
-}
-
 /// What sessions say in `IpAddress` when `public-ip` is not set.
 pub const DEFAULT_CLIENT_IP: &str = "127.0.0.1";
 

@@ -112,29 +112,3 @@ impl Default for RawProtection {
         }
     }
 }
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "PascalCase")]
-pub(super) struct RawRuntime {
-    pub(super) server_processes: Vec<RawServerProcess>,
-    #[serde(default = "default_max_activations")]
-    pub(super) max_concurrent_game_server_session_activations: i64,
-    #[serde(default = "default_activation_timeout")]
-    pub(super) game_server_session_activation_timeout_seconds: i64,
-}
-
-pub(super) fn default_max_activations() -> i64 {
-    i64::from(i32::MAX)
-}
-pub(super) fn default_activation_timeout() -> i64 {
-    600
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "PascalCase")]
-pub(super) struct RawServerProcess {
-    pub(super) launch_path: String,
-    #[serde(default)]
-    pub(super) parameters: String,
-    pub(super) concurrent_executions: i64,
-}

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use super::locate::Segment::{self, Index, Key};
 use super::*;
-use crate::api::limits::MAX_PROCESSES;
 
 /// Reads and parses a config file; relative paths in it are resolved against its directory.
 pub fn read(path: &Path) -> Result<Config, ConfigError> {
@@ -63,20 +62,7 @@ impl Validator<'_> {
     }
 
     fn problem(&mut self, path: &[Segment], message: impl Into<String>) {
-        let key = path
-            .iter()
-            .map(|s| match s {
-                Key(k) => format!(".{k}"),
-                Index(i) => format!("[{i}]"),
-            })
-            .collect::<String>()
-            .trim_start_matches('.')
-            .to_string();
-        self.problems.push(Problem {
-            line: locate::locate(self.text, path),
-            key,
-            message: message.into(),
-        });
+        self.problems.push(Problem::at(self.text, path, message));
     }
 
     /// Two listeners on one port would fail the second bind at start: said here instead,
@@ -454,94 +440,10 @@ impl Validator<'_> {
     }
 
     fn runtime(&mut self, raw: &RawRuntime, game_root: &Path) -> RuntimeConfiguration {
-        const RC: Segment = Key("runtime-configuration");
-        const SP: Segment = Key("ServerProcesses");
-        if raw.server_processes.is_empty() {
-            self.problem(&[RC, SP], "needs at least one entry");
-        }
-        let mut processes = Vec::new();
-        let mut total: i64 = 0;
-        for (i, p) in raw.server_processes.iter().enumerate() {
-            let at = |k| [RC, SP, Index(i), Key(k)];
-            if !(1..=i64::from(MAX_PROCESSES)).contains(&p.concurrent_executions) {
-                self.problem(
-                    &at("ConcurrentExecutions"),
-                    format!(
-                        "{} is out of range: each entry runs 1 to {MAX_PROCESSES} processes",
-                        p.concurrent_executions
-                    ),
-                );
-            }
-            total += p.concurrent_executions.max(0);
-            let program = match resolve_launch_path(&p.launch_path, game_root) {
-                Ok(program) => Some(program),
-                Err(why) => {
-                    self.problem(&at("LaunchPath"), why);
-                    None
-                }
-            };
-            if p.parameters.len() > 1024 {
-                self.problem(&at("Parameters"), "is longer than GSE's 1024 characters");
-            }
-            let args = match shell_words::split(&p.parameters) {
-                Ok(args) => Some(args),
-                Err(e) => {
-                    self.problem(
-                        &at("Parameters"),
-                        format!("cannot be split into arguments: {e}"),
-                    );
-                    None
-                }
-            };
-            if let (Some(program), Some(args)) = (program, args) {
-                processes.push(ProcessSpec {
-                    launch_path: p.launch_path.clone(),
-                    program,
-                    parameters: p.parameters.clone(),
-                    args,
-                    concurrent_executions: p.concurrent_executions.clamp(0, 50) as u32,
-                });
-            }
-        }
-        if total > i64::from(MAX_PROCESSES) {
-            self.problem(
-                &[RC, SP],
-                format!("ConcurrentExecutions add up to {total}: GSE allows at most {MAX_PROCESSES} processes per host"),
-            );
-        }
-        let max_act = raw.max_concurrent_game_server_session_activations;
-        if !(1..=i64::from(i32::MAX)).contains(&max_act) {
-            self.problem(
-                &[RC, Key("MaxConcurrentGameServerSessionActivations")],
-                format!("{max_act} is out of range 1..=2147483647"),
-            );
-        }
-        let timeout = raw.game_server_session_activation_timeout_seconds;
-        if !(1..=600).contains(&timeout) {
-            self.problem(
-                &[RC, Key("GameServerSessionActivationTimeoutSeconds")],
-                format!("{timeout} is out of range: GSE allows 1 to 600 seconds"),
-            );
-        }
-        RuntimeConfiguration {
-            server_processes: processes,
-            max_concurrent_activations: max_act.clamp(1, i64::from(i32::MAX)) as u32,
-            activation_timeout: Duration::from_secs(timeout.clamp(1, 600) as u64),
-        }
+        crate::api::runtime::check(raw, game_root, &mut |path, message| {
+            self.problem(path, message)
+        })
     }
-}
-
-/// Parses and validates a RuntimeConfiguration given on its own (Tencent's JSON, or YAML), as
-/// UpdateRuntimeConfiguration carries it; LaunchPaths are resolved against `game_root`.
-pub fn parse_runtime(text: &str, game_root: &Path) -> Result<RuntimeConfiguration, ConfigError> {
-    let file = "RuntimeConfiguration";
-    let raw: RawRuntime = serde_yaml::from_str(text).map_err(|e| ConfigError::yaml(file, &e))?;
-    let mut v = Validator {
-        text,
-        problems: Vec::new(),
-    };
-    let runtime = v.runtime(&raw, game_root);
-    v.verdict(runtime, file)
 }
 
 /// Why `region` is not a region name (1–64 characters of `a-z`, `0-9` and `-`), if it is not.

@@ -64,6 +64,28 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// The problem `message` at `path` of `text` (its line found with [`super::locate`]),
+    /// keyed as `section.key[2].field`.
+    pub fn at(text: &str, path: &[super::locate::Segment], message: impl Into<String>) -> Self {
+        use super::locate::Segment::{Index, Key};
+        let key = path
+            .iter()
+            .map(|s| match s {
+                Key(k) => format!(".{k}"),
+                Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>()
+            .trim_start_matches('.')
+            .to_string();
+        Self {
+            line: super::locate::locate(text, path),
+            key,
+            message: message.into(),
+        }
+    }
+}
+
 struct ProblemList<'a>(&'a str, &'a [Problem]);
 
 impl fmt::Display for ProblemList<'_> {

@@ -467,7 +467,7 @@ impl ControlApi {
         let fleet = self.fleet(&p, true).await?.expect("required");
         let rc = p.object("RuntimeConfiguration")?.clone();
         let text = rc.to_string();
-        crate::agent::config::parse_runtime(&text, std::path::Path::new("/local/game"))
+        crate::api::runtime::parse(&text, std::path::Path::new("/local/game"))
             .map_err(|e| CapiError::value("RuntimeConfiguration", format!("is refused: {e}")))?;
         let db = self.db().await?;
         db.execute(

@@ -2,7 +2,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::GSE_GAME_ROOT;
+/// GSE's mount point for the unpacked build; LaunchPaths under it map to `game-root`.
+pub const GSE_GAME_ROOT: &str = "/local/game";
 
 /// Maps a GSE LaunchPath to a path on this host: `/local/game/x` → `<game-root>/x`; a path
 /// already inside the game root is kept; anything else, and any `..`, is refused.
