@@ -489,8 +489,12 @@ impl Archiver {
         if gone.is_empty() {
             return;
         }
+        // Out of the listing first: no link is handed out for a file about to go (and once a
+        // file is gone, no listing names it).
+        self.index.archives.retain(|a| !gone.contains(&a.name));
+        self.publish.send_replace(Arc::new(self.index.clone()));
         let dir = self.settings.dir.clone();
-        let names = gone.clone();
+        let names = gone;
         let _ = tokio::task::spawn_blocking(move || {
             for name in names {
                 match std::fs::remove_file(dir.join(&name)) {
@@ -501,8 +505,6 @@ impl Archiver {
             }
         })
         .await;
-        self.index.archives.retain(|a| !gone.contains(&a.name));
-        self.publish.send_replace(Arc::new(self.index.clone()));
     }
 }
 
