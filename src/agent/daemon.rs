@@ -566,6 +566,8 @@ pub async fn install_build(
     cfg: &Config,
     accounts: &(dyn Accounts + Sync),
 ) -> Result<Option<RunAs>, AgentError> {
+    // First, before anything is written into it (Agent::build closes it again for the paths,
+    // such as validate, that start there).
     crate::agent::data_dir::prepare(&cfg.data_dir)?;
     match &cfg.build {
         Some(build) => {

@@ -7,6 +7,16 @@ use super::CapiError;
 use crate::api::params::{Params, key_value};
 use crate::api::sessions::{NewPlayer, NewSession, SessionUpdate};
 
+/// The parameters DescribeGameServerSessions (and its Details) names.
+pub const DESCRIBE_SESSIONS_PARAMS: &[&str] = &[
+    "FleetId",
+    "AliasId",
+    "GameServerSessionId",
+    "Limit",
+    "NextToken",
+    "StatusFilter",
+];
+
 /// The parameters CreateGameServerSession names, as MaximumPlayerSessionCount … Name.
 pub const CREATE_SESSION_PARAMS: &[&str] = &[
     "MaximumPlayerSessionCount",

@@ -30,7 +30,9 @@ use crate::agent::fleet::{
 };
 use crate::agent::session::{GssStatus, PlayerStatus};
 use crate::api::params::Params;
-use crate::api::requests::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
+use crate::api::requests::{
+    CREATE_SESSION_PARAMS, DESCRIBE_SESSIONS_PARAMS, join_request, new_session, session_update,
+};
 use crate::api::{envelope, request};
 
 /// Shared by the handlers: the fleet door and what the views need.
@@ -216,17 +218,7 @@ impl Capi {
         &self,
         map: Map<String, Value>,
     ) -> Result<(Vec<crate::agent::session::GameSession>, Option<String>), CapiError> {
-        let p = Params::new(
-            map,
-            &[
-                "FleetId",
-                "AliasId",
-                "GameServerSessionId",
-                "Limit",
-                "NextToken",
-                "StatusFilter",
-            ],
-        )?;
+        let p = Params::new(map, DESCRIBE_SESSIONS_PARAMS)?;
         let gss_id = p.opt_str("GameServerSessionId", 256)?;
         self.check_fleet(&p, gss_id.is_none()).await?;
         let status = match p.opt_str("StatusFilter", 32)? {

@@ -353,6 +353,36 @@ mod tests {
         users: RefCell<HashMap<String, u32>>,
         groups: RefCell<HashMap<String, u32>>,
         calls: RefCell<Vec<String>>,
+        creating: Creating,
+    }
+
+    /// What groupadd and useradd do.
+    #[derive(Default, Clone, Copy)]
+    enum Creating {
+        /// They create it.
+        #[default]
+        Works,
+        /// Another agent created it a moment before: it exists, and the command says so.
+        Raced,
+        /// They create nothing.
+        Fails,
+    }
+
+    impl Fake {
+        fn create(&self, call: String, made: impl FnOnce()) -> Result<(), String> {
+            self.calls.borrow_mut().push(call.clone());
+            match self.creating {
+                Creating::Works => {
+                    made();
+                    Ok(())
+                }
+                Creating::Raced => {
+                    made();
+                    Err(format!("{call}: it already exists"))
+                }
+                Creating::Fails => Err(format!("{call}: cannot lock /etc/group")),
+            }
+        }
     }
 
     impl Accounts for Fake {
@@ -369,14 +399,14 @@ mod tests {
             self.users.borrow().get(u).copied()
         }
         fn create_group(&self, g: &str) -> Result<(), String> {
-            self.calls.borrow_mut().push(format!("groupadd {g}"));
-            self.groups.borrow_mut().insert(g.into(), 900);
-            Ok(())
+            self.create(format!("groupadd {g}"), || {
+                self.groups.borrow_mut().insert(g.into(), 900);
+            })
         }
         fn create_user(&self, u: &str, g: &str) -> Result<(), String> {
-            self.calls.borrow_mut().push(format!("useradd {u} {g}"));
-            self.users.borrow_mut().insert(u.into(), 901);
-            Ok(())
+            self.create(format!("useradd {u} {g}"), || {
+                self.users.borrow_mut().insert(u.into(), 901);
+            })
         }
         fn give_tree(
             &self,
@@ -473,73 +503,19 @@ mod tests {
 
     #[test]
     fn an_account_another_agent_created_meanwhile_is_used() {
-        struct Racing(Fake);
-        impl Accounts for Racing {
-            fn euid(&self) -> u32 {
-                0
-            }
-            fn egid(&self) -> u32 {
-                0
-            }
-            fn group_id(&self, g: &str) -> Option<u32> {
-                self.0.group_id(g)
-            }
-            fn user_id(&self, u: &str) -> Option<u32> {
-                self.0.user_id(u)
-            }
-            fn create_group(&self, g: &str) -> Result<(), String> {
-                self.0.create_group(g)?;
-                Err(format!("groupadd: group '{g}' already exists"))
-            }
-            fn create_user(&self, u: &str, g: &str) -> Result<(), String> {
-                self.0.create_user(u, g)?;
-                Err(format!("useradd: user '{u}' already exists"))
-            }
-            fn give_tree(
-                &self,
-                root: &Path,
-                uid: u32,
-                gid: u32,
-                unpacked: Option<&Inodes>,
-            ) -> std::io::Result<Given> {
-                self.0.give_tree(root, uid, gid, unpacked)
-            }
-        }
-        let r = set_up(&Racing(Fake::default()), "game:game").unwrap();
+        let raced = Fake {
+            creating: Creating::Raced,
+            ..Default::default()
+        };
+        let r = set_up(&raced, "game:game").unwrap();
         assert_eq!((r.uid, r.gid), (901, 900));
-        struct Failing;
-        impl Accounts for Failing {
-            fn euid(&self) -> u32 {
-                0
-            }
-            fn egid(&self) -> u32 {
-                0
-            }
-            fn group_id(&self, _: &str) -> Option<u32> {
-                None
-            }
-            fn user_id(&self, _: &str) -> Option<u32> {
-                None
-            }
-            fn create_group(&self, _: &str) -> Result<(), String> {
-                Err("groupadd: cannot lock /etc/group".into())
-            }
-            fn create_user(&self, _: &str, _: &str) -> Result<(), String> {
-                unreachable!()
-            }
-            fn give_tree(
-                &self,
-                _: &Path,
-                _: u32,
-                _: u32,
-                _: Option<&Inodes>,
-            ) -> std::io::Result<Given> {
-                unreachable!()
-            }
-        }
+        let failing = Fake {
+            creating: Creating::Fails,
+            ..Default::default()
+        };
         assert_eq!(
-            set_up(&Failing, "game:game").unwrap_err().to_string(),
-            "cannot create group game: groupadd: cannot lock /etc/group"
+            set_up(&failing, "game:game").unwrap_err().to_string(),
+            "cannot create group game: groupadd game: cannot lock /etc/group"
         );
     }
 

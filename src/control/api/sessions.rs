@@ -10,7 +10,9 @@ use serde_json::{Map, Value, json};
 use super::{ControlApi, db_error, offset_of};
 use crate::api::CapiError;
 use crate::api::params::Params;
-use crate::api::requests::{CREATE_SESSION_PARAMS, join_request, new_session, session_update};
+use crate::api::requests::{
+    CREATE_SESSION_PARAMS, DESCRIBE_SESSIONS_PARAMS, join_request, new_session, session_update,
+};
 use crate::api::search::Subject;
 use crate::api::search::request::{SEARCH_PARAMS, SearchRequest};
 use crate::api::sessions::NewSession;
@@ -468,17 +470,7 @@ impl ControlApi {
         map: Map<String, Value>,
         details: bool,
     ) -> Result<Value, CapiError> {
-        let p = Params::new(
-            map,
-            &[
-                "FleetId",
-                "AliasId",
-                "GameServerSessionId",
-                "Limit",
-                "NextToken",
-                "StatusFilter",
-            ],
-        )?;
+        let p = Params::new(map, DESCRIBE_SESSIONS_PARAMS)?;
         let gss = p.opt_str("GameServerSessionId", 256)?;
         let fleet = self.fleet(&p, gss.is_none()).await?;
         let status = p.opt_str("StatusFilter", 32)?;
