@@ -7,6 +7,7 @@
 //! failure ends the run. The temporary root and every process are cleaned up on every path,
 //! Ctrl-C included.
 
+mod game;
 mod launch_path;
 mod report;
 mod run_config;
@@ -14,17 +15,14 @@ mod run_config;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::config::{Config, ConfigError};
+use crate::agent::config::ConfigError;
 use crate::agent::daemon::{Agent, AgentError};
 use crate::agent::event::{Event, EventCode};
-use crate::agent::fleet::{Control, ControlReply};
 use crate::agent::package::local_refs::{self, Outlook};
 use crate::agent::package::{self, Accounts, PackageError};
 use crate::agent::process::local_game;
-use crate::api::sessions::{NewPlayer, NewSession};
 
 pub use report::{Report, Status, Step};
 pub use run_config::config_for;
@@ -354,7 +352,7 @@ pub async fn validate(
     let (shutdown, force) = (stops.shutdown.clone(), stops.force.clone());
     let running = agent.start(stops);
     let fleet = running.fleet.clone();
-    let outcome = drive(&mut run, &cfg, &fleet, &mut events, &shutdown).await;
+    let outcome = game::drive(&mut run, &cfg, &fleet, &mut events, &shutdown).await;
     drop(fleet);
     // Whatever happened, nothing outlives validate: stop gracefully if the run got that far,
     // else at once.
@@ -406,332 +404,5 @@ fn install_failure(e: PackageError, keep: Option<&Path>, notes: &mut Vec<String>
     Failure {
         tail: tail.lines().map(str::to_string).collect(),
         ..Failure::from(detail)
-    }
-}
-
-/// Failure events that end any step.
-fn fatal(e: &Event) -> bool {
-    matches!(
-        e.event_code,
-        EventCode::ServerProcessCrashed
-            | EventCode::ServerProcessInvalidPath
-            | EventCode::ServerProcessPullFailed
-            | EventCode::ServerProcessProcessReadyTimeout
-            | EventCode::ServerProcessUnhealthy
-            | EventCode::ServerProcessTerminatedUnhealthy
-            | EventCode::ServerProcessForceTerminated
-            | EventCode::ServerProcessProcessExitTimeout
-            | EventCode::ServerProcessCrashLoop
-            | EventCode::GameSessionActivationTimeout
-            | EventCode::GameSessionError
-    )
-}
-
-/// Interrupted by Ctrl-C.
-struct Interrupted;
-
-/// Waits for events until `f` decides, the deadline passes, or Ctrl-C.
-async fn wait_events(
-    run: &mut Run<'_>,
-    events: &mut broadcast::Receiver<Event>,
-    deadline: Duration,
-    what: &str,
-    mut f: impl FnMut(&Event) -> Option<Result<(), Failure>>,
-) -> Result<Result<(), Failure>, Interrupted> {
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        tokio::select! {
-            () = run.interrupted.cancelled() => {
-                run.was_interrupted = true;
-                return Err(Interrupted);
-            }
-            () = tokio::time::sleep_until(until) => {
-                return Ok(Err(Failure::from(format!("{what} did not happen within {}", humantime::format_duration(deadline)))));
-            }
-            e = events.recv() => match e {
-                Ok(e) => {
-                    if let Some(r) = f(&e) {
-                        return Ok(r);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Ok(Err(Failure::from("the agent stopped".to_string())));
-                }
-            }
-        }
-    }
-}
-
-fn failed_by(e: &Event) -> Result<(), Failure> {
-    Err(Failure::by(e.message.clone(), e))
-}
-
-macro_rules! step {
-    ($run:expr, $name:expr, $body:expr) => {{
-        $run.ui.begin($name);
-        let t0 = Instant::now();
-        match $body {
-            Err(Interrupted) => {
-                $run.record($name, t0, Err(Failure::from("interrupted".to_string())));
-                return Err(Interrupted);
-            }
-            Ok(r) => {
-                if !$run.record($name, t0, r) {
-                    return Ok(());
-                }
-            }
-        }
-    }};
-}
-
-async fn drive(
-    run: &mut Run<'_>,
-    cfg: &Config,
-    fleet: &crate::agent::fleet::FleetHandle,
-    events: &mut broadcast::Receiver<Event>,
-    shutdown: &CancellationToken,
-) -> Result<(), Interrupted> {
-    let total = cfg.total_processes() as usize;
-    let t = &cfg.timeouts;
-
-    // launch
-    let mut started = 0;
-    step!(
-        run,
-        "launch",
-        wait_events(run, events, Duration::from_secs(30), "every launch", |e| {
-            if fatal(e) {
-                return Some(failed_by(e));
-            }
-            if e.event_code == EventCode::ServerProcessStarted {
-                started += 1;
-            }
-            (started == total).then_some(Ok(()))
-        })
-        .await
-        .map(|r| r.map(|()| (Status::Passed, format!("{total} process(es) started"))))
-    );
-
-    // ProcessReady
-    let mut ready = Vec::new();
-    step!(
-        run,
-        "process-ready",
-        wait_events(
-            run,
-            events,
-            t.process_ready.get() + Duration::from_secs(5),
-            "ProcessReady of every process",
-            |e| {
-                if fatal(e) {
-                    return Some(failed_by(e));
-                }
-                if e.event_code == EventCode::ServerProcessReady {
-                    ready.push(e.pid.unwrap_or_default());
-                }
-                (ready.len() == total).then_some(Ok(()))
-            }
-        )
-        .await
-        .map(|r| r.map(|()| (
-            Status::Passed,
-            format!("{total} process(es) called ProcessReady")
-        )))
-    );
-
-    // health checks
-    let hc = &cfg.health_check;
-    let rounds = (HEALTH_CHECKS as u32)
-        .saturating_add(hc.failure_threshold)
-        .saturating_add(1);
-    let budget = (hc.interval.get() + hc.timeout.get()).saturating_mul(rounds);
-    step!(
-        run,
-        "health-checks",
-        health_checks(run, fleet, events, budget).await
-    );
-
-    // game server session
-    let created = fleet
-        .control(Control::CreateSession(NewSession {
-            max_players: 4,
-            name: "gse-agent validate".into(),
-            ..Default::default()
-        }))
-        .await;
-    let (gss_id, host_pid) = match created {
-        Ok(ControlReply::Session(s)) => (s.id.clone(), s.pid),
-        other => {
-            run.ui.begin("game-session");
-            run.record(
-                "game-session",
-                Instant::now(),
-                Err(Failure::from(format!(
-                    "CreateGameServerSession failed: {other:?}"
-                ))),
-            );
-            return Ok(());
-        }
-    };
-    let activation = cfg.runtime.activation_timeout + Duration::from_secs(5);
-    let id = gss_id.clone();
-    step!(
-        run,
-        "game-session",
-        wait_events(run, events, activation, "ActivateGameServerSession", |e| {
-            if fatal(e) {
-                return Some(failed_by(e));
-            }
-            (e.event_code == EventCode::GameSessionActivated
-                && e.game_server_session_id.as_deref() == Some(id.as_str()))
-            .then_some(Ok(()))
-        })
-        .await
-        .map(|r| r.map(|()| (
-            Status::Passed,
-            "OnStartGameServerSession answered; session ACTIVE".into()
-        )))
-    );
-
-    // player session
-    run.ui.begin("player-session");
-    let t0 = Instant::now();
-    let joined = fleet
-        .control(Control::Join {
-            gss_id: gss_id.clone(),
-            players: vec![NewPlayer {
-                player_id: "validate-player".into(),
-                player_data: String::new(),
-            }],
-        })
-        .await;
-    let r = match joined {
-        Ok(ControlReply::Players(p, _))
-            if p.first()
-                .is_some_and(|p| p.status == crate::agent::session::PlayerStatus::Reserved) =>
-        {
-            Ok((
-                Status::Passed,
-                format!("player session {} RESERVED", p[0].id),
-            ))
-        }
-        other => Err(Failure::from(format!(
-            "JoinGameServerSession failed: {other:?}"
-        ))),
-    };
-    if !run.record("player-session", t0, r) {
-        return Ok(());
-    }
-
-    // OnProcessTerminate → ProcessEnding → exit
-    let _ = fleet
-        .control(Control::EndSessionAndProcess {
-            gss_id: gss_id.clone(),
-        })
-        .await;
-    let deadline = cfg
-        .protection
-        .no_protection_grace
-        .max(cfg.protection.time_limit.min(Duration::from_secs(60)))
-        + t.process_exit.get()
-        + t.stop_grace.get()
-        + Duration::from_secs(5);
-    let mut ending = false;
-    step!(run, "terminate", wait_events(run, events, deadline, "ProcessEnding and exit after OnProcessTerminate", |e| {
-        if e.pid != Some(host_pid) {
-            return fatal(e).then(|| failed_by(e));
-        }
-        match e.event_code {
-            EventCode::ServerProcessEnding => {
-                ending = true;
-                None
-            }
-            EventCode::ServerProcessEnded => Some(if ending {
-                Ok(())
-            } else {
-                Err(Failure::by("the process exited after OnProcessTerminate without calling ProcessEnding", e))
-            }),
-            EventCode::ServerProcessForceTerminated => Some(Err(Failure::by(
-                "the process ignored OnProcessTerminate and was killed at the deadline",
-                e,
-            ))),
-            _ if fatal(e) => Some(failed_by(e)),
-            _ => None,
-        }
-    }).await.map(|r| r.map(|()| (Status::Passed, "ProcessEnding called, process exited".into()))));
-
-    // stop the rest
-    shutdown.cancel();
-    let others: Vec<u32> = ready.iter().copied().filter(|p| *p != host_pid).collect();
-    let mut left = others.clone();
-    let deadline = t.shutdown.get() + t.stop_grace.get() + Duration::from_secs(5);
-    step!(
-        run,
-        "stop",
-        wait_events(run, events, deadline, "a clean end of every process", |e| {
-            let pid = e.pid?;
-            if !others.contains(&pid) {
-                return None;
-            }
-            match e.event_code {
-                EventCode::ServerProcessEnded => {
-                    left.retain(|p| *p != pid);
-                    left.is_empty().then_some(Ok(()))
-                }
-                EventCode::ServerProcessForceTerminated
-                | EventCode::ServerProcessProcessExitTimeout
-                | EventCode::ServerProcessCrashed => {
-                    Some(Err(Failure::by(format!("on shutdown: {}", e.message), e)))
-                }
-                _ => None,
-            }
-        })
-        .await
-        .map(|r| if others.is_empty() {
-            Ok((Status::Passed, "no other process".into()))
-        } else {
-            r.map(|()| {
-                (
-                    Status::Passed,
-                    format!("{} other process(es) ended cleanly", others.len()),
-                )
-            })
-        })
-    );
-    Ok(())
-}
-
-async fn health_checks(
-    run: &mut Run<'_>,
-    fleet: &crate::agent::fleet::FleetHandle,
-    events: &mut broadcast::Receiver<Event>,
-    budget: Duration,
-) -> Result<Result<(Status, String), Failure>, Interrupted> {
-    let until = tokio::time::Instant::now() + budget;
-    let mut poll = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            () = run.interrupted.cancelled() => {
-                run.was_interrupted = true;
-                return Err(Interrupted);
-            }
-            () = tokio::time::sleep_until(until) => {
-                return Ok(Err(Failure::from(format!("not every process passed {HEALTH_CHECKS} health checks within {}", humantime::format_duration(budget)))));
-            }
-            e = events.recv() => {
-                if let Ok(e) = e && fatal(&e) {
-                    return Ok(failed_by(&e).map(|()| (Status::Passed, String::new())));
-                }
-            }
-            _ = poll.tick() => {
-                if let Ok(ControlReply::Processes(ps)) = fleet.control(Control::DescribeProcesses).await
-                    && !ps.is_empty()
-                    && ps.iter().all(|p| p.health_checks_passed >= HEALTH_CHECKS)
-                {
-                    return Ok(Ok((Status::Passed, format!("every process passed {HEALTH_CHECKS} OnHealthCheck calls"))));
-                }
-            }
-        }
     }
 }
