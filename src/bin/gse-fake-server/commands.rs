@@ -75,10 +75,51 @@ async fn run(game: &Game, line: &str) -> Value {
         None => (std::process::id(), line),
     };
     let words: Vec<&str> = line.split(' ').collect();
+    if let Some(answer) = sdk_command(game, pid, &words).await {
+        return answer;
+    }
+    let arg = |i: usize| words.get(i).copied().unwrap_or_default().to_string();
+    match words[0] {
+        "helper-ready" => {
+            let uid = match words.get(1).map(|u| u.parse::<u32>()) {
+                None => None,
+                Some(Ok(uid)) => Some(uid),
+                Some(Err(e)) => return json!({"error": format!("bad uid {:?}: {e}", arg(1))}),
+            };
+            helper_ready(&game.sdk_address, uid).await
+        }
+        "join-group" => match arg(1).parse::<i32>() {
+            Ok(pgid) => match nix::unistd::setpgid(
+                nix::unistd::Pid::from_raw(0),
+                nix::unistd::Pid::from_raw(pgid),
+            ) {
+                Ok(()) => json!({"joined": true}),
+                Err(e) => json!({"error": format!("setpgid(0, {pgid}): {e}")}),
+            },
+            Err(e) => json!({"error": format!("bad process group {:?}: {e}", arg(1))}),
+        },
+        "read" => match std::fs::read(words[1..].join(" ")) {
+            Ok(bytes) => json!({"bytes": bytes.len()}),
+            Err(e) => json!({"error": e.to_string()}),
+        },
+        "load" => match crate::load::Load::parse(&words[1..]) {
+            // Its own runtime on its own thread: the game's stays free to answer.
+            Ok(load) => tokio::task::spawn_blocking(move || load.run())
+                .await
+                .unwrap_or_else(|e| json!({"error": e.to_string()})),
+            Err(e) => json!({"error": e}),
+        },
+        other => json!({"error": format!("unknown command {other:?}")}),
+    }
+}
+
+/// A command that is one SDK call (`ready`, `activate`, `accept`, `policy`, `custom`,
+/// `terminate`, `ending`, `describe`) made as `pid`, answered; `None` for any other word.
+async fn sdk_command(game: &Game, pid: u32, words: &[&str]) -> Option<Value> {
     let arg = |i: usize| words.get(i).copied().unwrap_or_default().to_string();
     let num = |i: usize| arg(i).parse::<i32>().unwrap_or_default();
     let mut c = game.sdk.client.clone();
-    match words[0] {
+    Some(match words[0] {
         "ready" => answer(
             c.process_ready(Sdk::req_as(
                 pid,
@@ -156,37 +197,8 @@ async fn run(game: &Game, line: &str) -> Value {
             Ok(r) => json!({"players": r.into_inner().player_sessions.len()}),
             Err(s) => json!({"grpc": format!("{:?}", s.code()), "message": s.message()}),
         },
-        "helper-ready" => {
-            let uid = match words.get(1).map(|u| u.parse::<u32>()) {
-                None => None,
-                Some(Ok(uid)) => Some(uid),
-                Some(Err(e)) => return json!({"error": format!("bad uid {:?}: {e}", arg(1))}),
-            };
-            helper_ready(&game.sdk_address, uid).await
-        }
-        "join-group" => match arg(1).parse::<i32>() {
-            Ok(pgid) => match nix::unistd::setpgid(
-                nix::unistd::Pid::from_raw(0),
-                nix::unistd::Pid::from_raw(pgid),
-            ) {
-                Ok(()) => json!({"joined": true}),
-                Err(e) => json!({"error": format!("setpgid(0, {pgid}): {e}")}),
-            },
-            Err(e) => json!({"error": format!("bad process group {:?}: {e}", arg(1))}),
-        },
-        "read" => match std::fs::read(words[1..].join(" ")) {
-            Ok(bytes) => json!({"bytes": bytes.len()}),
-            Err(e) => json!({"error": e.to_string()}),
-        },
-        "load" => match crate::load::Load::parse(&words[1..]) {
-            // Its own runtime on its own thread: the game's stays free to answer.
-            Ok(load) => tokio::task::spawn_blocking(move || load.run())
-                .await
-                .unwrap_or_else(|e| json!({"error": e.to_string()})),
-            Err(e) => json!({"error": e}),
-        },
-        other => json!({"error": format!("unknown command {other:?}")}),
-    }
+        _ => return None,
+    })
 }
 
 /// Runs a helper (this program, `--helper-ready`) in the game's process group, as `uid` when

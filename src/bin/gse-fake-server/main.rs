@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+mod args;
 mod commands;
 mod load;
 
@@ -27,163 +28,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-#[derive(Parser, Debug, Clone)]
-#[command(about = "A fault-injecting GSE game server")]
-struct Args {
-    /// Address of the agent's GSE SDK server [default: $GSE_SDK_ADDRESS or 127.0.0.1:5758].
-    #[arg(long)]
-    sdk_address: Option<SocketAddr>,
-    /// When to crash: never, before-ready, after-ready, on-session-start, on-activate, after:DURATION.
-    #[arg(long, default_value = "never")]
-    crash_at: CrashAt,
-    /// How to crash: exit:CODE or signal:NAME (e.g. signal:SIGSEGV).
-    #[arg(long, default_value = "exit:1")]
-    crash_with: CrashWith,
-    /// Health answers: healthy, unhealthy (false) or hang (never answer).
-    #[arg(long, default_value = "healthy")]
-    health: Health,
-    /// Answer this many health checks healthy before switching to --health.
-    #[arg(long, default_value_t = 0)]
-    healthy_checks: u64,
-    /// Never call ProcessReady.
-    #[arg(long)]
-    no_ready: bool,
-    /// Wait this long before ActivateGameServerSession.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    activation_delay: Option<Duration>,
-    /// Never call ActivateGameServerSession.
-    #[arg(long)]
-    skip_activation: bool,
-    /// Answer OnStartGameServerSession with ERROR_500 and do not activate.
-    #[arg(long)]
-    refuse_sessions: bool,
-    /// Ignore SIGTERM (the agent must SIGKILL).
-    #[arg(long)]
-    ignore_sigterm: bool,
-    /// Ignore OnProcessTerminate (do not end the session or the process).
-    #[arg(long)]
-    ignore_terminate: bool,
-    /// After OnProcessTerminate, call ProcessEnding but do not exit.
-    #[arg(long)]
-    hang_after_ending: bool,
-    /// Fork this many grandchildren that sleep (ignoring SIGTERM with --ignore-sigterm).
-    #[arg(long, default_value_t = 0)]
-    fork: u32,
-    /// Fork this many grandchildren that call setsid (leaving the game's process group and
-    /// session) and sleep forever; prints `setsid-child: <pid>` for each to stdout.
-    #[arg(long, default_value_t = 0)]
-    fork_setsid: u32,
-    /// Write this many bytes of output to stdout at start (and some to stderr).
-    #[arg(long, default_value_t = 0)]
-    spew_bytes: u64,
-    /// Keep writing about this many bytes of output per second to stdout, ignoring write
-    /// errors as a game that never checks its stdout does (a full disk costs lines, not the
-    /// process).
-    #[arg(long, default_value_t = 0)]
-    spew_rate: u64,
-    /// Print a line to stdout and stderr at start (shows up in crash events).
-    #[arg(long)]
-    say: Option<String>,
-    /// Accept players on the client port: a client sends its player session id and a newline.
-    #[arg(long)]
-    accept_players: bool,
-    /// Client port to report (0: pick a free one when accepting players, else 7777).
-    #[arg(long, default_value_t = 0)]
-    client_port: u16,
-    /// End the match this long after activation: TerminateGameServerSession, then ProcessEnding.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    match_duration: Option<Duration>,
-    /// After a match ends, stay for another session instead of calling ProcessEnding.
-    #[arg(long)]
-    keep_running: bool,
-    /// logPathsToUpload to report in ProcessReady.
-    #[arg(long)]
-    log_path: Vec<String>,
-    /// Write a log file of the game's own at start: `PATH=TEXT` appends TEXT and a newline to
-    /// PATH (relative to the working directory, the game root; folders are made).
-    #[arg(long, value_parser = parse_write_file)]
-    write_file: Vec<(std::path::PathBuf, String)>,
-    /// Append `start <unix-ns>` at start and `exit <unix-ns>` just before a crash to this file
-    /// (used by the restart-latency benchmark).
-    #[arg(long)]
-    stamp: Option<std::path::PathBuf>,
-    /// Make SDK calls on request: listen on a free loopback port, write it to `DIR/<pid>`, and
-    /// run one command per line (see the `commands` module; e.g. `custom 3 10`).
-    #[arg(long)]
-    command_dir: Option<std::path::PathBuf>,
-    /// Internal: call ProcessReady once with this process's pid, print the answer, exit.
-    #[arg(long, hide = true)]
-    helper_ready: bool,
-    /// Internal: run as a forked grandchild.
-    #[arg(long, hide = true)]
-    grandchild: bool,
-    /// Internal: the grandchild starts its own session first.
-    #[arg(long, hide = true)]
-    setsid: bool,
-}
-
-fn parse_write_file(s: &str) -> Result<(std::path::PathBuf, String), String> {
-    let (path, text) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not PATH=TEXT"))?;
-    Ok((path.into(), text.to_string()))
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum CrashAt {
-    Never,
-    BeforeReady,
-    AfterReady,
-    OnSessionStart,
-    OnActivate,
-    After(Duration),
-}
-
-impl std::str::FromStr for CrashAt {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "never" => Self::Never,
-            "before-ready" => Self::BeforeReady,
-            "after-ready" => Self::AfterReady,
-            "on-session-start" => Self::OnSessionStart,
-            "on-activate" => Self::OnActivate,
-            _ => match s.strip_prefix("after:") {
-                Some(d) => Self::After(humantime::parse_duration(d).map_err(|e| e.to_string())?),
-                None => return Err(format!("unknown crash point {s:?}")),
-            },
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum CrashWith {
-    Exit(i32),
-    Signal(nix::sys::signal::Signal),
-}
-
-impl std::str::FromStr for CrashWith {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(code) = s.strip_prefix("exit:") {
-            return code.parse().map(Self::Exit).map_err(|e| format!("{e}"));
-        }
-        if let Some(name) = s.strip_prefix("signal:") {
-            return name
-                .parse()
-                .map(Self::Signal)
-                .map_err(|_| format!("unknown signal {name:?}"));
-        }
-        Err(format!("{s:?} is not exit:CODE or signal:NAME"))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
-enum Health {
-    Healthy,
-    Unhealthy,
-    Hang,
-}
+use args::{Args, CrashAt, CrashWith, Health};
 
 static STAMP: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
@@ -542,65 +387,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.helper_ready {
         return commands::be_helper(sdk_address(&args)).await;
     }
-    if let Some(text) = &args.say {
-        println!("{text}");
-        eprintln!("{text}");
-    }
-    for (path, text) in &args.write_file {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())?;
-    }
-    if args.spew_bytes > 0 {
-        let line = "spew spew spew spew spew spew spew spew spew spew spew spew spew spew spew\n";
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        let mut written = 0;
-        while written < args.spew_bytes {
-            std::io::Write::write_all(&mut out, line.as_bytes())?;
-            written += line.len() as u64;
-        }
-        std::io::Write::flush(&mut out)?;
-        eprintln!("spewed {written} bytes");
-    }
-    if args.spew_rate > 0 {
-        let rate = args.spew_rate;
-        std::thread::spawn(move || spew_forever(rate));
-    }
-    for _ in 0..args.fork {
-        let mut cmd = std::process::Command::new(std::env::current_exe()?);
-        cmd.arg("--grandchild");
-        if args.ignore_sigterm {
-            cmd.arg("--ignore-sigterm");
-        }
-        cmd.spawn().context("cannot fork a grandchild")?;
-    }
-    for _ in 0..args.fork_setsid {
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(["--grandchild", "--setsid"])
-            .spawn()
-            .context("cannot fork a setsid grandchild")?;
-        println!("setsid-child: {}", child.id());
-    }
-    // A handler replaces SIGTERM's default action: exit, or ignore.
-    let ignore_sigterm = args.ignore_sigterm;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::spawn(async move {
-        loop {
-            term.recv().await;
-            if ignore_sigterm {
-                println!("SIGTERM ignored");
-            } else {
-                println!("SIGTERM: exiting");
-                std::process::exit(0);
-            }
-        }
-    });
+    act_at_start(&args)?;
+    on_sigterm(args.ignore_sigterm)?;
     if let CrashAt::After(d) = args.crash_at {
         let how = args.crash_with;
         tokio::spawn(async move {
@@ -669,5 +457,72 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// What the flags ask for before the SDK: say, write files, spew output, fork grandchildren.
+fn act_at_start(args: &Args) -> anyhow::Result<()> {
+    if let Some(text) = &args.say {
+        println!("{text}");
+        eprintln!("{text}");
+    }
+    for (path, text) in &args.write_file {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())?;
+    }
+    if args.spew_bytes > 0 {
+        let line = "spew spew spew spew spew spew spew spew spew spew spew spew spew spew spew\n";
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut written = 0;
+        while written < args.spew_bytes {
+            std::io::Write::write_all(&mut out, line.as_bytes())?;
+            written += line.len() as u64;
+        }
+        std::io::Write::flush(&mut out)?;
+        eprintln!("spewed {written} bytes");
+    }
+    if args.spew_rate > 0 {
+        let rate = args.spew_rate;
+        std::thread::spawn(move || spew_forever(rate));
+    }
+    for _ in 0..args.fork {
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.arg("--grandchild");
+        if args.ignore_sigterm {
+            cmd.arg("--ignore-sigterm");
+        }
+        cmd.spawn().context("cannot fork a grandchild")?;
+    }
+    for _ in 0..args.fork_setsid {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--grandchild", "--setsid"])
+            .spawn()
+            .context("cannot fork a setsid grandchild")?;
+        println!("setsid-child: {}", child.id());
+    }
+    Ok(())
+}
+
+/// A handler replaces SIGTERM's default action: exit, or ignore.
+fn on_sigterm(ignore_sigterm: bool) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        loop {
+            term.recv().await;
+            if ignore_sigterm {
+                println!("SIGTERM ignored");
+            } else {
+                println!("SIGTERM: exiting");
+                std::process::exit(0);
+            }
+        }
+    });
     Ok(())
 }
