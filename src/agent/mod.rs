@@ -4,6 +4,7 @@
 
 pub mod capi;
 pub mod chaos;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod data_dir;
