@@ -7,6 +7,7 @@ use nix::errno::Errno;
 use nix::sys::signal::killpg;
 use nix::unistd::Pid;
 
+use super::proc::Watch;
 use super::*;
 
 fn spec(dir: &Path, script: &str) -> LaunchSpec {
