@@ -165,13 +165,14 @@ macro_rules! step {
             }
             Ok(r) => {
                 if !$run.record($name, t0, r) {
-                    return Ok(());
+                    return Ok(Default::default());
                 }
             }
         }
     }};
 }
 
+/// Runs the game's steps, the first failure ending the run.
 pub(super) async fn drive(
     run: &mut Run<'_>,
     cfg: &Config,
@@ -179,11 +180,37 @@ pub(super) async fn drive(
     events: &mut broadcast::Receiver<Event>,
     shutdown: &CancellationToken,
 ) -> Result<(), Interrupted> {
+    let mut carried = Carried::default();
+    let Some(ready) = come_up(run, cfg, fleet, events, &mut carried).await? else {
+        return Ok(());
+    };
+    let Some((gss_id, host_pid)) = host_a_session(run, cfg, fleet, events, &mut carried).await?
+    else {
+        return Ok(());
+    };
+    end(
+        run,
+        cfg,
+        fleet,
+        events,
+        shutdown,
+        (&gss_id, host_pid),
+        &ready,
+    )
+    .await
+}
+
+/// launch → ProcessReady → health checks; the pids that called ProcessReady.
+async fn come_up(
+    run: &mut Run<'_>,
+    cfg: &Config,
+    fleet: &crate::agent::fleet::FleetHandle,
+    events: &mut broadcast::Receiver<Event>,
+    carried: &mut Carried,
+) -> Result<Option<Vec<u32>>, Interrupted> {
     let total = cfg.total_processes() as usize;
     let t = &cfg.timeouts;
-
     // launch
-    let mut carried = Carried::default();
     let mut started = 0;
     step!(
         run,
@@ -191,7 +218,7 @@ pub(super) async fn drive(
         wait_step(
             run,
             events,
-            &mut carried,
+            carried,
             "launch",
             Duration::from_secs(30),
             "every launch",
@@ -214,7 +241,7 @@ pub(super) async fn drive(
         wait_step(
             run,
             events,
-            &mut carried,
+            carried,
             "process-ready",
             t.process_ready.get() + Duration::from_secs(5),
             "ProcessReady of every process",
@@ -241,9 +268,20 @@ pub(super) async fn drive(
     step!(
         run,
         "health-checks",
-        health_checks(run, fleet, events, &mut carried, budget).await
+        health_checks(run, fleet, events, carried, budget).await
     );
+    Ok(Some(ready))
+}
 
+/// A game server session created and activated, a player reserved in it; the session and
+/// the pid of the process that hosts it.
+async fn host_a_session(
+    run: &mut Run<'_>,
+    cfg: &Config,
+    fleet: &crate::agent::fleet::FleetHandle,
+    events: &mut broadcast::Receiver<Event>,
+    carried: &mut Carried,
+) -> Result<Option<(String, u32)>, Interrupted> {
     // game server session
     let created = fleet
         .control(Control::CreateSession(NewSession {
@@ -263,7 +301,7 @@ pub(super) async fn drive(
                     "CreateGameServerSession failed: {other:?}"
                 ))),
             );
-            return Ok(());
+            return Ok(None);
         }
     };
     let activation = cfg.runtime.activation_timeout + Duration::from_secs(5);
@@ -274,7 +312,7 @@ pub(super) async fn drive(
         wait_step(
             run,
             events,
-            &mut carried,
+            carried,
             "game-session",
             activation,
             "ActivateGameServerSession",
@@ -318,13 +356,27 @@ pub(super) async fn drive(
         ))),
     };
     if !run.record("player-session", t0, r) {
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some((gss_id, host_pid)))
+}
 
+/// OnProcessTerminate answered with ProcessEnding and an exit by the session's process, then a
+/// clean stop of the others.
+async fn end(
+    run: &mut Run<'_>,
+    cfg: &Config,
+    fleet: &crate::agent::fleet::FleetHandle,
+    events: &mut broadcast::Receiver<Event>,
+    shutdown: &CancellationToken,
+    (gss_id, host_pid): (&str, u32),
+    ready: &[u32],
+) -> Result<(), Interrupted> {
+    let t = &cfg.timeouts;
     // OnProcessTerminate → ProcessEnding → exit
     let _ = fleet
         .control(Control::EndSessionAndProcess {
-            gss_id: gss_id.clone(),
+            gss_id: gss_id.to_string(),
         })
         .await;
     let deadline = cfg

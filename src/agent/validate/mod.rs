@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::config::ConfigError;
+use crate::agent::config::{Config, ConfigError};
 use crate::agent::daemon::{Agent, AgentError};
 use crate::agent::event::{Event, EventCode};
 use crate::agent::package::local_refs::{self, Outlook};
-use crate::agent::package::{self, Accounts, PackageError};
+use crate::agent::package::{self, Accounts, PackageError, RunAs};
 use crate::agent::process::local_game;
 
 pub use report::{Report, Status, Step};
@@ -277,30 +277,7 @@ pub async fn validate(
     // run-as
     run.ui.begin("run-as");
     let t0 = Instant::now();
-    let (r, run_as) = match package::run_as(&plan, &unpacked, accounts) {
-        Ok(Some(r)) => (
-            Ok((
-                Status::Passed,
-                format!("games run as {}:{}", r.user, r.group),
-            )),
-            Some(r),
-        ),
-        Ok(None) => (
-            Ok((
-                Status::Skipped,
-                "no gse.yaml User; games run as the agent's user".into(),
-            )),
-            None,
-        ),
-        Err(PackageError::Account(e @ package::AccountError::NotRoot { .. })) => (
-            Ok((
-                Status::Skipped,
-                format!("{e}; run validate as root to check it"),
-            )),
-            None,
-        ),
-        Err(e) => (Err(Failure::from(e.to_string())), None),
-    };
+    let (r, run_as) = run_as_step(&plan, &unpacked, accounts);
     if !run.record("run-as", t0, r) {
         return Ok(run.report(&opts.build));
     }
@@ -317,30 +294,7 @@ pub async fn validate(
     // launch paths
     run.ui.begin("launch-paths");
     let t0 = Instant::now();
-    let mut checked = Vec::new();
-    let mut bad = None;
-    for spec in &cfg.runtime.server_processes {
-        // As the game will find it (see `process::launch`).
-        let program = if local_game::will_confine(Some(&cfg.game_root)) {
-            local_game::seen_at(&spec.program, &cfg.game_root)
-        } else {
-            spec.program.clone()
-        };
-        match launch_path::check(&program) {
-            Ok(what) => checked.push(format!("{}: {what}", spec.launch_path)),
-            Err(why) => {
-                bad = Some(format!("{}: {why}", spec.launch_path));
-                break;
-            }
-        }
-    }
-    let r = match bad {
-        None => Ok((Status::Passed, checked.join("; "))),
-        Some(why) => Err(Failure::by(
-            why,
-            &Event::new(EventCode::ServerProcessInvalidPath, ""),
-        )),
-    };
+    let r = launch_paths_step(&cfg);
     if !run.record("launch-paths", t0, r) {
         return Ok(run.report(&opts.build));
     }
@@ -365,6 +319,66 @@ pub async fn validate(
     package::remove_tree(root.path());
     drop(root);
     Ok(run.report(&opts.build))
+}
+
+/// The run-as step: who the games will run as (a gse.yaml `User` is checked only as root).
+fn run_as_step(
+    plan: &package::Plan,
+    unpacked: &package::Unpacked,
+    accounts: &(dyn Accounts + Sync),
+) -> (Result<(Status, String), Failure>, Option<RunAs>) {
+    match package::run_as(&plan, &unpacked, accounts) {
+        Ok(Some(r)) => (
+            Ok((
+                Status::Passed,
+                format!("games run as {}:{}", r.user, r.group),
+            )),
+            Some(r),
+        ),
+        Ok(None) => (
+            Ok((
+                Status::Skipped,
+                "no gse.yaml User; games run as the agent's user".into(),
+            )),
+            None,
+        ),
+        Err(PackageError::Account(e @ package::AccountError::NotRoot { .. })) => (
+            Ok((
+                Status::Skipped,
+                format!("{e}; run validate as root to check it"),
+            )),
+            None,
+        ),
+        Err(e) => (Err(Failure::from(e.to_string())), None),
+    }
+}
+
+/// The launch-paths step: each LaunchPath as the game will find it.
+fn launch_paths_step(cfg: &Config) -> Result<(Status, String), Failure> {
+    let mut checked = Vec::new();
+    let mut bad = None;
+    for spec in &cfg.runtime.server_processes {
+        // As the game will find it (see `process::launch`).
+        let program = if local_game::will_confine(Some(&cfg.game_root)) {
+            local_game::seen_at(&spec.program, &cfg.game_root)
+        } else {
+            spec.program.clone()
+        };
+        match launch_path::check(&program) {
+            Ok(what) => checked.push(format!("{}: {what}", spec.launch_path)),
+            Err(why) => {
+                bad = Some(format!("{}: {why}", spec.launch_path));
+                break;
+            }
+        }
+    }
+    match bad {
+        None => Ok((Status::Passed, checked.join("; "))),
+        Some(why) => Err(Failure::by(
+            why,
+            &Event::new(EventCode::ServerProcessInvalidPath, ""),
+        )),
+    }
 }
 
 /// install.sh failed: what it did, its last lines, and its whole log copied to `keep` (the
