@@ -299,14 +299,27 @@ pub async fn validate(
         return Ok(run.report(&opts.build));
     }
 
-    // The real agent, on the temporary root (the build was installed above, step by step).
+    run_the_game(&mut run, &cfg, run_as).await?;
+    // Read-only directories from the build would make TempDir's own removal fail silently.
+    package::remove_tree(root.path());
+    drop(root);
+    Ok(run.report(&opts.build))
+}
+
+/// The real agent, on the temporary root (the build was installed step by step before), runs
+/// the game's steps; then nothing it started is left.
+async fn run_the_game(
+    run: &mut Run<'_>,
+    cfg: &Config,
+    run_as: Option<RunAs>,
+) -> Result<(), ValidateError> {
     let agent = Agent::build(cfg.clone(), run_as).await?;
     let mut events = agent.bus().subscribe();
     let stops = crate::agent::fleet::actor::Stops::default();
     let (shutdown, force) = (stops.shutdown.clone(), stops.force.clone());
     let running = agent.start(stops);
     let fleet = running.fleet.clone();
-    let outcome = game::drive(&mut run, &cfg, &fleet, &mut events, &shutdown).await;
+    let outcome = game::drive(run, cfg, &fleet, &mut events, &shutdown).await;
     drop(fleet);
     // Whatever happened, nothing outlives validate: stop gracefully if the run got that far,
     // else at once.
@@ -315,10 +328,7 @@ pub async fn validate(
         shutdown.cancel();
     }
     let _ = tokio::time::timeout(Duration::from_secs(60), running.wait()).await;
-    // Read-only directories from the build would make TempDir's own removal fail silently.
-    package::remove_tree(root.path());
-    drop(root);
-    Ok(run.report(&opts.build))
+    Ok(())
 }
 
 /// The run-as step: who the games will run as (a gse.yaml `User` is checked only as root).
