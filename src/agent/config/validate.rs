@@ -124,7 +124,8 @@ impl Validator<'_> {
         }
     }
 
-    fn validate(&mut self, raw: RawConfig, base: &Path) -> Config {
+    /// Who this host is: fleet, instance, region and the address clients are given.
+    fn identity(&mut self, raw: &RawConfig) {
         let fleet_ok = raw
             .fleet_id
             .strip_prefix("fleet-")
@@ -163,6 +164,10 @@ impl Validator<'_> {
                 format!("{name:?} is not a DNS name: {why}"),
             );
         }
+    }
+
+    /// Health checks, the game's deadlines, session protection and restarts.
+    fn timings(&mut self, raw: &RawConfig) {
         let hc = &raw.health_check;
         self.positive(&[Key("health-check"), Key("interval")], hc.interval);
         self.positive(&[Key("health-check"), Key("timeout")], hc.timeout);
@@ -211,6 +216,10 @@ impl Validator<'_> {
                 "must be at least 1",
             );
         }
+    }
+
+    /// Connection bounds, log files and archives, the games' environment.
+    fn limits(&mut self, raw: &RawConfig) {
         let c = &raw.connections;
         for (key, max) in [("sdk-max", c.sdk_max), ("capi-max", c.capi_max)] {
             if max == 0 {
@@ -252,9 +261,17 @@ impl Validator<'_> {
                 );
             }
         }
-        let abs = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
-        let keys_file = raw.capi_keys_file.as_ref().map(|k| abs(k));
-        if let Some(path) = &keys_file
+    }
+
+    /// The listeners, each beyond loopback only with its secret, and the secrets readable.
+    fn listeners(
+        &mut self,
+        raw: &RawConfig,
+        keys_file: Option<&Path>,
+        token_file: Option<&Path>,
+        upstream_token: Option<&Path>,
+    ) {
+        if let Some(path) = keys_file
             && let Err(e) = crate::api::tc3::keys::read(path)
         {
             self.problem(&[Key("capi-keys-file")], e.to_string());
@@ -272,13 +289,12 @@ impl Validator<'_> {
                 ),
             );
         }
-        if let Some(path) = raw.upstream.as_ref().and_then(|u| u.token_file.as_ref())
-            && let Err(e) = crate::agent::metrics::token::read(&abs(path))
+        if let Some(path) = upstream_token
+            && let Err(e) = crate::agent::metrics::token::read(path)
         {
             self.problem(&[Key("upstream"), Key("token-file")], e.to_string());
         }
-        let token_file = raw.metrics_token_file.as_ref().map(|t| abs(t));
-        if let Some(path) = &token_file
+        if let Some(path) = token_file
             && let Err(e) = crate::agent::metrics::token::read(path)
         {
             self.problem(&[Key("metrics-token-file")], e.to_string());
@@ -313,19 +329,10 @@ impl Validator<'_> {
                 );
             }
         }
-        let data_dir = abs(&raw.data_dir);
-        let game_root = raw
-            .game_root
-            .as_ref()
-            .map(|g| abs(g))
-            .unwrap_or_else(|| data_dir.join("game"));
-        let runtime = self.runtime(&raw.runtime_configuration, &game_root);
-        let build = raw.build.as_ref().map(|b| abs(b));
-        if let Some(spec) = &raw.run_as
-            && let Err(e) = crate::agent::package::account::parse_user_group(spec)
-        {
-            self.problem(&[Key("run-as")], e.to_string());
-        }
+    }
+
+    /// Package limits and the upstream link.
+    fn package_and_upstream(&mut self, raw: &RawConfig) {
         let p = &raw.package;
         if p.max_entries == 0 || p.max_ratio == 0 || p.max_bytes.get() == 0 {
             self.problem(
@@ -354,6 +361,40 @@ impl Validator<'_> {
                 );
             }
         }
+    }
+
+    fn validate(&mut self, raw: RawConfig, base: &Path) -> Config {
+        self.identity(&raw);
+        self.timings(&raw);
+        self.limits(&raw);
+        let abs = |p: &Path| std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p));
+        let keys_file = raw.capi_keys_file.as_ref().map(|k| abs(k));
+        let token_file = raw.metrics_token_file.as_ref().map(|t| abs(t));
+        let upstream_token = raw
+            .upstream
+            .as_ref()
+            .and_then(|u| u.token_file.as_ref())
+            .map(|t| abs(t));
+        self.listeners(
+            &raw,
+            keys_file.as_deref(),
+            token_file.as_deref(),
+            upstream_token.as_deref(),
+        );
+        let data_dir = abs(&raw.data_dir);
+        let game_root = raw
+            .game_root
+            .as_ref()
+            .map(|g| abs(g))
+            .unwrap_or_else(|| data_dir.join("game"));
+        let runtime = self.runtime(&raw.runtime_configuration, &game_root);
+        let build = raw.build.as_ref().map(|b| abs(b));
+        if let Some(spec) = &raw.run_as
+            && let Err(e) = crate::agent::package::account::parse_user_group(spec)
+        {
+            self.problem(&[Key("run-as")], e.to_string());
+        }
+        self.package_and_upstream(&raw);
         Config {
             fleet_id: raw.fleet_id,
             instance_id: raw.instance_id,
