@@ -331,7 +331,20 @@ impl Fleet {
                 instance_id: meta.instance_id,
             });
         }
-        let mut fleet = Fleet::new(cfg.clone(), clocks);
+        let file_runtime_changed = cfg.runtime != meta.file_runtime;
+        let mut fleet = Fleet::from_meta(cfg, meta, clocks)?;
+        let recorded = fleet.restore_processes(records, clocks)?;
+        fleet.restore_sessions(records, clocks);
+        fleet.restore_players(records, clocks)?;
+        fleet.restore_api_resources(records, clocks);
+        // Applied by `start`, once the recorded processes are adopted or known to be gone.
+        fleet.file_runtime_changed = file_runtime_changed;
+        Ok(Some((fleet, recorded)))
+    }
+
+    /// The fleet's entries, slots and settings as the meta record has them.
+    fn from_meta(cfg: Arc<Config>, meta: Meta, clocks: Clock) -> Result<Fleet, RestoreError> {
+        let mut fleet = Fleet::new(cfg, clocks);
         let entries = meta.entries.len();
         fleet.entries = meta
             .entries
@@ -379,31 +392,39 @@ impl Fleet {
         fleet.reserved = meta.reserved;
         fleet.weight = meta.weight;
 
+        Ok(fleet)
+    }
+
+    /// The recorded processes, their timers re-armed; they are to adopt or report gone.
+    fn restore_processes(
+        &mut self,
+        records: &Records,
+        clocks: Clock,
+    ) -> Result<Vec<Recorded>, RestoreError> {
+        let now = clocks.now;
         let mut recorded = Vec::new();
         for (key, bytes) in with_prefix(records, PROC) {
             let Some(r) = parse_or_skip::<ProcRecord>(key, bytes) else {
                 continue; // its process carries the tag: the start's stray sweep stops it
             };
-            let Some(slot) = fleet.slots.get_mut(r.slot) else {
+            let Some(slot) = self.slots.get_mut(r.slot) else {
                 return Err(RestoreError::Inconsistent(format!(
                     "{key} names slot {} of {}",
                     r.slot,
-                    fleet.slots.len()
+                    self.slots.len()
                 )));
             };
             slot.serial = Some(r.serial);
-            fleet.next_seq = fleet.next_seq.max(r.serial);
+            self.next_seq = self.next_seq.max(r.serial);
             let deadline = r.deadline.map(|t| clocks.to_instant(t));
             let serial = r.serial;
             match (r.phase, deadline) {
-                (Phase::Launching, Some(at)) => {
-                    fleet.timers.add(at, Timer::ReadyTimeout { serial })
-                }
-                (Phase::Active, _) => fleet.timers.add(now, Timer::HealthCheck { serial }),
+                (Phase::Launching, Some(at)) => self.timers.add(at, Timer::ReadyTimeout { serial }),
+                (Phase::Active, _) => self.timers.add(now, Timer::HealthCheck { serial }),
                 (Phase::Terminating(_), Some(at)) => {
-                    fleet.timers.add(at, Timer::TerminateDeadline { serial })
+                    self.timers.add(at, Timer::TerminateDeadline { serial })
                 }
-                (Phase::Ending, Some(at)) => fleet.timers.add(at, Timer::ExitTimeout { serial }),
+                (Phase::Ending, Some(at)) => self.timers.add(at, Timer::ExitTimeout { serial }),
                 _ => {}
             }
             recorded.push(Recorded {
@@ -411,8 +432,8 @@ impl Fleet {
                 process_id: r.id.clone(),
                 identity: r.identity.clone(),
             });
-            fleet.by_pid.insert(r.identity.pid, serial);
-            fleet.procs.insert(
+            self.by_pid.insert(r.identity.pid, serial);
+            self.procs.insert(
                 serial,
                 Proc {
                     id: r.id,
@@ -440,6 +461,11 @@ impl Fleet {
             );
         }
 
+        Ok(recorded)
+    }
+
+    /// The sessions in their order, finished ones kept for DescribeGameServerSessions.
+    fn restore_sessions(&mut self, records: &Records, clocks: Clock) {
         let mut finished: Vec<(u64, String)> = Vec::new();
         for (key, bytes) in with_prefix(records, SESSION) {
             let Some(r) = parse_or_skip::<SessionRecord>(key, bytes) else {
@@ -449,22 +475,24 @@ impl Fleet {
             if r.session.status.is_final() {
                 finished.push((r.order, id.clone()));
             } else if r.session.status == GssStatus::Activating {
-                let at = clocks.to_instant(r.session.creation_time) + fleet.activation_timeout;
-                fleet
-                    .timers
+                let at = clocks.to_instant(r.session.creation_time) + self.activation_timeout;
+                self.timers
                     .add(at, Timer::ActivationTimeout { gss_id: id.clone() });
             }
-            fleet.next_seq = fleet.next_seq.max(r.order);
-            fleet.session_order.insert(r.order, id.clone());
-            fleet.sessions.insert(id, (r.order, r.session));
+            self.next_seq = self.next_seq.max(r.order);
+            self.session_order.insert(r.order, id.clone());
+            self.sessions.insert(id, (r.order, r.session));
         }
         finished.sort();
-        fleet.finished_sessions = finished
+        self.finished_sessions = finished
             .into_iter()
             .map(|(_, id)| id)
             .collect::<VecDeque<_>>();
+    }
 
-        let reservation = cfg.timeouts.player_reservation.get();
+    /// The player sessions, a reservation's timer re-armed.
+    fn restore_players(&mut self, records: &Records, clocks: Clock) -> Result<(), RestoreError> {
+        let reservation = self.cfg.timeouts.player_reservation.get();
         for (key, bytes) in with_prefix(records, PLAYER) {
             let n: u64 = key[PLAYER.len()..]
                 .parse()
@@ -474,58 +502,58 @@ impl Fleet {
             };
             if player.status == PlayerStatus::Reserved {
                 let at = clocks.to_instant(player.creation_time) + reservation;
-                fleet.timers.add(
+                self.timers.add(
                     at,
                     Timer::Reservation {
                         player_session_id: player.id.clone(),
                     },
                 );
             }
-            fleet.next_seq = fleet.next_seq.max(n);
-            fleet.player_index.insert(player.id.clone(), n);
-            fleet
-                .session_players
+            self.next_seq = self.next_seq.max(n);
+            self.player_index.insert(player.id.clone(), n);
+            self.session_players
                 .entry(player.gss_id.clone())
                 .or_default()
                 .push(n);
-            fleet.players.insert(n, player);
+            self.players.insert(n, player);
         }
+        Ok(())
+    }
+
+    /// Idempotency tokens, aliases, queues and placements (a pending one's timer re-armed).
+    fn restore_api_resources(&mut self, records: &Records, clocks: Clock) {
         let mut tokens = HashMap::new();
         for (key, bytes) in with_prefix(records, TOKEN) {
             if let Some(id) = parse_or_skip::<String>(key, bytes) {
                 tokens.insert(key[TOKEN.len()..].to_string(), id);
             }
         }
-        fleet.idempotency = tokens;
+        self.idempotency = tokens;
         for (key, bytes) in with_prefix(records, ALIAS) {
             if let Some(alias) = parse_or_skip::<crate::api::alias::Alias>(key, bytes) {
-                fleet.aliases.insert(alias.id.clone(), alias);
+                self.aliases.insert(alias.id.clone(), alias);
             }
         }
         for (key, bytes) in with_prefix(records, QUEUE) {
             if let Some(queue) = parse_or_skip::<crate::api::queue::Queue>(key, bytes) {
-                fleet.queues.insert(queue.name.clone(), queue);
+                self.queues.insert(queue.name.clone(), queue);
             }
         }
         for (key, bytes) in with_prefix(records, PLACEMENT) {
             if let Some(p) = parse_or_skip::<crate::api::placement::Placement>(key, bytes) {
                 let id = p.request.id.clone();
                 if p.status == crate::api::placement::Status::Pending {
-                    fleet.timers.add(
+                    self.timers.add(
                         clocks.to_instant(p.deadline),
                         Timer::PlacementTimeout { id: id.clone() },
                     );
                 }
-                fleet.placement_order.push_back(id.clone());
+                self.placement_order.push_back(id.clone());
                 if p.status == crate::api::placement::Status::Pending {
-                    fleet.pending_placements.push_back(id.clone());
+                    self.pending_placements.push_back(id.clone());
                 }
-                fleet.placements.insert(id, p);
+                self.placements.insert(id, p);
             }
         }
-
-        // Applied by `start`, once the recorded processes are adopted or known to be gone.
-        fleet.file_runtime_changed = cfg.runtime != meta.file_runtime;
-        Ok(Some((fleet, recorded)))
     }
 }
