@@ -174,64 +174,50 @@ fn parse_or_skip<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Opt
         .ok()
 }
 
+/// The meta record: what the fleet is, its entries and slots, its settings.
+fn meta_record(fleet: &Fleet) -> Meta {
+    Meta {
+        version: RECORD_VERSION,
+        fleet_id: fleet.cfg.fleet_id.clone(),
+        instance_id: fleet.cfg.instance_id.clone(),
+        next_seq: fleet.next_seq,
+        file_runtime: fleet.cfg.runtime.clone(),
+        entries: fleet.entries.iter().map(|e| e.spec.clone()).collect(),
+        entry_numbers: fleet.entries.iter().map(|e| e.number).collect(),
+        next_entry_number: Some(fleet.next_entry_number),
+        max_activations: fleet.max_activations,
+        activation_timeout: fleet.activation_timeout,
+        slots: fleet
+            .slots
+            .iter()
+            .map(|s| SlotRecord {
+                entry: s.entry,
+                replica: s.replica,
+                generation: s.generation,
+                failures: s.failures,
+                retiring: s.retiring,
+            })
+            .collect(),
+        draining: fleet.draining,
+        reserved: fleet.reserved,
+        weight: fleet.weight,
+    }
+}
+
 impl Fleet {
     /// The fleet as records: one key per process, live session, live player session and
     /// idempotency token of a live session, so a save costs what runs now, not the history.
     pub fn snapshot(&self, now: Instant, wall: SystemTime) -> Records {
         let clocks = Clock { now, wall };
         let mut out = Records::new();
-        let meta = Meta {
-            version: RECORD_VERSION,
-            fleet_id: self.cfg.fleet_id.clone(),
-            instance_id: self.cfg.instance_id.clone(),
-            next_seq: self.next_seq,
-            file_runtime: self.cfg.runtime.clone(),
-            entries: self.entries.iter().map(|e| e.spec.clone()).collect(),
-            entry_numbers: self.entries.iter().map(|e| e.number).collect(),
-            next_entry_number: Some(self.next_entry_number),
-            max_activations: self.max_activations,
-            activation_timeout: self.activation_timeout,
-            slots: self
-                .slots
-                .iter()
-                .map(|s| SlotRecord {
-                    entry: s.entry,
-                    replica: s.replica,
-                    generation: s.generation,
-                    failures: s.failures,
-                    retiring: s.retiring,
-                })
-                .collect(),
-            draining: self.draining,
-            reserved: self.reserved,
-            weight: self.weight,
-        };
         let mut put = |key: String, bytes: Option<Vec<u8>>| {
             if let Some(bytes) = bytes {
                 out.insert(key, bytes);
             }
         };
-        put(META.into(), json(META, &meta));
+        put(META.into(), json(META, &meta_record(self)));
         for p in self.procs.values() {
-            let r = ProcRecord {
-                serial: p.serial,
-                slot: p.slot,
-                id: p.id.clone(),
-                identity: p.identity.clone(),
-                started: clocks.to_wall(p.started),
-                ready_at: p.ready_at.map(|t| clocks.to_wall(t)),
-                deadline: p.deadline.map(|t| clocks.to_wall(t)),
-                phase: p.phase,
-                told_to_terminate: p.told_to_terminate,
-                stop: p.stop,
-                client_port: p.client_port,
-                grpc_port: p.grpc_port,
-                healthy: p.healthy,
-                health_checks_passed: p.health_checks_passed,
-                session: p.session.clone(),
-                log_paths: p.log_paths.clone(),
-                custom: p.custom,
-            };
+            let r = proc_record(p, clocks);
             let key = format!("{PROC}{:020}", p.serial);
             let bytes = json(&key, &r);
             put(key, bytes);
@@ -555,5 +541,28 @@ impl Fleet {
                 self.placements.insert(id, p);
             }
         }
+    }
+}
+
+/// A process's record, its times on the wall clock.
+fn proc_record(p: &Proc, clocks: Clock) -> ProcRecord {
+    ProcRecord {
+        serial: p.serial,
+        slot: p.slot,
+        id: p.id.clone(),
+        identity: p.identity.clone(),
+        started: clocks.to_wall(p.started),
+        ready_at: p.ready_at.map(|t| clocks.to_wall(t)),
+        deadline: p.deadline.map(|t| clocks.to_wall(t)),
+        phase: p.phase,
+        told_to_terminate: p.told_to_terminate,
+        stop: p.stop,
+        client_port: p.client_port,
+        grpc_port: p.grpc_port,
+        healthy: p.healthy,
+        health_checks_passed: p.health_checks_passed,
+        session: p.session.clone(),
+        log_paths: p.log_paths.clone(),
+        custom: p.custom,
     }
 }
