@@ -43,6 +43,15 @@ pub enum DbError {
     /// The replica's writer stopped (the replica is shutting down).
     #[error("the replica's database writer stopped")]
     Stopped,
+    /// A statement could not be prepared.
+    #[error("preparing the statement for {step}: {}", detail(source))]
+    Prepare {
+        /// What it was for.
+        step: &'static str,
+        /// PostgreSQL's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// A statement failed.
     #[error("{step}: {}", detail(source))]
     Query {
