@@ -136,30 +136,7 @@ pub async fn run(
         Some(path) => Some(Arc::new(credentials::TokenFile::open(path)?)),
         None => None,
     };
-    let bind = |what, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ControlError::Bind { what, addr, source })
-    };
-    let api_listener = bind("api-listen", cfg.api_listen).await?;
-    let relay_listener = bind("relay-listen", cfg.relay_listen).await?;
-    let endpoints = Endpoints {
-        api: api_listener
-            .local_addr()
-            .map_err(|source| ControlError::Bind {
-                what: "api-listen",
-                addr: cfg.api_listen,
-                source,
-            })?,
-        relay: relay_listener
-            .local_addr()
-            .map_err(|source| ControlError::Bind {
-                what: "relay-listen",
-                addr: cfg.relay_listen,
-                source,
-            })?,
-        replica: replica.clone(),
-    };
+    let (api_listener, relay_listener, endpoints) = bind(&cfg, &replica).await?;
     liveness::register(
         &pool,
         &replica,
@@ -190,19 +167,7 @@ pub async fn run(
         cfg.rollout_batch,
     ));
 
-    let mut server = Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
-    if let Some(tls) = &cfg.relay_tls {
-        let mut t = ServerTlsConfig::new().identity(Identity::from_pem(
-            read(&tls.cert_file)?,
-            read(&tls.key_file)?,
-        ));
-        if let Some(ca) = &tls.client_ca_file {
-            t = t.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-        server = server.tls_config(t).map_err(ControlError::Tls)?;
-    }
+    let mut server = relay_server(&cfg)?;
     let relay = relay::RelayService {
         pool: pool.clone(),
         hub: hub.clone(),
@@ -257,30 +222,70 @@ pub async fn run(
     if let Err(e) = liveness::unregister(&pool, &replica).await {
         tracing::warn!(error = %e, "cannot unregister the replica; others take over after its heartbeat stops");
     }
-    match relay_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(ControlError::Serve {
-                what: "the relay server",
-                message: e.to_string(),
-            });
+    ended("the relay server", relay_result)?;
+    ended("the API server", api_result)
+}
+
+/// Binds both listeners; their addresses, as bound, are the replica's endpoints.
+async fn bind(
+    cfg: &ControlConfig,
+    replica: &str,
+) -> Result<(TcpListener, TcpListener, Endpoints), ControlError> {
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControlError::Bind { what, addr, source })
+    };
+    let api_listener = bind("api-listen", cfg.api_listen).await?;
+    let relay_listener = bind("relay-listen", cfg.relay_listen).await?;
+    let endpoints = Endpoints {
+        api: api_listener
+            .local_addr()
+            .map_err(|source| ControlError::Bind {
+                what: "api-listen",
+                addr: cfg.api_listen,
+                source,
+            })?,
+        relay: relay_listener
+            .local_addr()
+            .map_err(|source| ControlError::Bind {
+                what: "relay-listen",
+                addr: cfg.relay_listen,
+                source,
+            })?,
+        replica: replica.to_string(),
+    };
+    Ok((api_listener, relay_listener, endpoints))
+}
+
+/// The relay's gRPC server: keepalive to find dead agents, TLS (and client certificates) when
+/// configured.
+fn relay_server(cfg: &ControlConfig) -> Result<Server, ControlError> {
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+    if let Some(tls) = &cfg.relay_tls {
+        let mut t = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(&tls.cert_file)?,
+            read(&tls.key_file)?,
+        ));
+        if let Some(ca) = &tls.client_ca_file {
+            t = t.client_ca_root(Certificate::from_pem(read(ca)?));
         }
-        Err(e) => {
-            return Err(ControlError::Serve {
-                what: "the relay server",
-                message: e.to_string(),
-            });
-        }
+        server = server.tls_config(t).map_err(ControlError::Tls)?;
     }
-    match api_result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ControlError::Serve {
-            what: "the API server",
-            message: e.to_string(),
-        }),
-        Err(e) => Err(ControlError::Serve {
-            what: "the API server",
-            message: e.to_string(),
-        }),
-    }
+    Ok(server)
+}
+
+/// A server task's end as the replica's result.
+fn ended<E: std::fmt::Display>(
+    what: &'static str,
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> Result<(), ControlError> {
+    let message = match result {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(ControlError::Serve { what, message })
 }
