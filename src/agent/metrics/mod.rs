@@ -206,125 +206,144 @@ impl Metrics {
             update: tokio::sync::Mutex::new(()),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        m.register_fleet(&mut registry);
+        m.register_events(&mut registry);
+        m.register_sdk_and_samples(&mut registry);
+        if upstream {
+            m.register_upstream(&mut registry);
+        }
+        Self { registry, ..m }
+    }
+
+    /// The fleet's state: processes, entries, sessions, players, placements.
+    fn register_fleet(&self, r: &mut Registry) {
         r.register(
             "processes",
             "Game processes by ServerProcesses entry and phase (LAUNCHING, ACTIVE, TERMINATING, ENDING)",
-            m.processes.clone(),
+            self.processes.clone(),
         );
         r.register(
             "entry_info",
             "Each ServerProcesses entry by number (the N of proc-N-…), with its LaunchPath and Parameters",
-            m.entry_info.clone(),
+            self.entry_info.clone(),
         );
         r.register(
             "entry_paused_seconds",
             "Seconds until a crash-looping entry launches again (0: not paused)",
-            m.entry_paused.clone(),
+            self.entry_paused.clone(),
         );
         r.register(
             "entry_launch_failures",
             "Launches of an entry that failed (launch path missing or not executable, spawn error), retried with the restart backoff",
-            m.launch_failures.clone(),
+            self.launch_failures.clone(),
         );
         r.register(
             "game_server_sessions",
             "Game server sessions held, by status",
-            m.sessions.clone(),
+            self.sessions.clone(),
         );
         r.register(
             "player_sessions",
             "Player sessions held, by status",
-            m.players.clone(),
+            self.players.clone(),
         );
         r.register(
             "placements_pending",
             "Game server session placements waiting for a process",
-            m.placements_pending.clone(),
+            self.placements_pending.clone(),
         );
         r.register(
             "placements",
             "Game server session placements finished, by outcome",
-            m.placements.clone(),
+            self.placements.clone(),
         );
         r.register(
             "health_check_failures",
             "Health checks answered unhealthy, failed or timed out",
-            m.health_check_failures.clone(),
+            self.health_check_failures.clone(),
         );
+    }
+
+    /// Counted from the event bus: events, restarts, exits, crash loops.
+    fn register_events(&self, r: &mut Registry) {
         r.register(
             "events",
             "Events on the agent's event bus, by code",
-            m.events.clone(),
+            self.events.clone(),
         );
         r.register(
             "process_restarts",
             "Processes launched in a slot that had run a process before, by entry",
-            m.restarts.clone(),
+            self.restarts.clone(),
         );
         r.register(
             "process_exits",
             "Processes that ended, by entry and event code (SERVER_PROCESS_CRASHED, …)",
-            m.exits.clone(),
+            self.exits.clone(),
         );
         r.register(
             "crash_loops",
             "Times an entry crashed too often and its launches were paused",
-            m.crash_loops.clone(),
+            self.crash_loops.clone(),
         );
         r.register(
             "metrics_events_missed",
             "Events the metrics reader fell too far behind to count",
-            m.events_missed.clone(),
+            self.events_missed.clone(),
         );
+    }
+
+    /// SDK calls and their timing; the sampled game processes.
+    fn register_sdk_and_samples(&self, r: &mut Registry) {
         r.register(
             "sdk_calls",
             "GSE SDK calls by rpc and result (ok, refused, bad_caller, not_verified)",
-            m.sdk_calls.clone(),
+            self.sdk_calls.clone(),
         );
         r.register(
             "sdk_call_duration_seconds",
             "Time to answer a GSE SDK call, by rpc",
-            m.sdk_duration.clone(),
+            self.sdk_duration.clone(),
         );
         r.register(
             "process_cpu_seconds",
             "CPU time (user and system) of each game process, sampled",
-            m.cpu.clone(),
+            self.cpu.clone(),
         );
         r.register(
             "process_resident_memory_bytes",
             "Resident memory of each game process, sampled",
-            m.rss.clone(),
+            self.rss.clone(),
         );
         r.register(
             "process_open_fds",
             "Open file descriptors of each game process, sampled",
-            m.fds.clone(),
+            self.fds.clone(),
         );
         r.register(
             "sample_duration_seconds",
             "Time the last sample of the game processes took",
-            m.sample_duration.clone(),
+            self.sample_duration.clone(),
         );
-        if upstream {
-            r.register(
-                "upstream_connected",
-                "1 while the connection to the control plane is up",
-                m.upstream_connected.clone(),
-            );
-            r.register(
-                "upstream_outbox_depth",
-                "Events written to the outbox and not yet acknowledged by the control plane",
-                m.outbox_depth.clone(),
-            );
-            r.register(
-                "upstream_outbox_oldest_unacknowledged_seconds",
-                "Age of the oldest event the control plane has not acknowledged (0: none)",
-                m.outbox_oldest.clone(),
-            );
-        }
-        Self { registry, ..m }
+    }
+
+    /// The upstream link and its outbox (only with `upstream`).
+    fn register_upstream(&self, r: &mut Registry) {
+        r.register(
+            "upstream_connected",
+            "1 while the connection to the control plane is up",
+            self.upstream_connected.clone(),
+        );
+        r.register(
+            "upstream_outbox_depth",
+            "Events written to the outbox and not yet acknowledged by the control plane",
+            self.outbox_depth.clone(),
+        );
+        r.register(
+            "upstream_outbox_oldest_unacknowledged_seconds",
+            "Age of the oldest event the control plane has not acknowledged (0: none)",
+            self.outbox_oldest.clone(),
+        );
     }
 
     /// Counts one event from the bus.
