@@ -52,137 +52,159 @@ impl Fleet {
             return Err(FleetError::Denied(CHAOS_OFF.into()));
         }
         match fault {
-            Fault::Kill { target, signal } => {
-                if matches!(
-                    signal,
-                    Signal::SIGSTOP
-                        | Signal::SIGCONT
-                        | Signal::SIGTSTP
-                        | Signal::SIGTTIN
-                        | Signal::SIGTTOU
-                ) {
-                    return Err(FleetError::Invalid {
-                        param: "Signal",
-                        message: format!(
-                            "{} does not end a process; hang it instead",
-                            signal.as_str()
-                        ),
-                    });
-                }
-                let (serial, id, pid) = self.fault_target(&target)?;
-                if let Some(p) = self.procs.get_mut(&serial) {
-                    p.faults.signal = Some(signal);
-                }
-                self.effects.push(crate::agent::fleet::api::Effect::Signal {
-                    serial,
-                    signal,
-                    group: false,
-                });
-                self.emit(
-                    Event::new(
-                        EventCode::ChaosProcessKilled,
-                        format!("crash rehearsal sent {} to the process", signal.as_str()),
-                    )
-                    .process(&id, Some(pid)),
-                );
-                Ok(injected(id, pid, EventCode::ChaosProcessKilled))
-            }
-            Fault::Hang { target, duration } => {
-                check_duration(duration)?;
-                let (serial, id, pid) = self.fault_target(&target)?;
-                let until = now + duration;
-                if let Some(p) = self.procs.get_mut(&serial) {
-                    p.faults.hung_until = Some(p.faults.hung_until.map_or(until, |t| t.max(until)));
-                }
-                self.effects.push(crate::agent::fleet::api::Effect::Signal {
-                    serial,
-                    signal: Signal::SIGSTOP,
-                    group: true,
-                });
-                self.timers.add(until, Timer::FaultHangEnd { serial });
-                self.emit(
-                    Event::new(
-                        EventCode::ChaosProcessHung,
-                        format!(
-                            "crash rehearsal stopped the process group (SIGSTOP) for {}",
-                            humantime::format_duration(duration)
-                        ),
-                    )
-                    .process(&id, Some(pid)),
-                );
-                Ok(injected(id, pid, EventCode::ChaosProcessHung))
-            }
-            Fault::FailHealthChecks { target, count } => {
-                let count = count.unwrap_or(self.cfg.health_check.failure_threshold);
-                check_count(count)?;
-                let (serial, id, pid) = self.fault_target(&target)?;
-                if let Some(p) = self.procs.get_mut(&serial) {
-                    p.faults.failing_checks = count;
-                }
-                let threshold = self.cfg.health_check.failure_threshold;
-                self.emit(
-                    Event::new(
-                        EventCode::ChaosHealthChecksFailing,
-                        format!(
-                            "crash rehearsal fails the next {count} health check(s) (the process is ended as unhealthy after {threshold} in a row)"
-                        ),
-                    )
-                    .process(&id, Some(pid)),
-                );
-                Ok(injected(id, pid, EventCode::ChaosHealthChecksFailing))
-            }
+            Fault::Kill { target, signal } => self.kill(&target, signal),
+            Fault::Hang { target, duration } => self.hang(&target, duration, now),
+            Fault::FailHealthChecks { target, count } => self.fail_health_checks(&target, count),
             Fault::SessionStart {
                 process,
                 count,
                 fault,
-            } => {
-                check_count(count)?;
-                if let StartFault::Delay(d) = fault {
-                    check_duration(d)?;
-                }
-                let target = match &process {
-                    Some(id) => Some(self.fault_target(&FaultTarget::Process(id.clone()))?),
-                    None => None,
-                };
-                self.start_faults.push(ArmedStartFault {
-                    serial: target.as_ref().map(|(serial, ..)| *serial),
-                    left: count,
-                    fault,
-                });
-                let whose = match &target {
-                    Some((_, id, _)) => format!("to {id}"),
-                    None => "to any process".into(),
-                };
-                let (code, message) = match fault {
-                    StartFault::Delay(d) => (
-                        EventCode::ChaosSessionStartDelayed,
-                        format!(
-                            "crash rehearsal delays the next {count} OnStartGameServerSession call(s) {whose} by {}",
-                            humantime::format_duration(d)
-                        ),
-                    ),
-                    StartFault::Fail => (
-                        EventCode::ChaosSessionStartFailing,
-                        format!(
-                            "crash rehearsal fails the next {count} OnStartGameServerSession call(s) {whose}"
-                        ),
-                    ),
-                };
-                let mut event = Event::new(code, message);
-                if let Some((_, id, pid)) = &target {
-                    event = event.process(id, Some(*pid));
-                }
-                self.emit(event);
-                Ok(match target {
-                    Some((_, id, pid)) => injected(id, pid, code),
-                    None => ControlReply::Injected {
-                        process_id: None,
-                        pid: None,
-                        event_code: code,
-                    },
-                })
-            }
+            } => self.fault_session_starts(process, count, fault),
         }
+    }
+
+    /// Sends `signal` to the process (not its group).
+    fn kill(&mut self, target: &FaultTarget, signal: Signal) -> Result<ControlReply, FleetError> {
+        if matches!(
+            signal,
+            Signal::SIGSTOP | Signal::SIGCONT | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+        ) {
+            return Err(FleetError::Invalid {
+                param: "Signal",
+                message: format!(
+                    "{} does not end a process; hang it instead",
+                    signal.as_str()
+                ),
+            });
+        }
+        let (serial, id, pid) = self.fault_target(target)?;
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.faults.signal = Some(signal);
+        }
+        self.effects.push(crate::agent::fleet::api::Effect::Signal {
+            serial,
+            signal,
+            group: false,
+        });
+        self.emit(
+            Event::new(
+                EventCode::ChaosProcessKilled,
+                format!("crash rehearsal sent {} to the process", signal.as_str()),
+            )
+            .process(&id, Some(pid)),
+        );
+        Ok(injected(id, pid, EventCode::ChaosProcessKilled))
+    }
+
+    /// Stops the process group for `duration`.
+    fn hang(
+        &mut self,
+        target: &FaultTarget,
+        duration: std::time::Duration,
+        now: Instant,
+    ) -> Result<ControlReply, FleetError> {
+        check_duration(duration)?;
+        let (serial, id, pid) = self.fault_target(target)?;
+        let until = now + duration;
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.faults.hung_until = Some(p.faults.hung_until.map_or(until, |t| t.max(until)));
+        }
+        self.effects.push(crate::agent::fleet::api::Effect::Signal {
+            serial,
+            signal: Signal::SIGSTOP,
+            group: true,
+        });
+        self.timers.add(until, Timer::FaultHangEnd { serial });
+        self.emit(
+            Event::new(
+                EventCode::ChaosProcessHung,
+                format!(
+                    "crash rehearsal stopped the process group (SIGSTOP) for {}",
+                    humantime::format_duration(duration)
+                ),
+            )
+            .process(&id, Some(pid)),
+        );
+        Ok(injected(id, pid, EventCode::ChaosProcessHung))
+    }
+
+    /// Fails the process's next `count` health checks.
+    fn fail_health_checks(
+        &mut self,
+        target: &FaultTarget,
+        count: Option<u32>,
+    ) -> Result<ControlReply, FleetError> {
+        let count = count.unwrap_or(self.cfg.health_check.failure_threshold);
+        check_count(count)?;
+        let (serial, id, pid) = self.fault_target(target)?;
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.faults.failing_checks = count;
+        }
+        let threshold = self.cfg.health_check.failure_threshold;
+        self.emit(
+            Event::new(
+                EventCode::ChaosHealthChecksFailing,
+                format!(
+                    "crash rehearsal fails the next {count} health check(s) (the process is ended as unhealthy after {threshold} in a row)"
+                ),
+            )
+            .process(&id, Some(pid)),
+        );
+        Ok(injected(id, pid, EventCode::ChaosHealthChecksFailing))
+    }
+
+    /// Delays or fails the next `count` OnStartGameServerSession calls (to `process`, or to any).
+    fn fault_session_starts(
+        &mut self,
+        process: Option<String>,
+        count: u32,
+        fault: StartFault,
+    ) -> Result<ControlReply, FleetError> {
+        check_count(count)?;
+        if let StartFault::Delay(d) = fault {
+            check_duration(d)?;
+        }
+        let target = match &process {
+            Some(id) => Some(self.fault_target(&FaultTarget::Process(id.clone()))?),
+            None => None,
+        };
+        self.start_faults.push(ArmedStartFault {
+            serial: target.as_ref().map(|(serial, ..)| *serial),
+            left: count,
+            fault,
+        });
+        let whose = match &target {
+            Some((_, id, _)) => format!("to {id}"),
+            None => "to any process".into(),
+        };
+        let (code, message) = match fault {
+            StartFault::Delay(d) => (
+                EventCode::ChaosSessionStartDelayed,
+                format!(
+                    "crash rehearsal delays the next {count} OnStartGameServerSession call(s) {whose} by {}",
+                    humantime::format_duration(d)
+                ),
+            ),
+            StartFault::Fail => (
+                EventCode::ChaosSessionStartFailing,
+                format!(
+                    "crash rehearsal fails the next {count} OnStartGameServerSession call(s) {whose}"
+                ),
+            ),
+        };
+        let mut event = Event::new(code, message);
+        if let Some((_, id, pid)) = &target {
+            event = event.process(id, Some(*pid));
+        }
+        self.emit(event);
+        Ok(match target {
+            Some((_, id, pid)) => injected(id, pid, code),
+            None => ControlReply::Injected {
+                process_id: None,
+                pid: None,
+                event_code: code,
+            },
+        })
     }
 
     /// The live process a fault names: `(serial, process id, pid)`.
