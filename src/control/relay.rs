@@ -118,80 +118,17 @@ impl ControlPlane for RelayService {
             .ok()
             .map(|a| self.waiting.admit(a.ip()))
             .transpose()?;
-        let credential = match &self.tokens {
-            Some(tokens) => {
-                let presented = request
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("")
-                    .to_string();
-                match tokens.credentials().find(&presented) {
-                    Some(c) => Some((c.clone(), presented)),
-                    None => {
-                        tracing::warn!(client.addr = %peer, "agent stream refused: its bearer token is not in agent-tokens-file");
-                        return Err(Status::unauthenticated(
-                            "the agent's bearer token is not in agent-tokens-file",
-                        ));
-                    }
-                }
-            }
-            None => None,
-        };
+        let credential = self.bearer_credential(&request, &peer)?;
         let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(HELLO_WITHIN, inbound.message()).await {
-            Ok(Ok(Some(up::AgentMessage {
-                body: Some(up::agent_message::Body::Hello(h)),
-            }))) => h,
-            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
-        };
-        for (what, id) in [
-            ("instance_id", &hello.instance_id),
-            ("fleet_id", &hello.fleet_id),
-        ] {
-            if !credentials::valid_id(id) {
-                return Err(Status::invalid_argument(format!(
-                    "Hello's {what} must be 1 to {} letters, digits, '-', '_' or '.'",
-                    credentials::MAX_ID_CHARS
-                )));
-            }
-        }
+        let hello = read_hello(&mut inbound).await?;
         drop(waiting);
-        if self.certificates && certified.is_none() {
-            tracing::warn!(client.addr = %peer, "agent stream refused: its client certificate names no instance that can be read");
-            return Err(Status::permission_denied(
-                "the client certificate cannot be read as naming an instance (name it as a DNS subject alternative name)",
-            ));
-        }
-        // A client certificate speaks for the instance it names, and no other.
-        if let Some(names) = &certified
-            && !names.contains(&hello.instance_id)
-        {
-            tracing::warn!(client.addr = %peer, certificate.names = %names.join(","), instance.id = %hello.instance_id, "agent stream refused: its certificate does not name the instance it claims");
-            return Err(Status::permission_denied(format!(
-                "the client certificate names {} (its DNS subject alternative names and common name), not instance {}",
-                if names.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    names.join(", ")
-                },
-                hello.instance_id
-            )));
-        }
-        if let Some((c, _)) = &credential {
-            self.check_claim(&peer, c, &hello).await?;
-        } else if certified.is_some() {
-            // A certificate pins no fleet: the instance keeps the one it has.
-            let c = Credential {
-                instance: hello.instance_id.clone(),
-                fleet: None,
-                name: "its client certificate".into(),
-            };
-            self.check_claim(&peer, &c, &hello).await?;
-        }
+        self.check_identity(
+            &peer,
+            certified.as_deref(),
+            credential.as_ref().map(|(c, _)| c),
+            &hello,
+        )
+        .await?;
         let stream = uuid::Uuid::new_v4().to_string();
         let known = store::arrive(
             &self.pool,
@@ -275,6 +212,80 @@ async fn watch_revocation(
 }
 
 impl RelayService {
+    /// The credential the stream's bearer token names, when agent-tokens-file is set; an
+    /// unknown token is refused.
+    fn bearer_credential(
+        &self,
+        request: &Request<Streaming<up::AgentMessage>>,
+        peer: &str,
+    ) -> Result<Option<(Credential, String)>, Status> {
+        Ok(match &self.tokens {
+            Some(tokens) => {
+                let presented = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("")
+                    .to_string();
+                match tokens.credentials().find(&presented) {
+                    Some(c) => Some((c.clone(), presented)),
+                    None => {
+                        tracing::warn!(client.addr = %peer, "agent stream refused: its bearer token is not in agent-tokens-file");
+                        return Err(Status::unauthenticated(
+                            "the agent's bearer token is not in agent-tokens-file",
+                        ));
+                    }
+                }
+            }
+            None => None,
+        })
+    }
+
+    /// A client certificate speaks for the instance it names, and a credential for what it is
+    /// granted; refused otherwise.
+    async fn check_identity(
+        &self,
+        peer: &str,
+        certified: Option<&[String]>,
+        credential: Option<&Credential>,
+        hello: &up::Hello,
+    ) -> Result<(), Status> {
+        if self.certificates && certified.is_none() {
+            tracing::warn!(client.addr = %peer, "agent stream refused: its client certificate names no instance that can be read");
+            return Err(Status::permission_denied(
+                "the client certificate cannot be read as naming an instance (name it as a DNS subject alternative name)",
+            ));
+        }
+        // A client certificate speaks for the instance it names, and no other.
+        if let Some(names) = certified
+            && !names.contains(&hello.instance_id)
+        {
+            tracing::warn!(client.addr = %peer, certificate.names = %names.join(","), instance.id = %hello.instance_id, "agent stream refused: its certificate does not name the instance it claims");
+            return Err(Status::permission_denied(format!(
+                "the client certificate names {} (its DNS subject alternative names and common name), not instance {}",
+                if names.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    names.join(", ")
+                },
+                hello.instance_id
+            )));
+        }
+        if let Some(c) = credential {
+            self.check_claim(peer, c, hello).await?;
+        } else if certified.is_some() {
+            // A certificate pins no fleet: the instance keeps the one it has.
+            let c = Credential {
+                instance: hello.instance_id.clone(),
+                fleet: None,
+                name: "its client certificate".into(),
+            };
+            self.check_claim(peer, &c, hello).await?;
+        }
+        Ok(())
+    }
+
     /// A Hello may name only the credential's instance, and its fleet: the one the line
     /// names, else the one the instance already has (a Hello does not move a host).
     async fn check_claim(
@@ -513,4 +524,28 @@ fn ack(sequence: u64) -> up::ControlMessage {
     up::ControlMessage {
         body: Some(up::control_message::Body::Ack(up::Ack { sequence })),
     }
+}
+
+/// The stream's first message, which must be a Hello naming valid ids, within [`HELLO_WITHIN`].
+async fn read_hello(inbound: &mut Streaming<up::AgentMessage>) -> Result<up::Hello, Status> {
+    let hello = match tokio::time::timeout(HELLO_WITHIN, inbound.message()).await {
+        Ok(Ok(Some(up::AgentMessage {
+            body: Some(up::agent_message::Body::Hello(h)),
+        }))) => h,
+        Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+    };
+    for (what, id) in [
+        ("instance_id", &hello.instance_id),
+        ("fleet_id", &hello.fleet_id),
+    ] {
+        if !credentials::valid_id(id) {
+            return Err(Status::invalid_argument(format!(
+                "Hello's {what} must be 1 to {} letters, digits, '-', '_' or '.'",
+                credentials::MAX_ID_CHARS
+            )));
+        }
+    }
+    Ok(hello)
 }
