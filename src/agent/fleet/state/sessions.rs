@@ -120,19 +120,7 @@ impl Fleet {
         req: NewSession,
         now: Instant,
     ) -> Result<GameSession, FleetError> {
-        if self.shutting_down {
-            return Err(FleetError::Denied("the agent is shutting down".into()));
-        }
-        if self.draining || self.reserved {
-            return Err(FleetError::Denied(format!(
-                "the host is {}: it takes no new game server sessions",
-                if self.draining {
-                    "draining"
-                } else {
-                    "reserved"
-                }
-            )));
-        }
+        self.check_open()?;
         if let Some(token) = &req.idempotency_token
             && let Some(id) = self.idempotency.get(token)
             && let Some((_, s)) = self.sessions.get(id)
@@ -154,34 +142,8 @@ impl Fleet {
                 message: format!("{id} already exists"),
             });
         }
-        let activating = self
-            .sessions
-            .values()
-            .filter(|(_, s)| s.status == GssStatus::Activating)
-            .count();
-        let limit = self.max_activations as usize;
-        if activating >= limit {
-            return Err(FleetError::Limit(format!(
-                "{activating} game server session(s) are ACTIVATING; MaxConcurrentGameServerSessionActivations is {limit}"
-            )));
-        }
-        let serial = self
-            .procs
-            .values()
-            .filter(|p| {
-                p.phase == Phase::Active
-                    && p.healthy
-                    && p.stop.is_none()
-                    && p.session.is_none()
-                    && !self.slots[p.slot].retiring
-            })
-            .min_by_key(|p| p.slot)
-            .map(|p| p.serial)
-            .ok_or_else(|| {
-                FleetError::Limit(
-                    "no idle, healthy, ready server process is available on this host".into(),
-                )
-            })?;
+        self.check_activations()?;
+        let serial = self.idle_process()?;
         let p = &self.procs[&serial];
         let pid = p.identity.pid;
         let session = GameSession {
@@ -239,6 +201,61 @@ impl Fleet {
             fault,
         });
         Ok(session)
+    }
+
+    /// Refused while the agent shuts down, and while the host drains or is reserved.
+    fn check_open(&self) -> Result<(), FleetError> {
+        if self.shutting_down {
+            return Err(FleetError::Denied("the agent is shutting down".into()));
+        }
+        if self.draining || self.reserved {
+            return Err(FleetError::Denied(format!(
+                "the host is {}: it takes no new game server sessions",
+                if self.draining {
+                    "draining"
+                } else {
+                    "reserved"
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refused while MaxConcurrentGameServerSessionActivations sessions are ACTIVATING.
+    fn check_activations(&self) -> Result<(), FleetError> {
+        let activating = self
+            .sessions
+            .values()
+            .filter(|(_, s)| s.status == GssStatus::Activating)
+            .count();
+        let limit = self.max_activations as usize;
+        if activating >= limit {
+            return Err(FleetError::Limit(format!(
+                "{activating} game server session(s) are ACTIVATING; MaxConcurrentGameServerSessionActivations is {limit}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The idle process a new session goes to: active, healthy, not stopping or retiring, the
+    /// lowest slot first.
+    fn idle_process(&self) -> Result<u64, FleetError> {
+        self.procs
+            .values()
+            .filter(|p| {
+                p.phase == Phase::Active
+                    && p.healthy
+                    && p.stop.is_none()
+                    && p.session.is_none()
+                    && !self.slots[p.slot].retiring
+            })
+            .min_by_key(|p| p.slot)
+            .map(|p| p.serial)
+            .ok_or_else(|| {
+                FleetError::Limit(
+                    "no idle, healthy, ready server process is available on this host".into(),
+                )
+            })
     }
 
     /// UpdateGameServerSession.
