@@ -42,19 +42,7 @@ impl Fleet {
                 let (page, next) = self.describe_players(&q)?;
                 Ok(ControlReply::Players(page, next))
             }
-            Control::EndSessionAndProcess { gss_id } => {
-                let s = self.find_session(&gss_id)?;
-                if s.status.is_final() {
-                    return Err(FleetError::Denied(format!(
-                        "game server session {gss_id} is already {}",
-                        s.status
-                    )));
-                }
-                if let Some(serial) = self.serial_of(s.pid) {
-                    self.terminate(serial, TerminateReason::Requested, now);
-                }
-                Ok(ControlReply::Done)
-            }
+            Control::EndSessionAndProcess { gss_id } => self.end_session_and_process(&gss_id, now),
             Control::DescribeProcesses => Ok(ControlReply::Processes(self.process_views())),
             Control::DescribeStatus => Ok(ControlReply::Status(Box::new(FleetStatus {
                 processes: self.process_views(),
@@ -98,49 +86,77 @@ impl Fleet {
                 self.update_runtime(current, now);
                 Ok(ControlReply::Done)
             }
-            Control::SetWeight(weight) => {
-                if !(1..=10).contains(&weight) {
-                    return Err(FleetError::Invalid {
-                        param: "Weight",
-                        message: format!("{weight} is not 1–10"),
-                    });
-                }
-                self.weight = weight;
-                Ok(ControlReply::Done)
-            }
-            Control::SetReserved(on) => {
-                if self.reserved != on {
-                    self.reserved = on;
-                    self.emit(Event::new(
-                        if on {
-                            EventCode::InstanceReserved
-                        } else {
-                            EventCode::InstanceUnreserved
-                        },
-                        if on {
-                            "reserved: no new game server sessions are placed here"
-                        } else {
-                            "no longer reserved"
-                        },
-                    ));
-                }
-                Ok(ControlReply::Done)
-            }
-            Control::SetDraining(on) => {
-                if self.shutting_down {
-                    return Err(FleetError::Denied("the agent is shutting down".into()));
-                }
-                if self.draining != on {
-                    self.draining = on;
-                    if on {
-                        self.drain(now);
-                    } else {
-                        self.undrain();
-                    }
-                }
-                Ok(ControlReply::Done)
+            Control::SetWeight(weight) => self.set_weight(weight),
+            Control::SetReserved(on) => self.set_reserved(on),
+            Control::SetDraining(on) => self.set_draining(on, now),
+        }
+    }
+
+    /// EndGameServerSessionAndProcess: the session's process is told to terminate.
+    fn end_session_and_process(
+        &mut self,
+        gss_id: &str,
+        now: Instant,
+    ) -> Result<ControlReply, FleetError> {
+        let s = self.find_session(gss_id)?;
+        if s.status.is_final() {
+            return Err(FleetError::Denied(format!(
+                "game server session {gss_id} is already {}",
+                s.status
+            )));
+        }
+        if let Some(serial) = self.serial_of(s.pid) {
+            self.terminate(serial, TerminateReason::Requested, now);
+        }
+        Ok(ControlReply::Done)
+    }
+
+    /// The host's placement weight (1–10).
+    fn set_weight(&mut self, weight: u8) -> Result<ControlReply, FleetError> {
+        if !(1..=10).contains(&weight) {
+            return Err(FleetError::Invalid {
+                param: "Weight",
+                message: format!("{weight} is not 1–10"),
+            });
+        }
+        self.weight = weight;
+        Ok(ControlReply::Done)
+    }
+
+    /// Reserved: no new sessions are placed here (the running ones go on).
+    fn set_reserved(&mut self, on: bool) -> Result<ControlReply, FleetError> {
+        if self.reserved != on {
+            self.reserved = on;
+            self.emit(Event::new(
+                if on {
+                    EventCode::InstanceReserved
+                } else {
+                    EventCode::InstanceUnreserved
+                },
+                if on {
+                    "reserved: no new game server sessions are placed here"
+                } else {
+                    "no longer reserved"
+                },
+            ));
+        }
+        Ok(ControlReply::Done)
+    }
+
+    /// Draining: idle processes stop and the rest as their sessions end; undone by `false`.
+    fn set_draining(&mut self, on: bool, now: Instant) -> Result<ControlReply, FleetError> {
+        if self.shutting_down {
+            return Err(FleetError::Denied("the agent is shutting down".into()));
+        }
+        if self.draining != on {
+            self.draining = on;
+            if on {
+                self.drain(now);
+            } else {
+                self.undrain();
             }
         }
+        Ok(ControlReply::Done)
     }
 
     /// Every process, by process id.
