@@ -205,38 +205,7 @@ async fn step(api: &ControlApi, c: &mut Claimed) -> Result<Moved, CapiError> {
                 return Ok(Moved::WaitsForActive);
             }
             Some("ACTIVE") => {
-                let players = c.request.new_players();
-                let placed = if players.is_empty() {
-                    Ok(Value::Array(Vec::new()))
-                } else {
-                    api.join_players(&gss, players).await
-                };
-                let mut result = c.result.clone();
-                result["IpAddress"] = session["IpAddress"].clone();
-                result["DnsName"] = session["DnsName"].clone();
-                result["Port"] = session["Port"].clone();
-                result["Region"] = json!(region_of(api, &session).await?);
-                match placed {
-                    Ok(list) => {
-                        result["PlacedPlayerSessions"] = json!(
-                            list.as_array()
-                                .map(|l| l
-                                    .iter()
-                                    .map(|p| json!({
-                                        "PlayerId": p["PlayerId"],
-                                        "PlayerSessionId": p["PlayerSessionId"],
-                                    }))
-                                    .collect::<Vec<_>>())
-                                .unwrap_or_default()
-                        );
-                        finish(api, c, Status::Fulfilled, result).await?;
-                    }
-                    Err(e) => {
-                        result["Reason"] =
-                            json!(format!("the players could not be placed: {}", e.message));
-                        finish(api, c, Status::Failed, result).await?;
-                    }
-                }
+                fulfil(api, c, &gss, &session).await?;
                 return Ok(Moved::Done);
             }
             // It failed to activate: try another process.
@@ -302,6 +271,48 @@ async fn step(api: &ControlApi, c: &mut Claimed) -> Result<Moved, CapiError> {
     }
     release(api, c, NO_ROOM_BACKOFF).await?;
     Ok(Moved::Done)
+}
+
+/// The placement's session is ACTIVE: its players join, and it is FULFILLED with the
+/// session's address (or FAILED when they cannot be placed).
+async fn fulfil(
+    api: &ControlApi,
+    c: &mut Claimed,
+    gss: &str,
+    session: &Value,
+) -> Result<(), CapiError> {
+    let players = c.request.new_players();
+    let placed = if players.is_empty() {
+        Ok(Value::Array(Vec::new()))
+    } else {
+        api.join_players(gss, players).await
+    };
+    let mut result = c.result.clone();
+    result["IpAddress"] = session["IpAddress"].clone();
+    result["DnsName"] = session["DnsName"].clone();
+    result["Port"] = session["Port"].clone();
+    result["Region"] = json!(region_of(api, session).await?);
+    match placed {
+        Ok(list) => {
+            result["PlacedPlayerSessions"] = json!(
+                list.as_array()
+                    .map(|l| l
+                        .iter()
+                        .map(|p| json!({
+                            "PlayerId": p["PlayerId"],
+                            "PlayerSessionId": p["PlayerSessionId"],
+                        }))
+                        .collect::<Vec<_>>())
+                    .unwrap_or_default()
+            );
+            finish(api, c, Status::Fulfilled, result).await?;
+        }
+        Err(e) => {
+            result["Reason"] = json!(format!("the players could not be placed: {}", e.message));
+            finish(api, c, Status::Failed, result).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The session id suffix and idempotency token of a placement's attempt: the placement id
