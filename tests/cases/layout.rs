@@ -1,7 +1,8 @@
 //! The tree is the architecture: `src/api` and `src/common` import neither half, `src/control`
-//! does not import `src/agent` (but for the edges still to be moved, listed below, which may
-//! only shrink), and no cycle joins the modules of `src/agent`, `src/api` and `src/common`
-//! (but for the cycles still to be broken, listed below, which may only shrink).
+//! does not import `src/agent`, and no cycle joins the modules of `src/agent`, `src/api` and
+//! `src/common` (but for the cycles still to be broken, listed below, which may only shrink).
+//! And the code reads on a screen: no file in `src/` over [`MAX_FILE_LINES`] lines and no
+//! function over [`MAX_FN_LINES`], tests apart.
 //!
 //! A module here is a folder or file one level under `src/agent`, `src/api` or `src/common`
 //! (`agent::fleet`, `api::tc3`), or `control`; an import is a `crate::…` path in code (comments
@@ -12,8 +13,11 @@ use std::path::{Path, PathBuf};
 
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 
-/// gse-control's imports of the agent that are still to move into `src/api` (issue 20).
-const CONTROL_USES_OF_AGENT_TO_MOVE: &[&str] = &[];
+/// A file's lines at most, its tests apart (a `tests.rs`, a `tests/` folder, or what follows
+/// `#[cfg(test)] mod tests {`).
+const MAX_FILE_LINES: usize = 600;
+/// A function's lines at most, its signature and closing brace included.
+const MAX_FN_LINES: usize = 120;
 
 /// Cycles among the agent's modules still to be broken (issue 20), each as the set of modules
 /// it joins. A cycle found must lie within one of these.
@@ -225,9 +229,7 @@ fn violations(graph: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<String>
             let (from_half, to_half) = (half(from), half(target));
             let refused = match from_half.as_str() {
                 "api" | "common" => to_half == "agent" || to_half == "control",
-                "control" => {
-                    to_half == "agent" && !CONTROL_USES_OF_AGENT_TO_MOVE.contains(&target.as_str())
-                }
+                "control" => to_half == "agent",
                 "agent" => to_half == "control",
                 _ => false,
             };
@@ -271,14 +273,7 @@ fn the_halves_import_only_what_the_layout_allows_and_no_new_cycle_returns() {
     );
     let bad = violations(&graph);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
-    // The lists may only shrink: an entry nothing needs any more must go.
-    let used: BTreeSet<&str> = graph["control"].keys().map(String::as_str).collect();
-    for edge in CONTROL_USES_OF_AGENT_TO_MOVE {
-        assert!(
-            used.contains(edge),
-            "control no longer imports {edge}: take it off the list"
-        );
-    }
+    // The list may only shrink: a module in no cycle any more must go.
     let found = cycles(&graph);
     for known in CYCLES_TO_BREAK {
         for m in *known {
@@ -320,4 +315,91 @@ fn a_deliberate_violation_is_found() {
             "{want:?} not in {bad:#?}"
         );
     }
+}
+
+/// What of `text` (the file `name`) is over the bounds: the file's length without its tests,
+/// and each function longer than [`MAX_FN_LINES`]. Functions are found as rustfmt lays them
+/// out: a line `fn name` at some indent, ended by the first `}` alone at that indent.
+fn oversized(name: &str, text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let code = lines
+        .windows(2)
+        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod tests {"))
+        .unwrap_or(lines.len());
+    let mut bad = Vec::new();
+    if code > MAX_FILE_LINES {
+        bad.push(format!(
+            "{name} has {code} lines (tests apart); the bound is {MAX_FILE_LINES}"
+        ));
+    }
+    for (i, line) in lines[..code].iter().enumerate() {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let words: Vec<&str> = body.split_whitespace().collect();
+        let Some(at) = words.iter().position(|w| *w == "fn") else {
+            continue;
+        };
+        let before_ok = words[..at].iter().all(|w| {
+            matches!(*w, "pub" | "async" | "const" | "unsafe" | "extern") || w.starts_with("pub(")
+        });
+        if !before_ok || body.ends_with(';') {
+            continue;
+        }
+        let close = format!("{indent}}}");
+        let Some(end) = lines[i + 1..code].iter().position(|l| *l == close) else {
+            continue;
+        };
+        let length = end + 2;
+        if length > MAX_FN_LINES {
+            let fn_name: String = words
+                .get(at + 1)
+                .unwrap_or(&"")
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            bad.push(format!(
+                "{name}:{} fn {fn_name} has {length} lines; the bound is {MAX_FN_LINES}",
+                i + 1
+            ));
+        }
+    }
+    bad
+}
+
+#[test]
+fn every_file_and_function_in_src_fits_its_bound() {
+    let mut files = Vec::new();
+    rust_files(Path::new(SRC), &mut files);
+    let mut bad = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(SRC).unwrap().to_string_lossy().to_string();
+        if rel.ends_with("tests.rs") || rel.split('/').any(|p| p == "tests") {
+            continue;
+        }
+        bad.extend(oversized(&rel, &std::fs::read_to_string(&f).unwrap()));
+    }
+    assert!(bad.is_empty(), "split these by step:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn a_long_file_and_a_long_function_are_found() {
+    let long_fn = format!(
+        "impl X {{\n    pub(crate) async fn step(&self) {{\n{}    }}\n}}\n",
+        "        call();\n".repeat(MAX_FN_LINES)
+    );
+    let bad = oversized("x.rs", &long_fn);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("x.rs:2 fn step has"), "{bad:?}");
+    let short = format!(
+        "fn f() {{\n{}}}\n",
+        "    call();\n".repeat(MAX_FN_LINES - 2)
+    );
+    assert!(oversized("y.rs", &short).is_empty());
+    let long_file = "// a line\n".repeat(MAX_FILE_LINES + 1);
+    assert_eq!(oversized("z.rs", &long_file).len(), 1);
+    let with_tests = format!(
+        "fn f() {{}}\n#[cfg(test)]\nmod tests {{\n{}}}\n",
+        "    // a test\n".repeat(MAX_FILE_LINES)
+    );
+    assert!(oversized("w.rs", &with_tests).is_empty());
 }
