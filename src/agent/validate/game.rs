@@ -510,83 +510,82 @@ mod tests {
         })
     }
 
+    /// Each case: the events seen during a step, in order, and the step where the run fails
+    /// with which event (`None`: nowhere yet).
     #[test]
-    fn a_crash_while_a_neighbour_is_launched_fails_process_ready_not_the_launch() {
+    fn a_failure_fails_the_step_it_belongs_to() {
+        use EventCode::*;
+        let cases: &[(&str, &[EventCode], &str, Option<EventCode>)] = &[
+            // A crash while a neighbour is still launched: the launch happened.
+            (
+                "launch",
+                &[ServerProcessCrashed],
+                "process-ready",
+                Some(ServerProcessCrashed),
+            ),
+            ("launch", &[ServerProcessCrashed], "launch", None),
+            // A launch failure fails the launch at once.
+            (
+                "launch",
+                &[ServerProcessInvalidPath],
+                "launch",
+                Some(ServerProcessInvalidPath),
+            ),
+            // An unhealthy process ahead of its neighbour.
+            (
+                "process-ready",
+                &[ServerProcessUnhealthy],
+                "process-ready",
+                None,
+            ),
+            (
+                "process-ready",
+                &[ServerProcessUnhealthy],
+                "health-checks",
+                Some(ServerProcessUnhealthy),
+            ),
+            // A failure of an earlier kind, or of none, fails the step the run is in.
+            (
+                "game-session",
+                &[ServerProcessCrashed],
+                "game-session",
+                Some(ServerProcessCrashed),
+            ),
+            (
+                "launch",
+                &[ServerProcessForceTerminated],
+                "launch",
+                Some(ServerProcessForceTerminated),
+            ),
+            // The earliest step's failure is the one kept.
+            (
+                "launch",
+                &[
+                    ServerProcessUnhealthy,
+                    ServerProcessCrashed,
+                    GameSessionActivationTimeout,
+                ],
+                "health-checks",
+                Some(ServerProcessCrashed),
+            ),
+        ];
+        for (during, seen, at, fails) in cases {
+            let mut carried = Carried::default();
+            let mut failed = None;
+            for e in *seen {
+                failed = failed.or(code(carried.judge(during, &event(*e))));
+            }
+            let got = failed
+                .filter(|_| during == at)
+                .or_else(|| code(carried.due(at)));
+            assert_eq!(got, *fails, "{seen:?} during {during}, then {at}");
+        }
         let mut carried = Carried::default();
-        assert!(
-            carried
-                .judge("launch", &event(EventCode::ServerProcessCrashed))
-                .is_none()
-        );
-        assert!(carried.due("launch").is_none());
-        assert_eq!(
-            code(carried.due("process-ready")),
-            Some(EventCode::ServerProcessCrashed)
-        );
+        carried.judge("launch", &event(ServerProcessCrashed));
+        assert!(carried.due("process-ready").is_some());
         assert!(
             carried.due("health-checks").is_none(),
             "a carried failure is reported once"
-        );
-    }
-
-    #[test]
-    fn a_launch_failure_fails_the_launch_at_once() {
-        let mut carried = Carried::default();
-        assert_eq!(
-            code(carried.judge("launch", &event(EventCode::ServerProcessInvalidPath))),
-            Some(EventCode::ServerProcessInvalidPath)
-        );
-    }
-
-    #[test]
-    fn a_failure_of_an_earlier_kind_fails_the_step_the_run_is_in() {
-        let mut carried = Carried::default();
-        assert_eq!(
-            code(carried.judge("game-session", &event(EventCode::ServerProcessCrashed))),
-            Some(EventCode::ServerProcessCrashed)
-        );
-        assert_eq!(
-            code(carried.judge("launch", &event(EventCode::ServerProcessForceTerminated))),
-            Some(EventCode::ServerProcessForceTerminated)
-        );
-    }
-
-    #[test]
-    fn the_earliest_step_s_failure_is_the_one_kept() {
-        let mut carried = Carried::default();
-        assert!(
-            carried
-                .judge("launch", &event(EventCode::ServerProcessUnhealthy))
-                .is_none()
-        );
-        assert!(
-            carried
-                .judge("launch", &event(EventCode::ServerProcessCrashed))
-                .is_none()
-        );
-        assert!(
-            carried
-                .judge("launch", &event(EventCode::GameSessionActivationTimeout))
-                .is_none()
-        );
-        assert_eq!(
-            code(carried.due("health-checks")),
-            Some(EventCode::ServerProcessCrashed)
-        );
-    }
-
-    #[test]
-    fn an_unhealthy_process_ahead_of_its_neighbour_fails_the_health_checks() {
-        let mut carried = Carried::default();
-        assert!(
-            carried
-                .judge("process-ready", &event(EventCode::ServerProcessUnhealthy))
-                .is_none()
-        );
-        assert!(carried.due("process-ready").is_none());
-        assert_eq!(
-            code(carried.due("health-checks")),
-            Some(EventCode::ServerProcessUnhealthy)
         );
     }
 }

@@ -136,106 +136,103 @@ impl Rows {
     /// The group's statements in the lock order, each only when it has rows.
     fn statements<'a>(&'a self, c: &'a Columns) -> Vec<Statement<'a>> {
         let mut out = Vec::new();
+        let mut add = |rows: bool, what, sql, params: Vec<Param<'a>>| {
+            if rows {
+                out.push(Statement { what, sql, params });
+            }
+        };
         let ev = &self.events;
-        if !ev.sequence.is_empty() {
-            out.push(Statement {
-                what: "storing events",
-                sql: INSERT_EVENTS,
-                params: vec![
-                    &ev.instance,
-                    &ev.epoch,
-                    &ev.fleet,
-                    &ev.sequence,
-                    &ev.time,
-                    &ev.code,
-                    &ev.body,
-                ],
-            });
-        }
+        add(
+            !ev.sequence.is_empty(),
+            "storing events",
+            INSERT_EVENTS,
+            vec![
+                &ev.instance,
+                &ev.epoch,
+                &ev.fleet,
+                &ev.sequence,
+                &ev.time,
+                &ev.code,
+                &ev.body,
+            ],
+        );
         for (instance, listed) in &self.complete {
-            out.push(Statement {
-                what: "ending sessions a host no longer has",
-                sql: END_SESSIONS_GONE,
-                params: vec![instance, listed],
-            });
+            add(
+                true,
+                "ending sessions a host no longer has",
+                END_SESSIONS_GONE,
+                vec![instance, listed],
+            );
         }
-        if !c.reported.ids.is_empty() {
-            out.push(Statement {
-                what: "storing the sessions snapshots reported",
-                sql: UPSERT_REPORTED_SESSIONS,
-                params: c.reported.params().to_vec(),
-            });
-        }
-        if !c.made.ids.is_empty() {
-            out.push(Statement {
-                what: "storing the sessions creates made",
-                sql: INSERT_MADE_SESSIONS,
-                params: c.made.params().to_vec(),
-            });
-        }
-        if !self.activated.is_empty() {
-            // Only from ACTIVATING: an activation never revives a session that ended.
-            out.push(Statement {
-                what: "recording activated sessions",
-                sql: ACTIVATE_SESSIONS,
-                params: vec![&self.activated, &self.activated_by],
-            });
-        }
-        if !c.players_reported.ids.is_empty() {
-            out.push(Statement {
-                what: "storing the player sessions snapshots reported",
-                sql: UPSERT_REPORTED_PLAYERS,
-                params: vec![
-                    &c.players_reported.ids,
-                    &c.players_reported.gss,
-                    &c.players_reported.players,
-                    &c.players_reported.statuses,
-                    &c.players_reported.created,
-                    &c.players_reported.bodies,
-                    &c.reporters,
-                ],
-            });
-        }
-        if !c.players_joined.ids.is_empty() {
-            out.push(Statement {
-                what: "storing the player sessions joins reserved",
-                sql: INSERT_JOINED_PLAYERS,
-                params: c.players_joined.params().to_vec(),
-            });
-        }
-        if !c.tokens.is_empty() {
-            out.push(Statement {
-                what: "recording idempotent sessions",
-                sql: RECORD_TOKENS,
-                params: vec![&c.tokens, &c.token_gss],
-            });
-        }
-        if !c.hosts.ids.is_empty() {
-            out.push(Statement {
-                what: "updating instances",
-                sql: UPDATE_INSTANCES,
-                params: vec![
-                    &c.hosts.ids,
-                    &c.hosts.epoch,
-                    &c.hosts.acked,
-                    &c.hosts.status,
-                    &c.hosts.idle,
-                    &c.hosts.processes,
-                    &c.hosts.busy,
-                    &c.hosts.replica,
-                    &c.hosts.stream,
-                ],
-            });
-        }
-        if !c.count_ids.is_empty() {
-            // After the snapshots' word on the same c.hosts: a session a snapshot already
-            // showed busy is not taken off the free count twice.
-            out.push(Statement {
-                what: "counting created sessions",
-                sql: COUNT_CREATED,
-                params: vec![&c.count_ids, &c.uncount, &c.sessions_made],
-            });
-        }
+        add(
+            !c.reported.ids.is_empty(),
+            "storing the sessions snapshots reported",
+            UPSERT_REPORTED_SESSIONS,
+            c.reported.params().to_vec(),
+        );
+        add(
+            !c.made.ids.is_empty(),
+            "storing the sessions creates made",
+            INSERT_MADE_SESSIONS,
+            c.made.params().to_vec(),
+        );
+        // Only from ACTIVATING: an activation never revives a session that ended.
+        add(
+            !self.activated.is_empty(),
+            "recording activated sessions",
+            ACTIVATE_SESSIONS,
+            vec![&self.activated, &self.activated_by],
+        );
+        add(
+            !c.players_reported.ids.is_empty(),
+            "storing the player sessions snapshots reported",
+            UPSERT_REPORTED_PLAYERS,
+            vec![
+                &c.players_reported.ids,
+                &c.players_reported.gss,
+                &c.players_reported.players,
+                &c.players_reported.statuses,
+                &c.players_reported.created,
+                &c.players_reported.bodies,
+                &c.reporters,
+            ],
+        );
+        add(
+            !c.players_joined.ids.is_empty(),
+            "storing the player sessions joins reserved",
+            INSERT_JOINED_PLAYERS,
+            c.players_joined.params().to_vec(),
+        );
+        add(
+            !c.tokens.is_empty(),
+            "recording idempotent sessions",
+            RECORD_TOKENS,
+            vec![&c.tokens, &c.token_gss],
+        );
+        add(
+            !c.hosts.ids.is_empty(),
+            "updating instances",
+            UPDATE_INSTANCES,
+            vec![
+                &c.hosts.ids,
+                &c.hosts.epoch,
+                &c.hosts.acked,
+                &c.hosts.status,
+                &c.hosts.idle,
+                &c.hosts.processes,
+                &c.hosts.busy,
+                &c.hosts.replica,
+                &c.hosts.stream,
+            ],
+        );
+        // After the snapshots' word on the same c.hosts: a session a snapshot already
+        // showed busy is not taken off the free count twice.
+        add(
+            !c.count_ids.is_empty(),
+            "counting created sessions",
+            COUNT_CREATED,
+            vec![&c.count_ids, &c.uncount, &c.sessions_made],
+        );
         out
     }
 }
