@@ -290,7 +290,7 @@ pub enum Change {
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+    s.serialize_str(&crate::api::time::format_time_millis(*t))
 }
 
 struct Recent {

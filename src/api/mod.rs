@@ -2,7 +2,8 @@
 //! errors (`envelope`, `error`), reading a request and its parameters (`request`, `params`),
 //! the browser guard (`guard`), the audit record (`audit`), TC3 signatures and CAM key
 //! policies (`tc3`), the search grammar of SearchGameServerSessions (`search`), and the rules
-//! of aliases and queues (`alias`, `queue`). It imports neither half.
+//! of aliases and queues (`alias`, `queue`), and the SDK's models both answer with (`models`).
+//! It imports neither half.
 
 pub mod alias;
 pub mod audit;
@@ -10,6 +11,7 @@ pub mod envelope;
 mod error;
 pub mod guard;
 pub mod limits;
+pub mod models;
 pub mod params;
 pub mod placement;
 pub mod queue;

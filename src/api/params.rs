@@ -81,6 +81,19 @@ impl Params {
         self.opt_int(name, min, max)?
             .ok_or_else(|| CapiError::missing(name))
     }
+    /// `FleetIds`: an optional list of at most 100 fleet ids.
+    pub fn fleet_ids(&self) -> Result<Option<Vec<String>>, CapiError> {
+        let Some(list) = self.opt_array("FleetIds", 100)? else {
+            return Ok(None);
+        };
+        list.iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(CapiError::type_of("FleetIds", "a list of strings", other)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
 
     /// An optional array.
     pub fn opt_array(&self, name: &str, max: usize) -> Result<Option<&Vec<Value>>, CapiError> {

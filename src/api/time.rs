@@ -8,6 +8,11 @@ pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// `t` in RFC 3339 with milliseconds, as events and audit records show their time.
+pub fn format_time_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// Unix milliseconds of `t` (0 before 1970).
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)

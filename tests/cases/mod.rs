@@ -11,6 +11,7 @@ mod layout;
 mod local_game;
 mod logs;
 mod metrics;
+mod models;
 mod one_api;
 mod ownership;
 mod restart;

@@ -27,19 +27,15 @@ impl Capi {
 
     /// `FleetIds` (optional list): each must be this host's fleet.
     fn check_fleet_ids(&self, p: &Params) -> Result<(), CapiError> {
-        for id in p.opt_array("FleetIds", 100)?.into_iter().flatten() {
-            match id.as_str() {
-                Some(f) if f == self.cfg.fleet_id => {}
-                Some(f) => {
-                    return Err(CapiError::new(
-                        "ResourceNotFound",
-                        format!(
-                            "fleet {f} does not exist on this host (it runs {})",
-                            self.cfg.fleet_id
-                        ),
-                    ));
-                }
-                None => return Err(CapiError::type_of("FleetIds", "a list of strings", id)),
+        for f in p.fleet_ids()?.into_iter().flatten() {
+            if f != self.cfg.fleet_id {
+                return Err(CapiError::new(
+                    "ResourceNotFound",
+                    format!(
+                        "fleet {f} does not exist on this host (it runs {})",
+                        self.cfg.fleet_id
+                    ),
+                ));
             }
         }
         Ok(())

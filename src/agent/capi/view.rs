@@ -7,6 +7,7 @@ use crate::agent::event::Event;
 use crate::agent::fleet::{EntryView, InstanceCounters, LastExit, ProcessView};
 use crate::agent::metrics::Usage;
 use crate::agent::session::{GameSession, PlayerSession};
+use crate::api::models::{self, InstanceStatus};
 use crate::api::time::format_time;
 
 /// A `GameServerSession`.
@@ -57,19 +58,19 @@ pub fn player(p: &PlayerSession) -> Value {
 /// DescribeFleetEvents' `Event`: the SDK model's fields only (the agent's details are in
 /// [`event`], for DescribeAgentEvents). `log_url` is its `PreSignedLogUrl` (empty: none).
 pub fn fleet_event(e: &Event, fleet_id: &str, log_url: &str) -> Value {
-    let full = event(e, fleet_id, log_url);
-    let mut out = serde_json::Map::new();
-    for key in [
-        "EventCode",
-        "EventId",
-        "EventTime",
-        "Message",
-        "PreSignedLogUrl",
-        "ResourceId",
-    ] {
-        out.insert(key.into(), full.get(key).cloned().unwrap_or(Value::Null));
-    }
-    Value::Object(out)
+    json!(models::Event {
+        event_code: e.event_code.as_str().to_string(),
+        event_id: event_id(e),
+        event_time: crate::api::time::format_time_millis(e.event_time),
+        message: e.message.clone(),
+        pre_signed_log_url: log_url.to_string(),
+        resource_id: fleet_id.to_string(),
+    })
+}
+
+/// The `EventId` of an agent's event.
+fn event_id(e: &Event) -> String {
+    format!("event-{}", e.sequence)
 }
 
 /// An event with everything the agent knows (DescribeAgentEvents, an extension); `log_url`
@@ -77,7 +78,7 @@ pub fn fleet_event(e: &Event, fleet_id: &str, log_url: &str) -> Value {
 pub fn event(e: &Event, fleet_id: &str, log_url: &str) -> Value {
     let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut v {
-        o.insert("EventId".into(), json!(format!("event-{}", e.sequence)));
+        o.insert("EventId".into(), json!(event_id(e)));
         o.insert("ResourceId".into(), json!(fleet_id));
         o.insert("PreSignedLogUrl".into(), json!(log_url));
     }
@@ -146,18 +147,18 @@ pub fn entry(e: &EntryView) -> Value {
 pub fn instance(c: &InstanceCounters, cfg: &Config, extra: bool) -> Value {
     let ip = cfg.client_ip();
     let mut v = json!({
-        "Instance": {
-            "FleetId": cfg.fleet_id,
-            "InstanceId": cfg.instance_id,
-            "IpAddress": ip,
-            "DnsName": cfg.client_dns_name(),
-            "OperatingSystem": std::env::consts::OS,
-            "Status": "Active",
-            "Type": "",
-            "CreateTime": "",
-            "Weight": c.weight,
-            "ReserveValue": i32::from(c.reserved),
-            "PrivateIpAddress": ip,
+        "Instance": models::Instance {
+            fleet_id: cfg.fleet_id.clone(),
+            instance_id: cfg.instance_id.clone(),
+            ip_address: ip.to_string(),
+            dns_name: cfg.client_dns_name().to_string(),
+            operating_system: std::env::consts::OS.into(),
+            status: InstanceStatus::Active.as_str().into(),
+            kind: String::new(),
+            create_time: String::new(),
+            weight: i64::from(c.weight),
+            reserve_value: i64::from(c.reserved),
+            private_ip_address: ip.to_string(),
         },
         "State": "Active",
         "HealthyProcessCnt": c.healthy_process_cnt,

@@ -75,7 +75,7 @@ pub async fn read(
             let ms: i64 = r.get(0);
             let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
             json!({
-                "Time": humantime::format_rfc3339_millis(time).to_string(),
+                "Time": crate::api::time::format_time_millis(time),
                 "SecretId": r.get::<_, String>(1),
                 "Action": r.get::<_, String>(2),
                 "Resources": r.get::<_, Vec<String>>(3),

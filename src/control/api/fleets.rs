@@ -6,6 +6,7 @@ use tokio_postgres::Row;
 
 use super::{ControlApi, db_error};
 use crate::api::CapiError;
+use crate::api::models::{self, InstanceStatus};
 use crate::api::params::Params;
 use crate::upstream_proto as up;
 use up::command::Kind;
@@ -15,43 +16,23 @@ const POLICY: &str = "NoProtection";
 
 /// GSE's `Instance` of an instances row.
 fn instance(r: &Row) -> Value {
-    let lost: bool = r.get("lost");
-    let connected: bool = r.get("connected");
-    let reserved: bool = r.get("reserved");
     let created: std::time::SystemTime = r.get("created_at");
-    json!({
-        "FleetId": r.get::<_, String>("fleet_id"),
-        "InstanceId": r.get::<_, String>("instance_id"),
-        "IpAddress": r.get::<_, String>("public_ip"),
-        "DnsName": r.get::<_, String>("dns_name"),
-        "OperatingSystem": "linux",
-        "Status": match (connected, lost) {
-            (true, false) => "Active",
-            // Its stream is open but delivered nothing for instance-lost-after.
-            (true, true) => "Unresponsive",
-            (false, false) => "Disconnected",
-            (false, true) => "Lost",
-        },
-        "Type": "",
-        "CreateTime": humantime::format_rfc3339_seconds(created).to_string(),
-        "Weight": r.get::<_, i32>("weight"),
-        "ReserveValue": i32::from(reserved),
-        "PrivateIpAddress": r.get::<_, String>("public_ip"),
+    let public_ip: String = r.get("public_ip");
+    json!(models::Instance {
+        fleet_id: r.get("fleet_id"),
+        instance_id: r.get("instance_id"),
+        ip_address: public_ip.clone(),
+        dns_name: r.get("dns_name"),
+        operating_system: "linux".into(),
+        status: InstanceStatus::of(r.get("connected"), r.get("lost"))
+            .as_str()
+            .into(),
+        kind: String::new(),
+        create_time: humantime::format_rfc3339_seconds(created).to_string(),
+        weight: i64::from(r.get::<_, i32>("weight")),
+        reserve_value: i64::from(r.get::<_, bool>("reserved")),
+        private_ip_address: public_ip,
     })
-}
-
-/// `FleetIds`: a list of strings, at most 100.
-fn fleet_ids(p: &crate::api::params::Params) -> Result<Option<Vec<String>>, CapiError> {
-    let Some(list) = p.opt_array("FleetIds", 100)? else {
-        return Ok(None);
-    };
-    list.iter()
-        .map(|v| match v {
-            Value::String(s) => Ok(s.clone()),
-            other => Err(CapiError::type_of("FleetIds", "a list of strings", other)),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
 }
 
 impl ControlApi {
@@ -78,7 +59,7 @@ impl ControlApi {
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetIds", "Offset", "Limit"])?;
-        let ids = fleet_ids(&p)?;
+        let ids = p.fleet_ids()?;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100);
         let db = self.db().await?;
@@ -240,7 +221,7 @@ impl ControlApi {
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["FleetIds"])?;
-        let ids = fleet_ids(&p)?;
+        let ids = p.fleet_ids()?;
         let db = self.db().await?;
         let rows = db
             .query(
@@ -303,13 +284,14 @@ impl ControlApi {
             .iter()
             .map(|r| {
                 let body: Value = r.get(2);
-                json!({
-                    "EventCode": body["EventCode"],
-                    "EventId": format!("event-{}", r.get::<_, i64>(0)),
-                    "EventTime": body["EventTime"],
-                    "Message": body["Message"],
-                    "PreSignedLogUrl": "",
-                    "ResourceId": r.get::<_, String>(1),
+                let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+                json!(models::Event {
+                    event_code: text("EventCode"),
+                    event_id: format!("event-{}", r.get::<_, i64>(0)),
+                    event_time: text("EventTime"),
+                    message: text("Message"),
+                    pre_signed_log_url: String::new(),
+                    resource_id: r.get(1),
                 })
             })
             .collect();

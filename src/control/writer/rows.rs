@@ -287,7 +287,7 @@ fn event_json(e: &up::Event, instance: &str) -> Value {
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.time_unix_ms.max(0) as u64);
     let mut v = json!({
         "EventCode": e.code,
-        "EventTime": humantime::format_rfc3339_millis(time).to_string(),
+        "EventTime": crate::api::time::format_time_millis(time),
         "Message": e.message,
         "Sequence": e.sequence,
         "InstanceId": instance,
