@@ -99,15 +99,19 @@ impl Hub {
         let serial = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let replaced = self.streams.lock().expect("hub lock").insert(
-            instance.to_string(),
-            Stream {
-                serial,
-                id: id.to_string(),
-                tx: tx.clone(),
-                ended,
-            },
-        );
+        let replaced = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                instance.to_string(),
+                Stream {
+                    serial,
+                    id: id.to_string(),
+                    tx: tx.clone(),
+                    ended,
+                },
+            );
         if let Some(old) = replaced {
             tracing::info!(instance.id = %instance, "a new stream of the instance replaces its old one here, which is ended");
             old.ended.cancel();
@@ -154,7 +158,10 @@ impl Hub {
 
     /// Another replica took stream `id` of `instance`: an older one held here is dead.
     fn moved(&self, instance: &str, id: &str) {
-        let mut streams = self.streams.lock().expect("hub lock");
+        let mut streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if streams.get(instance).is_some_and(|s| s.id != id)
             && let Some(old) = streams.remove(instance)
         {
@@ -165,7 +172,10 @@ impl Hub {
 
     /// Removes the stream of `instance` unless a newer one replaced it.
     pub fn detach(&self, instance: &str, serial: u64) {
-        let mut streams = self.streams.lock().expect("hub lock");
+        let mut streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if streams.get(instance).is_some_and(|s| s.serial == serial) {
             streams.remove(instance);
         }
@@ -176,7 +186,7 @@ impl Hub {
     pub fn holds(&self, instance: &str, serial: u64) -> bool {
         self.streams
             .lock()
-            .expect("hub lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(instance)
             .is_some_and(|s| s.serial == serial)
     }
@@ -184,7 +194,7 @@ impl Hub {
     fn local(&self, instance: &str) -> Option<mpsc::Sender<up::ControlMessage>> {
         self.streams
             .lock()
-            .expect("hub lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(instance)
             .map(|s| s.tx.clone())
     }
@@ -204,7 +214,7 @@ impl Hub {
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()
-            .expect("hub lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.clone(), tx);
         let _forget = Forget(self, &id);
         match self.local(instance) {
@@ -260,7 +270,7 @@ impl Hub {
         let waiter = self
             .waiters
             .lock()
-            .expect("hub lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&result.command_id);
         if let Some(w) = waiter {
             let _ = w.send(result);
@@ -402,7 +412,12 @@ impl Hub {
 
     /// The result of command `id` is stored: hand it to the waiter here, if any.
     async fn collect(&self, id: &str) -> Result<(), super::db::DbError> {
-        if !self.waiters.lock().expect("hub lock").contains_key(id) {
+        if !self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(id)
+        {
             return Ok(());
         }
         let db = self.pool.get().await?;
@@ -416,7 +431,11 @@ impl Hub {
         if let Some(row) = row {
             let body: Vec<u8> = row.get(0);
             if let Ok(result) = up::CommandResult::decode(body.as_slice())
-                && let Some(w) = self.waiters.lock().expect("hub lock").remove(id)
+                && let Some(w) = self
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(id)
             {
                 let _ = w.send(result);
             }
@@ -430,6 +449,10 @@ struct Forget<'a>(&'a Hub, &'a str);
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.0.waiters.lock().expect("hub lock").remove(self.1);
+        self.0
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(self.1);
     }
 }

@@ -166,7 +166,7 @@ impl ControlApi {
         if self
             .known_fleets
             .lock()
-            .expect("fleet cache")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(&fleet)
         {
             return Ok(Some(fleet));
@@ -179,7 +179,7 @@ impl ControlApi {
         if known.is_some() {
             self.known_fleets
                 .lock()
-                .expect("fleet cache")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(fleet.clone());
         } else {
             return Err(CapiError::new(

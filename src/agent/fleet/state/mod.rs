@@ -279,7 +279,9 @@ impl Fleet {
         self.by_pid.get(&pid).copied()
     }
 
-    fn emit(&mut self, event: Event) {
+    fn emit(&mut self, mut event: Event) {
+        // Stamped from the input's clock, not the machine's: the core takes time as data.
+        event.event_time = self.clock.wall;
         self.effects.push(Effect::Emit(Box::new(event)));
     }
 

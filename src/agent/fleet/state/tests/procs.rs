@@ -388,3 +388,19 @@ async fn a_healthy_answer_resets_the_failure_count() {
     }
     assert!(!h.codes().contains(&EventCode::ServerProcessUnhealthy));
 }
+
+#[tokio::test]
+async fn events_carry_the_time_of_the_input_not_of_the_machine() {
+    let mut h = Harness::new();
+    let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    h.fleet.set_clock(Clock { now: h.now, wall });
+    let pid = h.pids()[0];
+    h.events.clear();
+    h.ready(pid);
+    assert!(!h.events.is_empty());
+    assert!(
+        h.events.iter().all(|e| e.event_time == wall),
+        "{:?}",
+        h.events
+    );
+}
