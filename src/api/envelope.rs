@@ -17,7 +17,7 @@ pub fn envelope(result: Result<Value, CapiError>) -> Value {
             static REFUSALS: std::sync::LazyLock<LogLimit<()>> =
                 std::sync::LazyLock::new(|| LogLimit::new(20, std::time::Duration::from_secs(10)));
             if let Some(suppressed) = REFUSALS.admit((), std::time::Instant::now()) {
-                tracing::info!(capi.code = e.code, error = %clip(&e.message), refusals.suppressed = suppressed, "control API request refused");
+                tracing::info!(capi.code = e.code.as_str(), error = %clip(&e.message), refusals.suppressed = suppressed, "control API request refused");
             }
             let mut o = Map::new();
             o.insert(

@@ -5,6 +5,7 @@
 //! rebinding page carries its own name in `Host`. Programs using the Tencent SDKs send JSON,
 //! no `Origin`, and the address they connected to.
 
+use crate::api::ErrorCode;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN};
@@ -13,7 +14,7 @@ use axum::http::{HeaderMap, Uri};
 use super::CapiError;
 
 /// The one code every refusal carries.
-const DENIED: &str = "OperationDenied";
+const DENIED: ErrorCode = ErrorCode::OperationDenied;
 
 /// The request checks for one listener.
 #[derive(Debug, Clone)]

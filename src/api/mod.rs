@@ -25,5 +25,5 @@ pub mod tc3;
 pub mod time;
 
 pub use envelope::envelope;
-pub use error::CapiError;
+pub use error::{CapiError, ErrorCode};
 pub use request::request;

@@ -1,5 +1,6 @@
 //! Reading and checking the parameters of one control API request.
 
+use crate::api::ErrorCode;
 use serde_json::{Map, Value};
 
 use super::CapiError;
@@ -20,7 +21,7 @@ impl Params {
         }
         if let Some(name) = map.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(CapiError::new(
-                "UnknownParameter",
+                ErrorCode::UnknownParameter,
                 format!("the parameter `{name}` is not recognized by this action"),
             ));
         }

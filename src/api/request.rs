@@ -1,6 +1,7 @@
 //! Reading a request: its action and parameters, in either form, refused at the door when a
 //! value could never be stored.
 
+use crate::api::ErrorCode;
 use serde_json::{Map, Value};
 
 use super::CapiError;
@@ -20,13 +21,13 @@ pub fn request(
     };
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         CapiError::new(
-            "InvalidParameter",
+            ErrorCode::InvalidParameter,
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
     let Value::Object(mut map) = value else {
         return Err(CapiError::new(
-            "InvalidParameter",
+            ErrorCode::InvalidParameter,
             "the request body must be a JSON object of the action's parameters",
         ));
     };
@@ -48,7 +49,7 @@ pub fn request(
     };
     if let Some(at) = nul_at(&map, "") {
         return Err(CapiError::new(
-            "InvalidParameter",
+            ErrorCode::InvalidParameter,
             format!(
                 "the parameter `{at}` holds a NUL character (U+0000): no value may, since none can be stored"
             ),

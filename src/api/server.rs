@@ -3,6 +3,7 @@
 //! within the connection bounds, with every request checked by [`Guard`] and, when a keys file
 //! is configured, by its TC3 signature. Every answer, refusals included, is a Tencent envelope.
 
+use crate::api::ErrorCode;
 use std::sync::Arc;
 
 use axum::Router;
@@ -206,7 +207,7 @@ impl<H: Handler> Door<H> {
             Ok(body) => body,
             Err(e) => {
                 return envelope(Err(CapiError::new(
-                    "InvalidParameter",
+                    ErrorCode::InvalidParameter,
                     format!(
                         "the request body cannot be read: {e} (at most {MAX_BODY_BYTES} bytes)"
                     ),
@@ -278,7 +279,7 @@ fn permitted(
         .unwrap_or_default();
     policy
         .decide(action, &tc3::policy::resources_of(action, &params))
-        .map_err(|d| CapiError::new("UnauthorizedOperation", d.to_string()))
+        .map_err(|d| CapiError::new(ErrorCode::UnauthorizedOperation, d.to_string()))
 }
 
 /// `POST /` and `POST /capi`: the path says the form.
@@ -305,7 +306,7 @@ async fn api<H: Handler>(
 /// Any other method or path: a Tencent envelope saying what is served.
 async fn not_served(method: Method, uri: Uri) -> axum::Json<Value> {
     axum::Json(envelope(Err(CapiError::new(
-        "InvalidParameter",
+        ErrorCode::InvalidParameter,
         format!(
             "{method} {} is not served: use POST / (Tencent Cloud API 3.0, X-TC-Action) or POST /capi (GSE Local)",
             uri.path()

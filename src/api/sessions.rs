@@ -2,6 +2,8 @@
 //! the players of a join), each checked against GSE's limits by one rule, the refusal naming
 //! the parameter.
 
+use crate::api::ErrorCode;
+
 /// A value outside GSE's limits: `invalid PARAM: why`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {param}: {message}")]
@@ -14,7 +16,7 @@ pub struct Invalid {
 
 impl From<Invalid> for super::CapiError {
     fn from(e: Invalid) -> Self {
-        Self::new("InvalidParameterValue", e.to_string())
+        Self::new(ErrorCode::InvalidParameterValue, e.to_string())
     }
 }
 

@@ -2,6 +2,7 @@
 //! claimed by one replica at a time; where a placement may go is [`super::choice`]'s pure
 //! answer.
 
+use crate::api::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -262,7 +263,7 @@ async fn step(api: &ControlApi, c: &mut Claimed) -> Result<Moved, CapiError> {
                 save_result(api, c).await?;
                 return Ok(Moved::WaitsForActive);
             }
-            Err(e) if e.code == "LimitExceeded" => continue,
+            Err(e) if e.code == ErrorCode::LimitExceeded => continue,
             Err(e) => {
                 finish(api, c, Status::Failed, json!({"Reason": e.message})).await?;
                 return Ok(Moved::Done);

@@ -1,6 +1,7 @@
 //! The alias actions (CreateAlias, DescribeAlias, ListAliases, UpdateAlias, DeleteAlias,
 //! ResolveAlias) and the resolution every `AliasId` parameter goes through.
 
+use crate::api::ErrorCode;
 use serde_json::{Map, Value, json};
 
 use super::{Capi, CapiError, unexpected};
@@ -21,7 +22,7 @@ impl Capi {
             ControlReply::Alias(a) => match a.routing {
                 Routing::Simple { fleet_id } => Ok(fleet_id),
                 Routing::Terminal { message } => Err(CapiError::new(
-                    "OperationDenied",
+                    ErrorCode::OperationDenied,
                     format!("alias {alias_id} is TERMINAL: {message}"),
                 )),
             },

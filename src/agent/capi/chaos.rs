@@ -8,6 +8,7 @@
 //! FailGameServerSessionStart, default 1).
 //! The answer names the process the fault went to and the code of the event it made.
 
+use crate::api::ErrorCode;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ impl Capi {
         let p = Params::new(map, PARAMS)?;
         let name = p.str("Fault", 64)?;
         if !self.cfg.chaos {
-            return Err(CapiError::new("OperationDenied", CHAOS_OFF));
+            return Err(CapiError::new(ErrorCode::OperationDenied, CHAOS_OFF));
         }
         let fault = match name.as_str() {
             "KillProcess" => Fault::Kill {
@@ -112,7 +113,7 @@ impl Capi {
     fn cut_upstream(&self, duration: Duration) -> Result<Value, CapiError> {
         let Some(cut) = &self.link_cut else {
             return Err(CapiError::new(
-                "OperationDenied",
+                ErrorCode::OperationDenied,
                 "this agent has no upstream link to cut: its config has no `upstream:` section",
             ));
         };
@@ -201,7 +202,7 @@ mod tests {
         assert_eq!(signal("segv").unwrap(), Signal::SIGSEGV);
         assert_eq!(signal("9").unwrap(), Signal::SIGKILL);
         let e = signal("SIGNOPE").unwrap_err();
-        assert_eq!(e.code, "InvalidParameterValue");
+        assert_eq!(e.code, ErrorCode::InvalidParameterValue);
         assert!(e.message.contains("SIGNOPE"), "{}", e.message);
         assert!(signal("0").is_err());
     }

@@ -1,6 +1,7 @@
 //! The host and fleet actions: what runs here and under which configuration, in the SDK's
 //! models. On one host there is one fleet (`fleet-id`) and one instance (`instance-id`).
 
+use crate::api::ErrorCode;
 use serde_json::{Map, Value, json};
 
 use super::{Capi, CapiError, unexpected, view};
@@ -30,7 +31,7 @@ impl Capi {
         for f in p.fleet_ids()?.into_iter().flatten() {
             if f != self.cfg.fleet_id {
                 return Err(CapiError::new(
-                    "ResourceNotFound",
+                    ErrorCode::ResourceNotFound,
                     format!(
                         "fleet {f} does not exist on this host (it runs {})",
                         self.cfg.fleet_id
@@ -48,7 +49,7 @@ impl Capi {
         }
         match p.opt_str("InstanceId", 128)? {
             Some(i) if i != self.cfg.instance_id => Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!(
                     "instance {i} is not this host (it is {})",
                     self.cfg.instance_id

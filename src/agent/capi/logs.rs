@@ -3,6 +3,7 @@
 //! at the listener the request came to (or `log-archives.url-base`) and expires after
 //! `log-archives.url-expiry`.
 
+use crate::api::ErrorCode;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
@@ -74,7 +75,7 @@ impl Capi {
             && instance != self.cfg.instance_id
         {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!(
                     "instance {instance} is not this host (it is {})",
                     self.cfg.instance_id
@@ -85,7 +86,7 @@ impl Capi {
             && ip != self.cfg.client_ip()
         {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!(
                     "no instance of this host has the IP {ip} (it has {})",
                     self.cfg.client_ip()

@@ -18,6 +18,7 @@ pub mod view;
 pub use crate::api::CapiError;
 pub use serve::serve;
 
+use crate::api::ErrorCode;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -139,14 +140,14 @@ impl Capi {
             "DescribeAgentStatus" => self.describe_agent_status(map, host).await,
             "InjectFault" => self.inject_fault(map).await,
             other if unsupported::instead(other).is_some() => Err(CapiError::new(
-                "UnsupportedOperation",
+                ErrorCode::UnsupportedOperation,
                 format!(
                     "{other} is a GSE cloud action with no meaning on a self-hosted host: {}",
                     unsupported::instead(other).unwrap_or_default()
                 ),
             )),
             other => Err(CapiError::new(
-                "InvalidAction",
+                ErrorCode::InvalidAction,
                 format!(
                     "the action `{other}` does not exist; supported: {}",
                     ACTIONS.join(", ")
@@ -173,7 +174,7 @@ impl Capi {
         };
         if fleet != self.cfg.fleet_id {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!(
                     "fleet {fleet} does not exist on this host (it runs {})",
                     self.cfg.fleet_id
@@ -338,7 +339,7 @@ impl Capi {
                     }
                     (None, _) => {
                         return Err(CapiError::new(
-                            "ResourceNotFound",
+                            ErrorCode::ResourceNotFound,
                             format!("no live game server session at {ip}:{port} on this host"),
                         ));
                     }
@@ -452,7 +453,7 @@ impl Capi {
         .await
         .map_err(|e| {
             CapiError::new(
-                "InternalError",
+                ErrorCode::InternalError,
                 format!("sampling the processes failed: {e}"),
             )
         })?;
@@ -518,13 +519,18 @@ pub const ACTIONS: &[&str] = &[
 ];
 
 fn unexpected(reply: &ControlReply) -> CapiError {
-    CapiError::new("InternalError", format!("unexpected fleet reply {reply:?}"))
+    CapiError::new(
+        ErrorCode::InternalError,
+        format!("unexpected fleet reply {reply:?}"),
+    )
 }
 
 impl From<HandleError> for CapiError {
     fn from(e: HandleError) -> Self {
         match e {
-            HandleError::Stopped => Self::new("OperationDenied", "the agent is shutting down"),
+            HandleError::Stopped => {
+                Self::new(ErrorCode::OperationDenied, "the agent is shutting down")
+            }
             HandleError::Fleet(f) => Self::new(f.tencent_code(), f.to_string()),
         }
     }

@@ -1,6 +1,7 @@
 //! The fleet's inputs and outputs: the typed calls and commands it accepts, the effects it
 //! asks the actor to perform, and its views and errors.
 
+use crate::api::ErrorCode;
 use std::time::Duration;
 
 use crate::agent::event::{Change, Event};
@@ -402,7 +403,7 @@ pub enum FleetError {
     #[error("{message}")]
     Rule {
         /// The Tencent Cloud API error code.
-        code: &'static str,
+        code: ErrorCode,
         /// Why.
         message: String,
     },
@@ -443,14 +444,14 @@ impl From<crate::api::sessions::Invalid> for FleetError {
 
 impl FleetError {
     /// The Tencent Cloud API error code of this refusal, for every door that reports one.
-    pub fn tencent_code(&self) -> &'static str {
+    pub fn tencent_code(&self) -> ErrorCode {
         match self {
-            Self::NotFound { .. } => "ResourceNotFound",
-            Self::Invalid { .. } => "InvalidParameterValue",
-            Self::Denied(_) => "OperationDenied",
-            Self::Limit(_) => "LimitExceeded",
-            Self::Rule { code, .. } => code,
-            Self::UnknownPid(_) => "InternalError",
+            Self::NotFound { .. } => ErrorCode::ResourceNotFound,
+            Self::Invalid { .. } => ErrorCode::InvalidParameterValue,
+            Self::Denied(_) => ErrorCode::OperationDenied,
+            Self::Limit(_) => ErrorCode::LimitExceeded,
+            Self::Rule { code, .. } => *code,
+            Self::UnknownPid(_) => ErrorCode::InternalError,
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::agent::config::Config;
 use crate::agent::fleet::actor::HandleError;
 use crate::agent::fleet::{Control, ControlReply, FleetError, FleetHandle};
 use crate::agent::package;
+use crate::api::ErrorCode;
 use crate::api::sessions::{NewPlayer, NewSession, SessionUpdate};
 use crate::upstream_proto as up;
 use up::command::Kind;
@@ -29,14 +30,14 @@ async fn deploy(
     fleet: &FleetHandle,
     cfg: &Config,
     d: up::DeployBuild,
-) -> Result<ControlReply, (&'static str, String)> {
+) -> Result<ControlReply, (ErrorCode, String)> {
     let _one = DEPLOYING.lock().await;
     let location = d.location.strip_prefix("file://").unwrap_or(&d.location);
     let path = if location.starts_with("http://") || location.starts_with("https://") {
         download(location, cfg, d.sha256.trim()).await?
     } else if location.contains("://") {
         return Err((
-            "UnsupportedOperation",
+            ErrorCode::UnsupportedOperation,
             format!(
                 "DeployBuild takes a path, a file:// URL or an http(s) URL, not {:?}",
                 d.location
@@ -49,17 +50,17 @@ async fn deploy(
     let hash = tokio::task::spawn_blocking(move || package::content_hash(&p))
         .await
         .map_err(|e| (super::INTERNAL_ERROR, e.to_string()))?
-        .map_err(|e| ("InvalidParameterValue", e.to_string()))?;
+        .map_err(|e| (ErrorCode::InvalidParameterValue, e.to_string()))?;
     if !hash.eq_ignore_ascii_case(d.sha256.trim()) {
         return Err((
-            "InvalidParameterValue",
+            ErrorCode::InvalidParameterValue,
             format!("the build's sha256 is {hash}, not {}", d.sha256.trim()),
         ));
     }
     let plan = crate::agent::package::Plan::for_config(cfg, path.clone());
     package::install(&plan, &package::System)
         .await
-        .map_err(|e| ("OperationDenied", e.to_string()))?;
+        .map_err(|e| (ErrorCode::OperationDenied, e.to_string()))?;
     // Older downloads are not needed once a build is live (it lives in builds/).
     let downloads = cfg.data_dir.join("downloads");
     if path.starts_with(&downloads) {
@@ -79,7 +80,10 @@ async fn deploy(
     }
     fleet.control(Control::Redeploy).await.map_err(|e| match e {
         HandleError::Fleet(f) => (f.tencent_code(), f.to_string()),
-        HandleError::Stopped => ("OperationDenied", "the agent is shutting down".into()),
+        HandleError::Stopped => (
+            ErrorCode::OperationDenied,
+            "the agent is shutting down".into(),
+        ),
     })
 }
 
@@ -89,14 +93,18 @@ async fn download(
     url: &str,
     cfg: &Config,
     sha256: &str,
-) -> Result<std::path::PathBuf, (&'static str, String)> {
+) -> Result<std::path::PathBuf, (ErrorCode, String)> {
     use sha2::{Digest, Sha256};
     use tokio::io::AsyncWriteExt;
-    let failed =
-        |e: &dyn std::fmt::Display| ("OperationDenied", format!("cannot download {url}: {e}"));
+    let failed = |e: &dyn std::fmt::Display| {
+        (
+            ErrorCode::OperationDenied,
+            format!("cannot download {url}: {e}"),
+        )
+    };
     if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err((
-            "InvalidParameterValue",
+            ErrorCode::InvalidParameterValue,
             format!("sha256 {sha256:?} is not 64 hex digits"),
         ));
     }
@@ -133,7 +141,7 @@ async fn download(
             bytes += chunk.len() as u64;
             if bytes > limit {
                 return Err((
-                    "LimitExceeded",
+                    ErrorCode::LimitExceeded,
                     format!("{url} is larger than package.max-bytes ({limit} bytes)"),
                 ));
             }
@@ -147,7 +155,7 @@ async fn download(
             .collect();
         if !got.eq_ignore_ascii_case(sha256) {
             return Err((
-                "InvalidParameterValue",
+                ErrorCode::InvalidParameterValue,
                 format!("the download's sha256 is {got}, not {sha256}"),
             ));
         }
@@ -217,7 +225,11 @@ pub fn to_control(kind: Kind, game_root: &std::path::Path) -> Result<Control, Fl
 pub async fn handle(fleet: &FleetHandle, cfg: &Config, command: up::Command) -> up::CommandResult {
     let id = command.id.clone();
     let Some(kind) = command.kind else {
-        return failure(id, "MissingParameter", "the command has no kind".into());
+        return failure(
+            id,
+            ErrorCode::MissingParameter,
+            "the command has no kind".into(),
+        );
     };
     if let Kind::DeployBuild(d) = kind {
         return match deploy(fleet, cfg, d).await {
@@ -247,9 +259,11 @@ pub async fn handle(fleet: &FleetHandle, cfg: &Config, command: up::Command) -> 
                 _ => String::new(),
             },
         },
-        Err(HandleError::Stopped) => {
-            failure(id, "OperationDenied", "the agent is shutting down".into())
-        }
+        Err(HandleError::Stopped) => failure(
+            id,
+            ErrorCode::OperationDenied,
+            "the agent is shutting down".into(),
+        ),
         Err(HandleError::Fleet(e)) => failure(id, e.tencent_code(), e.to_string()),
     }
 }

@@ -10,13 +10,14 @@ pub mod outbox;
 pub mod relay;
 pub mod snapshot;
 
+use crate::api::ErrorCode;
 use crate::upstream_proto as up;
 
 /// Tencent's code for the agent's own faults (an interrupted command, a failing ledger).
-const INTERNAL_ERROR: &str = "InternalError";
+const INTERNAL_ERROR: ErrorCode = ErrorCode::InternalError;
 
 /// A failed command result.
-fn failure(id: impl Into<String>, code: &str, message: String) -> up::CommandResult {
+fn failure(id: impl Into<String>, code: ErrorCode, message: String) -> up::CommandResult {
     up::CommandResult {
         command_id: id.into(),
         ok: false,

@@ -337,7 +337,7 @@ fn run_as_step(
     unpacked: &package::Unpacked,
     accounts: &(dyn Accounts + Sync),
 ) -> (Result<(Status, String), Failure>, Option<RunAs>) {
-    match package::run_as(&plan, &unpacked, accounts) {
+    match package::run_as(plan, unpacked, accounts) {
         Ok(Some(r)) => (
             Ok((
                 Status::Passed,

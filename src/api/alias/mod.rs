@@ -3,6 +3,7 @@
 
 pub mod wire;
 
+use crate::api::ErrorCode;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -83,12 +84,12 @@ pub enum AliasError {
 
 impl AliasError {
     /// The Tencent Cloud API error code GSE answered it with.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::api::ErrorCode {
         match self {
-            Self::Invalid { .. } => "InvalidParameterValue",
-            Self::Missing(_) => "MissingParameter",
-            Self::NotFound(_) => "ResourceNotFound",
-            Self::Full => "LimitExceeded",
+            Self::Invalid { .. } => ErrorCode::InvalidParameterValue,
+            Self::Missing(_) => ErrorCode::MissingParameter,
+            Self::NotFound(_) => ErrorCode::ResourceNotFound,
+            Self::Full => ErrorCode::LimitExceeded,
         }
     }
 }
@@ -229,9 +230,9 @@ mod tests {
         let made = put(None, 0, new(Some("a")), || "alias-1".into(), now).unwrap();
         assert_eq!((made.id.as_str(), made.name.as_str()), ("alias-1", "a"));
         let full = put(None, MAX_ALIASES, new(Some("b")), || "alias-2".into(), now).unwrap_err();
-        assert_eq!(full.code(), "LimitExceeded");
+        assert_eq!(full.code(), ErrorCode::LimitExceeded);
         let unnamed = put(None, 1, new(None), || "alias-3".into(), now).unwrap_err();
-        assert_eq!(unnamed.code(), "MissingParameter");
+        assert_eq!(unnamed.code(), ErrorCode::MissingParameter);
         let gone = AliasInput {
             id: Some("alias-9".into()),
             ..Default::default()
@@ -239,7 +240,7 @@ mod tests {
         let e = put(None, 1, gone, String::new, now).unwrap_err();
         assert_eq!(
             (e.code(), e.to_string().as_str()),
-            ("ResourceNotFound", "alias alias-9 does not exist")
+            (ErrorCode::ResourceNotFound, "alias alias-9 does not exist")
         );
         let later = now + std::time::Duration::from_secs(5);
         let renamed = AliasInput {

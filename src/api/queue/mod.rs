@@ -3,6 +3,7 @@
 
 pub mod wire;
 
+use crate::api::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// Queues kept at most.
@@ -150,12 +151,12 @@ pub enum PutError {
 impl PutError {
     /// The Tencent Cloud API error code GSE answered it with (a name that is taken is
     /// `ResourceInUse`, "the resource is occupied").
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::api::ErrorCode {
         match self {
-            Self::Invalid { .. } => "InvalidParameterValue",
-            Self::Exists(_) => "ResourceInUse",
-            Self::NotFound(_) => "ResourceNotFound",
-            Self::Full => "LimitExceeded",
+            Self::Invalid { .. } => ErrorCode::InvalidParameterValue,
+            Self::Exists(_) => ErrorCode::ResourceInUse,
+            Self::NotFound(_) => ErrorCode::ResourceNotFound,
+            Self::Full => ErrorCode::LimitExceeded,
         }
     }
 }
@@ -226,14 +227,14 @@ mod tests {
         let again = put(Some(made.clone()), 1, input("q1"), true).unwrap_err();
         assert_eq!(
             (again.code(), again.to_string().as_str()),
-            ("ResourceInUse", "queue q1 already exists")
+            (ErrorCode::ResourceInUse, "queue q1 already exists")
         );
         let full = put(None, MAX_QUEUES, input("q2"), true).unwrap_err();
-        assert_eq!(full.code(), "LimitExceeded");
+        assert_eq!(full.code(), ErrorCode::LimitExceeded);
         let missing = put(None, 1, input("q3"), false).unwrap_err();
-        assert_eq!(missing.code(), "ResourceNotFound");
+        assert_eq!(missing.code(), ErrorCode::ResourceNotFound);
         let bad = put(None, 0, input("no spaces"), true).unwrap_err();
-        assert_eq!(bad.code(), "InvalidParameterValue");
+        assert_eq!(bad.code(), ErrorCode::InvalidParameterValue);
         let changed = put(
             Some(made),
             1,

@@ -2,6 +2,7 @@
 
 use super::{self as search, Subject};
 use crate::api::CapiError;
+use crate::api::ErrorCode;
 use crate::api::params::Params;
 
 /// SearchGameServerSessions' parameters other than the fleet.
@@ -28,7 +29,7 @@ impl SearchRequest {
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100) as usize;
         let syntax = |name: &'static str| {
             move |e: search::SyntaxError| {
-                CapiError::new("InvalidParameterValue", format!("`{name}` {e}"))
+                CapiError::new(ErrorCode::InvalidParameterValue, format!("`{name}` {e}"))
             }
         };
         let filter = p

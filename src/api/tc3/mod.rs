@@ -8,6 +8,7 @@ pub mod keys;
 pub mod policy;
 pub mod sign;
 
+use crate::api::ErrorCode;
 use sign::Signed;
 
 /// The service name in the credential scope.
@@ -53,12 +54,12 @@ pub enum AuthError {
 
 impl AuthError {
     /// Tencent's error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::api::ErrorCode {
         match self {
-            Self::InvalidAuthorization(_) => "AuthFailure.InvalidAuthorization",
-            Self::SecretIdNotFound(_) => "AuthFailure.SecretIdNotFound",
-            Self::SignatureFailure(_) => "AuthFailure.SignatureFailure",
-            Self::SignatureExpire { .. } => "AuthFailure.SignatureExpire",
+            Self::InvalidAuthorization(_) => ErrorCode::AuthFailureInvalidAuthorization,
+            Self::SecretIdNotFound(_) => ErrorCode::AuthFailureSecretIdNotFound,
+            Self::SignatureFailure(_) => ErrorCode::AuthFailureSignatureFailure,
+            Self::SignatureExpire { .. } => ErrorCode::AuthFailureSignatureExpire,
         }
     }
 }
@@ -340,11 +341,11 @@ mod tests {
         let code = |r: Result<String, AuthError>| r.unwrap_err().code();
         assert_eq!(
             code(run(headers(&auth, &ts), b"{}", NOW)),
-            "AuthFailure.SignatureFailure"
+            ErrorCode::AuthFailureSignatureFailure
         );
         assert_eq!(
             code(run(headers(&auth, &ts), body, NOW + 301)),
-            "AuthFailure.SignatureExpire"
+            ErrorCode::AuthFailureSignatureExpire
         );
         assert_eq!(
             code(run(
@@ -352,7 +353,7 @@ mod tests {
                 body,
                 NOW
             )),
-            "AuthFailure.SecretIdNotFound"
+            ErrorCode::AuthFailureSecretIdNotFound
         );
         for bad in [
             "",
@@ -367,13 +368,16 @@ mod tests {
             }
             assert_eq!(
                 code(run(h, body, NOW)),
-                "AuthFailure.InvalidAuthorization",
+                ErrorCode::AuthFailureInvalidAuthorization,
                 "{bad:?}"
             );
         }
         // Another host than the one signed.
         let mut h = headers(&auth, &ts);
         h[2].1 = "127.0.0.1:9090".into();
-        assert_eq!(code(run(h, body, NOW)), "AuthFailure.SignatureFailure");
+        assert_eq!(
+            code(run(h, body, NOW)),
+            ErrorCode::AuthFailureSignatureFailure
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Aliases across the control plane, stored in the database, in the same model and checks as
 //! the agent's.
 
+use crate::api::ErrorCode;
 use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error};
@@ -12,7 +13,7 @@ use crate::api::params::Params;
 fn decode(v: Value) -> Result<Alias, CapiError> {
     serde_json::from_value(v).map_err(|e| {
         CapiError::new(
-            "InternalError",
+            ErrorCode::InternalError,
             format!("a stored alias does not decode: {e}"),
         )
     })
@@ -28,7 +29,7 @@ impl ControlApi {
         match row {
             Some(r) => decode(r.get(0)),
             None => Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("alias {id} does not exist"),
             )),
         }
@@ -39,15 +40,15 @@ impl ControlApi {
         match self.alias(alias_id).await?.routing {
             Routing::Simple { fleet_id } => Ok(fleet_id),
             Routing::Terminal { message } => Err(CapiError::new(
-                "OperationDenied",
+                ErrorCode::OperationDenied,
                 format!("alias {alias_id} is TERMINAL: {message}"),
             )),
         }
     }
 
     async fn store_alias(&self, a: &Alias) -> Result<Value, CapiError> {
-        let body =
-            serde_json::to_value(a).map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+        let body = serde_json::to_value(a)
+            .map_err(|e| CapiError::new(ErrorCode::InternalError, e.to_string()))?;
         let db = self.db().await?;
         db.execute(
             "INSERT INTO aliases (alias_id, body) VALUES ($1, $2)
@@ -115,7 +116,7 @@ impl ControlApi {
             .map_err(db_error("deleting an alias"))?;
         if n == 0 {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("alias {id} does not exist"),
             ));
         }

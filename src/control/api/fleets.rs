@@ -1,6 +1,7 @@
 //! Fleets and instances: the fleet ids agents announced, the hosts that run them, and what the
 //! API sets on them (name, runtime configuration, reserve, weight, build roll-outs).
 
+use crate::api::ErrorCode;
 use serde_json::{Map, Value, json};
 use tokio_postgres::Row;
 
@@ -140,7 +141,7 @@ impl ControlApi {
             || p.raw("GameServerSessionProtectionTimeLimit").is_some()
         {
             return Err(CapiError::new(
-                "UnsupportedOperation",
+                ErrorCode::UnsupportedOperation,
                 "the protection policy is each host's agent.yaml `protection`; set it there",
             ));
         }
@@ -361,7 +362,7 @@ impl ControlApi {
             .map_err(db_error("reading an instance"))?;
         if found.is_none() {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("instance {instance} is not a host of fleet {fleet}"),
             ));
         }
@@ -407,7 +408,7 @@ impl ControlApi {
             .map_err(db_error("removing an instance"))?;
         if removed == 0 {
             return Err(CapiError::new(
-                "OperationDenied",
+                ErrorCode::OperationDenied,
                 format!("instance {instance} is connected: stop its agent first"),
             ));
         }
@@ -503,7 +504,7 @@ impl ControlApi {
             .get(0);
         let Some(text) = stored else {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!(
                     "no runtime configuration was set for fleet {fleet} through gse-control; each host runs its agent.yaml's (DescribeRuntimeConfiguration on a host's agent shows it)"
                 ),

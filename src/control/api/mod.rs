@@ -8,6 +8,7 @@ mod fleets;
 mod queues;
 mod sessions;
 
+use crate::api::ErrorCode;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -145,7 +146,7 @@ impl ControlApi {
             "RemoveInstance" => self.remove_instance(map).await,
             "DescribeAuditRecords" => self.describe_audit(map).await,
             other => Err(CapiError::new(
-                "InvalidAction",
+                ErrorCode::InvalidAction,
                 format!(
                     "the action `{other}` is not served by gse-control; supported: {}",
                     ACTIONS.join(", ")
@@ -183,7 +184,7 @@ impl ControlApi {
                 .insert(fleet.clone());
         } else {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("fleet {fleet} does not exist: no agent of it ever connected"),
             ));
         }
@@ -194,7 +195,7 @@ impl ControlApi {
         self.pool.get().await.map_err(|e| {
             tracing::error!(error = %e, "the database is unreachable");
             CapiError::new(
-                "InternalError",
+                ErrorCode::InternalError,
                 "the control plane's database is unreachable (the replica's log says why)",
             )
         })
@@ -213,7 +214,7 @@ impl ControlApi {
         }
         serde_json::from_str(&r.response_json).map_err(|e| {
             CapiError::new(
-                "InternalError",
+                ErrorCode::InternalError,
                 format!("instance {instance} answered with JSON that does not parse: {e}"),
             )
         })
@@ -242,34 +243,31 @@ fn refusal(r: &up::CommandResult) -> Result<(), CapiError> {
 }
 
 /// One of Tencent's codes the agent uses (another string becomes `FailedOperation`).
-fn tencent_code(code: &str) -> &'static str {
-    const CODES: &[&str] = &[
-        "ResourceNotFound",
-        "InvalidParameterValue",
-        "InvalidParameter",
-        "MissingParameter",
-        "OperationDenied",
-        "LimitExceeded",
-        "InternalError",
-        "UnsupportedOperation",
-        "ResourceUnavailable",
-    ];
-    CODES
-        .iter()
-        .find(|c| **c == code)
-        .copied()
-        .unwrap_or("FailedOperation")
+fn tencent_code(code: &str) -> ErrorCode {
+    ErrorCode::parse(code)
+        .filter(|c| {
+            !matches!(
+                c,
+                ErrorCode::AuthFailure
+                    | ErrorCode::AuthFailureInvalidAuthorization
+                    | ErrorCode::AuthFailureSecretIdNotFound
+                    | ErrorCode::AuthFailureSignatureExpire
+                    | ErrorCode::AuthFailureSignatureFailure
+                    | ErrorCode::UnauthorizedOperation
+            )
+        })
+        .unwrap_or(ErrorCode::FailedOperation)
 }
 
 fn hub_error(e: HubError) -> CapiError {
     match e {
-        HubError::NotConnected(_) => CapiError::new("ResourceUnavailable", e.to_string()),
-        HubError::Timeout { .. } => CapiError::new("FailedOperation", e.to_string()),
+        HubError::NotConnected(_) => CapiError::new(ErrorCode::ResourceUnavailable, e.to_string()),
+        HubError::Timeout { .. } => CapiError::new(ErrorCode::FailedOperation, e.to_string()),
         // The command may have been queued for the host: its outcome is unknown.
         HubError::Db(d) => {
             tracing::error!(error = %d, "a command's database step failed");
             CapiError::new(
-                "FailedOperation",
+                ErrorCode::FailedOperation,
                 "the command's outcome is unknown: the control plane's database failed (the replica's log says why)",
             )
         }
@@ -281,7 +279,7 @@ pub(crate) fn write_error(step: &'static str) -> impl FnOnce(DbError) -> CapiErr
     move |e| {
         tracing::error!(error = %e, "a database write failed");
         CapiError::new(
-            "InternalError",
+            ErrorCode::InternalError,
             format!(
                 "the control plane's database failed while {step} (the replica's log says why)"
             ),
@@ -296,7 +294,7 @@ pub(crate) fn db_error(step: &'static str) -> impl FnOnce(tokio_postgres::Error)
         let e = DbError::Query { step, source: e };
         tracing::error!(error = %e, "a database statement failed");
         CapiError::new(
-            "InternalError",
+            ErrorCode::InternalError,
             format!(
                 "the control plane's database failed while {step} (the replica's log says why)"
             ),

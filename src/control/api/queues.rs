@@ -1,6 +1,7 @@
 //! Queues and placements across fleets, stored in the database; the placement worker
 //! ([`crate::control::placement`]) moves them on.
 
+use crate::api::ErrorCode;
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
@@ -51,7 +52,7 @@ impl ControlApi {
         row.map(|r| {
             serde_json::from_value(r.get(0)).map_err(|e| {
                 CapiError::new(
-                    "InternalError",
+                    ErrorCode::InternalError,
                     format!("a stored queue does not decode: {e}"),
                 )
             })
@@ -111,7 +112,7 @@ impl ControlApi {
     pub(crate) async fn count_queue(&self, queue: &str, column: &str) -> Result<(), CapiError> {
         if !STATS.iter().any(|(c, _)| *c == column) {
             return Err(CapiError::new(
-                "InternalError",
+                ErrorCode::InternalError,
                 format!("no queue figure {column}"),
             ));
         }
@@ -180,7 +181,7 @@ impl ControlApi {
             .get(0);
         let queue = crate::api::queue::put(existing, count as usize, input, create)?;
         let body = serde_json::to_value(&queue)
-            .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+            .map_err(|e| CapiError::new(ErrorCode::InternalError, e.to_string()))?;
         let db = self.db().await?;
         db.execute(
             "INSERT INTO queues (name, body) VALUES ($1, $2)
@@ -213,7 +214,7 @@ impl ControlApi {
         let mut shown = Vec::new();
         for r in &rows {
             let q: Queue = serde_json::from_value(r.get(0))
-                .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+                .map_err(|e| CapiError::new(ErrorCode::InternalError, e.to_string()))?;
             shown.push(self.queue_view(&q).await?);
         }
         Ok(json!({"GameServerSessionQueues": shown, "TotalCount": total}))
@@ -266,7 +267,7 @@ impl ControlApi {
             .map_err(db_error("deleting a queue"))?;
         if n == 0 {
             return Err(CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("queue {name} does not exist"),
             ));
         }
@@ -283,14 +284,14 @@ impl ControlApi {
             .map_err(|(param, message)| CapiError::value(param, message))?;
         let queue = self.queue(&request.queue).await?.ok_or_else(|| {
             CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("queue {} does not exist", request.queue),
             )
         })?;
         let start = now_ms();
         let deadline = start + i64::from(queue.timeout_secs) * 1000;
         let body = serde_json::to_value(&request)
-            .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+            .map_err(|e| CapiError::new(ErrorCode::InternalError, e.to_string()))?;
         let db = self.db().await?;
         let n = db
             .execute(
@@ -302,7 +303,7 @@ impl ControlApi {
             .map_err(db_error("starting a placement"))?;
         if n == 0 {
             return Err(CapiError::new(
-                "InvalidParameterValue",
+                ErrorCode::InvalidParameterValue,
                 format!(
                     "the parameter `PlacementId` {:?} is already in use",
                     request.id
@@ -327,10 +328,10 @@ impl ControlApi {
             .await
             .map_err(db_error("reading a placement"))?
             .ok_or_else(|| {
-                CapiError::new("ResourceNotFound", format!("placement {id} does not exist"))
+                CapiError::new(ErrorCode::ResourceNotFound, format!("placement {id} does not exist"))
             })?;
         let request: PlacementRequest = serde_json::from_value(row.get(0))
-            .map_err(|e| CapiError::new("InternalError", e.to_string()))?;
+            .map_err(|e| CapiError::new(ErrorCode::InternalError, e.to_string()))?;
         let status = status_of(row.get::<_, &str>(1));
         let result: Value = row.get(2);
         let text = |k: &str| {

@@ -4,6 +4,7 @@
 
 mod create;
 
+use crate::api::ErrorCode;
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
@@ -57,7 +58,7 @@ impl ControlApi {
             .map_err(db_error("reading a session"))?;
         row.map(|r| r.get(0)).ok_or_else(|| {
             CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("game server session {gss} does not exist"),
             )
         })
@@ -75,7 +76,7 @@ impl ControlApi {
             .map_err(db_error("finding a session's host"))?;
         row.map(|r| r.get(0)).ok_or_else(|| {
             CapiError::new(
-                "ResourceNotFound",
+                ErrorCode::ResourceNotFound,
                 format!("game server session {gss} does not exist"),
             )
         })
@@ -294,7 +295,7 @@ impl ControlApi {
                     [one] => one.get(0),
                     [] => {
                         return Err(CapiError::new(
-                            "ResourceNotFound",
+                            ErrorCode::ResourceNotFound,
                             format!("no live game server session at {ip}:{port}"),
                         ));
                     }

@@ -2,6 +2,7 @@
 //! spreading, honouring reserve and weight), the command sent down its stream, and the
 //! idempotency token that makes a retry find the first request's session.
 
+use crate::api::ErrorCode;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -25,7 +26,11 @@ const PICK_RETRY: Duration = Duration::from_millis(1);
 /// ...and at most this.
 const PICK_RETRY_MAX: Duration = Duration::from_millis(16);
 /// A host's refusals that mean nothing was made there: the next host is tried.
-const NEXT_HOST: &[&str] = &["LimitExceeded", "OperationDenied", "ResourceUnavailable"];
+const NEXT_HOST: &[ErrorCode] = &[
+    ErrorCode::LimitExceeded,
+    ErrorCode::OperationDenied,
+    ErrorCode::ResourceUnavailable,
+];
 /// A retry with the token of a request still under way waits this long for it at most...
 const CLAIM_WAIT: Duration = Duration::from_secs(15);
 /// ...polling this often.
@@ -106,7 +111,7 @@ impl ControlApi {
                 Claim::Sent(_, _, false) | Claim::Waiting => {
                     if tokio::time::Instant::now() > deadline {
                         return Err(CapiError::new(
-                            "FailedOperation",
+                            ErrorCode::FailedOperation,
                             format!(
                                 "a request with IdempotencyToken {token:?} is still under way; try again"
                             ),
@@ -169,7 +174,7 @@ impl ControlApi {
             (Some(instance), Some(command)) => {
                 let command = prost::Message::decode(command.as_slice()).map_err(|e| {
                     CapiError::new(
-                        "InternalError",
+                        ErrorCode::InternalError,
                         format!("a stored command does not decode: {e}"),
                     )
                 })?;
@@ -214,7 +219,7 @@ impl ControlApi {
                 if still_ours == 0 {
                     self.uncount(&instance).await;
                     return Err(CapiError::new(
-                        "FailedOperation",
+                        ErrorCode::FailedOperation,
                         format!(
                             "another request took IdempotencyToken {token:?} over; retry to get its session"
                         ),
@@ -229,7 +234,7 @@ impl ControlApi {
                 // The host had no room after all (its counts were behind), is reserved or
                 // draining, or its stream is gone: nothing was made there; try the next.
                 Err(e) if NEXT_HOST.contains(&e.code) => {
-                    tracing::debug!(instance.id = %instance, code = e.code, error = %e.message, "host refused a session; trying the next");
+                    tracing::debug!(instance.id = %instance, code = e.code.as_str(), error = %e.message, "host refused a session; trying the next");
                     if recorded {
                         let db = self.db().await?;
                         db.execute(
@@ -247,7 +252,7 @@ impl ControlApi {
                     // FailedOperation: the outcome is unknown (the host may have made it): the
                     // token stays with the host and command, so a retry gets that session.
                     // Anything else was refused for a reason a retry meets again.
-                    if recorded && e.code != "FailedOperation" {
+                    if recorded && e.code != ErrorCode::FailedOperation {
                         self.release_token(token).await;
                     }
                     return Err(e);
@@ -259,14 +264,14 @@ impl ControlApi {
         }
         Err(match last {
             Some(e) => CapiError::new(
-                "LimitExceeded",
+                ErrorCode::LimitExceeded,
                 format!(
                     "no host of fleet {fleet} could take the session (last: {})",
                     e.message
                 ),
             ),
             None => CapiError::new(
-                "LimitExceeded",
+                ErrorCode::LimitExceeded,
                 format!(
                     "no host of fleet {fleet} has a free, healthy server process (connected, not lost, reserved or draining)"
                 ),
@@ -391,7 +396,7 @@ impl ControlApi {
             }
             if result.is_ok() {
                 return Err(CapiError::new(
-                    "FailedOperation",
+                    ErrorCode::FailedOperation,
                     format!(
                         "the session was created on instance {instance} but could not be recorded (the replica's log says why); retry with the same IdempotencyToken"
                     ),
