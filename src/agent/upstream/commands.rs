@@ -6,7 +6,7 @@ use crate::agent::capi::view;
 use crate::agent::config::Config;
 use crate::agent::fleet::actor::HandleError;
 use crate::agent::fleet::{Control, ControlReply, FleetError, FleetHandle};
-use crate::agent::package;
+use crate::agent::package::{self, PackageError};
 use crate::api::ErrorCode;
 use crate::api::sessions::{NewPlayer, NewSession, SessionUpdate};
 use crate::upstream_proto as up;
@@ -24,43 +24,106 @@ fn opt(s: String) -> Option<String> {
 /// One deployment at a time.
 static DEPLOYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Why a DeployBuild failed, by step; the previous build stays live.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The location is neither a path nor a file:// or http(s) URL.
+    #[error("DeployBuild takes a path, a file:// URL or an http(s) URL, not {0:?}")]
+    Location(String),
+    /// The given sha256 is not one.
+    #[error("sha256 {0:?} is not 64 hex digits")]
+    NotAHash(String),
+    /// The download failed.
+    #[error("cannot download {url}: {reason}")]
+    Download {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The download is larger than `package.max-bytes`.
+    #[error("{url} is larger than package.max-bytes ({limit} bytes)")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The build could not be read to hash it.
+    #[error(transparent)]
+    Read(PackageError),
+    /// The hashing task failed.
+    #[error("hashing the build failed: {0}")]
+    Task(String),
+    /// The build or the download is not the one named.
+    #[error("{what}'s sha256 is {got}, not {want}")]
+    Hash {
+        /// The build or the download.
+        what: &'static str,
+        /// Its hash.
+        got: String,
+        /// The hash the command named.
+        want: String,
+    },
+    /// Unpacking or install.sh failed.
+    #[error(transparent)]
+    Install(PackageError),
+    /// The fleet refused to roll its processes.
+    #[error(transparent)]
+    Redeploy(FleetError),
+    /// The agent is shutting down.
+    #[error("the agent is shutting down")]
+    Stopped,
+}
+
+impl DeployError {
+    /// The Tencent Cloud API error code the command's result carries.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Location(_) => ErrorCode::UnsupportedOperation,
+            Self::NotAHash(_) | Self::Read(_) | Self::Hash { .. } => {
+                ErrorCode::InvalidParameterValue
+            }
+            Self::TooLarge { .. } => ErrorCode::LimitExceeded,
+            Self::Task(_) => ErrorCode::InternalError,
+            Self::Download { .. } | Self::Install(_) | Self::Stopped => ErrorCode::OperationDenied,
+            Self::Redeploy(f) => f.tencent_code(),
+        }
+    }
+}
+
 /// DeployBuild: check the hash, install exactly as at start (unpack, install.sh, switch), then
 /// roll the processes. The previous build stays live on any failure.
 async fn deploy(
     fleet: &FleetHandle,
     cfg: &Config,
     d: up::DeployBuild,
-) -> Result<ControlReply, (ErrorCode, String)> {
+) -> Result<ControlReply, DeployError> {
     let _one = DEPLOYING.lock().await;
     let location = d.location.strip_prefix("file://").unwrap_or(&d.location);
     let path = if location.starts_with("http://") || location.starts_with("https://") {
         download(location, cfg, d.sha256.trim()).await?
     } else if location.contains("://") {
-        return Err((
-            ErrorCode::UnsupportedOperation,
-            format!(
-                "DeployBuild takes a path, a file:// URL or an http(s) URL, not {:?}",
-                d.location
-            ),
-        ));
+        return Err(DeployError::Location(d.location.clone()));
     } else {
         std::path::PathBuf::from(location)
     };
     let p = path.clone();
     let hash = tokio::task::spawn_blocking(move || package::content_hash(&p))
         .await
-        .map_err(|e| (super::INTERNAL_ERROR, e.to_string()))?
-        .map_err(|e| (ErrorCode::InvalidParameterValue, e.to_string()))?;
+        .map_err(|e| DeployError::Task(e.to_string()))?
+        .map_err(DeployError::Read)?;
     if !hash.eq_ignore_ascii_case(d.sha256.trim()) {
-        return Err((
-            ErrorCode::InvalidParameterValue,
-            format!("the build's sha256 is {hash}, not {}", d.sha256.trim()),
-        ));
+        return Err(DeployError::Hash {
+            what: "the build",
+            got: hash,
+            want: d.sha256.trim().to_string(),
+        });
     }
     let plan = crate::agent::package::Plan::for_config(cfg, path.clone());
     package::install(&plan, &package::System)
         .await
-        .map_err(|e| (ErrorCode::OperationDenied, e.to_string()))?;
+        .map_err(DeployError::Install)?;
     // Older downloads are not needed once a build is live (it lives in builds/).
     let downloads = cfg.data_dir.join("downloads");
     if path.starts_with(&downloads) {
@@ -79,11 +142,8 @@ async fn deploy(
         .await;
     }
     fleet.control(Control::Redeploy).await.map_err(|e| match e {
-        HandleError::Fleet(f) => (f.tencent_code(), f.to_string()),
-        HandleError::Stopped => (
-            ErrorCode::OperationDenied,
-            "the agent is shutting down".into(),
-        ),
+        HandleError::Fleet(f) => DeployError::Redeploy(f),
+        HandleError::Stopped => DeployError::Stopped,
     })
 }
 
@@ -93,20 +153,15 @@ async fn download(
     url: &str,
     cfg: &Config,
     sha256: &str,
-) -> Result<std::path::PathBuf, (ErrorCode, String)> {
+) -> Result<std::path::PathBuf, DeployError> {
     use sha2::{Digest, Sha256};
     use tokio::io::AsyncWriteExt;
-    let failed = |e: &dyn std::fmt::Display| {
-        (
-            ErrorCode::OperationDenied,
-            format!("cannot download {url}: {e}"),
-        )
+    let failed = |e: &dyn std::fmt::Display| DeployError::Download {
+        url: url.to_string(),
+        reason: e.to_string(),
     };
     if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err((
-            ErrorCode::InvalidParameterValue,
-            format!("sha256 {sha256:?} is not 64 hex digits"),
-        ));
+        return Err(DeployError::NotAHash(sha256.to_string()));
     }
     let dir = cfg.data_dir.join("downloads");
     // File work through tokio::fs: on the blocking pool, never on an async worker.
@@ -140,10 +195,10 @@ async fn download(
         while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
             bytes += chunk.len() as u64;
             if bytes > limit {
-                return Err((
-                    ErrorCode::LimitExceeded,
-                    format!("{url} is larger than package.max-bytes ({limit} bytes)"),
-                ));
+                return Err(DeployError::TooLarge {
+                    url: url.to_string(),
+                    limit,
+                });
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(|e| failed(&e))?;
@@ -154,10 +209,11 @@ async fn download(
             .map(|b| format!("{b:02x}"))
             .collect();
         if !got.eq_ignore_ascii_case(sha256) {
-            return Err((
-                ErrorCode::InvalidParameterValue,
-                format!("the download's sha256 is {got}, not {sha256}"),
-            ));
+            return Err(DeployError::Hash {
+                what: "the download",
+                got,
+                want: sha256.to_string(),
+            });
         }
         file.flush().await.map_err(|e| failed(&e))?;
         tokio::fs::rename(&part, &dest)
@@ -238,7 +294,7 @@ pub async fn handle(fleet: &FleetHandle, cfg: &Config, command: up::Command) -> 
                 ok: true,
                 ..Default::default()
             },
-            Err((code, message)) => failure(id, code, message),
+            Err(e) => failure(id, e.code(), e.to_string()),
         };
     }
     let control = match to_control(kind, &cfg.game_root) {
