@@ -125,11 +125,11 @@ pub struct SessionState {
 pub struct HostState {
     /// Every process the fleet supervises, by process id.
     pub processes: Vec<ProcessView>,
-    /// The sessions of the [`HostStateScope`].
+    /// The sessions of the [`HostStateScope`](super::HostStateScope).
     pub sessions: Vec<SessionState>,
 }
 
-/// What [`Control::DescribeStatus`] reads in one step.
+/// What [`Control::DescribeStatus`](super::Control::DescribeStatus) reads in one step.
 #[derive(Debug, Clone)]
 pub struct FleetStatus {
     /// Every live process, by process id.
@@ -140,7 +140,7 @@ pub struct FleetStatus {
     pub counters: InstanceCounters,
 }
 
-/// What the metrics read of the fleet in one step ([`Control::DescribeGauges`]): counts and
+/// What the metrics read of the fleet in one step ([`Control::DescribeGauges`](super::Control::DescribeGauges)): counts and
 /// ids, not copies of sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FleetGauges {
