@@ -89,3 +89,65 @@ pub struct Event {
     /// The fleet.
     pub resource_id: String,
 }
+
+/// `GameProperty`: one key and value of a session's game properties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GameProperty {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// `GameServerSession`: a session as the agent reports it and both halves answer with it.
+/// gse-control stores it as the agent sent it and reads it back through this type, so a field
+/// that is missing or renamed is a refusal of the stored row, never a silent 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GameServerSession {
+    /// RFC 3339.
+    pub creation_time: String,
+    /// Who created it.
+    pub creator_id: String,
+    /// Player sessions RESERVED or ACTIVE.
+    pub current_player_session_count: i64,
+    /// The DNS name game clients are given (empty: none).
+    pub dns_name: String,
+    /// The fleet.
+    pub fleet_id: String,
+    /// The game properties.
+    pub game_properties: Vec<GameProperty>,
+    /// Data for the game.
+    pub game_server_session_data: String,
+    /// `qcs::gse:<region>::gameserversession/<fleet>/<id>`.
+    pub game_server_session_id: String,
+    /// The address game clients connect to.
+    pub ip_address: String,
+    /// The matchmaker's data (empty: none).
+    pub matchmaker_data: String,
+    /// The most player sessions it takes.
+    pub maximum_player_session_count: i64,
+    /// Its name.
+    pub name: String,
+    /// `ACCEPT_ALL` or `DENY_ALL`.
+    pub player_session_creation_policy: String,
+    /// The port game clients connect to.
+    pub port: i64,
+    /// `ACTIVATING`, `ACTIVE`, `TERMINATING`, `TERMINATED`, `ERROR`.
+    pub status: String,
+    /// Why it has its status (e.g. `INTERRUPTED`; empty: none).
+    pub status_reason: String,
+    /// RFC 3339, once it ended.
+    pub termination_time: Option<String>,
+    /// The machine type.
+    pub instance_type: String,
+    /// What the game reported with ReportCustomData.
+    pub current_custom_count: i64,
+    /// The most the game reported with ReportCustomData.
+    pub max_custom_count: i64,
+    /// Its host's weight.
+    pub weight: i64,
+    /// `Enable` or `Disable`.
+    pub availability_status: String,
+}

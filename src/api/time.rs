@@ -13,6 +13,14 @@ pub fn format_time_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// The Unix milliseconds an RFC 3339 time `text` names; `None` when it is not one (or is
+/// before 1970).
+pub fn parse_millis(text: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(text).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
 /// Unix milliseconds of `t` (0 before 1970).
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)

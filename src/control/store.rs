@@ -212,8 +212,6 @@ pub fn text(v: &Value, key: &str) -> String {
 pub fn millis(v: &Value, key: &str) -> i64 {
     v.get(key)
         .and_then(Value::as_str)
-        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
+        .and_then(crate::api::time::parse_millis)
         .unwrap_or(0)
 }

@@ -47,6 +47,39 @@ fn same(name: &str, ours: Vec<String>) {
 }
 
 #[test]
+fn game_server_session_has_the_sdk_s_fields() {
+    let s = models::GameServerSession {
+        creation_time: "2026-12-07T00:00:00Z".into(),
+        creator_id: String::new(),
+        current_player_session_count: 0,
+        dns_name: String::new(),
+        fleet_id: "fleet-1".into(),
+        game_properties: vec![models::GameProperty {
+            key: "mode".into(),
+            value: "duel".into(),
+        }],
+        game_server_session_data: String::new(),
+        game_server_session_id: "qcs::gse:local::gameserversession/fleet-1/gssess-1".into(),
+        ip_address: "10.0.0.1".into(),
+        matchmaker_data: String::new(),
+        maximum_player_session_count: 4,
+        name: "match".into(),
+        player_session_creation_policy: "ACCEPT_ALL".into(),
+        port: 7777,
+        status: "ACTIVE".into(),
+        status_reason: String::new(),
+        termination_time: None,
+        instance_type: String::new(),
+        current_custom_count: 0,
+        max_custom_count: 0,
+        weight: 0,
+        availability_status: "Enable".into(),
+    };
+    same("GameServerSession", our_fields(&s));
+    same("GameProperty", our_fields(&s.game_properties[0]));
+}
+
+#[test]
 fn instance_and_event_have_the_sdk_s_fields() {
     same(
         "Instance",

@@ -12,30 +12,42 @@ use crate::api::time::format_time;
 
 /// A `GameServerSession`.
 pub fn session(s: &GameSession) -> Value {
-    json!({
-        "GameServerSessionId": s.id,
-        "FleetId": s.fleet_id,
-        "Name": s.name,
-        "CreatorId": s.creator_id,
-        "Status": s.status.as_str(),
-        "StatusReason": s.status_reason,
-        "CreationTime": format_time(s.creation_time),
-        "TerminationTime": s.termination_time.map(format_time),
-        "CurrentPlayerSessionCount": s.current_players,
-        "MaximumPlayerSessionCount": s.max_players,
-        "PlayerSessionCreationPolicy": s.policy.as_str(),
-        "GameProperties": s.game_properties.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
-        "GameServerSessionData": s.data,
-        "MatchmakerData": s.matchmaker_data,
-        "IpAddress": s.ip_address,
-        "DnsName": s.dns_name,
-        "Port": s.port,
-        "InstanceType": "localhost",
-        "Weight": 0,
-        "AvailabilityStatus": "Enable",
-        "CurrentCustomCount": s.current_custom_count,
-        "MaxCustomCount": s.max_custom_count,
-    })
+    json!(session_model(s))
+}
+
+/// A `GameServerSession`, typed.
+pub fn session_model(s: &GameSession) -> models::GameServerSession {
+    models::GameServerSession {
+        creation_time: format_time(s.creation_time),
+        creator_id: s.creator_id.clone(),
+        current_player_session_count: i64::from(s.current_players),
+        dns_name: s.dns_name.clone(),
+        fleet_id: s.fleet_id.clone(),
+        game_properties: s
+            .game_properties
+            .iter()
+            .map(|(key, value)| models::GameProperty {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        game_server_session_data: s.data.clone(),
+        game_server_session_id: s.id.clone(),
+        ip_address: s.ip_address.clone(),
+        matchmaker_data: s.matchmaker_data.clone(),
+        maximum_player_session_count: i64::from(s.max_players),
+        name: s.name.clone(),
+        player_session_creation_policy: s.policy.as_str().into(),
+        port: i64::from(s.port),
+        status: s.status.as_str().into(),
+        status_reason: s.status_reason.clone(),
+        termination_time: s.termination_time.map(format_time),
+        instance_type: "localhost".into(),
+        current_custom_count: i64::from(s.current_custom_count),
+        max_custom_count: i64::from(s.max_custom_count),
+        weight: 0,
+        availability_status: "Enable".into(),
+    }
 }
 
 /// A `PlayerSession`.

@@ -11,40 +11,35 @@ use serde_json::{Map, Value, json};
 
 use super::{ControlApi, db_error, offset_of};
 use crate::api::CapiError;
+use crate::api::models;
 use crate::api::params::Params;
 use crate::api::requests::{DESCRIBE_SESSIONS_PARAMS, join_request, session_update};
 use crate::api::search::Subject;
 use crate::api::search::request::{SEARCH_PARAMS, SearchRequest};
-use crate::control::store;
 use crate::control::writer::Write;
 use crate::upstream_proto as up;
 use up::command::Kind;
 
 /// The session a search sees.
-fn subject(v: &Value) -> Subject<'_> {
-    let int = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
-    let str_of = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
-    let max = int("MaximumPlayerSessionCount");
-    let players = int("CurrentPlayerSessionCount");
+fn subject(s: &models::GameServerSession) -> Subject<'_> {
+    let (max, players) = (
+        s.maximum_player_session_count,
+        s.current_player_session_count,
+    );
     Subject {
-        name: str_of("Name"),
-        id: str_of("GameServerSessionId"),
+        name: &s.name,
+        id: &s.game_server_session_id,
         maximum_sessions: max,
-        creation_time_millis: store::millis(v, "CreationTime"),
+        creation_time_millis: crate::api::time::parse_millis(&s.creation_time).unwrap_or(0),
         player_session_count: players,
-        has_available_player_sessions: str_of("Status") == "ACTIVE"
-            && str_of("PlayerSessionCreationPolicy") == "ACCEPT_ALL"
+        has_available_player_sessions: s.status == "ACTIVE"
+            && s.player_session_creation_policy == "ACCEPT_ALL"
             && players < max,
-        properties: v
-            .get("GameProperties")
-            .and_then(Value::as_array)
-            .map(|props| {
-                props
-                    .iter()
-                    .filter_map(|p| Some((p.get("Key")?.as_str()?, p.get("Value")?.as_str()?)))
-                    .collect::<HashMap<_, _>>()
-            })
-            .unwrap_or_default(),
+        properties: s
+            .game_properties
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_str()))
+            .collect::<HashMap<_, _>>(),
     }
 }
 
@@ -144,7 +139,17 @@ impl ControlApi {
             )
             .await
             .map_err(db_error("searching sessions"))?;
-        let sessions: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+        // A stored session that is not the SDK's model is left out of the search, loudly.
+        let sessions: Vec<models::GameServerSession> = rows
+            .iter()
+            .filter_map(|r| {
+                serde_json::from_value(r.get(0))
+                    .inspect_err(|e| {
+                        tracing::error!(fleet.id = %fleet, error = %e, "a stored game server session is not the SDK's model; left out of the search");
+                    })
+                    .ok()
+            })
+            .collect();
         let (page, next) = search.page(&sessions, subject);
         Ok(json!({"GameServerSessions": page, "NextToken": next}))
     }
