@@ -84,13 +84,18 @@ impl Params {
     }
     /// `FleetIds`: an optional list of at most 100 fleet ids.
     pub fn fleet_ids(&self) -> Result<Option<Vec<String>>, CapiError> {
-        let Some(list) = self.opt_array("FleetIds", 100)? else {
+        self.opt_strings("FleetIds", 100)
+    }
+
+    /// An optional list of at most `max` strings.
+    pub fn opt_strings(&self, name: &str, max: usize) -> Result<Option<Vec<String>>, CapiError> {
+        let Some(list) = self.opt_array(name, max)? else {
             return Ok(None);
         };
         list.iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(CapiError::type_of("FleetIds", "a list of strings", other)),
+                other => Err(CapiError::type_of(name, "a list of strings", other)),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)

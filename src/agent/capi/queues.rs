@@ -74,13 +74,7 @@ impl Capi {
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["Names", "Limit", "Offset", "Filters"])?;
-        let mut names = Vec::new();
-        for n in p.opt_array("Names", 100)?.into_iter().flatten() {
-            match n {
-                Value::String(s) => names.push(s.clone()),
-                other => return Err(CapiError::type_of("Names", "a list of strings", other)),
-            }
-        }
+        let names = p.opt_strings("Names", 100)?.unwrap_or_default();
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100) as usize;
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0) as usize;
         let queues = match self.fleet.control(Control::DescribeQueues(names)).await? {

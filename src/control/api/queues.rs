@@ -198,7 +198,7 @@ impl ControlApi {
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["Names", "Limit", "Offset", "Filters"])?;
-        let names = names(&p)?;
+        let names = p.opt_strings("Names", 100)?;
         let limit = p.opt_int("Limit", 1, 100)?.unwrap_or(100);
         let offset = p.opt_int("Offset", 0, i64::MAX)?.unwrap_or(0);
         let db = self.db().await?;
@@ -227,7 +227,7 @@ impl ControlApi {
         map: Map<String, Value>,
     ) -> Result<Value, CapiError> {
         let p = Params::new(map, &["Names"])?;
-        let names = names(&p)?;
+        let names = p.opt_strings("Names", 100)?;
         let db = self.db().await?;
         let rows = db
             .query(
@@ -417,18 +417,4 @@ impl ControlApi {
             .await
             .map(Value::Array)
     }
-}
-
-/// `Names`: a list of strings, at most 100.
-fn names(p: &crate::api::params::Params) -> Result<Option<Vec<String>>, CapiError> {
-    let Some(list) = p.opt_array("Names", 100)? else {
-        return Ok(None);
-    };
-    list.iter()
-        .map(|n| match n {
-            Value::String(s) => Ok(s.clone()),
-            other => Err(CapiError::type_of("Names", "a list of strings", other)),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
 }
