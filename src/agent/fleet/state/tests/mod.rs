@@ -20,6 +20,7 @@ mod persist;
 mod procs;
 mod runtime;
 mod sessions;
+mod termination;
 
 const CONFIG: &str = "
 fleet-id: fleet-test
