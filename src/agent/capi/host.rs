@@ -29,15 +29,7 @@ impl Capi {
     /// `FleetIds` (optional list): each must be this host's fleet.
     fn check_fleet_ids(&self, p: &Params) -> Result<(), CapiError> {
         for f in p.fleet_ids()?.into_iter().flatten() {
-            if f != self.cfg.fleet_id {
-                return Err(CapiError::new(
-                    ErrorCode::ResourceNotFound,
-                    format!(
-                        "fleet {f} does not exist on this host (it runs {})",
-                        self.cfg.fleet_id
-                    ),
-                ));
-            }
+            self.check_this_fleet(&f)?;
         }
         Ok(())
     }

@@ -172,16 +172,21 @@ impl Capi {
             (None, None) if required => return Err(CapiError::missing("FleetId")),
             (None, None) => return Ok(()),
         };
-        if fleet != self.cfg.fleet_id {
-            return Err(CapiError::new(
-                ErrorCode::ResourceNotFound,
-                format!(
-                    "fleet {fleet} does not exist on this host (it runs {})",
-                    self.cfg.fleet_id
-                ),
-            ));
+        self.check_this_fleet(&fleet)
+    }
+
+    /// `fleet` must be the fleet this host runs.
+    fn check_this_fleet(&self, fleet: &str) -> Result<(), CapiError> {
+        if fleet == self.cfg.fleet_id {
+            return Ok(());
         }
-        Ok(())
+        Err(CapiError::new(
+            ErrorCode::ResourceNotFound,
+            format!(
+                "fleet {fleet} does not exist on this host (it runs {})",
+                self.cfg.fleet_id
+            ),
+        ))
     }
 
     async fn create_session(&self, map: Map<String, Value>) -> Result<Value, CapiError> {

@@ -37,6 +37,23 @@ fn fatal(e: &Event) -> bool {
 /// Interrupted by Ctrl-C.
 pub(super) struct Interrupted;
 
+/// Runs `work` until it decides, `within` passes (then `late` says the failure) or Ctrl-C.
+async fn bounded<T>(
+    run: &mut Run<'_>,
+    within: Duration,
+    late: impl FnOnce() -> Failure,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<Result<T, Failure>, Interrupted> {
+    tokio::select! {
+        () = run.interrupted.cancelled() => {
+            run.was_interrupted = true;
+            Err(Interrupted)
+        }
+        () = tokio::time::sleep(within) => Ok(Err(late())),
+        r = work => Ok(r),
+    }
+}
+
 /// Waits for events until `f` decides, the deadline passes, or Ctrl-C.
 async fn wait_events(
     run: &mut Run<'_>,
@@ -45,29 +62,28 @@ async fn wait_events(
     what: &str,
     mut f: impl FnMut(&Event) -> Option<Result<(), Failure>>,
 ) -> Result<Result<(), Failure>, Interrupted> {
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        tokio::select! {
-            () = run.interrupted.cancelled() => {
-                run.was_interrupted = true;
-                return Err(Interrupted);
-            }
-            () = tokio::time::sleep_until(until) => {
-                return Ok(Err(Failure::from(format!("{what} did not happen within {}", humantime::format_duration(deadline)))));
-            }
-            e = events.recv() => match e {
+    let late = || {
+        Failure::from(format!(
+            "{what} did not happen within {}",
+            humantime::format_duration(deadline)
+        ))
+    };
+    bounded(run, deadline, late, async {
+        loop {
+            match events.recv().await {
                 Ok(e) => {
                     if let Some(r) = f(&e) {
-                        return Ok(r);
+                        return r;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
-                    return Ok(Err(Failure::from("the agent stopped".to_string())));
+                    return Err(Failure::from("the agent stopped".to_string()));
                 }
             }
         }
-    }
+    })
+    .await
 }
 
 /// The step an event fails by what it says; `None` for an event that fails whichever step the
@@ -471,35 +487,36 @@ async fn health_checks(
     if let Some(r) = carried.due("health-checks") {
         return Ok(passed(r));
     }
-    let until = tokio::time::Instant::now() + budget;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            () = run.interrupted.cancelled() => {
-                run.was_interrupted = true;
-                return Err(Interrupted);
-            }
-            () = tokio::time::sleep_until(until) => {
-                return Ok(Err(Failure::from(format!("not every process passed {HEALTH_CHECKS} health checks within {}", humantime::format_duration(budget)))));
-            }
-            e = events.recv() => {
-                if let Ok(e) = e
-                    && fatal(&e)
-                    && let Some(r) = carried.judge("health-checks", &e)
-                {
-                    return Ok(passed(r));
+    let late = || {
+        Failure::from(format!(
+            "not every process passed {HEALTH_CHECKS} health checks within {}",
+            humantime::format_duration(budget)
+        ))
+    };
+    bounded(run, budget, late, async {
+        loop {
+            tokio::select! {
+                e = events.recv() => {
+                    if let Ok(e) = e
+                        && fatal(&e)
+                        && let Some(r) = carried.judge("health-checks", &e)
+                    {
+                        return passed(r);
+                    }
                 }
-            }
-            _ = poll.tick() => {
-                if let Ok(ControlReply::Processes(ps)) = fleet.control(Control::DescribeProcesses).await
-                    && !ps.is_empty()
-                    && ps.iter().all(|p| p.health_checks_passed >= HEALTH_CHECKS)
-                {
-                    return Ok(Ok((Status::Passed, format!("every process passed {HEALTH_CHECKS} OnHealthCheck calls"))));
+                _ = poll.tick() => {
+                    if let Ok(ControlReply::Processes(ps)) = fleet.control(Control::DescribeProcesses).await
+                        && !ps.is_empty()
+                        && ps.iter().all(|p| p.health_checks_passed >= HEALTH_CHECKS)
+                    {
+                        return Ok((Status::Passed, format!("every process passed {HEALTH_CHECKS} OnHealthCheck calls")));
+                    }
                 }
             }
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
