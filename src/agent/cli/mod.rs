@@ -30,23 +30,7 @@ pub use status::{chaos, status};
 pub use unpack::unpack;
 pub use validate::validate;
 
+pub use crate::common::describe::describe;
+
 /// Exit code for a configuration that cannot be used, and for bad usage (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
-
-/// An error and its causes, each said once: the module errors already name their cause in
-/// their message, so a cause whose text is already there is skipped.
-pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = String::new();
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
-}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use gse_agent::common::describe::describe;
 use gse_agent::common::telemetry::{self, LogFormat};
 use gse_agent::control::{self, config::ControlConfig};
 use tokio::signal::unix::{SignalKind, signal};
@@ -105,7 +106,7 @@ fn main() -> ExitCode {
             match audit(&cfg, secret_id.as_deref(), action.as_deref(), limit, json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    say(&format!("gse-control audit: {e:#}"));
+                    say(&format!("gse-control audit: {}", describe(e.as_ref())));
                     ExitCode::FAILURE
                 }
             }
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
             match run(cfg, endpoints_file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    say(&format!("gse-control: {e:#}"));
+                    say(&format!("gse-control: {}", describe(e.as_ref())));
                     ExitCode::FAILURE
                 }
             }
