@@ -1,6 +1,6 @@
 //! Plumbing both binaries use: bounded listeners (`listen`), logs (`telemetry`), the process's
 //! own limits (`host`), reading config files (`config`), man pages and completions
-//! (`clidocs`), and an error said in one line (`describe`).
+//! (`clidocs`), an error said in one line (`describe`), and bearer token files (`token`).
 
 pub mod clidocs;
 pub mod config;
@@ -8,3 +8,4 @@ pub mod describe;
 pub mod host;
 pub mod listen;
 pub mod telemetry;
+pub mod token;

@@ -61,6 +61,14 @@ pub struct ControlConfig {
     /// Hosts of a fleet a build roll-out deploys to at once.
     #[serde(default = "default_rollout_batch")]
     pub rollout_batch: usize,
+    /// Where `GET /metrics`, `/healthz` and `/readyz` are served (off when unset); beyond
+    /// loopback only with `metrics-token-file`.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A bearer token file (one line, mode 600): `/metrics` then needs
+    /// `Authorization: Bearer <token>`; the probes never do.
+    #[serde(default)]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -156,15 +164,43 @@ impl ControlConfig {
                 );
             }
         }
-        if self.api_listen == self.relay_listen && self.api_listen.port() != 0 {
+        if let Some(addr) = self.metrics_listen
+            && !addr.ip().to_canonical().is_loopback()
+            && self.metrics_token_file.is_none()
+        {
             problem(
-                &[Segment::Key("relay-listen")],
-                "relay-listen",
+                &[Segment::Key("metrics-listen")],
+                "metrics-listen",
                 format!(
-                    "{} is api-listen too: give each its own port",
-                    self.relay_listen
+                    "{addr} is reachable from other hosts, and /metrics would be unauthenticated: set metrics-token-file or listen on 127.0.0.1"
                 ),
             );
+        }
+        if let Some(f) = &self.metrics_token_file
+            && let Err(e) = crate::common::token::read(f)
+        {
+            problem(
+                &[Segment::Key("metrics-token-file")],
+                "metrics-token-file",
+                e.to_string(),
+            );
+        }
+        let listeners = [
+            ("api-listen", Some(self.api_listen)),
+            ("relay-listen", Some(self.relay_listen)),
+            ("metrics-listen", self.metrics_listen),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let earlier = listeners[..i]
+                .iter()
+                .find(|(_, other)| addr.is_some_and(|a| a.port() != 0 && *other == Some(a)));
+            if let (Some(addr), Some((other, _))) = (addr, earlier) {
+                problem(
+                    &[Segment::Key(key)],
+                    key,
+                    format!("{addr} is {other} too: give each its own port"),
+                );
+            }
         }
         if let Some(f) = &self.agent_tokens_file
             && let Err(e) = super::credentials::Credentials::read(f)
@@ -240,6 +276,27 @@ mod tests {
         assert_eq!(c.relay_listen, default_relay_listen());
         assert_eq!(c.instance_lost_after.get(), Duration::from_secs(60));
         assert_eq!(c.rollout_batch, 2);
+        assert_eq!((c.metrics_listen, c.metrics_token_file), (None, None));
+    }
+
+    #[test]
+    fn public_metrics_need_a_token_file_of_mode_600() {
+        let p = problems("database: postgres://h/d\nmetrics-listen: 0.0.0.0:9100\n");
+        assert_eq!((p[0].key.as_str(), p[0].line), ("metrics-listen", Some(2)));
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef\n").unwrap();
+        let text = format!(
+            "database: postgres://h/d\nmetrics-listen: 0.0.0.0:9100\nmetrics-token-file: {}\n",
+            token.display()
+        );
+        let p = problems(&text);
+        assert_eq!(p[0].key, "metrics-token-file");
+        assert!(p[0].message.contains("chmod 600"), "{}", p[0].message);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = ControlConfig::parse(&text, "c").unwrap();
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
     }
 
     #[test]

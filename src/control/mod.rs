@@ -7,6 +7,7 @@
 //! - [`api`]: the Tencent Cloud API, through the shared door ([`crate::api::server::serve_with`]).
 //! - [`choice`]: where a placement may go (pure); [`placement`]: the worker that places them; [`rollout`]: build roll-outs; [`sync`]: a returning
 //!   host brought up to its fleet; [`liveness`]: heartbeats and Lost instances.
+//! - [`metrics`]: the replica's own counters and probes on `metrics-listen`.
 
 pub mod api;
 pub mod choice;
@@ -15,6 +16,7 @@ pub mod credentials;
 pub mod db;
 pub mod hub;
 pub mod liveness;
+pub mod metrics;
 pub mod placement;
 pub mod relay;
 pub mod rollout;
@@ -71,6 +73,9 @@ pub enum ControlError {
     /// agent-tokens-file cannot be used.
     #[error(transparent)]
     Credentials(#[from] credentials::CredentialsError),
+    /// metrics-token-file cannot be used.
+    #[error("metrics-token-file: {0}")]
+    MetricsToken(#[from] crate::common::token::TokenError),
     /// The relay's TLS settings are unusable.
     #[error("relay-tls: {0}")]
     Tls(#[source] tonic::transport::Error),
@@ -105,6 +110,9 @@ pub struct Endpoints {
     pub relay: SocketAddr,
     /// This replica's id.
     pub replica: String,
+    /// `/metrics`, `/healthz` and `/readyz`, when `metrics-listen` is set.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Unix milliseconds now: the time placements and queues are stamped with.
@@ -136,7 +144,12 @@ pub async fn run(
         Some(path) => Some(Arc::new(credentials::TokenFile::open(path)?)),
         None => None,
     };
-    let (api_listener, relay_listener, endpoints) = bind(&cfg, &replica).await?;
+    let metrics_token = cfg
+        .metrics_token_file
+        .as_deref()
+        .map(crate::common::token::read)
+        .transpose()?;
+    let (listeners, endpoints) = bind(&cfg, &replica).await?;
     liveness::register(
         &pool,
         &replica,
@@ -168,6 +181,16 @@ pub async fn run(
     ));
 
     let mut server = relay_server(&cfg)?;
+    let replica_metrics = Arc::new(metrics::ControlMetrics::default());
+    let metrics_task = listeners.metrics.map(|listener| {
+        background.spawn(metrics::serve(
+            listener,
+            replica_metrics.clone(),
+            pool.clone(),
+            metrics_token,
+            shutdown.clone(),
+        ))
+    });
     let relay = relay::RelayService {
         pool: pool.clone(),
         hub: hub.clone(),
@@ -178,6 +201,7 @@ pub async fn run(
             .relay_tls
             .as_ref()
             .is_some_and(|t| t.client_ca_file.is_some()),
+        metrics: replica_metrics,
     };
     let relay_stop = shutdown.clone();
     let relay_task = background.spawn(
@@ -187,7 +211,7 @@ pub async fn run(
             )
             .serve_with_incoming_shutdown(
                 Acceptor::<()>::new(
-                    relay_listener,
+                    listeners.relay,
                     "relay-listen",
                     RELAY_BOUNDS.within_open_files(crate::common::host::open_files_limit(), 1),
                 )
@@ -196,7 +220,7 @@ pub async fn run(
             ),
     );
     let api_task = background.spawn(crate::api::server::serve_with(
-        api_listener,
+        listeners.api,
         api,
         ServeOptions {
             name: "control-api",
@@ -206,7 +230,7 @@ pub async fn run(
         },
         shutdown.clone(),
     ));
-    tracing::info!(api.addr = %endpoints.api, relay.addr = %endpoints.relay, replica = %replica, "gse-control serving");
+    tracing::info!(api.addr = %endpoints.api, relay.addr = %endpoints.relay, metrics.addr = ?endpoints.metrics, replica = %replica, "gse-control serving");
     started(&endpoints);
     shutdown.cancelled().await;
     // Relay streams never end by themselves: the agents are given a moment to see the
@@ -216,6 +240,9 @@ pub async fn run(
         Err(_) => Ok(Ok(())),
     };
     let api_result = api_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     for t in [listener_task, placement_task, liveness_task, vacuum_task] {
         t.abort();
     }
@@ -226,36 +253,47 @@ pub async fn run(
     ended("the API server", api_result)
 }
 
-/// Binds both listeners; their addresses, as bound, are the replica's endpoints.
-async fn bind(
-    cfg: &ControlConfig,
-    replica: &str,
-) -> Result<(TcpListener, TcpListener, Endpoints), ControlError> {
-    let bind = |what, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ControlError::Bind { what, addr, source })
+/// The replica's bound listeners.
+struct Listeners {
+    api: TcpListener,
+    relay: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+/// Binds every listener; their addresses, as bound, are the replica's endpoints.
+async fn bind(cfg: &ControlConfig, replica: &str) -> Result<(Listeners, Endpoints), ControlError> {
+    async fn bind(
+        what: &'static str,
+        addr: SocketAddr,
+    ) -> Result<(TcpListener, SocketAddr), ControlError> {
+        let failed = |source| ControlError::Bind { what, addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(failed)?;
+        let bound = listener.local_addr().map_err(failed)?;
+        Ok((listener, bound))
+    }
+    let (api, api_addr) = bind("api-listen", cfg.api_listen).await?;
+    let (relay, relay_addr) = bind("relay-listen", cfg.relay_listen).await?;
+    let (metrics, metrics_addr) = match cfg.metrics_listen {
+        Some(addr) => {
+            let (l, a) = bind("metrics-listen", addr).await?;
+            (Some(l), Some(a))
+        }
+        None => (None, None),
     };
-    let api_listener = bind("api-listen", cfg.api_listen).await?;
-    let relay_listener = bind("relay-listen", cfg.relay_listen).await?;
     let endpoints = Endpoints {
-        api: api_listener
-            .local_addr()
-            .map_err(|source| ControlError::Bind {
-                what: "api-listen",
-                addr: cfg.api_listen,
-                source,
-            })?,
-        relay: relay_listener
-            .local_addr()
-            .map_err(|source| ControlError::Bind {
-                what: "relay-listen",
-                addr: cfg.relay_listen,
-                source,
-            })?,
+        api: api_addr,
+        relay: relay_addr,
         replica: replica.to_string(),
+        metrics: metrics_addr,
     };
-    Ok((api_listener, relay_listener, endpoints))
+    Ok((
+        Listeners {
+            api,
+            relay,
+            metrics,
+        },
+        endpoints,
+    ))
 }
 
 /// The relay's gRPC server: keepalive to find dead agents, TLS (and client certificates) when

@@ -13,9 +13,11 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 mod bounds;
+mod refusal;
 
 use super::credentials::{self, Credential, TokenFile};
 use super::hub::Hub;
+use super::metrics::ControlMetrics;
 use super::store::{self, Arrival, Batch, Source};
 use super::sync;
 use super::writer::{Write, Writer};
@@ -23,6 +25,7 @@ use crate::upstream_proto as up;
 use crate::upstream_proto::control_plane_server::ControlPlane;
 pub use bounds::Waiting;
 use bounds::oversized;
+pub use refusal::{Refusal, Refused};
 
 /// How long a new stream has to say Hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
@@ -53,13 +56,15 @@ pub struct RelayService {
     /// Whether agents must present a client certificate (`relay-tls.client-ca-file`): one that
     /// cannot be read as naming an instance is refused.
     pub certificates: bool,
+    /// What the relay counts: streams open, refusals by rule, what could not be stored.
+    pub metrics: Arc<ControlMetrics>,
 }
 
 /// Why a stream was refused as speaking for a host it may not: said to the agent
 /// (`PERMISSION_DENIED`) and logged with the credential's name, never its secret.
-fn refuse(peer: &str, credential: &Credential, message: String) -> Status {
+fn refuse(peer: &str, credential: &Credential, rule: Refusal, message: String) -> Refused {
     tracing::warn!(client.addr = %peer, credential = %credential.name, instance.id = %credential.instance, error = %message, "agent stream refused: it named a host its credential does not speak for");
-    Status::permission_denied(message)
+    rule.with(Status::permission_denied(message))
 }
 
 /// The names a relay request's client certificate gives its holder (its DNS subject
@@ -111,13 +116,38 @@ impl ControlPlane for RelayService {
         &self,
         request: Request<Streaming<up::AgentMessage>>,
     ) -> Result<Response<Out>, Status> {
+        let admitted = self.admit(request).await.map_err(|r| {
+            self.metrics.refused(r.rule);
+            r.status
+        })?;
+        Ok(self.serve(admitted).await)
+    }
+}
+
+/// A stream whose Hello passed every rule, stored as arrived.
+struct Admitted {
+    hello: up::Hello,
+    inbound: Streaming<up::AgentMessage>,
+    credential: Option<(Credential, String)>,
+    stream: String,
+    known: store::Known,
+}
+
+impl RelayService {
+    /// Reads the stream's Hello and holds it to every rule: the bounds on waiting streams,
+    /// its credential, its ids and what its credential may claim; then records its arrival.
+    async fn admit(
+        &self,
+        request: Request<Streaming<up::AgentMessage>>,
+    ) -> Result<Admitted, Refused> {
         let peer = peer_of(&request);
         let certified = certificate_names(&request);
         let waiting = peer
             .parse::<std::net::SocketAddr>()
             .ok()
             .map(|a| self.waiting.admit(a.ip()))
-            .transpose()?;
+            .transpose()
+            .map_err(|s| Refusal::TooManyWaiting.with(s))?;
         let credential = self.bearer_credential(&request, &peer)?;
         let mut inbound = request.into_inner();
         let hello = read_hello(&mut inbound).await?;
@@ -139,7 +169,29 @@ impl ControlPlane for RelayService {
             },
         )
         .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        .map_err(|e| {
+            tracing::warn!(instance.id = %hello.instance_id, error = %e, "cannot record an arriving agent");
+            Refusal::Database.with(Status::unavailable("the control plane's database cannot be written; try again"))
+        })?;
+        Ok(Admitted {
+            hello,
+            inbound,
+            credential,
+            stream,
+            known,
+        })
+    }
+
+    /// Serves an admitted stream: commands go down it through the hub, what it sends is
+    /// stored and acknowledged, until it ends, is replaced or its credential is revoked.
+    async fn serve(&self, admitted: Admitted) -> Response<Out> {
+        let Admitted {
+            hello,
+            inbound,
+            credential,
+            stream,
+            known,
+        } = admitted;
         let (tx, rx) = mpsc::channel(BUFFER);
         // The database may know more than the agent: do not make it resend that.
         if known.acked > hello.last_acked_sequence {
@@ -160,7 +212,9 @@ impl ControlPlane for RelayService {
         }
         tracing::info!(instance.id = %hello.instance_id, fleet.id = %hello.fleet_id, upstream.epoch = hello.epoch, upstream.acked = hello.last_acked_sequence, "agent connected");
         let service = self.clone();
+        let open = self.metrics.accepted();
         tokio::spawn(async move {
+            let _open = open;
             let src = Source {
                 instance_id: hello.instance_id.clone(),
                 fleet_id: hello.fleet_id.clone(),
@@ -182,7 +236,7 @@ impl ControlPlane for RelayService {
             }
             tracing::info!(instance.id = %src.instance_id, reason = %why, "agent disconnected");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        Response::new(Box::pin(ReceiverStream::new(rx).map(Ok)))
     }
 }
 
@@ -218,7 +272,7 @@ impl RelayService {
         &self,
         request: &Request<Streaming<up::AgentMessage>>,
         peer: &str,
-    ) -> Result<Option<(Credential, String)>, Status> {
+    ) -> Result<Option<(Credential, String)>, Refused> {
         Ok(match &self.tokens {
             Some(tokens) => {
                 let presented = request
@@ -232,9 +286,9 @@ impl RelayService {
                     Some(c) => Some((c.clone(), presented)),
                     None => {
                         tracing::warn!(client.addr = %peer, "agent stream refused: its bearer token is not in agent-tokens-file");
-                        return Err(Status::unauthenticated(
+                        return Err(Refusal::UnknownToken.with(Status::unauthenticated(
                             "the agent's bearer token is not in agent-tokens-file",
-                        ));
+                        )));
                     }
                 }
             }
@@ -250,19 +304,19 @@ impl RelayService {
         certified: Option<&[String]>,
         credential: Option<&Credential>,
         hello: &up::Hello,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refused> {
         if self.certificates && certified.is_none() {
             tracing::warn!(client.addr = %peer, "agent stream refused: its client certificate names no instance that can be read");
-            return Err(Status::permission_denied(
+            return Err(Refusal::UnreadableCertificate.with(Status::permission_denied(
                 "the client certificate cannot be read as naming an instance (name it as a DNS subject alternative name)",
-            ));
+            )));
         }
         // A client certificate speaks for the instance it names, and no other.
         if let Some(names) = certified
             && !names.contains(&hello.instance_id)
         {
             tracing::warn!(client.addr = %peer, certificate.names = %names.join(","), instance.id = %hello.instance_id, "agent stream refused: its certificate does not name the instance it claims");
-            return Err(Status::permission_denied(format!(
+            return Err(Refusal::CertificateInstance.with(Status::permission_denied(format!(
                 "the client certificate names {} (its DNS subject alternative names and common name), not instance {}",
                 if names.is_empty() {
                     "nothing".to_string()
@@ -270,7 +324,7 @@ impl RelayService {
                     names.join(", ")
                 },
                 hello.instance_id
-            )));
+            ))));
         }
         if let Some(c) = credential {
             self.check_claim(peer, c, hello).await?;
@@ -293,11 +347,12 @@ impl RelayService {
         peer: &str,
         c: &Credential,
         hello: &up::Hello,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refused> {
         if hello.instance_id != c.instance {
             return Err(refuse(
                 peer,
                 c,
+                Refusal::CredentialInstance,
                 format!(
                     "this credential ({}) speaks for instance {}, not {}",
                     c.name, c.instance, hello.instance_id
@@ -308,6 +363,7 @@ impl RelayService {
             Some(f) if *f != hello.fleet_id => Err(refuse(
                 peer,
                 c,
+                Refusal::Fleet,
                 format!(
                     "instance {} is assigned to {f} ({}), not {}",
                     c.instance, c.name, hello.fleet_id
@@ -318,6 +374,7 @@ impl RelayService {
                 Ok(Some(f)) if f != hello.fleet_id => Err(refuse(
                     peer,
                     c,
+                    Refusal::Fleet,
                     format!(
                         "instance {} is in {f}; a Hello cannot move it to {} (name the fleet on its line of agent-tokens-file to move it)",
                         c.instance, hello.fleet_id
@@ -326,9 +383,9 @@ impl RelayService {
                 Ok(_) => Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read an arriving agent's fleet");
-                    Err(Status::unavailable(
+                    Err(Refusal::Database.with(Status::unavailable(
                         "the control plane's database cannot be read",
-                    ))
+                    )))
                 }
             },
         }
@@ -405,6 +462,7 @@ impl RelayService {
                     Some(up::agent_message::Body::Snapshot(s)) => {
                         if let Some(why) = oversized(&s) {
                             tracing::warn!(instance.id = %src.instance_id, reason = %why, "agent stream ended: a snapshot more than its host could hold");
+                            self.metrics.refused(Refusal::OversizedSnapshot);
                             reader.abort();
                             return why;
                         }
@@ -471,16 +529,19 @@ impl RelayService {
                 // host's stream: it is stored with its NUL characters replaced instead.
                 Err(e) if e.is_bad_data() && !cleaned => {
                     tracing::warn!(instance.id = %src.instance_id, error = %e, "an agent sent a value the database cannot store; it is stored with NUL characters replaced by U+FFFD");
+                    self.metrics.value_replaced();
                     batch = Arc::new(batch.without_nul());
                     cleaned = true;
                 }
                 // Still refused: said once and passed over, so the stream moves on.
                 Err(e) if e.is_bad_data() => {
+                    self.metrics.batch_passed_over();
                     tracing::error!(instance.id = %src.instance_id, error = %e, events = batch.events.len(), snapshots = batch.snapshots.len(), "an agent's batch cannot be stored even with NUL characters replaced; it is passed over");
                     break batch.events.iter().map(|e| e.sequence).max();
                 }
                 Err(e) => {
                     tracing::warn!(instance.id = %src.instance_id, error = %e, "cannot store what an agent sent; trying again");
+                    self.metrics.write_retried();
                     if tx.is_closed() {
                         return Err("the stream closed while the database failed".into());
                     }
@@ -527,24 +588,25 @@ fn ack(sequence: u64) -> up::ControlMessage {
 }
 
 /// The stream's first message, which must be a Hello naming valid ids, within [`HELLO_WITHIN`].
-async fn read_hello(inbound: &mut Streaming<up::AgentMessage>) -> Result<up::Hello, Status> {
+async fn read_hello(inbound: &mut Streaming<up::AgentMessage>) -> Result<up::Hello, Refused> {
+    let no_hello = |s| Err(Refusal::NoHello.with(s));
     let hello = match tokio::time::timeout(HELLO_WITHIN, inbound.message()).await {
         Ok(Ok(Some(up::AgentMessage {
             body: Some(up::agent_message::Body::Hello(h)),
         }))) => h,
-        Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+        Ok(Ok(_)) => return no_hello(Status::invalid_argument("the first message must be Hello")),
+        Ok(Err(e)) => return no_hello(e),
+        Err(_) => return no_hello(Status::deadline_exceeded("no Hello within 10s")),
     };
     for (what, id) in [
         ("instance_id", &hello.instance_id),
         ("fleet_id", &hello.fleet_id),
     ] {
         if !credentials::valid_id(id) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Refusal::InvalidId.with(Status::invalid_argument(format!(
                 "Hello's {what} must be 1 to {} letters, digits, '-', '_' or '.'",
                 credentials::MAX_ID_CHARS
-            )));
+            ))));
         }
     }
     Ok(hello)

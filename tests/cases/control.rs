@@ -601,6 +601,20 @@ fn a_credential_speaks_for_its_own_instance_only() {
         "named by its line"
     );
     assert!(!log.contains("token-of-ins-x"), "never its secret");
+    // Each refusal is counted by the rule it broke, on the replica's /metrics.
+    use crate::cases::metrics::{scrape, value, wait_value};
+    let refused = |rule: &str| format!("gse_control_relay_refused_total{{rule=\"{rule}\"}}");
+    wait_value(control.metrics, &refused("credential_instance"), |v| {
+        v >= 1.0
+    });
+    wait_value(control.metrics, &refused("fleet"), |v| v >= 1.0);
+    let text = scrape(control.metrics);
+    assert_eq!(
+        value(&text, &refused("certificate_instance")),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, &refused("unknown_token")), Some(0.0), "{text}");
     // ins-a is untouched: its session ACTIVE with alice, its stream its own, creates go to it.
     assert_eq!(
         pg.scalar(&format!(
@@ -638,7 +652,34 @@ fn a_credential_speaks_for_its_own_instance_only() {
         (!connected(&pg, "ins-b")).then_some(())
     });
     assert!(connected(&pg, "ins-a"));
+    wait_value(control.metrics, &refused("unknown_token"), |v| v >= 1.0);
     drop(impostor);
+}
+
+/// A replica says on `metrics-listen` whether it is alive and whether it is ready (its
+/// database answers), and counts its relay streams.
+#[test]
+fn the_replica_says_whether_it_is_alive_and_ready() {
+    use crate::cases::metrics::{get, wait_value};
+    let pg = Postgres::start();
+    let control = Control::start(&pg.url, "");
+    let _host = Agent::start(&host("fleet-m", "ins-m", &[&control], 1));
+    wait_idle(&pg, "ins-m", 1);
+    wait_value(control.metrics, "gse_control_relay_streams", |v| v == 1.0);
+    let (status, body) = get(control.metrics, "/readyz", "");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready: the database answers\n")
+    );
+    pg.stop();
+    let (status, body) = get(control.metrics, "/readyz", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: the database"), "{body}");
+    assert!(!body.contains("db error"), "no database text: {body}");
+    let (status, body) = get(control.metrics, "/healthz", "");
+    assert_eq!((status, body.as_str()), (200, "ok: gse-control answers\n"));
+    let (status, body) = get(control.metrics, "/nope", "");
+    assert_eq!(status, 404, "{body}");
 }
 
 #[test]

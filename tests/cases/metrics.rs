@@ -30,7 +30,7 @@ fn metrics_addr(agent: &Agent) -> SocketAddr {
 }
 
 /// `GET path` with extra header lines; the status code and body.
-fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to metrics-listen");
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     write!(
@@ -45,21 +45,21 @@ fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-fn scrape(addr: SocketAddr) -> String {
+pub(crate) fn scrape(addr: SocketAddr) -> String {
     let (status, body) = get(addr, "/metrics", "");
     assert_eq!(status, 200, "{body}");
     body
 }
 
 /// The value of `series` (name and labels as written), if served.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.parse().unwrap())
 }
 
 /// Scrapes until `series` has a value that `ok` accepts; returns it.
-fn wait_value(addr: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+pub(crate) fn wait_value(addr: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
     wait_for(series, || value(&scrape(addr), series).filter(|v| ok(*v)))
 }
 

@@ -17,6 +17,8 @@ pub struct Control {
     pub child: Option<Child>,
     pub api: SocketAddr,
     pub relay: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz` (every test replica serves them).
+    pub metrics: SocketAddr,
 }
 
 impl Control {
@@ -32,7 +34,7 @@ impl Control {
         std::fs::write(
             dir.path().join("control.yaml"),
             format!(
-                "database: {database}\napi-listen: 127.0.0.1:0\nrelay-listen: 127.0.0.1:0\napi-keys-file: {}\n{extra}",
+                "database: {database}\napi-listen: 127.0.0.1:0\nrelay-listen: 127.0.0.1:0\nmetrics-listen: 127.0.0.1:0\napi-keys-file: {}\n{extra}",
                 keys.display()
             ),
         )
@@ -42,6 +44,7 @@ impl Control {
             child: None,
             api: "127.0.0.1:1".parse().unwrap(),
             relay: "127.0.0.1:1".parse().unwrap(),
+            metrics: "127.0.0.1:1".parse().unwrap(),
         };
         c.spawn();
         c
@@ -76,6 +79,7 @@ impl Control {
         });
         self.api = v["api"].as_str().unwrap().parse().unwrap();
         self.relay = v["relay"].as_str().unwrap().parse().unwrap();
+        self.metrics = v["metrics"].as_str().unwrap().parse().unwrap();
     }
 
     pub fn stderr(&self) -> String {

@@ -171,6 +171,16 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Stops the server at once (as a crash would), for tests of a database that is gone.
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = self

@@ -290,12 +290,12 @@ impl Validator<'_> {
             );
         }
         if let Some(path) = upstream_token
-            && let Err(e) = crate::agent::metrics::token::read(path)
+            && let Err(e) = crate::common::token::read(path)
         {
             self.problem(&[Key("upstream"), Key("token-file")], e.to_string());
         }
         if let Some(path) = token_file
-            && let Err(e) = crate::agent::metrics::token::read(path)
+            && let Err(e) = crate::common::token::read(path)
         {
             self.problem(&[Key("metrics-token-file")], e.to_string());
         }

@@ -15,7 +15,6 @@
 
 pub mod sample;
 mod server;
-pub mod token;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -26,7 +26,7 @@ pub enum MetricsServerError {
     LocalAddr(#[source] std::io::Error),
     /// The token file could not be read at start.
     #[error("metrics server: {0}")]
-    Token(#[from] super::token::TokenError),
+    Token(#[from] crate::common::token::TokenError),
 }
 
 /// What a scrape reads besides the counters.
@@ -77,7 +77,7 @@ async fn scrape(State(door): State<Arc<Door>>, headers: HeaderMap) -> Response {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if !super::token::authorizes(given, token) {
+        if !crate::common::token::authorizes(given, token) {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -211,7 +211,10 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(MetricsServerError::LocalAddr)?;
-    let token = token_file.as_deref().map(super::token::read).transpose()?;
+    let token = token_file
+        .as_deref()
+        .map(crate::common::token::read)
+        .transpose()?;
     let bounds = Bounds {
         max_connections: limits.capi_max,
         first_bytes_within: limits.header_timeout.get(),
