@@ -43,6 +43,7 @@
 //! - `rate R` (1000), `creates C` (20000), `placements M` (500), `concurrency K` (64),
 //!   `ceiling C` (10000), `fill F` (30000): the phases' sizes.
 //! - `no-credentials`: no `agent-tokens-file` (an open relay, as before per-host credentials).
+//! - `attacks`: instead of the above, the relay's bounds under attack ([`attacks`]).
 //! - `pgss`: load pg_stat_statements (PostgreSQL restarts once, before gse-control starts) and
 //!   print the statements that cost the most per N; their mean times include lock waits.
 //!
@@ -69,6 +70,7 @@ use up::command::Kind;
 #[path = "../../tests/helper/postgres.rs"]
 mod postgres;
 
+mod attacks;
 mod load;
 mod procs;
 mod sim;
@@ -111,6 +113,8 @@ struct Options {
     pgss: bool,
     /// Each host with its own credential (`agent-tokens-file`); off: an open relay.
     credentials: bool,
+    /// The relay under attack instead of the load phases.
+    attacks: bool,
 }
 
 impl Options {
@@ -125,6 +129,7 @@ impl Options {
             fill: 30_000,
             pgss: false,
             credentials: true,
+            attacks: false,
         };
         let words: Vec<String> = std::env::args()
             .skip(1)
@@ -154,8 +159,9 @@ impl Options {
                 "fill" => o.fill = number(it.next(), "fill") as usize,
                 "pgss" => o.pgss = true,
                 "no-credentials" => o.credentials = false,
+                "attacks" => o.attacks = true,
                 other => panic!(
-                    "unknown argument {other:?}: agents N.. | only N.. | rate R | creates C | placements M | concurrency K | ceiling C | fill F | pgss | no-credentials"
+                    "unknown argument {other:?}: agents N.. | only N.. | rate R | creates C | placements M | concurrency K | ceiling C | fill F | pgss | no-credentials | attacks"
                 ),
             }
         }
@@ -486,6 +492,10 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    if o.attacks {
+        attacks::attacks();
+        return;
+    }
     let rows: Vec<Row> = o.agents.iter().map(|&n| scenario(n, &o)).collect();
     println!();
     println!(

@@ -8,6 +8,8 @@ pub(crate) struct Control {
     pub(crate) child: Option<Child>,
     pub(crate) api: SocketAddr,
     pub(crate) relay: SocketAddr,
+    /// Its `/metrics`.
+    pub(crate) metrics: SocketAddr,
 }
 
 impl Control {
@@ -15,8 +17,9 @@ impl Control {
     /// its own credential for its own instance of the bench fleet (`agent-tokens-file`).
     pub(crate) fn start(database: &str, agents: Option<usize>) -> Control {
         let dir = tempfile::tempdir().unwrap();
-        let mut yaml =
-            format!("database: {database}\napi-listen: 127.0.0.1:0\nrelay-listen: 127.0.0.1:0\n");
+        let mut yaml = format!(
+            "database: {database}\napi-listen: 127.0.0.1:0\nrelay-listen: 127.0.0.1:0\nmetrics-listen: 127.0.0.1:0\n"
+        );
         if let Some(agents) = agents {
             let tokens = dir.path().join("agent-tokens");
             let lines: String = (0..agents)
@@ -49,6 +52,7 @@ impl Control {
             child: Some(child),
             api: "127.0.0.1:1".parse().unwrap(),
             relay: "127.0.0.1:1".parse().unwrap(),
+            metrics: "127.0.0.1:1".parse().unwrap(),
         };
         let started = std::time::Instant::now();
         let v: Value = loop {
@@ -70,6 +74,7 @@ impl Control {
         };
         c.api = v["api"].as_str().unwrap().parse().unwrap();
         c.relay = v["relay"].as_str().unwrap().parse().unwrap();
+        c.metrics = v["metrics"].as_str().unwrap().parse().unwrap();
         c
     }
 

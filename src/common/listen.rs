@@ -10,6 +10,12 @@
 //!   long is closed.
 //! - **No busy loop when descriptors run out**: `EMFILE` and its kind back the accept off,
 //!   10 ms doubling to 1 s, with one warning per second at most.
+//! - **Proof, where a listener asks for it** ([`Acceptor::with_proof`]): connections that have
+//!   not yet done what their clients must do first are bounded in number and in time.
+
+mod proof;
+
+pub use proof::{Proof, ProofBounds};
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -63,6 +69,8 @@ pub struct Acceptor<M = ()> {
     /// Written (best effort) to a connection refused over the cap before it is closed.
     refusal: &'static [u8],
     live: Arc<AtomicUsize>,
+    /// With [`Acceptor::with_proof`]: its bounds and the count of unproven connections.
+    proof: Option<(ProofBounds, Arc<AtomicUsize>)>,
     warnings: LogLimit<&'static str>,
     memo: std::marker::PhantomData<fn() -> M>,
 }
@@ -88,6 +96,7 @@ impl<M: Memo> Acceptor<M> {
             what,
             refusal: b"",
             live: Arc::new(AtomicUsize::new(0)),
+            proof: None,
             warnings: LogLimit::new(1, Duration::from_secs(1)),
             memo: std::marker::PhantomData,
         }
@@ -96,6 +105,13 @@ impl<M: Memo> Acceptor<M> {
     /// Bytes written to a connection refused over the cap (e.g. an HTTP 503 with a body).
     pub fn with_refusal(mut self, refusal: &'static [u8]) -> Self {
         self.refusal = refusal;
+        self
+    }
+
+    /// Every connection must prove itself ([`Proof::prove`], through its [`ConnInfo`]) within
+    /// `bounds.within`, and at most `bounds.max_unproven` may be unproven at once.
+    pub fn with_proof(mut self, bounds: ProofBounds) -> Self {
+        self.proof = Some((bounds, Arc::new(AtomicUsize::new(0))));
         self
     }
 
@@ -137,6 +153,25 @@ impl<M: Memo> Acceptor<M> {
                 }
                 continue;
             }
+            let slot = Slot(self.live.clone());
+            let (proof, prove_by) = match &self.proof {
+                None => (Proof::default(), None),
+                Some((bounds, unproven)) => {
+                    if unproven.fetch_add(1, Ordering::AcqRel) >= bounds.max_unproven {
+                        unproven.fetch_sub(1, Ordering::AcqRel);
+                        if let Some(suppressed) =
+                            self.warnings.admit("unproven", std::time::Instant::now())
+                        {
+                            tracing::warn!(listener = self.what, client.addr = %peer, connections.unproven_max = bounds.max_unproven, refusals.suppressed = suppressed, "connection refused: too many connections have not proved themselves yet");
+                        }
+                        continue;
+                    }
+                    (
+                        Proof::counted(unproven.clone()),
+                        Some(Instant::now() + bounds.within),
+                    )
+                }
+            };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(peer);
             let now = Instant::now();
@@ -146,8 +181,11 @@ impl<M: Memo> Acceptor<M> {
                     peer,
                     local,
                     memo: M::default(),
+                    proof: proof.clone(),
                 },
-                _slot: Slot(self.live.clone()),
+                _slot: slot,
+                _unproven: prove_by.map(|_| proof::UnprovenPlace(proof)),
+                prove_by,
                 deadline: Box::pin(tokio::time::sleep_until(
                     now + self.bounds.first_bytes_within,
                 )),
@@ -191,6 +229,8 @@ pub struct ConnInfo<M> {
     pub local: SocketAddr,
     /// What the server has learnt about this connection.
     pub memo: M,
+    /// Whether it has proved itself (on a listener that asks, [`Acceptor::with_proof`]).
+    pub proof: Proof,
 }
 
 /// Gives its place back under the cap when the connection is dropped.
@@ -208,6 +248,10 @@ pub struct Guarded<M = ()> {
     stream: TcpStream,
     info: ConnInfo<M>,
     _slot: Slot,
+    /// Its place among the unproven, while it is.
+    _unproven: Option<proof::UnprovenPlace>,
+    /// When it is closed unless proven by then.
+    prove_by: Option<Instant>,
     /// Armed at or before the deadline in force; re-armed when it fires early, so a read
     /// costs a clock reading, not a timer update.
     deadline: Pin<Box<Sleep>>,
@@ -227,10 +271,19 @@ impl<M> Guarded<M> {
 
     /// When the connection is to be closed for silence, if ever.
     fn closes_at(&self) -> Option<Instant> {
-        match self.last_read {
+        let silence = match self.last_read {
             None => Some(self.accepted_at + self.bounds.first_bytes_within),
             Some(at) => self.bounds.idle_after.map(|idle| at + idle),
+        };
+        match self.unproven_until() {
+            Some(by) => Some(silence.map_or(by, |s| s.min(by))),
+            None => silence,
         }
+    }
+
+    /// The proof deadline, while the connection is unproven.
+    fn unproven_until(&self) -> Option<Instant> {
+        self.prove_by.filter(|_| !self.info.proof.is_proven())
     }
 
     /// `Ready(Err)` once the connection's deadline has passed; otherwise `Pending` with the
@@ -244,7 +297,9 @@ impl<M> Guarded<M> {
                 return Poll::Pending;
             }
             if Instant::now() >= closes_at {
-                let what = if self.last_read.is_none() {
+                let what = if self.unproven_until().is_some_and(|by| by <= closes_at) {
+                    "the connection did not prove itself in time"
+                } else if self.last_read.is_none() {
                     "the client sent nothing after connecting"
                 } else {
                     "the connection was idle"

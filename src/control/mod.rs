@@ -101,6 +101,16 @@ const RELAY_BOUNDS: Bounds = Bounds {
     idle_after: None,
 };
 
+/// Relay connections that have not yet carried a stream whose Hello passed every rule: 256 at
+/// most (each holds about 20 KiB of connection buffers, so silent connections cannot grow a
+/// replica by more than about 5 MiB, however many), each closed 15 s after it was accepted (a Hello
+/// is due within 10 s of its stream). An agent sends its Hello with its first request, so
+/// only connections being set up count: a reconnecting fleet's hosts refused here retry.
+const RELAY_PROOF: crate::common::listen::ProofBounds = crate::common::listen::ProofBounds {
+    max_unproven: 256,
+    within: std::time::Duration::from_secs(15),
+};
+
 /// Where a running replica listens (written to `--endpoints-file`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Endpoints {
@@ -215,6 +225,7 @@ pub async fn run(
                     "relay-listen",
                     RELAY_BOUNDS.within_open_files(crate::common::host::open_files_limit(), 1),
                 )
+                .with_proof(RELAY_PROOF)
                 .into_stream(),
                 async move { relay_stop.cancelled().await },
             ),

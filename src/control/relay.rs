@@ -92,17 +92,20 @@ fn certificate_names<T>(request: &Request<T>) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// The peer address of a relay request (plain or TLS), for logs.
-fn peer_of<T>(request: &Request<T>) -> String {
+/// What the listener knows of a relay request's connection (plain or TLS).
+fn connection_of<T>(request: &Request<T>) -> Option<&crate::common::listen::ConnInfo<()>> {
     use crate::common::listen::ConnInfo;
     let ext = request.extensions();
-    ext.get::<ConnInfo<()>>()
-        .map(|c| c.peer)
-        .or_else(|| {
-            ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo<()>>>()
-                .map(|t| t.get_ref().peer)
-        })
-        .map(|a| a.to_string())
+    ext.get::<ConnInfo<()>>().or_else(|| {
+        ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo<()>>>()
+            .map(|t| t.get_ref())
+    })
+}
+
+/// The peer address of a relay request, for logs.
+fn peer_of<T>(request: &Request<T>) -> String {
+    connection_of(request)
+        .map(|c| c.peer.to_string())
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -116,10 +119,15 @@ impl ControlPlane for RelayService {
         &self,
         request: Request<Streaming<up::AgentMessage>>,
     ) -> Result<Response<Out>, Status> {
+        let proof = connection_of(&request).map(|c| c.proof.clone());
         let admitted = self.admit(request).await.map_err(|r| {
             self.metrics.refused(r.rule);
             r.status
         })?;
+        // The connection carries a host's stream: it stays, however long it lives.
+        if let Some(proof) = proof {
+            proof.prove();
+        }
         Ok(self.serve(admitted).await)
     }
 }

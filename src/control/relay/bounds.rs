@@ -9,17 +9,17 @@ use crate::upstream_proto as up;
 
 /// Streams waiting to say Hello at most, from one address and in all: silent streams past them
 /// are refused before they hold any memory beyond their connection.
-pub(super) const WAITING_PER_PEER: usize = 32;
+pub(super) const WAITING_PER_PEER: usize = 16;
 /// See [`WAITING_PER_PEER`].
-pub(super) const WAITING_IN_ALL: usize = 1024;
+pub(super) const WAITING_IN_ALL: usize = 256;
 /// Sessions a snapshot may name beyond its host's processes: the finished ones an agent keeps.
 pub(super) const SNAPSHOT_SESSIONS_BEYOND_PROCESSES: usize =
     crate::api::limits::FINISHED_SESSIONS_KEPT;
 /// Player sessions a snapshot may name at most per session it names, beyond the finished ones
 /// an agent keeps.
 pub(super) const SNAPSHOT_PLAYERS_PER_SESSION: usize = 1024;
-/// Streams that have not said Hello yet, counted by peer address (at most 32 per address and
-/// 1,024 in all).
+/// Streams that have not said Hello yet, counted by peer address (at most 16 per address and
+/// 256 in all: a working agent's Hello comes with its stream, so only attackers wait).
 #[derive(Debug, Default)]
 pub struct Waiting(std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>);
 
