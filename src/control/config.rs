@@ -112,6 +112,48 @@ impl ControlConfig {
         }
     }
 
+    /// The metrics listener's rules, and each listener on a port of its own.
+    fn listener_problems(&self, problem: &mut impl FnMut(&[Segment], &str, String)) {
+        if let Some(addr) = self.metrics_listen
+            && !addr.ip().to_canonical().is_loopback()
+            && self.metrics_token_file.is_none()
+        {
+            problem(
+                &[Segment::Key("metrics-listen")],
+                "metrics-listen",
+                format!(
+                    "{addr} is reachable from other hosts, and /metrics would be unauthenticated: set metrics-token-file or listen on 127.0.0.1"
+                ),
+            );
+        }
+        if let Some(f) = &self.metrics_token_file
+            && let Err(e) = crate::common::token::read(f)
+        {
+            problem(
+                &[Segment::Key("metrics-token-file")],
+                "metrics-token-file",
+                e.to_string(),
+            );
+        }
+        let listeners = [
+            ("api-listen", Some(self.api_listen)),
+            ("relay-listen", Some(self.relay_listen)),
+            ("metrics-listen", self.metrics_listen),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let earlier = listeners[..i]
+                .iter()
+                .find(|(_, other)| addr.is_some_and(|a| a.port() != 0 && *other == Some(a)));
+            if let (Some(addr), Some((other, _))) = (addr, earlier) {
+                problem(
+                    &[Segment::Key(key)],
+                    key,
+                    format!("{addr} is {other} too: give each its own port"),
+                );
+            }
+        }
+    }
+
     /// Every broken rule.
     fn problems(&self, text: &str) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -164,44 +206,7 @@ impl ControlConfig {
                 );
             }
         }
-        if let Some(addr) = self.metrics_listen
-            && !addr.ip().to_canonical().is_loopback()
-            && self.metrics_token_file.is_none()
-        {
-            problem(
-                &[Segment::Key("metrics-listen")],
-                "metrics-listen",
-                format!(
-                    "{addr} is reachable from other hosts, and /metrics would be unauthenticated: set metrics-token-file or listen on 127.0.0.1"
-                ),
-            );
-        }
-        if let Some(f) = &self.metrics_token_file
-            && let Err(e) = crate::common::token::read(f)
-        {
-            problem(
-                &[Segment::Key("metrics-token-file")],
-                "metrics-token-file",
-                e.to_string(),
-            );
-        }
-        let listeners = [
-            ("api-listen", Some(self.api_listen)),
-            ("relay-listen", Some(self.relay_listen)),
-            ("metrics-listen", self.metrics_listen),
-        ];
-        for (i, (key, addr)) in listeners.iter().enumerate() {
-            let earlier = listeners[..i]
-                .iter()
-                .find(|(_, other)| addr.is_some_and(|a| a.port() != 0 && *other == Some(a)));
-            if let (Some(addr), Some((other, _))) = (addr, earlier) {
-                problem(
-                    &[Segment::Key(key)],
-                    key,
-                    format!("{addr} is {other} too: give each its own port"),
-                );
-            }
-        }
+        self.listener_problems(&mut problem);
         if let Some(f) = &self.agent_tokens_file
             && let Err(e) = super::credentials::Credentials::read(f)
         {

@@ -154,11 +154,6 @@ pub async fn run(
         Some(path) => Some(Arc::new(credentials::TokenFile::open(path)?)),
         None => None,
     };
-    let metrics_token = cfg
-        .metrics_token_file
-        .as_deref()
-        .map(crate::common::token::read)
-        .transpose()?;
     let (listeners, endpoints) = bind(&cfg, &replica).await?;
     liveness::register(
         &pool,
@@ -192,15 +187,14 @@ pub async fn run(
 
     let mut server = relay_server(&cfg)?;
     let replica_metrics = Arc::new(metrics::ControlMetrics::default());
-    let metrics_task = listeners.metrics.map(|listener| {
-        background.spawn(metrics::serve(
-            listener,
-            replica_metrics.clone(),
-            pool.clone(),
-            metrics_token,
-            shutdown.clone(),
-        ))
-    });
+    let metrics_task = serve_metrics(
+        &cfg,
+        listeners.metrics,
+        &replica_metrics,
+        &pool,
+        &background,
+        &shutdown,
+    )?;
     let relay = relay::RelayService {
         pool: pool.clone(),
         hub: hub.clone(),
@@ -262,6 +256,32 @@ pub async fn run(
     }
     ended("the relay server", relay_result)?;
     ended("the API server", api_result)
+}
+
+/// Serves the replica's metrics and probes when `metrics-listen` is set.
+fn serve_metrics(
+    cfg: &ControlConfig,
+    listener: Option<TcpListener>,
+    replica_metrics: &Arc<metrics::ControlMetrics>,
+    pool: &deadpool_postgres::Pool,
+    background: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ControlError> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let token = cfg
+        .metrics_token_file
+        .as_deref()
+        .map(crate::common::token::read)
+        .transpose()?;
+    Ok(Some(background.spawn(metrics::serve(
+        listener,
+        replica_metrics.clone(),
+        pool.clone(),
+        token,
+        shutdown.clone(),
+    ))))
 }
 
 /// The replica's bound listeners.

@@ -24,12 +24,9 @@ const MAX_FN_LINES: usize = 120;
 const CYCLES_TO_BREAK: &[&[&str]] = &[&[
     "agent::capi",
     "agent::config",
-    "agent::fleet",
-    "agent::logarchive",
     "agent::metrics",
     "agent::package",
     "agent::process",
-    "agent::session",
     "agent::upstream",
 ]];
 
