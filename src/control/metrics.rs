@@ -24,9 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::relay::Refusal;
 use crate::common::listen::{Acceptor, Bounds};
+use crate::common::metrics_door::{CONTENT_TYPE, OVER_CAPACITY, not_found, text, unauthorized};
 
-/// `Content-Type` of `/metrics` (prometheus-client writes the OpenMetrics text format).
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// How long `/readyz` waits for the database.
 const DATABASE_ANSWER: Duration = Duration::from_secs(2);
 /// What the listener allows: a scraper or two and the probes, each quick.
@@ -36,8 +35,6 @@ const BOUNDS: Bounds = Bounds {
     first_bytes: 1,
     idle_after: Some(Duration::from_secs(60)),
 };
-/// Sent to a connection over [`BOUNDS`] before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 39\r\n\r\ntoo many open connections to /metrics\r\n";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
@@ -158,28 +155,9 @@ struct Door {
     token: Option<String>,
 }
 
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
 async fn scrape(State(door): State<Arc<Door>>, headers: HeaderMap) -> Response {
-    if let Some(token) = &door.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !crate::common::token::authorizes(given, token) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "/metrics needs `Authorization: Bearer <the token of metrics-token-file>`\n",
-            )
-                .into_response();
-        }
+    if let Some(refusal) = unauthorized(&headers, door.token.as_deref()) {
+        return refusal;
     }
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
@@ -218,13 +196,6 @@ async fn readyz(State(door): State<Arc<Door>>) -> Response {
             format!("not ready: the database did not answer within {DATABASE_ANSWER:?}\n"),
         ),
     }
-}
-
-async fn not_found() -> Response {
-    text(
-        StatusCode::NOT_FOUND,
-        "not served: GET /metrics, /healthz or /readyz\n".into(),
-    )
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on an already-bound listener until `shutdown`.

@@ -37,9 +37,7 @@ pub use server::{MetricsServerError, Sources, serve};
 /// How often each game's CPU, memory and descriptors are read.
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(5);
 
-/// `Content-Type` of `/metrics`: prometheus-client writes the OpenMetrics text format, which
-/// Prometheus reads.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use crate::common::metrics_door::CONTENT_TYPE;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EntryLabels {

@@ -17,6 +17,7 @@ use crate::agent::config::ConnectionLimits;
 use crate::agent::fleet::{Control, ControlReply, FleetGauges, FleetHandle};
 use crate::agent::upstream::outbox::Outbox;
 use crate::common::listen::{Acceptor, Bounds};
+use crate::common::metrics_door::{OVER_CAPACITY, not_found, text, unauthorized};
 
 /// Why the metrics server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +43,6 @@ pub struct Sources {
 const FLEET_ANSWER: Duration = Duration::from_secs(2);
 /// How long open requests get to finish once the server is asked to stop.
 const DRAIN: Duration = Duration::from_secs(2);
-/// Sent to a connection over the cap before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 39\r\n\r\ntoo many open connections to /metrics\r\n";
 
 struct Door {
     metrics: Arc<Metrics>,
@@ -63,28 +62,9 @@ async fn fleet_gauges(fleet: &FleetHandle) -> Result<FleetGauges, String> {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
 async fn scrape(State(door): State<Arc<Door>>, headers: HeaderMap) -> Response {
-    if let Some(token) = &door.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !crate::common::token::authorizes(given, token) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "/metrics needs `Authorization: Bearer <the token of metrics-token-file>`\n",
-            )
-                .into_response();
-        }
+    if let Some(refusal) = unauthorized(&headers, door.token.as_deref()) {
+        return refusal;
     }
     let _one_at_a_time = door.metrics.update.lock().await;
     let gauges = fleet_gauges(&door.sources.fleet).await;
@@ -188,13 +168,6 @@ pub(super) fn readiness(sdk_serving: bool, fleet: Result<&FleetGauges, &str>) ->
     } else {
         (false, format!("not ready: {}\n", missing.join("; ")))
     }
-}
-
-async fn not_found() -> Response {
-    text(
-        StatusCode::NOT_FOUND,
-        "not served: GET /metrics, /healthz or /readyz\n".into(),
-    )
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on an already-bound listener until `shutdown`,
